@@ -1,0 +1,310 @@
+//! The command line: `spate serve` and `spate queue list`. It parses
+//! arguments, wires the pieces together and reports; it holds no protocol
+//! or storage logic.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use socket2::{Domain, Socket, Type};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::session::limits::ConnectionLimits;
+use crate::shard::{self, ShardPlan, ShardReport};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "spate",
+    version,
+    about = "Thread-per-core SMTP relay with a durable spool"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (on the embedded default configuration without --config).
+    Serve {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Look at the mail queue.
+    Queue {
+        #[command(subcommand)]
+        action: QueueAction,
+    },
+    /// Check a configuration file and print what it means.
+    CheckConfig {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueAction {
+    /// List queued messages (reads the spool; the server may be running or not).
+    List {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config } => serve(load(config.as_ref())?),
+        Command::Queue {
+            action: QueueAction::List { config, json },
+        } => queue_list(&load(config.as_ref())?, json),
+        Command::CheckConfig { config } => {
+            let config = load(config.as_ref())?;
+            println!("{config:#?}");
+            Ok(())
+        }
+    }
+}
+
+fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+    let mut config = match path {
+        Some(path) => Config::load(path).with_context(|| format!("loading {}", path.display()))?,
+        None => Config::embedded(),
+    };
+    // Relative paths mean relative to where spate was started; resolve
+    // them once so nothing later depends on the working directory.
+    config.spool_dir = std::path::absolute(&config.spool_dir)
+        .with_context(|| format!("resolving {}", config.spool_dir.display()))?;
+    Ok(config)
+}
+
+/// Messages from the shards and the signal thread to the main thread.
+enum MainEvent {
+    Shard(ShardReport),
+    Signal(i32),
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    for listener in &config.listeners {
+        if !shard::serves(listener.protocol) {
+            bail!(
+                "listener {} asks for protocol {}, which this version does not serve yet",
+                listener.address,
+                listener.protocol.name()
+            );
+        }
+    }
+    std::fs::create_dir_all(&config.spool_dir)
+        .with_context(|| format!("creating spool directory {}", config.spool_dir.display()))?;
+    let tls = match &config.tls {
+        Some(tls) => Some(crate::tls::server_config(
+            &tls.certificate,
+            &tls.private_key,
+        )?),
+        None => None,
+    };
+    let (reservations, addresses) = reserve_ports(&config)?;
+    let count = config.executor_count();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let existing = shard::existing_shard_dirs(&config.spool_dir);
+    let config = Arc::new(config);
+    let limits = ConnectionLimits::new(
+        config.smtp.max_connections,
+        config.smtp.max_connections_per_ip,
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let (events, inbox) = mpsc::channel();
+
+    let (shard_reports, shard_inbox) = mpsc::channel();
+    let forward = events.clone();
+    std::thread::spawn(move || {
+        for report in shard_inbox {
+            if forward.send(MainEvent::Shard(report)).is_err() {
+                return;
+            }
+        }
+    });
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("installing signal handlers")?;
+    let signal_events = events.clone();
+    std::thread::spawn(move || {
+        for signal in signals.forever() {
+            if signal_events.send(MainEvent::Signal(signal)).is_err() {
+                return;
+            }
+        }
+    });
+
+    let mut handles = Vec::with_capacity(count);
+    for index in 0..count {
+        let plan = ShardPlan {
+            index,
+            adopt: shard::adoption(index, count, &existing),
+            config: Arc::clone(&config),
+            listeners: addresses.clone(),
+            limits: Arc::clone(&limits),
+            tls: tls.clone(),
+            stop: Arc::clone(&stop),
+            reports: shard_reports.clone(),
+        };
+        handles.push(shard::spawn(plan, index % cpus).context("starting an executor")?);
+    }
+    drop(shard_reports);
+
+    let mut ready = 0;
+    let mut recovered = 0;
+    let mut failure = None;
+    while ready < count && failure.is_none() {
+        match inbox.recv() {
+            Ok(MainEvent::Shard(ShardReport::Ready { recovered: n, .. })) => {
+                ready += 1;
+                recovered += n;
+            }
+            Ok(MainEvent::Shard(ShardReport::Failed { shard, error })) => {
+                failure = Some(format!("shard {shard}: {error}"));
+            }
+            Ok(MainEvent::Signal(_)) => failure = Some("stopped by a signal while starting".into()),
+            Err(_) => failure = Some("every shard stopped while starting".into()),
+        }
+    }
+    if failure.is_none() {
+        drop(reservations);
+        let mut out = std::io::stdout().lock();
+        for (listener, addr) in config.listeners.iter().zip(&addresses) {
+            writeln!(out, "listening {} {addr}", listener.protocol.name())?;
+        }
+        writeln!(out, "ready")?;
+        out.flush()?;
+        drop(out);
+        tracing::info!(cores = count, recovered, "spate is ready");
+        loop {
+            match inbox.recv() {
+                Ok(MainEvent::Signal(signal)) => {
+                    tracing::info!(signal, "stopping");
+                    break;
+                }
+                Ok(MainEvent::Shard(ShardReport::Failed { shard, error })) => {
+                    failure = Some(format!("shard {shard}: {error}"));
+                    break;
+                }
+                Ok(MainEvent::Shard(ShardReport::Ready { .. })) => {}
+                Err(_) => break,
+            }
+        }
+    }
+    stop.store(true, Ordering::Release);
+    let mut metrics = Metrics::default();
+    for handle in handles {
+        match handle.join() {
+            Ok(shard_metrics) => metrics.merge(&shard_metrics),
+            Err(e) => tracing::error!(error = %e, "a shard ended abnormally"),
+        }
+    }
+    println!("stats {}", serde_json::to_string(&metrics.stats())?);
+    if let Some(failure) = failure {
+        bail!(failure);
+    }
+    Ok(())
+}
+
+/// Listeners configured with port 0 get one free port, shared by every
+/// core: a socket with SO_REUSEPORT holds the port (bound, not listening,
+/// so it never receives a connection) until every core has bound it.
+fn reserve_ports(config: &Config) -> anyhow::Result<(Vec<Socket>, Vec<SocketAddr>)> {
+    let mut reservations = Vec::new();
+    let mut addresses = Vec::new();
+    for listener in &config.listeners {
+        let mut addr = listener.address;
+        if addr.port() == 0 {
+            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+            socket.set_reuse_address(true)?;
+            socket.set_reuse_port(true)?;
+            socket
+                .bind(&addr.into())
+                .with_context(|| format!("binding {addr}"))?;
+            let bound = socket
+                .local_addr()?
+                .as_socket()
+                .context("listener address is not an IP socket")?;
+            addr.set_port(bound.port());
+            reservations.push(socket);
+        }
+        addresses.push(addr);
+    }
+    Ok((reservations, addresses))
+}
+
+/// One queued message as `spate queue list --json` prints it.
+#[derive(serde::Serialize)]
+struct QueueLine<'a> {
+    id: String,
+    from: &'a str,
+    to: Vec<&'a str>,
+    size: u64,
+    age_seconds: u64,
+    received_at: u64,
+}
+
+fn queue_list(config: &Config, json: bool) -> anyhow::Result<()> {
+    let messages = crate::spool::scan_dir(&config.spool_dir)
+        .with_context(|| format!("reading spool {}", config.spool_dir.display()))?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut out = std::io::stdout().lock();
+    if !json {
+        writeln!(
+            out,
+            "{:<16}  {:>9}  {:>7}  {:<30}  RECIPIENTS",
+            "ID", "SIZE", "AGE", "SENDER"
+        )?;
+    }
+    for message in &messages {
+        let envelope = &message.envelope;
+        let line = QueueLine {
+            id: message.id.to_string(),
+            from: &envelope.sender,
+            to: envelope
+                .recipients
+                .iter()
+                .map(|r| r.address.as_str())
+                .collect(),
+            size: message.size,
+            age_seconds: now.saturating_sub(envelope.received_at),
+            received_at: envelope.received_at,
+        };
+        if json {
+            writeln!(out, "{}", serde_json::to_string(&line)?)?;
+        } else {
+            let from = if line.from.is_empty() {
+                "<>"
+            } else {
+                line.from
+            };
+            writeln!(
+                out,
+                "{:<16}  {:>9}  {:>6}s  {:<30}  {}",
+                line.id,
+                line.size,
+                line.age_seconds,
+                from,
+                line.to.join(", ")
+            )?;
+        }
+    }
+    if !json {
+        writeln!(out, "-- {} message(s)", messages.len())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,378 @@
+//! The configuration file: TOML parsed once into typed, validated values.
+//! It refuses unknown keys and never reads anything at run time; the
+//! runtime gets an immutable snapshot per core.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// The configuration `spate serve` runs on when no `--config` is given:
+/// loopback ports and a data directory under the working directory, so a
+/// first run shows the server working at once.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration, as the TOML file spells it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Our name in the SMTP greeting, EHLO and Received headers.
+    #[serde(default = "default_hostname")]
+    pub hostname: String,
+    /// Where the per-core spool segments live.
+    pub spool_dir: PathBuf,
+    /// Executors (one per core, pinned); 0 means one per available CPU.
+    #[serde(default)]
+    pub cores: usize,
+    /// How long a stopping server lets open transactions finish.
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<Listener>,
+    #[serde(default)]
+    pub relay: Relay,
+    #[serde(default)]
+    pub dns: Dns,
+    #[serde(default)]
+    pub local: Local,
+    pub tls: Option<Tls>,
+    #[serde(default)]
+    pub smtp: Smtp,
+    #[serde(default)]
+    pub spool: SpoolTuning,
+}
+
+/// One listening socket; every core binds each one with SO_REUSEPORT.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// `ip:port`; port 0 picks a free port once, shared by all cores.
+    pub address: SocketAddr,
+    pub protocol: Protocol,
+}
+
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Smtp,
+    Submission,
+    Submissions,
+    Imap,
+    Imaps,
+    Pop3,
+    Pop3s,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Smtp => "smtp",
+            Protocol::Submission => "submission",
+            Protocol::Submissions => "submissions",
+            Protocol::Imap => "imap",
+            Protocol::Imaps => "imaps",
+            Protocol::Pop3 => "pop3",
+            Protocol::Pop3s => "pop3s",
+        }
+    }
+}
+
+/// Who may relay, and where relayed mail goes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Relay {
+    /// Clients in these networks may send to any domain without AUTH.
+    #[serde(default = "default_allow_networks")]
+    pub allow_networks: Vec<IpNet>,
+    /// Every non-local domain goes here when set (`host:port`).
+    pub smarthost: Option<String>,
+}
+
+impl Default for Relay {
+    fn default() -> Self {
+        Relay {
+            allow_networks: default_allow_networks(),
+            smarthost: None,
+        }
+    }
+}
+
+impl Relay {
+    /// Whether a client at `ip` may relay without authenticating.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        self.allow_networks.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// DNS for MX resolution.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dns {
+    /// Nameservers (`ip:port`); empty means the system's resolv.conf.
+    #[serde(default)]
+    pub nameservers: Vec<SocketAddr>,
+}
+
+/// The domains this host is the final destination for.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Local {
+    #[serde(default)]
+    pub domains: Vec<String>,
+    pub mailbox_dir: Option<PathBuf>,
+    pub users_file: Option<PathBuf>,
+}
+
+/// The certificate for STARTTLS and the implicit-TLS listeners.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+}
+
+/// What the SMTP server does with a bare CR or LF inside message data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BareLineEndingPolicy {
+    /// Refuse the message (the defence against SMTP smuggling).
+    #[default]
+    Reject,
+    /// Turn each bare CR or LF into CRLF.
+    Normalize,
+}
+
+/// Limits and timeouts of the SMTP server. Defaults follow Postfix and
+/// RFC 5321 section 4.5.3.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Smtp {
+    /// Longest command line, CRLF included.
+    pub max_line_length: usize,
+    /// Largest message in bytes (advertised with SIZE).
+    pub max_message_size: usize,
+    pub max_recipients: usize,
+    /// Protocol errors after which the session is closed.
+    pub max_errors: usize,
+    /// Received headers beyond which a message is refused as looping.
+    pub max_hops: usize,
+    pub bare_line_endings: BareLineEndingPolicy,
+    /// Time allowed to wait for the next command (RFC 5321 4.5.3.2.7).
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Time allowed between two blocks of message data (4.5.3.2.6 for the
+    /// client side; the server uses it while receiving data).
+    #[serde(with = "humantime_serde")]
+    pub data_timeout: Duration,
+    /// Open SMTP connections in total, over all cores.
+    pub max_connections: usize,
+    /// Open SMTP connections from one client IP address.
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for Smtp {
+    fn default() -> Self {
+        Smtp {
+            max_line_length: 2048,
+            max_message_size: 10_240_000,
+            max_recipients: 1000,
+            max_errors: 20,
+            max_hops: 50,
+            bare_line_endings: BareLineEndingPolicy::Reject,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(180),
+            max_connections: 10_000,
+            max_connections_per_ip: 50,
+        }
+    }
+}
+
+/// Spool segment sizing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolTuning {
+    /// A segment file is sealed once it reaches this size.
+    pub segment_size: u64,
+    /// Disk space is reserved ahead of writes in chunks of this size, so a
+    /// full disk is found before any byte of a record is written.
+    pub preallocate_chunk: u64,
+}
+
+impl Default for SpoolTuning {
+    fn default() -> Self {
+        SpoolTuning {
+            segment_size: 64 << 20,
+            preallocate_chunk: 4 << 20,
+        }
+    }
+}
+
+fn default_hostname() -> String {
+    "localhost".to_owned()
+}
+
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_allow_networks() -> Vec<IpNet> {
+    // Both literals are valid networks; parsing them cannot fail.
+    vec![
+        "127.0.0.0/8".parse().expect("literal network"),
+        "::1/128".parse().expect("literal network"),
+    ]
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text)
+    }
+
+    /// The embedded default configuration.
+    pub fn embedded() -> Config {
+        // The embedded text is part of the binary and covered by a test.
+        Config::parse(EMBEDDED_DEFAULT).expect("embedded default config is valid")
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&mut self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.hostname.is_empty() || self.hostname.bytes().any(|b| b.is_ascii_whitespace()) {
+            return invalid(format!("hostname {:?} is not a host name", self.hostname));
+        }
+        for domain in &mut self.local.domains {
+            *domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        }
+        let s = &self.smtp;
+        if s.max_line_length < 512 {
+            return invalid(
+                "smtp.max_line_length must be at least 512 (RFC 5321 4.5.3.1.4)".into(),
+            );
+        }
+        if s.max_recipients < 1 || s.max_errors < 1 || s.max_hops < 1 {
+            return invalid(
+                "smtp.max_recipients, max_errors and max_hops must be at least 1".into(),
+            );
+        }
+        if s.max_connections < 1 || s.max_connections_per_ip < 1 {
+            return invalid(
+                "smtp.max_connections and max_connections_per_ip must be at least 1".into(),
+            );
+        }
+        if self.spool.segment_size < 1 << 16 || self.spool.preallocate_chunk < 4096 {
+            return invalid(
+                "spool.segment_size must be >= 64 KiB and preallocate_chunk >= 4 KiB".into(),
+            );
+        }
+        if self.listeners.is_empty() {
+            return invalid("at least one [[listener]] is needed".into());
+        }
+        Ok(())
+    }
+
+    /// The number of executors to run: `cores`, or one per available CPU.
+    pub fn executor_count(&self) -> usize {
+        if self.cores > 0 {
+            return self.cores;
+        }
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses_and_listens_on_loopback() {
+        let config = Config::embedded();
+        assert!(!config.listeners.is_empty());
+        for l in &config.listeners {
+            assert!(l.address.ip().is_loopback(), "{:?}", l.address);
+        }
+        assert!(config.spool_dir.is_relative());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let text = format!("{EMBEDDED_DEFAULT}\nbogus = 1\n");
+        assert!(matches!(Config::parse(&text), Err(ConfigError::Parse(_))));
+        let text = EMBEDDED_DEFAULT.replace("[smtp]", "[smtp]\nmax_lines = 3");
+        assert!(Config::parse(&text).is_err());
+    }
+
+    #[test]
+    fn design_keys_parse() {
+        let text = r#"
+hostname = "relay.example"
+spool_dir = "/var/spool/spate"
+[[listener]]
+address = "0.0.0.0:25"
+protocol = "smtp"
+[[listener]]
+address = "[::]:993"
+protocol = "imaps"
+[relay]
+allow_networks = ["127.0.0.0/8", "::1/128", "10.1.0.0/16"]
+smarthost = "10.0.0.5:25"
+[dns]
+nameservers = ["127.0.0.1:53"]
+[local]
+domains = ["Example.TEST."]
+mailbox_dir = "/var/mail/spate"
+users_file = "/etc/spate/users"
+[tls]
+certificate = "/etc/spate/cert.pem"
+private_key = "/etc/spate/key.pem"
+[smtp]
+command_timeout = "2m"
+bare_line_endings = "normalize"
+"#;
+        let c = Config::parse(text).unwrap();
+        assert_eq!(c.local.domains, vec!["example.test"]);
+        assert_eq!(c.smtp.command_timeout, Duration::from_secs(120));
+        assert_eq!(c.smtp.bare_line_endings, BareLineEndingPolicy::Normalize);
+        assert_eq!(c.listeners[1].protocol, Protocol::Imaps);
+        assert!(c.relay.allows("10.1.2.3".parse().unwrap()));
+        assert!(c.relay.allows("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!c.relay.allows("192.0.2.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_limits_are_refused() {
+        let text = EMBEDDED_DEFAULT.replace("[smtp]", "[smtp]\nmax_line_length = 100");
+        assert!(matches!(Config::parse(&text), Err(ConfigError::Invalid(_))));
+    }
+}

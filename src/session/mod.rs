@@ -1,0 +1,7 @@
+//! Runtime glue for client sessions: drives the sans-IO protocol cores
+//! over glommio sockets. Protocol decisions stay in the cores.
+
+pub mod limits;
+pub mod shutdown;
+pub mod smtp;
+pub mod stream;

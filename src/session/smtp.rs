@@ -1,0 +1,268 @@
+//! Drives one inbound SMTP connection: feeds received bytes to the sans-IO
+//! `ServerSession`, writes its replies, stores finished messages in this
+//! core's spool, performs STARTTLS and enforces deadlines. It makes no
+//! protocol decision of its own.
+
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_lite::future::or;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use crate::queue::QueueEntry;
+use crate::session::limits::Refusal;
+use crate::session::stream::{Connection, ReadBuffer};
+use crate::shard::ShardContext;
+use crate::smtp::reply;
+use crate::smtp::{Event, Message, PeerInfo, ServerSession, StoreFailure};
+
+/// A new connection starts with a read buffer this small.
+const INITIAL_READ_BUFFER: usize = 4096;
+/// Reads never need more than this beyond the longest command line: the
+/// core consumes message data as it arrives.
+const MAX_READ_BUFFER: usize = 64 * 1024;
+
+/// What ended one wait for the client.
+enum Wake {
+    Read(io::Result<usize>),
+    Deadline,
+    Shutdown,
+}
+
+/// Serves one accepted connection until it closes.
+pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream, peer: SocketAddr) {
+    // Without TCP_NODELAY every small reply waits for the peer's delayed
+    // ACK (about 40 ms); a failure only costs speed.
+    let _ = stream.set_nodelay(true);
+    ctx.metrics.borrow_mut().connections += 1;
+    let _slot = match ctx.limits.admit(peer.ip()) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            ctx.metrics.borrow_mut().connections_refused += 1;
+            let mut stream = stream;
+            let _ = glommio::timer::timeout(Duration::from_secs(5), async {
+                let reply = match refusal {
+                    Refusal::TooManyInTotal => reply::TOO_MANY_CONNECTIONS,
+                    Refusal::TooManyFromAddress => reply::TOO_MANY_CONNECTIONS_FROM_IP,
+                };
+                stream.write_all(reply).await?;
+                stream.close().await?;
+                Ok(())
+            })
+            .await;
+            return;
+        }
+    };
+    let peer_info = PeerInfo {
+        addr: peer,
+        may_relay: ctx.config.relay.allows(peer.ip()),
+        tls: false,
+    };
+    let session = ServerSession::new(Rc::clone(&ctx.smtp), peer_info, Instant::now());
+    let mut driver = Driver {
+        ctx,
+        session,
+        conn: Connection::Plain(stream),
+        input: ReadBuffer::new(INITIAL_READ_BUFFER, MAX_READ_BUFFER),
+        acks_pending: Vec::new(),
+        shutdown_seen: false,
+    };
+    if let Err(e) = driver.run(peer).await {
+        tracing::debug!(%peer, error = %e, "smtp session ended");
+    }
+    let _ = driver.conn.close().await;
+}
+
+struct Driver {
+    ctx: Rc<ShardContext>,
+    session: ServerSession,
+    conn: Connection,
+    input: ReadBuffer,
+    /// When the end of each stored message's data arrived; the latency is
+    /// recorded once the reply that acknowledges it has been written.
+    acks_pending: Vec<Instant>,
+    shutdown_seen: bool,
+}
+
+impl Driver {
+    async fn run(&mut self, peer: SocketAddr) -> io::Result<()> {
+        loop {
+            if !self.process_input(peer).await? {
+                return Ok(());
+            }
+            let had_output = !self.session.output().is_empty();
+            self.flush().await?;
+            if self.session.is_closed() {
+                return Ok(());
+            }
+            // The core stops parsing while its output is full: once that
+            // is written, parse what the client pipelined before reading.
+            if had_output && !self.input.filled().is_empty() {
+                continue;
+            }
+            match self.wait_for_client().await {
+                Wake::Read(Ok(0)) => return Ok(()),
+                Wake::Read(Ok(n)) => self.input.commit(n),
+                Wake::Read(Err(e)) => return Err(e),
+                Wake::Deadline => self.session.handle_timeout(Instant::now()),
+                Wake::Shutdown => {
+                    self.shutdown_seen = true;
+                    self.session.handle_shutdown();
+                }
+            }
+        }
+    }
+
+    /// Hands every buffered byte to the core and acts on its events.
+    /// Returns false when the connection must close.
+    async fn process_input(&mut self, peer: SocketAddr) -> io::Result<bool> {
+        loop {
+            let consumed =
+                self.session
+                    .handle_input(self.input.filled(), Instant::now(), SystemTime::now());
+            self.input.consume(consumed);
+            let mut acted = false;
+            while let Some(event) = self.session.poll_event() {
+                acted = true;
+                match event {
+                    Event::Message(message) => self.store(message).await,
+                    Event::StartTls => {
+                        if !self.start_tls(peer).await? {
+                            return Ok(false);
+                        }
+                    }
+                    Event::Close => {
+                        self.flush().await?;
+                        return Ok(false);
+                    }
+                }
+            }
+            if consumed == 0 && !acted {
+                return Ok(true);
+            }
+        }
+    }
+
+    async fn store(&mut self, message: Message) {
+        let data_ended = Instant::now();
+        let Message { envelope, body } = message;
+        let size = body.len() as u64;
+        let result = self.ctx.spool.store(&envelope, body).await;
+        let now = Instant::now();
+        match result {
+            Ok(id) => {
+                self.ctx.queue.borrow_mut().insert(
+                    id,
+                    QueueEntry {
+                        size,
+                        recipients: envelope.recipients.len(),
+                        received_at: envelope.received_at,
+                    },
+                );
+                let mut metrics = self.ctx.metrics.borrow_mut();
+                metrics.messages_received += 1;
+                metrics.bytes_received += size;
+                drop(metrics);
+                tracing::debug!(%id, from = %envelope.sender, recipients = envelope.recipients.len(), size, "received");
+                self.session.handle_stored(Ok(&id.to_string()), now);
+                self.acks_pending.push(data_ended);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not store a message");
+                self.ctx.metrics.borrow_mut().store_failures += 1;
+                let failure = if e.is_disk_full() {
+                    StoreFailure::DiskFull
+                } else {
+                    StoreFailure::Temporary
+                };
+                self.session.handle_stored(Err(failure), now);
+            }
+        }
+    }
+
+    /// RFC 3207: the 220 goes out in the clear, bytes the client pipelined
+    /// after STARTTLS are discarded, and the session starts over.
+    async fn start_tls(&mut self, peer: SocketAddr) -> io::Result<bool> {
+        self.flush().await?;
+        self.input.clear();
+        let Some(acceptor) = self.ctx.tls.clone() else {
+            return Ok(false);
+        };
+        let Connection::Plain(tcp) = std::mem::replace(&mut self.conn, Connection::Upgrading)
+        else {
+            return Ok(false);
+        };
+        let handshake = glommio::timer::timeout(self.ctx.smtp.timeouts.command, async {
+            acceptor
+                .accept(tcp)
+                .await
+                .map_err(glommio::GlommioError::from)
+        })
+        .await;
+        match handshake {
+            Ok(tls) => {
+                self.conn = Connection::Tls(Box::new(tls));
+                self.session.handle_tls_established(Instant::now());
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Writes every queued reply, bounded by the command timeout so a
+    /// client that stops reading cannot hold the session forever.
+    async fn flush(&mut self) -> io::Result<()> {
+        if self.session.output().is_empty() {
+            return Ok(());
+        }
+        let limit = self.ctx.smtp.timeouts.command;
+        let conn = &mut self.conn;
+        let session = &mut self.session;
+        glommio::timer::timeout(limit, async {
+            while !session.output().is_empty() {
+                let n = conn.write(session.output()).await?;
+                if n == 0 {
+                    return Err(io::Error::from(io::ErrorKind::WriteZero).into());
+                }
+                session.consume_output(n);
+            }
+            conn.flush().await?;
+            Ok(())
+        })
+        .await
+        .map_err(io::Error::from)?;
+        let mut metrics = self.ctx.metrics.borrow_mut();
+        for started in self.acks_pending.drain(..) {
+            metrics.record_ack_latency(started.elapsed());
+        }
+        Ok(())
+    }
+
+    async fn wait_for_client(&mut self) -> Wake {
+        let deadline = self.session.deadline();
+        let shutdown = Rc::clone(&self.ctx.shutdown);
+        let watch_shutdown = !self.shutdown_seen;
+        let conn = &mut self.conn;
+        let input = &mut self.input;
+        let read = async { Wake::Read(conn.read(input.spare()).await) };
+        let timer = async {
+            glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+            Wake::Deadline
+        };
+        let stop = async {
+            if watch_shutdown {
+                shutdown.wait().await;
+                Wake::Shutdown
+            } else {
+                futures_lite::future::pending().await
+            }
+        };
+        or(read, or(timer, stop)).await
+    }
+}

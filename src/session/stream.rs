@@ -1,0 +1,161 @@
+//! A client connection that is plain TCP or TLS, behind one pair of async
+//! read/write traits, plus the read buffer the protocol cores parse in
+//! place. It knows nothing of any protocol.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+
+/// The byte stream under a session; `Upgrading` only while a TLS
+/// handshake owns the TCP stream.
+pub enum Connection {
+    Plain(TcpStream),
+    Tls(Box<futures_rustls::server::TlsStream<TcpStream>>),
+    Upgrading,
+}
+
+fn upgrading() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "connection is being upgraded to TLS",
+    )
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Connection::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Connection::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Connection::Upgrading => Poll::Ready(Err(upgrading())),
+        }
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Connection::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Connection::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Connection::Upgrading => Poll::Ready(Err(upgrading())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Connection::Plain(s) => Pin::new(s).poll_flush(cx),
+            Connection::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Connection::Upgrading => Poll::Ready(Err(upgrading())),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Connection::Plain(s) => Pin::new(s).poll_close(cx),
+            Connection::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
+            Connection::Upgrading => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// Received bytes not yet consumed by a protocol core. Starts small so an
+/// idle connection costs little, and grows (up to `max`) only while a
+/// client keeps it full, as during a large DATA transfer.
+pub struct ReadBuffer {
+    data: Vec<u8>,
+    start: usize,
+    end: usize,
+    max: usize,
+}
+
+impl ReadBuffer {
+    pub fn new(initial: usize, max: usize) -> Self {
+        ReadBuffer {
+            data: Vec::new(),
+            start: 0,
+            end: 0,
+            max: max.max(initial),
+        }
+        .with_capacity(initial)
+    }
+
+    fn with_capacity(mut self, size: usize) -> Self {
+        self.data.resize(size, 0);
+        self
+    }
+
+    /// The bytes waiting to be parsed.
+    pub fn filled(&self) -> &[u8] {
+        &self.data[self.start..self.end]
+    }
+
+    /// Marks `n` waiting bytes as parsed.
+    pub fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.end);
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Forgets every waiting byte (after STARTTLS, RFC 3207 section 4).
+    pub fn clear(&mut self) {
+        self.start = 0;
+        self.end = 0;
+    }
+
+    /// Room to read into: compacts, and doubles the buffer when it was
+    /// completely full the last time.
+    pub fn spare(&mut self) -> &mut [u8] {
+        if self.start > 0 {
+            self.data.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.data.len() && self.data.len() < self.max {
+            let grown = (self.data.len() * 2).min(self.max);
+            self.data.resize(grown, 0);
+        }
+        &mut self.data[self.end..]
+    }
+
+    /// Records that `n` bytes were read into [`ReadBuffer::spare`].
+    pub fn commit(&mut self, n: usize) {
+        self.end = (self.end + n).min(self.data.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffer_compacts_grows_and_stays_bounded() {
+        let mut b = ReadBuffer::new(4, 16);
+        b.spare()[..4].copy_from_slice(b"abcd");
+        b.commit(4);
+        b.consume(1);
+        assert_eq!(b.filled(), b"bcd");
+        assert_eq!(b.spare().len(), 1);
+        b.spare()[0] = b'e';
+        b.commit(1);
+        assert_eq!(b.filled(), b"bcde");
+        assert_eq!(b.spare().len(), 4, "full buffer doubles");
+        b.commit(4);
+        assert_eq!(b.spare().len(), 8);
+        b.commit(8);
+        assert!(b.spare().is_empty(), "never beyond max");
+        b.clear();
+        assert!(b.filled().is_empty());
+    }
+}

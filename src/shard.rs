@@ -1,0 +1,314 @@
+//! One shard per core: a pinned glommio executor that recovers its spool,
+//! binds every listener with SO_REUSEPORT, accepts and serves sessions, and
+//! stops cleanly. Shards share nothing on the hot path; the only shared
+//! state is the connection count, touched at connect and close.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_lite::future::or;
+use glommio::net::TcpListener;
+use glommio::sync::Gate;
+use socket2::{Domain, Socket, Type};
+
+use crate::config::{Config, Protocol};
+use crate::metrics::Metrics;
+use crate::queue::{Queue, QueueEntry};
+use crate::session::limits::ConnectionLimits;
+use crate::session::shutdown::Shutdown;
+use crate::smtp::ServerConfig;
+use crate::spool::{GlommioStore, Spool, SpoolConfig};
+
+/// Locked memory glommio reserves per executor for its I/O buffers. The
+/// spool uses buffered (not DMA) files, so a little is enough, and it
+/// keeps unprivileged runs within the default RLIMIT_MEMLOCK.
+const IO_MEMORY: usize = 2 << 20;
+/// How often a shard looks at the process-wide stop flag.
+const STOP_POLL: Duration = Duration::from_millis(50);
+/// Pending connections per listening socket (the kernel caps it at
+/// net.core.somaxconn; see tuning/).
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// What a shard tells the main thread.
+#[derive(Debug)]
+pub enum ShardReport {
+    /// Spool recovered and every listener bound.
+    Ready { shard: usize, recovered: usize },
+    /// The shard could not start.
+    Failed { shard: usize, error: String },
+}
+
+/// Everything one shard's tasks share. Lives on one thread only.
+pub struct ShardContext {
+    pub index: usize,
+    pub config: Arc<Config>,
+    pub smtp: Rc<ServerConfig>,
+    pub spool: Spool<GlommioStore>,
+    pub queue: RefCell<Queue>,
+    pub metrics: RefCell<Metrics>,
+    pub limits: Arc<ConnectionLimits>,
+    pub tls: Option<futures_rustls::TlsAcceptor>,
+    pub shutdown: Rc<Shutdown>,
+}
+
+/// What a shard needs to start, handed over from the main thread.
+pub struct ShardPlan {
+    pub index: usize,
+    /// Shard directories whose segments this shard recovers and owns.
+    pub adopt: Vec<u8>,
+    pub config: Arc<Config>,
+    pub listeners: Vec<SocketAddr>,
+    pub limits: Arc<ConnectionLimits>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub stop: Arc<AtomicBool>,
+    pub reports: Sender<ShardReport>,
+}
+
+/// Starts the executor of one shard, pinned to `cpu`. Its join handle
+/// yields the shard's metrics when it has stopped.
+pub fn spawn(plan: ShardPlan, cpu: usize) -> std::io::Result<glommio::ExecutorJoinHandle<Metrics>> {
+    let name = format!("spate-{}", plan.index);
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpu))
+        .name(&name)
+        .io_memory(IO_MEMORY)
+        .spawn(move || run(plan))
+        .map_err(std::io::Error::from)
+}
+
+async fn run(plan: ShardPlan) -> Metrics {
+    let reports = plan.reports.clone();
+    let index = plan.index;
+    match start(plan).await {
+        Ok((ctx, listeners)) => serve(ctx, listeners).await,
+        Err(error) => {
+            let _ = reports.send(ShardReport::Failed {
+                shard: index,
+                error,
+            });
+            Metrics::default()
+        }
+    }
+}
+
+async fn start(plan: ShardPlan) -> Result<(Rc<ShardContext>, Vec<TcpListener>), String> {
+    let config = Arc::clone(&plan.config);
+    let shard_id =
+        u8::try_from(plan.index).map_err(|_| "at most 256 cores are supported".to_string())?;
+    let spool_config = SpoolConfig {
+        segment_size: config.spool.segment_size,
+        preallocate_chunk: config.spool.preallocate_chunk,
+    };
+    let (spool, recovered) = Spool::open(&config.spool_dir, shard_id, &plan.adopt, spool_config)
+        .await
+        .map_err(|e| format!("spool {}: {}", config.spool_dir.display(), error_chain(&e)))?;
+    let mut queue = Queue::new();
+    for message in &recovered {
+        queue.insert(
+            message.id,
+            QueueEntry {
+                size: message.body_len,
+                recipients: message.envelope.recipients.len(),
+                received_at: message.envelope.received_at,
+            },
+        );
+    }
+    let listeners = plan
+        .listeners
+        .iter()
+        .map(|addr| bind(*addr).map_err(|e| format!("cannot listen on {addr}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ctx = Rc::new(ShardContext {
+        index: plan.index,
+        smtp: Rc::new(smtp_server_config(&config)),
+        config,
+        spool,
+        queue: RefCell::new(queue),
+        metrics: RefCell::new(Metrics::default()),
+        limits: plan.limits,
+        tls: plan.tls.map(futures_rustls::TlsAcceptor::from),
+        shutdown: Rc::new(Shutdown::new()),
+    });
+    glommio::spawn_local(watch_stop(plan.stop, Rc::clone(&ctx.shutdown))).detach();
+    let _ = plan.reports.send(ShardReport::Ready {
+        shard: plan.index,
+        recovered: recovered.len(),
+    });
+    Ok((ctx, listeners))
+}
+
+/// An error and its causes on one line, for startup failures.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The SMTP core's view of the configuration.
+pub fn smtp_server_config(config: &Config) -> ServerConfig {
+    let s = &config.smtp;
+    ServerConfig {
+        hostname: config.hostname.clone(),
+        max_line_length: s.max_line_length,
+        max_message_size: s.max_message_size,
+        max_recipients: s.max_recipients,
+        max_errors: s.max_errors,
+        max_hops: s.max_hops,
+        bare_line_endings: match s.bare_line_endings {
+            crate::config::BareLineEndingPolicy::Reject => crate::smtp::BareLineEndings::Reject,
+            crate::config::BareLineEndingPolicy::Normalize => {
+                crate::smtp::BareLineEndings::Normalize
+            }
+        },
+        local_domains: config.local.domains.clone(),
+        starttls: config.tls.is_some(),
+        timeouts: crate::smtp::Timeouts {
+            command: s.command_timeout,
+            data_block: s.data_timeout,
+        },
+    }
+}
+
+/// Binds one listening socket of this core: SO_REUSEPORT lets every core
+/// bind the same address and the kernel spreads connections over them;
+/// SO_REUSEADDR lets a restarted server bind despite TIME_WAIT.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    // The descriptor is a freshly bound listening TCP socket that nothing
+    // else owns; the listener takes it over.
+    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
+}
+
+async fn watch_stop(stop: Arc<AtomicBool>, shutdown: Rc<Shutdown>) {
+    while !stop.load(Ordering::Acquire) {
+        glommio::timer::sleep(STOP_POLL).await;
+    }
+    shutdown.fire();
+}
+
+async fn serve(ctx: Rc<ShardContext>, listeners: Vec<TcpListener>) -> Metrics {
+    let sessions = Rc::new(Gate::new());
+    let accept_loops: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| {
+            glommio::spawn_local(accept_loop(Rc::clone(&ctx), listener, Rc::clone(&sessions)))
+        })
+        .collect();
+    for accept in accept_loops {
+        accept.await;
+    }
+    // Listeners are closed; open sessions get the grace period to finish
+    // their transactions, then the executor drops whatever is left.
+    let grace = ctx.config.shutdown_grace;
+    let finished = or(async { sessions.close().await.is_ok() }, async {
+        glommio::timer::sleep(grace).await;
+        false
+    })
+    .await;
+    if !finished {
+        tracing::info!(
+            shard = ctx.index,
+            "grace period over, aborting open sessions"
+        );
+    }
+    if let Err(e) = ctx.spool.close().await {
+        tracing::error!(shard = ctx.index, error = %e, "spool did not close cleanly");
+    }
+    let metrics = ctx.metrics.borrow().clone();
+    metrics
+}
+
+async fn accept_loop(ctx: Rc<ShardContext>, listener: TcpListener, sessions: Rc<Gate>) {
+    loop {
+        let accepted = or(async { Some(listener.accept().await) }, async {
+            ctx.shutdown.wait().await;
+            None
+        })
+        .await;
+        match accepted {
+            None => return,
+            Some(Ok(stream)) => {
+                let Ok(peer) = stream.peer_addr() else {
+                    continue;
+                };
+                // A dropped task handle would cancel the session: detach it;
+                // the gate still tracks it for shutdown.
+                match sessions.spawn(crate::session::smtp::serve(Rc::clone(&ctx), stream, peer)) {
+                    Ok(task) => {
+                        task.detach();
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot start a session"),
+                }
+            }
+            Some(Err(e)) => {
+                // Out of descriptors or memory: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Whether this build serves `protocol` (the mailbox protocols and
+/// submission come with the mailbox tier).
+pub fn serves(protocol: Protocol) -> bool {
+    matches!(protocol, Protocol::Smtp)
+}
+
+/// The shard directories that exist under the spool directory, so a
+/// restart with a different core count still recovers every segment.
+pub fn existing_shard_dirs(spool_dir: &std::path::Path) -> Vec<u8> {
+    let Ok(entries) = std::fs::read_dir(spool_dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<u8> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("shard-")?.parse().ok())
+        .collect();
+    found.sort_unstable();
+    found
+}
+
+/// Which existing shard directories shard `index` of `count` adopts: its
+/// own, and those of shards that no longer exist (`n % count == index`).
+pub fn adoption(index: usize, count: usize, existing: &[u8]) -> Vec<u8> {
+    let mut adopt: Vec<u8> = existing
+        .iter()
+        .copied()
+        .filter(|n| usize::from(*n) % count == index && usize::from(*n) != index)
+        .collect();
+    // Its own directory, even when it does not exist yet.
+    if let Ok(own) = u8::try_from(index) {
+        adopt.insert(0, own);
+    }
+    adopt
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_existing_shard_dir_is_adopted_exactly_once() {
+        let existing = [0, 1, 2, 3, 4];
+        let mut seen: Vec<u8> = (0..2).flat_map(|i| adoption(i, 2, &existing)).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, vec![0, 1, 2, 3, 4]);
+        assert_eq!(adoption(0, 1, &[]), vec![0]);
+    }
+}

@@ -1,0 +1,157 @@
+//! Group commit: one fdatasync covers every write that completed before it
+//! started; callers wait for such a sync. Also the two single-thread wait
+//! primitives it needs. It refuses to know what is being written or how a
+//! failure is repaired (that is the spool's job).
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::io;
+use std::task::{Poll, Waker};
+
+use super::io::SegmentFile;
+
+/// Wakes every waiter when something changed. Single-threaded: wakers are
+/// kept in a RefCell, no locks.
+#[derive(Default)]
+pub(crate) struct Signal {
+    generation: Cell<u64>,
+    wakers: RefCell<Vec<Waker>>,
+}
+
+impl Signal {
+    pub(crate) fn notify_all(&self) {
+        self.generation.set(self.generation.get().wrapping_add(1));
+        for w in self.wakers.take() {
+            w.wake();
+        }
+    }
+
+    /// A ticket taken before checking a condition; `changed(ticket)` then
+    /// cannot miss a notification that happens after the check.
+    pub(crate) fn ticket(&self) -> u64 {
+        self.generation.get()
+    }
+
+    pub(crate) fn changed(&self, ticket: u64) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.generation.get() != ticket {
+                Poll::Ready(())
+            } else {
+                self.wakers.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+    }
+}
+
+/// An async mutual-exclusion gate for the few steps that must not
+/// interleave across awaits (reserving space, rolling a segment,
+/// preallocating). Released on drop, so a cancelled holder cannot wedge it.
+#[derive(Default)]
+pub(crate) struct Gate {
+    held: Cell<bool>,
+    signal: Signal,
+}
+
+pub(crate) struct GateGuard<'a>(&'a Gate);
+
+impl Gate {
+    pub(crate) async fn enter(&self) -> GateGuard<'_> {
+        loop {
+            let t = self.signal.ticket();
+            if !self.held.get() {
+                self.held.set(true);
+                return GateGuard(self);
+            }
+            self.signal.changed(t).await;
+        }
+    }
+}
+
+impl Drop for GateGuard<'_> {
+    fn drop(&mut self) {
+        self.0.held.set(false);
+        self.0.signal.notify_all();
+    }
+}
+
+/// Why a commit did not make the caller's writes durable.
+#[derive(Debug, Clone)]
+pub(crate) struct CommitFailed {
+    /// Text of the io::Error of the failed sync (shared by a whole batch).
+    pub detail: String,
+}
+
+/// Group-commit state of one segment file.
+///
+/// Syncs are numbered; `started` counts syncs begun, `durable` is the
+/// number of the last one that succeeded. A caller whose writes are done
+/// needs sync number `started + 1` (any sync already running may have begun
+/// before its writes finished). The first waiter to find no sync running
+/// becomes the leader and runs it; everyone else waits for the result. Once
+/// a sync fails the file is never trusted again: every later commit fails.
+#[derive(Default)]
+pub(crate) struct GroupCommit {
+    started: Cell<u64>,
+    durable: Cell<u64>,
+    running: Cell<bool>,
+    failure: RefCell<Option<CommitFailed>>,
+    signal: Signal,
+}
+
+/// Resets the leader role if the leader's future is dropped mid-sync; the
+/// outcome of that sync is then unknown, so it counts as not done and a
+/// waiter starts another.
+struct LeaderGuard<'a>(&'a GroupCommit);
+
+impl Drop for LeaderGuard<'_> {
+    fn drop(&mut self) {
+        self.0.running.set(false);
+        self.0.signal.notify_all();
+    }
+}
+
+impl GroupCommit {
+    /// Returns once a sync that started after this call began has
+    /// succeeded. Call it only after the caller's writes completed.
+    pub(crate) async fn commit<F: SegmentFile>(&self, file: &F) -> Result<(), CommitFailed> {
+        let target = self.started.get() + 1;
+        loop {
+            if self.durable.get() >= target {
+                return Ok(());
+            }
+            if let Some(f) = self.failure.borrow().as_ref() {
+                return Err(f.clone());
+            }
+            let ticket = self.signal.ticket();
+            if !self.running.get() {
+                self.running.set(true);
+                let number = self.started.get() + 1;
+                self.started.set(number);
+                let guard = LeaderGuard(self);
+                let result = file.sync_data().await;
+                match result {
+                    Ok(()) => self.durable.set(number),
+                    Err(e) => self.fail(&e),
+                }
+                drop(guard); // clears `running` and wakes the followers
+                continue;
+            }
+            self.signal.changed(ticket).await;
+        }
+    }
+
+    fn fail(&self, e: &io::Error) {
+        let mut f = self.failure.borrow_mut();
+        if f.is_none() {
+            *f = Some(CommitFailed {
+                detail: e.to_string(),
+            });
+        }
+    }
+
+    /// True once a sync of this file failed: the file must be retired.
+    pub(crate) fn failed(&self) -> bool {
+        self.failure.borrow().is_some()
+    }
+}

@@ -1,0 +1,86 @@
+//! Names and places on disk: shard directories, segment files, quarantine
+//! files, and listing them. It never opens or changes a file.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::id::SegmentId;
+
+/// `<spool_dir>/shard-<N>`.
+pub(crate) fn shard_dir(spool_dir: &Path, shard: u8) -> PathBuf {
+    spool_dir.join(format!("shard-{shard}"))
+}
+
+/// `<spool_dir>/shard-<N>/<seq, 8 digits>.seg`.
+pub(crate) fn segment_path(spool_dir: &Path, seg: SegmentId) -> PathBuf {
+    shard_dir(spool_dir, seg.shard).join(format!("{:08}.seg", seg.seq))
+}
+
+/// `<spool_dir>/quarantine`.
+pub(crate) fn quarantine_dir(spool_dir: &Path) -> PathBuf {
+    spool_dir.join("quarantine")
+}
+
+/// `<spool_dir>/quarantine/shard-<N>-<seq>-<offset>.rec`: unique per
+/// damaged record, so quarantining the same record again after another
+/// restart overwrites instead of piling up.
+pub(crate) fn quarantine_path(spool_dir: &Path, seg: SegmentId, offset: u64) -> PathBuf {
+    quarantine_dir(spool_dir).join(format!(
+        "shard-{}-{:08}-{offset:010}.rec",
+        seg.shard, seg.seq
+    ))
+}
+
+/// Shard numbers that have a directory, ascending. A missing spool
+/// directory has no shards.
+pub(crate) fn list_shards(spool_dir: &Path) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(spool_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(n) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("shard-"))
+            .and_then(|n| n.parse::<u8>().ok())
+        else {
+            continue;
+        };
+        if entry.file_type()?.is_dir() {
+            out.push(n);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Segments of one shard directory, in sequence order. Other files are
+/// ignored; a missing directory has none.
+pub(crate) fn list_segments(spool_dir: &Path, shard: u8) -> io::Result<Vec<SegmentId>> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(shard_dir(spool_dir, shard)) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let name = entry?.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".seg")) else {
+            continue;
+        };
+        if stem.len() != 8 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(seq) = stem.parse::<u32>() {
+            if seq <= SegmentId::MAX_SEQ {
+                out.push(SegmentId { shard, seq });
+            }
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}

@@ -1,0 +1,160 @@
+//! In-memory bookkeeping for reclaim: which messages of each segment are
+//! still live, which segments hold Finished markers that other segments'
+//! messages depend on, and which segments may therefore be deleted. It
+//! never touches a file; the spool deletes what it names.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use super::id::{SegmentId, SpoolId};
+
+#[derive(Default, Debug)]
+struct Entry {
+    /// Live messages by offset, with their record crc (quoted by markers).
+    live: HashMap<u32, u32>,
+    /// Records reserved in this segment whose commit has not finished: the
+    /// segment may not go while a marker in it could still become durable.
+    in_flight: u32,
+    /// Segments of this spool holding messages that markers in this segment
+    /// finished: this segment must outlive them, or they would resurrect.
+    targets: BTreeSet<SegmentId>,
+    /// The same for segments of shard directories this spool does not own;
+    /// their deletion is checked on disk.
+    foreign_targets: BTreeSet<SegmentId>,
+    active: bool,
+}
+
+/// Reclaim state of every segment this spool owns.
+#[derive(Default, Debug)]
+pub(crate) struct Ledger {
+    segments: BTreeMap<SegmentId, Entry>,
+}
+
+impl Ledger {
+    pub(crate) fn add_segment(&mut self, seg: SegmentId) {
+        self.segments.entry(seg).or_default();
+    }
+
+    pub(crate) fn set_active(&mut self, seg: SegmentId, active: bool) {
+        self.segments.entry(seg).or_default().active = active;
+    }
+
+    pub(crate) fn add_live(&mut self, id: SpoolId, crc: u32) {
+        let e = self.segments.entry(id.segment()).or_default();
+        e.live.insert(id.offset(), crc);
+    }
+
+    /// The record crc of a live message, `None` if it is not live here.
+    pub(crate) fn live_crc(&self, id: SpoolId) -> Option<u32> {
+        self.segments
+            .get(&id.segment())
+            .and_then(|e| e.live.get(&id.offset()).copied())
+    }
+
+    pub(crate) fn begin_write(&mut self, seg: SegmentId) {
+        self.segments.entry(seg).or_default().in_flight += 1;
+    }
+
+    pub(crate) fn end_write(&mut self, seg: SegmentId) {
+        if let Some(e) = self.segments.get_mut(&seg) {
+            e.in_flight = e.in_flight.saturating_sub(1);
+        }
+    }
+
+    /// Records that a durable marker in `holder` finished `id`. Returns
+    /// false if `id` was not live (finished twice: harmless).
+    pub(crate) fn finish(&mut self, id: SpoolId, holder: SegmentId) -> bool {
+        let target = id.segment();
+        let was_live = self
+            .segments
+            .get_mut(&target)
+            .is_some_and(|e| e.live.remove(&id.offset()).is_some());
+        if was_live && target != holder {
+            self.segments
+                .entry(holder)
+                .or_default()
+                .targets
+                .insert(target);
+        }
+        was_live
+    }
+
+    /// Notes, at recovery, that a marker in `holder` finished a message in
+    /// `target`, a segment this spool owns (`owned`) or not.
+    pub(crate) fn add_dependency(&mut self, holder: SegmentId, target: SegmentId, owned: bool) {
+        if holder == target {
+            return;
+        }
+        let e = self.segments.entry(holder).or_default();
+        if owned {
+            e.targets.insert(target);
+        } else {
+            e.foreign_targets.insert(target);
+        }
+    }
+
+    /// Segments that can be deleted now: not active, nothing live or in
+    /// flight, and every segment they hold markers for already gone.
+    /// `foreign_exists` asks the disk about segments of other shards.
+    pub(crate) fn reclaimable(&self, foreign_exists: impl Fn(SegmentId) -> bool) -> Vec<SegmentId> {
+        self.segments
+            .iter()
+            .filter(|(_, e)| {
+                !e.active
+                    && e.live.is_empty()
+                    && e.in_flight == 0
+                    && e.targets.iter().all(|t| !self.segments.contains_key(t))
+                    && e.foreign_targets.iter().all(|t| !foreign_exists(*t))
+            })
+            .map(|(s, _)| *s)
+            .collect()
+    }
+
+    /// Forgets a deleted segment.
+    pub(crate) fn remove(&mut self, seg: SegmentId) {
+        self.segments.remove(&seg);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(seq: u32) -> SegmentId {
+        SegmentId { shard: 0, seq }
+    }
+    fn id(seq: u32, off: u32) -> SpoolId {
+        SpoolId::new(seg(seq), off).expect("small seq")
+    }
+
+    #[test]
+    fn marker_holder_outlives_target() {
+        let mut l = Ledger::default();
+        l.add_segment(seg(1));
+        l.add_segment(seg(2));
+        l.set_active(seg(3), true);
+        l.add_live(id(1, 0), 11);
+        l.add_live(id(2, 0), 22);
+        // seg 2's message finished by a marker in seg 2 itself; seg 1's by a
+        // marker in seg 2.
+        assert!(l.finish(id(2, 0), seg(2)));
+        assert!(l.finish(id(1, 0), seg(2)));
+        assert!(!l.finish(id(1, 0), seg(2)));
+        // seg 2 must wait for seg 1
+        assert_eq!(l.reclaimable(|_| false), vec![seg(1)]);
+        l.remove(seg(1));
+        assert_eq!(l.reclaimable(|_| false), vec![seg(2)]);
+    }
+
+    #[test]
+    fn in_flight_and_foreign_pin() {
+        let mut l = Ledger::default();
+        l.add_segment(seg(1));
+        l.begin_write(seg(1));
+        assert!(l.reclaimable(|_| false).is_empty());
+        l.end_write(seg(1));
+        let foreign = SegmentId { shard: 9, seq: 4 };
+        l.add_dependency(seg(1), foreign, false);
+        assert!(l.reclaimable(|_| true).is_empty());
+        assert_eq!(l.reclaimable(|_| false), vec![seg(1)]);
+    }
+}

@@ -1,0 +1,43 @@
+//! The durable on-disk spool: per-shard append-only segment files of
+//! typed, versioned, checksummed records, group commit, recovery and
+//! reclaim. This file only maps the modules and exports the API; it holds
+//! no logic.
+//!
+//! Modules, each with one job:
+//! - `id`: `SpoolId` / `SegmentId` and their text forms
+//! - `record`: record and payload byte formats
+//! - `scan`: classifying the bytes of one segment (records, damage, end)
+//! - `recovery`: reading shard directories back, quarantine
+//! - `ledger`: what is live and which segments may be deleted
+//! - `io`: the I/O seam (traits) and the glommio implementation
+//! - `commit`: group commit and single-thread wait primitives
+//! - `segment`: one segment open for appending
+//! - `shard`: `Spool`, tying the above together for one core
+//! - `reader`: reading messages through mmap, offline `scan_dir`
+//! - `layout`: file and directory names
+//! - `error`: `SpoolError`
+
+mod commit;
+mod error;
+mod id;
+mod io;
+mod layout;
+mod ledger;
+mod reader;
+mod record;
+mod recovery;
+mod scan;
+mod segment;
+mod shard;
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
+
+pub use error::{ParseSpoolIdError, SpoolError};
+pub use id::{SegmentId, SpoolId};
+pub use io::{GlommioSegmentFile, GlommioStore, SegmentFile, SegmentStore};
+pub use reader::{scan_dir, QueuedMessage, StoredMessage};
+pub use record::FinishReason;
+pub use shard::{RecoveredMessage, Spool, SpoolConfig};

@@ -1,0 +1,584 @@
+//! The on-disk record format: header layout, checksums, and the encoding of
+//! Message and Finished payloads. Pure byte work: it never touches a file
+//! and never decides what a damaged record means (see `scan`).
+//!
+//! Every record is a 24-byte header followed by the payload, the whole
+//! padded with zeros to a multiple of 8 bytes (the padding is not written:
+//! segments are preallocated, so it is already zero on disk).
+//!
+//! ```text
+//! offset size field
+//!  0      4   magic "SPRC"
+//!  4      1   format version (1)
+//!  5      1   record kind (1 Message, 2 Finished; others skipped by readers)
+//!  6      2   flags, zero for now
+//!  8      8   payload length in bytes, little endian (padding excluded)
+//! 16      4   crc32c over bytes 0..16 and then the payload
+//! 20      4   crc32c over bytes 0..20 (header check: makes the length
+//!             trustworthy even when the payload is damaged)
+//! ```
+//! This header layout is fixed for all future versions; a new version may
+//! change payload encodings, and new kinds may be added, without breaking
+//! older readers (they skip what they do not understand).
+//!
+//! Message payload: `u32 envelope length | envelope | body bytes`.
+//! Envelope (little endian, strings as `u32 length | UTF-8 bytes`):
+//! `sender | u32 recipient count | recipients | body type u8 | smtputf8 u8 |
+//! dsn_return u8 (0 none, 1 full, 2 headers) | envid (u8 present | string) |
+//! received_at u64 | client ip (u8 4 or 6 | 4 or 16 bytes) | helo | 0xE5`.
+//! Recipient: `address | notify (u8 present | u8 bits) | orcpt (u8 present |
+//! string)`. The final 0xE5 guarantees a non-zero last byte, which the
+//! scanner uses to tell a torn tail from a damaged record.
+//!
+//! Finished payload (16 bytes): `u64 target SpoolId | u32 crc of the target
+//! record | u8 reason | 2 zero bytes | 0xF1`. The target crc makes a stale
+//! marker harmless if a segment number is ever reused.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ops::Range;
+
+use crate::envelope::{BodyType, DsnReturn, Envelope, Notify, Recipient};
+
+use super::id::SpoolId;
+
+pub(crate) const MAGIC: [u8; 4] = *b"SPRC";
+pub(crate) const VERSION: u8 = 1;
+pub(crate) const HEADER_LEN: usize = 24;
+const ENVELOPE_END: u8 = 0xE5;
+const FINISHED_END: u8 = 0xF1;
+const FINISHED_LEN: usize = 16;
+
+/// Record kinds this version writes. Readers skip other kinds whose
+/// checksum is valid, so later versions can add per-recipient outcomes or
+/// retry schedules without a format change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RecordKind {
+    Message = 1,
+    Finished = 2,
+}
+
+impl RecordKind {
+    pub(crate) fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(RecordKind::Message),
+            2 => Some(RecordKind::Finished),
+            _ => None,
+        }
+    }
+}
+
+/// Why a message left the queue. Recorded so that an operator reading the
+/// spool (or a future audit log) can tell a delivery from a discard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FinishReason {
+    /// Accepted by the next hop or the mailbox store.
+    Delivered,
+    /// A bounce (DSN) was generated and spooled; the original is done.
+    Bounced,
+    /// Removed by an operator.
+    Deleted,
+    /// Gave up after the queue lifetime (a bounce was spooled if wanted).
+    Expired,
+    /// The spool itself dropped it: its sync failed and the client was told
+    /// 451, so it must never be delivered.
+    Discarded,
+}
+
+impl FinishReason {
+    fn code(self) -> u8 {
+        match self {
+            FinishReason::Delivered => 1,
+            FinishReason::Bounced => 2,
+            FinishReason::Deleted => 3,
+            FinishReason::Expired => 4,
+            FinishReason::Discarded => 5,
+        }
+    }
+
+    /// `None` for codes written by a newer version; such a marker still
+    /// finishes its message.
+    pub(crate) fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(FinishReason::Delivered),
+            2 => Some(FinishReason::Bounced),
+            3 => Some(FinishReason::Deleted),
+            4 => Some(FinishReason::Expired),
+            5 => Some(FinishReason::Discarded),
+            _ => None,
+        }
+    }
+}
+
+/// A header whose magic and header check are valid: its length can be
+/// trusted even if the payload turns out damaged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub version: u8,
+    pub kind: u8,
+    pub payload_len: u64,
+    pub crc: u32,
+}
+
+/// Why a payload does not decode (checksum was fine: a writer bug or a
+/// newer version's payload).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DecodeError(pub &'static str);
+
+/// Total on-disk length of a record with this payload, padding included.
+pub(crate) fn record_len(payload_len: u64) -> u64 {
+    HEADER_LEN as u64 + payload_len.div_ceil(8) * 8
+}
+
+fn header_fields(kind: RecordKind, payload_len: u64) -> [u8; 16] {
+    let mut f = [0u8; 16];
+    f[0..4].copy_from_slice(&MAGIC);
+    f[4] = VERSION;
+    f[5] = kind as u8;
+    f[8..16].copy_from_slice(&payload_len.to_le_bytes());
+    f
+}
+
+fn header_bytes(fields: [u8; 16], crc: u32) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[0..16].copy_from_slice(&fields);
+    h[16..20].copy_from_slice(&crc.to_le_bytes());
+    let hcrc = crc32c::crc32c(&h[0..20]);
+    h[20..24].copy_from_slice(&hcrc.to_le_bytes());
+    h
+}
+
+/// Parses a header; `None` unless both magic and header check match.
+pub(crate) fn parse_header(bytes: &[u8]) -> Option<Header> {
+    let h = bytes.get(0..HEADER_LEN)?;
+    if h[0..4] != MAGIC {
+        return None;
+    }
+    let hcrc = u32::from_le_bytes([h[20], h[21], h[22], h[23]]);
+    if crc32c::crc32c(&h[0..20]) != hcrc {
+        return None;
+    }
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&h[8..16]);
+    Some(Header {
+        version: h[4],
+        kind: h[5],
+        payload_len: u64::from_le_bytes(len),
+        crc: u32::from_le_bytes([h[16], h[17], h[18], h[19]]),
+    })
+}
+
+/// Checks a payload against its header: the crc covers header bytes 0..16
+/// and the payload.
+pub(crate) fn payload_matches(header_bytes: &[u8], payload: &[u8], crc: u32) -> bool {
+    let c = crc32c::crc32c(&header_bytes[0..16]);
+    crc32c::crc32c_append(c, payload) == crc
+}
+
+/// A Message record split in the two buffers it is written from: the
+/// header and envelope (built here), then the body exactly as the session
+/// handed it over, written without a copy at `head.len()` past the start.
+pub(crate) struct MessageRecord {
+    pub head: Vec<u8>,
+    pub body: Vec<u8>,
+    /// Padded on-disk length of the whole record.
+    pub len: u64,
+    /// The record crc, quoted by Finished markers for this message.
+    pub crc: u32,
+}
+
+/// Builds the two write buffers of a Message record.
+pub(crate) fn encode_message(envelope: &Envelope, body: Vec<u8>) -> MessageRecord {
+    let mut env = Vec::with_capacity(128);
+    encode_envelope(envelope, &mut env);
+    let payload_len = 4 + env.len() as u64 + body.len() as u64;
+    let fields = header_fields(RecordKind::Message, payload_len);
+    let mut head = Vec::with_capacity(HEADER_LEN + 4 + env.len());
+    head.extend_from_slice(&[0u8; HEADER_LEN]);
+    // env is bounded by SMTP limits far below 4 GiB; saturate rather than wrap
+    // so an absurd envelope fails its decode instead of aliasing.
+    head.extend_from_slice(&u32::try_from(env.len()).unwrap_or(u32::MAX).to_le_bytes());
+    head.extend_from_slice(&env);
+    let mut crc = crc32c::crc32c(&fields);
+    crc = crc32c::crc32c_append(crc, &head[HEADER_LEN..]);
+    crc = crc32c::crc32c_append(crc, &body);
+    head[0..HEADER_LEN].copy_from_slice(&header_bytes(fields, crc));
+    MessageRecord {
+        head,
+        body,
+        len: record_len(payload_len),
+        crc,
+    }
+}
+
+/// A decoded Finished marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Finished {
+    pub target: SpoolId,
+    pub target_crc: u32,
+    pub reason_code: u8,
+}
+
+/// Builds a whole Finished record (header, payload; 40 bytes, no padding
+/// needed).
+pub(crate) fn encode_finished(target: SpoolId, target_crc: u32, reason: FinishReason) -> Vec<u8> {
+    let mut payload = [0u8; FINISHED_LEN];
+    payload[0..8].copy_from_slice(&target.to_u64().to_le_bytes());
+    payload[8..12].copy_from_slice(&target_crc.to_le_bytes());
+    payload[12] = reason.code();
+    payload[15] = FINISHED_END;
+    let fields = header_fields(RecordKind::Finished, FINISHED_LEN as u64);
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&fields), &payload);
+    let mut rec = Vec::with_capacity(HEADER_LEN + FINISHED_LEN);
+    rec.extend_from_slice(&header_bytes(fields, crc));
+    rec.extend_from_slice(&payload);
+    rec
+}
+
+pub(crate) fn decode_finished(payload: &[u8]) -> Result<Finished, DecodeError> {
+    if payload.len() != FINISHED_LEN || payload[15] != FINISHED_END {
+        return Err(DecodeError("bad Finished payload"));
+    }
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&payload[0..8]);
+    Ok(Finished {
+        target: SpoolId::from_u64(u64::from_le_bytes(id)),
+        target_crc: u32::from_le_bytes([payload[8], payload[9], payload[10], payload[11]]),
+        reason_code: payload[12],
+    })
+}
+
+/// Decodes a Message payload: the envelope and where the body lies inside
+/// `payload` (so callers can borrow it from an mmap).
+pub(crate) fn decode_message(payload: &[u8]) -> Result<(Envelope, Range<usize>), DecodeError> {
+    let mut r = Reader {
+        buf: payload,
+        pos: 0,
+    };
+    let env_len = r.u32()? as usize;
+    let env_end = 4usize
+        .checked_add(env_len)
+        .filter(|&e| e <= payload.len())
+        .ok_or(DecodeError("envelope length past payload"))?;
+    let mut er = Reader {
+        buf: &payload[4..env_end],
+        pos: 0,
+    };
+    let envelope = decode_envelope(&mut er)?;
+    if er.pos != env_len {
+        return Err(DecodeError("trailing bytes after envelope"));
+    }
+    Ok((envelope, env_end..payload.len()))
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    // Strings come from bounded SMTP lines; see encode_message on saturation.
+    out.extend_from_slice(&u32::try_from(s.len()).unwrap_or(u32::MAX).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_opt_str(out: &mut Vec<u8>, s: &Option<String>) {
+    match s {
+        None => out.push(0),
+        Some(s) => {
+            out.push(1);
+            put_str(out, s);
+        }
+    }
+}
+
+fn encode_envelope(e: &Envelope, out: &mut Vec<u8>) {
+    put_str(out, &e.sender);
+    out.extend_from_slice(
+        &u32::try_from(e.recipients.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
+    for r in &e.recipients {
+        put_str(out, &r.address);
+        match r.notify {
+            None => out.extend_from_slice(&[0, 0]),
+            Some(n) => out.extend_from_slice(&[1, n.to_bits()]),
+        }
+        put_opt_str(out, &r.orcpt);
+    }
+    out.push(match e.body_type {
+        BodyType::SevenBit => 0,
+        BodyType::EightBitMime => 1,
+        BodyType::BinaryMime => 2,
+    });
+    out.push(u8::from(e.smtputf8));
+    out.push(match e.dsn_return {
+        None => 0,
+        Some(DsnReturn::Full) => 1,
+        Some(DsnReturn::Headers) => 2,
+    });
+    put_opt_str(out, &e.envid);
+    out.extend_from_slice(&e.received_at.to_le_bytes());
+    match e.client_ip {
+        IpAddr::V4(a) => {
+            out.push(4);
+            out.extend_from_slice(&a.octets());
+        }
+        IpAddr::V6(a) => {
+            out.push(6);
+            out.extend_from_slice(&a.octets());
+        }
+    }
+    put_str(out, &e.helo);
+    out.push(ENVELOPE_END);
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or(DecodeError("truncated envelope"))?;
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn string(&mut self) -> Result<String, DecodeError> {
+        let n = self.u32()? as usize;
+        let b = self.take(n)?;
+        String::from_utf8(b.to_vec()).map_err(|_| DecodeError("string is not UTF-8"))
+    }
+    fn opt_string(&mut self) -> Result<Option<String>, DecodeError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => self.string().map(Some),
+            _ => Err(DecodeError("bad option tag")),
+        }
+    }
+}
+
+fn decode_envelope(r: &mut Reader<'_>) -> Result<Envelope, DecodeError> {
+    let sender = r.string()?;
+    let count = r.u32()? as usize;
+    // Each recipient takes at least 7 bytes: bound the allocation by the input.
+    let mut recipients = Vec::with_capacity(count.min(r.buf.len() / 7));
+    for _ in 0..count {
+        let address = r.string()?;
+        let notify = match (r.u8()?, r.u8()?) {
+            (0, _) => None,
+            (1, bits) => Some(Notify::from_bits(bits)),
+            _ => return Err(DecodeError("bad notify tag")),
+        };
+        let orcpt = r.opt_string()?;
+        recipients.push(Recipient {
+            address,
+            notify,
+            orcpt,
+        });
+    }
+    let body_type = match r.u8()? {
+        0 => BodyType::SevenBit,
+        1 => BodyType::EightBitMime,
+        2 => BodyType::BinaryMime,
+        _ => return Err(DecodeError("bad body type")),
+    };
+    let smtputf8 = match r.u8()? {
+        0 => false,
+        1 => true,
+        _ => return Err(DecodeError("bad smtputf8 flag")),
+    };
+    let dsn_return = match r.u8()? {
+        0 => None,
+        1 => Some(DsnReturn::Full),
+        2 => Some(DsnReturn::Headers),
+        _ => return Err(DecodeError("bad dsn return")),
+    };
+    let envid = r.opt_string()?;
+    let received_at = r.u64()?;
+    let client_ip = match r.u8()? {
+        4 => {
+            let b = r.take(4)?;
+            IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+        }
+        6 => {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(r.take(16)?);
+            IpAddr::V6(Ipv6Addr::from(a))
+        }
+        _ => return Err(DecodeError("bad ip family")),
+    };
+    let helo = r.string()?;
+    if r.u8()? != ENVELOPE_END {
+        return Err(DecodeError("missing envelope end mark"));
+    }
+    Ok(Envelope {
+        sender,
+        recipients,
+        body_type,
+        smtputf8,
+        dsn_return,
+        envid,
+        received_at,
+        client_ip,
+        helo,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Envelopes covering every field and variant, shared with other tests.
+    pub(crate) fn sample_envelopes() -> Vec<Envelope> {
+        let base = Envelope {
+            sender: "alice@example.test".into(),
+            recipients: vec![Recipient {
+                address: "bob@example.test".into(),
+                notify: None,
+                orcpt: None,
+            }],
+            body_type: BodyType::SevenBit,
+            smtputf8: false,
+            dsn_return: None,
+            envid: None,
+            received_at: 1_700_000_000,
+            client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
+            helo: "client.example.test".into(),
+        };
+        let mut all = vec![base.clone()];
+        all.push(Envelope {
+            sender: String::new(),
+            recipients: vec![
+                Recipient {
+                    address: "\"quoted local\"@example.test".into(),
+                    notify: Some(Notify {
+                        never: true,
+                        ..Notify::default()
+                    }),
+                    orcpt: Some("rfc822;bob+2B@example.test".into()),
+                },
+                Recipient {
+                    address: "用户@例子.测试".into(),
+                    notify: Some(Notify {
+                        never: false,
+                        success: true,
+                        failure: true,
+                        delay: true,
+                    }),
+                    orcpt: Some("utf-8;用户@例子.测试".into()),
+                },
+                Recipient {
+                    address: "dave@example.test".into(),
+                    notify: Some(Notify::default()),
+                    orcpt: None,
+                },
+            ],
+            body_type: BodyType::EightBitMime,
+            smtputf8: true,
+            dsn_return: Some(DsnReturn::Full),
+            envid: Some("QQ314159+2Bx".into()),
+            received_at: u64::MAX,
+            client_ip: "2001:db8::1".parse().expect("literal v6 address"),
+            helo: "[IPv6:2001:db8::1]".into(),
+        });
+        all.push(Envelope {
+            body_type: BodyType::BinaryMime,
+            dsn_return: Some(DsnReturn::Headers),
+            recipients: Vec::new(),
+            sender: "josé@exämple.test".into(),
+            client_ip: "::ffff:10.0.0.1".parse().expect("literal mapped address"),
+            ..base
+        });
+        all
+    }
+
+    #[test]
+    fn message_round_trip_every_field() {
+        for env in sample_envelopes() {
+            for body in [
+                Vec::new(),
+                b"Subject: x\r\n\r\nhi\r\n".to_vec(),
+                vec![7u8; 5000],
+            ] {
+                let rec = encode_message(&env, body.clone());
+                let mut bytes = rec.head.clone();
+                bytes.extend_from_slice(&rec.body);
+                let h = parse_header(&bytes).expect("valid header");
+                assert_eq!(h.kind, RecordKind::Message as u8);
+                assert_eq!(h.crc, rec.crc);
+                assert_eq!(rec.len, record_len(h.payload_len));
+                assert_eq!(rec.len % 8, 0);
+                let payload = &bytes[HEADER_LEN..];
+                assert_eq!(payload.len() as u64, h.payload_len);
+                assert!(payload_matches(&bytes, payload, h.crc));
+                let (decoded, range) = decode_message(payload).expect("decodes");
+                assert_eq!(decoded, env);
+                assert_eq!(&payload[range], &body[..]);
+            }
+        }
+    }
+
+    #[test]
+    fn finished_round_trip() {
+        let id = SpoolId::from_u64(0x0102_0304_0506_0708);
+        for reason in [
+            FinishReason::Delivered,
+            FinishReason::Bounced,
+            FinishReason::Deleted,
+            FinishReason::Expired,
+            FinishReason::Discarded,
+        ] {
+            let rec = encode_finished(id, 0xabcd, reason);
+            assert_eq!(rec.len() as u64, record_len(FINISHED_LEN as u64));
+            let h = parse_header(&rec).expect("valid header");
+            assert!(payload_matches(&rec, &rec[HEADER_LEN..], h.crc));
+            let f = decode_finished(&rec[HEADER_LEN..]).expect("decodes");
+            assert_eq!(f.target, id);
+            assert_eq!(f.target_crc, 0xabcd);
+            assert_eq!(FinishReason::from_code(f.reason_code), Some(reason));
+        }
+    }
+
+    #[test]
+    fn crc_mismatch_detected() {
+        let env = &sample_envelopes()[1];
+        let rec = encode_message(env, b"body bytes\r\n".to_vec());
+        let mut bytes = rec.head.clone();
+        bytes.extend_from_slice(&rec.body);
+        for i in HEADER_LEN..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x10;
+            let h = parse_header(&b).expect("header untouched");
+            assert!(!payload_matches(&b, &b[HEADER_LEN..], h.crc), "flip at {i}");
+        }
+        for i in 0..HEADER_LEN {
+            let mut b = bytes.clone();
+            b[i] ^= 0x01;
+            assert!(parse_header(&b).is_none(), "header flip at {i} undetected");
+        }
+    }
+
+    #[test]
+    fn garbage_does_not_decode_or_panic() {
+        let env = &sample_envelopes()[1];
+        let rec = encode_message(env, Vec::new());
+        let payload = &rec.head[HEADER_LEN..];
+        for cut in 0..payload.len() {
+            assert!(decode_message(&payload[..cut]).is_err());
+        }
+        assert!(decode_finished(&[0u8; 16]).is_err());
+    }
+}
