@@ -164,12 +164,7 @@ pub fn smtp_server_config(config: &Config) -> ServerConfig {
         max_recipients: s.max_recipients,
         max_errors: s.max_errors,
         max_hops: s.max_hops,
-        bare_line_endings: match s.bare_line_endings {
-            crate::config::BareLineEndingPolicy::Reject => crate::smtp::BareLineEndings::Reject,
-            crate::config::BareLineEndingPolicy::Normalize => {
-                crate::smtp::BareLineEndings::Normalize
-            }
-        },
+        bare_line_endings: s.bare_line_endings,
         local_domains: config.local.domains.clone(),
         starttls: config.tls.is_some(),
         timeouts: crate::smtp::Timeouts {

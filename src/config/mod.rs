@@ -9,6 +9,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::smtp::BareLineEndings;
+
 /// The configuration `spate serve` runs on when no `--config` is given:
 /// loopback ports and a data directory under the working directory, so a
 /// first run shows the server working at once.
@@ -152,17 +154,6 @@ pub struct Tls {
     pub private_key: PathBuf,
 }
 
-/// What the SMTP server does with a bare CR or LF inside message data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BareLineEndingPolicy {
-    /// Refuse the message (the defence against SMTP smuggling).
-    #[default]
-    Reject,
-    /// Turn each bare CR or LF into CRLF.
-    Normalize,
-}
-
 /// Limits and timeouts of the SMTP server. Defaults follow Postfix and
 /// RFC 5321 section 4.5.3.
 #[derive(Debug, Clone, Deserialize)]
@@ -177,7 +168,8 @@ pub struct Smtp {
     pub max_errors: usize,
     /// Received headers beyond which a message is refused as looping.
     pub max_hops: usize,
-    pub bare_line_endings: BareLineEndingPolicy,
+    /// A bare CR or LF inside message data: `reject` or `normalize`.
+    pub bare_line_endings: BareLineEndings,
     /// Time allowed to wait for the next command (RFC 5321 4.5.3.2.7).
     #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
@@ -199,7 +191,7 @@ impl Default for Smtp {
             max_recipients: 1000,
             max_errors: 20,
             max_hops: 50,
-            bare_line_endings: BareLineEndingPolicy::Reject,
+            bare_line_endings: BareLineEndings::Reject,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
             max_connections: 10_000,
@@ -363,7 +355,7 @@ bare_line_endings = "normalize"
         let c = Config::parse(text).unwrap();
         assert_eq!(c.local.domains, vec!["example.test"]);
         assert_eq!(c.smtp.command_timeout, Duration::from_secs(120));
-        assert_eq!(c.smtp.bare_line_endings, BareLineEndingPolicy::Normalize);
+        assert_eq!(c.smtp.bare_line_endings, BareLineEndings::Normalize);
         assert_eq!(c.listeners[1].protocol, Protocol::Imaps);
         assert!(c.relay.allows("10.1.2.3".parse().unwrap()));
         assert!(c.relay.allows("::ffff:127.0.0.1".parse().unwrap()));

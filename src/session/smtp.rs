@@ -20,7 +20,7 @@ use crate::smtp::reply;
 use crate::smtp::{Event, Message, PeerInfo, ServerSession, StoreFailure};
 
 /// A new connection starts with a read buffer this small.
-const INITIAL_READ_BUFFER: usize = 4096;
+const INITIAL_READ_BUFFER: usize = 1024;
 /// Reads never need more than this beyond the longest command line: the
 /// core consumes message data as it arrives.
 const MAX_READ_BUFFER: usize = 64 * 1024;
@@ -128,9 +128,11 @@ impl Driver {
             while let Some(event) = self.session.poll_event() {
                 acted = true;
                 match event {
-                    Event::Message(message) => self.store(message).await,
+                    // Boxed: these futures are large and rare, and an idle
+                    // session's task would otherwise carry their size.
+                    Event::Message(message) => Box::pin(self.store(message)).await,
                     Event::StartTls => {
-                        if !self.start_tls(peer).await? {
+                        if !Box::pin(self.start_tls(peer)).await? {
                             return Ok(false);
                         }
                     }

@@ -32,7 +32,8 @@ const MAX_PREALLOCATION: usize = 1 << 20;
 /// What to do with a CR or LF that is not part of a CRLF pair (RFC 5321
 /// 2.3.8 forbids them). Rejecting is the safe default since the SMTP
 /// smuggling attacks of 2023; normalizing helps broken legacy clients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum BareLineEndings {
     /// Bare LF ends no command line (500 5.5.2); a message with one is
     /// refused at its end with 550 5.5.2.
