@@ -73,7 +73,8 @@ pub struct ServerConfig {
     pub max_message_size: usize,
     /// Recipients per transaction (RFC 5321 4.5.3.1.8 requires at least 100).
     pub max_recipients: usize,
-    /// Errors a session may make; one more gets 421 4.7.0 and the close.
+    /// Errors a session may make: the last of them is followed by 421 4.7.0
+    /// and the close (as Postfix's smtpd_hard_error_limit).
     pub max_errors: usize,
     /// Received headers tolerated before a message counts as looping.
     pub max_hops: usize,
@@ -429,7 +430,7 @@ impl ServerSession {
     fn error(&mut self, reply: Reply<'_>) {
         self.reply(reply);
         self.errors += 1;
-        if self.errors > self.config.max_errors {
+        if self.errors >= self.config.max_errors {
             let config = Rc::clone(&self.config);
             self.reply(Reply::TooManyErrors {
                 host: &config.hostname,
@@ -1235,7 +1236,7 @@ mod tests {
         );
         assert_eq!(
             t.codes(),
-            ["220", "503", "250", "503", "503", "250", "503", "554"]
+            ["220", "503", "250", "503", "503", "250", "503", "554", "421"]
         );
         assert!(t.has("503 5.5.1 Error: send HELO/EHLO first"));
         assert!(t.has("503 5.5.1 Error: need MAIL command"));
@@ -1285,7 +1286,11 @@ mod tests {
             "EHLO\r\nEHLO c\r\nMAIL FROM:alice@remote.example\r\nMAIL FROM:<a@remote.example> FOO=1\r\n\
              MAIL FROM:<a@remote.example> BODY=BINARYMIME\r\nMAIL FROM:<a@remote.example> SIZE=x\r\n",
         );
-        assert_eq!(t.codes(), ["220", "501", "250", "501", "555", "555", "501"]);
+        // Five errors reach max_errors (5): the session ends with 421.
+        assert_eq!(
+            t.codes(),
+            ["220", "501", "250", "501", "555", "555", "501", "421"]
+        );
         assert!(t.has("501 5.5.4 Syntax: EHLO hostname"));
         assert!(t.has("501 5.1.7 Bad sender address syntax"));
         assert!(t.has("555 5.5.4 Unsupported parameter"));
@@ -1367,10 +1372,7 @@ mod tests {
     #[test]
     fn too_many_errors_close_the_session() {
         let t = drive("A\r\nB\r\nC\r\nD\r\nE\r\nF\r\nNOOP\r\n");
-        assert_eq!(
-            t.codes(),
-            ["220", "500", "500", "500", "500", "500", "500", "421"]
-        );
+        assert_eq!(t.codes(), ["220", "500", "500", "500", "500", "500", "421"]);
         assert!(t
             .output
             .ends_with("421 4.7.0 mx.test Error: too many errors\r\n"));

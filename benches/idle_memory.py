@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""Memory per idle SMTP connection (issue 2 target: under 16 KiB).
+
+Starts `spate serve` on a private 127.0.0.x address, opens CONNECTIONS idle
+sessions (each has read its 220 greeting), and reads the server's VmRSS
+from /proc/PID/status before and after. A warm-up of 100 sessions comes
+first so one-time allocations (executor buffers, TLS/crypto tables, ...)
+are not charged to the idle sessions. Then every session sends EHLO and
+stays idle again, and RSS is read once more.
+
+    benches/idle_memory.py                       # 5000 connections
+    benches/idle_memory.py --connections 10000 --spate target/release/spate
+
+Raises RLIMIT_NOFILE for itself and the server (root may raise the hard
+limit). Standard library only; only loopback addresses are used.
+"""
+
+import argparse
+import os
+import random
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def rss_kib(pid, key="VmRSS"):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {key} for {pid}")
+
+
+def raise_nofile(n):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max(n, soft)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(want, hard)))
+    except (ValueError, PermissionError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def open_sessions(addr, n, deadline):
+    socks = []
+    for _ in range(n):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(socks)} sessions opened in time")
+        s = socket.create_connection(addr, timeout=10)
+        buf = b""
+        while b"\r\n" not in buf:
+            chunk = s.recv(512)
+            if not chunk:
+                raise ConnectionError(f"closed before greeting after {len(socks)} sessions")
+            buf += chunk
+        if not buf.startswith(b"220"):
+            raise ConnectionError(f"session {len(socks)}: {buf!r}")
+        socks.append(s)
+    return socks
+
+
+def ehlo_all(socks):
+    for s in socks:
+        s.sendall(b"EHLO idle.test\r\n")
+    for s in socks:
+        buf = b""
+        while not any(l.startswith(b"250 ") for l in buf.split(b"\r\n")):
+            chunk = s.recv(4096)
+            if not chunk:
+                raise ConnectionError("closed during EHLO")
+            buf += chunk
+
+
+def settle(pid):
+    time.sleep(1.0)
+    return rss_kib(pid)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--connections", type=int, default=5000)
+    p.add_argument("--spate", default=os.environ.get("SPATE"))
+    p.add_argument("--cores", type=int, default=0)
+    p.add_argument("--dir", default=os.environ.get("BENCH_DIR", "/var/tmp"))
+    a = p.parse_args()
+
+    if not a.spate:
+        subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "spate"], cwd=ROOT, check=True)
+        a.spate = os.path.join(ROOT, "target/release/spate")
+    limit = raise_nofile(a.connections * 2 + 1000)
+    if limit < a.connections + 200:
+        sys.exit(f"RLIMIT_NOFILE is {limit}; need {a.connections + 200}")
+
+    work = tempfile.mkdtemp(prefix="spate-idle.", dir=a.dir)
+    ip = f"127.{random.randint(20, 220)}.{random.randint(1, 250)}.{random.randint(1, 250)}"
+    cfg = os.path.join(work, "spate.toml")
+    with open(cfg, "w") as f:
+        f.write(
+            f'''hostname = "bench.test"
+spool_dir = "{work}/spool"
+cores = {a.cores}
+shutdown_grace = "5s"
+
+[[listener]]
+address = "{ip}:0"
+protocol = "smtp"
+
+[local]
+domains = ["example.test"]
+
+[smtp]
+max_connections = {a.connections * 2 + 1000}
+max_connections_per_ip = {a.connections * 2 + 1000}
+command_timeout = "3600s"
+'''
+        )
+    server = subprocess.Popen(
+        [a.spate, "serve", "--config", cfg],
+        stdout=subprocess.PIPE,
+        stderr=open(os.path.join(work, "stderr"), "w"),
+        text=True,
+    )
+    socks = []
+    try:
+        addr = None
+        deadline = time.monotonic() + 30
+        while True:
+            if time.monotonic() > deadline:
+                raise TimeoutError("spate not ready in 30 s")
+            line = server.stdout.readline()
+            if not line:
+                raise RuntimeError("spate exited before ready: " + open(os.path.join(work, "stderr")).read()[-2000:])
+            w = line.split()
+            if w[:2] == ["listening", "smtp"]:
+                host, port = w[2].rsplit(":", 1)
+                addr = (host, int(port))
+            if w == ["ready"]:
+                break
+        deadline = time.monotonic() + 120
+        start = rss_kib(server.pid)
+        socks += open_sessions(addr, 100, deadline)
+        base = settle(server.pid)
+        socks += open_sessions(addr, a.connections, deadline)
+        after = settle(server.pid)
+        ehlo_all(socks)
+        after_ehlo = settle(server.pid)
+        anon = rss_kib(server.pid, "RssAnon")
+        n = a.connections
+        per = (after - base) / n
+        per_ehlo = (after_ehlo - base) / n
+        print(
+            f"[idle] VmRSS at ready {start} KiB, after 100 warm-up sessions {base} KiB, "
+            f"after {n} more idle sessions {after} KiB, after EHLO on all {after_ehlo} KiB (RssAnon {anon} KiB)",
+            file=sys.stderr,
+        )
+        verdict = "met" if per < 16 else "NOT met"
+        print()
+        print("| idle sessions | VmRSS before (KiB) | VmRSS after (KiB) | KiB per idle session | after EHLO: KiB per session | target < 16 KiB |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        print(f"| {n} | {base} | {after} | {per:.2f} | {per_ehlo:.2f} | {verdict} |")
+    finally:
+        for s in socks:
+            s.close()
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
