@@ -23,7 +23,7 @@ use crate::queue::{Queue, QueueEntry};
 use crate::session::limits::ConnectionLimits;
 use crate::session::shutdown::Shutdown;
 use crate::smtp::ServerConfig;
-use crate::spool::{GlommioStore, Spool, SpoolConfig};
+use crate::spool::{GlommioStore, SegmentStore, Spool, SpoolConfig};
 
 /// Locked memory glommio reserves per executor for its I/O buffers. The
 /// spool uses buffered (not DMA) files, so a little is enough, and it
@@ -44,12 +44,14 @@ pub enum ShardReport {
     Failed { shard: usize, error: String },
 }
 
-/// Everything one shard's tasks share. Lives on one thread only.
-pub struct ShardContext {
+/// Everything one shard's tasks share. Lives on one thread only. `S` is
+/// the spool's I/O seam: glommio files in production, a fake in the tests
+/// that prove no reply leaves before the sync covering it.
+pub struct ShardContext<S: SegmentStore = GlommioStore> {
     pub index: usize,
     pub config: Arc<Config>,
     pub smtp: Rc<ServerConfig>,
-    pub spool: Spool<GlommioStore>,
+    pub spool: Spool<S>,
     pub queue: RefCell<Queue>,
     pub metrics: RefCell<Metrics>,
     pub limits: Arc<ConnectionLimits>,
@@ -73,18 +75,32 @@ pub struct ShardPlan {
 /// Starts the executor of one shard, pinned to `cpu`. Its join handle
 /// yields the shard's metrics when it has stopped.
 pub fn spawn(plan: ShardPlan, cpu: usize) -> std::io::Result<glommio::ExecutorJoinHandle<Metrics>> {
+    spawn_with(plan, cpu, || GlommioStore)
+}
+
+/// [`spawn`] with another spool I/O seam; `make_store` runs on the
+/// shard's own thread, so the store itself need not be `Send`.
+pub fn spawn_with<S, F>(
+    plan: ShardPlan,
+    cpu: usize,
+    make_store: F,
+) -> std::io::Result<glommio::ExecutorJoinHandle<Metrics>>
+where
+    S: SegmentStore + 'static,
+    F: FnOnce() -> S + Send + 'static,
+{
     let name = format!("spate-{}", plan.index);
     glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpu))
         .name(&name)
         .io_memory(IO_MEMORY)
-        .spawn(move || run(plan))
+        .spawn(move || run(plan, make_store()))
         .map_err(std::io::Error::from)
 }
 
-async fn run(plan: ShardPlan) -> Metrics {
+async fn run<S: SegmentStore + 'static>(plan: ShardPlan, store: S) -> Metrics {
     let reports = plan.reports.clone();
     let index = plan.index;
-    match start(plan).await {
+    match start(plan, store).await {
         Ok((ctx, listeners)) => serve(ctx, listeners).await,
         Err(error) => {
             let _ = reports.send(ShardReport::Failed {
@@ -96,7 +112,10 @@ async fn run(plan: ShardPlan) -> Metrics {
     }
 }
 
-async fn start(plan: ShardPlan) -> Result<(Rc<ShardContext>, Vec<TcpListener>), String> {
+async fn start<S: SegmentStore>(
+    plan: ShardPlan,
+    store: S,
+) -> Result<(Rc<ShardContext<S>>, Vec<TcpListener>), String> {
     let config = Arc::clone(&plan.config);
     let shard_id =
         u8::try_from(plan.index).map_err(|_| "at most 256 cores are supported".to_string())?;
@@ -104,9 +123,15 @@ async fn start(plan: ShardPlan) -> Result<(Rc<ShardContext>, Vec<TcpListener>), 
         segment_size: config.spool.segment_size,
         preallocate_chunk: config.spool.preallocate_chunk,
     };
-    let (spool, recovered) = Spool::open(&config.spool_dir, shard_id, &plan.adopt, spool_config)
-        .await
-        .map_err(|e| format!("spool {}: {}", config.spool_dir.display(), error_chain(&e)))?;
+    let (spool, recovered) = Spool::open_with(
+        store,
+        &config.spool_dir,
+        shard_id,
+        &plan.adopt,
+        spool_config,
+    )
+    .await
+    .map_err(|e| format!("spool {}: {}", config.spool_dir.display(), error_chain(&e)))?;
     let mut queue = Queue::new();
     for message in &recovered {
         queue.insert(
@@ -196,7 +221,10 @@ async fn watch_stop(stop: Arc<AtomicBool>, shutdown: Rc<Shutdown>) {
     shutdown.fire();
 }
 
-async fn serve(ctx: Rc<ShardContext>, listeners: Vec<TcpListener>) -> Metrics {
+async fn serve<S: SegmentStore + 'static>(
+    ctx: Rc<ShardContext<S>>,
+    listeners: Vec<TcpListener>,
+) -> Metrics {
     let sessions = Rc::new(Gate::new());
     let accept_loops: Vec<_> = listeners
         .into_iter()
@@ -228,7 +256,11 @@ async fn serve(ctx: Rc<ShardContext>, listeners: Vec<TcpListener>) -> Metrics {
     metrics
 }
 
-async fn accept_loop(ctx: Rc<ShardContext>, listener: TcpListener, sessions: Rc<Gate>) {
+async fn accept_loop<S: SegmentStore + 'static>(
+    ctx: Rc<ShardContext<S>>,
+    listener: TcpListener,
+    sessions: Rc<Gate>,
+) {
     loop {
         let accepted = or(async { Some(listener.accept().await) }, async {
             ctx.shutdown.wait().await;

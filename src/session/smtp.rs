@@ -18,6 +18,7 @@ use crate::session::stream::{Connection, ReadBuffer};
 use crate::shard::ShardContext;
 use crate::smtp::reply;
 use crate::smtp::{Event, Message, PeerInfo, ServerSession, StoreFailure};
+use crate::spool::SegmentStore;
 
 /// A new connection starts with a read buffer this small.
 const INITIAL_READ_BUFFER: usize = 1024;
@@ -33,7 +34,7 @@ enum Wake {
 }
 
 /// Serves one accepted connection until it closes.
-pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream, peer: SocketAddr) {
+pub async fn serve<S: SegmentStore>(ctx: Rc<ShardContext<S>>, stream: TcpStream, peer: SocketAddr) {
     // Without TCP_NODELAY every small reply waits for the peer's delayed
     // ACK (about 40 ms); a failure only costs speed.
     let _ = stream.set_nodelay(true);
@@ -76,8 +77,8 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream, peer: SocketAddr) {
     let _ = driver.conn.close().await;
 }
 
-struct Driver {
-    ctx: Rc<ShardContext>,
+struct Driver<S: SegmentStore> {
+    ctx: Rc<ShardContext<S>>,
     session: ServerSession,
     conn: Connection,
     input: ReadBuffer,
@@ -87,7 +88,7 @@ struct Driver {
     shutdown_seen: bool,
 }
 
-impl Driver {
+impl<S: SegmentStore> Driver<S> {
     async fn run(&mut self, peer: SocketAddr) -> io::Result<()> {
         loop {
             if !self.process_input(peer).await? {
