@@ -9,6 +9,7 @@
 //! | shared data | [`envelope`] | the envelope of an accepted message |
 //! | spool | [`spool`] | per-core append-only segments, checksummed records, group commit, recovery, reclaim |
 //! | queue | [`queue`] | per-core index of the messages held in the spool |
+//! | delivery | [`delivery`] | routing recipients to the local tier, a fixed next hop or MX |
 //! | runtime glue | [`shard`], [`session`], [`tls`] | pinned glommio executors, listeners with SO_REUSEPORT, sessions over glommio sockets, STARTTLS |
 //! | edges | [`config`], [`metrics`], [`cli`] | TOML configuration, per-core counters and histograms, the command line |
 //!
@@ -18,6 +19,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod envelope;
 pub mod metrics;
 pub mod queue;

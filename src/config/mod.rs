@@ -9,6 +9,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::delivery::router::{HostPort, Router};
 use crate::smtp::BareLineEndings;
 
 /// The configuration `spate serve` runs on when no `--config` is given:
@@ -51,6 +52,9 @@ pub struct Config {
     pub relay: Relay,
     #[serde(default)]
     pub dns: Dns,
+    /// Per-domain next hops, for relay hierarchies (`[[route]]`).
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteEntry>,
     #[serde(default)]
     pub local: Local,
     pub tls: Option<Tls>,
@@ -125,6 +129,15 @@ impl Relay {
         };
         self.allow_networks.iter().any(|net| net.contains(&ip))
     }
+}
+
+/// One `[[route]]`: mail for `domain` (and its subdomains) goes to `to`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteEntry {
+    pub domain: String,
+    /// `host`, `host:port`, `ip:port` or `[ipv6]:port`.
+    pub to: String,
 }
 
 /// DNS for MX resolution.
@@ -288,10 +301,36 @@ impl Config {
                 "spool.segment_size must be >= 64 KiB and preallocate_chunk >= 4 KiB".into(),
             );
         }
+        if let Some(smarthost) = &self.relay.smarthost {
+            if let Err(e) = smarthost.parse::<HostPort>() {
+                return invalid(format!("relay.smarthost: {e}"));
+            }
+        }
+        for route in &mut self.routes {
+            route.domain = route.domain.trim_end_matches('.').to_ascii_lowercase();
+            if route.domain.is_empty() {
+                return invalid("a [[route]] needs a domain".into());
+            }
+            if let Err(e) = route.to.parse::<HostPort>() {
+                return invalid(format!("[[route]] for {}: {e}", route.domain));
+            }
+        }
         if self.listeners.is_empty() {
             return invalid("at least one [[listener]] is needed".into());
         }
         Ok(())
+    }
+
+    /// The routing table for delivery (validated when parsed).
+    pub fn router(&self) -> Router {
+        let parse = |text: &str| text.parse::<HostPort>().ok();
+        let routes = self
+            .routes
+            .iter()
+            .filter_map(|r| Some((r.domain.clone(), parse(&r.to)?)))
+            .collect();
+        let smarthost = self.relay.smarthost.as_deref().and_then(parse);
+        Router::new(self.local.domains.clone(), routes, smarthost)
     }
 
     /// The number of executors to run: `cores`, or one per available CPU.
@@ -345,6 +384,9 @@ nameservers = ["127.0.0.1:53"]
 domains = ["Example.TEST."]
 mailbox_dir = "/var/mail/spate"
 users_file = "/etc/spate/users"
+[[route]]
+domain = "Partner.Example"
+to = "10.9.9.9:2525"
 [tls]
 certificate = "/etc/spate/cert.pem"
 private_key = "/etc/spate/key.pem"
@@ -360,6 +402,26 @@ bare_line_endings = "normalize"
         assert!(c.relay.allows("10.1.2.3".parse().unwrap()));
         assert!(c.relay.allows("::ffff:127.0.0.1".parse().unwrap()));
         assert!(!c.relay.allows("192.0.2.1".parse().unwrap()));
+        use crate::delivery::router::{NextHop, Route};
+        let router = c.router();
+        assert_eq!(router.route("a@example.test"), Route::Local);
+        assert_eq!(
+            router.route("a@partner.example"),
+            Route::Relay(NextHop::Fixed("10.9.9.9:2525".parse().unwrap()))
+        );
+        assert_eq!(
+            router.route("a@elsewhere.example"),
+            Route::Relay(NextHop::Fixed("10.0.0.5:25".parse().unwrap()))
+        );
+    }
+
+    #[test]
+    fn bad_next_hops_are_refused() {
+        let text =
+            format!("{EMBEDDED_DEFAULT}\n[[route]]\ndomain = \"a.example\"\nto = \"host:0\"\n");
+        assert!(matches!(Config::parse(&text), Err(ConfigError::Invalid(_))));
+        let text = EMBEDDED_DEFAULT.replace("[relay]", "[relay]\nsmarthost = \"a b\"");
+        assert!(matches!(Config::parse(&text), Err(ConfigError::Invalid(_))));
     }
 
     #[test]

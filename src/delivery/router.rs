@@ -1,0 +1,225 @@
+//! Decides where each recipient goes: the local mailbox tier, a fixed next
+//! hop (a `[[route]]` or the smarthost), or the domain's MX hosts. Pure
+//! data in, decision out: it resolves nothing and connects nowhere.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+/// Where the next SMTP hop for a fixed route is: a host name or an IP
+/// address, and a port (25 when not given).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+/// Why a `host:port` text is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not host or host:port")]
+pub struct BadHostPort(pub String);
+
+impl FromStr for HostPort {
+    type Err = BadHostPort;
+
+    /// Accepts `host`, `host:port`, `1.2.3.4:25` and `[::1]:25`.
+    fn from_str(text: &str) -> Result<Self, BadHostPort> {
+        let bad = || BadHostPort(text.to_owned());
+        let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+            let (host, after) = rest.split_once(']').ok_or_else(bad)?;
+            host.parse::<IpAddr>().map_err(|_| bad())?;
+            match after.strip_prefix(':') {
+                Some(port) => (host, port.parse().map_err(|_| bad())?),
+                None if after.is_empty() => (host, 25),
+                None => return Err(bad()),
+            }
+        } else {
+            match text.rsplit_once(':') {
+                Some((host, port)) if !host.contains(':') => {
+                    (host, port.parse().map_err(|_| bad())?)
+                }
+                Some(_) => return Err(bad()),
+                None => (text, 25),
+            }
+        };
+        let host = host.trim_end_matches('.');
+        let valid = !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'_'));
+        if !valid || port == 0 {
+            return Err(bad());
+        }
+        Ok(HostPort {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The next hop of one recipient.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NextHop {
+    /// A fixed host (route, smarthost or address literal).
+    Fixed(HostPort),
+    /// The MX hosts of this domain (ASCII lowercase, no trailing dot).
+    Mx(String),
+}
+
+/// What the router says about one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// One of `local.domains`: the mailbox tier.
+    Local,
+    Relay(NextHop),
+}
+
+/// The routing table, built once from the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Router {
+    local_domains: Vec<String>,
+    routes: HashMap<String, HostPort>,
+    smarthost: Option<HostPort>,
+}
+
+impl Router {
+    /// `local_domains` and route domains must be ASCII lowercase without a
+    /// trailing dot (the configuration normalises them).
+    pub fn new(
+        local_domains: Vec<String>,
+        routes: HashMap<String, HostPort>,
+        smarthost: Option<HostPort>,
+    ) -> Self {
+        Router {
+            local_domains,
+            routes,
+            smarthost,
+        }
+    }
+
+    /// Routes a recipient address (`local@domain` as received). Order:
+    /// local domains, then `[[route]]` (exact domain, then the nearest
+    /// parent domain), then the smarthost, then MX.
+    pub fn route(&self, address: &str) -> Route {
+        let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
+        // An address literal names the host itself (RFC 5321 4.1.3).
+        if let Some(literal) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
+            let ip = literal.strip_prefix("IPv6:").unwrap_or(literal);
+            return Route::Relay(NextHop::Fixed(HostPort {
+                host: ip.to_ascii_lowercase(),
+                port: 25,
+            }));
+        }
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        if domain.is_empty() || self.local_domains.contains(&domain) {
+            // `<Postmaster>` without a domain is ours too (RFC 5321 4.5.1).
+            return Route::Local;
+        }
+        let mut candidate = domain.as_str();
+        loop {
+            if let Some(hop) = self.routes.get(candidate) {
+                return Route::Relay(NextHop::Fixed(hop.clone()));
+            }
+            match candidate.split_once('.') {
+                Some((_, parent)) if !parent.is_empty() => candidate = parent,
+                _ => break,
+            }
+        }
+        match &self.smarthost {
+            Some(hop) => Route::Relay(NextHop::Fixed(hop.clone())),
+            None => Route::Relay(NextHop::Mx(domain)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hp(s: &str) -> HostPort {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(
+            hp("relay.example"),
+            HostPort {
+                host: "relay.example".into(),
+                port: 25
+            }
+        );
+        assert_eq!(
+            hp("Relay.Example.:2525"),
+            HostPort {
+                host: "relay.example".into(),
+                port: 2525
+            }
+        );
+        assert_eq!(hp("10.0.0.5:25").to_string(), "10.0.0.5:25");
+        assert_eq!(hp("[::1]:2525").to_string(), "[::1]:2525");
+        for bad in [
+            "", ":25", "a:0", "a:b", "::1:25", "[::1", "[x]:25", "a b:25",
+        ] {
+            assert!(bad.parse::<HostPort>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn routing_order() {
+        let mut routes = HashMap::new();
+        routes.insert("partner.example".to_string(), hp("10.1.1.1:2525"));
+        let router = Router::new(vec!["example.test".into()], routes.clone(), None);
+        assert_eq!(router.route("a@Example.TEST."), Route::Local);
+        assert_eq!(router.route("Postmaster"), Route::Local);
+        assert_eq!(
+            router.route("b@partner.example"),
+            Route::Relay(NextHop::Fixed(hp("10.1.1.1:2525")))
+        );
+        assert_eq!(
+            router.route("b@mail.partner.example"),
+            Route::Relay(NextHop::Fixed(hp("10.1.1.1:2525"))),
+            "a parent domain's route applies"
+        );
+        assert_eq!(
+            router.route("c@Other.Example"),
+            Route::Relay(NextHop::Mx("other.example".into()))
+        );
+        assert_eq!(
+            router.route("d@[127.0.0.9]"),
+            Route::Relay(NextHop::Fixed(hp("127.0.0.9:25")))
+        );
+        assert_eq!(
+            router.route("d@[IPv6:::1]"),
+            Route::Relay(NextHop::Fixed(HostPort {
+                host: "::1".into(),
+                port: 25
+            }))
+        );
+        let with_smarthost = Router::new(
+            vec!["example.test".into()],
+            routes,
+            Some(hp("smart.example:587")),
+        );
+        assert_eq!(
+            with_smarthost.route("c@other.example"),
+            Route::Relay(NextHop::Fixed(hp("smart.example:587")))
+        );
+        assert_eq!(
+            with_smarthost.route("b@partner.example"),
+            Route::Relay(NextHop::Fixed(hp("10.1.1.1:2525"))),
+            "a route beats the smarthost"
+        );
+    }
+}
