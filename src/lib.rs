@@ -19,6 +19,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod delivery;
 pub mod envelope;
 pub mod metrics;

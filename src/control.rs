@@ -1,0 +1,288 @@
+//! The control socket: how `spate queue flush|delete|bounce` reach a running
+//! server. One request line, one reply line, over a Unix socket beside the
+//! spool. This module speaks the protocol and routes requests to shards;
+//! what a shard does with them belongs to the shard.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use crate::spool::SpoolId;
+
+/// Longest request line accepted.
+const MAX_LINE: usize = 256;
+/// How long a client or the server waits for the other side.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the control socket of a spool lives.
+pub fn socket_path(spool_dir: &Path) -> PathBuf {
+    spool_dir.join("control.sock")
+}
+
+/// What an operator asks of a running server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// Retry every deferred message now.
+    Flush,
+    /// Drop a message without notice.
+    Delete(SpoolId),
+    /// Return a message to its sender now (a DSN), then drop it.
+    Bounce(SpoolId),
+}
+
+/// Why a request line is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad control request {0:?}: expected flush, delete ID or bounce ID")]
+pub struct BadRequest(pub String);
+
+impl FromStr for Request {
+    type Err = BadRequest;
+
+    fn from_str(line: &str) -> Result<Self, BadRequest> {
+        let bad = || BadRequest(line.chars().take(80).collect());
+        let mut words = line.split_ascii_whitespace();
+        let verb = words.next().ok_or_else(bad)?;
+        let id = words.next();
+        if words.next().is_some() {
+            return Err(bad());
+        }
+        let id = || id.and_then(|id| id.parse::<SpoolId>().ok()).ok_or_else(bad);
+        match verb {
+            "flush" if line.trim() == "flush" => Ok(Request::Flush),
+            "delete" => Ok(Request::Delete(id()?)),
+            "bounce" => Ok(Request::Bounce(id()?)),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl std::fmt::Display for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::Flush => write!(f, "flush"),
+            Request::Delete(id) => write!(f, "delete {id}"),
+            Request::Bounce(id) => write!(f, "bounce {id}"),
+        }
+    }
+}
+
+/// A shard's answer: done (with a short account) or refused (with why).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Done(String),
+    Failed(String),
+}
+
+impl Reply {
+    fn to_line(&self) -> String {
+        match self {
+            Reply::Done(text) => format!("ok {}\n", one_line(text)),
+            Reply::Failed(text) => format!("error {}\n", one_line(text)),
+        }
+    }
+
+    fn from_line(line: &str) -> Reply {
+        let line = line.trim_end();
+        match line.split_once(' ') {
+            Some(("ok", text)) => Reply::Done(text.to_owned()),
+            _ if line == "ok" => Reply::Done(String::new()),
+            Some(("error", text)) => Reply::Failed(text.to_owned()),
+            _ => Reply::Failed(format!("unexpected reply {line:?}")),
+        }
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.replace(['\r', '\n'], " ")
+}
+
+/// A request on its way to one shard, with where to answer.
+#[derive(Debug)]
+pub struct ShardCommand {
+    pub request: Request,
+    pub reply: mpsc::Sender<Reply>,
+}
+
+/// The shards' inboxes, in shard order.
+pub type ShardInboxes = Vec<async_channel::Sender<ShardCommand>>;
+
+/// Why the control client got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot reach the server at {path} (is `spate serve` running?): {source}")]
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("control socket I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Sends one request to a running server and returns its reply.
+pub fn request(spool_dir: &Path, request: Request) -> Result<Reply, ControlError> {
+    let path = socket_path(spool_dir);
+    let stream =
+        UnixStream::connect(&path).map_err(|source| ControlError::Connect { path, source })?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.set_write_timeout(Some(TIMEOUT))?;
+    (&stream).write_all(format!("{request}\n").as_bytes())?;
+    let mut line = String::new();
+    BufReader::new((&stream).take(4096)).read_line(&mut line)?;
+    Ok(Reply::from_line(&line))
+}
+
+/// Serves the control socket on its own thread until `stop` is set.
+/// Removes a stale socket file left by a killed server first.
+pub fn serve(
+    spool_dir: &Path,
+    shards: ShardInboxes,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let path = socket_path(spool_dir);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(&path)?;
+    listener.set_nonblocking(true)?;
+    Ok(std::thread::Builder::new()
+        .name("spate-control".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                match listener.accept() {
+                    Ok((stream, _)) => answer(stream, &shards),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "control socket accept failed");
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            }
+            let _ = std::fs::remove_file(&path);
+        })?)
+}
+
+fn answer(stream: UnixStream, shards: &ShardInboxes) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(TIMEOUT));
+    let _ = stream.set_write_timeout(Some(TIMEOUT));
+    let mut line = String::new();
+    let reply = match BufReader::new((&stream).take(MAX_LINE as u64)).read_line(&mut line) {
+        Ok(_) => match line.trim_end().parse::<Request>() {
+            Ok(request) => dispatch(request, shards),
+            Err(e) => Reply::Failed(e.to_string()),
+        },
+        Err(e) => Reply::Failed(format!("cannot read the request: {e}")),
+    };
+    let _ = (&stream).write_all(reply.to_line().as_bytes());
+}
+
+/// Flush goes to every shard; delete and bounce to the shard that owns the
+/// message (the one that adopted its shard directory).
+fn dispatch(request: Request, shards: &ShardInboxes) -> Reply {
+    if shards.is_empty() {
+        return Reply::Failed("no shard is running".into());
+    }
+    let targets: Vec<usize> = match request {
+        Request::Flush => (0..shards.len()).collect(),
+        Request::Delete(id) | Request::Bounce(id) => vec![usize::from(id.shard()) % shards.len()],
+    };
+    let (reply_to, replies) = mpsc::channel();
+    let mut asked = 0;
+    for index in targets {
+        let command = ShardCommand {
+            request,
+            reply: reply_to.clone(),
+        };
+        if shards[index].send_blocking(command).is_ok() {
+            asked += 1;
+        }
+    }
+    drop(reply_to);
+    let mut done = Vec::new();
+    for _ in 0..asked {
+        match replies.recv_timeout(TIMEOUT) {
+            Ok(Reply::Done(text)) => done.push(text),
+            Ok(failed @ Reply::Failed(_)) => return failed,
+            Err(_) => return Reply::Failed("a shard did not answer".into()),
+        }
+    }
+    if asked == 0 {
+        return Reply::Failed("the server is stopping".into());
+    }
+    Reply::Done(done.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_and_print() {
+        let id: SpoolId = "0100000200000040".parse().unwrap();
+        assert_eq!("flush".parse(), Ok(Request::Flush));
+        assert_eq!("delete 0100000200000040".parse(), Ok(Request::Delete(id)));
+        assert_eq!("bounce  0100000200000040 ".parse(), Ok(Request::Bounce(id)));
+        assert_eq!(Request::Bounce(id).to_string(), "bounce 0100000200000040");
+        for bad in [
+            "",
+            "flush now",
+            "delete",
+            "delete xyz",
+            "delete 01 02",
+            "shutdown",
+        ] {
+            assert!(bad.parse::<Request>().is_err(), "{bad}");
+        }
+        assert_eq!(
+            Reply::from_line("ok 3 flushed\n"),
+            Reply::Done("3 flushed".into())
+        );
+        assert_eq!(
+            Reply::from_line("error no such message\n"),
+            Reply::Failed("no such message".into())
+        );
+        assert_eq!(Reply::Done("a\nb".into()).to_line(), "ok a b\n");
+    }
+
+    #[test]
+    fn socket_round_trip_reaches_the_owning_shard() {
+        let dir = tempfile::tempdir().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx0, rx0) = async_channel::unbounded::<ShardCommand>();
+        let (tx1, rx1) = async_channel::unbounded::<ShardCommand>();
+        let server = serve(dir.path(), vec![tx0, tx1], Arc::clone(&stop)).unwrap();
+        for (index, rx) in [(0, rx0), (1, rx1)] {
+            std::thread::spawn(move || {
+                while let Ok(command) = rx.recv_blocking() {
+                    let _ = command
+                        .reply
+                        .send(Reply::Done(format!("shard {index}: {}", command.request)));
+                }
+            });
+        }
+        assert_eq!(
+            request(dir.path(), Request::Flush).unwrap(),
+            Reply::Done("shard 0: flush; shard 1: flush".into())
+        );
+        let id: SpoolId = "0300000000000000".parse().unwrap();
+        assert_eq!(
+            request(dir.path(), Request::Delete(id)).unwrap(),
+            Reply::Done(format!("shard 1: delete {id}")),
+            "shard dir 3 is adopted by shard 3 % 2 = 1"
+        );
+        stop.store(true, Ordering::Release);
+        server.join().unwrap();
+        assert!(matches!(
+            request(dir.path(), Request::Flush),
+            Err(ControlError::Connect { .. })
+        ));
+    }
+}
