@@ -1,6 +1,7 @@
-//! Loads the configured certificate and key into a rustls server
-//! configuration. It only builds configurations; handshakes happen in the
-//! session glue, and it never decides policy (who must use TLS).
+//! Builds rustls configurations: the server side from the configured
+//! certificate and key, the client side for outbound STARTTLS (verifying,
+//! or opportunistic). It only builds configurations; handshakes happen in
+//! the glue, and it never decides policy (who must use TLS).
 
 use std::io::BufReader;
 use std::path::Path;
@@ -39,6 +40,95 @@ pub fn server_config(
     // Mail clients rarely resume, but it costs little and helps load tools.
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(1024);
     Ok(Arc::new(config))
+}
+
+/// Client configuration for outbound STARTTLS. `verify` checks the
+/// server's certificate chain and name against the system's roots plus
+/// `extra_ca` (for a smarthost with a private CA); without it any
+/// certificate is accepted: opportunistic encryption, which protects
+/// against passive listeners only (RFC 3207 section 4.1, Postfix `may`).
+pub fn client_config(
+    verify: bool,
+    extra_ca: Option<&Path>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()?;
+    let config = if verify {
+        let mut roots = rustls::RootCertStore::empty();
+        // Unreadable system certificates leave only `extra_ca`; a verifying
+        // client with no roots at all then fails every handshake, loudly.
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
+        if let Some(path) = extra_ca {
+            for cert in read_certificates(path)? {
+                roots.add(cert)?;
+            }
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate { provider }))
+            .with_no_client_auth()
+    };
+    Ok(Arc::new(config))
+}
+
+/// Accepts any certificate, but still checks that the server holds its
+/// key (the handshake signatures), so the session is really encrypted to
+/// whoever presented it.
+#[derive(Debug)]
+struct AnyCertificate {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 fn open(path: &Path) -> Result<BufReader<std::fs::File>, TlsError> {
@@ -92,5 +182,16 @@ mod tests {
         // Swapped files: a clear error, not a panic.
         assert!(server_config(&key_path, &cert_path).is_err());
         assert!(server_config(&dir.path().join("missing"), &key_path).is_err());
+    }
+
+    #[test]
+    fn client_configs_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, cert.cert.pem()).unwrap();
+        assert!(client_config(false, None).is_ok());
+        assert!(client_config(true, Some(&ca)).is_ok());
+        assert!(client_config(true, Some(&dir.path().join("missing"))).is_err());
     }
 }
