@@ -150,7 +150,7 @@ pub fn serve(
     }
     let listener = UnixListener::bind(&path)?;
     listener.set_nonblocking(true)?;
-    Ok(std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("spate-control".into())
         .spawn(move || {
             while !stop.load(Ordering::Acquire) {
@@ -166,7 +166,7 @@ pub fn serve(
                 }
             }
             let _ = std::fs::remove_file(&path);
-        })?)
+        })
 }
 
 fn answer(stream: UnixStream, shards: &ShardInboxes) {
