@@ -180,6 +180,7 @@ impl<J: Jitter> Queue<J> {
     /// finished recipients, attempt count, last error and retry time (due
     /// at once if it was never deferred).
     pub fn restore(&mut self, id: SpoolId, entry: QueueEntry, delivery: &DeliveryState) {
+        let recipients = entry.recipients;
         let at = UnixTime(delivery.next_attempt_unix().unwrap_or(entry.received_at));
         self.put(
             id,
@@ -188,7 +189,12 @@ impl<J: Jitter> Queue<J> {
                 state: MessageState::Waiting { at },
                 attempts: delivery.attempts(),
                 last_error: delivery.last_error().map(str::to_owned),
-                finished: delivery.outcomes.keys().copied().collect(),
+                finished: delivery
+                    .outcomes
+                    .keys()
+                    .copied()
+                    .filter(|&i| (i as usize) < recipients)
+                    .collect(),
             },
         );
     }
@@ -370,7 +376,7 @@ impl<J: Jitter> Queue<J> {
         if (index as usize) < m.entry.recipients {
             m.finished.insert(index);
         }
-        Ok(m.entry.recipients - m.finished.len())
+        Ok(m.entry.recipients.saturating_sub(m.finished.len()))
     }
 
     /// Recipient indexes still to be tried, in envelope order.
@@ -633,6 +639,9 @@ mod tests {
                 remote_mta: None,
             },
         );
+        // an index past the recipients (a caller's bug) is ignored
+        let stray = delivery.outcomes[&1].clone();
+        delivery.outcomes.insert(7, stray);
         delivery.deferred = Some(Deferred {
             attempts: 4,
             next_attempt_unix: T0 + 5000,
