@@ -8,14 +8,14 @@
 //! | protocol core | [`smtp`] | sans-IO SMTP server: bytes in, replies and events out; the parser borrows from the receive buffer |
 //! | shared data | [`envelope`] | the envelope of an accepted message |
 //! | spool | [`spool`] | per-core append-only segments, checksummed records, group commit, recovery, reclaim |
-//! | queue | [`queue`] | per-core index of the messages held in the spool |
-//! | delivery | [`delivery`] | routing recipients to the local tier, a fixed next hop or MX |
+//! | queue | [`queue`] | per-core scheduler: retry timing, backoff, expiry, ready queues per destination with windows and connection limits |
+//! | delivery | [`delivery`] | routing (local, route, smarthost, MX), DSN bounces (RFC 3464); outbound sessions to come |
 //! | runtime glue | [`shard`], [`session`], [`tls`] | pinned glommio executors, listeners with SO_REUSEPORT, sessions over glommio sockets, STARTTLS |
-//! | edges | [`config`], [`metrics`], [`cli`] | TOML configuration, per-core counters and histograms, the command line |
+//! | edges | [`config`], [`metrics`], [`cli`], [`control`] | TOML configuration, per-core counters and histograms, the command line |
 //!
 //! See DESIGN.md (shared with the project) and README.md for the whole
-//! picture, including the layers still to come (resolver, delivery,
-//! mailbox store, POP3, IMAP).
+//! picture, including the layers still to come (resolver, outbound
+//! delivery, mailbox store, POP3, IMAP).
 
 pub mod cli;
 pub mod config;

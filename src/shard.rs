@@ -134,13 +134,14 @@ async fn start<S: SegmentStore>(
     .map_err(|e| format!("spool {}: {}", config.spool_dir.display(), error_chain(&e)))?;
     let mut queue = Queue::new();
     for message in &recovered {
-        queue.insert(
+        queue.restore(
             message.id,
             QueueEntry {
                 size: message.body_len,
                 recipients: message.envelope.recipients.len(),
                 received_at: message.envelope.received_at,
             },
+            &message.delivery,
         );
     }
     let listeners = plan

@@ -1,59 +1,24 @@
-//! The per-core queue: every message this core holds in its spool and has
-//! not finished, with what is next for it. It owns no I/O; the delivery
-//! layer will take its work from here.
+//! The per-core queue, sans-IO: a scheduled queue (retry timing,
+//! exponential backoff, expiry) that feeds bounded ready queues per
+//! destination site. Every message always has a next action and a time
+//! for it. This file only maps the modules and exports the API; it holds
+//! no logic, and the queue never touches sockets, files or clocks.
+//!
+//! Modules, each with one job:
+//! - `time`: `UnixTime`, the `now` callers pass in
+//! - `policy`: backoff, lifetime and jitter (`RetryPolicy`, `Jitter`)
+//! - `schedule`: `Queue`, each message's state and deadline
+//! - `ready`: `ReadyQueues` per `DestinationKey`, windows and connection limits
+//! - `error`: `QueueError`
 
-use std::collections::BTreeMap;
+mod error;
+mod policy;
+mod ready;
+mod schedule;
+mod time;
 
-use crate::spool::SpoolId;
-
-/// What the queue knows of one message without reading the spool.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueEntry {
-    pub size: u64,
-    pub recipients: usize,
-    /// Seconds since the Unix epoch.
-    pub received_at: u64,
-}
-
-/// Messages in spool order (ids grow with segment and offset).
-#[derive(Debug, Default)]
-pub struct Queue {
-    entries: BTreeMap<SpoolId, QueueEntry>,
-    bytes: u64,
-}
-
-impl Queue {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    pub fn insert(&mut self, id: SpoolId, entry: QueueEntry) {
-        self.bytes += entry.size;
-        if let Some(old) = self.entries.insert(id, entry) {
-            self.bytes -= old.size;
-        }
-    }
-
-    pub fn remove(&mut self, id: SpoolId) -> Option<QueueEntry> {
-        let entry = self.entries.remove(&id)?;
-        self.bytes -= entry.size;
-        Some(entry)
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// Bytes of message data held.
-    pub fn bytes(&self) -> u64 {
-        self.bytes
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (SpoolId, &QueueEntry)> {
-        self.entries.iter().map(|(id, e)| (*id, e))
-    }
-}
+pub use error::QueueError;
+pub use policy::{Jitter, NoJitter, RetryPolicy, SpreadJitter};
+pub use ready::{DestinationKey, ReadyFull, ReadyLimits, ReadyQueues};
+pub use schedule::{AttemptId, Deferral, Dispatch, MessageState, Queue, QueueEntry, Task};
+pub use time::UnixTime;

@@ -1,9 +1,10 @@
 //! In-memory bookkeeping for reclaim: which messages of each segment are
 //! still live, which segments hold Finished markers that other segments'
-//! messages depend on, and which segments may therefore be deleted. It
+//! messages depend on, which hold delivery state of messages still live,
+//! and which segments may therefore be deleted. It
 //! never touches a file; the spool deletes what it names.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::id::{SegmentId, SpoolId};
 
@@ -20,6 +21,11 @@ struct Entry {
     /// The same for segments of shard directories this spool does not own;
     /// their deletion is checked on disk.
     foreign_targets: BTreeSet<SegmentId>,
+    /// Live messages whose delivery state (outcomes, deferrals) this
+    /// segment holds: it must stay while they are live, or a restart would
+    /// retry finished recipients. Once they finish, the state is moot and
+    /// pins nothing (unlike a marker, which must outlive its target).
+    pins: HashSet<SpoolId>,
     active: bool,
 }
 
@@ -48,6 +54,18 @@ impl Ledger {
         self.segments
             .get(&id.segment())
             .and_then(|e| e.live.get(&id.offset()).copied())
+    }
+
+    /// Whether `id` is a live message of a segment this spool owns.
+    pub(crate) fn is_live(&self, id: SpoolId) -> bool {
+        self.live_crc(id).is_some()
+    }
+
+    /// Notes that `holder` holds delivery state of the live message `id`.
+    pub(crate) fn pin(&mut self, holder: SegmentId, id: SpoolId) {
+        if holder != id.segment() {
+            self.segments.entry(holder).or_default().pins.insert(id);
+        }
     }
 
     pub(crate) fn begin_write(&mut self, seg: SegmentId) {
@@ -93,7 +111,8 @@ impl Ledger {
     }
 
     /// Segments that can be deleted now: not active, nothing live or in
-    /// flight, and every segment they hold markers for already gone.
+    /// flight, no state of a live message, and every segment they hold
+    /// markers for already gone.
     /// `foreign_exists` asks the disk about segments of other shards.
     pub(crate) fn reclaimable(&self, foreign_exists: impl Fn(SegmentId) -> bool) -> Vec<SegmentId> {
         self.segments
@@ -102,6 +121,7 @@ impl Ledger {
                 !e.active
                     && e.live.is_empty()
                     && e.in_flight == 0
+                    && e.pins.iter().all(|m| !self.is_live(*m))
                     && e.targets.iter().all(|t| !self.segments.contains_key(t))
                     && e.foreign_targets.iter().all(|t| !foreign_exists(*t))
             })
@@ -143,6 +163,25 @@ mod tests {
         assert_eq!(l.reclaimable(|_| false), vec![seg(1)]);
         l.remove(seg(1));
         assert_eq!(l.reclaimable(|_| false), vec![seg(2)]);
+    }
+
+    #[test]
+    fn state_pins_only_while_its_message_is_live() {
+        let mut l = Ledger::default();
+        l.add_segment(seg(1));
+        l.add_segment(seg(2));
+        l.add_live(id(1, 0), 11);
+        l.add_live(id(1, 64), 12);
+        // seg 2 holds a deferral of id(1, 0) and nothing else
+        l.pin(seg(2), id(1, 0));
+        assert!(l.reclaimable(|_| false).is_empty());
+        // its message finishes (marker in seg 1 itself): seg 2 may go at
+        // once, although seg 1 still holds a live message
+        assert!(l.finish(id(1, 0), seg(1)));
+        assert_eq!(l.reclaimable(|_| false), vec![seg(2)]);
+        l.remove(seg(2));
+        assert!(l.finish(id(1, 64), seg(1)));
+        assert_eq!(l.reclaimable(|_| false), vec![seg(1)]);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! Modules, each with one job:
 //! - `id`: `SpoolId` / `SegmentId` and their text forms
 //! - `record`: record and payload byte formats
+//! - `state`: per-message delivery state (outcomes, deferrals) and its fold
 //! - `scan`: classifying the bytes of one segment (records, damage, end)
 //! - `recovery`: reading shard directories back, quarantine
 //! - `ledger`: what is live and which segments may be deleted
@@ -29,6 +30,7 @@ mod recovery;
 mod scan;
 mod segment;
 mod shard;
+mod state;
 
 #[cfg(test)]
 mod fake;
@@ -41,3 +43,4 @@ pub use io::{GlommioSegmentFile, GlommioStore, SegmentFile, SegmentStore};
 pub use reader::{scan_dir, QueuedMessage, StoredMessage};
 pub use record::FinishReason;
 pub use shard::{RecoveredMessage, Spool, SpoolConfig};
+pub use state::{Deferred, DeliveryState, OutcomeKind, RecipientOutcome, MAX_STATE_TEXT};

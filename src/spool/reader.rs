@@ -16,6 +16,7 @@ use super::id::SpoolId;
 use super::layout;
 use super::record::{self, RecordKind, HEADER_LEN};
 use super::recovery;
+use super::state::DeliveryState;
 
 /// A message as stored: its envelope and its body borrowed from the
 /// segment's memory map, so a delivery can send it without copying. The
@@ -45,6 +46,9 @@ pub struct QueuedMessage {
     pub envelope: Envelope,
     /// Body size in bytes.
     pub size: u64,
+    /// Finished recipients, attempts, next attempt and last error, as
+    /// recovery would return them.
+    pub delivery: DeliveryState,
 }
 
 /// What the record at `id` needs of a map: `Ok(None)` if the map is too
@@ -92,11 +96,13 @@ pub fn scan_dir(spool_dir: &Path) -> Result<Vec<QueuedMessage>, SpoolError> {
         .collect();
     let survey = recovery::survey(spool_dir, &all)?;
     Ok(survey
-        .live()
-        .map(|(id, f)| QueuedMessage {
+        .live_with_state()
+        .into_iter()
+        .map(|(id, f, delivery)| QueuedMessage {
             id,
             envelope: f.envelope.clone(),
             size: f.body_len,
+            delivery,
         })
         .collect())
 }

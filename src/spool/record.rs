@@ -1,5 +1,5 @@
 //! The on-disk record format: header layout, checksums, and the encoding of
-//! Message and Finished payloads. Pure byte work: it never touches a file
+//! Message, Finished, RecipientOutcome and Deferred payloads. Pure byte work: it never touches a file
 //! and never decides what a damaged record means (see `scan`).
 //!
 //! Every record is a 24-byte header followed by the payload, the whole
@@ -10,7 +10,8 @@
 //! offset size field
 //!  0      4   magic "SPRC"
 //!  4      1   format version (1)
-//!  5      1   record kind (1 Message, 2 Finished; others skipped by readers)
+//!  5      1   record kind (1 Message, 2 Finished, 3 RecipientOutcome,
+//!             4 Deferred; others skipped by readers)
 //!  6      2   flags, zero for now
 //!  8      8   payload length in bytes, little endian (padding excluded)
 //! 16      4   crc32c over bytes 0..16 and then the payload
@@ -33,6 +34,18 @@
 //! Finished payload (16 bytes): `u64 target SpoolId | u32 crc of the target
 //! record | u8 reason | 2 zero bytes | 0xF1`. The target crc makes a stale
 //! marker harmless if a segment number is ever reused.
+//!
+//! State records (kinds 3 and 4, added without a version change: spools
+//! written before them simply have none, and older readers skip them)
+//! start like a Finished payload, `u64 target SpoolId | u32 crc of the
+//! target record`, for the same reason, then:
+//! - RecipientOutcome (3): `u32 recipient index | u8 outcome (1 Delivered,
+//!   2 Bounced, 3 Expired) | remote MTA (u8 present | string) | reply
+//!   string | 0xD3`.
+//! - Deferred (4): `u32 attempts | u64 next attempt, Unix seconds | last
+//!   error string | 0xD4`.
+//!
+//! Both are padded with zeros to a multiple of 8 bytes like any record.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
@@ -40,6 +53,7 @@ use std::ops::Range;
 use crate::envelope::{BodyType, DsnReturn, Envelope, Notify, Recipient};
 
 use super::id::SpoolId;
+use super::state::{Deferred, OutcomeKind, RecipientOutcome};
 
 pub(crate) const MAGIC: [u8; 4] = *b"SPRC";
 pub(crate) const VERSION: u8 = 1;
@@ -47,14 +61,18 @@ pub(crate) const HEADER_LEN: usize = 24;
 const ENVELOPE_END: u8 = 0xE5;
 const FINISHED_END: u8 = 0xF1;
 const FINISHED_LEN: usize = 16;
+const OUTCOME_END: u8 = 0xD3;
+const DEFERRED_END: u8 = 0xD4;
 
 /// Record kinds this version writes. Readers skip other kinds whose
-/// checksum is valid, so later versions can add per-recipient outcomes or
-/// retry schedules without a format change.
+/// checksum is valid, so later versions can add kinds without a format
+/// change (that is how outcomes and deferrals were added).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RecordKind {
     Message = 1,
     Finished = 2,
+    RecipientOutcome = 3,
+    Deferred = 4,
 }
 
 impl RecordKind {
@@ -62,8 +80,20 @@ impl RecordKind {
         match code {
             1 => Some(RecordKind::Message),
             2 => Some(RecordKind::Finished),
+            3 => Some(RecordKind::RecipientOutcome),
+            4 => Some(RecordKind::Deferred),
             _ => None,
         }
+    }
+
+    /// Small records that name a message by id: read from every shard
+    /// directory at recovery, since the shard that wrote them may not be
+    /// the one that owns the message after the core count changed.
+    pub(crate) fn is_reference(code: u8) -> bool {
+        matches!(
+            Self::from_code(code),
+            Some(RecordKind::Finished | RecordKind::RecipientOutcome | RecordKind::Deferred)
+        )
     }
 }
 
@@ -244,6 +274,101 @@ pub(crate) fn decode_finished(payload: &[u8]) -> Result<Finished, DecodeError> {
         target: SpoolId::from_u64(u64::from_le_bytes(id)),
         target_crc: u32::from_le_bytes([payload[8], payload[9], payload[10], payload[11]]),
         reason_code: payload[12],
+    })
+}
+
+/// A record of the delivery state of one message (kinds 3 and 4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StateRecord {
+    pub target: SpoolId,
+    pub target_crc: u32,
+    pub change: StateChange,
+}
+
+/// What a state record says about its message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StateChange {
+    Outcome {
+        index: u32,
+        outcome: RecipientOutcome,
+    },
+    Deferred(Deferred),
+}
+
+/// Builds a whole state record, padded to a multiple of 8 bytes.
+pub(crate) fn encode_state(rec: &StateRecord) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(64);
+    payload.extend_from_slice(&rec.target.to_u64().to_le_bytes());
+    payload.extend_from_slice(&rec.target_crc.to_le_bytes());
+    let kind = match &rec.change {
+        StateChange::Outcome { index, outcome } => {
+            payload.extend_from_slice(&index.to_le_bytes());
+            payload.push(outcome.kind.code());
+            put_opt_str(&mut payload, &outcome.remote_mta);
+            put_str(&mut payload, &outcome.reply);
+            payload.push(OUTCOME_END);
+            RecordKind::RecipientOutcome
+        }
+        StateChange::Deferred(d) => {
+            payload.extend_from_slice(&d.attempts.to_le_bytes());
+            payload.extend_from_slice(&d.next_attempt_unix.to_le_bytes());
+            put_str(&mut payload, &d.last_error);
+            payload.push(DEFERRED_END);
+            RecordKind::Deferred
+        }
+    };
+    let fields = header_fields(kind, payload.len() as u64);
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&fields), &payload);
+    let mut out = Vec::with_capacity(record_len(payload.len() as u64) as usize);
+    out.extend_from_slice(&header_bytes(fields, crc));
+    out.extend_from_slice(&payload);
+    out.resize(record_len(payload.len() as u64) as usize, 0);
+    out
+}
+
+/// Decodes the payload of a kind 3 or 4 record.
+pub(crate) fn decode_state(kind: RecordKind, payload: &[u8]) -> Result<StateRecord, DecodeError> {
+    let mut r = Reader {
+        buf: payload,
+        pos: 0,
+    };
+    let target = SpoolId::from_u64(r.u64()?);
+    let target_crc = r.u32()?;
+    let (change, end) = match kind {
+        RecordKind::RecipientOutcome => {
+            let index = r.u32()?;
+            let kind = OutcomeKind::from_code(r.u8()?).ok_or(DecodeError("bad outcome code"))?;
+            let remote_mta = r.opt_string()?;
+            let reply = r.string()?;
+            let outcome = RecipientOutcome {
+                kind,
+                reply,
+                remote_mta,
+            };
+            (StateChange::Outcome { index, outcome }, OUTCOME_END)
+        }
+        RecordKind::Deferred => {
+            let attempts = r.u32()?;
+            let next_attempt_unix = r.u64()?;
+            let last_error = r.string()?;
+            let d = Deferred {
+                attempts,
+                next_attempt_unix,
+                last_error,
+            };
+            (StateChange::Deferred(d), DEFERRED_END)
+        }
+        RecordKind::Message | RecordKind::Finished => {
+            return Err(DecodeError("not a state record"))
+        }
+    };
+    if r.u8()? != end || r.pos != payload.len() {
+        return Err(DecodeError("bad state record end"));
+    }
+    Ok(StateRecord {
+        target,
+        target_crc,
+        change,
     })
 }
 
@@ -580,5 +705,69 @@ pub(crate) mod tests {
             assert!(decode_message(&payload[..cut]).is_err());
         }
         assert!(decode_finished(&[0u8; 16]).is_err());
+    }
+
+    pub(crate) fn sample_states() -> Vec<StateRecord> {
+        let target = SpoolId::from_u64(0x0003_0000_0000_0040);
+        let mut out = Vec::new();
+        for (i, kind) in [
+            OutcomeKind::Delivered,
+            OutcomeKind::Bounced,
+            OutcomeKind::Expired,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            out.push(StateRecord {
+                target,
+                target_crc: 0xdead_beef,
+                change: StateChange::Outcome {
+                    index: i as u32 * 1000,
+                    outcome: RecipientOutcome {
+                        kind,
+                        reply: format!("5{i}0 5.1.{i} nope, ünïcode"),
+                        remote_mta: (i != 1).then(|| format!("mx{i}.example.test")),
+                    },
+                },
+            });
+        }
+        for (attempts, next, err) in [(1, 1_700_000_300, ""), (u32::MAX, u64::MAX, "421 busy")] {
+            out.push(StateRecord {
+                target,
+                target_crc: 7,
+                change: StateChange::Deferred(Deferred {
+                    attempts,
+                    next_attempt_unix: next,
+                    last_error: err.into(),
+                }),
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn state_records_round_trip_and_are_padded() {
+        for rec in sample_states() {
+            let bytes = encode_state(&rec);
+            assert_eq!(bytes.len() % 8, 0);
+            let h = parse_header(&bytes).expect("valid header");
+            assert_eq!(bytes.len() as u64, record_len(h.payload_len));
+            let payload = &bytes[HEADER_LEN..HEADER_LEN + h.payload_len as usize];
+            assert!(payload_matches(&bytes, payload, h.crc));
+            assert!(RecordKind::is_reference(h.kind));
+            let kind = RecordKind::from_code(h.kind).expect("known kind");
+            assert_eq!(decode_state(kind, payload), Ok(rec.clone()));
+            // the last payload byte is a non-zero mark (torn-tail rule)
+            assert_ne!(payload[payload.len() - 1], 0);
+            for cut in 0..payload.len() {
+                assert!(decode_state(kind, &payload[..cut]).is_err());
+            }
+            let other = if kind == RecordKind::Deferred {
+                RecordKind::RecipientOutcome
+            } else {
+                RecordKind::Deferred
+            };
+            assert!(decode_state(other, payload).is_err());
+        }
     }
 }

@@ -1,9 +1,10 @@
 //! Reads the shard directories at open (or offline) and rebuilds what they
-//! say: messages, Finished markers, damaged regions. It reads through
+//! say: messages, Finished markers, delivery state records, damaged
+//! regions. It reads through
 //! read-only memory maps and never writes, except `quarantine`, which
 //! copies damaged bytes aside (and only the owning spool calls it).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::Path;
@@ -15,8 +16,9 @@ use crate::envelope::Envelope;
 use super::error::SpoolError;
 use super::id::{SegmentId, SpoolId};
 use super::layout;
-use super::record::{self, FinishReason, RecordKind, VERSION};
+use super::record::{self, FinishReason, RecordKind, StateChange, StateRecord, VERSION};
 use super::scan::{scan, Item};
+use super::state::DeliveryState;
 
 /// A Message record found on disk.
 #[derive(Debug, Clone)]
@@ -50,6 +52,9 @@ pub(crate) struct Survey {
     /// Markers from every shard directory (a marker for a message may live
     /// in the directory of the shard that adopted it).
     pub markers: Vec<Marker>,
+    /// Delivery state records from every shard directory (like markers),
+    /// in survey order, with the segment holding each.
+    pub states: Vec<(StateRecord, SegmentId)>,
     /// Every segment seen, in every directory.
     pub segments: BTreeSet<SegmentId>,
     /// Damage in the directories read in full.
@@ -68,6 +73,44 @@ impl Survey {
             .iter()
             .filter(move |(id, f)| !finished.contains(&(**id, f.crc)))
             .map(|(id, f)| (*id, f))
+    }
+
+    /// Whether a marker finishes the record `(id, crc)`; works for
+    /// messages of directories not read in full, too.
+    pub(crate) fn is_finished(&self, id: SpoolId, crc: u32) -> bool {
+        self.markers
+            .iter()
+            .any(|m| m.target == id && m.target_crc == crc)
+    }
+
+    /// The live messages in spool order with their delivery state folded
+    /// from the state records that match them (target id and crc).
+    pub(crate) fn live_with_state(&self) -> Vec<(SpoolId, &Found, DeliveryState)> {
+        let mut states: HashMap<(SpoolId, u32), DeliveryState> = HashMap::new();
+        for (rec, _holder) in &self.states {
+            let state = states.entry((rec.target, rec.target_crc)).or_default();
+            match &rec.change {
+                StateChange::Outcome { index, outcome } => {
+                    state.add_outcome(*index, outcome.clone());
+                }
+                StateChange::Deferred(d) => state.add_deferral(d.clone()),
+            }
+        }
+        self.live()
+            .map(|(id, f)| {
+                let mut state = states.remove(&(id, f.crc)).unwrap_or_default();
+                let count = f.envelope.recipients.len();
+                state.outcomes.retain(|&i, _| {
+                    let known = (i as usize) < count;
+                    if !known {
+                        tracing::warn!(%id, index = i, recipients = count,
+                            "ignoring an outcome for a recipient the message does not have");
+                    }
+                    known
+                });
+                (id, f, state)
+            })
+            .collect()
     }
 }
 
@@ -122,7 +165,7 @@ pub(crate) fn survey(spool_dir: &Path, full: &BTreeSet<u8>) -> Result<Survey, Sp
 }
 
 fn survey_segment(out: &mut Survey, seg: SegmentId, bytes: &[u8], in_full: bool) {
-    let verify = |kind: u8| in_full || kind == RecordKind::Finished as u8;
+    let verify = |kind: u8| in_full || RecordKind::is_reference(kind);
     for item in scan(bytes, verify) {
         match item {
             Item::Damaged { offset, end } => {
@@ -192,6 +235,13 @@ fn survey_segment(out: &mut Survey, seg: SegmentId, bytes: &[u8], in_full: bool)
                         Err(e) => tracing::warn!(%seg, offset, error = e.0,
                             "ignoring undecodable Finished marker"),
                     },
+                    (Some(kind @ (RecordKind::RecipientOutcome | RecordKind::Deferred)), _) => {
+                        match record::decode_state(kind, payload) {
+                            Ok(rec) => out.states.push((rec, seg)),
+                            Err(e) => tracing::warn!(%seg, offset, error = e.0,
+                                "ignoring undecodable delivery state record"),
+                        }
+                    }
                     (None, _) => {
                         if in_full {
                             tracing::info!(%seg, offset, kind = header.kind,

@@ -8,9 +8,10 @@
 //! - a valid header with a payload failing its crc is damaged, unless it
 //!   is the last thing in the segment and its payload ends in a zero word
 //!   (the tail of the write never reached the disk: a torn tail, silent).
-//!   Payloads never end in zeros: envelopes and markers end in a non-zero
-//!   mark and SMTP bodies in CRLF (only a BINARYMIME body ending in eight
-//!   NULs could be mistaken, and only when also damaged).
+//!   Payloads never end in zeros: envelopes, markers and state records
+//!   end in a non-zero mark and SMTP bodies in CRLF (only a BINARYMIME
+//!   body ending in eight NULs could be mistaken, and only when also
+//!   damaged).
 //! - an invalid header: search forward (8-byte steps) for the next valid
 //!   header. Zeros up to it are a hole (a write that never happened, e.g.
 //!   a cancelled store) and are skipped silently; other bytes are damaged.

@@ -1,5 +1,6 @@
 //! One core's spool: stores messages durably with group commit, records
-//! finished ones, reclaims segments and reads messages back. Single
+//! per-recipient outcomes, deferrals and finished messages, reclaims
+//! segments and reads messages back. Single
 //! threaded by design (Rc/RefCell/Cell, no locks, not Send); it refuses to
 //! schedule deliveries or to choose SMTP replies.
 //!
@@ -32,9 +33,10 @@ use super::io::{GlommioStore, SegmentStore};
 use super::layout;
 use super::ledger::Ledger;
 use super::reader::{self, StoredMessage};
-use super::record::{self, FinishReason};
+use super::record::{self, FinishReason, StateChange, StateRecord};
 use super::recovery;
 use super::segment::{classify, Segment};
+use super::state::{self, Deferred, DeliveryState, RecipientOutcome};
 
 /// Sizes that shape the segment files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +65,9 @@ pub struct RecoveredMessage {
     pub id: SpoolId,
     pub envelope: Envelope,
     pub body_len: u64,
+    /// Finished recipients, attempts, next attempt and last error, so the
+    /// queue resumes where it stopped instead of starting over.
+    pub delivery: DeliveryState,
 }
 
 /// The durable message store of one shard (one core). See the module
@@ -180,13 +185,33 @@ impl<S: SegmentStore> Spool<S> {
             ledger.add_segment(*seg);
         }
         let mut recovered = Vec::new();
-        for (id, found) in survey.live() {
+        for (id, found, delivery) in survey.live_with_state() {
             ledger.add_live(id, found.crc);
             recovered.push(RecoveredMessage {
                 id,
                 envelope: found.envelope.clone(),
                 body_len: found.body_len,
+                delivery,
             });
+        }
+        // State records keep their segment only while their message lives.
+        for (rec, holder) in &survey.states {
+            if !owned.contains(&holder.shard) {
+                continue;
+            }
+            let target = rec.target.segment();
+            if owned.contains(&target.shard) {
+                if ledger.live_crc(rec.target) == Some(rec.target_crc) {
+                    ledger.pin(*holder, rec.target);
+                }
+            } else if !survey.is_finished(rec.target, rec.target_crc)
+                && survey.segments.contains(&target)
+            {
+                // Another shard owns the message now and may finish it at
+                // any time without telling us: keep the state while its
+                // segment exists (checked on disk, as for markers).
+                ledger.add_dependency(*holder, target, false);
+            }
         }
         let mut max_seq = None;
         for m in &survey.markers {
@@ -312,6 +337,93 @@ impl<S: SegmentStore> Spool<S> {
         let holder = self.append_marker(id, crc, reason).await?;
         self.ledger.borrow_mut().finish(id, holder);
         self.reclaim().await;
+        Ok(())
+    }
+
+    /// Records how recipient `index` (its position in the envelope) of a
+    /// live message ended, durably (same group commit as messages): once
+    /// this returns, a restart will not try that recipient again, and a
+    /// DSN built after a restart can still quote `outcome.reply`. Texts
+    /// are cut to [`state::MAX_STATE_TEXT`] bytes. The record keeps its
+    /// segment only until the message is finished.
+    pub async fn record_recipient_outcome(
+        &self,
+        id: SpoolId,
+        index: u32,
+        outcome: &RecipientOutcome,
+    ) -> Result<(), SpoolError> {
+        let outcome = RecipientOutcome {
+            kind: outcome.kind,
+            reply: state::bounded(&outcome.reply).to_owned(),
+            remote_mta: outcome
+                .remote_mta
+                .as_deref()
+                .map(|m| state::bounded(m).to_owned()),
+        };
+        self.append_state(id, StateChange::Outcome { index, outcome }, true)
+            .await
+    }
+
+    /// Records a temporary failure of a live message and when to try it
+    /// next. Returns once the record is written but, unlike everything
+    /// else here, without waiting for a sync: losing a deferral in a crash
+    /// only means an earlier retry with a lower attempt count (the next
+    /// group commit on the segment, or `close`, makes it durable anyway).
+    /// Never a wrong delivery: deferrals do not finish anything. A torn
+    /// deferral at the tail of a segment is silent like any torn tail.
+    pub async fn record_deferral(
+        &self,
+        id: SpoolId,
+        deferred: &Deferred,
+    ) -> Result<(), SpoolError> {
+        let deferred = Deferred {
+            attempts: deferred.attempts,
+            next_attempt_unix: deferred.next_attempt_unix,
+            last_error: state::bounded(&deferred.last_error).to_owned(),
+        };
+        self.append_state(id, StateChange::Deferred(deferred), false)
+            .await
+    }
+
+    async fn append_state(
+        &self,
+        id: SpoolId,
+        change: StateChange,
+        durable: bool,
+    ) -> Result<(), SpoolError> {
+        let _busy = self.enter()?;
+        self.discard_abandoned().await;
+        let target_crc = self
+            .ledger
+            .borrow()
+            .live_crc(id)
+            .ok_or(SpoolError::UnknownMessage(id))?;
+        let rec = record::encode_state(&StateRecord {
+            target: id,
+            target_crc,
+            change,
+        });
+        let (seg, offset, rolled) = self.reserve(rec.len() as u64).await?;
+        let in_flight = InFlight {
+            ledger: &self.ledger,
+            abandoned: &self.abandoned,
+            seg: seg.id,
+            message: None,
+        };
+        // Pinned before the bytes exist, while the write keeps the segment
+        // in flight, so no reclaim can slip in between.
+        self.ledger.borrow_mut().pin(seg.id, id);
+        seg.write(rec, u64::from(offset)).await?;
+        if durable {
+            seg.commit
+                .commit(&seg.file)
+                .await
+                .map_err(|f| sync_failed(&seg.path, f))?;
+        }
+        drop(in_flight);
+        if rolled {
+            self.reclaim().await;
+        }
         Ok(())
     }
 

@@ -16,7 +16,10 @@ use super::fake::{Event, FakeStore};
 use super::id::{SegmentId, SpoolId};
 use super::layout;
 use super::record::{self, tests::sample_envelopes, HEADER_LEN, MAGIC, VERSION};
-use super::{scan_dir, FinishReason, GlommioStore, Spool, SpoolConfig, SpoolError};
+use super::{
+    scan_dir, Deferred, DeliveryState, FinishReason, GlommioStore, OutcomeKind, RecipientOutcome,
+    Spool, SpoolConfig, SpoolError,
+};
 
 fn run<T>(f: impl Future<Output = T>) -> T {
     LocalExecutorBuilder::new(Placement::Unbound)
@@ -532,11 +535,11 @@ fn scan_dir_matches_recovery_and_changes_nothing() {
     });
     let as_listed: Vec<_> = recovered
         .into_iter()
-        .map(|r| (r.id, r.envelope, r.body_len))
+        .map(|r| (r.id, r.envelope, r.body_len, r.delivery))
         .collect();
     let listed: Vec<_> = listed
         .into_iter()
-        .map(|q| (q.id, q.envelope, q.size))
+        .map(|q| (q.id, q.envelope, q.size, q.delivery))
         .collect();
     assert_eq!(listed, as_listed);
 }
@@ -583,5 +586,238 @@ fn close_waits_for_commits_and_refuses_new_work() {
         drop(spool);
         let (_s, rec) = open(dir.path(), 0, &[], SpoolConfig::default()).await;
         assert_eq!(rec, vec![id]);
+    });
+}
+
+fn outcome(kind: OutcomeKind, reply: &str, mta: Option<&str>) -> RecipientOutcome {
+    RecipientOutcome {
+        kind,
+        reply: reply.into(),
+        remote_mta: mta.map(str::to_owned),
+    }
+}
+
+fn deferred(attempts: u32, next: u64, err: &str) -> Deferred {
+    Deferred {
+        attempts,
+        next_attempt_unix: next,
+        last_error: err.into(),
+    }
+}
+
+/// An envelope with `n` recipients.
+fn env_n(i: usize, n: usize) -> Envelope {
+    let mut e = env(0);
+    e.received_at = 5_000 + i as u64;
+    e.recipients = (0..n)
+        .map(|k| crate::envelope::Recipient {
+            address: format!("r{k}@example.test"),
+            notify: None,
+            orcpt: None,
+        })
+        .collect();
+    e
+}
+
+#[test]
+fn delivery_state_round_trips_through_reopen_and_scan_dir() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = run(async {
+        let (s, _) = open(dir.path(), 0, &[], SpoolConfig::default()).await;
+        let a = s.store(&env_n(0, 3), body(0, 300)).await.expect("store");
+        let b = s.store(&env_n(1, 2), body(1, 300)).await.expect("store");
+        let c = s.store(&env_n(2, 1), body(2, 300)).await.expect("store");
+        s.record_recipient_outcome(
+            a,
+            0,
+            &outcome(
+                OutcomeKind::Delivered,
+                "250 2.0.0 ok",
+                Some("mx1.example.test"),
+            ),
+        )
+        .await
+        .expect("outcome");
+        s.record_recipient_outcome(
+            a,
+            2,
+            &outcome(OutcomeKind::Bounced, "550 5.1.1 no such user", None),
+        )
+        .await
+        .expect("outcome");
+        s.record_deferral(a, &deferred(1, 10_300, "421 4.7.0 try later"))
+            .await
+            .expect("deferral");
+        s.record_deferral(a, &deferred(2, 10_900, "451 4.3.0 again"))
+            .await
+            .expect("deferral");
+        s.record_deferral(b, &deferred(1, 20_000, &"x".repeat(5000)))
+            .await
+            .expect("deferral");
+        s.record_recipient_outcome(b, 1, &outcome(OutcomeKind::Expired, "4.4.7 gave up", None))
+            .await
+            .expect("outcome");
+        // a finished message takes its state with it
+        s.record_deferral(c, &deferred(1, 1, "e"))
+            .await
+            .expect("deferral");
+        s.finish(c, FinishReason::Delivered).await.expect("finish");
+        assert!(matches!(
+            s.record_deferral(c, &deferred(2, 2, "e")).await,
+            Err(SpoolError::UnknownMessage(_))
+        ));
+        assert!(matches!(
+            s.record_recipient_outcome(c, 0, &outcome(OutcomeKind::Delivered, "250", None))
+                .await,
+            Err(SpoolError::UnknownMessage(_))
+        ));
+        drop(s); // no close: outcomes were durable, deferrals are in the page cache
+        (a, b)
+    });
+    let (recovered, again) = run(async {
+        let (s, rec) = Spool::open(dir.path(), 0, &[], SpoolConfig::default())
+            .await
+            .expect("open");
+        // More state after a reopen lands in a new segment and still folds in.
+        s.record_deferral(b, &deferred(2, 30_000, "second"))
+            .await
+            .expect("deferral");
+        s.close().await.expect("close");
+        drop(s);
+        let (_s, again) = Spool::open(dir.path(), 0, &[], SpoolConfig::default())
+            .await
+            .expect("open");
+        (rec, again)
+    });
+    assert_eq!(
+        recovered.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![a, b]
+    );
+    let da = &recovered[0].delivery;
+    assert_eq!(da.attempts(), 2);
+    assert_eq!(da.next_attempt_unix(), Some(10_900));
+    assert_eq!(da.last_error(), Some("451 4.3.0 again"));
+    assert_eq!(da.pending(3).collect::<Vec<_>>(), vec![1]);
+    assert_eq!(
+        da.outcomes[&0],
+        outcome(
+            OutcomeKind::Delivered,
+            "250 2.0.0 ok",
+            Some("mx1.example.test")
+        )
+    );
+    assert_eq!(
+        da.outcomes[&2],
+        outcome(OutcomeKind::Bounced, "550 5.1.1 no such user", None)
+    );
+    let db = &recovered[1].delivery;
+    assert_eq!(db.attempts(), 1);
+    assert_eq!(
+        db.last_error().map(str::len),
+        Some(crate::spool::MAX_STATE_TEXT)
+    );
+    assert_eq!(db.pending(2).collect::<Vec<_>>(), vec![0]);
+    assert_eq!(again[0].delivery, *da);
+    assert_eq!(again[1].delivery.attempts(), 2);
+    assert_eq!(again[1].delivery.last_error(), Some("second"));
+    assert_eq!(again[1].delivery.outcomes, db.outcomes);
+
+    let listed = scan_dir(dir.path()).expect("scan_dir");
+    let listed: Vec<_> = listed.into_iter().map(|q| (q.id, q.delivery)).collect();
+    let again: Vec<_> = again.into_iter().map(|r| (r.id, r.delivery)).collect();
+    assert_eq!(listed, again);
+}
+
+#[test]
+fn state_records_pin_segments_only_while_their_message_lives() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    run(async {
+        let cfg = small(8192);
+        let path = |seg| layout::segment_path(dir.path(), seg);
+        let (s, _) = open(dir.path(), 0, &[], cfg).await;
+        // A: m1. B: m2, then m1's deferral and outcome. C: m3.
+        let m1 = s.store(&env_n(1, 2), body(1, 7000)).await.expect("store");
+        let m2 = s.store(&env_n(2, 1), body(2, 7000)).await.expect("store");
+        let (a, b) = (m1.segment(), m2.segment());
+        assert_ne!(a, b);
+        s.record_deferral(m1, &deferred(1, 99, "421 busy"))
+            .await
+            .expect("deferral");
+        s.record_recipient_outcome(m1, 0, &outcome(OutcomeKind::Delivered, "250 ok", None))
+            .await
+            .expect("outcome");
+        assert_eq!(s.active_segment(), Some(b), "state went to B");
+        let m3 = s.store(&env_n(3, 1), body(3, 7000)).await.expect("store");
+        let c = m3.segment();
+        assert_ne!(c, b);
+        s.finish(m2, FinishReason::Delivered).await.expect("finish");
+        assert!(path(b).exists(), "B holds the state of live m1");
+        s.close().await.expect("close");
+        drop(s);
+        // Recovery rebuilds the pin.
+        let (s, rec) = Spool::open(dir.path(), 0, &[], cfg).await.expect("open");
+        assert!(path(a).exists() && path(b).exists());
+        assert_eq!(rec.iter().map(|r| r.id).collect::<Vec<_>>(), vec![m1, m3]);
+        assert_eq!(rec[0].delivery.attempts(), 1);
+        assert!(rec[0].delivery.is_finished(0));
+        // m1 finishes: its state pins nothing any more.
+        s.finish(m1, FinishReason::Delivered).await.expect("finish");
+        assert!(!path(a).exists(), "A reclaimed");
+        assert!(!path(b).exists(), "B reclaimed: its state is moot");
+        assert!(path(c).exists());
+        drop(s);
+        let (_s, rec) = Spool::open(dir.path(), 0, &[], cfg).await.expect("open");
+        assert_eq!(rec.iter().map(|r| r.id).collect::<Vec<_>>(), vec![m3]);
+        assert_eq!(rec[0].delivery, DeliveryState::default());
+    });
+}
+
+#[test]
+fn state_written_by_an_adopting_shard_is_seen_by_the_owner() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    run(async {
+        let cfg = SpoolConfig::default();
+        let (s1, _) = open(dir.path(), 1, &[], cfg).await;
+        let m = s1.store(&env_n(0, 2), body(0, 100)).await.expect("store");
+        s1.close().await.expect("close");
+        drop(s1);
+        // Shard 0 adopts directory 1 and records state in its own directory.
+        let (s0, _) = open(dir.path(), 0, &[1], cfg).await;
+        s0.record_recipient_outcome(m, 1, &outcome(OutcomeKind::Bounced, "550 no", None))
+            .await
+            .expect("outcome");
+        s0.record_deferral(m, &deferred(3, 777, "421"))
+            .await
+            .expect("deferral");
+        s0.close().await.expect("close");
+        drop(s0);
+        // Directory 1 is its own again: the state follows.
+        let (_s1, rec) = Spool::open(dir.path(), 1, &[], cfg).await.expect("open");
+        assert_eq!(rec.len(), 1);
+        assert_eq!(rec[0].delivery.attempts(), 3);
+        assert!(rec[0].delivery.is_finished(1));
+        // and shard 0, no longer owning it, keeps its state segment while
+        // the message's segment exists
+        let (_s0, rec0) = Spool::open(dir.path(), 0, &[], cfg).await.expect("open");
+        assert!(rec0.is_empty());
+        let own = layout::list_segments(dir.path(), 0).expect("list");
+        assert!(!own.is_empty(), "state of a foreign live message kept");
+    });
+}
+
+#[test]
+fn outcome_for_a_recipient_out_of_range_is_ignored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    run(async {
+        let (s, _) = open(dir.path(), 0, &[], SpoolConfig::default()).await;
+        let m = s.store(&env_n(0, 1), body(0, 100)).await.expect("store");
+        s.record_recipient_outcome(m, 5, &outcome(OutcomeKind::Delivered, "250", None))
+            .await
+            .expect("outcome");
+        drop(s);
+        let (_s, rec) = Spool::open(dir.path(), 0, &[], SpoolConfig::default())
+            .await
+            .expect("open");
+        assert!(rec[0].delivery.outcomes.is_empty());
     });
 }

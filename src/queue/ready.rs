@@ -1,0 +1,536 @@
+//! Ready queues per destination site: work that is due waits here for a
+//! connection, under a per-destination window (messages in flight), a
+//! per-destination connection limit and a total outbound connection
+//! limit, served round-robin so one busy destination cannot starve the
+//! others. Sans-IO and generic over the work item; it refuses to resolve
+//! names, open sockets or decide what a failure means.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+
+use super::error::QueueError;
+
+/// Where a connection goes. Messages with equal keys share connections:
+/// that is what makes a destination "site" (Postfix's nexthop), so the key
+/// is normalised on construction (lowercase names, no trailing dot, MX
+/// sets sorted and de-duplicated) and has no public fields.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DestinationKey(Dest);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Dest {
+    /// A configured smarthost or per-domain route: one host and port.
+    Route { host: String, port: u16 },
+    /// Delivery by MX on port 25: the set of MX hosts of the domain (or
+    /// the domain itself for an implicit MX). Preferences are left out on
+    /// purpose: domains served by the same hosts share connections.
+    Mx(Vec<String>),
+}
+
+fn normalise(host: &str) -> String {
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+impl DestinationKey {
+    /// A smarthost or `[[route]]` target.
+    pub fn route(host: &str, port: u16) -> Self {
+        DestinationKey(Dest::Route {
+            host: normalise(host),
+            port,
+        })
+    }
+
+    /// The MX host names of a resolution, in any order (the glue passes
+    /// what the resolver returned; the implicit MX is the domain itself).
+    /// Refuses an empty set: a null MX or failed lookup routes nowhere.
+    pub fn mx_set<I, S>(hosts: I) -> Result<Self, QueueError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut v: Vec<String> = hosts
+            .into_iter()
+            .map(|h| normalise(h.as_ref()))
+            .filter(|h| !h.is_empty())
+            .collect();
+        v.sort();
+        v.dedup();
+        if v.is_empty() {
+            return Err(QueueError::NoHosts);
+        }
+        Ok(DestinationKey(Dest::Mx(v)))
+    }
+}
+
+impl fmt::Display for DestinationKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Dest::Route { host, port } => write!(f, "[{host}]:{port}"),
+            Dest::Mx(hosts) => write!(f, "mx:{}", hosts.join(",")),
+        }
+    }
+}
+
+/// The bounds of the ready queues. Defaults after Postfix: 100 outbound
+/// connections in all (`default_process_limit`), 20 per destination
+/// (`default_destination_concurrency_limit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadyLimits {
+    /// Outbound connections open at once, all destinations together.
+    pub max_connections: usize,
+    /// Connections open at once to one destination.
+    pub max_connections_per_destination: usize,
+    /// Messages of one destination handed out and not yet done: the
+    /// window that bounds what one destination can hold up.
+    pub window_per_destination: usize,
+    /// Messages handed to a connection at a time; it asks for more with
+    /// [`ReadyQueues::next_batch`] (connection reuse).
+    pub batch_per_connection: usize,
+    /// Messages waiting for one destination; past it `push` refuses and
+    /// the caller defers the message instead of holding it in memory.
+    pub max_queued_per_destination: usize,
+}
+
+impl Default for ReadyLimits {
+    fn default() -> Self {
+        ReadyLimits {
+            max_connections: 100,
+            max_connections_per_destination: 20,
+            window_per_destination: 200,
+            batch_per_connection: 10,
+            max_queued_per_destination: 20_000,
+        }
+    }
+}
+
+impl ReadyLimits {
+    /// Refuses limits under which nothing could ever leave.
+    pub fn validate(&self) -> Result<(), QueueError> {
+        let fields = [
+            (self.max_connections, "max_connections"),
+            (
+                self.max_connections_per_destination,
+                "max_connections_per_destination",
+            ),
+            (self.window_per_destination, "window_per_destination"),
+            (self.batch_per_connection, "batch_per_connection"),
+            (
+                self.max_queued_per_destination,
+                "max_queued_per_destination",
+            ),
+        ];
+        match fields.iter().find(|(v, _)| *v == 0) {
+            Some((_, name)) => Err(QueueError::Limits(name)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `push` refused: the destination's queue is full. The work comes back
+/// so the caller can defer it (it then has a retry time, not a limbo).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("ready queue of the destination is full")]
+pub struct ReadyFull<W>(pub W);
+
+#[derive(Debug)]
+struct Site<W> {
+    queue: VecDeque<W>,
+    connections: usize,
+    in_flight: usize,
+    /// Whether the key is in the rotation (it is whenever `queue` is not
+    /// empty; stale entries are dropped lazily).
+    rotating: bool,
+}
+
+impl<W> Default for Site<W> {
+    fn default() -> Self {
+        Site {
+            queue: VecDeque::new(),
+            connections: 0,
+            in_flight: 0,
+            rotating: false,
+        }
+    }
+}
+
+/// The ready queues of one core.
+#[derive(Debug)]
+pub struct ReadyQueues<W> {
+    limits: ReadyLimits,
+    sites: HashMap<DestinationKey, Site<W>>,
+    /// Destinations with waiting work, in turn order.
+    rotation: VecDeque<DestinationKey>,
+    connections: usize,
+    queued: usize,
+}
+
+impl<W> ReadyQueues<W> {
+    pub fn new(limits: ReadyLimits) -> Result<Self, QueueError> {
+        limits.validate()?;
+        Ok(ReadyQueues {
+            limits,
+            sites: HashMap::new(),
+            rotation: VecDeque::new(),
+            connections: 0,
+            queued: 0,
+        })
+    }
+
+    pub fn limits(&self) -> &ReadyLimits {
+        &self.limits
+    }
+
+    /// Queues work for a destination, behind what is already waiting.
+    pub fn push(&mut self, dest: DestinationKey, work: W) -> Result<(), ReadyFull<W>> {
+        let site = self.sites.entry(dest.clone()).or_default();
+        if site.queue.len() >= self.limits.max_queued_per_destination {
+            return Err(ReadyFull(work));
+        }
+        site.queue.push_back(work);
+        self.queued += 1;
+        if !site.rotating {
+            site.rotating = true;
+            self.rotation.push_back(dest);
+        }
+        Ok(())
+    }
+
+    /// Opens a connection's worth of work: the next destination in turn
+    /// that has work waiting and room under every limit gets one more
+    /// connection and up to a batch of messages. `None` when nothing may
+    /// start now (no work, or every destination with work is at a limit).
+    /// The caller must later call [`ReadyQueues::done`] for every message
+    /// and [`ReadyQueues::connection_closed`] once.
+    pub fn next_connection(&mut self) -> Option<(DestinationKey, Vec<W>)> {
+        if self.connections >= self.limits.max_connections {
+            return None;
+        }
+        for _ in 0..self.rotation.len() {
+            let dest = self.rotation.pop_front()?;
+            let Some(site) = self.sites.get_mut(&dest) else {
+                continue;
+            };
+            site.rotating = false;
+            if site.queue.is_empty() {
+                self.forget_if_idle(&dest);
+                continue;
+            }
+            let open = site.connections < self.limits.max_connections_per_destination
+                && site.in_flight < self.limits.window_per_destination;
+            if open {
+                site.connections += 1;
+                self.connections += 1;
+            }
+            let batch = if open { self.take(&dest) } else { Vec::new() };
+            // Back in line behind the others if work is left.
+            if let Some(site) = self.sites.get_mut(&dest) {
+                if !site.queue.is_empty() {
+                    site.rotating = true;
+                    self.rotation.push_back(dest.clone());
+                }
+            }
+            if open {
+                return Some((dest, batch));
+            }
+        }
+        None
+    }
+
+    /// More work for a connection already open to `dest` (reuse instead of
+    /// a new connection), within the window; empty if none or no room.
+    /// It does not use up the destination's turn for new connections.
+    pub fn next_batch(&mut self, dest: &DestinationKey) -> Vec<W> {
+        match self.sites.get(dest) {
+            Some(site) if site.connections > 0 => self.take(dest),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Takes up to a batch within the window; a destination left without
+    /// work leaves the rotation (so "in the rotation iff work waits").
+    fn take(&mut self, dest: &DestinationKey) -> Vec<W> {
+        let limits = self.limits;
+        let Some(site) = self.sites.get_mut(dest) else {
+            return Vec::new();
+        };
+        let room = limits.window_per_destination.saturating_sub(site.in_flight);
+        let n = limits.batch_per_connection.min(room).min(site.queue.len());
+        site.in_flight += n;
+        self.queued -= n;
+        let batch = site.queue.drain(..n).collect();
+        if site.queue.is_empty() && site.rotating {
+            site.rotating = false;
+            self.rotation.retain(|d| d != dest);
+        }
+        batch
+    }
+
+    /// `count` messages handed out for `dest` are done with (delivered,
+    /// deferred or bounced): they leave the window.
+    pub fn done(&mut self, dest: &DestinationKey, count: usize) {
+        if let Some(site) = self.sites.get_mut(dest) {
+            site.in_flight = site.in_flight.saturating_sub(count);
+        }
+        self.forget_if_idle(dest);
+    }
+
+    /// A connection to `dest` closed (whatever the reason). Messages it
+    /// still held must be reported with [`ReadyQueues::done`] too.
+    pub fn connection_closed(&mut self, dest: &DestinationKey) {
+        if let Some(site) = self.sites.get_mut(dest) {
+            if site.connections > 0 {
+                site.connections -= 1;
+                self.connections -= 1;
+            }
+        }
+        self.forget_if_idle(dest);
+    }
+
+    /// Drops a destination's bookkeeping once nothing refers to it, so
+    /// the map does not grow with every domain ever seen.
+    fn forget_if_idle(&mut self, dest: &DestinationKey) {
+        let idle = self.sites.get(dest).is_some_and(|s| {
+            s.queue.is_empty() && s.connections == 0 && s.in_flight == 0 && !s.rotating
+        });
+        if idle {
+            self.sites.remove(dest);
+        }
+    }
+
+    /// Messages waiting for a connection, all destinations.
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+
+    /// Messages waiting for `dest`.
+    pub fn queued_for(&self, dest: &DestinationKey) -> usize {
+        self.sites.get(dest).map_or(0, |s| s.queue.len())
+    }
+
+    /// Messages of `dest` handed out and not done.
+    pub fn in_flight(&self, dest: &DestinationKey) -> usize {
+        self.sites.get(dest).map_or(0, |s| s.in_flight)
+    }
+
+    /// Open connections to `dest`.
+    pub fn connections_to(&self, dest: &DestinationKey) -> usize {
+        self.sites.get(dest).map_or(0, |s| s.connections)
+    }
+
+    /// Open outbound connections, all destinations.
+    pub fn connections(&self) -> usize {
+        self.connections
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    fn limits(total: usize, per: usize, window: usize, batch: usize) -> ReadyLimits {
+        ReadyLimits {
+            max_connections: total,
+            max_connections_per_destination: per,
+            window_per_destination: window,
+            batch_per_connection: batch,
+            max_queued_per_destination: 1000,
+        }
+    }
+
+    fn mx(h: &str) -> DestinationKey {
+        DestinationKey::mx_set([h]).expect("one host")
+    }
+
+    #[test]
+    fn keys_are_normalised() {
+        let a =
+            DestinationKey::mx_set(["MX2.Example.TEST.", "mx1.example.test", "mx2.example.test"])
+                .expect("hosts");
+        let b = DestinationKey::mx_set(["mx1.example.test.", "mx2.example.test"]).expect("hosts");
+        assert_eq!(a, b);
+        assert_eq!(a.to_string(), "mx:mx1.example.test,mx2.example.test");
+        assert_ne!(a, mx("mx1.example.test"));
+        assert_eq!(
+            DestinationKey::route("Relay.Example.", 25),
+            DestinationKey::route("relay.example", 25)
+        );
+        assert_ne!(
+            DestinationKey::route("relay.example", 25),
+            DestinationKey::route("relay.example", 587)
+        );
+        assert_ne!(
+            DestinationKey::route("relay.example", 25),
+            mx("relay.example")
+        );
+        assert_eq!(
+            DestinationKey::mx_set(Vec::<String>::new()),
+            Err(QueueError::NoHosts)
+        );
+        assert_eq!(DestinationKey::mx_set(["."]), Err(QueueError::NoHosts));
+    }
+
+    #[test]
+    fn limits_are_respected() {
+        let mut r = ReadyQueues::new(limits(3, 2, 5, 2)).expect("limits");
+        let (a, b) = (mx("a"), mx("b"));
+        for i in 0..20 {
+            r.push(a.clone(), i).expect("room");
+            r.push(b.clone(), 100 + i).expect("room");
+        }
+        let c1 = r.next_connection().expect("first");
+        let c2 = r.next_connection().expect("second");
+        let c3 = r.next_connection().expect("third");
+        assert!(r.next_connection().is_none(), "total limit 3");
+        assert_eq!(r.connections(), 3);
+        let to_a = [&c1, &c2, &c3].iter().filter(|c| c.0 == a).count();
+        assert!(r.connections_to(&a) <= 2 && r.connections_to(&b) <= 2);
+        assert_eq!(to_a, r.connections_to(&a));
+        for c in [&c1, &c2, &c3] {
+            assert_eq!(c.1.len(), 2, "batch");
+        }
+        // window: a has at most 5 in flight however it asks
+        let dest_with_two = if r.connections_to(&a) == 2 { &a } else { &b };
+        let more = r.next_batch(dest_with_two);
+        assert_eq!(more.len(), 1, "4 in flight + 1 = window 5");
+        assert!(r.next_batch(dest_with_two).is_empty());
+        assert_eq!(r.in_flight(dest_with_two), 5);
+        r.done(dest_with_two, 3);
+        assert_eq!(r.next_batch(dest_with_two).len(), 2);
+        // closing frees a connection slot
+        r.connection_closed(&c1.0);
+        assert!(r.next_connection().is_some());
+        assert!(r.next_connection().is_none());
+        // no batch for a destination without a connection
+        assert!(r.next_batch(&mx("zzz")).is_empty());
+    }
+
+    #[test]
+    fn fair_across_destinations() {
+        let mut r = ReadyQueues::new(limits(1, 1, 100, 1)).expect("limits");
+        let (a, b, c) = (mx("a"), mx("b"), mx("c"));
+        for i in 0..1000 {
+            r.push(a.clone(), ("a", i)).expect("room");
+        }
+        for i in 0..3 {
+            r.push(b.clone(), ("b", i)).expect("room");
+            r.push(c.clone(), ("c", i)).expect("room");
+        }
+        let mut order = Vec::new();
+        for _ in 0..9 {
+            let (d, w) = r.next_connection().expect("work");
+            assert_eq!(w.len(), 1);
+            order.push(w[0].0);
+            r.done(&d, 1);
+            r.connection_closed(&d);
+        }
+        assert_eq!(order, ["a", "b", "c", "a", "b", "c", "a", "b", "c"]);
+        // reuse of a's connection does not skip others' turns forever
+        let (d, _) = r.next_connection().expect("a");
+        assert_eq!(d, a);
+        for _ in 0..5 {
+            let w = r.next_batch(&a);
+            r.done(&a, w.len());
+        }
+        r.done(&a, 1);
+        r.connection_closed(&a);
+        // b arrives late: it waits behind a's turn, not behind a's backlog
+        r.push(b.clone(), ("b", 9)).expect("room");
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            let (d, w) = r.next_connection().expect("work");
+            got.push(d.clone());
+            r.done(&d, w.len());
+            r.connection_closed(&d);
+        }
+        assert_eq!(got, vec![a.clone(), b.clone()]);
+    }
+
+    #[test]
+    fn full_destination_hands_work_back() {
+        let mut r = ReadyQueues::new(ReadyLimits {
+            max_queued_per_destination: 2,
+            ..ReadyLimits::default()
+        })
+        .expect("limits");
+        r.push(mx("a"), 1).expect("room");
+        r.push(mx("a"), 2).expect("room");
+        assert_eq!(r.push(mx("a"), 3), Err(ReadyFull(3)));
+        r.push(mx("b"), 4).expect("other destination");
+        assert_eq!(r.queued(), 3);
+        assert!(ReadyQueues::<u8>::new(ReadyLimits {
+            window_per_destination: 0,
+            ..ReadyLimits::default()
+        })
+        .is_err());
+    }
+
+    /// Property: under random pushes, hand-outs, completions and closes,
+    /// no limit is ever exceeded, nothing is handed out twice, and once
+    /// connections keep cycling every pushed item comes out.
+    #[test]
+    fn limits_hold_and_everything_comes_out() {
+        for seed in 0..30u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let l = limits(4, 2, 6, 3);
+            let mut r = ReadyQueues::new(l).expect("limits");
+            let dests: Vec<_> = (0..5).map(|i| mx(&format!("d{i}"))).collect();
+            let mut open: Vec<(DestinationKey, Vec<u32>)> = Vec::new();
+            let mut pushed = 0u32;
+            let mut out = HashSet::new();
+            let mut step = |r: &mut ReadyQueues<u32>,
+                            open: &mut Vec<(DestinationKey, Vec<u32>)>,
+                            rng: &mut StdRng,
+                            pushing: bool| {
+                match rng.gen_range(0..6) {
+                    0 | 1 if pushing => {
+                        let d = dests[rng.gen_range(0..dests.len())].clone();
+                        r.push(d, pushed).expect("room");
+                        pushed += 1;
+                    }
+                    2 => {
+                        if let Some((d, w)) = r.next_connection() {
+                            open.push((d, w));
+                        }
+                    }
+                    3 if !open.is_empty() => {
+                        let i = rng.gen_range(0..open.len());
+                        let more = r.next_batch(&open[i].0);
+                        open[i].1.extend(more);
+                    }
+                    _ if !open.is_empty() => {
+                        let i = rng.gen_range(0..open.len());
+                        let (d, w) = open.swap_remove(i);
+                        for x in &w {
+                            assert!(out.insert(*x), "{x} handed out twice");
+                        }
+                        r.done(&d, w.len());
+                        r.connection_closed(&d);
+                    }
+                    _ => {}
+                }
+                assert!(r.connections() <= l.max_connections);
+                assert_eq!(r.connections(), open.len());
+                for d in &dests {
+                    assert!(r.connections_to(d) <= l.max_connections_per_destination);
+                    assert!(r.in_flight(d) <= l.window_per_destination);
+                }
+            };
+            for _ in 0..500 {
+                step(&mut r, &mut open, &mut rng, true);
+            }
+            let mut rounds = 0;
+            while r.queued() > 0 || !open.is_empty() {
+                step(&mut r, &mut open, &mut rng, false);
+                rounds += 1;
+                assert!(rounds < 100_000, "seed {seed}: work stuck");
+            }
+            assert_eq!(out.len() as u32, pushed);
+            assert!(r.sites.is_empty(), "idle destinations forgotten");
+        }
+    }
+}

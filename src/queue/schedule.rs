@@ -1,0 +1,783 @@
+//! The scheduled queue of one core: every message this core holds and has
+//! not finished, its state, and the time of its next action, kept in one
+//! timer index so that the earliest deadline is always known. Sans-IO: the
+//! caller passes `now` and persists what it is told to (deferrals,
+//! outcomes); it refuses to resolve, connect, or touch the spool.
+//!
+//! A message is always in exactly one of two states, each with a time:
+//! - `Waiting { at }`: its next attempt is due at `at` (a new message is
+//!   due at once);
+//! - `Active { attempt, task, deadline }`: `due` handed it out (to deliver
+//!   it, or to expire it) and the holder must report by `deadline`. If it
+//!   does not, the attempt counts as failed and the message is rescheduled
+//!   (or expired); late reports of that attempt are refused as stale.
+//!
+//! Expiry follows Postfix: a temporary failure after the queue lifetime is
+//! final (`now - received_at > maximal_queue_lifetime`), and retries are
+//! never scheduled past the end of the lifetime, so the last attempt falls
+//! right after it and the DSN is not late by up to a whole backoff.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use crate::spool::{Deferred, DeliveryState, SpoolId};
+
+use super::error::QueueError;
+use super::policy::{Jitter, NoJitter, RetryPolicy};
+use super::time::UnixTime;
+
+/// What the queue knows of one message without reading the spool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueEntry {
+    pub size: u64,
+    pub recipients: usize,
+    /// Seconds since the Unix epoch.
+    pub received_at: u64,
+}
+
+/// Names one hand-out of a message by `due`. Reports carry it so that a
+/// report from an attempt the queue already gave up on cannot change the
+/// message's newer state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AttemptId(u64);
+
+impl fmt::Display for AttemptId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// What the holder of an active message is to do with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Task {
+    /// Try the pending recipients. With none pending (all finished before
+    /// a restart), just complete it: DSN for failures, then finish.
+    Deliver,
+    /// The lifetime is over: record the pending recipients as expired,
+    /// send the DSN they call for, finish the message, `remove` it.
+    Expire,
+}
+
+/// A message's state; see the module documentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageState {
+    Waiting {
+        at: UnixTime,
+    },
+    Active {
+        attempt: AttemptId,
+        task: Task,
+        deadline: UnixTime,
+    },
+}
+
+impl MessageState {
+    /// The time of the next action: every state has one.
+    pub fn deadline(&self) -> UnixTime {
+        match *self {
+            MessageState::Waiting { at } => at,
+            MessageState::Active { deadline, .. } => deadline,
+        }
+    }
+}
+
+/// One message handed out by [`Queue::due`] or [`Queue::defer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dispatch {
+    pub id: SpoolId,
+    pub attempt: AttemptId,
+    pub task: Task,
+}
+
+/// The result of [`Queue::defer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deferral {
+    /// Try again later: persist this record (`Spool::record_deferral`).
+    Retry(Deferred),
+    /// The lifetime is over: the message is now active with
+    /// [`Task::Expire`] under this dispatch.
+    Expired(Dispatch),
+}
+
+#[derive(Debug, Clone)]
+struct Message {
+    entry: QueueEntry,
+    state: MessageState,
+    attempts: u32,
+    last_error: Option<String>,
+    /// Recipients that need no more attempts, by envelope index.
+    finished: BTreeSet<u32>,
+}
+
+/// The per-core scheduled queue. Generic over the jitter so tests can
+/// use none; `Queue` alone means no jitter.
+#[derive(Debug)]
+pub struct Queue<J: Jitter = NoJitter> {
+    policy: RetryPolicy,
+    jitter: J,
+    messages: BTreeMap<SpoolId, Message>,
+    /// Exactly one entry per message: its state's deadline.
+    timers: BTreeSet<(UnixTime, SpoolId)>,
+    bytes: u64,
+    next_attempt: u64,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Queue {
+            policy: RetryPolicy::default(),
+            jitter: NoJitter,
+            messages: BTreeMap::new(),
+            timers: BTreeSet::new(),
+            bytes: 0,
+            next_attempt: 0,
+        }
+    }
+}
+
+impl Queue {
+    /// A queue with the default (Postfix-like) policy and no jitter.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl<J: Jitter> Queue<J> {
+    /// A queue with its own timing; refuses a policy that cannot work.
+    pub fn with_policy(policy: RetryPolicy, jitter: J) -> Result<Self, QueueError> {
+        policy.validate()?;
+        Ok(Queue {
+            policy,
+            jitter,
+            messages: BTreeMap::new(),
+            timers: BTreeSet::new(),
+            bytes: 0,
+            next_attempt: 0,
+        })
+    }
+
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.policy
+    }
+
+    /// Queues a newly accepted message, due at once (at its `received_at`).
+    /// Inserting an id again replaces it.
+    pub fn insert(&mut self, id: SpoolId, entry: QueueEntry) {
+        let at = UnixTime(entry.received_at);
+        self.put(
+            id,
+            Message {
+                entry,
+                state: MessageState::Waiting { at },
+                attempts: 0,
+                last_error: None,
+                finished: BTreeSet::new(),
+            },
+        );
+    }
+
+    /// Queues a message recovered from the spool where it stopped: its
+    /// finished recipients, attempt count, last error and retry time (due
+    /// at once if it was never deferred).
+    pub fn restore(&mut self, id: SpoolId, entry: QueueEntry, delivery: &DeliveryState) {
+        let recipients = entry.recipients;
+        let at = UnixTime(delivery.next_attempt_unix().unwrap_or(entry.received_at));
+        self.put(
+            id,
+            Message {
+                entry,
+                state: MessageState::Waiting { at },
+                attempts: delivery.attempts(),
+                last_error: delivery.last_error().map(str::to_owned),
+                finished: delivery
+                    .outcomes
+                    .keys()
+                    .copied()
+                    .filter(|&i| (i as usize) < recipients)
+                    .collect(),
+            },
+        );
+    }
+
+    fn put(&mut self, id: SpoolId, message: Message) {
+        self.remove(id);
+        self.bytes += message.entry.size;
+        self.timers.insert((message.state.deadline(), id));
+        self.messages.insert(id, message);
+    }
+
+    /// Forgets a message (finished in the spool, or deleted).
+    pub fn remove(&mut self, id: SpoolId) -> Option<QueueEntry> {
+        let m = self.messages.remove(&id)?;
+        self.timers.remove(&(m.state.deadline(), id));
+        self.bytes -= m.entry.size;
+        Some(m.entry)
+    }
+
+    fn set_state(&mut self, id: SpoolId, state: MessageState) {
+        if let Some(m) = self.messages.get_mut(&id) {
+            self.timers.remove(&(m.state.deadline(), id));
+            m.state = state;
+            self.timers.insert((state.deadline(), id));
+        }
+    }
+
+    fn activate(&mut self, id: SpoolId, task: Task, now: UnixTime) -> Dispatch {
+        self.next_attempt += 1;
+        let attempt = AttemptId(self.next_attempt);
+        let deadline = now.plus(self.policy.attempt_timeout);
+        self.set_state(
+            id,
+            MessageState::Active {
+                attempt,
+                task,
+                deadline,
+            },
+        );
+        Dispatch { id, attempt, task }
+    }
+
+    /// When the lifetime of a message ends: after this second, a temporary
+    /// failure is final.
+    fn expires_at(&self, entry: &QueueEntry) -> UnixTime {
+        UnixTime(entry.received_at).plus(self.policy.maximal_queue_lifetime)
+    }
+
+    /// Everything whose time has come, oldest deadline first: waiting
+    /// messages become active (to deliver), and active ones whose holder
+    /// missed its deadline count as a failed attempt (rescheduled, so not
+    /// returned, or expired, so returned with [`Task::Expire`]; a missed
+    /// expiry is handed out again).
+    pub fn due(&mut self, now: UnixTime) -> Vec<Dispatch> {
+        let mut out = Vec::new();
+        while let Some(&(at, id)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            let Some(state) = self.messages.get(&id).map(|m| m.state) else {
+                // Cannot happen (timers and messages change together);
+                // drop the stray timer rather than loop on it.
+                self.timers.remove(&(at, id));
+                continue;
+            };
+            match state {
+                MessageState::Waiting { .. } => out.push(self.activate(id, Task::Deliver, now)),
+                MessageState::Active {
+                    attempt,
+                    task: Task::Deliver,
+                    ..
+                } => {
+                    let lost = "delivery attempt did not report before its deadline";
+                    if let Ok(Deferral::Expired(d)) = self.defer(id, attempt, now, lost) {
+                        out.push(d);
+                    }
+                }
+                MessageState::Active {
+                    task: Task::Expire, ..
+                } => out.push(self.activate(id, Task::Expire, now)),
+            }
+        }
+        out
+    }
+
+    /// The earliest deadline of any message: when the caller should next
+    /// call [`Queue::due`]. `None` only when the queue is empty.
+    pub fn next_wakeup(&self) -> Option<UnixTime> {
+        self.timers.first().map(|&(at, _)| at)
+    }
+
+    /// Delivery took a dispatched message out of a ready queue to start
+    /// its transaction: checks the attempt is still current (skip the
+    /// message if not) and restarts its deadline, so the time spent waiting
+    /// for a connection does not eat into the transaction's.
+    pub fn begin(
+        &mut self,
+        id: SpoolId,
+        attempt: AttemptId,
+        now: UnixTime,
+    ) -> Result<(), QueueError> {
+        let task = self.current(id, attempt)?;
+        let deadline = now.plus(self.policy.attempt_timeout);
+        self.set_state(
+            id,
+            MessageState::Active {
+                attempt,
+                task,
+                deadline,
+            },
+        );
+        Ok(())
+    }
+
+    /// Whether `attempt` is the message's current hand-out.
+    pub fn is_current(&self, id: SpoolId, attempt: AttemptId) -> bool {
+        self.current(id, attempt).is_ok()
+    }
+
+    fn current(&self, id: SpoolId, attempt: AttemptId) -> Result<Task, QueueError> {
+        let m = self
+            .messages
+            .get(&id)
+            .ok_or(QueueError::UnknownMessage(id))?;
+        match m.state {
+            MessageState::Active {
+                attempt: a, task, ..
+            } if a == attempt => Ok(task),
+            _ => Err(QueueError::StaleAttempt { id, attempt }),
+        }
+    }
+
+    /// The attempt failed temporarily (4xx, network, resolver): schedule
+    /// the next one after the backoff for this attempt count (jittered,
+    /// never past the end of the lifetime), or expire the message if its
+    /// lifetime is over.
+    pub fn defer(
+        &mut self,
+        id: SpoolId,
+        attempt: AttemptId,
+        now: UnixTime,
+        error: &str,
+    ) -> Result<Deferral, QueueError> {
+        self.current(id, attempt)?;
+        let policy = self.policy;
+        let m = self
+            .messages
+            .get_mut(&id)
+            .ok_or(QueueError::UnknownMessage(id))?;
+        m.attempts = m.attempts.saturating_add(1);
+        m.last_error = Some(error.to_owned());
+        let attempts = m.attempts;
+        let expires_at = UnixTime(m.entry.received_at).plus(policy.maximal_queue_lifetime);
+        if now > expires_at {
+            return Ok(Deferral::Expired(self.activate(id, Task::Expire, now)));
+        }
+        let delay = self
+            .jitter
+            .adjust(id, attempts, policy.backoff(attempts))
+            .clamp(std::time::Duration::from_secs(1), policy.maximal_backoff);
+        let at = now
+            .plus(delay)
+            .min(UnixTime(expires_at.0.saturating_add(1)));
+        self.set_state(id, MessageState::Waiting { at });
+        Ok(Deferral::Retry(Deferred {
+            attempts,
+            next_attempt_unix: at.0,
+            last_error: error.to_owned(),
+        }))
+    }
+
+    /// Notes that a recipient needs no more attempts (its outcome was
+    /// recorded in the spool). Returns the recipients still pending.
+    pub fn recipient_finished(&mut self, id: SpoolId, index: u32) -> Result<usize, QueueError> {
+        let m = self
+            .messages
+            .get_mut(&id)
+            .ok_or(QueueError::UnknownMessage(id))?;
+        if (index as usize) < m.entry.recipients {
+            m.finished.insert(index);
+        }
+        Ok(m.entry.recipients.saturating_sub(m.finished.len()))
+    }
+
+    /// Recipient indexes still to be tried, in envelope order.
+    pub fn pending_recipients(&self, id: SpoolId) -> Option<Vec<u32>> {
+        let m = self.messages.get(&id)?;
+        let n = u32::try_from(m.entry.recipients).unwrap_or(u32::MAX);
+        Some((0..n).filter(|i| !m.finished.contains(i)).collect())
+    }
+
+    /// Makes every waiting message due at `now` (`spate queue flush`).
+    /// Active messages keep their holder. Returns how many were moved.
+    pub fn flush(&mut self, now: UnixTime) -> usize {
+        let waiting: Vec<SpoolId> = self
+            .messages
+            .iter()
+            .filter(|(_, m)| matches!(m.state, MessageState::Waiting { at } if at > now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &waiting {
+            self.set_state(*id, MessageState::Waiting { at: now });
+        }
+        waiting.len()
+    }
+
+    /// The message's state (and so its next action and time).
+    pub fn state(&self, id: SpoolId) -> Option<MessageState> {
+        self.messages.get(&id).map(|m| m.state)
+    }
+
+    /// When the message's lifetime ends, for `spate queue list`.
+    pub fn expiry(&self, id: SpoolId) -> Option<UnixTime> {
+        self.messages.get(&id).map(|m| self.expires_at(&m.entry))
+    }
+
+    /// Failed attempts so far.
+    pub fn attempts(&self, id: SpoolId) -> Option<u32> {
+        self.messages.get(&id).map(|m| m.attempts)
+    }
+
+    /// Why the last attempt failed.
+    pub fn last_error(&self, id: SpoolId) -> Option<&str> {
+        self.messages.get(&id).and_then(|m| m.last_error.as_deref())
+    }
+
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    /// Bytes of message data held.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Messages in spool order (ids grow with segment and offset).
+    pub fn iter(&self) -> impl Iterator<Item = (SpoolId, &QueueEntry)> {
+        self.messages.iter().map(|(id, m)| (*id, &m.entry))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use crate::spool::{OutcomeKind, RecipientOutcome};
+
+    use super::*;
+
+    const T0: u64 = 1_700_000_000;
+
+    fn id(n: u64) -> SpoolId {
+        SpoolId::from_u64(n)
+    }
+
+    fn entry(received_at: u64) -> QueueEntry {
+        QueueEntry {
+            size: 100,
+            recipients: 3,
+            received_at,
+        }
+    }
+
+    fn t(secs: u64) -> UnixTime {
+        UnixTime(T0 + secs)
+    }
+
+    /// Every message has exactly one timer, equal to its state's deadline.
+    fn check<J: Jitter>(q: &Queue<J>) {
+        assert_eq!(q.timers.len(), q.messages.len());
+        for (id, m) in &q.messages {
+            assert!(
+                q.timers.contains(&(m.state.deadline(), *id)),
+                "{id} has no timer"
+            );
+        }
+        assert_eq!(
+            q.bytes,
+            q.messages.values().map(|m| m.entry.size).sum::<u64>()
+        );
+        assert_eq!(q.next_wakeup(), q.timers.first().map(|t| t.0));
+    }
+
+    fn one(q: &mut Queue, now: UnixTime) -> Dispatch {
+        let d = q.due(now);
+        assert_eq!(d.len(), 1, "{d:?}");
+        d[0]
+    }
+
+    #[test]
+    fn new_message_is_due_at_once_and_nothing_before_its_time() {
+        let mut q = Queue::new();
+        q.insert(id(1), entry(T0));
+        assert_eq!(q.next_wakeup(), Some(t(0)));
+        assert!(q.due(UnixTime(T0 - 1)).is_empty());
+        let d = one(&mut q, t(0));
+        assert_eq!((d.id, d.task), (id(1), Task::Deliver));
+        assert!(q.due(t(0)).is_empty(), "handed out once");
+        assert_eq!(q.next_wakeup(), Some(t(3600)), "attempt deadline");
+        check(&q);
+    }
+
+    #[test]
+    fn backoff_sequence_with_a_fake_clock() {
+        let mut q = Queue::new();
+        q.insert(id(1), entry(T0));
+        let mut now = t(0);
+        let mut delays = Vec::new();
+        for _ in 0..8 {
+            let d = one(&mut q, now);
+            let Deferral::Retry(rec) = q.defer(d.id, d.attempt, now, "421 busy").expect("defer")
+            else {
+                panic!("expired too early");
+            };
+            delays.push(rec.next_attempt_unix - now.0);
+            assert_eq!(q.next_wakeup(), Some(UnixTime(rec.next_attempt_unix)));
+            assert!(q.due(UnixTime(rec.next_attempt_unix - 1)).is_empty());
+            now = UnixTime(rec.next_attempt_unix);
+            check(&q);
+        }
+        assert_eq!(delays, vec![300, 600, 1200, 2400, 4000, 4000, 4000, 4000]);
+        assert_eq!(q.attempts(id(1)), Some(8));
+        assert_eq!(q.last_error(id(1)), Some("421 busy"));
+    }
+
+    #[test]
+    fn expiry_exactly_at_the_lifetime() {
+        let policy = RetryPolicy::default();
+        let life = policy.maximal_queue_lifetime.as_secs();
+        for (fail_at, expired) in [(life - 1, false), (life, false), (life + 1, true)] {
+            let mut q = Queue::new();
+            q.insert(id(1), entry(T0));
+            let d = one(&mut q, t(0));
+            // the holder reports only at fail_at (begin keeps it current)
+            q.begin(d.id, d.attempt, t(fail_at)).expect("current");
+            match q
+                .defer(d.id, d.attempt, t(fail_at), "451 later")
+                .expect("defer")
+            {
+                Deferral::Retry(rec) => {
+                    assert!(!expired, "{fail_at}");
+                    // never scheduled past the end of the lifetime
+                    assert_eq!(rec.next_attempt_unix, T0 + life + 1);
+                    // that last attempt failing too expires the message
+                    let d = one(&mut q, UnixTime(rec.next_attempt_unix));
+                    let r = q.defer(d.id, d.attempt, UnixTime(rec.next_attempt_unix), "x");
+                    assert!(matches!(r, Ok(Deferral::Expired(_))), "{r:?}");
+                }
+                Deferral::Expired(x) => {
+                    assert!(expired, "{fail_at}");
+                    assert_eq!(x.task, Task::Expire);
+                    assert_eq!(
+                        q.state(id(1)),
+                        Some(MessageState::Active {
+                            attempt: x.attempt,
+                            task: Task::Expire,
+                            deadline: t(fail_at + 3600)
+                        })
+                    );
+                    // an expiry not acted on is handed out again
+                    let again = one(&mut q, t(fail_at + 3600));
+                    assert_eq!(again.task, Task::Expire);
+                    assert_ne!(again.attempt, x.attempt);
+                    assert!(q.remove(id(1)).is_some());
+                }
+            }
+            check(&q);
+        }
+    }
+
+    #[test]
+    fn flush_makes_deferred_messages_due_now() {
+        let mut q = Queue::new();
+        for n in 1..=3 {
+            q.insert(id(n), entry(T0));
+        }
+        let ds = q.due(t(0));
+        assert_eq!(ds.len(), 3);
+        // 1 and 2 deferred, 3 still in flight
+        for d in &ds[..2] {
+            q.defer(d.id, d.attempt, t(10), "421").expect("defer");
+        }
+        assert!(q.due(t(11)).is_empty());
+        assert_eq!(q.flush(t(11)), 2);
+        let again = q.due(t(11));
+        assert_eq!(
+            again.iter().map(|d| d.id).collect::<Vec<_>>(),
+            vec![id(1), id(2)]
+        );
+        assert!(
+            q.is_current(ds[2].id, ds[2].attempt),
+            "active one untouched"
+        );
+        check(&q);
+    }
+
+    #[test]
+    fn lost_attempt_is_rescheduled_and_its_late_report_refused() {
+        let mut q = Queue::new();
+        q.insert(id(1), entry(T0));
+        let d = one(&mut q, t(0));
+        assert!(q.due(t(3599)).is_empty());
+        assert!(q.due(t(3600)).is_empty(), "rescheduled, not handed out");
+        assert_eq!(
+            q.state(id(1)),
+            Some(MessageState::Waiting { at: t(3600 + 300) })
+        );
+        assert_eq!(q.attempts(id(1)), Some(1));
+        assert_eq!(
+            q.defer(d.id, d.attempt, t(3700), "late"),
+            Err(QueueError::StaleAttempt {
+                id: id(1),
+                attempt: d.attempt
+            })
+        );
+        assert!(!q.is_current(d.id, d.attempt));
+        assert!(q.begin(d.id, d.attempt, t(3700)).is_err());
+        assert_eq!(
+            q.defer(id(9), d.attempt, t(1), "x"),
+            Err(QueueError::UnknownMessage(id(9)))
+        );
+        let d2 = one(&mut q, t(3900));
+        assert_ne!(d2.attempt, d.attempt);
+        check(&q);
+    }
+
+    #[test]
+    fn restore_resumes_where_the_spool_stopped() {
+        let mut delivery = DeliveryState::default();
+        delivery.outcomes.insert(
+            1,
+            RecipientOutcome {
+                kind: OutcomeKind::Delivered,
+                reply: "250".into(),
+                remote_mta: None,
+            },
+        );
+        // an index past the recipients (a caller's bug) is ignored
+        let stray = delivery.outcomes[&1].clone();
+        delivery.outcomes.insert(7, stray);
+        delivery.deferred = Some(Deferred {
+            attempts: 4,
+            next_attempt_unix: T0 + 5000,
+            last_error: "421 x".into(),
+        });
+        let mut q = Queue::new();
+        q.restore(id(1), entry(T0), &delivery);
+        q.restore(id(2), entry(T0 + 7), &DeliveryState::default());
+        assert_eq!(q.attempts(id(1)), Some(4));
+        assert_eq!(q.last_error(id(1)), Some("421 x"));
+        assert_eq!(q.pending_recipients(id(1)), Some(vec![0, 2]));
+        assert_eq!(q.state(id(1)), Some(MessageState::Waiting { at: t(5000) }));
+        assert_eq!(q.state(id(2)), Some(MessageState::Waiting { at: t(7) }));
+        let d = one(&mut q, t(4999));
+        assert_eq!(d.id, id(2));
+        let d = one(&mut q, t(5000));
+        let Deferral::Retry(rec) = q.defer(d.id, d.attempt, t(5000), "e").expect("defer") else {
+            panic!("expired");
+        };
+        assert_eq!(rec.attempts, 5);
+        assert_eq!(rec.next_attempt_unix, T0 + 5000 + 4000);
+        assert_eq!(q.recipient_finished(id(1), 0), Ok(1));
+        assert_eq!(
+            q.recipient_finished(id(1), 99),
+            Ok(1),
+            "out of range ignored"
+        );
+        check(&q);
+    }
+
+    #[test]
+    fn jitter_is_applied_and_clamped() {
+        struct Wild;
+        impl Jitter for Wild {
+            fn adjust(&mut self, _: SpoolId, attempts: u32, _: Duration) -> Duration {
+                if attempts % 2 == 1 {
+                    Duration::ZERO
+                } else {
+                    Duration::MAX
+                }
+            }
+        }
+        let mut q = Queue::with_policy(RetryPolicy::default(), Wild).expect("policy");
+        q.insert(id(1), entry(T0));
+        let d = q.due(t(0))[0];
+        let Ok(Deferral::Retry(r)) = q.defer(d.id, d.attempt, t(0), "e") else {
+            panic!()
+        };
+        assert_eq!(r.next_attempt_unix, T0 + 1, "never the same second");
+        let d = q.due(t(1))[0];
+        let Ok(Deferral::Retry(r)) = q.defer(d.id, d.attempt, t(1), "e") else {
+            panic!()
+        };
+        assert_eq!(r.next_attempt_unix, T0 + 1 + 4000, "capped");
+        assert!(Queue::with_policy(
+            RetryPolicy {
+                minimal_backoff: Duration::ZERO,
+                ..RetryPolicy::default()
+            },
+            NoJitter
+        )
+        .is_err());
+    }
+
+    /// Property: after any sequence of operations every queued message has
+    /// a deadline (exactly one timer, matching its state); and a delivery
+    /// layer that only ever defers or forgets still sees every message
+    /// leave by its lifetime plus one attempt timeout and one expiry.
+    #[test]
+    fn nothing_sits_forever() {
+        let policy = RetryPolicy {
+            minimal_backoff: Duration::from_secs(5),
+            maximal_backoff: Duration::from_secs(40),
+            maximal_queue_lifetime: Duration::from_secs(400),
+            attempt_timeout: Duration::from_secs(30),
+        };
+        for seed in 0..40u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut q = Queue::with_policy(policy, NoJitter).expect("policy");
+            let mut now = T0;
+            let mut held: Vec<Dispatch> = Vec::new();
+            let mut next_id = 0u64;
+            for _ in 0..600 {
+                match rng.gen_range(0..10) {
+                    0 | 1 => {
+                        next_id += 1;
+                        q.insert(id(next_id), entry(now));
+                    }
+                    2 | 3 => held.extend(q.due(UnixTime(now))),
+                    4 | 5 if !held.is_empty() => {
+                        let d = held.swap_remove(rng.gen_range(0..held.len()));
+                        match d.task {
+                            Task::Deliver => match q.defer(d.id, d.attempt, UnixTime(now), "4xx") {
+                                Ok(Deferral::Expired(x)) => held.push(x),
+                                Ok(Deferral::Retry(_))
+                                | Err(
+                                    QueueError::StaleAttempt { .. } | QueueError::UnknownMessage(_),
+                                ) => {}
+                                Err(e) => panic!("{e}"),
+                            },
+                            Task::Expire => {
+                                if q.is_current(d.id, d.attempt) {
+                                    q.remove(d.id);
+                                }
+                            }
+                        }
+                    }
+                    6 if !held.is_empty() => {
+                        // delivery forgets a message
+                        held.swap_remove(rng.gen_range(0..held.len()));
+                    }
+                    7 => {
+                        q.flush(UnixTime(now));
+                    }
+                    8 if !held.is_empty() => {
+                        let d = held[rng.gen_range(0..held.len())];
+                        let _ = q.begin(d.id, d.attempt, UnixTime(now));
+                        let _ = q.recipient_finished(d.id, rng.gen_range(0..3));
+                    }
+                    _ => now += rng.gen_range(0..60),
+                }
+                check(&q);
+            }
+            // Drain: nobody delivers any more; act only on expiries.
+            let horizon = now + 400 + 40 + 30 + 30 + 1;
+            while let Some(at) = q.next_wakeup() {
+                assert!(at.0 <= horizon, "seed {seed}: {at} past {horizon}");
+                now = now.max(at.0);
+                for d in q.due(UnixTime(now)) {
+                    if d.task == Task::Expire {
+                        q.remove(d.id);
+                    }
+                }
+                check(&q);
+            }
+            assert!(q.is_empty());
+        }
+    }
+}
