@@ -9,6 +9,7 @@
 //! | shared data | [`envelope`] | the envelope of an accepted message |
 //! | spool | [`spool`] | per-core append-only segments, checksummed records, group commit, recovery, reclaim |
 //! | queue | [`queue`] | per-core index of the messages held in the spool |
+//! | resolver | [`resolver`] | batched MX resolution on one resolver thread: RFC 5321 5.1 order, null MX, TTL cache, de-duplicated lookups |
 //! | runtime glue | [`shard`], [`session`], [`tls`] | pinned glommio executors, listeners with SO_REUSEPORT, sessions over glommio sockets, STARTTLS |
 //! | edges | [`config`], [`metrics`], [`cli`] | TOML configuration, per-core counters and histograms, the command line |
 //!
@@ -21,6 +22,7 @@ pub mod config;
 pub mod envelope;
 pub mod metrics;
 pub mod queue;
+pub mod resolver;
 pub mod session;
 pub mod shard;
 pub mod smtp;
