@@ -235,11 +235,13 @@ fn run(
                 };
                 tasks.spawn(lookup(resolver.clone(), query));
             }
+            // Published before the replies, so a caller that got its answer
+            // reads counters that include it.
+            *stats.lock().unwrap_or_else(|p| p.into_inner()) = batcher.stats();
             while let Some((reply, answers)) = batcher.poll_reply() {
                 // The caller may have given up waiting; that is fine.
                 let _ = reply.send(answers);
             }
-            *stats.lock().unwrap_or_else(|p| p.into_inner()) = batcher.stats();
         }
     });
 }
