@@ -316,6 +316,32 @@ fn concurrent_lookups_of_the_same_domains_are_merged() {
 }
 
 #[test]
+fn tiny_queue_and_one_lookup_at_a_time_still_answer_everyone() {
+    let mut records = Records::new();
+    let domains: Vec<String> = (0..10).map(|i| format!("q{i}.test")).collect();
+    for d in &domains {
+        records = records
+            .mx(d, 10, &format!("mx.{d}"))
+            .a(&format!("mx.{d}"), "127.0.0.9");
+    }
+    let dns = TestDns::start(records);
+    let resolver = DnsResolver::start(ResolverConfig {
+        queue_depth: 1,
+        max_in_flight: 1,
+        ..config(&dns)
+    })
+    .expect("start");
+    let h = resolver.handle();
+    let answers = concurrent_requests(&h, &domains, 3, 100);
+    assert_eq!(answers.len(), 300);
+    assert!(answers
+        .iter()
+        .all(|(_, r)| matches!(r, Resolution::Hosts(_))));
+    assert_eq!(dns.queries_of("MX"), 10);
+    assert_eq!(h.stats().in_flight, 0);
+}
+
+#[test]
 fn hundred_thousand_messages_to_a_thousand_domains() {
     // 1,000 domains on 100 shared exchanges plus one common backup, as on
     // a hosting provider.

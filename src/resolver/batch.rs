@@ -168,6 +168,11 @@ impl<T> Batcher<T> {
         }
     }
 
+    /// Requests taken and not yet answered.
+    pub fn pending(&self) -> usize {
+        self.requests.len()
+    }
+
     /// Nothing waits and nothing is being resolved.
     pub fn is_idle(&self) -> bool {
         self.requests.is_empty() && self.work.is_empty() && self.ready.is_empty()

@@ -154,7 +154,8 @@ impl ResolverError {
 ///
 /// Batch first because the cores work in batches (a queue run resolves all
 /// its destinations at once); [`MxResolver::resolve`] is the one-domain
-/// convenience on top.
+/// convenience on top. The futures borrow the resolver; a task that must
+/// be `'static` clones its [`ResolverHandle`] (cheap) and moves it in.
 pub trait MxResolver {
     /// Resolves every domain; the answer has one entry per input, in input
     /// order, each with the domain as the caller spelled it. Duplicates are
@@ -195,6 +196,8 @@ pub struct ResolverConfig {
     pub max_in_flight: usize,
     /// Requests that may wait for the resolver thread before senders wait.
     pub queue_depth: usize,
+    /// TTL bounds and size; the capacity applies to the domain cache and,
+    /// separately, to the cache of exchange addresses.
     pub cache: CacheConfig,
     /// Seed for the equal-preference shuffle; `None` draws one at start.
     pub seed: Option<u64>,

@@ -174,13 +174,16 @@ fn run(
         let mut batcher: Batcher<Reply> = Batcher::new(&config.own_hostname, config.cache, rng);
         let mut tasks: JoinSet<Done> = JoinSet::new();
         let max_in_flight = config.max_in_flight.max(1);
+        // Requests held here beyond the channel's own bound: past it the
+        // channel fills and senders wait, so memory stays bounded.
+        let max_pending = config.queue_depth.max(1);
         let mut open = true;
         loop {
             if !open && tasks.is_empty() && batcher.is_idle() {
                 break;
             }
             let event = poll_fn(|cx| {
-                if open {
+                if open && batcher.pending() < max_pending {
                     if let Poll::Ready(r) = rx.poll_recv(cx) {
                         return Poll::Ready(r.map_or(Event::Closed, Event::Request));
                     }
@@ -201,10 +204,14 @@ fn run(
             let now = Instant::now();
             // Everything else that is ready now joins this round.
             let mut draining = open && !matches!(event, Event::Closed);
+            let mut taken = batcher.pending() + usize::from(matches!(event, Event::Request(_)));
             let mut events = vec![event];
-            while draining {
+            while draining && taken < max_pending {
                 match rx.try_recv() {
-                    Ok(r) => events.push(Event::Request(r)),
+                    Ok(r) => {
+                        events.push(Event::Request(r));
+                        taken += 1;
+                    }
                     Err(mpsc::error::TryRecvError::Empty) => draining = false,
                     Err(mpsc::error::TryRecvError::Disconnected) => {
                         events.push(Event::Closed);
