@@ -444,3 +444,40 @@ fn dropping_every_handle_ends_the_thread() {
         "the resolver thread ended cleanly"
     );
 }
+
+#[test]
+fn handles_work_from_glommio_executors() {
+    // What the cores do: await the resolver on glommio, which must not
+    // touch tokio (hickory on glommio panics); the answer wakes the
+    // executor from the resolver thread.
+    let dns = TestDns::start(
+        Records::new()
+            .mx("glommio.test", 10, "mx.glommio.test")
+            .a("mx.glommio.test", "127.0.0.8"),
+    );
+    let resolver = start(&dns);
+    let executors: Vec<_> = (0..2)
+        .map(|core| {
+            let h = resolver.handle();
+            glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+                .name(&format!("resolver-test-{core}"))
+                .io_memory(1 << 20)
+                .spawn(move || async move {
+                    let batch = h
+                        .resolve_batch(vec!["glommio.test".into(), "GLOMMIO.test.".into()])
+                        .await;
+                    let single = h.resolve("glommio.test".into()).await;
+                    (batch, single)
+                })
+                .expect("glommio executor")
+        })
+        .collect();
+    for e in executors {
+        let (batch, single) = e.join().expect("executor ran");
+        assert_eq!(batch.len(), 2);
+        for (_, r) in batch.iter().chain([(String::new(), single)].iter()) {
+            assert_eq!(hosts(r), vec![(10, "mx.glommio.test")]);
+        }
+    }
+    assert_eq!(dns.queries_of("MX"), 1);
+}
