@@ -6,6 +6,7 @@
 //! address and never uses a fixed port.
 #![allow(dead_code)]
 
+pub mod dns;
 pub mod smtp;
 
 use std::collections::hash_map::DefaultHasher;
