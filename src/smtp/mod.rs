@@ -7,6 +7,7 @@
 
 pub mod address;
 pub mod data;
+pub mod dot_stuff;
 pub mod param;
 pub mod parser;
 pub mod reply;
