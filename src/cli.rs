@@ -58,6 +58,23 @@ pub enum QueueAction {
         #[arg(long)]
         json: bool,
     },
+    /// Retry every deferred message now (asks the running server).
+    Flush {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Drop a queued message without notice (asks the running server).
+    Delete {
+        id: crate::spool::SpoolId,
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Return a queued message to its sender now (asks the running server).
+    Bounce {
+        id: crate::spool::SpoolId,
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -66,6 +83,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Queue {
             action: QueueAction::List { config, json },
         } => queue_list(&load(config.as_ref())?, json),
+        Command::Queue {
+            action: QueueAction::Flush { config },
+        } => control(&load(config.as_ref())?, crate::control::Request::Flush),
+        Command::Queue {
+            action: QueueAction::Delete { id, config },
+        } => control(&load(config.as_ref())?, crate::control::Request::Delete(id)),
+        Command::Queue {
+            action: QueueAction::Bounce { id, config },
+        } => control(&load(config.as_ref())?, crate::control::Request::Bounce(id)),
         Command::CheckConfig { config } => {
             let config = load(config.as_ref())?;
             println!("{config:#?}");
@@ -84,6 +110,16 @@ fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     config.spool_dir = std::path::absolute(&config.spool_dir)
         .with_context(|| format!("resolving {}", config.spool_dir.display()))?;
     Ok(config)
+}
+
+fn control(config: &Config, request: crate::control::Request) -> anyhow::Result<()> {
+    match crate::control::request(&config.spool_dir, request)? {
+        crate::control::Reply::Done(text) => {
+            println!("{text}");
+            Ok(())
+        }
+        crate::control::Reply::Failed(text) => bail!(text),
+    }
 }
 
 /// Messages from the shards and the signal thread to the main thread.
@@ -146,8 +182,15 @@ fn serve(config: Config) -> anyhow::Result<()> {
         }
     });
 
+    let resolver =
+        crate::resolver::DnsResolver::start(crate::resolver::ResolverConfig::from_config(&config))
+            .context("starting the resolver thread")?;
+    let outbound_tls = crate::tls::client_config(false, None)?;
+    let mut inboxes = Vec::with_capacity(count);
     let mut handles = Vec::with_capacity(count);
     for index in 0..count {
+        let (inbox, control) = async_channel::unbounded();
+        inboxes.push(inbox);
         let plan = ShardPlan {
             index,
             adopt: shard::adoption(index, count, &existing),
@@ -157,6 +200,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
             tls: tls.clone(),
             stop: Arc::clone(&stop),
             reports: shard_reports.clone(),
+            resolver: resolver.handle(),
+            outbound_tls: Arc::clone(&outbound_tls),
+            control,
         };
         handles.push(shard::spawn(plan, index % cpus).context("starting an executor")?);
     }
@@ -178,6 +224,13 @@ fn serve(config: Config) -> anyhow::Result<()> {
             Err(_) => failure = Some("every shard stopped while starting".into()),
         }
     }
+    let control = match failure {
+        None => Some(
+            crate::control::serve(&config.spool_dir, inboxes, Arc::clone(&stop))
+                .context("opening the control socket")?,
+        ),
+        Some(_) => None,
+    };
     if failure.is_none() {
         drop(reservations);
         let mut out = std::io::stdout().lock();
@@ -204,6 +257,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
         }
     }
     stop.store(true, Ordering::Release);
+    if let Some(control) = control {
+        let _ = control.join();
+    }
     let mut metrics = Metrics::default();
     for handle in handles {
         match handle.join() {
@@ -254,6 +310,13 @@ struct QueueLine<'a> {
     size: u64,
     age_seconds: u64,
     received_at: u64,
+    /// `queued` (never tried) or `deferred`.
+    state: &'static str,
+    attempts: u32,
+    next_attempt: Option<u64>,
+    last_error: Option<&'a str>,
+    /// Recipients still to be delivered.
+    pending: Vec<&'a str>,
 }
 
 fn queue_list(config: &Config, json: bool) -> anyhow::Result<()> {
@@ -283,6 +346,24 @@ fn queue_list(config: &Config, json: bool) -> anyhow::Result<()> {
             size: message.size,
             age_seconds: now.saturating_sub(envelope.received_at),
             received_at: envelope.received_at,
+            state: if message.delivery.attempts() == 0 {
+                "queued"
+            } else {
+                "deferred"
+            },
+            attempts: message.delivery.attempts(),
+            next_attempt: message.delivery.next_attempt_unix(),
+            last_error: message.delivery.last_error(),
+            pending: message
+                .delivery
+                .pending(envelope.recipients.len())
+                .filter_map(|i| {
+                    envelope
+                        .recipients
+                        .get(i as usize)
+                        .map(|r| r.address.as_str())
+                })
+                .collect(),
         };
         if json {
             writeln!(out, "{}", serde_json::to_string(&line)?)?;
@@ -299,8 +380,17 @@ fn queue_list(config: &Config, json: bool) -> anyhow::Result<()> {
                 line.size,
                 line.age_seconds,
                 from,
-                line.to.join(", ")
+                line.pending.join(", ")
             )?;
+            if let (Some(error), Some(next)) = (line.last_error, line.next_attempt) {
+                writeln!(
+                    out,
+                    "{:18}({} attempt(s), next in {}s: {error})",
+                    "",
+                    line.attempts,
+                    next.saturating_sub(now)
+                )?;
+            }
         }
     }
     if !json {

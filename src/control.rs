@@ -194,20 +194,20 @@ fn dispatch(request: Request, shards: &ShardInboxes) -> Reply {
         Request::Flush => (0..shards.len()).collect(),
         Request::Delete(id) | Request::Bounce(id) => vec![usize::from(id.shard()) % shards.len()],
     };
-    let (reply_to, replies) = mpsc::channel();
-    let mut asked = 0;
+    // One reply channel per shard, read in shard order: a stable answer.
+    let mut waiting = Vec::new();
     for index in targets {
-        let command = ShardCommand {
-            request,
-            reply: reply_to.clone(),
-        };
-        if shards[index].send_blocking(command).is_ok() {
-            asked += 1;
+        let (reply, replies) = mpsc::channel();
+        if shards[index]
+            .send_blocking(ShardCommand { request, reply })
+            .is_ok()
+        {
+            waiting.push(replies);
         }
     }
-    drop(reply_to);
+    let asked = waiting.len();
     let mut done = Vec::new();
-    for _ in 0..asked {
+    for replies in waiting {
         match replies.recv_timeout(TIMEOUT) {
             Ok(Reply::Done(text)) => done.push(text),
             Ok(failed @ Reply::Failed(_)) => return failed,

@@ -24,6 +24,7 @@ pub mod control;
 pub mod delivery;
 pub mod envelope;
 pub mod metrics;
+pub mod notify;
 pub mod queue;
 pub mod resolver;
 pub mod session;

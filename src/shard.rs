@@ -18,8 +18,12 @@ use glommio::sync::Gate;
 use socket2::{Domain, Socket, Type};
 
 use crate::config::{Config, Protocol};
+use crate::control::ShardCommand;
+use crate::delivery::engine::Engine;
 use crate::metrics::Metrics;
-use crate::queue::{Queue, QueueEntry};
+use crate::notify::Notify;
+use crate::queue::{NoJitter, Queue, QueueEntry, ReadyLimits, RetryPolicy};
+use crate::resolver::ResolverHandle;
 use crate::session::limits::ConnectionLimits;
 use crate::session::shutdown::Shutdown;
 use crate::smtp::ServerConfig;
@@ -57,6 +61,9 @@ pub struct ShardContext<S: SegmentStore = GlommioStore> {
     pub limits: Arc<ConnectionLimits>,
     pub tls: Option<futures_rustls::TlsAcceptor>,
     pub shutdown: Rc<Shutdown>,
+    /// Set when there is new work for delivery (a message stored, a
+    /// connection slot freed, a flush).
+    pub delivery_wake: Notify,
 }
 
 /// What a shard needs to start, handed over from the main thread.
@@ -70,6 +77,12 @@ pub struct ShardPlan {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub stop: Arc<AtomicBool>,
     pub reports: Sender<ShardReport>,
+    /// The process's one resolver thread.
+    pub resolver: ResolverHandle,
+    /// TLS for outbound STARTTLS.
+    pub outbound_tls: Arc<rustls::ClientConfig>,
+    /// Requests from the control socket for this shard.
+    pub control: async_channel::Receiver<ShardCommand>,
 }
 
 /// Starts the executor of one shard, pinned to `cpu`. Its join handle
@@ -112,7 +125,7 @@ async fn run<S: SegmentStore + 'static>(plan: ShardPlan, store: S) -> Metrics {
     }
 }
 
-async fn start<S: SegmentStore>(
+async fn start<S: SegmentStore + 'static>(
     plan: ShardPlan,
     store: S,
 ) -> Result<(Rc<ShardContext<S>>, Vec<TcpListener>), String> {
@@ -132,7 +145,20 @@ async fn start<S: SegmentStore>(
     )
     .await
     .map_err(|e| format!("spool {}: {}", config.spool_dir.display(), error_chain(&e)))?;
-    let mut queue = Queue::new();
+    let d = &config.delivery;
+    let policy = RetryPolicy {
+        minimal_backoff: d.minimal_backoff,
+        maximal_backoff: d.maximal_backoff,
+        maximal_queue_lifetime: d.maximal_queue_lifetime,
+        ..RetryPolicy::default()
+    };
+    let mut queue = Queue::with_policy(policy, NoJitter).map_err(|e| format!("delivery: {e}"))?;
+    let ready = ReadyLimits {
+        max_connections: d.max_connections,
+        max_connections_per_destination: d.max_connections_per_destination,
+        batch_per_connection: d.max_messages_per_connection.min(10),
+        ..ReadyLimits::default()
+    };
     for message in &recovered {
         queue.restore(
             message.id,
@@ -159,7 +185,17 @@ async fn start<S: SegmentStore>(
         limits: plan.limits,
         tls: plan.tls.map(futures_rustls::TlsAcceptor::from),
         shutdown: Rc::new(Shutdown::new()),
+        delivery_wake: Notify::new(),
     });
+    let engine = Engine::new(Rc::clone(&ctx), plan.resolver, plan.outbound_tls, ready)
+        .map_err(|e| format!("delivery: {e}"))?;
+    glommio::spawn_local(Rc::clone(&engine).run()).detach();
+    glommio::spawn_local(serve_control(
+        engine,
+        plan.control,
+        Rc::clone(&ctx.shutdown),
+    ))
+    .detach();
     glommio::spawn_local(watch_stop(plan.stop, Rc::clone(&ctx.shutdown))).detach();
     let _ = plan.reports.send(ShardReport::Ready {
         shard: plan.index,
@@ -213,6 +249,24 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     // The descriptor is a freshly bound listening TCP socket that nothing
     // else owns; the listener takes it over.
     Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
+}
+
+/// Answers control requests (flush, delete, bounce) until the shard stops.
+async fn serve_control<S: SegmentStore + 'static>(
+    engine: Rc<Engine<S>>,
+    inbox: async_channel::Receiver<ShardCommand>,
+    shutdown: Rc<Shutdown>,
+) {
+    loop {
+        let next = or(async { inbox.recv().await.ok() }, async {
+            shutdown.wait().await;
+            None
+        })
+        .await;
+        let Some(command) = next else { return };
+        let reply = engine.control(command.request).await;
+        let _ = command.reply.send(reply);
+    }
 }
 
 async fn watch_stop(stop: Arc<AtomicBool>, shutdown: Rc<Shutdown>) {

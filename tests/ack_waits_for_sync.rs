@@ -92,6 +92,7 @@ struct Shard {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     control: Control,
+    _control_inbox: async_channel::Sender<spate::control::ShardCommand>,
     handle: Option<glommio::ExecutorJoinHandle<spate::metrics::Metrics>>,
     _dir: tempfile::TempDir,
     spool_dir: std::path::PathBuf,
@@ -109,13 +110,19 @@ impl Shard {
         let addr = SocketAddr::from((ip, port));
         let config = Config::parse(&format!(
             "hostname = \"mx.test\"\nspool_dir = {:?}\n[[listener]]\naddress = \"{addr}\"\nprotocol = \"smtp\"\n\
-             [local]\ndomains = [\"example.test\"]\n",
+             [local]\ndomains = [\"example.test\"]\n[dns]\nnameservers = [\"{ip}:53\"]\n",
             spool_dir.display().to_string()
         ))
         .expect("config");
         let config = Arc::new(config);
         let (reports, inbox) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
+        let resolver = spate::resolver::DnsResolver::start(
+            spate::resolver::ResolverConfig::from_config(&config),
+        )
+        .expect("resolver thread");
+        // Nothing sends control requests here; the inbox just stays open.
+        let (control_inbox, control_requests) = async_channel::unbounded();
         let plan = ShardPlan {
             index: 0,
             adopt: vec![0],
@@ -125,6 +132,9 @@ impl Shard {
             tls: None,
             stop: Arc::clone(&stop),
             reports,
+            resolver: resolver.handle(),
+            outbound_tls: spate::tls::client_config(false, None).expect("tls"),
+            control: control_requests,
         };
         let control_for_test = control.clone();
         let control = control.clone();
@@ -141,6 +151,7 @@ impl Shard {
             addr,
             stop,
             control: control_for_test,
+            _control_inbox: control_inbox,
             handle: Some(handle),
             _dir: dir,
             spool_dir,

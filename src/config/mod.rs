@@ -62,6 +62,8 @@ pub struct Config {
     pub smtp: Smtp,
     #[serde(default)]
     pub spool: SpoolTuning,
+    #[serde(default)]
+    pub delivery: Delivery,
 }
 
 /// One listening socket; every core binds each one with SO_REUSEPORT.
@@ -213,6 +215,50 @@ impl Default for Smtp {
     }
 }
 
+/// Outbound delivery: retries, lifetime, connection limits. Defaults
+/// follow Postfix (minimal_backoff_time, maximal_backoff_time,
+/// maximal_queue_lifetime, default_destination_concurrency_limit).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Delivery {
+    /// Delay after the first failed attempt; it doubles with each attempt.
+    #[serde(with = "humantime_serde")]
+    pub minimal_backoff: Duration,
+    /// Ceiling of the retry delay.
+    #[serde(with = "humantime_serde")]
+    pub maximal_backoff: Duration,
+    /// A message still failing temporarily after this long is returned
+    /// to its sender.
+    #[serde(with = "humantime_serde")]
+    pub maximal_queue_lifetime: Duration,
+    /// Outbound connections per core, all destinations together.
+    pub max_connections: usize,
+    /// Outbound connections per core to one destination.
+    pub max_connections_per_destination: usize,
+    /// Messages one connection carries before it is closed.
+    pub max_messages_per_connection: usize,
+    /// Time allowed to establish a TCP connection to a next hop.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// The port MX hosts are reached on (25; another only in test labs).
+    pub mx_port: u16,
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Delivery {
+            minimal_backoff: Duration::from_secs(300),
+            maximal_backoff: Duration::from_secs(4000),
+            maximal_queue_lifetime: Duration::from_secs(5 * 24 * 3600),
+            max_connections: 100,
+            max_connections_per_destination: 20,
+            max_messages_per_connection: 100,
+            connect_timeout: Duration::from_secs(30),
+            mx_port: 25,
+        }
+    }
+}
+
 /// Spool segment sizing.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -314,6 +360,20 @@ impl Config {
             if let Err(e) = route.to.parse::<HostPort>() {
                 return invalid(format!("[[route]] for {}: {e}", route.domain));
             }
+        }
+        let d = &self.delivery;
+        if d.minimal_backoff.is_zero()
+            || d.maximal_backoff < d.minimal_backoff
+            || d.maximal_queue_lifetime.is_zero()
+        {
+            return invalid("delivery: need 0 < minimal_backoff <= maximal_backoff and a maximal_queue_lifetime".into());
+        }
+        if d.max_connections < 1
+            || d.max_connections_per_destination < 1
+            || d.max_messages_per_connection < 1
+            || d.mx_port == 0
+        {
+            return invalid("delivery: connection limits and mx_port must be at least 1".into());
         }
         if self.listeners.is_empty() {
             return invalid("at least one [[listener]] is needed".into());

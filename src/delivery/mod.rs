@@ -3,4 +3,6 @@
 //! sessions and local hand-off are to come. This file only maps modules.
 
 pub mod dsn;
+pub mod engine;
+pub mod outbound;
 pub mod router;

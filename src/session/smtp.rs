@@ -170,6 +170,7 @@ impl<S: SegmentStore> Driver<S> {
                 metrics.bytes_received += size;
                 drop(metrics);
                 tracing::debug!(%id, from = %envelope.sender, recipients = envelope.recipients.len(), size, "received");
+                self.ctx.delivery_wake.notify();
                 self.session.handle_stored(Ok(&id.to_string()), now);
                 self.acks_pending.push(data_ended);
             }

@@ -128,7 +128,7 @@ pub struct EnhancedCode {
 }
 
 impl EnhancedCode {
-    const fn new(class: u8, subject: u16, detail: u16) -> Self {
+    pub const fn new(class: u8, subject: u16, detail: u16) -> Self {
         EnhancedCode {
             class,
             subject,
@@ -165,7 +165,8 @@ pub struct ReplyText {
 }
 
 impl ReplyText {
-    fn local(code: u16, enhanced: EnhancedCode, text: String) -> Self {
+    /// A reply made up here (not received), e.g. for a failed connect.
+    pub fn local(code: u16, enhanced: EnhancedCode, text: String) -> Self {
         ReplyText {
             code,
             enhanced: Some(enhanced),

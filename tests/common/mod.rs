@@ -547,6 +547,9 @@ fn render_config(t: &Tweaks, ip: Ipv4Addr, spool: &Path, tls: Option<&TlsFiles>)
         Some(n) => n.clone(),
     };
     let _ = writeln!(s, "\n[relay]\nallow_networks = {nets:?}");
+    // Never the system's resolver (not on loopback): a closed port on this
+    // test's own address, so any MX lookup fails fast and stays local.
+    let _ = writeln!(s, "\n[dns]\nnameservers = [\"{ip}:53\"]");
     let _ = writeln!(s, "\n[local]\ndomains = {:?}", t.local_domains);
     if let Some(tls) = tls {
         let _ = writeln!(

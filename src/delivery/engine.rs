@@ -1,0 +1,691 @@
+//! The delivery engine of one core: takes due messages from the queue,
+//! routes and resolves their recipients, fills the ready queues per
+//! destination, opens outbound connections within the limits, and turns
+//! results into spool records: outcomes, deferrals, DSNs, finished
+//! messages. It speaks no SMTP itself (see `outbound`) and decides no
+//! retry timing (see `queue`).
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_lite::future::or;
+
+use crate::control::{Reply, Request};
+use crate::delivery::dsn::{build_dsn, status_of, DsnAction, FailedRecipient};
+use crate::delivery::outbound::{HostFailed, Outbound};
+use crate::delivery::router::{HostPort, NextHop, Route, Router};
+use crate::queue::{
+    AttemptId, Deferral, DestinationKey, Dispatch, MessageState, QueueEntry, QueueError,
+    ReadyLimits, ReadyQueues, Task, UnixTime,
+};
+use crate::resolver::{MxHost, MxResolver, ResolverHandle};
+use crate::shard::ShardContext;
+use crate::smtp::client::{ClientConfig, Outcome};
+use crate::spool::{FinishReason, OutcomeKind, RecipientOutcome, SegmentStore, SpoolId};
+
+/// The longest the engine sleeps without looking at the queue.
+const MAX_IDLE: Duration = Duration::from_secs(60);
+
+/// Why the mailbox tier cannot take local recipients yet.
+const NO_LOCAL_DELIVERY: &str = "451 4.3.2 local delivery to the mailbox tier is not available yet";
+
+/// How the addresses of a destination are found.
+#[derive(Debug)]
+enum Hop {
+    Fixed(HostPort),
+    Mx(Vec<MxHost>),
+}
+
+/// Recipients of one message bound for one destination, in one attempt.
+#[derive(Debug, Clone)]
+struct Work {
+    id: SpoolId,
+    attempt: AttemptId,
+    recipients: Vec<u32>,
+    hop: Rc<Hop>,
+}
+
+/// One attempt at a message, possibly split over several destinations.
+#[derive(Debug, Default)]
+struct Attempt {
+    /// Destination groups not reported yet.
+    outstanding: usize,
+    /// The last temporary failure, for the deferral record.
+    transient: Option<String>,
+    /// Recipients that failed for good in this attempt: owed a DSN.
+    bounced: Vec<FailedRecipient>,
+}
+
+/// One recipient's result, from SMTP or from routing and resolution.
+struct Result1 {
+    index: u32,
+    outcome: Outcome,
+    reply: String,
+}
+
+/// Shared by the engine's tasks on one core.
+pub struct Engine<S: SegmentStore> {
+    ctx: Rc<ShardContext<S>>,
+    router: Router,
+    resolver: ResolverHandle,
+    client: Rc<ClientConfig>,
+    tls: futures_rustls::TlsConnector,
+    ready: RefCell<ReadyQueues<Work>>,
+    attempts: RefCell<HashMap<SpoolId, Attempt>>,
+}
+
+/// Seconds since the epoch, as the queue counts time.
+pub fn unix_now() -> UnixTime {
+    UnixTime(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    )
+}
+
+impl<S: SegmentStore + 'static> Engine<S> {
+    pub fn new(
+        ctx: Rc<ShardContext<S>>,
+        resolver: ResolverHandle,
+        tls: std::sync::Arc<rustls::ClientConfig>,
+        limits: ReadyLimits,
+    ) -> Result<Rc<Self>, QueueError> {
+        let d = &ctx.config.delivery;
+        let client = ClientConfig {
+            helo_name: ctx.config.hostname.clone(),
+            max_messages_per_connection: d.max_messages_per_connection,
+            ..ClientConfig::default()
+        };
+        Ok(Rc::new(Engine {
+            router: ctx.config.router(),
+            resolver,
+            client: Rc::new(client),
+            tls: futures_rustls::TlsConnector::from(tls),
+            ready: RefCell::new(ReadyQueues::new(limits)?),
+            attempts: RefCell::new(HashMap::new()),
+            ctx,
+        }))
+    }
+
+    /// Runs until the shard stops.
+    pub async fn run(self: Rc<Self>) {
+        while !self.ctx.shutdown.is_fired() {
+            let now = unix_now();
+            let due = self.ctx.queue.borrow_mut().due(now);
+            if !due.is_empty() {
+                self.dispatch(due).await;
+            }
+            self.open_connections();
+            let next = self.ctx.queue.borrow().next_wakeup();
+            let idle = next.map_or(MAX_IDLE, |at| {
+                Duration::from_secs(at.0.saturating_sub(unix_now().0)).min(MAX_IDLE)
+            });
+            let wake = async {
+                if !idle.is_zero() {
+                    or(glommio::timer::sleep(idle), self.ctx.delivery_wake.wait()).await;
+                }
+            };
+            or(wake, self.ctx.shutdown.wait()).await;
+        }
+    }
+
+    /// Hands out due messages: expiries, and deliveries split by
+    /// destination (one batched resolver call for every MX domain).
+    async fn dispatch(self: &Rc<Self>, due: Vec<Dispatch>) {
+        let mut by_domain: HashMap<String, Vec<(SpoolId, AttemptId, Vec<u32>)>> = HashMap::new();
+        let mut local_only = Vec::new();
+        for d in due {
+            if d.task == Task::Expire {
+                self.expire(d).await;
+                continue;
+            }
+            let Some(pending) = self.ctx.queue.borrow().pending_recipients(d.id) else {
+                continue;
+            };
+            let envelope = match self.ctx.spool.read_message(d.id) {
+                Ok(message) => message.envelope().clone(),
+                Err(e) => {
+                    tracing::error!(id = %d.id, error = %e, "cannot read a queued message");
+                    self.attempts.borrow_mut().insert(
+                        d.id,
+                        Attempt {
+                            outstanding: 1,
+                            ..Attempt::default()
+                        },
+                    );
+                    let results = transient(&pending, &format!("451 4.3.0 spool read error: {e}"));
+                    self.report(d.id, d.attempt, results, None).await;
+                    continue;
+                }
+            };
+            let mut local = Vec::new();
+            let mut fixed: HashMap<HostPort, Vec<u32>> = HashMap::new();
+            let mut mx: HashMap<String, Vec<u32>> = HashMap::new();
+            for index in pending {
+                let Some(recipient) = envelope.recipients.get(index as usize) else {
+                    continue;
+                };
+                match self.router.route(&recipient.address) {
+                    Route::Local => local.push(index),
+                    Route::Relay(NextHop::Fixed(hop)) => fixed.entry(hop).or_default().push(index),
+                    Route::Relay(NextHop::Mx(domain)) => mx.entry(domain).or_default().push(index),
+                }
+            }
+            let groups = usize::from(!local.is_empty()) + fixed.len() + mx.len();
+            self.attempts.borrow_mut().insert(
+                d.id,
+                Attempt {
+                    outstanding: groups,
+                    ..Attempt::default()
+                },
+            );
+            if groups == 0 {
+                // Every recipient finished before a restart: complete it.
+                self.complete(d.id, d.attempt).await;
+                continue;
+            }
+            for (hop, recipients) in fixed {
+                let key = DestinationKey::route(&hop.host, hop.port);
+                self.enqueue(
+                    key,
+                    Work {
+                        id: d.id,
+                        attempt: d.attempt,
+                        recipients,
+                        hop: Rc::new(Hop::Fixed(hop)),
+                    },
+                )
+                .await;
+            }
+            for (domain, recipients) in mx {
+                by_domain
+                    .entry(domain)
+                    .or_default()
+                    .push((d.id, d.attempt, recipients));
+            }
+            if !local.is_empty() {
+                local_only.push((d.id, d.attempt, local));
+            }
+        }
+        for (id, attempt, local) in local_only {
+            self.report(id, attempt, transient(&local, NO_LOCAL_DELIVERY), None)
+                .await;
+        }
+        if by_domain.is_empty() {
+            return;
+        }
+        let domains: Vec<String> = by_domain.keys().cloned().collect();
+        let answers = self.resolver.resolve_batch(domains).await;
+        for (domain, resolution) in answers {
+            let Some(groups) = by_domain.remove(&domain) else {
+                continue;
+            };
+            match resolution.into_hosts() {
+                Ok(hosts) => {
+                    let key = DestinationKey::mx_set(hosts.iter().map(|h| h.name.as_str()));
+                    let hop = Rc::new(Hop::Mx(hosts));
+                    for (id, attempt, recipients) in groups {
+                        match &key {
+                            Ok(key) => {
+                                let work = Work {
+                                    id,
+                                    attempt,
+                                    recipients,
+                                    hop: Rc::clone(&hop),
+                                };
+                                self.enqueue(key.clone(), work).await;
+                            }
+                            Err(e) => {
+                                let reply = format!("451 4.4.3 {domain}: {e}");
+                                self.report(id, attempt, transient(&recipients, &reply), None)
+                                    .await;
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    let (code, outcome) = if e.is_transient() {
+                        (451, Outcome::TransientFailure)
+                    } else {
+                        (550, Outcome::PermanentFailure)
+                    };
+                    let reply = format!("{code} {} {domain}: {e}", e.status());
+                    for (id, attempt, recipients) in groups {
+                        let results = recipients
+                            .iter()
+                            .map(|&index| Result1 {
+                                index,
+                                outcome,
+                                reply: reply.clone(),
+                            })
+                            .collect();
+                        self.report(id, attempt, results, None).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn enqueue(self: &Rc<Self>, key: DestinationKey, work: Work) {
+        let pushed = self.ready.borrow_mut().push(key, work);
+        if let Err(full) = pushed {
+            let work = full.0;
+            let reply = "451 4.4.5 too many messages waiting for this destination";
+            self.report(
+                work.id,
+                work.attempt,
+                transient(&work.recipients, reply),
+                None,
+            )
+            .await;
+        }
+    }
+
+    fn open_connections(self: &Rc<Self>) {
+        loop {
+            let next = self.ready.borrow_mut().next_connection();
+            let Some((dest, works)) = next else { return };
+            let engine = Rc::clone(self);
+            glommio::spawn_local(async move { engine.connection(dest, works).await }).detach();
+        }
+    }
+
+    /// One connection's life: tries the destination's hosts in order until
+    /// one takes the work; reuses it for more work of the same destination.
+    async fn connection(self: Rc<Self>, dest: DestinationKey, works: Vec<Work>) {
+        let mut queue: VecDeque<Work> = works.into();
+        let hop = match queue.front() {
+            Some(work) => Rc::clone(&work.hop),
+            None => {
+                self.ready.borrow_mut().connection_closed(&dest);
+                return;
+            }
+        };
+        let mut last_failure: Option<HostFailed> = None;
+        for (name, addr) in self.addresses(&hop).await {
+            if queue.is_empty() {
+                break;
+            }
+            let tls = Some(self.tls.clone());
+            let timeout = self.ctx.config.delivery.connect_timeout;
+            let mut out =
+                match Outbound::open(addr, &name, Rc::clone(&self.client), tls, timeout).await {
+                    Ok(out) => out,
+                    Err(failed) => {
+                        tracing::debug!(%dest, %addr, reply = %failed.reply, "next hop failed");
+                        last_failure = Some(failed);
+                        continue;
+                    }
+                };
+            loop {
+                if queue.is_empty() && out.messages_left() > 0 {
+                    queue.extend(self.ready.borrow_mut().next_batch(&dest));
+                }
+                let Some(work) = queue.pop_front() else { break };
+                let begun = self
+                    .ctx
+                    .queue
+                    .borrow_mut()
+                    .begin(work.id, work.attempt, unix_now());
+                if begun.is_err() {
+                    self.ready.borrow_mut().done(&dest, 1);
+                    continue;
+                }
+                let message = match self.ctx.spool.read_message(work.id) {
+                    Ok(message) => message,
+                    Err(e) => {
+                        let reply = format!("451 4.3.0 spool read error: {e}");
+                        self.report(
+                            work.id,
+                            work.attempt,
+                            transient(&work.recipients, &reply),
+                            None,
+                        )
+                        .await;
+                        self.ready.borrow_mut().done(&dest, 1);
+                        continue;
+                    }
+                };
+                let indexes: Vec<usize> = work.recipients.iter().map(|&i| i as usize).collect();
+                let tx = out.send(message.envelope(), &indexes, message.body()).await;
+                let results = tx
+                    .results
+                    .iter()
+                    .map(|r| Result1 {
+                        index: u32::try_from(r.index).unwrap_or(u32::MAX),
+                        outcome: r.outcome,
+                        reply: r.reply.to_string(),
+                    })
+                    .collect();
+                for r in &tx.results {
+                    let rcpt = message
+                        .envelope()
+                        .recipients
+                        .get(r.index)
+                        .map_or("?", |x| x.address.as_str());
+                    tracing::info!(id = %work.id, to = rcpt, relay = %out.remote, reply = %r.reply, outcome = ?r.outcome, "delivery");
+                }
+                self.report(work.id, work.attempt, results, Some(out.remote.clone()))
+                    .await;
+                self.ready.borrow_mut().done(&dest, 1);
+                if !tx.reusable {
+                    break;
+                }
+            }
+            if queue.is_empty() {
+                out.quit().await;
+                break;
+            }
+            out.quit().await;
+        }
+        // Every host failed (or there was none): the rest waits for a retry,
+        // or bounces if the last host refused for good.
+        let (outcome, reply) = match &last_failure {
+            Some(f) if !f.transient => (Outcome::PermanentFailure, f.reply.to_string()),
+            Some(f) => (Outcome::TransientFailure, f.reply.to_string()),
+            None => (
+                Outcome::TransientFailure,
+                format!("451 4.4.4 no reachable host for {dest}"),
+            ),
+        };
+        for work in queue.drain(..) {
+            let results = work
+                .recipients
+                .iter()
+                .map(|&index| Result1 {
+                    index,
+                    outcome,
+                    reply: reply.clone(),
+                })
+                .collect();
+            self.report(work.id, work.attempt, results, None).await;
+            self.ready.borrow_mut().done(&dest, 1);
+        }
+        self.ready.borrow_mut().connection_closed(&dest);
+        self.ctx.delivery_wake.notify();
+    }
+
+    /// The hosts to try, in order, as (name, address).
+    async fn addresses(&self, hop: &Hop) -> Vec<(String, SocketAddr)> {
+        match hop {
+            Hop::Fixed(hp) => {
+                if let Ok(ip) = hp.host.parse::<IpAddr>() {
+                    return vec![(hp.host.clone(), SocketAddr::new(ip, hp.port))];
+                }
+                match self.resolver.resolve(hp.host.clone()).await.into_hosts() {
+                    Ok(hosts) => flatten(&hosts, hp.port),
+                    Err(e) => {
+                        tracing::warn!(host = %hp.host, error = %e, "cannot resolve a next hop");
+                        Vec::new()
+                    }
+                }
+            }
+            Hop::Mx(hosts) => flatten(hosts, self.ctx.config.delivery.mx_port),
+        }
+    }
+
+    /// Records each recipient's result of one destination group; when the
+    /// attempt's last group reports, completes the attempt.
+    async fn report(
+        self: &Rc<Self>,
+        id: SpoolId,
+        attempt: AttemptId,
+        results: Vec<Result1>,
+        remote: Option<String>,
+    ) {
+        for r in results {
+            let kind = match r.outcome {
+                Outcome::Delivered => OutcomeKind::Delivered,
+                Outcome::PermanentFailure => OutcomeKind::Bounced,
+                Outcome::TransientFailure => {
+                    if let Some(a) = self.attempts.borrow_mut().get_mut(&id) {
+                        a.transient = Some(r.reply);
+                    }
+                    continue;
+                }
+            };
+            let outcome = RecipientOutcome {
+                kind,
+                reply: r.reply,
+                remote_mta: remote.clone(),
+            };
+            if let Err(e) = self
+                .ctx
+                .spool
+                .record_recipient_outcome(id, r.index, &outcome)
+                .await
+            {
+                // Not durable: treat as not done, so it is tried again.
+                tracing::error!(%id, error = %e, "cannot record a delivery outcome");
+                if let Some(a) = self.attempts.borrow_mut().get_mut(&id) {
+                    a.transient = Some(format!("451 4.3.0 spool write error: {e}"));
+                }
+                continue;
+            }
+            let _ = self.ctx.queue.borrow_mut().recipient_finished(id, r.index);
+            if kind == OutcomeKind::Bounced {
+                if let Some(failed) = FailedRecipient::from_outcome(r.index, &outcome) {
+                    if let Some(a) = self.attempts.borrow_mut().get_mut(&id) {
+                        a.bounced.push(failed);
+                    }
+                }
+            }
+        }
+        let finished = {
+            let mut attempts = self.attempts.borrow_mut();
+            match attempts.get_mut(&id) {
+                Some(a) => {
+                    a.outstanding = a.outstanding.saturating_sub(1);
+                    a.outstanding == 0
+                }
+                None => false,
+            }
+        };
+        if finished {
+            self.complete(id, attempt).await;
+        }
+    }
+
+    /// The attempt is over: DSN for what bounced, then finish the message
+    /// or schedule its retry.
+    async fn complete(self: &Rc<Self>, id: SpoolId, attempt: AttemptId) {
+        let done = self.attempts.borrow_mut().remove(&id).unwrap_or_default();
+        if !done.bounced.is_empty() {
+            self.send_dsn(id, &done.bounced).await;
+        }
+        let pending = self
+            .ctx
+            .queue
+            .borrow()
+            .pending_recipients(id)
+            .unwrap_or_default();
+        if pending.is_empty() {
+            let reason = if done.bounced.is_empty() {
+                FinishReason::Delivered
+            } else {
+                FinishReason::Bounced
+            };
+            self.finish(id, reason).await;
+            return;
+        }
+        let error = done
+            .transient
+            .unwrap_or_else(|| "451 4.4.0 not delivered".into());
+        let deferral = self
+            .ctx
+            .queue
+            .borrow_mut()
+            .defer(id, attempt, unix_now(), &error);
+        match deferral {
+            Ok(Deferral::Retry(deferred)) => {
+                if let Err(e) = self.ctx.spool.record_deferral(id, &deferred).await {
+                    tracing::warn!(%id, error = %e, "cannot record a deferral");
+                }
+                tracing::info!(%id, attempts = deferred.attempts, next = deferred.next_attempt_unix, error = %error, "deferred");
+            }
+            Ok(Deferral::Expired(dispatch)) => Box::pin(self.expire(dispatch)).await,
+            Err(e) => tracing::debug!(%id, error = %e, "stale delivery report"),
+        }
+    }
+
+    /// The lifetime is over: every pending recipient expires, with a DSN.
+    async fn expire(self: &Rc<Self>, dispatch: Dispatch) {
+        let id = dispatch.id;
+        let pending = self
+            .ctx
+            .queue
+            .borrow()
+            .pending_recipients(id)
+            .unwrap_or_default();
+        let last = self.ctx.queue.borrow().last_error(id).map(str::to_owned);
+        let reply = format!(
+            "451 4.4.7 delivery time expired{}",
+            last.map(|e| format!(" (last error: {e})"))
+                .unwrap_or_default()
+        );
+        let mut failed = Vec::new();
+        for index in pending {
+            let outcome = RecipientOutcome {
+                kind: OutcomeKind::Expired,
+                reply: reply.clone(),
+                remote_mta: None,
+            };
+            if let Err(e) = self
+                .ctx
+                .spool
+                .record_recipient_outcome(id, index, &outcome)
+                .await
+            {
+                tracing::error!(%id, error = %e, "cannot record an expiry");
+            }
+            failed.extend(FailedRecipient::from_outcome(index, &outcome));
+        }
+        tracing::info!(%id, "expired");
+        self.send_dsn(id, &failed).await;
+        self.finish(id, FinishReason::Expired).await;
+    }
+
+    /// Spools a DSN to the sender (none for the null sender, or when
+    /// NOTIFY says so).
+    async fn send_dsn(self: &Rc<Self>, id: SpoolId, failed: &[FailedRecipient]) {
+        let dsn = match self.ctx.spool.read_message(id) {
+            Ok(message) => build_dsn(
+                message.envelope(),
+                message.body(),
+                failed,
+                &self.ctx.config.hostname,
+                message.envelope().received_at,
+                SystemTime::now(),
+            ),
+            Err(e) => {
+                tracing::error!(%id, error = %e, "cannot read a message to bounce it");
+                None
+            }
+        };
+        let Some(dsn) = dsn else { return };
+        let size = dsn.body.len() as u64;
+        let recipients = dsn.envelope.recipients.len();
+        let received_at = dsn.envelope.received_at;
+        match self.ctx.spool.store(&dsn.envelope, dsn.body).await {
+            Ok(bounce) => {
+                tracing::info!(%id, %bounce, to = %dsn.envelope.recipients.first().map_or("", |r| r.address.as_str()), "bounced");
+                self.ctx.queue.borrow_mut().insert(
+                    bounce,
+                    QueueEntry {
+                        size,
+                        recipients,
+                        received_at,
+                    },
+                );
+                self.ctx.delivery_wake.notify();
+            }
+            Err(e) => tracing::error!(%id, error = %e, "cannot spool a DSN"),
+        }
+    }
+
+    async fn finish(&self, id: SpoolId, reason: FinishReason) {
+        if let Err(e) = self.ctx.spool.finish(id, reason).await {
+            // The message stays in the spool and is tried again after a
+            // restart: a duplicate at worst, never a loss.
+            tracing::error!(%id, error = %e, "cannot mark a message finished");
+        }
+        self.ctx.queue.borrow_mut().remove(id);
+    }
+
+    /// Answers a control request for this shard.
+    pub async fn control(self: &Rc<Self>, request: Request) -> Reply {
+        let index = self.ctx.index;
+        match request {
+            Request::Flush => {
+                let n = self.ctx.queue.borrow_mut().flush(unix_now());
+                self.ctx.delivery_wake.notify();
+                Reply::Done(format!("shard {index}: {n} message(s) due now"))
+            }
+            Request::Delete(id) | Request::Bounce(id) => {
+                match self.ctx.queue.borrow().state(id) {
+                    None => return Reply::Failed(format!("no queued message {id}")),
+                    Some(MessageState::Active { .. }) => {
+                        return Reply::Failed(format!(
+                            "{id} is being delivered; try again in a moment"
+                        ))
+                    }
+                    Some(MessageState::Waiting { .. }) => {}
+                }
+                if matches!(request, Request::Bounce(_)) {
+                    let pending = self
+                        .ctx
+                        .queue
+                        .borrow()
+                        .pending_recipients(id)
+                        .unwrap_or_default();
+                    let failed: Vec<FailedRecipient> = pending
+                        .into_iter()
+                        .map(|index| FailedRecipient {
+                            index,
+                            status: "5.0.0".into(),
+                            diagnostic: "550 5.0.0 message returned by the postmaster".into(),
+                            remote_mta: None,
+                            action: DsnAction::Failed,
+                        })
+                        .collect();
+                    self.send_dsn(id, &failed).await;
+                    self.finish(id, FinishReason::Bounced).await;
+                    Reply::Done(format!("bounced {id}"))
+                } else {
+                    self.finish(id, FinishReason::Deleted).await;
+                    Reply::Done(format!("deleted {id}"))
+                }
+            }
+        }
+    }
+}
+
+fn transient(recipients: &[u32], reply: &str) -> Vec<Result1> {
+    recipients
+        .iter()
+        .map(|&index| Result1 {
+            index,
+            outcome: Outcome::TransientFailure,
+            reply: reply.to_owned(),
+        })
+        .collect()
+}
+
+fn flatten(hosts: &[MxHost], port: u16) -> Vec<(String, SocketAddr)> {
+    hosts
+        .iter()
+        .flat_map(|h| {
+            h.addresses
+                .iter()
+                .map(move |ip| (h.name.clone(), SocketAddr::new(*ip, port)))
+        })
+        .collect()
+}
+
+/// The enhanced status of a reply text, for DSNs (`5.0.0` when none).
+pub fn status_or_default(reply: &str) -> String {
+    status_of(reply).unwrap_or_else(|| "5.0.0".into())
+}
