@@ -112,6 +112,9 @@ shutdown_grace = "5s"
 address = "{ip}:0"
 protocol = "smtp"
 
+[dns]
+nameservers = ["{ip}:53"]
+
 [local]
 domains = ["example.test"]
 

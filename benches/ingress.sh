@@ -153,6 +153,11 @@ protocol = "smtp"
 [relay]
 allow_networks = ["127.0.0.0/8"]
 
+# Never the system resolver: a closed loopback port (the bench sends to a
+# local domain, so nothing is looked up anyway).
+[dns]
+nameservers = ["$IP:53"]
+
 [local]
 domains = ["example.test"]
 

@@ -61,8 +61,39 @@ fn to_io(e: GlommioError<()>) -> io::Error {
 }
 
 impl SegmentFile for GlommioSegmentFile {
+    /// A plain `pwrite`: into the page cache it takes microseconds, and
+    /// measured under load it costs far less CPU than an io_uring write,
+    /// which the kernel hands to an io-wq worker thread for buffered
+    /// files (a wake-up and two context switches per write). The sync,
+    /// which does block, stays on the ring.
     async fn write_at(&self, buf: Vec<u8>, pos: u64) -> io::Result<usize> {
-        self.file.write_at(buf, pos).await.map_err(to_io)
+        use std::os::fd::AsRawFd;
+        let fd = self.file.as_raw_fd();
+        let mut written = 0;
+        while written < buf.len() {
+            let rest = &buf[written..];
+            // The descriptor belongs to `self.file`, open for writing, and
+            // `rest` is a live buffer of `rest.len()` bytes.
+            let n = unsafe {
+                libc::pwrite(
+                    fd,
+                    rest.as_ptr().cast(),
+                    rest.len(),
+                    (pos + written as u64) as libc::off_t,
+                )
+            };
+            match n {
+                n if n > 0 => written += n as usize,
+                0 => return Err(io::ErrorKind::WriteZero.into()),
+                _ => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(written)
     }
 
     async fn sync_data(&self) -> io::Result<()> {
