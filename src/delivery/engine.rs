@@ -28,6 +28,9 @@ use crate::spool::{FinishReason, OutcomeKind, RecipientOutcome, SegmentStore, Sp
 
 /// The longest the engine sleeps without looking at the queue.
 const MAX_IDLE: Duration = Duration::from_secs(60);
+/// How long an idle outbound connection waits for more work to its
+/// destination before QUIT (Postfix's smtp_connection_cache_time_limit).
+const CONNECTION_LINGER: Duration = Duration::from_secs(2);
 
 /// Why the mailbox tier cannot take local recipients yet.
 const NO_LOCAL_DELIVERY: &str = "451 4.3.2 local delivery to the mailbox tier is not available yet";
@@ -75,6 +78,9 @@ pub struct Engine<S: SegmentStore> {
     tls: futures_rustls::TlsConnector,
     ready: RefCell<ReadyQueues<Work>>,
     attempts: RefCell<HashMap<SpoolId, Attempt>>,
+    /// Wakes idle connections when work is queued, so they take it before
+    /// a new connection is opened.
+    work_arrived: event_listener::Event,
 }
 
 /// Seconds since the epoch, as the queue counts time.
@@ -106,6 +112,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
             tls: futures_rustls::TlsConnector::from(tls),
             ready: RefCell::new(ReadyQueues::new(limits)?),
             attempts: RefCell::new(HashMap::new()),
+            work_arrived: event_listener::Event::new(),
             ctx,
         }))
     }
@@ -117,6 +124,8 @@ impl<S: SegmentStore + 'static> Engine<S> {
             let due = self.ctx.queue.borrow_mut().due(now);
             if !due.is_empty() {
                 self.dispatch(due).await;
+                // Idle connections woken by new work take it first.
+                futures_lite::future::yield_now().await;
             }
             self.open_connections();
             let next = self.ctx.queue.borrow().next_wakeup();
@@ -271,6 +280,9 @@ impl<S: SegmentStore + 'static> Engine<S> {
 
     async fn enqueue(self: &Rc<Self>, key: DestinationKey, work: Work) {
         let pushed = self.ready.borrow_mut().push(key, work);
+        if pushed.is_ok() {
+            self.work_arrived.notify(usize::MAX);
+        }
         if let Err(full) = pushed {
             let work = full.0;
             let reply = "451 4.4.5 too many messages waiting for this destination";
@@ -322,7 +334,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
                 };
             loop {
                 if queue.is_empty() && out.messages_left() > 0 {
-                    queue.extend(self.ready.borrow_mut().next_batch(&dest));
+                    self.wait_for_work(&dest, &mut queue).await;
                 }
                 let Some(work) = queue.pop_front() else { break };
                 let begun = self
@@ -331,6 +343,8 @@ impl<S: SegmentStore + 'static> Engine<S> {
                     .borrow_mut()
                     .begin(work.id, work.attempt, unix_now());
                 if begun.is_err() {
+                    // The queue gave up on this attempt (its deadline
+                    // passed); the message has a newer one.
                     self.ready.borrow_mut().done(&dest, 1);
                     continue;
                 }
@@ -406,6 +420,41 @@ impl<S: SegmentStore + 'static> Engine<S> {
         }
         self.ready.borrow_mut().connection_closed(&dest);
         self.ctx.delivery_wake.notify();
+    }
+
+    /// Fills `queue` with more work for `dest`, waiting a little for it
+    /// so a busy destination keeps reusing this connection.
+    async fn wait_for_work(&self, dest: &DestinationKey, queue: &mut VecDeque<Work>) {
+        let deadline = std::time::Instant::now() + CONNECTION_LINGER;
+        loop {
+            queue.extend(self.ready.borrow_mut().next_batch(dest));
+            if !queue.is_empty() || self.ctx.shutdown.is_fired() {
+                return;
+            }
+            let listener = self.work_arrived.listen();
+            queue.extend(self.ready.borrow_mut().next_batch(dest));
+            if !queue.is_empty() {
+                return;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            let woken = or(
+                async {
+                    listener.await;
+                    true
+                },
+                async {
+                    glommio::timer::sleep(left).await;
+                    false
+                },
+            )
+            .await;
+            if !woken {
+                return;
+            }
+        }
     }
 
     /// The hosts to try, in order, as (name, address).

@@ -54,6 +54,13 @@ pub struct Tweaks {
     pub spool: Vec<(String, String)>,
     /// Use this spool directory instead of one inside the test's tempdir.
     pub spool_dir: Option<PathBuf>,
+    /// Listening port (0: any free one). MX tests need one shared port,
+    /// which is safe because every server has its own address.
+    pub port: u16,
+    /// The DNS server for MX lookups (default: a closed local port).
+    pub dns: Option<SocketAddr>,
+    /// Raw TOML appended to the configuration (`[delivery]`, `[[route]]`).
+    pub extra: String,
 }
 
 impl Default for Tweaks {
@@ -68,6 +75,9 @@ impl Default for Tweaks {
             smtp: Vec::new(),
             spool: Vec::new(),
             spool_dir: None,
+            port: 0,
+            dns: None,
+            extra: String::new(),
         }
     }
 }
@@ -97,6 +107,28 @@ impl Tweaks {
     }
     pub fn no_relay(mut self) -> Self {
         self.allow_networks = Some(Vec::new());
+        self
+    }
+    pub fn hostname(mut self, name: &str) -> Self {
+        self.hostname = name.into();
+        self
+    }
+    pub fn local_domains(mut self, domains: &[&str]) -> Self {
+        self.local_domains = domains.iter().map(|d| d.to_string()).collect();
+        self
+    }
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+    pub fn dns(mut self, server: SocketAddr) -> Self {
+        self.dns = Some(server);
+        self
+    }
+    /// Appends raw TOML (whole sections) to the configuration.
+    pub fn extra(mut self, toml: &str) -> Self {
+        self.extra.push('\n');
+        self.extra.push_str(toml);
         self
     }
     pub fn shutdown_grace(mut self, g: &str) -> Self {
@@ -540,7 +572,8 @@ fn render_config(t: &Tweaks, ip: Ipv4Addr, spool: &Path, tls: Option<&TlsFiles>)
     let _ = writeln!(s, "shutdown_grace = {:?}", t.shutdown_grace);
     let _ = writeln!(
         s,
-        "\n[[listener]]\naddress = \"{ip}:0\"\nprotocol = \"smtp\""
+        "\n[[listener]]\naddress = \"{ip}:{}\"\nprotocol = \"smtp\"",
+        t.port
     );
     let nets = match &t.allow_networks {
         None => vec!["127.0.0.0/8".to_owned()],
@@ -549,7 +582,8 @@ fn render_config(t: &Tweaks, ip: Ipv4Addr, spool: &Path, tls: Option<&TlsFiles>)
     let _ = writeln!(s, "\n[relay]\nallow_networks = {nets:?}");
     // Never the system's resolver (not on loopback): a closed port on this
     // test's own address, so any MX lookup fails fast and stays local.
-    let _ = writeln!(s, "\n[dns]\nnameservers = [\"{ip}:53\"]");
+    let dns = t.dns.map_or(format!("{ip}:53"), |a| a.to_string());
+    let _ = writeln!(s, "\n[dns]\nnameservers = [\"{dns}\"]");
     let _ = writeln!(s, "\n[local]\ndomains = {:?}", t.local_domains);
     if let Some(tls) = tls {
         let _ = writeln!(
@@ -571,6 +605,7 @@ fn render_config(t: &Tweaks, ip: Ipv4Addr, spool: &Path, tls: Option<&TlsFiles>)
             let _ = writeln!(s, "{k} = {v}");
         }
     }
+    s.push_str(&t.extra);
     s
 }
 
