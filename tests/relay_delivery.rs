@@ -459,3 +459,35 @@ fn queue_flush_bounce_and_delete_reach_the_running_server() {
     let (ok, text) = run(&["queue", "delete", &q[0].id, "--config", &config]);
     assert!(!ok && text.contains("no queued message"), "{text}");
 }
+
+#[test]
+fn outbound_starttls_is_used_when_the_next_hop_offers_it() {
+    let b = TestServer::start(
+        Tweaks::default()
+            .hostname("b.test")
+            .local_domains(&["dest.test"])
+            .port(MX_PORT)
+            .tls(),
+    );
+    let dns = TestDns::start(
+        Records::new()
+            .mx("dest.test", 10, "mx.b.test")
+            .a("mx.b.test", &b.ip.to_string()),
+    );
+    let a = relay_a(&dns, "");
+    let original = common::message("tls", 500);
+    send(&a, "s@a.test", &["u@dest.test"], &original);
+    wait_until("the message at B", Duration::from_secs(20), || {
+        b.queue_list().len() == 1
+    });
+    let spool = b.spool_bytes();
+    let at = spool
+        .windows(original.len())
+        .position(|w| w == original.as_slice())
+        .expect("the original at B");
+    let head = String::from_utf8_lossy(&spool[at.saturating_sub(600)..at]);
+    assert!(
+        head.contains("by b.test (spate) with ESMTPS"),
+        "B's Received shows TLS:\n{head}"
+    );
+}
