@@ -63,7 +63,7 @@ struct Attempt {
 }
 
 /// One recipient's result, from SMTP or from routing and resolution.
-struct Result1 {
+struct RecipientReport {
     index: u32,
     outcome: Outcome,
     reply: String,
@@ -263,14 +263,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
                     };
                     let reply = format!("{code} {} {domain}: {e}", e.status());
                     for (id, attempt, recipients) in groups {
-                        let results = recipients
-                            .iter()
-                            .map(|&index| Result1 {
-                                index,
-                                outcome,
-                                reply: reply.clone(),
-                            })
-                            .collect();
+                        let results = same_result(&recipients, outcome, &reply);
                         self.report(id, attempt, results, None).await;
                     }
                 }
@@ -368,7 +361,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
                 let results = tx
                     .results
                     .iter()
-                    .map(|r| Result1 {
+                    .map(|r| RecipientReport {
                         index: u32::try_from(r.index).unwrap_or(u32::MAX),
                         outcome: r.outcome,
                         reply: r.reply.to_string(),
@@ -406,15 +399,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
             ),
         };
         for work in queue.drain(..) {
-            let results = work
-                .recipients
-                .iter()
-                .map(|&index| Result1 {
-                    index,
-                    outcome,
-                    reply: reply.clone(),
-                })
-                .collect();
+            let results = same_result(&work.recipients, outcome, &reply);
             self.report(work.id, work.attempt, results, None).await;
             self.ready.borrow_mut().done(&dest, 1);
         }
@@ -482,7 +467,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
         self: &Rc<Self>,
         id: SpoolId,
         attempt: AttemptId,
-        results: Vec<Result1>,
+        results: Vec<RecipientReport>,
         remote: Option<String>,
     ) {
         for r in results {
@@ -712,15 +697,20 @@ impl<S: SegmentStore + 'static> Engine<S> {
     }
 }
 
-fn transient(recipients: &[u32], reply: &str) -> Vec<Result1> {
+/// The same result for every recipient of a group.
+fn same_result(recipients: &[u32], outcome: Outcome, reply: &str) -> Vec<RecipientReport> {
     recipients
         .iter()
-        .map(|&index| Result1 {
+        .map(|&index| RecipientReport {
             index,
-            outcome: Outcome::TransientFailure,
+            outcome,
             reply: reply.to_owned(),
         })
         .collect()
+}
+
+fn transient(recipients: &[u32], reply: &str) -> Vec<RecipientReport> {
+    same_result(recipients, Outcome::TransientFailure, reply)
 }
 
 fn flatten(hosts: &[MxHost], port: u16) -> Vec<(String, SocketAddr)> {

@@ -6,16 +6,14 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use crate::envelope::{BodyType, Envelope};
-use crate::session::stream::ReadBuffer;
+use crate::session::stream::{ClientConnection, Connection, ReadBuffer};
 use crate::smtp::client::{
     ClientConfig, ClientEvent, ClientSession, Outcome, RecipientResult, ReplyText,
 };
@@ -24,64 +22,6 @@ use crate::smtp::dot_stuff::DotStuffer;
 /// Replies are small; a server that keeps this full is broken.
 const READ_BUFFER: usize = 4096;
 const MAX_READ_BUFFER: usize = 64 * 1024;
-
-/// The byte stream to a next hop, plain or after STARTTLS.
-enum Link {
-    Plain(TcpStream),
-    Tls(Box<futures_rustls::client::TlsStream<TcpStream>>),
-    Upgrading,
-}
-
-fn upgrading() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::NotConnected,
-        "connection is being upgraded to TLS",
-    )
-}
-
-impl AsyncRead for Link {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Link::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Link::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            Link::Upgrading => Poll::Ready(Err(upgrading())),
-        }
-    }
-}
-
-impl AsyncWrite for Link {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Link::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Link::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            Link::Upgrading => Poll::Ready(Err(upgrading())),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Link::Plain(s) => Pin::new(s).poll_flush(cx),
-            Link::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            Link::Upgrading => Poll::Ready(Err(upgrading())),
-        }
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Link::Plain(s) => Pin::new(s).poll_close(cx),
-            Link::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
-            Link::Upgrading => Poll::Ready(Ok(())),
-        }
-    }
-}
 
 /// Why no transaction can be attempted on this host: the caller tries
 /// the next one, and reports the last reason if every host fails.
@@ -103,7 +43,7 @@ pub struct Transaction {
 
 /// An open, greeted connection to one next-hop host.
 pub struct Outbound {
-    link: Link,
+    link: ClientConnection,
     client: ClientSession,
     input: ReadBuffer,
     tls: Option<(
@@ -147,7 +87,7 @@ impl Outbound {
         let server_name = rustls::pki_types::ServerName::try_from(host_name.to_owned())
             .unwrap_or_else(|_| rustls::pki_types::ServerName::IpAddress(addr.ip().into()));
         let mut outbound = Outbound {
-            link: Link::Plain(stream),
+            link: Connection::Plain(stream),
             client: ClientSession::new(config, Instant::now()),
             input: ReadBuffer::new(READ_BUFFER, MAX_READ_BUFFER),
             tls: tls.map(|connector| (connector, server_name)),
@@ -391,11 +331,12 @@ impl Outbound {
     async fn start_tls(&mut self) {
         self.flush_output().await;
         self.input.clear();
-        let (Some((connector, name)), Link::Plain(_)) = (self.tls.clone(), &self.link) else {
+        let (Some((connector, name)), Connection::Plain(_)) = (self.tls.clone(), &self.link) else {
             self.client.handle_tls_failed(Instant::now());
             return;
         };
-        let Link::Plain(tcp) = std::mem::replace(&mut self.link, Link::Upgrading) else {
+        let Connection::Plain(tcp) = std::mem::replace(&mut self.link, Connection::Upgrading)
+        else {
             return;
         };
         let handshake = glommio::timer::timeout(Duration::from_secs(60), async {
@@ -407,7 +348,7 @@ impl Outbound {
         .await;
         match handshake {
             Ok(tls) => {
-                self.link = Link::Tls(Box::new(tls));
+                self.link = Connection::Tls(Box::new(tls));
                 self.client.handle_tls_established(Instant::now());
             }
             Err(e) => {

@@ -14,7 +14,7 @@ use glommio::net::TcpStream;
 
 use crate::queue::QueueEntry;
 use crate::session::limits::Refusal;
-use crate::session::stream::{Connection, ReadBuffer};
+use crate::session::stream::{Connection, ReadBuffer, ServerConnection};
 use crate::shard::ShardContext;
 use crate::smtp::reply;
 use crate::smtp::{Event, Message, PeerInfo, ServerSession, StoreFailure};
@@ -80,7 +80,7 @@ pub async fn serve<S: SegmentStore>(ctx: Rc<ShardContext<S>>, stream: TcpStream,
 struct Driver<S: SegmentStore> {
     ctx: Rc<ShardContext<S>>,
     session: ServerSession,
-    conn: Connection,
+    conn: ServerConnection,
     input: ReadBuffer,
     /// When the end of each stored message's data arrived; the latency is
     /// recorded once the reply that acknowledges it has been written.

@@ -1,4 +1,4 @@
-//! A client connection that is plain TCP or TLS, behind one pair of async
+//! A connection that is plain TCP or TLS, behind one pair of async
 //! read/write traits, plus the read buffer the protocol cores parse in
 //! place. It knows nothing of any protocol.
 
@@ -9,13 +9,19 @@ use std::task::{Context, Poll};
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
-/// The byte stream under a session; `Upgrading` only while a TLS
-/// handshake owns the TCP stream.
-pub enum Connection {
+/// The byte stream under a session, inbound or outbound: plain TCP, or
+/// TLS after STARTTLS (`T` is rustls' server or client stream);
+/// `Upgrading` only while a handshake owns the TCP stream.
+pub enum Connection<T> {
     Plain(TcpStream),
-    Tls(Box<futures_rustls::server::TlsStream<TcpStream>>),
+    Tls(Box<T>),
     Upgrading,
 }
+
+/// An inbound connection (TLS as the server).
+pub type ServerConnection = Connection<futures_rustls::server::TlsStream<TcpStream>>;
+/// An outbound connection (TLS as the client).
+pub type ClientConnection = Connection<futures_rustls::client::TlsStream<TcpStream>>;
 
 fn upgrading() -> io::Error {
     io::Error::new(
@@ -24,7 +30,7 @@ fn upgrading() -> io::Error {
     )
 }
 
-impl AsyncRead for Connection {
+impl<T: AsyncRead + Unpin> AsyncRead for Connection<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -38,7 +44,7 @@ impl AsyncRead for Connection {
     }
 }
 
-impl AsyncWrite for Connection {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Connection<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
