@@ -186,6 +186,13 @@ fn serve(config: Config) -> anyhow::Result<()> {
         crate::resolver::DnsResolver::start(crate::resolver::ResolverConfig::from_config(&config))
             .context("starting the resolver thread")?;
     let outbound_tls = crate::tls::client_config(false, None)?;
+    let smarthost_tls = match config.relay.smarthost_tls {
+        crate::config::SmarthostTls::Verify => Some(crate::tls::client_config(
+            true,
+            config.relay.smarthost_ca.as_deref(),
+        )?),
+        crate::config::SmarthostTls::May => None,
+    };
     let mut inboxes = Vec::with_capacity(count);
     let mut handles = Vec::with_capacity(count);
     for index in 0..count {
@@ -202,6 +209,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
             reports: shard_reports.clone(),
             resolver: resolver.handle(),
             outbound_tls: Arc::clone(&outbound_tls),
+            smarthost_tls: smarthost_tls.clone(),
             control,
         };
         handles.push(shard::spawn(plan, index % cpus).context("starting an executor")?);

@@ -81,6 +81,8 @@ pub struct ShardPlan {
     pub resolver: ResolverHandle,
     /// TLS for outbound STARTTLS.
     pub outbound_tls: Arc<rustls::ClientConfig>,
+    /// Verifying TLS for the smarthost, when `relay.smarthost_tls = "verify"`.
+    pub smarthost_tls: Option<Arc<rustls::ClientConfig>>,
     /// Requests from the control socket for this shard.
     pub control: async_channel::Receiver<ShardCommand>,
 }
@@ -187,8 +189,14 @@ async fn start<S: SegmentStore + 'static>(
         shutdown: Rc::new(Shutdown::new()),
         delivery_wake: Notify::new(),
     });
-    let engine = Engine::new(Rc::clone(&ctx), plan.resolver, plan.outbound_tls, ready)
-        .map_err(|e| format!("delivery: {e}"))?;
+    let engine = Engine::new(
+        Rc::clone(&ctx),
+        plan.resolver,
+        plan.outbound_tls,
+        plan.smarthost_tls,
+        ready,
+    )
+    .map_err(|e| format!("delivery: {e}"))?;
     glommio::spawn_local(Rc::clone(&engine).run()).detach();
     glommio::spawn_local(serve_control(
         engine,

@@ -134,6 +134,7 @@ impl Shard {
             reports,
             resolver: resolver.handle(),
             outbound_tls: spate::tls::client_config(false, None).expect("tls"),
+            smarthost_tls: None,
             control: control_requests,
         };
         let control_for_test = control.clone();

@@ -491,3 +491,66 @@ fn outbound_starttls_is_used_when_the_next_hop_offers_it() {
         "B's Received shows TLS:\n{head}"
     );
 }
+
+#[test]
+fn a_smarthost_with_verify_gets_mail_only_over_verified_tls() {
+    let b = TestServer::start(
+        Tweaks::default()
+            .hostname("b.test")
+            .local_domains(&["dest.test"])
+            .tls(),
+    );
+    let b_ca = b.tls.as_ref().expect("B's TLS files").ca.clone();
+    let smarthost = |ca: &std::path::Path| {
+        TestServer::start(
+            Tweaks::default()
+                .hostname("a.test")
+                .local_domains(&["a.test"])
+                .relay("smarthost", format!("\"{}\"", b.smtp))
+                .relay("smarthost_tls", "\"verify\"")
+                .relay("smarthost_ca", format!("{:?}", ca.display().to_string()))
+                .extra("[delivery]\nminimal_backoff = \"1h\"\nmaximal_backoff = \"1h\"\n"),
+        )
+    };
+    // Trusting B's CA: delivered, over TLS.
+    let a = smarthost(&b_ca);
+    let original = common::message("verified", 300);
+    send(&a, "s@a.test", &["u@dest.test"], &original);
+    wait_until("the message at B", Duration::from_secs(20), || {
+        b.queue_list().len() == 1
+    });
+    let spool = b.spool_bytes();
+    let at = spool
+        .windows(original.len())
+        .position(|w| w == original.as_slice())
+        .expect("the original at B");
+    assert!(String::from_utf8_lossy(&spool[at.saturating_sub(600)..at]).contains("with ESMTPS"));
+
+    // Trusting another CA only: never sent in the clear, deferred instead.
+    let other = tempfile::tempdir().expect("tempdir");
+    let wrong = common::make_tls_files(other.path(), Ipv4Addr::new(127, 0, 0, 1));
+    let a2 = smarthost(&wrong.ca);
+    let id = send(
+        &a2,
+        "s@a.test",
+        &["u2@dest.test"],
+        &common::message("unverified", 300),
+    );
+    wait_until("the deferral", Duration::from_secs(20), || {
+        a2.queue_list()
+            .iter()
+            .any(|q| q.id == id && q.raw["attempts"] == 1)
+    });
+    assert_eq!(
+        b.queue_list().len(),
+        1,
+        "nothing reached B without verified TLS"
+    );
+    let q = a2.queue_list();
+    let error = q[0].raw["last_error"].as_str().unwrap_or("").to_owned();
+    eprintln!("unverified smarthost: {error}");
+    assert!(
+        error.to_lowercase().contains("tls"),
+        "deferred for TLS: {error}"
+    );
+}

@@ -111,6 +111,22 @@ pub struct Relay {
     pub allow_networks: Vec<IpNet>,
     /// Every non-local domain goes here when set (`host:port`).
     pub smarthost: Option<String>,
+    /// TLS to the smarthost: `may` (opportunistic, like any next hop) or
+    /// `verify` (STARTTLS required, certificate checked against the system
+    /// roots plus `smarthost_ca`, for the smarthost's name or address).
+    #[serde(default)]
+    pub smarthost_tls: SmarthostTls,
+    /// Extra CA certificates (PEM) trusted for the smarthost.
+    pub smarthost_ca: Option<PathBuf>,
+}
+
+/// How spate protects the connection to its smarthost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmarthostTls {
+    #[default]
+    May,
+    Verify,
 }
 
 impl Default for Relay {
@@ -118,6 +134,8 @@ impl Default for Relay {
         Relay {
             allow_networks: default_allow_networks(),
             smarthost: None,
+            smarthost_tls: SmarthostTls::May,
+            smarthost_ca: None,
         }
     }
 }

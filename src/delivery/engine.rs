@@ -23,7 +23,7 @@ use crate::queue::{
 };
 use crate::resolver::{MxHost, MxResolver, ResolverHandle};
 use crate::shard::ShardContext;
-use crate::smtp::client::{ClientConfig, Outcome};
+use crate::smtp::client::{ClientConfig, Outcome, StartTlsPolicy};
 use crate::spool::{FinishReason, OutcomeKind, RecipientOutcome, SegmentStore, SpoolId};
 
 /// The longest the engine sleeps without looking at the queue.
@@ -76,6 +76,9 @@ pub struct Engine<S: SegmentStore> {
     resolver: ResolverHandle,
     client: Rc<ClientConfig>,
     tls: futures_rustls::TlsConnector,
+    /// The smarthost and how to reach it when its TLS must be verified:
+    /// a verifying connector and a client that requires STARTTLS.
+    verified_smarthost: Option<(HostPort, futures_rustls::TlsConnector, Rc<ClientConfig>)>,
     ready: RefCell<ReadyQueues<Work>>,
     attempts: RefCell<HashMap<SpoolId, Attempt>>,
     /// Wakes idle connections when work is queued, so they take it before
@@ -97,6 +100,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
         ctx: Rc<ShardContext<S>>,
         resolver: ResolverHandle,
         tls: std::sync::Arc<rustls::ClientConfig>,
+        smarthost_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
         limits: ReadyLimits,
     ) -> Result<Rc<Self>, QueueError> {
         let d = &ctx.config.delivery;
@@ -105,9 +109,27 @@ impl<S: SegmentStore + 'static> Engine<S> {
             max_messages_per_connection: d.max_messages_per_connection,
             ..ClientConfig::default()
         };
+        let smarthost = ctx
+            .config
+            .relay
+            .smarthost
+            .as_deref()
+            .and_then(|s| s.parse::<HostPort>().ok());
+        let verified_smarthost = smarthost.zip(smarthost_tls).map(|(hop, tls)| {
+            let required = ClientConfig {
+                starttls: StartTlsPolicy::Required,
+                ..client.clone()
+            };
+            (
+                hop,
+                futures_rustls::TlsConnector::from(tls),
+                Rc::new(required),
+            )
+        });
         Ok(Rc::new(Engine {
             router: ctx.config.router(),
             resolver,
+            verified_smarthost,
             client: Rc::new(client),
             tls: futures_rustls::TlsConnector::from(tls),
             ready: RefCell::new(ReadyQueues::new(limits)?),
@@ -314,17 +336,16 @@ impl<S: SegmentStore + 'static> Engine<S> {
             if queue.is_empty() {
                 break;
             }
-            let tls = Some(self.tls.clone());
+            let (tls, client) = self.tls_for(&hop);
             let timeout = self.ctx.config.delivery.connect_timeout;
-            let mut out =
-                match Outbound::open(addr, &name, Rc::clone(&self.client), tls, timeout).await {
-                    Ok(out) => out,
-                    Err(failed) => {
-                        tracing::debug!(%dest, %addr, reply = %failed.reply, "next hop failed");
-                        last_failure = Some(failed);
-                        continue;
-                    }
-                };
+            let mut out = match Outbound::open(addr, &name, client, Some(tls), timeout).await {
+                Ok(out) => out,
+                Err(failed) => {
+                    tracing::debug!(%dest, %addr, reply = %failed.reply, "next hop failed");
+                    last_failure = Some(failed);
+                    continue;
+                }
+            };
             loop {
                 if queue.is_empty() && out.messages_left() > 0 {
                     self.wait_for_work(&dest, &mut queue).await;
@@ -405,6 +426,17 @@ impl<S: SegmentStore + 'static> Engine<S> {
         }
         self.ready.borrow_mut().connection_closed(&dest);
         self.ctx.delivery_wake.notify();
+    }
+
+    /// The TLS connector and client policy for a next hop: verifying and
+    /// required for a smarthost so configured, opportunistic otherwise.
+    fn tls_for(&self, hop: &Hop) -> (futures_rustls::TlsConnector, Rc<ClientConfig>) {
+        if let (Hop::Fixed(hp), Some((smarthost, tls, client))) = (hop, &self.verified_smarthost) {
+            if hp == smarthost {
+                return (tls.clone(), Rc::clone(client));
+            }
+        }
+        (self.tls.clone(), Rc::clone(&self.client))
     }
 
     /// Fills `queue` with more work for `dest`, waiting a little for it

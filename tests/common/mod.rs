@@ -61,6 +61,8 @@ pub struct Tweaks {
     pub dns: Option<SocketAddr>,
     /// Raw TOML appended to the configuration (`[delivery]`, `[[route]]`).
     pub extra: String,
+    /// More `[relay]` keys with raw TOML values.
+    pub relay: Vec<(String, String)>,
 }
 
 impl Default for Tweaks {
@@ -78,6 +80,7 @@ impl Default for Tweaks {
             port: 0,
             dns: None,
             extra: String::new(),
+            relay: Vec::new(),
         }
     }
 }
@@ -129,6 +132,11 @@ impl Tweaks {
     pub fn extra(mut self, toml: &str) -> Self {
         self.extra.push('\n');
         self.extra.push_str(toml);
+        self
+    }
+    /// Sets a `[relay]` key to a raw TOML value.
+    pub fn relay(mut self, key: &str, toml_value: impl ToString) -> Self {
+        self.relay.push((key.into(), toml_value.to_string()));
         self
     }
     pub fn shutdown_grace(mut self, g: &str) -> Self {
@@ -580,6 +588,9 @@ fn render_config(t: &Tweaks, ip: Ipv4Addr, spool: &Path, tls: Option<&TlsFiles>)
         Some(n) => n.clone(),
     };
     let _ = writeln!(s, "\n[relay]\nallow_networks = {nets:?}");
+    for (k, v) in &t.relay {
+        let _ = writeln!(s, "{k} = {v}");
+    }
     // Never the system's resolver (not on loopback): a closed port on this
     // test's own address, so any MX lookup fails fast and stays local.
     let dns = t.dns.map_or(format!("{ip}:53"), |a| a.to_string());
