@@ -554,3 +554,38 @@ fn a_smarthost_with_verify_gets_mail_only_over_verified_tls() {
         "deferred for TLS: {error}"
     );
 }
+
+#[test]
+fn a_connection_at_its_message_limit_is_replaced_not_deferred() {
+    let sink = Sink::start(&[]);
+    let dns = TestDns::start(
+        Records::new()
+            .mx("dest.test", 10, "mx.dest.test")
+            .a("mx.dest.test", &sink.ip.to_string()),
+    );
+    let a = relay_a(
+        &dns,
+        "max_messages_per_connection = 3\nmax_connections_per_destination = 1\n",
+    );
+    let mut client = a.session();
+    for i in 0..10 {
+        let msg = common::message(&format!("limit{i}"), 200);
+        client
+            .send_message("s@a.test", &["u@dest.test"], &msg)
+            .expect("accepted");
+    }
+    client.quit();
+    // Without a fresh connection the rest would wait 5 minutes (a deferral).
+    wait_until("all ten delivered", Duration::from_secs(20), || {
+        sink.messages().len() == 10
+    });
+    let connections = sink.events("connection").len();
+    assert!(
+        connections >= 4,
+        "at most 3 per connection, got {connections} connections"
+    );
+    assert!(
+        a.queue_list().iter().all(|q| q.raw["attempts"] == 0),
+        "nothing deferred"
+    );
+}

@@ -333,81 +333,29 @@ impl<S: SegmentStore + 'static> Engine<S> {
         };
         let mut last_failure: Option<HostFailed> = None;
         for (name, addr) in self.addresses(&hop).await {
-            if queue.is_empty() {
-                break;
-            }
-            let (tls, client) = self.tls_for(&hop);
-            let timeout = self.ctx.config.delivery.connect_timeout;
-            let mut out = match Outbound::open(addr, &name, client, Some(tls), timeout).await {
-                Ok(out) => out,
-                Err(failed) => {
-                    tracing::debug!(%dest, %addr, reply = %failed.reply, "next hop failed");
-                    last_failure = Some(failed);
-                    continue;
-                }
-            };
-            loop {
-                if queue.is_empty() && out.messages_left() > 0 {
-                    self.wait_for_work(&dest, &mut queue).await;
-                }
-                let Some(work) = queue.pop_front() else { break };
-                let begun = self
-                    .ctx
-                    .queue
-                    .borrow_mut()
-                    .begin(work.id, work.attempt, unix_now());
-                if begun.is_err() {
-                    // The queue gave up on this attempt (its deadline
-                    // passed); the message has a newer one.
-                    self.ready.borrow_mut().done(&dest, 1);
-                    continue;
-                }
-                let message = match self.ctx.spool.read_message(work.id) {
-                    Ok(message) => message,
-                    Err(e) => {
-                        let reply = format!("451 4.3.0 spool read error: {e}");
-                        self.report(
-                            work.id,
-                            work.attempt,
-                            transient(&work.recipients, &reply),
-                            None,
-                        )
-                        .await;
-                        self.ready.borrow_mut().done(&dest, 1);
-                        continue;
+            // A connection that carried its maximum of messages is replaced
+            // by a new one to the same host; any other end (a failure)
+            // moves the rest of the work on to the next host.
+            while !queue.is_empty() {
+                let (tls, client) = self.tls_for(&hop);
+                let timeout = self.ctx.config.delivery.connect_timeout;
+                let mut out = match Outbound::open(addr, &name, client, Some(tls), timeout).await {
+                    Ok(out) => out,
+                    Err(failed) => {
+                        tracing::debug!(%dest, %addr, reply = %failed.reply, "next hop failed");
+                        last_failure = Some(failed);
+                        break;
                     }
                 };
-                let indexes: Vec<usize> = work.recipients.iter().map(|&i| i as usize).collect();
-                let tx = out.send(message.envelope(), &indexes, message.body()).await;
-                let results = tx
-                    .results
-                    .iter()
-                    .map(|r| RecipientReport {
-                        index: u32::try_from(r.index).unwrap_or(u32::MAX),
-                        outcome: r.outcome,
-                        reply: r.reply.to_string(),
-                    })
-                    .collect();
-                for r in &tx.results {
-                    let rcpt = message
-                        .envelope()
-                        .recipients
-                        .get(r.index)
-                        .map_or("?", |x| x.address.as_str());
-                    tracing::info!(id = %work.id, to = rcpt, relay = %out.remote, reply = %r.reply, outcome = ?r.outcome, "delivery");
-                }
-                self.report(work.id, work.attempt, results, Some(out.remote.clone()))
-                    .await;
-                self.ready.borrow_mut().done(&dest, 1);
-                if !tx.reusable {
+                let spent = self.deliver_over(&mut out, &dest, &mut queue).await;
+                out.quit().await;
+                if !spent {
                     break;
                 }
             }
             if queue.is_empty() {
-                out.quit().await;
                 break;
             }
-            out.quit().await;
         }
         // Every host failed (or there was none): the rest waits for a retry,
         // or bounces if the last host refused for good.
@@ -426,6 +374,79 @@ impl<S: SegmentStore + 'static> Engine<S> {
         }
         self.ready.borrow_mut().connection_closed(&dest);
         self.ctx.delivery_wake.notify();
+    }
+
+    /// Sends the work in `queue` (and more for `dest`, while it comes)
+    /// over one open connection. Returns true when the connection carried
+    /// its maximum of messages and work is left for a new one.
+    async fn deliver_over(
+        self: &Rc<Self>,
+        out: &mut Outbound,
+        dest: &DestinationKey,
+        queue: &mut VecDeque<Work>,
+    ) -> bool {
+        loop {
+            if queue.is_empty() && out.messages_left() > 0 {
+                self.wait_for_work(dest, queue).await;
+            }
+            if out.messages_left() == 0 {
+                return !queue.is_empty();
+            }
+            let Some(work) = queue.pop_front() else {
+                return false;
+            };
+            let begun = self
+                .ctx
+                .queue
+                .borrow_mut()
+                .begin(work.id, work.attempt, unix_now());
+            if begun.is_err() {
+                // The queue gave up on this attempt (its deadline
+                // passed); the message has a newer one.
+                self.ready.borrow_mut().done(dest, 1);
+                continue;
+            }
+            let message = match self.ctx.spool.read_message(work.id) {
+                Ok(message) => message,
+                Err(e) => {
+                    let reply = format!("451 4.3.0 spool read error: {e}");
+                    self.report(
+                        work.id,
+                        work.attempt,
+                        transient(&work.recipients, &reply),
+                        None,
+                    )
+                    .await;
+                    self.ready.borrow_mut().done(dest, 1);
+                    continue;
+                }
+            };
+            let indexes: Vec<usize> = work.recipients.iter().map(|&i| i as usize).collect();
+            let tx = out.send(message.envelope(), &indexes, message.body()).await;
+            let results = tx
+                .results
+                .iter()
+                .map(|r| RecipientReport {
+                    index: u32::try_from(r.index).unwrap_or(u32::MAX),
+                    outcome: r.outcome,
+                    reply: r.reply.to_string(),
+                })
+                .collect();
+            for r in &tx.results {
+                let rcpt = message
+                    .envelope()
+                    .recipients
+                    .get(r.index)
+                    .map_or("?", |x| x.address.as_str());
+                tracing::info!(id = %work.id, to = rcpt, relay = %out.remote, reply = %r.reply, outcome = ?r.outcome, "delivery");
+            }
+            self.report(work.id, work.attempt, results, Some(out.remote.clone()))
+                .await;
+            self.ready.borrow_mut().done(dest, 1);
+            if !tx.reusable {
+                return false;
+            }
+        }
     }
 
     /// The TLS connector and client policy for a next hop: verifying and
