@@ -109,3 +109,20 @@ sink_once() {
     RESULT=$(rate "$SECS")
 }
 
+
+# start_spate CONFIG DIR: starts spate, waits for its "ready" line; sets
+# SPATE_PID and SPATE_PORT (the smtp listener's port).
+start_spate() {
+    local config=$1 dir=$2 i addr
+    "$SPATE" serve --config "$config" >"$dir/stdout" 2>"$dir/stderr" &
+    SPATE_PID=$!
+    PIDS+=("$SPATE_PID")
+    for ((i = 0; i < 300; i++)); do
+        grep -qx ready "$dir/stdout" 2>/dev/null && break
+        kill -0 "$SPATE_PID" 2>/dev/null || { cat "$dir/stderr" >&2; die "spate exited before ready"; }
+        sleep 0.1
+    done
+    grep -qx ready "$dir/stdout" || { cat "$dir/stderr" >&2; die "spate not ready after 30 s"; }
+    addr=$(awk '$1 == "listening" && $2 == "smtp" {print $3; exit}' "$dir/stdout")
+    SPATE_PORT=${addr##*:}
+}

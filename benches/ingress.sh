@@ -64,17 +64,9 @@ domains = ["example.test"]
 max_connections = 20000
 max_connections_per_ip = 20000
 EOF
-    "$SPATE" serve --config "$dir/spate.toml" >"$dir/stdout" 2>"$dir/stderr" &
-    pid=$!
-    PIDS+=("$pid")
-    for ((i = 0; i < 300; i++)); do
-        grep -qx ready "$dir/stdout" 2>/dev/null && break
-        kill -0 "$pid" 2>/dev/null || { cat "$dir/stderr" >&2; die "spate exited before ready"; }
-        sleep 0.1
-    done
-    grep -qx ready "$dir/stdout" || { cat "$dir/stderr" >&2; die "spate not ready after 30 s"; }
-    addr=$(awk '$1 == "listening" && $2 == "smtp" {print $3; exit}' "$dir/stdout")
-    port=${addr##*:}
+    start_spate "$dir/spate.toml" "$dir"
+    pid=$SPATE_PID
+    port=$SPATE_PORT
     source_run "$IP" "$port"
     kill -TERM "$pid"
     for ((i = 0; i < 300; i++)); do
