@@ -449,6 +449,16 @@ impl<S: SegmentStore + 'static> Engine<S> {
         }
     }
 
+    /// Recipient indexes of a message still to be tried (none if the
+    /// message is no longer queued).
+    fn pending(&self, id: SpoolId) -> Vec<u32> {
+        self.ctx
+            .queue
+            .borrow()
+            .pending_recipients(id)
+            .unwrap_or_default()
+    }
+
     /// The TLS connector and client policy for a next hop: verifying and
     /// required for a smarthost so configured, opportunistic otherwise.
     fn tls_for(&self, hop: &Hop) -> (futures_rustls::TlsConnector, Rc<ClientConfig>) {
@@ -583,12 +593,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
         if !done.bounced.is_empty() {
             self.send_dsn(id, &done.bounced).await;
         }
-        let pending = self
-            .ctx
-            .queue
-            .borrow()
-            .pending_recipients(id)
-            .unwrap_or_default();
+        let pending = self.pending(id);
         if pending.is_empty() {
             let reason = if done.bounced.is_empty() {
                 FinishReason::Delivered
@@ -621,12 +626,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
     /// The lifetime is over: every pending recipient expires, with a DSN.
     async fn expire(self: &Rc<Self>, dispatch: Dispatch) {
         let id = dispatch.id;
-        let pending = self
-            .ctx
-            .queue
-            .borrow()
-            .pending_recipients(id)
-            .unwrap_or_default();
+        let pending = self.pending(id);
         let last = self.ctx.queue.borrow().last_error(id).map(str::to_owned);
         let reply = format!(
             "451 4.4.7 delivery time expired{}",
@@ -722,12 +722,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
                     Some(MessageState::Waiting { .. }) => {}
                 }
                 if matches!(request, Request::Bounce(_)) {
-                    let pending = self
-                        .ctx
-                        .queue
-                        .borrow()
-                        .pending_recipients(id)
-                        .unwrap_or_default();
+                    let pending = self.pending(id);
                     let failed: Vec<FailedRecipient> = pending
                         .into_iter()
                         .map(|index| FailedRecipient {
