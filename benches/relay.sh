@@ -3,15 +3,22 @@
 # (SESSIONS sessions of SIZE-byte messages) into `spate serve`, which relays
 # every message through a [[route]] to smtp-sink; timed from the first
 # connection until spate's queue is empty (every message accepted durably,
-# delivered and finished). RUNS times; reports the median end-to-end rate
-# and the ingress-only rate of the same runs.
+# delivered and finished). Then the same with Postfix from Debian as the
+# relay (a private instance: its own config directory, queue and log under
+# the bench's work directory, listening on the bench's 127.x address, the
+# same transport to smtp-sink), timed until its queue is empty. RUNS times
+# each, alternating; reports the median end-to-end rates, their ratio, the
+# ingress-only rates, and the latency from the 250 to delivery (spate's
+# histogram; Postfix's `delay=` from its log, which starts when the
+# message arrived rather than at its 250).
 #
 #   benches/relay.sh                     # 20000 messages, 50 sessions, 4 KiB
 #   MESSAGES=5000 RUNS=1 benches/relay.sh
 #
 # Environment as benches/ingress.sh (CORES defaults to 1 here: the load
 # generator and the sink need the other core of a 2-core machine).
-# Postfix as the same relay beside it is still to come (see README).
+# POSTFIX=0 skips Postfix. Installs Debian's postfix package when missing
+# (debconf "No configuration": no system instance is set up or started).
 set -euo pipefail
 
 MESSAGES=${MESSAGES:-20000}
@@ -21,6 +28,7 @@ RUNS=${RUNS:-3}
 CORES=${CORES:-1}
 SOURCE_FLAGS=${SOURCE_FLAGS:-}
 BENCH_DIR=${BENCH_DIR:-/var/tmp}
+POSTFIX=${POSTFIX:-1}
 
 BENCH_NAME=relay
 # shellcheck source=benches/common.sh
@@ -76,26 +84,124 @@ EOF
     kill -TERM "$pid" "$sink_pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     wait "$sink_pid" 2>/dev/null || true
-    RESULT="$(rate "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')") $ingress"
+    stats=$(sed -n 's/^stats //p' "$dir/stdout" | tail -1)
+    [[ -n $stats ]] || die "no stats line from spate (run $n)"
+    latency=$(python3 -c 'import json,sys; l=json.loads(sys.argv[1])["delivery_latency_us"]
+print("%.1f %.1f %d" % (l["p50"] / 1000, l["p99"] / 1000, l["count"]))' "$stats")
+    RESULT="$(rate "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')") $ingress $latency"
     rm -rf "$dir/spool"
 }
 
-log "smtp-source -s $SESSIONS -l $SIZE -m $MESSAGES $SOURCE_FLAGS -> spate (cores=$CORES) -> smtp-sink on $IP, $RUNS runs"
-E2E=()
-INGRESS=()
+postfix_setup() {
+    if ! command -v postfix >/dev/null; then
+        log "installing Debian's postfix (no configuration, not started)"
+        echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null ||
+            { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null; }
+    fi
+    command -v postfix >/dev/null || die "postfix is not installed"
+    [[ $(id -u) -eq 0 ]] || die "the Postfix comparison needs root (set POSTFIX=0 to skip it)"
+}
+
+# postfix_once RUN: the same relay with Postfix; sets RESULT like relay_once
+# (the latency is Postfix's logged delay=, from arrival to delivery).
+postfix_once() {
+    local n=$1 dir=$WORK/postfix-$1 sink_pid sink_port port t0 t1 i left ingress latency
+    mkdir -p "$dir/conf" "$dir/queue" "$dir/data"
+    chmod 755 "$WORK" # mktemp made it 0700; Postfix's daemons run as postfix
+    chown postfix "$dir/data"
+    sink_port=$(free_port)
+    port=$(free_port)
+    "$SMTP_SINK" "${USER_FLAG[@]}" "$IP:$sink_port" 1024 >"$dir/sink.out" 2>&1 &
+    sink_pid=$!
+    PIDS+=("$sink_pid")
+    wait_port "$IP" "$sink_port"
+    # Debian's master.cf with smtpd on our address and no chroot.
+    sed -e "s/^smtp      inet .*/$IP:$port inet n - n - - smtpd/" \
+        -e '/^[a-z]/s/^\(\S\+\s\+\S\+\s\+\S\+\s\+\S\+\s\+\)y/\1n/' \
+        /etc/postfix/master.cf >"$dir/conf/master.cf"
+    cat >"$dir/conf/main.cf" <<EOF
+compatibility_level = 3.6
+queue_directory = $dir/queue
+data_directory = $dir/data
+mail_owner = postfix
+setgid_group = postdrop
+# master.cf binds the bench address; "all" only passes Postfix's check
+# that inet_interfaces names a configured interface address.
+inet_interfaces = all
+inet_protocols = ipv4
+myhostname = postfix.bench.test
+mydestination =
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject
+transport_maps = inline:{ example.test=smtp:[$IP]:$sink_port }
+alias_maps =
+alias_database =
+local_recipient_maps =
+smtputf8_enable = no
+maillog_file = $dir/maillog
+default_process_limit = 200
+smtpd_client_connection_count_limit = 0
+smtpd_client_connection_rate_limit = 0
+EOF
+    postfix -c "$dir/conf" set-permissions >/dev/null 2>&1 || true
+    postfix -c "$dir/conf" start >/dev/null 2>&1 || { cat "$dir/maillog" >&2 2>/dev/null; die "postfix did not start"; }
+    PF_RUNNING=$dir/conf
+    wait_port "$IP" "$port"
+    t0=$(now)
+    source_run "$IP" "$port"
+    ingress=$(rate "$SECS")
+    for ((i = 0; i < 3000; i++)); do
+        left=$(find "$dir/queue/incoming" "$dir/queue/active" "$dir/queue/deferred" "$dir/queue/maildrop" -type f | wc -l)
+        [[ $left -eq 0 ]] && break
+        sleep 0.2
+    done
+    t1=$(now)
+    [[ $left -eq 0 ]] || die "$left messages still in Postfix's queue after 600 s (run $n)"
+    postfix -c "$dir/conf" stop >/dev/null 2>&1 || true
+    PF_RUNNING=
+    kill "$sink_pid" 2>/dev/null || true
+    wait "$sink_pid" 2>/dev/null || true
+    latency=$(grep -o ' delay=[0-9.]*' "$dir/maillog" | cut -d= -f2 | sort -g |
+        awk '{a[NR]=$1} END {
+            if (!NR) { print "0 0 0"; exit }
+            h = int((NR + 1) / 2); t = int(NR * 0.99); if (t < 1) t = 1
+            printf "%.1f %.1f %d", a[h] * 1000, a[t] * 1000, NR }')
+    RESULT="$(rate "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')") $ingress $latency"
+    rm -rf "$dir/queue"
+}
+PF_RUNNING=
+stop_postfix() { [[ -n $PF_RUNNING ]] && postfix -c "$PF_RUNNING" stop >/dev/null 2>&1; true; }
+trap 'stop_postfix; cleanup' EXIT
+[[ $POSTFIX == 1 ]] && postfix_setup
+
+log "smtp-source -s $SESSIONS -l $SIZE -m $MESSAGES $SOURCE_FLAGS -> relay -> smtp-sink on $IP, $RUNS runs"
+E2E=() INGRESS=() P50=() P99=() PF_E2E=() PF_INGRESS=() PF_P50=() PF_P99=()
 for ((r = 1; r <= RUNS; r++)); do
     relay_once "$r"
-    read -r e2e ing <<<"$RESULT"
-    log "run $r: end to end $e2e msg/s (ingress $ing msg/s)"
-    E2E+=("$e2e")
-    INGRESS+=("$ing")
+    read -r e2e ing p50 p99 count <<<"$RESULT"
+    log "run $r: spate end to end $e2e msg/s (ingress $ing msg/s), 250 to delivery p50 $p50 ms p99 $p99 ms ($count messages)"
+    E2E+=("$e2e") INGRESS+=("$ing") P50+=("$p50") P99+=("$p99")
+    if [[ $POSTFIX == 1 ]]; then
+        postfix_once "$r"
+        read -r e2e ing p50 p99 count <<<"$RESULT"
+        log "run $r: postfix end to end $e2e msg/s (ingress $ing msg/s), delay p50 $p50 ms p99 $p99 ms ($count messages)"
+        PF_E2E+=("$e2e") PF_INGRESS+=("$ing") PF_P50+=("$p50") PF_P99+=("$p99")
+    fi
 done
 
 cat <<EOF
 
-Relay: smtp-source -s $SESSIONS -l $SIZE -m $MESSAGES $SOURCE_FLAGS -> spate -> smtp-sink, $RUNS runs, $(nproc) CPUs
+Relay: smtp-source -s $SESSIONS -l $SIZE -m $MESSAGES $SOURCE_FLAGS -> relay -> smtp-sink, $RUNS runs, $(nproc) CPUs
 
-| relay | end-to-end runs (msg/s) | median | ingress median (msg/s) |
-| --- | --- | --- | --- |
-| spate (cores=$CORES, durable 250, delivered and finished) | ${E2E[*]} | $(median "${E2E[@]}") | $(median "${INGRESS[@]}") |
+| relay | end-to-end runs (msg/s) | median | ingress median (msg/s) | to delivery p50 / p99 (ms, medians) |
+| --- | --- | --- | --- | --- |
+| spate (cores=$CORES, durable 250, delivered and finished) | ${E2E[*]} | $(median "${E2E[@]}") | $(median "${INGRESS[@]}") | $(median "${P50[@]}") / $(median "${P99[@]}") from the 250 |
 EOF
+if [[ $POSTFIX == 1 ]]; then
+    cat <<EOF
+| Postfix $(postconf -d -h mail_version) (Debian, all cores, default concurrency) | ${PF_E2E[*]} | $(median "${PF_E2E[@]}") | $(median "${PF_INGRESS[@]}") | $(median "${PF_P50[@]}") / $(median "${PF_P99[@]}") from arrival (delay=) |
+
+spate / Postfix end to end: $(awk -v a="$(median "${E2E[@]}")" -v b="$(median "${PF_E2E[@]}")" 'BEGIN { printf "%.2f", a / b }')x (target 5x)
+EOF
+fi

@@ -17,6 +17,9 @@ pub struct Metrics {
     /// Microseconds from the end of DATA (or BDAT LAST) to the reply
     /// being written: the cost of durable acknowledgement.
     pub ack_latency: Histogram<u64>,
+    /// Microseconds from the 250 to the last recipient's delivery, for
+    /// messages delivered in full since this start.
+    pub delivery_latency: Histogram<u64>,
 }
 
 impl Default for Metrics {
@@ -28,10 +31,16 @@ impl Default for Metrics {
             bytes_received: 0,
             store_failures: 0,
             // 1 us to 1 hour at 3 significant digits is a valid range.
-            ack_latency: Histogram::new_with_bounds(1, 3_600_000_000, 3)
-                .expect("valid histogram bounds"),
+            ack_latency: latency_histogram(),
+            delivery_latency: latency_histogram(),
         }
     }
+}
+
+/// 1 us to 1 hour at 3 significant digits.
+fn latency_histogram() -> Histogram<u64> {
+    // The bounds are constant and valid (low >= 1, high >= 2 * low).
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
 }
 
 /// Percentiles of a latency histogram in microseconds.
@@ -54,14 +63,16 @@ pub struct Stats {
     pub bytes: u64,
     pub store_failures: u64,
     pub ack_latency_us: LatencySummary,
+    pub delivery_latency_us: LatencySummary,
 }
 
 impl Metrics {
     pub fn record_ack_latency(&mut self, latency: Duration) {
-        let micros = u64::try_from(latency.as_micros())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        self.ack_latency.saturating_record(micros);
+        self.ack_latency.saturating_record(micros(latency));
+    }
+
+    pub fn record_delivery_latency(&mut self, latency: Duration) {
+        self.delivery_latency.saturating_record(micros(latency));
     }
 
     /// Adds another core's figures to these.
@@ -73,26 +84,37 @@ impl Metrics {
         self.store_failures += other.store_failures;
         // Both histograms have the same bounds, so adding cannot fail.
         let _ = self.ack_latency.add(&other.ack_latency);
+        let _ = self.delivery_latency.add(&other.delivery_latency);
     }
 
     pub fn stats(&self) -> Stats {
-        let h = &self.ack_latency;
         Stats {
             connections: self.connections,
             connections_refused: self.connections_refused,
             messages: self.messages_received,
             bytes: self.bytes_received,
             store_failures: self.store_failures,
-            ack_latency_us: LatencySummary {
-                count: h.len(),
-                p50: h.value_at_quantile(0.5),
-                p90: h.value_at_quantile(0.9),
-                p99: h.value_at_quantile(0.99),
-                p999: h.value_at_quantile(0.999),
-                max: h.max(),
-            },
+            ack_latency_us: LatencySummary::of(&self.ack_latency),
+            delivery_latency_us: LatencySummary::of(&self.delivery_latency),
         }
     }
+}
+
+impl LatencySummary {
+    fn of(h: &Histogram<u64>) -> Self {
+        LatencySummary {
+            count: h.len(),
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }
 
 #[cfg(test)]

@@ -168,6 +168,7 @@ async fn start<S: SegmentStore + 'static>(
                 size: message.body_len,
                 recipients: message.envelope.recipients.len(),
                 received_at: message.envelope.received_at,
+                acknowledged_at: None,
             },
             &message.delivery,
         );

@@ -685,6 +685,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
                         size,
                         recipients,
                         received_at,
+                        acknowledged_at: None,
                     },
                 );
                 self.ctx.delivery_wake.notify();
@@ -699,7 +700,14 @@ impl<S: SegmentStore + 'static> Engine<S> {
             // restart: a duplicate at worst, never a loss.
             tracing::error!(%id, error = %e, "cannot mark a message finished");
         }
-        self.ctx.queue.borrow_mut().remove(id);
+        let entry = self.ctx.queue.borrow_mut().remove(id);
+        if let (FinishReason::Delivered, Some(at)) = (reason, entry.and_then(|e| e.acknowledged_at))
+        {
+            self.ctx
+                .metrics
+                .borrow_mut()
+                .record_delivery_latency(at.elapsed());
+        }
     }
 
     /// Answers a control request for this shard.

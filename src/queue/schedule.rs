@@ -33,6 +33,9 @@ pub struct QueueEntry {
     pub recipients: usize,
     /// Seconds since the Unix epoch.
     pub received_at: u64,
+    /// When the 250 left, for the acknowledgement-to-delivery latency;
+    /// `None` for messages restored from the spool after a restart.
+    pub acknowledged_at: Option<std::time::Instant>,
 }
 
 /// Names one hand-out of a message by `due`. Reports carry it so that a
@@ -459,6 +462,7 @@ mod tests {
 
     fn entry(received_at: u64) -> QueueEntry {
         QueueEntry {
+            acknowledged_at: None,
             size: 100,
             recipients: 3,
             received_at,

@@ -163,6 +163,7 @@ impl<S: SegmentStore> Driver<S> {
                         size,
                         recipients: envelope.recipients.len(),
                         received_at: envelope.received_at,
+                        acknowledged_at: Some(now),
                     },
                 );
                 let mut metrics = self.ctx.metrics.borrow_mut();
