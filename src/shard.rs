@@ -242,6 +242,9 @@ pub fn smtp_server_config(config: &Config) -> ServerConfig {
             command: s.command_timeout,
             data_block: s.data_timeout,
         },
+        submission: false,
+        allow_plaintext_auth: false,
+        sender_must_match_login: true,
     }
 }
 

@@ -16,8 +16,9 @@ use crate::queue::QueueEntry;
 use crate::session::limits::Refusal;
 use crate::session::stream::{Connection, ReadBuffer, ServerConnection};
 use crate::shard::ShardContext;
+use crate::smtp::auth::Credentials;
 use crate::smtp::reply;
-use crate::smtp::{Event, Message, PeerInfo, ServerSession, StoreFailure};
+use crate::smtp::{AuthOutcome, Event, Message, PeerInfo, ServerSession, StoreFailure};
 use crate::spool::SegmentStore;
 
 /// A new connection starts with a read buffer this small.
@@ -137,6 +138,9 @@ impl<S: SegmentStore> Driver<S> {
                             return Ok(false);
                         }
                     }
+                    Event::Authenticate(credentials) => {
+                        Box::pin(self.authenticate(credentials, peer)).await;
+                    }
                     Event::Close => {
                         self.flush().await?;
                         return Ok(false);
@@ -186,6 +190,14 @@ impl<S: SegmentStore> Driver<S> {
                 self.session.handle_stored(Err(failure), now);
             }
         }
+    }
+
+    /// Checks AUTH credentials against the user directory.
+    async fn authenticate(&mut self, credentials: Credentials, peer: SocketAddr) {
+        // No user directory is wired in yet: nothing can match.
+        let _ = (credentials, peer);
+        self.session
+            .handle_auth_result(AuthOutcome::Failed, Instant::now());
     }
 
     /// RFC 3207: the 220 goes out in the clear, bytes the client pipelined

@@ -1534,6 +1534,9 @@ mod tests {
                             self.server.handle_stored(result, self.now);
                         }
                         Event::StartTls => self.server.handle_tls_established(self.now),
+                        Event::Authenticate(_) => {
+                            unreachable!("the client never authenticates")
+                        }
                         Event::Close => self.server_closed = true,
                     }
                 }

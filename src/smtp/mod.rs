@@ -10,11 +10,13 @@
 //! dot-stuffs a stored body on the fly for DATA without copying it.
 
 pub mod address;
+pub mod auth;
 pub mod client;
 pub mod data;
 pub mod dot_stuff;
 pub mod param;
 pub mod parser;
+pub mod policy;
 pub mod reply;
 pub mod session;
 
@@ -27,5 +29,6 @@ pub use dot_stuff::DotStuffer;
 pub use parser::{parse_command, Command};
 pub use reply::Reply;
 pub use session::{
-    BareLineEndings, Event, Message, PeerInfo, ServerConfig, ServerSession, StoreFailure, Timeouts,
+    AuthOutcome, BareLineEndings, Event, Message, PeerInfo, ServerConfig, ServerSession,
+    StoreFailure, Timeouts,
 };

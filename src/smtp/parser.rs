@@ -42,6 +42,12 @@ pub enum Command<'a> {
     Expn,
     Help,
     StartTls,
+    /// RFC 4954 4: `AUTH mechanism [initial-response]`; the response is
+    /// still base64 (or `=`), decoded by the SASL exchange.
+    Auth {
+        mechanism: &'a str,
+        initial: Option<&'a [u8]>,
+    },
 }
 
 /// Which command's syntax was wrong, so the reply can show the right form.
@@ -53,6 +59,7 @@ pub enum Usage {
     Rcpt,
     Bdat,
     Vrfy,
+    Auth,
     NoArguments,
 }
 
@@ -66,6 +73,7 @@ impl Usage {
             Usage::Rcpt => "RCPT TO:<address> [parameters]",
             Usage::Bdat => "BDAT size [LAST]",
             Usage::Vrfy => "VRFY address",
+            Usage::Auth => "AUTH mechanism [initial-response]",
             Usage::NoArguments => "command takes no arguments",
         }
     }
@@ -136,6 +144,8 @@ pub fn parse_command(line: &[u8]) -> Result<Command<'_>, ParseError> {
     } else if is(b"STARTTLS") {
         // RFC 3207 4: "STARTTLS" with no parameters.
         no_args(args, Command::StartTls)
+    } else if is(b"AUTH") {
+        parse_auth(args)
     } else {
         Err(ParseError::UnknownCommand)
     }
@@ -152,6 +162,31 @@ fn trim_spaces(mut s: &[u8]) -> &[u8] {
 }
 
 /// Trailing spaces are tolerated; anything else is a syntax error.
+/// RFC 4954 4: a mechanism name (RFC 4422 3.1: 1 to 20 of A-Z 0-9 - _,
+/// taken case-insensitively) and an optional base64 or "=" response.
+fn parse_auth(args: &[u8]) -> Result<Command<'_>, ParseError> {
+    let args = trim_spaces(args);
+    let (mechanism, initial) = match args.iter().position(|&b| b == b' ') {
+        Some(sp) => (&args[..sp], Some(trim_spaces(&args[sp + 1..]))),
+        None => (args, None),
+    };
+    let valid_name = (1..=20).contains(&mechanism.len())
+        && mechanism
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let valid_response = initial.is_none_or(|r| {
+        !r.is_empty()
+            && r.iter()
+                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+    });
+    if !valid_name || !valid_response {
+        return Err(ParseError::Syntax(Usage::Auth));
+    }
+    // Checked just above: ASCII only.
+    let mechanism = std::str::from_utf8(mechanism).map_err(|_| ParseError::Syntax(Usage::Auth))?;
+    Ok(Command::Auth { mechanism, initial })
+}
+
 fn no_args(args: &[u8], cmd: Command<'static>) -> Result<Command<'static>, ParseError> {
     if trim_spaces(args).is_empty() {
         Ok(cmd)
@@ -297,9 +332,43 @@ mod tests {
             "DATAX",
             "\u{0}",
             "ÉHLO x",
-            "AUTH PLAIN",
+            "AUTHX PLAIN",
         ] {
             assert_eq!(err(line), ParseError::UnknownCommand, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn auth() {
+        assert_eq!(
+            ok("AUTH PLAIN"),
+            Command::Auth {
+                mechanism: "PLAIN",
+                initial: None
+            }
+        );
+        assert_eq!(
+            ok("auth login  dXNlcg=="),
+            Command::Auth {
+                mechanism: "login",
+                initial: Some(&b"dXNlcg=="[..])
+            }
+        );
+        assert_eq!(
+            ok("AUTH PLAIN ="),
+            Command::Auth {
+                mechanism: "PLAIN",
+                initial: Some(&b"="[..])
+            }
+        );
+        for bad in [
+            "AUTH",
+            "AUTH  ",
+            "AUTH PL@IN",
+            "AUTH PLAIN a b",
+            "AUTH ABCDEFGHIJKLMNOPQRSTU",
+        ] {
+            assert_eq!(err(bad), ParseError::Syntax(Usage::Auth), "{bad:?}");
         }
     }
 

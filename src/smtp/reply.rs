@@ -45,6 +45,8 @@ pub enum Reply<'a> {
         host: &'a str,
         max_size: usize,
         starttls: bool,
+        /// SMTP AUTH is offered (RFC 4954 3), with these mechanisms.
+        auth: bool,
     },
     Helo {
         host: &'a str,
@@ -100,6 +102,40 @@ pub enum Reply<'a> {
     TooManyHops,
     DiskFull,
     StoreFailed,
+    /// RFC 4954 4: `334 <base64 challenge>`.
+    AuthChallenge {
+        text: &'a str,
+    },
+    AuthSucceeded,
+    /// RFC 4954 6: 535 5.7.8, the credentials are wrong.
+    AuthFailed,
+    /// RFC 4954 6: 454 4.7.0, we could not check them now.
+    AuthTemporaryFailure,
+    /// RFC 4954 4: the client cancelled with `*`.
+    AuthCancelled,
+    /// RFC 4954 4: a response that is not base64 (or not the mechanism's form).
+    AuthBadResponse,
+    /// RFC 4954 4: 504 for a mechanism we do not offer.
+    AuthUnknownMechanism,
+    /// RFC 4954 4: AUTH after a successful AUTH, or inside a transaction.
+    AuthNotNow,
+    /// RFC 4954 6: 538 5.7.11, plaintext AUTH needs TLS first.
+    EncryptionRequired,
+    /// RFC 4954 6: 530 5.7.0, this listener takes mail only after AUTH.
+    AuthRequired,
+    /// The authenticated user may not use this envelope sender.
+    SenderNotOwned {
+        address: &'a str,
+    },
+    /// RFC 5321 4.2.2 / RFC 3463 X.1.1: no such local user.
+    UnknownLocalUser {
+        address: &'a str,
+    },
+    /// RFC 3463 X.2.2: the recipient's mailbox is full; 452 4.2.2 or 552 5.2.2.
+    MailboxFull {
+        address: &'a str,
+        permanent: bool,
+    },
 }
 
 /// Writes one reply line: `code` `sep` [`status` SP] text... CRLF.
@@ -130,6 +166,7 @@ impl Reply<'_> {
                 host,
                 max_size,
                 starttls,
+                auth,
             } => {
                 let size = format!("SIZE {max_size}");
                 let mut lines = vec![
@@ -142,6 +179,10 @@ impl Reply<'_> {
                     "CHUNKING",
                     "DSN",
                 ];
+                let auth_line = format!("AUTH {}", super::auth::MECHANISMS);
+                if auth {
+                    lines.push(&auth_line);
+                }
                 if starttls {
                     lines.push("STARTTLS");
                 }
@@ -176,7 +217,7 @@ impl Reply<'_> {
                 out,
                 "214",
                 "2.0.0",
-                &["Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS"],
+                &["Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH"],
             ),
             Reply::Bye => one(out, "221", "2.0.0", &["Bye"]),
             Reply::ReadyForTls => one(out, "220", "2.0.0", &["Ready to start TLS"]),
@@ -263,6 +304,66 @@ impl Reply<'_> {
             Reply::TooManyHops => one(out, "554", "5.4.6", &["Too many hops (mail loop)"]),
             Reply::DiskFull => one(out, "452", "4.3.1", &["Insufficient system storage"]),
             Reply::StoreFailed => one(out, "451", "4.3.0", &["Error: queue file write error"]),
+            Reply::AuthChallenge { text } => line(out, "334", true, None, &[text]),
+            Reply::AuthSucceeded => one(out, "235", "2.7.0", &["Authentication successful"]),
+            Reply::AuthFailed => one(
+                out,
+                "535",
+                "5.7.8",
+                &["Error: authentication credentials invalid"],
+            ),
+            Reply::AuthTemporaryFailure => one(
+                out,
+                "454",
+                "4.7.0",
+                &["Temporary authentication failure, try again later"],
+            ),
+            Reply::AuthCancelled => one(out, "501", "5.0.0", &["Authentication cancelled"]),
+            Reply::AuthBadResponse => one(
+                out,
+                "501",
+                "5.5.2",
+                &["Error: cannot decode the authentication response"],
+            ),
+            Reply::AuthUnknownMechanism => one(
+                out,
+                "504",
+                "5.5.4",
+                &["Unrecognized authentication type"],
+            ),
+            Reply::AuthNotNow => one(
+                out,
+                "503",
+                "5.5.1",
+                &["Error: already authenticated, or inside a mail transaction"],
+            ),
+            Reply::EncryptionRequired => one(
+                out,
+                "538",
+                "5.7.11",
+                &["Encryption required for requested authentication mechanism"],
+            ),
+            Reply::AuthRequired => one(out, "530", "5.7.0", &["Authentication required"]),
+            Reply::SenderNotOwned { address } => one(
+                out,
+                "553",
+                "5.7.1",
+                &["<", address, ">: Sender address rejected: not owned by the authenticated user"],
+            ),
+            Reply::UnknownLocalUser { address } => one(
+                out,
+                "550",
+                "5.1.1",
+                &["<", address, ">: Recipient address rejected: User unknown"],
+            ),
+            Reply::MailboxFull {
+                address,
+                permanent: false,
+            } => one(out, "452", "4.2.2", &["<", address, ">: Mailbox full, try again later"]),
+            Reply::MailboxFull {
+                address,
+                permanent: true,
+            } => one(out, "552", "5.2.2", &["<", address, ">: Mailbox full"]),
         }
     }
 
@@ -329,6 +430,7 @@ mod tests {
             host: "mx.test",
             max_size: 1000,
             starttls: true,
+            auth: false,
         });
         assert_eq!(
             r,
@@ -339,8 +441,16 @@ mod tests {
             host: "mx.test",
             max_size: 1,
             starttls: false,
+            auth: false,
         });
         assert!(r.ends_with("250 DSN\r\n") && !r.contains("STARTTLS"));
+        let r = text(Reply::Ehlo {
+            host: "mx.test",
+            max_size: 1,
+            starttls: false,
+            auth: true,
+        });
+        assert!(r.ends_with("250-DSN\r\n250 AUTH PLAIN LOGIN\r\n"), "{r}");
     }
 
     #[test]

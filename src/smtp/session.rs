@@ -1,5 +1,5 @@
 //! The SMTP server state machine (RFC 5321 with PIPELINING, SIZE, 8BITMIME, SMTPUTF8, CHUNKING,
-//! DSN, STARTTLS, ENHANCEDSTATUSCODES): bytes in, replies and events out.
+//! DSN, STARTTLS, ENHANCEDSTATUSCODES, AUTH): bytes in, replies and events out.
 //! It refuses to touch sockets, clocks, disks or TLS: the glue passes time in and acts on events.
 
 use std::collections::VecDeque;
@@ -10,9 +10,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use memchr::memchr;
 
 use super::address::{Domain, ForwardPath, Mailbox, ReversePath};
+use super::auth::{Credentials, Exchange, SaslError, Step};
 use super::data::{BodyLimits, BodyReceiver, Framing};
 use super::param::{MailParams, RcptParams};
 use super::parser::{parse_command, Command, ParseError};
+use super::policy::{AcceptAll, LocalPolicy, LocalRecipient};
 use super::reply::{Reply, Sequence};
 use crate::envelope::{BodyType, DsnReturn, Envelope, Recipient};
 
@@ -84,6 +86,15 @@ pub struct ServerConfig {
     /// A certificate is configured, so STARTTLS is offered.
     pub starttls: bool,
     pub timeouts: Timeouts,
+    /// A submission listener (RFC 6409, ports 587 and 465): AUTH is
+    /// offered, and MAIL needs it (530 5.7.0 before).
+    pub submission: bool,
+    /// AUTH is offered without TLS to non-loopback clients too (DESIGN.md:
+    /// plaintext passwords only over TLS unless configured otherwise).
+    pub allow_plaintext_auth: bool,
+    /// An authenticated client's envelope sender must be one of its user's
+    /// own addresses (Postfix `reject_sender_login_mismatch`).
+    pub sender_must_match_login: bool,
 }
 
 impl Default for ServerConfig {
@@ -99,6 +110,9 @@ impl Default for ServerConfig {
             local_domains: Vec::new(),
             starttls: false,
             timeouts: Timeouts::default(),
+            submission: false,
+            allow_plaintext_auth: false,
+            sender_must_match_login: true,
         }
     }
 }
@@ -123,8 +137,23 @@ pub enum Event {
     /// sent before the handshake must not count as protected, CVE-2011-0411),
     /// handshake, then call `handle_tls_established`.
     StartTls,
+    /// AUTH credentials to check (slowly, off the core): then call
+    /// `handle_auth_result`.
+    Authenticate(Credentials),
     /// Send the remaining output, then close the connection.
     Close,
+}
+
+/// The glue's verdict on the credentials of the last `Event::Authenticate`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthOutcome {
+    /// Logged in as this user (the directory's canonical name).
+    Success {
+        user: String,
+    },
+    Failed,
+    /// The user directory could not be read: 454 4.7.0.
+    Temporary,
 }
 
 /// An accepted message, ready for the spool.
@@ -205,6 +234,15 @@ enum State {
         helo: Helo,
     },
     AwaitingTls,
+    /// Inside AUTH: the next line answers our 334 challenge.
+    AuthExchange {
+        helo: Helo,
+        exchange: Exchange,
+    },
+    /// The credentials are being checked.
+    AwaitingAuth {
+        helo: Helo,
+    },
     Closed,
 }
 
@@ -221,6 +259,9 @@ pub struct ServerSession {
     errors: usize,
     last_activity: Instant,
     shutdown_pending: bool,
+    /// The user this client authenticated as (RFC 4954).
+    authenticated: Option<String>,
+    policy: Rc<dyn LocalPolicy>,
 }
 
 impl ServerSession {
@@ -236,12 +277,26 @@ impl ServerSession {
             errors: 0,
             last_activity: now,
             shutdown_pending: false,
+            authenticated: None,
+            policy: Rc::new(AcceptAll),
         };
         let config = Rc::clone(&session.config);
         session.reply(Reply::Greeting {
             host: &config.hostname,
         });
         session
+    }
+
+    /// Answers local-recipient and sender questions from `policy` instead
+    /// of accepting every local recipient.
+    pub fn with_policy(mut self, policy: Rc<dyn LocalPolicy>) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The user this session authenticated as, if any.
+    pub fn authenticated_user(&self) -> Option<&str> {
+        self.authenticated.as_deref()
     }
 
     /// Feeds received bytes; returns how many were consumed. The glue keeps
@@ -279,14 +334,18 @@ impl ServerSession {
                 break;
             }
             let consumed = match self.state {
-                State::AwaitingStore { .. } | State::AwaitingTls | State::Closed => 0,
+                State::AwaitingStore { .. }
+                | State::AwaitingTls
+                | State::AwaitingAuth { .. }
+                | State::Closed => 0,
                 State::ReceivingData { .. } => self.step_data(rest, wall),
                 State::ReceivingBdat { .. } => self.step_bdat(rest, wall),
                 State::DiscardingBdat { .. } => self.step_discard(rest),
                 State::ExpectHelo
                 | State::ExpectMail { .. }
                 | State::ExpectRcptOrData { .. }
-                | State::BdatPending { .. } => self.step_command(rest, wall),
+                | State::BdatPending { .. }
+                | State::AuthExchange { .. } => self.step_command(rest, wall),
             };
             pos += consumed;
             if self.output.len() > OUTPUT_HARD_LIMIT && !self.is_closed() {
@@ -343,6 +402,30 @@ impl ServerSession {
         }
     }
 
+    /// The glue's verdict on the last `Event::Authenticate` (RFC 4954 4:
+    /// 235, or 535 which counts as a client error, or 454).
+    pub fn handle_auth_result(&mut self, outcome: AuthOutcome, now: Instant) {
+        let State::AwaitingAuth { .. } = self.state else {
+            return;
+        };
+        let State::AwaitingAuth { helo } = std::mem::replace(&mut self.state, State::Closed) else {
+            return; // checked just above
+        };
+        self.state = State::ExpectMail { helo };
+        self.last_activity = now;
+        match outcome {
+            AuthOutcome::Success { user } => {
+                self.authenticated = Some(user);
+                self.reply(Reply::AuthSucceeded);
+            }
+            AuthOutcome::Failed => self.error(Reply::AuthFailed),
+            AuthOutcome::Temporary => self.reply(Reply::AuthTemporaryFailure),
+        }
+        if self.shutdown_pending && !self.is_closed() {
+            self.shut_down();
+        }
+    }
+
     /// TLS is up: RFC 3207 4.2 says to forget everything learnt before it,
     /// so the client must EHLO again, and STARTTLS is no longer offered.
     pub fn handle_tls_established(&mut self, now: Instant) {
@@ -351,6 +434,7 @@ impl ServerSession {
         }
         self.state = State::ExpectHelo;
         self.peer.tls = true;
+        self.authenticated = None;
         self.discarding_line = false;
         self.last_activity = now;
         if self.shutdown_pending {
@@ -364,7 +448,10 @@ impl ServerSession {
     pub fn handle_timeout(&mut self, now: Instant) {
         if matches!(
             self.state,
-            State::Closed | State::AwaitingStore { .. } | State::AwaitingTls
+            State::Closed
+                | State::AwaitingStore { .. }
+                | State::AwaitingTls
+                | State::AwaitingAuth { .. }
         ) {
             return;
         }
@@ -418,7 +505,10 @@ impl ServerSession {
     fn between_transactions(&self) -> bool {
         matches!(
             self.state,
-            State::ExpectHelo | State::ExpectMail { .. } | State::ExpectRcptOrData { .. }
+            State::ExpectHelo
+                | State::ExpectMail { .. }
+                | State::ExpectRcptOrData { .. }
+                | State::AuthExchange { .. }
         )
     }
 
@@ -502,7 +592,11 @@ impl ServerSession {
             }
             None => line,
         };
-        self.dispatch(parse_command(line), wall);
+        if matches!(self.state, State::AuthExchange { .. }) {
+            self.auth_response(line);
+        } else {
+            self.dispatch(parse_command(line), wall);
+        }
         k + 1
     }
 
@@ -529,6 +623,75 @@ impl ServerSession {
                 self.close();
             }
             Command::StartTls => self.handle_starttls(),
+            Command::Auth { mechanism, initial } => self.handle_auth(mechanism, initial),
+        }
+    }
+
+    /// AUTH is offered: a submission listener, over TLS or from loopback
+    /// (which counts as secure, as in Dovecot) unless configured otherwise.
+    fn auth_offered(&self) -> bool {
+        self.config.submission && self.plaintext_allowed()
+    }
+
+    fn plaintext_allowed(&self) -> bool {
+        self.peer.tls || self.config.allow_plaintext_auth || self.client_ip().is_loopback()
+    }
+
+    /// RFC 4954 4: AUTH once per session, never inside a transaction.
+    fn handle_auth(&mut self, mechanism: &str, initial: Option<&[u8]>) {
+        if !self.config.submission {
+            return self.error(Reply::NotImplemented);
+        }
+        match self.state {
+            State::ExpectMail { .. } if self.authenticated.is_none() => {}
+            State::ExpectHelo => return self.error(Reply::BadSequence(Sequence::SendHeloFirst)),
+            _ => return self.error(Reply::AuthNotNow),
+        }
+        if !self.plaintext_allowed() {
+            return self.error(Reply::EncryptionRequired);
+        }
+        let step = Exchange::start(mechanism, initial);
+        self.auth_step(step);
+    }
+
+    /// The client's answer to a 334 challenge.
+    fn auth_response(&mut self, line: &[u8]) {
+        let State::AuthExchange { helo, exchange } =
+            std::mem::replace(&mut self.state, State::ExpectHelo)
+        else {
+            return; // only called in this state
+        };
+        self.state = State::ExpectMail { helo };
+        self.auth_step(exchange.respond(line));
+    }
+
+    /// Moves the exchange on from `ExpectMail`: another challenge, the
+    /// credentials to the glue, or the failure's reply.
+    fn auth_step(&mut self, step: Step) {
+        let helo = match std::mem::replace(&mut self.state, State::ExpectHelo) {
+            State::ExpectMail { helo } => helo,
+            other => {
+                self.state = other; // callers guarantee ExpectMail
+                return;
+            }
+        };
+        match step {
+            Step::Challenge(exchange, text) => {
+                self.state = State::AuthExchange { helo, exchange };
+                self.reply(Reply::AuthChallenge { text });
+            }
+            Step::Done(credentials) => {
+                self.state = State::AwaitingAuth { helo };
+                self.events.push_back(Event::Authenticate(credentials));
+            }
+            Step::Failed(e) => {
+                self.state = State::ExpectMail { helo };
+                self.error(match e {
+                    SaslError::UnknownMechanism => Reply::AuthUnknownMechanism,
+                    SaslError::Cancelled => Reply::AuthCancelled,
+                    SaslError::BadBase64 | SaslError::Malformed => Reply::AuthBadResponse,
+                });
+            }
         }
     }
 
@@ -546,6 +709,7 @@ impl ServerSession {
                 host: &config.hostname,
                 max_size: config.max_message_size,
                 starttls: self.starttls_offered(),
+                auth: self.auth_offered() && self.authenticated.is_none(),
             }
         } else {
             Reply::Helo {
@@ -565,6 +729,10 @@ impl ServerSession {
             State::ExpectHelo => return self.error(Reply::BadSequence(Sequence::SendHeloFirst)),
             _ => return self.error(Reply::BadSequence(Sequence::NestedMail)),
         }
+        // RFC 6409 4.3 and RFC 4954 6: a submission server may demand AUTH.
+        if self.config.submission && self.authenticated.is_none() {
+            return self.error(Reply::AuthRequired);
+        }
         // RFC 1870 6.1: refuse a declared size we would refuse anyway.
         if params
             .size
@@ -582,6 +750,11 @@ impl ServerSession {
                 m.address.to_owned()
             }
         };
+        if let Some(user) = &self.authenticated {
+            if self.config.sender_must_match_login && !self.policy.may_send_as(user, &sender) {
+                return self.error(Reply::SenderNotOwned { address: &sender });
+            }
+        }
         let State::ExpectMail { helo } = std::mem::replace(&mut self.state, State::ExpectHelo)
         else {
             return; // checked at the top
@@ -639,7 +812,18 @@ impl ServerSession {
         match to {
             // RFC 5321 4.5.1: <Postmaster> is always ours.
             ForwardPath::Postmaster(_) => Ok(()),
-            ForwardPath::Mailbox(m) if self.peer.may_relay || self.is_local(m) => Ok(()),
+            // Local recipients are checked for everyone, relay clients too.
+            ForwardPath::Mailbox(m) if self.is_local(m) => match self.policy.recipient(m.address) {
+                LocalRecipient::Accept => Ok(()),
+                LocalRecipient::Unknown => Err(Reply::UnknownLocalUser { address: m.address }),
+                LocalRecipient::MailboxFull { permanent } => Err(Reply::MailboxFull {
+                    address: m.address,
+                    permanent,
+                }),
+            },
+            ForwardPath::Mailbox(_) if self.peer.may_relay || self.authenticated.is_some() => {
+                Ok(())
+            }
             ForwardPath::Mailbox(m) => Err(Reply::RelayDenied { address: m.address }),
         }
     }
@@ -876,13 +1060,18 @@ impl ServerSession {
             IpAddr::V4(a) => format!("[{a}]"),
             IpAddr::V6(a) => format!("[IPv6:{a}]"),
         };
-        // RFC 3848 and RFC 6531 7: the WITH protocol names.
-        let protocol = match (tx.smtputf8, helo.extended, self.peer.tls) {
-            (true, _, false) => "UTF8SMTP",
-            (true, _, true) => "UTF8SMTPS",
-            (false, true, false) => "ESMTP",
-            (false, true, true) => "ESMTPS",
-            (false, false, _) => "SMTP",
+        // RFC 3848 and RFC 6531 7: the WITH protocol names ("A" for AUTH).
+        let authenticated = self.authenticated.is_some();
+        let protocol = match (tx.smtputf8, helo.extended, self.peer.tls, authenticated) {
+            (true, _, false, false) => "UTF8SMTP",
+            (true, _, true, false) => "UTF8SMTPS",
+            (true, _, false, true) => "UTF8SMTPA",
+            (true, _, true, true) => "UTF8SMTPSA",
+            (false, true, false, false) => "ESMTP",
+            (false, true, true, false) => "ESMTPS",
+            (false, true, false, true) => "ESMTPA",
+            (false, true, true, true) => "ESMTPSA",
+            (false, false, _, _) => "SMTP",
         };
         let mut header = String::with_capacity(160 + helo.name.len() + self.config.hostname.len());
         header.push_str("Received: from ");
@@ -950,6 +1139,7 @@ mod tests {
             local_domains: vec!["local.test".to_owned(), "例子.广告".to_owned()],
             starttls: true,
             timeouts: Timeouts::default(),
+            ..ServerConfig::default()
         }
     }
 
@@ -974,6 +1164,7 @@ mod tests {
         messages: Vec<Message>,
         closed: bool,
         tls: usize,
+        auths: usize,
     }
 
     impl Transcript {
@@ -998,12 +1189,24 @@ mod tests {
         cfg: ServerConfig,
         peer: PeerInfo,
         input: &[u8],
+        next_chunk: impl FnMut() -> usize,
+    ) -> Transcript {
+        drive_policy(cfg, peer, Rc::new(AcceptAll), input, next_chunk)
+    }
+
+    /// `drive_with` under a local policy. Credentials are judged by their
+    /// password: "right" succeeds, "down" is a temporary failure.
+    fn drive_policy(
+        cfg: ServerConfig,
+        peer: PeerInfo,
+        policy: Rc<dyn LocalPolicy>,
+        input: &[u8],
         mut next_chunk: impl FnMut() -> usize,
     ) -> Transcript {
         let t0 = Instant::now();
         let max_line = cfg.max_line_length;
         let max_body = cfg.max_message_size + 512;
-        let mut s = ServerSession::new(Rc::new(cfg), peer, t0);
+        let mut s = ServerSession::new(Rc::new(cfg), peer, t0).with_policy(policy);
         let mut t = Transcript::default();
         let mut out = Vec::new();
         let mut pending: Vec<u8> = Vec::new();
@@ -1030,6 +1233,15 @@ mod tests {
                             pending.clear();
                             t.tls += 1;
                             s.handle_tls_established(t0);
+                        }
+                        Event::Authenticate(c) => {
+                            t.auths += 1;
+                            let outcome = match c.password.as_str() {
+                                "right" => AuthOutcome::Success { user: c.username },
+                                "down" => AuthOutcome::Temporary,
+                                _ => AuthOutcome::Failed,
+                            };
+                            s.handle_auth_result(outcome, t0);
                         }
                         Event::Close => t.closed = true,
                     }
@@ -1887,5 +2099,226 @@ mod tests {
             });
             drive_with(cfg, peer(false), &input, || usize::MAX);
         }
+    }
+
+    // ---- AUTH (RFC 4954) and the local policy ----------------------------
+
+    fn submission() -> ServerConfig {
+        ServerConfig {
+            submission: true,
+            ..config()
+        }
+    }
+
+    fn peer_at(ip: [u8; 4], tls: bool) -> PeerInfo {
+        PeerInfo {
+            addr: SocketAddr::from((ip, 40000)),
+            may_relay: false,
+            tls,
+        }
+    }
+
+    fn plain(user: &str, password: &str) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"))
+    }
+
+    /// A directory of one user, alice, who owns alice@local.test, and a
+    /// full mailbox, full@local.test.
+    #[derive(Debug)]
+    struct OneUser;
+
+    impl LocalPolicy for OneUser {
+        fn recipient(&self, address: &str) -> LocalRecipient {
+            match address {
+                "alice@local.test" | "Alice@LOCAL.test" => LocalRecipient::Accept,
+                "full@local.test" => LocalRecipient::MailboxFull { permanent: false },
+                "gone@local.test" => LocalRecipient::MailboxFull { permanent: true },
+                _ => LocalRecipient::Unknown,
+            }
+        }
+
+        fn may_send_as(&self, user: &str, sender: &str) -> bool {
+            user == "alice" && sender == "alice@local.test"
+        }
+    }
+
+    fn drive_auth(cfg: ServerConfig, peer: PeerInfo, input: &str) -> Transcript {
+        drive_policy(cfg, peer, Rc::new(OneUser), input.as_bytes(), || usize::MAX)
+    }
+
+    #[test]
+    fn auth_plain_lets_a_submission_client_relay() {
+        let input = format!(
+            "EHLO c\r\nMAIL FROM:<alice@local.test>\r\nAUTH PLAIN {}\r\n\
+             MAIL FROM:<alice@local.test>\r\nRCPT TO:<x@elsewhere.example>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n",
+            plain("alice", "right")
+        );
+        let t = drive_auth(submission(), peer_at([192, 0, 2, 1], true), &input);
+        assert!(t.has("250 AUTH PLAIN LOGIN"), "{}", t.output);
+        assert!(t.has("530 5.7.0 Authentication required"), "{}", t.output);
+        assert!(t.has("235 2.7.0 Authentication successful"), "{}", t.output);
+        assert_eq!(t.messages.len(), 1, "{}", t.output);
+        let body = String::from_utf8_lossy(&t.messages[0].body);
+        assert!(body.contains("with ESMTPSA"), "{body}");
+    }
+
+    #[test]
+    fn auth_login_and_its_failures() {
+        use base64::Engine as _;
+        let b = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let input = format!(
+            "EHLO c\r\nAUTH LOGIN\r\n{}\r\n{}\r\nAUTH LOGIN {}\r\n{}\r\nAUTH LOGIN\r\n*\r\n\
+             AUTH PLAIN\r\n!!\r\nAUTH CRAM-MD5\r\nAUTH PLAIN {}\r\nAUTH PLAIN {}\r\nQUIT\r\n",
+            b("alice"),
+            b("wrong"),
+            b("alice"),
+            b("down"),
+            plain("alice", "right"),
+            plain("alice", "right"),
+        );
+        let cfg = ServerConfig {
+            max_errors: 10,
+            ..submission()
+        };
+        let t = drive_auth(cfg, peer_at([127, 0, 0, 9], false), &input);
+        assert!(
+            t.has("334 VXNlcm5hbWU6") && t.has("334 UGFzc3dvcmQ6"),
+            "{}",
+            t.output
+        );
+        assert_eq!(
+            t.codes(),
+            [
+                "220", "250", "334", "334", "535", "334", "454", "334", "501", "334", "501", "504",
+                "235", "503", "221"
+            ],
+            "{}",
+            t.output
+        );
+        assert_eq!(t.auths, 3);
+    }
+
+    #[test]
+    fn auth_needs_tls_except_on_loopback() {
+        let input = format!(
+            "EHLO c\r\nAUTH PLAIN {}\r\nQUIT\r\n",
+            plain("alice", "right")
+        );
+        let t = drive_auth(submission(), peer_at([192, 0, 2, 1], false), &input);
+        assert!(!t.output.contains("AUTH PLAIN"), "{}", t.output);
+        assert!(t.has("538 5.7.11 Encryption required for requested authentication mechanism"));
+        assert_eq!(t.auths, 0, "no credentials may reach the glue in the clear");
+        let t = drive_auth(submission(), peer_at([127, 0, 0, 1], false), &input);
+        assert!(t.has("235 2.7.0 Authentication successful"), "{}", t.output);
+        let cfg = ServerConfig {
+            allow_plaintext_auth: true,
+            ..submission()
+        };
+        let t = drive_auth(cfg, peer_at([192, 0, 2, 1], false), &input);
+        assert!(t.has("235 2.7.0 Authentication successful"), "{}", t.output);
+        // The port-25 listener does not do AUTH at all.
+        let t = drive_auth(config(), peer_at([127, 0, 0, 1], true), &input);
+        assert!(
+            t.has("502 5.5.1 Error: command not implemented"),
+            "{}",
+            t.output
+        );
+    }
+
+    #[test]
+    fn auth_is_refused_inside_a_transaction_and_forgotten_after_starttls() {
+        let input = format!(
+            "EHLO c\r\nAUTH PLAIN {p}\r\nMAIL FROM:<alice@local.test>\r\nAUTH PLAIN {p}\r\n\
+             RSET\r\nSTARTTLS\r\nEHLO c\r\nMAIL FROM:<alice@local.test>\r\nQUIT\r\n",
+            p = plain("alice", "right")
+        );
+        // Byte by byte, so nothing is pipelined past STARTTLS (that would
+        // be discarded, as RFC 3207 wants).
+        let t = drive_policy(
+            submission(),
+            peer_at([127, 0, 0, 1], false),
+            Rc::new(OneUser),
+            input.as_bytes(),
+            || 1,
+        );
+        assert_eq!(
+            t.codes(),
+            ["220", "250", "235", "250", "503", "250", "220", "250", "530", "221"],
+            "{}",
+            t.output
+        );
+    }
+
+    #[test]
+    fn authenticated_sender_must_be_the_users_own() {
+        let input = format!(
+            "EHLO c\r\nAUTH PLAIN {}\r\nMAIL FROM:<boss@local.test>\r\nMAIL FROM:<>\r\n\
+             RSET\r\nMAIL FROM:<alice@local.test>\r\nQUIT\r\n",
+            plain("alice", "right")
+        );
+        let t = drive_auth(submission(), peer_at([127, 0, 0, 1], false), &input);
+        assert!(t.has(
+            "553 5.7.1 <boss@local.test>: Sender address rejected: not owned by the authenticated user"
+        ));
+        assert_eq!(
+            t.codes(),
+            ["220", "250", "235", "553", "553", "250", "250", "221"]
+        );
+        let cfg = ServerConfig {
+            sender_must_match_login: false,
+            ..submission()
+        };
+        let t = drive_auth(cfg, peer_at([127, 0, 0, 1], false), &input);
+        // The null sender then nests inside the first transaction.
+        assert_eq!(
+            t.codes(),
+            ["220", "250", "235", "250", "503", "250", "250", "221"]
+        );
+    }
+
+    #[test]
+    fn unknown_and_full_local_recipients_are_refused_at_rcpt() {
+        let t = drive_auth(
+            config(),
+            peer_at([192, 0, 2, 1], false),
+            "EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<nobody@local.test>\r\n\
+             RCPT TO:<full@local.test>\r\nRCPT TO:<gone@local.test>\r\nRCPT TO:<alice@local.test>\r\n\
+             RCPT TO:<Postmaster>\r\nQUIT\r\n",
+        );
+        assert!(t.has("550 5.1.1 <nobody@local.test>: Recipient address rejected: User unknown"));
+        assert!(t.has("452 4.2.2 <full@local.test>: Mailbox full, try again later"));
+        assert!(t.has("552 5.2.2 <gone@local.test>: Mailbox full"));
+        assert_eq!(
+            t.codes(),
+            ["220", "250", "250", "550", "452", "552", "250", "250", "221"]
+        );
+    }
+
+    #[test]
+    fn auth_exchange_fed_in_chunks_gives_the_same_transcript() {
+        let input = format!(
+            "EHLO c\r\nAUTH PLAIN\r\n{}\r\nMAIL FROM:<alice@local.test>\r\nRCPT TO:<x@y.example>\r\nQUIT\r\n",
+            plain("alice", "right")
+        );
+        let whole = drive_policy(
+            submission(),
+            peer_at([127, 0, 0, 1], false),
+            Rc::new(OneUser),
+            input.as_bytes(),
+            || usize::MAX,
+        );
+        let bytewise = drive_policy(
+            submission(),
+            peer_at([127, 0, 0, 1], false),
+            Rc::new(OneUser),
+            input.as_bytes(),
+            || 1,
+        );
+        assert_eq!(whole, bytewise);
+        assert_eq!(
+            whole.codes(),
+            ["220", "250", "334", "235", "250", "250", "221"]
+        );
     }
 }

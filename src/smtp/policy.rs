@@ -1,0 +1,45 @@
+//! What the SMTP core asks about local users while a transaction is being
+//! built: does this local recipient exist (RFC 5321 4.2.2's 550 5.1.1 at RCPT
+//! time, so we never accept mail we cannot deliver), is its mailbox full,
+//! and may an authenticated user send as this address. It is a trait so
+//! the core stays sans-IO; the glue answers from its in-memory directory.
+
+use std::fmt::Debug;
+
+/// The verdict on one recipient in a local domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalRecipient {
+    Accept,
+    /// No such user or alias: 550 5.1.1.
+    Unknown,
+    /// The mailbox is over quota. RFC 5321 4.5.3.1.10 and RFC 3463 X.2.2:
+    /// 452 4.2.2 when it may clear up, 552 5.2.2 when it will not.
+    MailboxFull {
+        permanent: bool,
+    },
+}
+
+/// Answers the core's questions about local users; see the module header.
+pub trait LocalPolicy: Debug {
+    /// `address` is `local@domain` as received, its domain one of ours.
+    fn recipient(&self, address: &str) -> LocalRecipient;
+
+    /// Whether `user`, authenticated, may use `sender` as the envelope
+    /// sender (`""` is the null sender).
+    fn may_send_as(&self, user: &str, sender: &str) -> bool;
+}
+
+/// Accepts every local recipient and any sender: the policy when no user
+/// directory is configured.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AcceptAll;
+
+impl LocalPolicy for AcceptAll {
+    fn recipient(&self, _address: &str) -> LocalRecipient {
+        LocalRecipient::Accept
+    }
+
+    fn may_send_as(&self, _user: &str, _sender: &str) -> bool {
+        true
+    }
+}
