@@ -6,6 +6,8 @@
 //! | layer | module | job |
 //! |---|---|---|
 //! | protocol core | [`smtp`] | sans-IO SMTP server: bytes in, replies and events out; the parser borrows from the receive buffer |
+//! | protocol core | [`pop3`] | sans-IO POP3 server: bytes in, replies and requests (authenticate, open maildrop, send message, update) out |
+//! | protocol helper | [`sasl`] | SASL codecs shared by the cores: strict base64, PLAIN (RFC 4616), LOGIN prompts |
 //! | shared data | [`envelope`] | the envelope of an accepted message |
 //! | spool | [`spool`] | per-core append-only segments, checksummed records, group commit, recovery, reclaim |
 //! | queue | [`queue`] | per-core scheduler: retry timing, backoff, expiry, ready queues per destination with windows and connection limits |
@@ -25,8 +27,10 @@ pub mod delivery;
 pub mod envelope;
 pub mod metrics;
 pub mod notify;
+pub mod pop3;
 pub mod queue;
 pub mod resolver;
+pub mod sasl;
 pub mod session;
 pub mod shard;
 pub mod smtp;
