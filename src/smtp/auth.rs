@@ -4,40 +4,19 @@
 //! checks a password and never decides who may authenticate; the session
 //! and the glue do.
 
-use std::fmt;
-
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine as _;
+use crate::sasl::{self, Password};
 
 /// The mechanisms we offer, in the order EHLO lists them.
 pub const MECHANISMS: &str = "PLAIN LOGIN";
 
-/// The LOGIN mechanism's prompts, base64 of "Username:" and "Password:".
-const LOGIN_USERNAME_PROMPT: &str = "VXNlcm5hbWU6";
-const LOGIN_PASSWORD_PROMPT: &str = "UGFzc3dvcmQ6";
-
-/// Longest decoded credential part accepted: far beyond any real name or
-/// password, small enough that a hostile client gains nothing.
-const MAX_PART: usize = 1024;
-
-/// What a client presented. `Debug` never shows the password.
-#[derive(Clone, PartialEq, Eq)]
+/// What a client presented. The password's `Debug` is redacted.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credentials {
     /// The identity to act as (RFC 4616 authzid); empty means the same as
     /// `username`.
     pub authzid: String,
     pub username: String,
-    pub password: String,
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials")
-            .field("authzid", &self.authzid)
-            .field("username", &self.username)
-            .field("password", &"<redacted>")
-            .finish()
-    }
+    pub password: Password,
 }
 
 /// Why an exchange ended without credentials.
@@ -48,11 +27,9 @@ pub enum SaslError {
     /// RFC 4954 4: the client answered `*`.
     #[error("authentication cancelled")]
     Cancelled,
-    #[error("response is not valid base64")]
-    BadBase64,
-    /// Decoded, but not the mechanism's format (or too long, or not UTF-8).
-    #[error("malformed authentication response")]
-    Malformed,
+    /// Not base64, or not the mechanism's format.
+    #[error("malformed authentication response: {0}")]
+    Malformed(sasl::SaslError),
 }
 
 /// One exchange in progress, waiting for the client's next line.
@@ -85,91 +62,60 @@ impl Exchange {
         } else {
             return Step::Failed(SaslError::UnknownMechanism);
         };
-        match initial {
-            None => {
-                let prompt = match exchange {
-                    Exchange::Plain => "",
-                    _ => LOGIN_USERNAME_PROMPT,
-                };
-                Step::Challenge(exchange, prompt)
+        match (initial, &exchange) {
+            (None, Exchange::Plain) => Step::Challenge(exchange, ""),
+            (None, _) => Step::Challenge(exchange, sasl::LOGIN_USERNAME_PROMPT),
+            // RFC 4954 4: "=" is a present but empty initial response.
+            (Some(response), Exchange::Plain) => {
+                finish(sasl::decode_initial_response(response).and_then(|m| sasl::parse_plain(&m)))
             }
-            Some(response) => exchange.respond(response),
+            (Some(response), _) => exchange.respond(response),
         }
     }
 
-    /// Takes the client's answer to our last challenge (or the initial
-    /// response), without its CRLF.
+    /// Takes the client's answer to our last challenge, without its CRLF.
     pub fn respond(self, line: &[u8]) -> Step {
-        if line == b"*" {
+        if sasl::is_cancel(line) {
             return Step::Failed(SaslError::Cancelled);
         }
-        let decoded = match decode(line) {
-            Ok(decoded) => decoded,
-            Err(e) => return Step::Failed(e),
-        };
         match self {
-            Exchange::Plain => match parse_plain(&decoded) {
-                Ok(credentials) => Step::Done(credentials),
-                Err(e) => Step::Failed(e),
+            Exchange::Plain => finish(sasl::decode_plain(line)),
+            Exchange::LoginUsername => match sasl::decode_login_response(line) {
+                Ok(username) => Step::Challenge(
+                    Exchange::LoginPassword { username },
+                    sasl::LOGIN_PASSWORD_PROMPT,
+                ),
+                Err(e) => Step::Failed(SaslError::Malformed(e)),
             },
-            Exchange::LoginUsername => match text(decoded) {
-                Ok(username) => {
-                    Step::Challenge(Exchange::LoginPassword { username }, LOGIN_PASSWORD_PROMPT)
-                }
-                Err(e) => Step::Failed(e),
-            },
-            Exchange::LoginPassword { username } => match text(decoded) {
+            Exchange::LoginPassword { username } => match sasl::decode_login_response(line) {
                 Ok(password) => Step::Done(Credentials {
                     authzid: String::new(),
                     username,
-                    password,
+                    password: Password::new(password),
                 }),
-                Err(e) => Step::Failed(e),
+                Err(e) => Step::Failed(SaslError::Malformed(e)),
             },
         }
     }
 }
 
-/// RFC 4954 4: "=" is an empty initial response; otherwise base64.
-fn decode(line: &[u8]) -> Result<Vec<u8>, SaslError> {
-    let line = line.strip_suffix(b" ").unwrap_or(line);
-    if line == b"=" {
-        return Ok(Vec::new());
+fn finish(plain: Result<sasl::PlainCredentials, sasl::SaslError>) -> Step {
+    match plain {
+        Ok(c) => Step::Done(Credentials {
+            authzid: c.authzid,
+            username: c.authcid,
+            password: c.password,
+        }),
+        Err(e) => Step::Failed(SaslError::Malformed(e)),
     }
-    if line.len() > 4 * MAX_PART {
-        return Err(SaslError::Malformed);
-    }
-    STANDARD.decode(line).map_err(|_| SaslError::BadBase64)
-}
-
-/// RFC 4616 2: `[authzid] NUL authcid NUL passwd`, UTF-8, no other NULs.
-fn parse_plain(message: &[u8]) -> Result<Credentials, SaslError> {
-    let mut parts = message.split(|&b| b == 0);
-    let (Some(authzid), Some(username), Some(password), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(SaslError::Malformed);
-    };
-    if username.is_empty() || password.is_empty() {
-        return Err(SaslError::Malformed);
-    }
-    Ok(Credentials {
-        authzid: text(authzid.to_vec())?,
-        username: text(username.to_vec())?,
-        password: text(password.to_vec())?,
-    })
-}
-
-fn text(bytes: Vec<u8>) -> Result<String, SaslError> {
-    if bytes.len() > MAX_PART || bytes.contains(&0) {
-        return Err(SaslError::Malformed);
-    }
-    String::from_utf8(bytes).map_err(|_| SaslError::Malformed)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine as _;
 
     fn b64(s: &[u8]) -> Vec<u8> {
         STANDARD.encode(s).into_bytes()
@@ -186,7 +132,7 @@ mod tests {
     fn plain_with_initial_response() {
         let c = done(Exchange::start("plain", Some(&b64(b"\0alice\0s3cret"))));
         assert_eq!(c.username, "alice");
-        assert_eq!(c.password, "s3cret");
+        assert_eq!(c.password.expose(), "s3cret");
         assert_eq!(c.authzid, "");
         let c = done(Exchange::start("PLAIN", Some(&b64(b"bob\0alice\0pw"))));
         assert_eq!(c.authzid, "bob");
@@ -203,7 +149,7 @@ mod tests {
         };
         assert_eq!(prompt, "");
         let c = done(exchange.respond(&b64(b"\0u\0p")));
-        assert_eq!((c.username.as_str(), c.password.as_str()), ("u", "p"));
+        assert_eq!((c.username.as_str(), c.password.expose()), ("u", "p"));
     }
 
     #[test]
@@ -218,7 +164,7 @@ mod tests {
         assert_eq!(STANDARD.decode(prompt).unwrap(), b"Password:");
         let c = done(exchange.respond(&b64(b"pass word")));
         assert_eq!(
-            (c.username.as_str(), c.password.as_str()),
+            (c.username.as_str(), c.password.expose()),
             ("carol", "pass word")
         );
         // The user name may come as the initial response.
@@ -238,10 +184,8 @@ mod tests {
             Exchange::Plain.respond(b"*"),
             Step::Failed(SaslError::Cancelled)
         );
-        assert_eq!(
-            Exchange::Plain.respond(b"!!!"),
-            Step::Failed(SaslError::BadBase64)
-        );
+        let malformed = |step| matches!(step, Step::Failed(SaslError::Malformed(_)));
+        assert!(malformed(Exchange::Plain.respond(b"!!!")));
         for bad in [
             &b"\0alice"[..],
             b"a\0b\0c\0d",
@@ -249,20 +193,11 @@ mod tests {
             b"\0u\0",
             b"\0\xff\0p",
         ] {
-            assert_eq!(
-                Exchange::Plain.respond(&b64(bad)),
-                Step::Failed(SaslError::Malformed),
-                "{bad:?}"
-            );
+            assert!(malformed(Exchange::Plain.respond(&b64(bad))), "{bad:?}");
         }
-        assert_eq!(
-            Exchange::start("PLAIN", Some(b"=")),
-            Step::Failed(SaslError::Malformed)
-        );
-        let huge = b64(&[b'a'; 5000]);
-        assert_eq!(
-            Exchange::LoginUsername.respond(&huge),
-            Step::Failed(SaslError::Malformed)
-        );
+        assert!(malformed(Exchange::start("PLAIN", Some(b"="))));
+        assert!(malformed(
+            Exchange::LoginUsername.respond(&b64(&[b'a'; 5000]))
+        ));
     }
 }

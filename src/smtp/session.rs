@@ -689,7 +689,7 @@ impl ServerSession {
                 self.error(match e {
                     SaslError::UnknownMechanism => Reply::AuthUnknownMechanism,
                     SaslError::Cancelled => Reply::AuthCancelled,
-                    SaslError::BadBase64 | SaslError::Malformed => Reply::AuthBadResponse,
+                    SaslError::Malformed(_) => Reply::AuthBadResponse,
                 });
             }
         }
@@ -1236,7 +1236,7 @@ mod tests {
                         }
                         Event::Authenticate(c) => {
                             t.auths += 1;
-                            let outcome = match c.password.as_str() {
+                            let outcome = match c.password.expose() {
                                 "right" => AuthOutcome::Success { user: c.username },
                                 "down" => AuthOutcome::Temporary,
                                 _ => AuthOutcome::Failed,
