@@ -305,14 +305,28 @@ impl Folder {
             let Some(pos) = locked.index.position(uid) else {
                 continue;
             };
-            let Some((file, path)) = self.locate_uid(&mut locked, uid)? else {
+            let Some((mut file, mut path)) = self.locate_uid(&mut locked, uid)? else {
                 continue;
             };
             let base = locked.index.entries[pos].base.clone();
             let new_name = filename::with_flags(&base, flags);
             if file.sub != Sub::Cur || file.file_name != new_name {
                 let to = self.file_path(Sub::Cur, &new_name);
-                fs::rename(&path, &to).map_err(|e| MailboxError::io("renaming", &path, e))?;
+                let mut renamed = fs::rename(&path, &to);
+                if renamed
+                    .as_ref()
+                    .is_err_and(|e| e.kind() == io::ErrorKind::NotFound)
+                {
+                    // Renamed meanwhile by a tool that does not take our
+                    // lock (mutt): find it again, once.
+                    locked.disk = Some(self.scan()?);
+                    let Some(found) = self.locate_uid(&mut locked, uid)? else {
+                        continue;
+                    };
+                    (file, path) = found;
+                    renamed = fs::rename(&path, &to);
+                }
+                renamed.map_err(|e| MailboxError::io("renaming", &path, e))?;
                 touched_new |= file.sub == Sub::New;
                 let moved = DiskFile {
                     sub: Sub::Cur,

@@ -135,6 +135,81 @@ fn concurrent_deliveries_get_distinct_uids() {
     assert!(text.lines().next().unwrap().contains(" N401 "));
 }
 
+/// Environment variable that turns `child_process_delivers` on.
+const CHILD_ENV: &str = "SPATE_MAILBOX_TEST_CHILD_ROOT";
+
+/// Not a test on its own: the body of each child process of
+/// `deliveries_from_several_processes`, which runs this test binary again.
+#[test]
+#[ignore = "run as a child process by deliveries_from_several_processes"]
+fn child_process_delivers() {
+    let Ok(root) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let store = MailStore::new(root, "child.example.test");
+    let inbox = store
+        .user(&UserName::new("alice").unwrap())
+        .unwrap()
+        .inbox();
+    for i in 0..50 {
+        let uid = inbox
+            .deliver(&[format!("child {i}").as_bytes()])
+            .unwrap()
+            .uid
+            .unwrap();
+        println!("UID {uid}");
+    }
+}
+
+#[test]
+fn deliveries_from_several_processes() {
+    let (_tmp, store) = store();
+    let inbox = user(&store).inbox();
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "mailbox::tests::child_process_delivers",
+                    "--exact",
+                    "--ignored",
+                    "--nocapture",
+                ])
+                .env(CHILD_ENV, store.root())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut all = HashSet::new();
+    for i in 0..50 {
+        all.insert(
+            inbox
+                .deliver(&[format!("parent {i}").as_bytes()])
+                .unwrap()
+                .uid
+                .unwrap()
+                .get(),
+        );
+    }
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        let got: Vec<u32> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("UID "))
+            .map(|u| u.parse().unwrap())
+            .collect();
+        assert_eq!(got.len(), 50, "{text}");
+        all.extend(got);
+    }
+    assert_eq!(all.len(), 200);
+    assert_eq!(
+        uids(&inbox.snapshot().unwrap()),
+        (1..=200).collect::<Vec<_>>()
+    );
+}
+
 #[test]
 fn concurrent_deliveries_and_snapshots_agree() {
     let (_tmp, store) = store();
