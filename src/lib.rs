@@ -13,6 +13,7 @@
 //! | queue | [`queue`] | per-core scheduler: retry timing, backoff, expiry, ready queues per destination with windows and connection limits |
 //! | resolver | [`resolver`] | batched MX resolution on one resolver thread: RFC 5321 5.1 order, null MX, TTL cache, de-duplicated lookups |
 //! | delivery | [`delivery`] | routing (local, route, smarthost, MX), DSN bounces (RFC 3464); outbound sessions to come |
+//! | mailbox store | [`mailbox`] | Maildir++ per user with a per-folder UID index: durable delivery, flags, folders, subscriptions, POP3 session lock, usage |
 //! | runtime glue | [`shard`], [`session`], [`tls`] | pinned glommio executors, listeners with SO_REUSEPORT, sessions over glommio sockets, STARTTLS |
 //! | edges | [`config`], [`metrics`], [`cli`], [`control`] | TOML configuration, per-core counters and histograms, the command line |
 //!
@@ -25,6 +26,7 @@ pub mod config;
 pub mod control;
 pub mod delivery;
 pub mod envelope;
+pub mod mailbox;
 pub mod metrics;
 pub mod notify;
 pub mod pop3;

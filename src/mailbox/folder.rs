@@ -1,0 +1,892 @@
+//! One Maildir folder with its UID index: delivery and APPEND, snapshots,
+//! flag changes, expunge, reading, copy and move. It does not create,
+//! rename or list folders (see `user`) and does not enforce quota (the
+//! caller compares `UserMailbox::usage` with its limit).
+//!
+//! Every change to the index happens under a flock on
+//! `spate-uidlist.lock` in the folder, held only for the change itself,
+//! and the index is replaced atomically (see `durable::replace_file`), so
+//! concurrent threads and processes never lose or duplicate a UID and
+//! readers without the lock see a whole index. Message files are written
+//! before the lock is taken: delivery is durable first, indexed second.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::durable;
+use super::error::{MailboxError, Result};
+use super::filename;
+use super::flag::Flags;
+use super::id::{ModSeq, Uid, UidValidity};
+use super::index::{Parsed, UidIndex};
+use super::lock::{self, FileLock};
+use super::name::FolderName;
+use super::store::StoreContext;
+use super::validity;
+
+/// The index file in each folder directory.
+pub(crate) const INDEX_FILE: &str = "spate-uidlist";
+/// The lock file that serializes index changes.
+const INDEX_LOCK: &str = "spate-uidlist.lock";
+/// Attempts at a unique file name before giving up (a clash needs two
+/// stores of one process in the same microsecond; eight in a row means
+/// something else is wrong).
+const NAME_ATTEMPTS: usize = 8;
+
+/// Which Maildir subdirectory a message is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sub {
+    /// Not yet seen by any reader: IMAP's `\Recent`.
+    New,
+    Cur,
+}
+
+impl Sub {
+    fn dir(self) -> &'static str {
+        match self {
+            Sub::New => "new",
+            Sub::Cur => "cur",
+        }
+    }
+
+    /// Where a message with `flags` is placed when it arrives: `new/` when
+    /// nobody touched it, `cur/` when it already carries flags (as Dovecot
+    /// does for APPEND and COPY).
+    fn for_arrival(flags: Flags) -> Sub {
+        if flags.is_empty() {
+            Sub::New
+        } else {
+            Sub::Cur
+        }
+    }
+}
+
+/// A message file as found on disk.
+#[derive(Debug, Clone)]
+struct DiskFile {
+    sub: Sub,
+    file_name: String,
+    flags: Flags,
+}
+
+/// Message files by base name.
+type DiskMap = HashMap<String, DiskFile>;
+
+/// One message in a [`Snapshot`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageInfo {
+    pub uid: Uid,
+    /// Size in bytes (from the `,S=` of the name or the index), as stored:
+    /// with CRLF or LF line ends, whatever was delivered.
+    pub size: u64,
+    pub flags: Flags,
+    /// Still in `new/`: no reader has taken it yet (IMAP `\Recent`).
+    pub recent: bool,
+    /// The file's modification time, which APPEND sets from its date
+    /// argument (IMAP INTERNALDATE).
+    pub internal_date: SystemTime,
+    pub modseq: ModSeq,
+    /// Where the file was at snapshot time; it moves when flags change,
+    /// so read through [`Folder::open`] by UID.
+    pub path: PathBuf,
+}
+
+/// A folder's state at one moment, sorted by UID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub uid_validity: UidValidity,
+    /// The UID the next message will get (IMAP UIDNEXT).
+    pub uid_next: Uid,
+    pub highest_modseq: ModSeq,
+    pub messages: Vec<MessageInfo>,
+}
+
+/// The outcome of a delivery or APPEND: the message is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// The UID it got. `None` only when the message file was stored
+    /// durably but updating the index then failed: the delivery still
+    /// counts (retrying would duplicate it) and the next sync of the folder
+    /// assigns the UID.
+    pub uid: Option<Uid>,
+    pub size: u64,
+}
+
+/// A handle on one folder. Cheap; it remembers where it last saw each
+/// message so reads need no directory scan.
+#[derive(Debug)]
+pub struct Folder {
+    name: FolderName,
+    dir: PathBuf,
+    user_root: PathBuf,
+    ctx: Arc<StoreContext>,
+    /// Last known file of each UID; a cache, checked before use.
+    known: Mutex<HashMap<Uid, PathBuf>>,
+}
+
+/// The index with its lock held, plus what was learnt about the disk
+/// while holding it.
+struct Locked {
+    _guard: FileLock,
+    index: UidIndex,
+    /// The index must be written back.
+    dirty: bool,
+    /// The result of a full scan, when one was made under this lock.
+    disk: Option<DiskMap>,
+}
+
+impl Folder {
+    pub(crate) fn new(
+        name: FolderName,
+        dir: PathBuf,
+        user_root: PathBuf,
+        ctx: Arc<StoreContext>,
+    ) -> Folder {
+        Folder {
+            name,
+            dir,
+            user_root,
+            ctx,
+            known: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn name(&self) -> &FolderName {
+        &self.name
+    }
+
+    /// The folder's Maildir directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Stores a message from the network: `parts` are written one after
+    /// another (header and body need not be joined) into `tmp/`, fsynced,
+    /// linked into `new/`, and `new/` is fsynced; only then is the delivery
+    /// done. The UID is assigned last.
+    pub fn deliver(&self, parts: &[&[u8]]) -> Result<Delivered> {
+        self.append(parts, Flags::empty(), None)
+    }
+
+    /// Stores a message with flags and an internal date (IMAP APPEND); the
+    /// same durable path as [`Folder::deliver`]. With flags it goes to
+    /// `cur/`, without to `new/` (so it is `\Recent`).
+    pub fn append(
+        &self,
+        parts: &[&[u8]],
+        flags: Flags,
+        internal_date: Option<SystemTime>,
+    ) -> Result<Delivered> {
+        let size: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        let (base, path) = self.place(size, flags, |file| {
+            for part in parts {
+                file.write_all(part)?;
+            }
+            if let Some(date) = internal_date {
+                file.set_modified(date)?;
+            }
+            Ok(())
+        })?;
+        let uid = self.index_new(&[(base, size)], &[path]);
+        Ok(Delivered {
+            uid: uid.and_then(|u| u.first().copied()),
+            size,
+        })
+    }
+
+    /// The folder's messages, after bringing the index up to date with
+    /// the directory: files that appeared (dropped in by other tools) get
+    /// new UIDs, files that vanished are dropped. A missing or damaged
+    /// index is rebuilt, never an error.
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        let mut locked = self.lock_index()?;
+        self.sync(&mut locked, &[])?;
+        let mut messages = Vec::with_capacity(locked.index.entries.len());
+        let mut rescanned = false;
+        for entry in &locked.index.entries {
+            let mut found = None;
+            for attempt in 0..2 {
+                let Some(file) = locked.disk.as_ref().and_then(|d| d.get(&entry.base)) else {
+                    break;
+                };
+                let path = self.file_path(file.sub, &file.file_name);
+                match fs::metadata(&path) {
+                    Ok(meta) => {
+                        found = Some((file.clone(), path, meta));
+                        break;
+                    }
+                    // Renamed by a tool that does not take our lock
+                    // (mutt setting a flag): look once more.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound && attempt == 0 && !rescanned => {
+                        locked.disk = Some(self.scan()?);
+                        rescanned = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                    Err(e) => return Err(MailboxError::io("reading metadata of", path, e)),
+                }
+            }
+            let Some((file, path, meta)) = found else {
+                continue;
+            };
+            messages.push(MessageInfo {
+                uid: entry.uid,
+                size: entry.size,
+                flags: file.flags,
+                recent: file.sub == Sub::New,
+                internal_date: meta.modified().unwrap_or(UNIX_EPOCH),
+                modseq: entry.modseq,
+                path,
+            });
+        }
+        {
+            let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+            known.clear();
+            known.extend(messages.iter().map(|m| (m.uid, m.path.clone())));
+        }
+        let snapshot = Snapshot {
+            uid_validity: locked.index.validity,
+            // Sync renumbers before the UID space runs out, so this holds
+            // unless the folder has 2^32 - 1 messages.
+            uid_next: locked.index.next_uid.unwrap_or(Uid::MAX),
+            highest_modseq: locked.index.highest_modseq,
+            messages,
+        };
+        self.finish(locked)?;
+        Ok(snapshot)
+    }
+
+    /// Opens a message for reading.
+    pub fn open(&self, uid: Uid) -> Result<File> {
+        let cached = self.cached_path(uid);
+        if let Some(path) = cached {
+            match File::open(&path) {
+                Ok(file) => return Ok(file),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(MailboxError::io("opening", path, e)),
+            }
+        }
+        let mut locked = self.lock_index()?;
+        let file = self.locate_uid(&mut locked, uid)?;
+        self.finish(locked)?;
+        let (_, path) = file.ok_or_else(|| self.no_such(uid))?;
+        File::open(&path).map_err(|e| MailboxError::io("opening", path, e))
+    }
+
+    /// A message's bytes.
+    pub fn read(&self, uid: Uid) -> Result<Vec<u8>> {
+        let mut file = self.open(uid)?;
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut file, &mut bytes)
+            .map_err(|e| MailboxError::io("reading message of", &self.dir, e))?;
+        Ok(bytes)
+    }
+
+    /// Replaces one message's flags (moving it to `cur/`); its new modseq.
+    pub fn set_flags(&self, uid: Uid, flags: Flags) -> Result<ModSeq> {
+        self.set_flags_many(&[(uid, flags)])?
+            .first()
+            .map(|&(_, modseq)| modseq)
+            .ok_or_else(|| self.no_such(uid))
+    }
+
+    /// Replaces the flags of several messages under one lock and one index
+    /// write (IMAP STORE). UIDs that no longer exist are skipped, as STORE
+    /// requires; the result lists the others with their modseq, which
+    /// only changes when the flags did.
+    pub fn set_flags_many(&self, changes: &[(Uid, Flags)]) -> Result<Vec<(Uid, ModSeq)>> {
+        let mut locked = self.lock_index()?;
+        let mut out = Vec::with_capacity(changes.len());
+        let mut touched_new = false;
+        for &(uid, flags) in changes {
+            let Some(pos) = locked.index.position(uid) else {
+                continue;
+            };
+            let Some((mut file, mut path)) = self.locate_uid(&mut locked, uid)? else {
+                continue;
+            };
+            let base = locked.index.entries[pos].base.clone();
+            let new_name = filename::with_flags(&base, flags);
+            if file.sub != Sub::Cur || file.file_name != new_name {
+                let to = self.file_path(Sub::Cur, &new_name);
+                let mut renamed = fs::rename(&path, &to);
+                if renamed
+                    .as_ref()
+                    .is_err_and(|e| e.kind() == io::ErrorKind::NotFound)
+                {
+                    // Renamed meanwhile by a tool that does not take our
+                    // lock (mutt): find it again, once.
+                    locked.disk = Some(self.scan()?);
+                    let Some(found) = self.locate_uid(&mut locked, uid)? else {
+                        continue;
+                    };
+                    (file, path) = found;
+                    renamed = fs::rename(&path, &to);
+                }
+                renamed.map_err(|e| MailboxError::io("renaming", &path, e))?;
+                touched_new |= file.sub == Sub::New;
+                let moved = DiskFile {
+                    sub: Sub::Cur,
+                    file_name: new_name,
+                    flags,
+                };
+                self.remember(&mut locked, uid, &base, moved, to);
+            }
+            if file.flags != flags {
+                let index = &mut locked.index;
+                index.highest_modseq = index.highest_modseq.next();
+                index.entries[pos].modseq = index.highest_modseq;
+                locked.dirty = true;
+            }
+            out.push((uid, locked.index.entries[pos].modseq));
+        }
+        if !out.is_empty() {
+            durable::fsync_dir(&self.dir.join("cur"))?;
+        }
+        if touched_new {
+            durable::fsync_dir(&self.dir.join("new"))?;
+        }
+        self.finish(locked)?;
+        Ok(out)
+    }
+
+    /// Moves every message in `new/` to `cur/` (keeping its flags) and
+    /// returns their UIDs: the messages that are `\Recent` for the reader
+    /// that called this, as the Maildir spec has readers do.
+    pub fn take_recent(&self) -> Result<Vec<Uid>> {
+        let mut locked = self.lock_index()?;
+        self.sync(&mut locked, &[])?;
+        let recent: Vec<(Uid, String, DiskFile)> = locked
+            .index
+            .entries
+            .iter()
+            .filter_map(|e| {
+                let file = locked.disk.as_ref()?.get(&e.base)?;
+                (file.sub == Sub::New).then(|| (e.uid, e.base.clone(), file.clone()))
+            })
+            .collect();
+        let mut taken = Vec::with_capacity(recent.len());
+        for (uid, base, file) in recent {
+            let from = self.file_path(Sub::New, &file.file_name);
+            let name = filename::with_flags(&base, file.flags);
+            let to = self.file_path(Sub::Cur, &name);
+            match fs::rename(&from, &to) {
+                Ok(()) => {}
+                // Taken by another reader meanwhile.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(MailboxError::io("renaming", from, e)),
+            }
+            let moved = DiskFile {
+                sub: Sub::Cur,
+                file_name: name,
+                flags: file.flags,
+            };
+            self.remember(&mut locked, uid, &base, moved, to);
+            taken.push(uid);
+        }
+        if !taken.is_empty() {
+            durable::fsync_dir(&self.dir.join("cur"))?;
+            durable::fsync_dir(&self.dir.join("new"))?;
+        }
+        self.finish(locked)?;
+        Ok(taken)
+    }
+
+    /// Deletes messages for good (IMAP EXPUNGE, POP3 QUIT after DELE):
+    /// unlinks the files, then drops them from the index. Returns the UIDs
+    /// that were removed, in UID order; unknown UIDs are ignored.
+    pub fn expunge(&self, uids: &[Uid]) -> Result<Vec<Uid>> {
+        let mut locked = self.lock_index()?;
+        let wanted: HashSet<Uid> = uids.iter().copied().collect();
+        let mut removed = HashSet::new();
+        let targets: Vec<Uid> = locked
+            .index
+            .entries
+            .iter()
+            .map(|e| e.uid)
+            .filter(|u| wanted.contains(u))
+            .collect();
+        for uid in targets {
+            if let Some((_, path)) = self.locate_uid(&mut locked, uid)? {
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(MailboxError::io("unlinking", path, e)),
+                }
+            }
+            removed.insert(uid);
+        }
+        if !removed.is_empty() {
+            durable::fsync_dir(&self.dir.join("cur"))?;
+            durable::fsync_dir(&self.dir.join("new"))?;
+            locked.index.entries.retain(|e| !removed.contains(&e.uid));
+            locked.index.highest_modseq = locked.index.highest_modseq.next();
+            locked.dirty = true;
+            let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+            known.retain(|uid, _| !removed.contains(uid));
+        }
+        self.finish(locked)?;
+        let mut removed: Vec<Uid> = removed.into_iter().collect();
+        removed.sort();
+        Ok(removed)
+    }
+
+    /// Copies messages into `dest` (IMAP COPY): each gets a new name and
+    /// a new UID there, keeps its flags and internal date (the file is
+    /// hard-linked when possible, as Dovecot does). Returns
+    /// `(source UID, destination UID)` pairs in the order given, for
+    /// UIDPLUS COPYUID; UIDs that do not exist are skipped.
+    pub fn copy_to(&self, uids: &[Uid], dest: &Folder) -> Result<Vec<(Uid, Uid)>> {
+        self.transfer(uids, dest, false)
+    }
+
+    /// Like [`Folder::copy_to`], then removes the sources (IMAP MOVE). The
+    /// sources are unlinked only after the copies are durable, so a crash
+    /// may leave a message in both folders but never in neither.
+    pub fn move_to(&self, uids: &[Uid], dest: &Folder) -> Result<Vec<(Uid, Uid)>> {
+        self.transfer(uids, dest, true)
+    }
+
+    fn transfer(&self, uids: &[Uid], dest: &Folder, remove: bool) -> Result<Vec<(Uid, Uid)>> {
+        let mut locked = self.lock_index()?;
+        // (source uid, source path, new base, size, new path)
+        let mut placed: Vec<(Uid, PathBuf, String, u64, PathBuf)> = Vec::new();
+        let linked = (|| {
+            for &uid in uids {
+                let Some(pos) = locked.index.position(uid) else {
+                    continue;
+                };
+                let size = locked.index.entries[pos].size;
+                let Some((file, path)) = self.locate_uid(&mut locked, uid)? else {
+                    continue;
+                };
+                let (base, to) = dest.place_copy(&path, size, file.flags)?;
+                placed.push((uid, path, base, size, to));
+            }
+            dest.fsync_message_dirs()
+        })();
+        if let Err(e) = linked {
+            // Undo so a retried COPY does not duplicate; sources untouched.
+            for (_, _, _, _, to) in &placed {
+                let _ = fs::remove_file(to);
+            }
+            return Err(e);
+        }
+        if remove && !placed.is_empty() {
+            let mut gone = HashSet::new();
+            for (uid, from, ..) in &placed {
+                match fs::remove_file(from) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(MailboxError::io("unlinking", from, e)),
+                }
+                gone.insert(*uid);
+            }
+            self.fsync_message_dirs()?;
+            locked.index.entries.retain(|e| !gone.contains(&e.uid));
+            locked.index.highest_modseq = locked.index.highest_modseq.next();
+            locked.dirty = true;
+        }
+        self.finish(locked)?;
+        let items: Vec<(String, u64)> = placed
+            .iter()
+            .map(|(_, _, base, size, _)| (base.clone(), *size))
+            .collect();
+        let paths: Vec<PathBuf> = placed.iter().map(|p| p.4.clone()).collect();
+        let new_uids = dest.index_new_checked(&items, &paths)?;
+        Ok(placed.iter().map(|p| p.0).zip(new_uids).collect())
+    }
+
+    /// Writes a new message file durably into `new/` or `cur/` through
+    /// `tmp/`, with a fresh unique base name; `write` fills the file.
+    /// Returns the base and the final path.
+    fn place(
+        &self,
+        size: u64,
+        flags: Flags,
+        write: impl Fn(&mut File) -> io::Result<()>,
+    ) -> Result<(String, PathBuf)> {
+        let sub = Sub::for_arrival(flags);
+        for _ in 0..NAME_ATTEMPTS {
+            let base = self.ctx.unique_base(size);
+            let tmp = self.dir.join("tmp").join(&base);
+            let mut file = match durable::create_new(&tmp) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && !self.dir.is_dir() => {
+                    return Err(MailboxError::FolderNotFound(self.name.to_string()));
+                }
+                Err(e) => return Err(MailboxError::io("creating", tmp, e)),
+            };
+            if let Err(e) = write(&mut file).and_then(|()| file.sync_all()) {
+                let _ = fs::remove_file(&tmp);
+                return Err(MailboxError::io("writing", tmp, e));
+            }
+            drop(file);
+            let to = self.file_path(sub, &self.arrival_name(&base, flags));
+            // A link, unlike rename, never replaces an existing file.
+            let linked = fs::hard_link(&tmp, &to);
+            if let Err(e) = fs::remove_file(&tmp) {
+                tracing::warn!(path = %tmp.display(), error = %e, "could not remove delivered file from tmp/");
+            }
+            match linked {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(MailboxError::io("linking into place", to, e)),
+            }
+            if let Err(e) = durable::fsync_dir(&self.dir.join(sub.dir())) {
+                // Not known to be durable: do not count it as delivered.
+                let _ = fs::remove_file(&to);
+                return Err(e);
+            }
+            return Ok((base, to));
+        }
+        Err(MailboxError::io(
+            "finding a unique file name in",
+            self.dir.join("tmp"),
+            io::Error::from(io::ErrorKind::AlreadyExists),
+        ))
+    }
+
+    /// Hard-links `src` in under a new name (copying the bytes when the
+    /// filesystem cannot link). The caller fsyncs the directories.
+    fn place_copy(&self, src: &Path, size: u64, flags: Flags) -> Result<(String, PathBuf)> {
+        let sub = Sub::for_arrival(flags);
+        for _ in 0..NAME_ATTEMPTS {
+            let base = self.ctx.unique_base(size);
+            let to = self.file_path(sub, &self.arrival_name(&base, flags));
+            match fs::hard_link(src, &to) {
+                Ok(()) => return Ok((base, to)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && !self.dir.is_dir() => {
+                    return Err(MailboxError::FolderNotFound(self.name.to_string()));
+                }
+                Err(e) if can_not_link(&e) => {
+                    let date = fs::metadata(src).and_then(|m| m.modified()).ok();
+                    return self.place(size, flags, |file| {
+                        io::copy(&mut File::open(src)?, file)?;
+                        if let Some(date) = date {
+                            file.set_modified(date)?;
+                        }
+                        Ok(())
+                    });
+                }
+                Err(e) => return Err(MailboxError::io("linking", to, e)),
+            }
+        }
+        Err(MailboxError::io(
+            "finding a unique file name in",
+            &self.dir,
+            io::Error::from(io::ErrorKind::AlreadyExists),
+        ))
+    }
+
+    fn arrival_name(&self, base: &str, flags: Flags) -> String {
+        match Sub::for_arrival(flags) {
+            Sub::New => base.to_owned(),
+            Sub::Cur => filename::with_flags(base, flags),
+        }
+    }
+
+    fn fsync_message_dirs(&self) -> Result<()> {
+        durable::fsync_dir(&self.dir.join("new"))?;
+        durable::fsync_dir(&self.dir.join("cur"))
+    }
+
+    /// Indexes freshly placed files; a failure is logged, not returned,
+    /// because the messages are already stored (see [`Delivered::uid`]).
+    fn index_new(&self, items: &[(String, u64)], paths: &[PathBuf]) -> Option<Vec<Uid>> {
+        match self.index_new_checked(items, paths) {
+            Ok(uids) => Some(uids),
+            Err(e) => {
+                tracing::warn!(folder = %self.dir.display(), error = %e,
+                    "message stored but not indexed; the next sync assigns its UID");
+                None
+            }
+        }
+    }
+
+    fn index_new_checked(&self, items: &[(String, u64)], paths: &[PathBuf]) -> Result<Vec<Uid>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut locked = self.lock_index()?;
+        let uids = self.ensure_indexed(&mut locked, items)?;
+        self.finish(locked)?;
+        let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        for (uid, path) in uids.iter().zip(paths) {
+            known.insert(*uid, path.clone());
+        }
+        Ok(uids)
+    }
+
+    /// The UIDs of `items` (base, size), indexing those not yet known.
+    /// Without a directory scan, so a delivery costs one index rewrite.
+    fn ensure_indexed(&self, locked: &mut Locked, items: &[(String, u64)]) -> Result<Vec<Uid>> {
+        let mut by_base: HashMap<String, Uid> = locked
+            .index
+            .entries
+            .iter()
+            .map(|e| (e.base.clone(), e.uid))
+            .collect();
+        let mut uids = Vec::with_capacity(items.len());
+        for (base, size) in items {
+            let uid = match by_base.get(base) {
+                Some(&uid) => uid,
+                None => match locked.index.push(base.clone(), *size) {
+                    Some(uid) => {
+                        locked.dirty = true;
+                        by_base.insert(base.clone(), uid);
+                        uid
+                    }
+                    None => {
+                        // UID space used up: a full sync renumbers, with
+                        // these files (already on disk) first in line.
+                        let hint: Vec<String> = items.iter().map(|(b, _)| b.clone()).collect();
+                        self.sync(locked, &hint)?;
+                        return self.ensure_indexed(locked, items);
+                    }
+                },
+            };
+            uids.push(uid);
+        }
+        Ok(uids)
+    }
+
+    /// Takes the index lock and loads the index, rebuilding it from the
+    /// files when it is missing or unreadable.
+    fn lock_index(&self) -> Result<Locked> {
+        let guard = match lock::lock_exclusive(&self.dir.join(INDEX_LOCK)) {
+            Ok(guard) => guard,
+            Err(MailboxError::Io { source, .. })
+                if source.kind() == io::ErrorKind::NotFound && !self.dir.is_dir() =>
+            {
+                return Err(MailboxError::FolderNotFound(self.name.to_string()));
+            }
+            Err(e) => return Err(e),
+        };
+        let path = self.dir.join(INDEX_FILE);
+        let parsed = durable::read_optional(&path)?.map(|bytes| UidIndex::parse(&bytes));
+        match parsed {
+            Some(Parsed::Intact { index, damaged }) => {
+                if damaged > 0 {
+                    tracing::warn!(path = %path.display(), damaged,
+                        "UID index had damaged lines; their messages get new UIDs");
+                }
+                Ok(Locked {
+                    _guard: guard,
+                    index,
+                    dirty: damaged > 0,
+                    disk: None,
+                })
+            }
+            lost_or_missing => {
+                if lost_or_missing.is_some() {
+                    tracing::warn!(path = %path.display(),
+                        "UID index unreadable; rebuilding with a new UIDVALIDITY");
+                }
+                let validity = validity::allocate(&self.user_root, SystemTime::now())?;
+                let mut locked = Locked {
+                    _guard: guard,
+                    index: UidIndex::new(validity),
+                    dirty: true,
+                    disk: None,
+                };
+                self.sync(&mut locked, &[])?;
+                Ok(locked)
+            }
+        }
+    }
+
+    /// Writes the index back if it changed, then releases the lock.
+    fn finish(&self, locked: Locked) -> Result<()> {
+        if locked.dirty {
+            durable::replace_file(&self.dir, INDEX_FILE, &locked.index.serialize())?;
+        }
+        Ok(())
+    }
+
+    /// Brings the index in line with the directory: drops entries whose
+    /// file is gone, gives new UIDs to unknown files (those in `hint`
+    /// first, in its order, then the rest by name, which starts with the
+    /// delivery time), renumbering under a new UIDVALIDITY if the UID
+    /// space would run out.
+    fn sync(&self, locked: &mut Locked, hint: &[String]) -> Result<()> {
+        let disk = self.scan()?;
+        let before = locked.index.entries.len();
+        locked.index.entries.retain(|e| disk.contains_key(&e.base));
+        if locked.index.entries.len() != before {
+            locked.index.highest_modseq = locked.index.highest_modseq.next();
+            locked.dirty = true;
+        }
+        let known: HashSet<&str> = locked
+            .index
+            .entries
+            .iter()
+            .map(|e| e.base.as_str())
+            .collect();
+        let mut unknown: Vec<&String> = disk
+            .keys()
+            .filter(|b| !known.contains(b.as_str()))
+            .collect();
+        unknown.sort_by_key(|b| (hint.iter().position(|h| h == *b).unwrap_or(usize::MAX), *b));
+        let room = locked
+            .index
+            .next_uid
+            .map_or(0, |n| u64::from(u32::MAX - n.get()) + 1);
+        if unknown.len() as u64 > room {
+            tracing::warn!(folder = %self.dir.display(), "UID space exhausted; renumbering");
+            let validity = validity::allocate(&self.user_root, SystemTime::now())?;
+            let old = std::mem::replace(&mut locked.index, UidIndex::new(validity));
+            for e in old.entries {
+                locked.index.push(e.base, e.size);
+            }
+            locked.dirty = true;
+        }
+        let mut added = Vec::with_capacity(unknown.len());
+        for base in unknown {
+            let file = &disk[base];
+            let size = match filename::size_from_base(base) {
+                Some(size) => size,
+                None => match fs::metadata(self.file_path(file.sub, &file.file_name)) {
+                    Ok(meta) => meta.len(),
+                    // Gone again (another reader renamed it): next sync.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(MailboxError::io("reading size of", &self.dir, e)),
+                },
+            };
+            added.push((base.clone(), size));
+        }
+        for (base, size) in added {
+            // Room was checked above, so push cannot run out of UIDs.
+            if locked.index.push(base, size).is_some() {
+                locked.dirty = true;
+            }
+        }
+        locked.disk = Some(disk);
+        Ok(())
+    }
+
+    /// Lists `new/` and `cur/`. Names that are not messages are skipped; of
+    /// two files with the same base (left by a crashed foreign tool), the
+    /// one in `cur/` wins.
+    fn scan(&self) -> Result<DiskMap> {
+        let mut disk = DiskMap::new();
+        for sub in [Sub::Cur, Sub::New] {
+            let dir = self.dir.join(sub.dir());
+            let entries = match fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && !self.dir.is_dir() => {
+                    return Err(MailboxError::FolderNotFound(self.name.to_string()));
+                }
+                Err(e) => return Err(MailboxError::io("listing", dir, e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| MailboxError::io("listing", &dir, e))?;
+                let Ok(name) = entry.file_name().into_string() else {
+                    tracing::warn!(dir = %dir.display(), "skipping a message file whose name is not UTF-8");
+                    continue;
+                };
+                let Some(parsed) = filename::parse(&name) else {
+                    continue;
+                };
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                let flags = parsed.flags;
+                let base = parsed.base.to_owned();
+                disk.entry(base).or_insert(DiskFile {
+                    sub,
+                    file_name: name,
+                    flags,
+                });
+            }
+        }
+        Ok(disk)
+    }
+
+    /// Where the message `uid` is now, if it exists: from this lock's scan,
+    /// else from the cache if the file is still there, else by a scan.
+    fn locate_uid(&self, locked: &mut Locked, uid: Uid) -> Result<Option<(DiskFile, PathBuf)>> {
+        let Some(pos) = locked.index.position(uid) else {
+            return Ok(None);
+        };
+        let base = locked.index.entries[pos].base.clone();
+        if locked.disk.is_none() {
+            if let Some(found) = self
+                .cached_path(uid)
+                .and_then(|p| self.check_cached(&p, &base))
+            {
+                return Ok(Some(found));
+            }
+            locked.disk = Some(self.scan()?);
+        }
+        Ok(locked.disk.as_ref().and_then(|d| d.get(&base)).map(|file| {
+            let path = self.file_path(file.sub, &file.file_name);
+            (file.clone(), path)
+        }))
+    }
+
+    /// The cached path as a `DiskFile`, if it still exists and is `base`.
+    fn check_cached(&self, path: &Path, base: &str) -> Option<(DiskFile, PathBuf)> {
+        let name = path.file_name()?.to_str()?;
+        let parsed = filename::parse(name)?;
+        if parsed.base != base || fs::symlink_metadata(path).is_err() {
+            return None;
+        }
+        let sub = if path.parent()?.ends_with("new") {
+            Sub::New
+        } else {
+            Sub::Cur
+        };
+        Some((
+            DiskFile {
+                sub,
+                file_name: name.to_owned(),
+                flags: parsed.flags,
+            },
+            path.to_path_buf(),
+        ))
+    }
+
+    /// Records where a message now is, in the lock's scan and the cache.
+    fn remember(&self, locked: &mut Locked, uid: Uid, base: &str, file: DiskFile, path: PathBuf) {
+        if let Some(disk) = locked.disk.as_mut() {
+            disk.insert(base.to_owned(), file);
+        }
+        self.known
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(uid, path);
+    }
+
+    fn cached_path(&self, uid: Uid) -> Option<PathBuf> {
+        self.known
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&uid)
+            .cloned()
+    }
+
+    fn file_path(&self, sub: Sub, file_name: &str) -> PathBuf {
+        self.dir.join(sub.dir()).join(file_name)
+    }
+
+    fn no_such(&self, uid: Uid) -> MailboxError {
+        MailboxError::NoSuchMessage {
+            uid,
+            folder: self.name.to_string(),
+        }
+    }
+}
+
+/// Errors of link(2) that mean "this filesystem cannot", not "this file".
+fn can_not_link(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EXDEV) | Some(libc::EPERM) | Some(libc::EMLINK) | Some(libc::EOPNOTSUPP)
+    )
+}
