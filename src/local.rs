@@ -1,0 +1,192 @@
+//! The local mailbox tier as the servers see it: the user directory
+//! (users, aliases, quota) and the Maildir store together. It answers the
+//! SMTP core's RCPT and sender questions, checks logins and delivers one
+//! recipient's copy of a message. Its blocking calls (password hashing,
+//! file writes with fsync) are run off the executors by the callers; it
+//! holds no protocol logic and keeps no per-session state.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::account::{AccountError, Directory, Resolution, Target, UserName};
+use crate::config::Config;
+use crate::mailbox::{self, MailStore, MailboxError};
+use crate::smtp::policy::{LocalPolicy, LocalRecipient};
+
+/// The outcome of delivering one recipient's copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalOutcome {
+    /// Stored in every target mailbox; `forward` lists the external
+    /// addresses aliases sent it on to (to be queued as a new message).
+    Delivered { forward: Vec<String> },
+    /// Try again later: the reply to record.
+    Deferred(String),
+    /// Never deliverable: the reply for the DSN.
+    Failed(String),
+}
+
+/// A login's verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Login {
+    /// The user's canonical name.
+    Success(String),
+    Failed,
+    /// The directory could not answer (unreadable hash, ...).
+    Temporary,
+}
+
+/// See the module header. Shared by every core (`Arc`); immutable.
+#[derive(Debug)]
+pub struct LocalTier {
+    directory: Directory,
+    store: MailStore,
+}
+
+impl LocalTier {
+    /// Loads the directory; `None` when `[local] mailbox_dir` is unset.
+    pub fn load(config: &Config) -> Result<Option<Arc<LocalTier>>, AccountError> {
+        let Some(dir) = &config.local.mailbox_dir else {
+            return Ok(None);
+        };
+        let directory = Directory::load(&config.local)?;
+        for warning in directory.warnings() {
+            tracing::warn!("{warning}");
+        }
+        Ok(Some(Arc::new(LocalTier::new(
+            directory,
+            dir,
+            &config.hostname,
+        ))))
+    }
+
+    pub fn new(directory: Directory, mailbox_dir: &Path, hostname: &str) -> LocalTier {
+        LocalTier {
+            directory,
+            store: MailStore::new(mailbox_dir, hostname),
+        }
+    }
+
+    pub fn store(&self) -> &MailStore {
+        &self.store
+    }
+
+    /// Checks a password (slow by design: run it off the executor).
+    pub fn authenticate(&self, login: &str, password: &str) -> Login {
+        match self.directory.authenticate(login, password.as_bytes()) {
+            Ok(Some(user)) => Login::Success(user.name().as_str().to_owned()),
+            Ok(None) => Login::Failed,
+            Err(e) => {
+                tracing::warn!(login, error = %e, "cannot check a password");
+                Login::Temporary
+            }
+        }
+    }
+
+    /// The mailbox of an authenticated user, created on first use.
+    pub fn mailbox(&self, user: &str) -> Result<mailbox::UserMailbox, MailboxError> {
+        self.store.ensure_user(&mailbox::UserName::new(user)?)
+    }
+
+    /// Delivers `parts` (the message, trace headers first) to the mailboxes
+    /// of the local recipient `address`. Blocking: fsyncs files and
+    /// directories before it returns `Delivered`.
+    pub fn deliver(&self, address: &str, parts: &[&[u8]]) -> LocalOutcome {
+        let (local, domain) = split(address);
+        let targets = match self.directory.resolve(local, domain) {
+            Ok(Resolution::Targets(targets)) => targets,
+            // Accepted at RCPT time, gone since (user deleted): RFC 3463 5.1.1.
+            Ok(Resolution::Unknown) => {
+                return LocalOutcome::Failed(format!(
+                    "550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+                ))
+            }
+            Err(e) => return LocalOutcome::Deferred(format!("451 4.3.0 <{address}>: {e}")),
+        };
+        let size: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        let mut forward = Vec::new();
+        for target in targets {
+            let user = match target {
+                Target::Forward(to) => {
+                    forward.push(to);
+                    continue;
+                }
+                Target::Mailbox(user) => user,
+            };
+            if let Some(refusal) = self.over_quota(&user, size) {
+                return refusal;
+            }
+            let stored = mailbox::UserName::new(user.as_str())
+                .and_then(|name| self.store.ensure_user(&name))
+                .and_then(|mailbox| mailbox.inbox().deliver(parts));
+            if let Err(e) = stored {
+                tracing::warn!(%address, user = user.as_str(), error = %e, "local delivery failed");
+                let reply = if e.is_disk_full() {
+                    format!("452 4.3.1 <{address}>: mail system full")
+                } else if e.is_transient() {
+                    format!("451 4.3.0 <{address}>: mailbox temporarily unavailable")
+                } else {
+                    return LocalOutcome::Failed(format!("550 5.2.0 <{address}>: {e}"));
+                };
+                return LocalOutcome::Deferred(reply);
+            }
+        }
+        LocalOutcome::Delivered { forward }
+    }
+
+    /// RFC 3463 X.2.2: a message larger than the whole quota never fits
+    /// (552); otherwise a full mailbox may empty (452, retried).
+    fn over_quota(&self, user: &UserName, size: u64) -> Option<LocalOutcome> {
+        let limit = self.directory.quota_for(user)?;
+        if size > limit {
+            return Some(LocalOutcome::Failed(format!(
+                "552 5.2.2 {}: message larger than the mailbox quota",
+                user.as_str()
+            )));
+        }
+        let used = self.usage(user);
+        (used.saturating_add(size) > limit).then(|| {
+            LocalOutcome::Deferred(format!("452 4.2.2 {}: mailbox full", user.as_str()))
+        })
+    }
+
+    /// Bytes stored for `user` (0 for a mailbox not created yet).
+    fn usage(&self, user: &UserName) -> u64 {
+        mailbox::UserName::new(user.as_str())
+            .and_then(|name| self.store.user(&name))
+            .and_then(|mailbox| mailbox.usage())
+            .map_or(0, |usage| usage.bytes)
+    }
+}
+
+fn split(address: &str) -> (&str, &str) {
+    address.rsplit_once('@').unwrap_or((address, ""))
+}
+
+impl LocalPolicy for LocalTier {
+    fn recipient(&self, address: &str) -> LocalRecipient {
+        let (local, domain) = split(address);
+        match self.directory.resolve(local, domain) {
+            Ok(Resolution::Unknown) => LocalRecipient::Unknown,
+            Ok(Resolution::Targets(targets)) => {
+                for target in &targets {
+                    if let Target::Mailbox(user) = target {
+                        if let Some(limit) = self.directory.quota_for(user) {
+                            if self.usage(user) >= limit {
+                                return LocalRecipient::MailboxFull { permanent: false };
+                            }
+                        }
+                    }
+                }
+                LocalRecipient::Accept
+            }
+            // The alias file is broken: accept, delivery defers and retries.
+            Err(_) => LocalRecipient::Accept,
+        }
+    }
+
+    /// The null sender (notifications, RFC 5321 4.5.5) is anyone's.
+    fn may_send_as(&self, user: &str, sender: &str) -> bool {
+        sender.is_empty()
+            || UserName::parse(user).is_ok_and(|user| self.directory.owns_address(&user, sender))
+    }
+}

@@ -1,0 +1,386 @@
+//! Drives one POP3 connection: feeds received bytes to the sans-IO
+//! `pop3::Session`, writes its replies, and answers its requests from the
+//! mailbox tier: password checks (throttled per client address, off the
+//! executor), the maildrop lock and listing, message transfer, the UPDATE
+//! after QUIT, STLS and implicit TLS (pop3s). It makes no protocol decision.
+
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_lite::future::or;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use crate::local::{LocalTier, Login};
+use crate::mailbox::{Folder, MailboxError, SessionLock, Uid};
+use crate::pop3::{
+    AuthOutcome, MaildropError, MessageEncoder, MessageInfo, PeerInfo, Request, Session, UniqueId,
+    UpdateError,
+};
+use crate::sasl::Password;
+use crate::session::stream::{accept_tls, Connection, ReadBuffer, ServerConnection};
+use crate::shard::ShardContext;
+use crate::spool::SegmentStore;
+
+const INITIAL_READ_BUFFER: usize = 512;
+const MAX_READ_BUFFER: usize = 8 * 1024;
+/// Sent, without a session, to a client beyond the connection limits.
+const TOO_MANY_CONNECTIONS: &[u8] = b"-ERR [SYS/TEMP] too many connections, try again later\r\n";
+
+/// What ended one wait for the client.
+enum Wake {
+    Read(io::Result<usize>),
+    Deadline,
+    Shutdown,
+}
+
+/// The maildrop a session holds: the lock, the folder, and the UID of
+/// each message in the order the session numbers them.
+struct OpenMaildrop {
+    _lock: SessionLock,
+    folder: Folder,
+    uids: Vec<Uid>,
+}
+
+/// Serves one accepted POP3 connection; `implicit_tls` for pop3s (995).
+pub async fn serve<S: SegmentStore>(
+    ctx: Rc<ShardContext<S>>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    implicit_tls: bool,
+) {
+    let _ = stream.set_nodelay(true);
+    let _slot = match ctx.limits.admit(peer.ip()) {
+        Ok(slot) => slot,
+        Err(_) => {
+            let mut stream = stream;
+            let _ = glommio::timer::timeout(Duration::from_secs(5), async {
+                stream.write_all(TOO_MANY_CONNECTIONS).await?;
+                stream.close().await?;
+                Ok(())
+            })
+            .await;
+            return;
+        }
+    };
+    let timeout = ctx.pop3.idle_timeout;
+    let conn = if implicit_tls {
+        let Some(acceptor) = ctx.tls.clone() else {
+            return;
+        };
+        match accept_tls(&acceptor, stream, timeout).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "pop3s handshake failed");
+                return;
+            }
+        }
+    } else {
+        Connection::Plain(stream)
+    };
+    let peer_info = PeerInfo {
+        tls: implicit_tls,
+        plaintext_allowed: ctx.config.auth.allow_plaintext || peer.ip().to_canonical().is_loopback(),
+    };
+    let session = Session::new(Rc::clone(&ctx.pop3), peer_info, Instant::now());
+    let mut driver = Driver {
+        ctx,
+        session,
+        conn,
+        input: ReadBuffer::new(INITIAL_READ_BUFFER, MAX_READ_BUFFER),
+        maildrop: None,
+        shutdown_seen: false,
+        peer,
+    };
+    if let Err(e) = driver.run().await {
+        tracing::debug!(%peer, error = %e, "pop3 session ended");
+    }
+    let _ = driver.conn.close().await;
+}
+
+struct Driver<S: SegmentStore> {
+    ctx: Rc<ShardContext<S>>,
+    session: Session,
+    conn: ServerConnection,
+    input: ReadBuffer,
+    maildrop: Option<OpenMaildrop>,
+    shutdown_seen: bool,
+    peer: SocketAddr,
+}
+
+impl<S: SegmentStore> Driver<S> {
+    async fn run(&mut self) -> io::Result<()> {
+        loop {
+            if !self.process_input().await? {
+                self.flush().await?;
+                return Ok(());
+            }
+            self.flush().await?;
+            if self.session.is_closed() {
+                return Ok(());
+            }
+            match self.wait_for_client().await {
+                Wake::Read(Ok(0)) => return Ok(()),
+                Wake::Read(Ok(n)) => self.input.commit(n),
+                Wake::Read(Err(e)) => return Err(e),
+                Wake::Deadline => self.session.handle_timeout(Instant::now()),
+                Wake::Shutdown => {
+                    self.shutdown_seen = true;
+                    self.session.handle_shutdown();
+                }
+            }
+        }
+    }
+
+    /// Feeds buffered bytes and answers requests until the core wants
+    /// more input. Returns false when the connection must close.
+    async fn process_input(&mut self) -> io::Result<bool> {
+        loop {
+            let consumed = self.session.handle_input(self.input.filled(), Instant::now());
+            self.input.consume(consumed);
+            let mut acted = false;
+            while let Some(request) = self.session.poll_request() {
+                acted = true;
+                if !Box::pin(self.answer(request)).await? {
+                    return Ok(false);
+                }
+            }
+            // Long listings are written in pieces as output drains.
+            if !self.session.output().is_empty() {
+                self.flush().await?;
+                acted = true;
+            }
+            if self.session.is_closed() {
+                return Ok(false);
+            }
+            if consumed == 0 && !acted {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Answers one request; false when the connection must close.
+    async fn answer(&mut self, request: Request) -> io::Result<bool> {
+        match request {
+            Request::Authenticate { user, password, .. } => {
+                let outcome = self.authenticate(user, password).await;
+                self.session.auth_result(outcome, Instant::now());
+            }
+            Request::OpenMaildrop { user } => {
+                let result = self.open_maildrop(user).await;
+                self.session.maildrop_opened(result, Instant::now());
+            }
+            Request::SendMessage { index, top_lines } => {
+                self.flush().await?;
+                self.send_message(index, top_lines).await?;
+                self.session.message_sent(Instant::now());
+            }
+            Request::Update { deleted } => {
+                let result = self.update(deleted).await;
+                self.session.update_done(result, Instant::now());
+            }
+            Request::StartTls => return self.start_tls().await,
+            Request::Close => {
+                self.maildrop = None;
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn tier(&self) -> Option<Arc<LocalTier>> {
+        self.ctx.local.clone()
+    }
+
+    /// Checks the password off the executor. A client with recent failures
+    /// waits longer for each answer, and a blocked one is refused unchecked.
+    async fn authenticate(&mut self, user: String, password: Password) -> AuthOutcome {
+        let ip = self.peer.ip().to_canonical();
+        if self.ctx.throttle.borrow().is_blocked(ip, Instant::now()) {
+            self.ctx.metrics.borrow_mut().auth_failures += 1;
+            return AuthOutcome::Failed;
+        }
+        let Some(tier) = self.tier() else {
+            return AuthOutcome::Failed;
+        };
+        let login = glommio::executor()
+            .spawn_blocking(move || tier.authenticate(&user, password.expose()))
+            .await;
+        match login {
+            Login::Success(_) => {
+                self.ctx.throttle.borrow_mut().record_success(ip);
+                AuthOutcome::Ok
+            }
+            Login::Failed => {
+                self.ctx.metrics.borrow_mut().auth_failures += 1;
+                let penalty = self.ctx.throttle.borrow_mut().record_failure(ip, Instant::now());
+                glommio::timer::sleep(penalty.delay).await;
+                AuthOutcome::Failed
+            }
+            Login::Temporary => AuthOutcome::TemporaryFailure,
+        }
+    }
+
+    /// Locks the user's INBOX and lists it (UIDL ids are Dovecot's default
+    /// form, `%08Xu%08Xv`: UID then UIDVALIDITY in hex).
+    async fn open_maildrop(&mut self, user: String) -> Result<Vec<MessageInfo>, MaildropError> {
+        let tier = self.tier().ok_or(MaildropError::Temporary)?;
+        let opened = glommio::executor()
+            .spawn_blocking(move || -> Result<_, MailboxError> {
+                let mailbox = tier.mailbox(&user)?;
+                let lock = mailbox.lock_exclusive()?;
+                let folder = mailbox.inbox();
+                let snapshot = folder.snapshot()?;
+                Ok((lock, folder, snapshot))
+            })
+            .await;
+        let (lock, folder, snapshot) = opened.map_err(|e| match e {
+            MailboxError::InUse => MaildropError::InUse,
+            e => {
+                tracing::warn!(peer = %self.peer, error = %e, "cannot open a maildrop");
+                MaildropError::Temporary
+            }
+        })?;
+        let validity = snapshot.uid_validity.get();
+        let mut list = Vec::with_capacity(snapshot.messages.len());
+        let mut uids = Vec::with_capacity(snapshot.messages.len());
+        for m in &snapshot.messages {
+            let id = format!("{:08X}{:08X}", m.uid.get(), validity);
+            // Hex digits only: always a valid unique-id.
+            let uid = UniqueId::new(id).map_err(|_| MaildropError::Temporary)?;
+            list.push(MessageInfo { size: m.size, uid });
+            uids.push(m.uid);
+        }
+        self.maildrop = Some(OpenMaildrop {
+            _lock: lock,
+            folder,
+            uids,
+        });
+        Ok(list)
+    }
+
+    /// Streams one message, CRLF and dot-stuffed. A message that cannot be
+    /// read after the "+OK" went out ends the connection (see pop3::session).
+    async fn send_message(&mut self, index: usize, top_lines: Option<u32>) -> io::Result<()> {
+        let Some(maildrop) = &self.maildrop else {
+            return Err(io::Error::other("no maildrop open"));
+        };
+        let Some(&uid) = maildrop.uids.get(index) else {
+            return Err(io::Error::other("message index out of range"));
+        };
+        let folder = maildrop.folder.clone();
+        let bytes = glommio::executor()
+            .spawn_blocking(move || folder.read(uid))
+            .await
+            .map_err(io::Error::other)?;
+        let encoded = MessageEncoder::encode_all(&bytes, top_lines);
+        self.write_all(&encoded).await
+    }
+
+    /// RFC 1939 6: removes the messages marked deleted, then unlocks.
+    async fn update(&mut self, deleted: Vec<usize>) -> Result<(), UpdateError> {
+        let Some(maildrop) = self.maildrop.take() else {
+            return Err(UpdateError);
+        };
+        let uids: Vec<Uid> = deleted
+            .iter()
+            .filter_map(|&i| maildrop.uids.get(i).copied())
+            .collect();
+        if uids.is_empty() {
+            return Ok(());
+        }
+        let folder = maildrop.folder.clone();
+        let removed = glommio::executor()
+            .spawn_blocking(move || folder.expunge(&uids).map(|r| r.len() == uids.len()))
+            .await;
+        drop(maildrop);
+        match removed {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(UpdateError),
+            Err(e) => {
+                tracing::warn!(peer = %self.peer, error = %e, "pop3 update failed");
+                Err(UpdateError)
+            }
+        }
+    }
+
+    /// RFC 2595 4: the +OK goes out in the clear, buffered input is
+    /// dropped, and the session starts over under TLS.
+    async fn start_tls(&mut self) -> io::Result<bool> {
+        self.flush().await?;
+        self.input.clear();
+        let Some(acceptor) = self.ctx.tls.clone() else {
+            return Ok(false);
+        };
+        let Connection::Plain(tcp) = std::mem::replace(&mut self.conn, Connection::Upgrading)
+        else {
+            return Ok(false);
+        };
+        match accept_tls(&acceptor, tcp, self.ctx.pop3.idle_timeout).await {
+            Ok(conn) => {
+                self.conn = conn;
+                self.session.tls_established(Instant::now());
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::debug!(peer = %self.peer, error = %e, "STLS handshake failed");
+                Ok(false)
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        while !self.session.output().is_empty() {
+            let limit = self.ctx.pop3.idle_timeout;
+            let conn = &mut self.conn;
+            let output = self.session.output();
+            let n = glommio::timer::timeout(limit, async {
+                conn.write(output).await.map_err(glommio::GlommioError::from)
+            })
+            .await
+            .map_err(io::Error::from)?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.session.consume_output(n);
+        }
+        self.conn.flush().await
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let limit = self.ctx.pop3.idle_timeout;
+        let conn = &mut self.conn;
+        glommio::timer::timeout(limit, async {
+            conn.write_all(bytes).await?;
+            conn.flush().await?;
+            Ok(())
+        })
+        .await
+        .map_err(io::Error::from)
+    }
+
+    async fn wait_for_client(&mut self) -> Wake {
+        let deadline = self.session.deadline();
+        let shutdown = Rc::clone(&self.ctx.shutdown);
+        let watch_shutdown = !self.shutdown_seen;
+        let conn = &mut self.conn;
+        let input = &mut self.input;
+        let read = async { Wake::Read(conn.read(input.spare()).await) };
+        let timer = async {
+            glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+            Wake::Deadline
+        };
+        let stop = async {
+            if watch_shutdown {
+                shutdown.wait().await;
+                Wake::Shutdown
+            } else {
+                futures_lite::future::pending().await
+            }
+        };
+        or(read, or(timer, stop)).await
+    }
+}
