@@ -11,6 +11,7 @@
 //! | queue | [`queue`] | per-core scheduler: retry timing, backoff, expiry, ready queues per destination with windows and connection limits |
 //! | resolver | [`resolver`] | batched MX resolution on one resolver thread: RFC 5321 5.1 order, null MX, TTL cache, de-duplicated lookups |
 //! | delivery | [`delivery`] | routing (local, route, smarthost, MX), DSN bounces (RFC 3464); outbound sessions to come |
+//! | accounts | [`account`] | users file (Dovecot passwd-file), password schemes, aliases, recipient directory, login throttle |
 //! | runtime glue | [`shard`], [`session`], [`tls`] | pinned glommio executors, listeners with SO_REUSEPORT, sessions over glommio sockets, STARTTLS |
 //! | edges | [`config`], [`metrics`], [`cli`], [`control`] | TOML configuration, per-core counters and histograms, the command line |
 //!
@@ -18,6 +19,7 @@
 //! picture, including the layers still to come (outbound
 //! delivery, mailbox store, POP3, IMAP).
 
+pub mod account;
 pub mod cli;
 pub mod config;
 pub mod control;
