@@ -42,11 +42,14 @@ pub enum AccountError {
     /// not because the password was wrong.
     #[error("password hash computation failed: {0}")]
     Hash(String),
-    /// Alias expansion went deeper than the bound: a configuration mistake,
-    /// answered with a temporary failure so no mail is lost while the
-    /// administrator fixes it.
-    #[error("alias {alias} expands deeper than {max} levels")]
-    AliasTooDeep { alias: UserName, max: usize },
+    /// Alias expansion went past a bound (depth or number of targets): a
+    /// configuration mistake, answered with a temporary failure so no mail
+    /// is lost while the administrator fixes it.
+    #[error("alias {alias} cannot be expanded: {reason}")]
+    AliasExpansion {
+        alias: UserName,
+        reason: &'static str,
+    },
 }
 
 impl AccountError {
@@ -65,7 +68,7 @@ impl AccountError {
             AccountError::Io { .. }
             | AccountError::TooLarge { .. }
             | AccountError::Hash(_)
-            | AccountError::AliasTooDeep { .. } => true,
+            | AccountError::AliasExpansion { .. } => true,
             AccountError::InvalidName { .. }
             | AccountError::UserExists(_)
             | AccountError::NoSuchUser(_)

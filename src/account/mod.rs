@@ -16,14 +16,22 @@
 //! | `throttle.rs` | [`LoginThrottle`]: delay and block after failed logins, per client address |
 //! | `error.rs` | [`AccountError`] and its transient/permanent class |
 
+pub mod aliases;
+pub mod directory;
+pub mod edit;
 pub mod error;
 pub mod name;
 pub mod quota;
 pub mod scheme;
+pub mod throttle;
 pub mod users;
+
+pub use aliases::Aliases;
+pub use directory::{Directory, Resolution, Target};
 
 pub use error::AccountError;
 pub use name::{NameError, UserName};
 pub use quota::ByteSize;
 pub use scheme::{NewPassword, Secret};
+pub use throttle::{LoginThrottle, Penalty, ThrottleConfig};
 pub use users::{User, UserDb};

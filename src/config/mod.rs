@@ -176,7 +176,23 @@ pub struct Local {
     #[serde(default)]
     pub domains: Vec<String>,
     pub mailbox_dir: Option<PathBuf>,
+    /// Users and their password hashes, Dovecot passwd-file style
+    /// (`name:{SCHEME}secret[:uid:gid:gecos:home:shell:extra_fields]`);
+    /// edited with `spate user add/passwd/del/list`. Absent: no users.
     pub users_file: Option<PathBuf>,
+    /// Aliases, `/etc/aliases` syntax (`name: target, target`), targets
+    /// being local names or addresses; expanded recursively (at most 10
+    /// deep). Absent: no aliases.
+    pub aliases_file: Option<PathBuf>,
+    /// The user or alias that receives mail for unknown local parts of
+    /// the local domains. Absent: unknown recipients are refused at RCPT
+    /// time (550 5.1.1).
+    pub catch_all: Option<crate::account::UserName>,
+    /// Default mailbox size limit: bytes, or a number with K, M, G or T
+    /// (1024-based), e.g. `"1G"`. 0 (the default) is unlimited. A user's
+    /// `userdb_quota_rule=*:storage=SIZE` extra field overrides it.
+    #[serde(default)]
+    pub quota: crate::account::ByteSize,
 }
 
 /// The certificate for STARTTLS and the implicit-TLS listeners.
