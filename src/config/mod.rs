@@ -519,6 +519,25 @@ bare_line_endings = "normalize"
     }
 
     #[test]
+    fn account_keys_parse_and_bad_values_are_refused() {
+        let text = EMBEDDED_DEFAULT.replace(
+            "[local]",
+            "[local]\naliases_file = \"/etc/spate/aliases\"\ncatch_all = \"Root\"\nquota = \"1G\"",
+        );
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.local.catch_all.unwrap().as_str(), "root");
+        assert_eq!(c.local.quota, crate::account::ByteSize(1 << 30));
+        let c =
+            Config::parse(&EMBEDDED_DEFAULT.replace("[local]", "[local]\nquota = 5000")).unwrap();
+        assert_eq!(c.local.quota.limit(), Some(5000));
+        assert_eq!(Config::embedded().local.quota.limit(), None);
+        for bad in ["catch_all = \"../x\"", "quota = \"1X\"", "quota = -1"] {
+            let text = EMBEDDED_DEFAULT.replace("[local]", &format!("[local]\n{bad}"));
+            assert!(Config::parse(&text).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn bad_limits_are_refused() {
         let text = EMBEDDED_DEFAULT.replace("[smtp]", "[smtp]\nmax_line_length = 100");
         assert!(matches!(Config::parse(&text), Err(ConfigError::Invalid(_))));
