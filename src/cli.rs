@@ -1,4 +1,5 @@
-//! The command line: `spate serve` and `spate queue list`. It parses
+//! The command line: `spate serve`, `spate queue ...` and `spate user
+//! ...`. It parses
 //! arguments, wires the pieces together and reports; it holds no protocol
 //! or storage logic.
 
@@ -41,6 +42,11 @@ pub enum Command {
         #[command(subcommand)]
         action: QueueAction,
     },
+    /// Manage the users of the local mailbox tier (edits `[local] users_file`).
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
     /// Check a configuration file and print what it means.
     CheckConfig {
         #[arg(long, value_name = "FILE")]
@@ -77,6 +83,35 @@ pub enum QueueAction {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum UserAction {
+    /// Add a user. The password is asked twice on a terminal, or read from
+    /// the first line of standard input otherwise. Stored as ARGON2ID.
+    Add {
+        name: crate::account::UserName,
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Change a user's password (asked like for `add`); the rest of the
+    /// user's line is kept.
+    Passwd {
+        name: crate::account::UserName,
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Remove a user from the users file (the mailbox is left in place).
+    Del {
+        name: crate::account::UserName,
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// List the users, one per line.
+    List {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => serve(load(config.as_ref())?),
@@ -92,6 +127,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Queue {
             action: QueueAction::Bounce { id, config },
         } => control(&load(config.as_ref())?, crate::control::Request::Bounce(id)),
+        Command::User { action } => user(action),
         Command::CheckConfig { config } => {
             let config = load(config.as_ref())?;
             println!("{config:#?}");
@@ -110,6 +146,69 @@ fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     config.spool_dir = std::path::absolute(&config.spool_dir)
         .with_context(|| format!("resolving {}", config.spool_dir.display()))?;
     Ok(config)
+}
+
+fn user(action: UserAction) -> anyhow::Result<()> {
+    use crate::account::edit;
+    let users_file = |config: &Option<PathBuf>| -> anyhow::Result<PathBuf> {
+        load(config.as_ref())?
+            .local
+            .users_file
+            .context("[local] users_file is not set in the configuration")
+    };
+    match action {
+        UserAction::Add { name, config } => {
+            let path = users_file(&config)?;
+            let field = read_new_password()?.hash()?;
+            edit::add_user(&path, &name, &field)?;
+            println!("added {name}");
+        }
+        UserAction::Passwd { name, config } => {
+            let path = users_file(&config)?;
+            let field = read_new_password()?.hash()?;
+            edit::set_password(&path, &name, &field)?;
+            println!("changed the password of {name}");
+        }
+        UserAction::Del { name, config } => {
+            edit::delete_user(&users_file(&config)?, &name)?;
+            println!("deleted {name}");
+        }
+        UserAction::List { config } => {
+            let mut out = std::io::stdout().lock();
+            for name in edit::list_users(&users_file(&config)?)? {
+                writeln!(out, "{name}")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A new password: asked twice without echo on a terminal, else the first
+/// line of standard input (for scripts).
+fn read_new_password() -> anyhow::Result<crate::account::NewPassword> {
+    use std::io::{BufRead, IsTerminal, Read};
+    let stdin = std::io::stdin();
+    let text = if stdin.is_terminal() {
+        let first = rpassword::prompt_password("New password: ")?;
+        let second = rpassword::prompt_password("Retype new password: ")?;
+        if first != second {
+            bail!("the two passwords differ");
+        }
+        first
+    } else {
+        let mut line = String::new();
+        // One byte more than the longest password plus CRLF, so a longer
+        // line is seen and refused rather than cut.
+        let limit = crate::account::scheme::MAX_PASSWORD_LEN as u64 + 3;
+        stdin
+            .lock()
+            .take(limit)
+            .read_line(&mut line)
+            .context("reading the password from standard input")?;
+        let line = line.strip_suffix('\n').unwrap_or(&line);
+        line.strip_suffix('\r').unwrap_or(line).to_owned()
+    };
+    Ok(crate::account::NewPassword::parse(&text)?)
 }
 
 fn control(config: &Config, request: crate::control::Request) -> anyhow::Result<()> {

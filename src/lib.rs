@@ -12,20 +12,23 @@
 //! | spool | [`spool`] | per-core append-only segments, checksummed records, group commit, recovery, reclaim |
 //! | queue | [`queue`] | per-core scheduler: retry timing, backoff, expiry, ready queues per destination with windows and connection limits |
 //! | resolver | [`resolver`] | batched MX resolution on one resolver thread: RFC 5321 5.1 order, null MX, TTL cache, de-duplicated lookups |
-//! | delivery | [`delivery`] | routing (local, route, smarthost, MX), DSN bounces (RFC 3464); outbound sessions to come |
+//! | delivery | [`delivery`] | routing (local, route, smarthost, MX), outbound SMTP, local delivery to the mailbox tier, DSN bounces (RFC 3464) |
 //! | mailbox store | [`mailbox`] | Maildir++ per user with a per-folder UID index: durable delivery, flags, folders, subscriptions, POP3 session lock, usage |
+//! | accounts | [`account`] | users file (Dovecot passwd-file), password schemes, aliases, recipient directory, login throttle |
+//! | mailbox tier | [`local`] | the directory and the store together, as the servers use them: RCPT checks, logins, one recipient's delivery |
 //! | runtime glue | [`shard`], [`session`], [`tls`] | pinned glommio executors, listeners with SO_REUSEPORT, sessions over glommio sockets, STARTTLS |
 //! | edges | [`config`], [`metrics`], [`cli`], [`control`] | TOML configuration, per-core counters and histograms, the command line |
 //!
 //! See DESIGN.md (shared with the project) and README.md for the whole
-//! picture, including the layers still to come (outbound
-//! delivery, mailbox store, POP3, IMAP).
+//! picture, including the layer still to come (IMAP).
 
+pub mod account;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod delivery;
 pub mod envelope;
+pub mod local;
 pub mod mailbox;
 pub mod metrics;
 pub mod notify;

@@ -176,7 +176,23 @@ pub struct Local {
     #[serde(default)]
     pub domains: Vec<String>,
     pub mailbox_dir: Option<PathBuf>,
+    /// Users and their password hashes, Dovecot passwd-file style
+    /// (`name:{SCHEME}secret[:uid:gid:gecos:home:shell:extra_fields]`);
+    /// edited with `spate user add/passwd/del/list`. Absent: no users.
     pub users_file: Option<PathBuf>,
+    /// Aliases, `/etc/aliases` syntax (`name: target, target`), targets
+    /// being local names or addresses; expanded recursively (at most 10
+    /// deep). Absent: no aliases.
+    pub aliases_file: Option<PathBuf>,
+    /// The user or alias that receives mail for unknown local parts of
+    /// the local domains. Absent: unknown recipients are refused at RCPT
+    /// time (550 5.1.1).
+    pub catch_all: Option<crate::account::UserName>,
+    /// Default mailbox size limit: bytes, or a number with K, M, G or T
+    /// (1024-based), e.g. `"1G"`. 0 (the default) is unlimited. A user's
+    /// `userdb_quota_rule=*:storage=SIZE` extra field overrides it.
+    #[serde(default)]
+    pub quota: crate::account::ByteSize,
 }
 
 /// The certificate for STARTTLS and the implicit-TLS listeners.
@@ -500,6 +516,25 @@ bare_line_endings = "normalize"
         assert!(matches!(Config::parse(&text), Err(ConfigError::Invalid(_))));
         let text = EMBEDDED_DEFAULT.replace("[relay]", "[relay]\nsmarthost = \"a b\"");
         assert!(matches!(Config::parse(&text), Err(ConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn account_keys_parse_and_bad_values_are_refused() {
+        let text = EMBEDDED_DEFAULT.replace(
+            "[local]",
+            "[local]\naliases_file = \"/etc/spate/aliases\"\ncatch_all = \"Root\"\nquota = \"1G\"",
+        );
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.local.catch_all.unwrap().as_str(), "root");
+        assert_eq!(c.local.quota, crate::account::ByteSize(1 << 30));
+        let c =
+            Config::parse(&EMBEDDED_DEFAULT.replace("[local]", "[local]\nquota = 5000")).unwrap();
+        assert_eq!(c.local.quota.limit(), Some(5000));
+        assert_eq!(Config::embedded().local.quota.limit(), None);
+        for bad in ["catch_all = \"../x\"", "quota = \"1X\"", "quota = -1"] {
+            let text = EMBEDDED_DEFAULT.replace("[local]", &format!("[local]\n{bad}"));
+            assert!(Config::parse(&text).is_err(), "{bad}");
+        }
     }
 
     #[test]
