@@ -145,6 +145,18 @@ fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     // them once so nothing later depends on the working directory.
     config.spool_dir = std::path::absolute(&config.spool_dir)
         .with_context(|| format!("resolving {}", config.spool_dir.display()))?;
+    let local = &mut config.local;
+    for path in [
+        &mut local.mailbox_dir,
+        &mut local.users_file,
+        &mut local.aliases_file,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        *path =
+            std::path::absolute(&*path).with_context(|| format!("resolving {}", path.display()))?;
+    }
     Ok(config)
 }
 
@@ -236,7 +248,28 @@ fn serve(config: Config) -> anyhow::Result<()> {
                 listener.protocol.name()
             );
         }
+        use crate::config::Protocol;
+        let implicit_tls = matches!(listener.protocol, Protocol::Submissions | Protocol::Pop3s);
+        if implicit_tls && config.tls.is_none() {
+            bail!(
+                "listener {} ({}) needs a certificate: set [tls] certificate and private_key",
+                listener.address,
+                listener.protocol.name()
+            );
+        }
+        let needs_users = matches!(
+            listener.protocol,
+            Protocol::Submission | Protocol::Submissions | Protocol::Pop3 | Protocol::Pop3s
+        );
+        if needs_users && config.local.mailbox_dir.is_none() {
+            bail!(
+                "listener {} ({}) needs the mailbox tier: set [local] mailbox_dir and users_file",
+                listener.address,
+                listener.protocol.name()
+            );
+        }
     }
+    let local = crate::local::LocalTier::load(&config).context("loading the user directory")?;
     std::fs::create_dir_all(&config.spool_dir)
         .with_context(|| format!("creating spool directory {}", config.spool_dir.display()))?;
     let tls = match &config.tls {
@@ -301,7 +334,13 @@ fn serve(config: Config) -> anyhow::Result<()> {
             index,
             adopt: shard::adoption(index, count, &existing),
             config: Arc::clone(&config),
-            listeners: addresses.clone(),
+            listeners: config
+                .listeners
+                .iter()
+                .map(|l| l.protocol)
+                .zip(addresses.iter().copied())
+                .collect(),
+            local: local.clone(),
             limits: Arc::clone(&limits),
             tls: tls.clone(),
             stop: Arc::clone(&stop),

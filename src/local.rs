@@ -144,9 +144,8 @@ impl LocalTier {
             )));
         }
         let used = self.usage(user);
-        (used.saturating_add(size) > limit).then(|| {
-            LocalOutcome::Deferred(format!("452 4.2.2 {}: mailbox full", user.as_str()))
-        })
+        (used.saturating_add(size) > limit)
+            .then(|| LocalOutcome::Deferred(format!("452 4.2.2 {}: mailbox full", user.as_str())))
     }
 
     /// Bytes stored for `user` (0 for a mailbox not created yet).

@@ -14,6 +14,8 @@ pub struct Metrics {
     pub messages_received: u64,
     pub bytes_received: u64,
     pub store_failures: u64,
+    /// Logins refused (SMTP AUTH, POP3).
+    pub auth_failures: u64,
     /// Microseconds from the end of DATA (or BDAT LAST) to the reply
     /// being written: the cost of durable acknowledgement.
     pub ack_latency: Histogram<u64>,
@@ -30,6 +32,7 @@ impl Default for Metrics {
             messages_received: 0,
             bytes_received: 0,
             store_failures: 0,
+            auth_failures: 0,
             // 1 us to 1 hour at 3 significant digits is a valid range.
             ack_latency: latency_histogram(),
             delivery_latency: latency_histogram(),
@@ -62,6 +65,7 @@ pub struct Stats {
     pub messages: u64,
     pub bytes: u64,
     pub store_failures: u64,
+    pub auth_failures: u64,
     pub ack_latency_us: LatencySummary,
     pub delivery_latency_us: LatencySummary,
 }
@@ -82,6 +86,7 @@ impl Metrics {
         self.messages_received += other.messages_received;
         self.bytes_received += other.bytes_received;
         self.store_failures += other.store_failures;
+        self.auth_failures += other.auth_failures;
         // Both histograms have the same bounds, so adding cannot fail.
         let _ = self.ack_latency.add(&other.ack_latency);
         let _ = self.delivery_latency.add(&other.delivery_latency);
@@ -94,6 +99,7 @@ impl Metrics {
             messages: self.messages_received,
             bytes: self.bytes_received,
             store_failures: self.store_failures,
+            auth_failures: self.auth_failures,
             ack_latency_us: LatencySummary::of(&self.ack_latency),
             delivery_latency_us: LatencySummary::of(&self.delivery_latency),
         }

@@ -17,15 +17,19 @@ use glommio::net::TcpListener;
 use glommio::sync::Gate;
 use socket2::{Domain, Socket, Type};
 
+use crate::account::{LoginThrottle, ThrottleConfig};
 use crate::config::{Config, Protocol};
 use crate::control::ShardCommand;
 use crate::delivery::engine::Engine;
+use crate::local::LocalTier;
 use crate::metrics::Metrics;
 use crate::notify::Notify;
+use crate::pop3::Pop3Config;
 use crate::queue::{NoJitter, Queue, QueueEntry, ReadyLimits, RetryPolicy};
 use crate::resolver::ResolverHandle;
 use crate::session::limits::ConnectionLimits;
 use crate::session::shutdown::Shutdown;
+use crate::session::smtp::SmtpListener;
 use crate::smtp::ServerConfig;
 use crate::spool::{GlommioStore, SegmentStore, Spool, SpoolConfig};
 
@@ -54,7 +58,15 @@ pub enum ShardReport {
 pub struct ShardContext<S: SegmentStore = GlommioStore> {
     pub index: usize,
     pub config: Arc<Config>,
+    /// The SMTP core's configuration for port-25 style listeners.
     pub smtp: Rc<ServerConfig>,
+    /// The same for submission listeners (AUTH offered and required).
+    pub submission: Rc<ServerConfig>,
+    pub pop3: Rc<Pop3Config>,
+    /// The mailbox tier, when `[local] mailbox_dir` is set.
+    pub local: Option<Arc<LocalTier>>,
+    /// Failed logins per client address, on this core.
+    pub throttle: RefCell<LoginThrottle>,
     pub spool: Spool<S>,
     pub queue: RefCell<Queue>,
     pub metrics: RefCell<Metrics>,
@@ -72,8 +84,9 @@ pub struct ShardPlan {
     /// Shard directories whose segments this shard recovers and owns.
     pub adopt: Vec<u8>,
     pub config: Arc<Config>,
-    pub listeners: Vec<SocketAddr>,
+    pub listeners: Vec<(Protocol, SocketAddr)>,
     pub limits: Arc<ConnectionLimits>,
+    pub local: Option<Arc<LocalTier>>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub stop: Arc<AtomicBool>,
     pub reports: Sender<ShardReport>,
@@ -130,7 +143,7 @@ async fn run<S: SegmentStore + 'static>(plan: ShardPlan, store: S) -> Metrics {
 async fn start<S: SegmentStore + 'static>(
     plan: ShardPlan,
     store: S,
-) -> Result<(Rc<ShardContext<S>>, Vec<TcpListener>), String> {
+) -> Result<(Rc<ShardContext<S>>, Vec<(Protocol, TcpListener)>), String> {
     let config = Arc::clone(&plan.config);
     let shard_id =
         u8::try_from(plan.index).map_err(|_| "at most 256 cores are supported".to_string())?;
@@ -176,11 +189,24 @@ async fn start<S: SegmentStore + 'static>(
     let listeners = plan
         .listeners
         .iter()
-        .map(|addr| bind(*addr).map_err(|e| format!("cannot listen on {addr}: {e}")))
+        .map(|(protocol, addr)| {
+            bind(*addr)
+                .map(|l| (*protocol, l))
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
+    let smtp = smtp_server_config(&config);
+    let submission = ServerConfig {
+        submission: true,
+        ..smtp.clone()
+    };
     let ctx = Rc::new(ShardContext {
         index: plan.index,
-        smtp: Rc::new(smtp_server_config(&config)),
+        smtp: Rc::new(smtp),
+        submission: Rc::new(submission),
+        pop3: Rc::new(pop3_config(&config)),
+        local: plan.local,
+        throttle: RefCell::new(LoginThrottle::new(ThrottleConfig::default())),
         config,
         spool,
         queue: RefCell::new(queue),
@@ -243,8 +269,18 @@ pub fn smtp_server_config(config: &Config) -> ServerConfig {
             data_block: s.data_timeout,
         },
         submission: false,
-        allow_plaintext_auth: false,
-        sender_must_match_login: true,
+        allow_plaintext_auth: config.auth.allow_plaintext,
+        sender_must_match_login: config.auth.sender_must_match_login,
+    }
+}
+
+/// The POP3 core's view of the configuration.
+pub fn pop3_config(config: &Config) -> Pop3Config {
+    Pop3Config {
+        max_errors: config.pop3.max_errors,
+        idle_timeout: config.pop3.idle_timeout,
+        stls: config.tls.is_some(),
+        ..Pop3Config::default()
     }
 }
 
@@ -290,13 +326,18 @@ async fn watch_stop(stop: Arc<AtomicBool>, shutdown: Rc<Shutdown>) {
 
 async fn serve<S: SegmentStore + 'static>(
     ctx: Rc<ShardContext<S>>,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<(Protocol, TcpListener)>,
 ) -> Metrics {
     let sessions = Rc::new(Gate::new());
     let accept_loops: Vec<_> = listeners
         .into_iter()
-        .map(|listener| {
-            glommio::spawn_local(accept_loop(Rc::clone(&ctx), listener, Rc::clone(&sessions)))
+        .map(|(protocol, listener)| {
+            glommio::spawn_local(accept_loop(
+                Rc::clone(&ctx),
+                protocol,
+                listener,
+                Rc::clone(&sessions),
+            ))
         })
         .collect();
     for accept in accept_loops {
@@ -325,6 +366,7 @@ async fn serve<S: SegmentStore + 'static>(
 
 async fn accept_loop<S: SegmentStore + 'static>(
     ctx: Rc<ShardContext<S>>,
+    protocol: Protocol,
     listener: TcpListener,
     sessions: Rc<Gate>,
 ) {
@@ -342,7 +384,24 @@ async fn accept_loop<S: SegmentStore + 'static>(
                 };
                 // A dropped task handle would cancel the session: detach it;
                 // the gate still tracks it for shutdown.
-                match sessions.spawn(crate::session::smtp::serve(Rc::clone(&ctx), stream, peer)) {
+                let ctx = Rc::clone(&ctx);
+                let session = async move {
+                    use crate::session::{pop3, smtp};
+                    match protocol {
+                        Protocol::Smtp => smtp::serve(ctx, stream, peer, SmtpListener::Relay).await,
+                        Protocol::Submission => {
+                            smtp::serve(ctx, stream, peer, SmtpListener::Submission).await
+                        }
+                        Protocol::Submissions => {
+                            smtp::serve(ctx, stream, peer, SmtpListener::Submissions).await
+                        }
+                        Protocol::Pop3 => pop3::serve(ctx, stream, peer, false).await,
+                        Protocol::Pop3s => pop3::serve(ctx, stream, peer, true).await,
+                        // Refused at start (see `serves`).
+                        Protocol::Imap | Protocol::Imaps => {}
+                    }
+                };
+                match sessions.spawn(session) {
                     Ok(task) => {
                         task.detach();
                     }
@@ -358,10 +417,9 @@ async fn accept_loop<S: SegmentStore + 'static>(
     }
 }
 
-/// Whether this build serves `protocol` (the mailbox protocols and
-/// submission come with the mailbox tier).
+/// Whether this build serves `protocol` (IMAP is still to come).
 pub fn serves(protocol: Protocol) -> bool {
-    matches!(protocol, Protocol::Smtp)
+    !matches!(protocol, Protocol::Imap | Protocol::Imaps)
 }
 
 /// The shard directories that exist under the spool directory, so a

@@ -64,6 +64,53 @@ pub struct Config {
     pub spool: SpoolTuning,
     #[serde(default)]
     pub delivery: Delivery,
+    #[serde(default)]
+    pub auth: Auth,
+    #[serde(default)]
+    pub pop3: Pop3,
+}
+
+/// Logins: SMTP AUTH on the submission listeners, POP3 (and IMAP later).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// Accept plaintext passwords without TLS from any client. Off by
+    /// default: only TLS and loopback clients may send them (as Dovecot's
+    /// `disable_plaintext_auth`).
+    pub allow_plaintext: bool,
+    /// An authenticated SMTP client must use one of its user's own
+    /// addresses as the envelope sender (Postfix's
+    /// `reject_sender_login_mismatch`).
+    pub sender_must_match_login: bool,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            allow_plaintext: false,
+            sender_must_match_login: true,
+        }
+    }
+}
+
+/// The POP3 server's limits (RFC 1939, RFC 2449).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pop3 {
+    /// The autologout timer; RFC 1939 3 asks for at least 10 minutes.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Bad commands before `-ERR` and the close.
+    pub max_errors: usize,
+}
+
+impl Default for Pop3 {
+    fn default() -> Self {
+        Pop3 {
+            idle_timeout: Duration::from_secs(600),
+            max_errors: 10,
+        }
+    }
 }
 
 /// One listening socket; every core binds each one with SO_REUSEPORT.

@@ -17,6 +17,7 @@ use crate::control::{Reply, Request};
 use crate::delivery::dsn::{build_dsn, status_of, DsnAction, FailedRecipient};
 use crate::delivery::outbound::{HostFailed, Outbound};
 use crate::delivery::router::{HostPort, NextHop, Route, Router};
+use crate::local::LocalOutcome;
 use crate::queue::{
     AttemptId, Deferral, DestinationKey, Dispatch, MessageState, QueueEntry, QueueError,
     ReadyLimits, ReadyQueues, Task, UnixTime,
@@ -32,8 +33,11 @@ const MAX_IDLE: Duration = Duration::from_secs(60);
 /// destination before QUIT (Postfix's smtp_connection_cache_time_limit).
 const CONNECTION_LINGER: Duration = Duration::from_secs(2);
 
-/// Why the mailbox tier cannot take local recipients yet.
-const NO_LOCAL_DELIVERY: &str = "451 4.3.2 local delivery to the mailbox tier is not available yet";
+/// Local recipients while `[local] mailbox_dir` is unset: a configuration
+/// error (RFC 3463 X.3.5), retried until it is fixed.
+const NO_MAILBOX_TIER: &str = "451 4.3.5 local delivery is not configured ([local] mailbox_dir)";
+/// How local deliveries show as the remote MTA in DSNs and logs.
+const LOCAL_MTA: &str = "local";
 
 /// How the addresses of a destination are found.
 #[derive(Debug)]
@@ -242,8 +246,9 @@ impl<S: SegmentStore + 'static> Engine<S> {
             }
         }
         for (id, attempt, local) in local_only {
-            self.report(id, attempt, transient(&local, NO_LOCAL_DELIVERY), None)
-                .await;
+            let engine = Rc::clone(self);
+            glommio::spawn_local(async move { engine.deliver_local(id, attempt, local).await })
+                .detach();
         }
         if by_domain.is_empty() {
             return;
@@ -447,6 +452,144 @@ impl<S: SegmentStore + 'static> Engine<S> {
                 return false;
             }
         }
+    }
+
+    /// Hands a message's local recipients to the mailbox tier, off the
+    /// executor (fsyncs), then queues one new message for the external
+    /// addresses aliases forwarded to; a recipient counts as delivered only
+    /// once its copies and that forward are durable.
+    async fn deliver_local(self: Rc<Self>, id: SpoolId, attempt: AttemptId, recipients: Vec<u32>) {
+        if self
+            .ctx
+            .queue
+            .borrow_mut()
+            .begin(id, attempt, unix_now())
+            .is_err()
+        {
+            return; // the queue gave up on this attempt
+        }
+        let Some(tier) = self.ctx.local.clone() else {
+            return self
+                .report(id, attempt, transient(&recipients, NO_MAILBOX_TIER), None)
+                .await;
+        };
+        let (envelope, body) = match self.ctx.spool.read_message(id) {
+            // The blocking thread needs its own copy; the fsyncs cost more.
+            Ok(message) => (message.envelope().clone(), message.body().to_vec()),
+            Err(e) => {
+                let reply = format!("451 4.3.0 spool read error: {e}");
+                return self
+                    .report(id, attempt, transient(&recipients, &reply), None)
+                    .await;
+            }
+        };
+        let addresses: Vec<(u32, String)> = recipients
+            .iter()
+            .filter_map(|&i| {
+                let r = envelope.recipients.get(i as usize)?;
+                Some((i, r.address.clone()))
+            })
+            .collect();
+        let sender = envelope.sender.clone();
+        let outcomes = glommio::executor()
+            .spawn_blocking(move || {
+                addresses
+                    .into_iter()
+                    .map(|(index, address)| {
+                        let trace = local_trace_headers(&sender, &address);
+                        let outcome = tier.deliver(&address, &[trace.as_bytes(), &body]);
+                        (index, address, outcome)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await;
+        let mut results = Vec::with_capacity(outcomes.len());
+        let mut forwarded: Vec<u32> = Vec::new();
+        let mut forward_to: Vec<String> = Vec::new();
+        for (index, address, outcome) in outcomes {
+            let (outcome, reply) = match outcome {
+                LocalOutcome::Delivered { forward } if forward.is_empty() => (
+                    Outcome::Delivered,
+                    "250 2.0.0 delivered to mailbox".to_owned(),
+                ),
+                LocalOutcome::Delivered { forward } => {
+                    forwarded.push(index);
+                    for to in forward {
+                        if !forward_to.contains(&to) {
+                            forward_to.push(to);
+                        }
+                    }
+                    continue;
+                }
+                LocalOutcome::Deferred(reply) => (Outcome::TransientFailure, reply),
+                LocalOutcome::Failed(reply) => (Outcome::PermanentFailure, reply),
+            };
+            tracing::info!(%id, to = %address, relay = LOCAL_MTA, %reply, ?outcome, "delivery");
+            results.push(RecipientReport {
+                index,
+                outcome,
+                reply,
+            });
+        }
+        if !forwarded.is_empty() {
+            let reply = match self.forward(&envelope, id, forward_to).await {
+                Ok(new_id) => format!("250 2.0.0 delivered, forwarded as {new_id}"),
+                Err(e) => format!("451 4.3.0 cannot queue the forwarded copy: {e}"),
+            };
+            let outcome = if reply.starts_with('2') {
+                Outcome::Delivered
+            } else {
+                Outcome::TransientFailure
+            };
+            results.extend(same_result(&forwarded, outcome, &reply));
+        }
+        self.report(id, attempt, results, Some(LOCAL_MTA.to_owned()))
+            .await;
+    }
+
+    /// Queues a copy of message `id` for `to` (alias targets outside our
+    /// domains), with the original sender so bounces reach its author.
+    async fn forward(
+        &self,
+        original: &crate::envelope::Envelope,
+        id: SpoolId,
+        to: Vec<String>,
+    ) -> Result<SpoolId, crate::spool::SpoolError> {
+        let body = self.ctx.spool.read_message(id)?.body().to_vec();
+        let envelope = crate::envelope::Envelope {
+            recipients: to
+                .into_iter()
+                .map(|address| crate::envelope::Recipient {
+                    address,
+                    notify: None,
+                    orcpt: None,
+                })
+                .collect(),
+            received_at: unix_now().0,
+            ..original.clone()
+        };
+        self.queue_new(envelope, body).await
+    }
+
+    /// Stores a message we create (DSN, forward) and queues it.
+    async fn queue_new(
+        &self,
+        envelope: crate::envelope::Envelope,
+        body: Vec<u8>,
+    ) -> Result<SpoolId, crate::spool::SpoolError> {
+        let size = body.len() as u64;
+        let new_id = self.ctx.spool.store(&envelope, body).await?;
+        self.ctx.queue.borrow_mut().insert(
+            new_id,
+            QueueEntry {
+                size,
+                recipients: envelope.recipients.len(),
+                received_at: envelope.received_at,
+                acknowledged_at: None,
+            },
+        );
+        self.ctx.delivery_wake.notify();
+        Ok(new_id)
     }
 
     /// Recipient indexes of a message still to be tried (none if the
@@ -673,23 +816,13 @@ impl<S: SegmentStore + 'static> Engine<S> {
             }
         };
         let Some(dsn) = dsn else { return };
-        let size = dsn.body.len() as u64;
-        let recipients = dsn.envelope.recipients.len();
-        let received_at = dsn.envelope.received_at;
-        match self.ctx.spool.store(&dsn.envelope, dsn.body).await {
-            Ok(bounce) => {
-                tracing::info!(%id, %bounce, to = %dsn.envelope.recipients.first().map_or("", |r| r.address.as_str()), "bounced");
-                self.ctx.queue.borrow_mut().insert(
-                    bounce,
-                    QueueEntry {
-                        size,
-                        recipients,
-                        received_at,
-                        acknowledged_at: None,
-                    },
-                );
-                self.ctx.delivery_wake.notify();
-            }
+        let to = dsn
+            .envelope
+            .recipients
+            .first()
+            .map_or(String::new(), |r| r.address.clone());
+        match self.queue_new(dsn.envelope, dsn.body).await {
+            Ok(bounce) => tracing::info!(%id, %bounce, %to, "bounced"),
             Err(e) => tracing::error!(%id, error = %e, "cannot spool a DSN"),
         }
     }
@@ -767,6 +900,12 @@ fn same_result(recipients: &[u32], outcome: Outcome, reply: &str) -> Vec<Recipie
 
 fn transient(recipients: &[u32], reply: &str) -> Vec<RecipientReport> {
     same_result(recipients, Outcome::TransientFailure, reply)
+}
+
+/// RFC 5321 4.4 and RFC 9228: the final delivery's Return-Path and
+/// Delivered-To, written above the message in the mailbox.
+fn local_trace_headers(sender: &str, recipient: &str) -> String {
+    format!("Return-Path: <{sender}>\r\nDelivered-To: {recipient}\r\n")
 }
 
 fn flatten(hosts: &[MxHost], port: u16) -> Vec<(String, SocketAddr)> {

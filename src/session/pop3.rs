@@ -41,7 +41,7 @@ enum Wake {
 /// each message in the order the session numbers them.
 struct OpenMaildrop {
     _lock: SessionLock,
-    folder: Folder,
+    folder: Arc<Folder>,
     uids: Vec<Uid>,
 }
 
@@ -83,7 +83,8 @@ pub async fn serve<S: SegmentStore>(
     };
     let peer_info = PeerInfo {
         tls: implicit_tls,
-        plaintext_allowed: ctx.config.auth.allow_plaintext || peer.ip().to_canonical().is_loopback(),
+        plaintext_allowed: ctx.config.auth.allow_plaintext
+            || peer.ip().to_canonical().is_loopback(),
     };
     let session = Session::new(Rc::clone(&ctx.pop3), peer_info, Instant::now());
     let mut driver = Driver {
@@ -139,7 +140,9 @@ impl<S: SegmentStore> Driver<S> {
     /// more input. Returns false when the connection must close.
     async fn process_input(&mut self) -> io::Result<bool> {
         loop {
-            let consumed = self.session.handle_input(self.input.filled(), Instant::now());
+            let consumed = self
+                .session
+                .handle_input(self.input.filled(), Instant::now());
             self.input.consume(consumed);
             let mut acted = false;
             while let Some(request) = self.session.poll_request() {
@@ -216,7 +219,11 @@ impl<S: SegmentStore> Driver<S> {
             }
             Login::Failed => {
                 self.ctx.metrics.borrow_mut().auth_failures += 1;
-                let penalty = self.ctx.throttle.borrow_mut().record_failure(ip, Instant::now());
+                let penalty = self
+                    .ctx
+                    .throttle
+                    .borrow_mut()
+                    .record_failure(ip, Instant::now());
                 glommio::timer::sleep(penalty.delay).await;
                 AuthOutcome::Failed
             }
@@ -256,7 +263,7 @@ impl<S: SegmentStore> Driver<S> {
         }
         self.maildrop = Some(OpenMaildrop {
             _lock: lock,
-            folder,
+            folder: Arc::new(folder),
             uids,
         });
         Ok(list)
@@ -271,7 +278,7 @@ impl<S: SegmentStore> Driver<S> {
         let Some(&uid) = maildrop.uids.get(index) else {
             return Err(io::Error::other("message index out of range"));
         };
-        let folder = maildrop.folder.clone();
+        let folder = Arc::clone(&maildrop.folder);
         let bytes = glommio::executor()
             .spawn_blocking(move || folder.read(uid))
             .await
@@ -292,7 +299,7 @@ impl<S: SegmentStore> Driver<S> {
         if uids.is_empty() {
             return Ok(());
         }
-        let folder = maildrop.folder.clone();
+        let folder = Arc::clone(&maildrop.folder);
         let removed = glommio::executor()
             .spawn_blocking(move || folder.expunge(&uids).map(|r| r.len() == uids.len()))
             .await;
@@ -338,7 +345,9 @@ impl<S: SegmentStore> Driver<S> {
             let conn = &mut self.conn;
             let output = self.session.output();
             let n = glommio::timer::timeout(limit, async {
-                conn.write(output).await.map_err(glommio::GlommioError::from)
+                conn.write(output)
+                    .await
+                    .map_err(glommio::GlommioError::from)
             })
             .await
             .map_err(io::Error::from)?;

@@ -1,22 +1,27 @@
-//! Drives one inbound SMTP connection: feeds received bytes to the sans-IO
+//! Drives one inbound SMTP connection (relay port, submission, or
+//! submissions with implicit TLS): feeds received bytes to the sans-IO
 //! `ServerSession`, writes its replies, stores finished messages in this
-//! core's spool, performs STARTTLS and enforces deadlines. It makes no
-//! protocol decision of its own.
+//! core's spool, performs STARTTLS, checks AUTH credentials against the
+//! mailbox tier (throttled per client address) and enforces deadlines. It
+//! makes no protocol decision of its own.
 
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_lite::future::or;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
+use crate::local::Login;
 use crate::queue::QueueEntry;
 use crate::session::limits::Refusal;
-use crate::session::stream::{Connection, ReadBuffer, ServerConnection};
+use crate::session::stream::{accept_tls, Connection, ReadBuffer, ServerConnection};
 use crate::shard::ShardContext;
 use crate::smtp::auth::Credentials;
+use crate::smtp::policy::LocalPolicy;
 use crate::smtp::reply;
 use crate::smtp::{AuthOutcome, Event, Message, PeerInfo, ServerSession, StoreFailure};
 use crate::spool::SegmentStore;
@@ -34,8 +39,24 @@ enum Wake {
     Shutdown,
 }
 
+/// Which kind of SMTP listener accepted the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpListener {
+    /// Port 25: mail from anywhere for local domains, relaying by network.
+    Relay,
+    /// Port 587 (RFC 6409): AUTH required, STARTTLS offered.
+    Submission,
+    /// Port 465 (RFC 8314): submission inside implicit TLS.
+    Submissions,
+}
+
 /// Serves one accepted connection until it closes.
-pub async fn serve<S: SegmentStore>(ctx: Rc<ShardContext<S>>, stream: TcpStream, peer: SocketAddr) {
+pub async fn serve<S: SegmentStore>(
+    ctx: Rc<ShardContext<S>>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: SmtpListener,
+) {
     // Without TCP_NODELAY every small reply waits for the peer's delayed
     // ACK (about 40 ms); a failure only costs speed.
     let _ = stream.set_nodelay(true);
@@ -58,16 +79,38 @@ pub async fn serve<S: SegmentStore>(ctx: Rc<ShardContext<S>>, stream: TcpStream,
             return;
         }
     };
+    let implicit_tls = listener == SmtpListener::Submissions;
+    let conn = if implicit_tls {
+        let Some(acceptor) = ctx.tls.clone() else {
+            return;
+        };
+        match accept_tls(&acceptor, stream, ctx.smtp.timeouts.command).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "submissions handshake failed");
+                return;
+            }
+        }
+    } else {
+        Connection::Plain(stream)
+    };
     let peer_info = PeerInfo {
         addr: peer,
-        may_relay: ctx.config.relay.allows(peer.ip()),
-        tls: false,
+        may_relay: listener == SmtpListener::Relay && ctx.config.relay.allows(peer.ip()),
+        tls: implicit_tls,
     };
-    let session = ServerSession::new(Rc::clone(&ctx.smtp), peer_info, Instant::now());
+    let config = match listener {
+        SmtpListener::Relay => Rc::clone(&ctx.smtp),
+        SmtpListener::Submission | SmtpListener::Submissions => Rc::clone(&ctx.submission),
+    };
+    let mut session = ServerSession::new(config, peer_info, Instant::now());
+    if let Some(local) = &ctx.local {
+        session = session.with_policy(Rc::new(SharedTier(Arc::clone(local))));
+    }
     let mut driver = Driver {
         ctx,
         session,
-        conn: Connection::Plain(stream),
+        conn,
         input: ReadBuffer::new(INITIAL_READ_BUFFER, MAX_READ_BUFFER),
         acks_pending: Vec::new(),
         shutdown_seen: false,
@@ -192,12 +235,43 @@ impl<S: SegmentStore> Driver<S> {
         }
     }
 
-    /// Checks AUTH credentials against the user directory.
+    /// Checks AUTH credentials against the user directory, off the
+    /// executor. Proxy logins (an authzid naming someone else) are refused;
+    /// a client with recent failures waits longer for each answer.
     async fn authenticate(&mut self, credentials: Credentials, peer: SocketAddr) {
-        // No user directory is wired in yet: nothing can match.
-        let _ = (credentials, peer);
-        self.session
-            .handle_auth_result(AuthOutcome::Failed, Instant::now());
+        let ip = peer.ip().to_canonical();
+        let blocked = self.ctx.throttle.borrow().is_blocked(ip, Instant::now());
+        let proxy = !credentials.authzid.is_empty() && credentials.authzid != credentials.username;
+        let login = match (&self.ctx.local, blocked || proxy) {
+            (Some(tier), false) => {
+                let tier = Arc::clone(tier);
+                glommio::executor()
+                    .spawn_blocking(move || {
+                        tier.authenticate(&credentials.username, credentials.password.expose())
+                    })
+                    .await
+            }
+            _ => Login::Failed,
+        };
+        let outcome = match login {
+            Login::Success(user) => {
+                self.ctx.throttle.borrow_mut().record_success(ip);
+                tracing::debug!(%peer, %user, "smtp auth");
+                AuthOutcome::Success { user }
+            }
+            Login::Failed => {
+                self.ctx.metrics.borrow_mut().auth_failures += 1;
+                let penalty = self
+                    .ctx
+                    .throttle
+                    .borrow_mut()
+                    .record_failure(ip, Instant::now());
+                glommio::timer::sleep(penalty.delay).await;
+                AuthOutcome::Failed
+            }
+            Login::Temporary => AuthOutcome::Temporary,
+        };
+        self.session.handle_auth_result(outcome, Instant::now());
     }
 
     /// RFC 3207: the 220 goes out in the clear, bytes the client pipelined
@@ -212,16 +286,9 @@ impl<S: SegmentStore> Driver<S> {
         else {
             return Ok(false);
         };
-        let handshake = glommio::timer::timeout(self.ctx.smtp.timeouts.command, async {
-            acceptor
-                .accept(tcp)
-                .await
-                .map_err(glommio::GlommioError::from)
-        })
-        .await;
-        match handshake {
-            Ok(tls) => {
-                self.conn = Connection::Tls(Box::new(tls));
+        match accept_tls(&acceptor, tcp, self.ctx.smtp.timeouts.command).await {
+            Ok(conn) => {
+                self.conn = conn;
                 self.session.handle_tls_established(Instant::now());
                 Ok(true)
             }
@@ -281,5 +348,19 @@ impl<S: SegmentStore> Driver<S> {
             }
         };
         or(read, or(timer, stop)).await
+    }
+}
+
+/// The mailbox tier as the SMTP core's policy (the core holds an `Rc`).
+#[derive(Debug)]
+struct SharedTier(Arc<crate::local::LocalTier>);
+
+impl LocalPolicy for SharedTier {
+    fn recipient(&self, address: &str) -> crate::smtp::policy::LocalRecipient {
+        self.0.recipient(address)
+    }
+
+    fn may_send_as(&self, user: &str, sender: &str) -> bool {
+        self.0.may_send_as(user, sender)
     }
 }

@@ -74,6 +74,24 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Connection<T> {
     }
 }
 
+/// The server side of a TLS handshake (STARTTLS, STLS, or implicit TLS on
+/// ports 465 and 995), bounded by `limit`.
+pub async fn accept_tls(
+    acceptor: &futures_rustls::TlsAcceptor,
+    tcp: TcpStream,
+    limit: std::time::Duration,
+) -> io::Result<ServerConnection> {
+    let tls = glommio::timer::timeout(limit, async {
+        acceptor
+            .accept(tcp)
+            .await
+            .map_err(glommio::GlommioError::from)
+    })
+    .await
+    .map_err(io::Error::from)?;
+    Ok(Connection::Tls(Box::new(tls)))
+}
+
 /// Received bytes not yet consumed by a protocol core. Starts small so an
 /// idle connection costs little, and grows (up to `max`) only while a
 /// client keeps it full, as during a large DATA transfer.
