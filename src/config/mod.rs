@@ -78,6 +78,9 @@ pub struct Auth {
     /// default: only TLS and loopback clients may send them (as Dovecot's
     /// `disable_plaintext_auth`).
     pub allow_plaintext: bool,
+    /// Loopback clients count as secure for plaintext passwords (as in
+    /// Dovecot). Tests turn it off to see what a remote client sees.
+    pub trust_loopback: bool,
     /// An authenticated SMTP client must use one of its user's own
     /// addresses as the envelope sender (Postfix's
     /// `reject_sender_login_mismatch`).
@@ -88,6 +91,7 @@ impl Default for Auth {
     fn default() -> Self {
         Auth {
             allow_plaintext: false,
+            trust_loopback: true,
             sender_must_match_login: true,
         }
     }

@@ -92,6 +92,8 @@ pub struct ServerConfig {
     /// AUTH is offered without TLS to non-loopback clients too (DESIGN.md:
     /// plaintext passwords only over TLS unless configured otherwise).
     pub allow_plaintext_auth: bool,
+    /// Loopback clients count as secure (DESIGN.md, as in Dovecot).
+    pub trust_loopback: bool,
     /// An authenticated client's envelope sender must be one of its user's
     /// own addresses (Postfix `reject_sender_login_mismatch`).
     pub sender_must_match_login: bool,
@@ -112,6 +114,7 @@ impl Default for ServerConfig {
             timeouts: Timeouts::default(),
             submission: false,
             allow_plaintext_auth: false,
+            trust_loopback: true,
             sender_must_match_login: true,
         }
     }
@@ -634,7 +637,9 @@ impl ServerSession {
     }
 
     fn plaintext_allowed(&self) -> bool {
-        self.peer.tls || self.config.allow_plaintext_auth || self.client_ip().is_loopback()
+        self.peer.tls
+            || self.config.allow_plaintext_auth
+            || (self.config.trust_loopback && self.client_ip().is_loopback())
     }
 
     /// RFC 4954 4: AUTH once per session, never inside a transaction.

@@ -63,6 +63,18 @@ pub struct Tweaks {
     pub extra: String,
     /// More `[relay]` keys with raw TOML values.
     pub relay: Vec<(String, String)>,
+    /// More listeners on the same address, port 0: "submission",
+    /// "submissions", "pop3", "pop3s".
+    pub listeners: Vec<String>,
+    /// Users (name, password) of the mailbox tier, written with `{PLAIN}`
+    /// to `<dir>/users`; with any (or `mailboxes`), `[local] mailbox_dir`
+    /// is `<dir>/mail`.
+    pub users: Vec<(String, String)>,
+    pub mailboxes: bool,
+    /// More `[local]` keys with raw TOML values (`quota`, `catch_all`).
+    pub local: Vec<(String, String)>,
+    /// `<dir>/aliases`, written when non-empty.
+    pub aliases: String,
 }
 
 impl Default for Tweaks {
@@ -81,6 +93,11 @@ impl Default for Tweaks {
             dns: None,
             extra: String::new(),
             relay: Vec::new(),
+            listeners: Vec::new(),
+            users: Vec::new(),
+            mailboxes: false,
+            local: Vec::new(),
+            aliases: String::new(),
         }
     }
 }
@@ -139,6 +156,33 @@ impl Tweaks {
         self.relay.push((key.into(), toml_value.to_string()));
         self
     }
+    /// Adds a listener for `protocol` on the server's address.
+    pub fn listener(mut self, protocol: &str) -> Self {
+        self.listeners.push(protocol.to_owned());
+        self
+    }
+
+    /// Adds a user of the mailbox tier (and so the tier itself).
+    pub fn user(mut self, name: &str, password: &str) -> Self {
+        self.users.push((name.to_owned(), password.to_owned()));
+        self.mailboxes = true;
+        self
+    }
+
+    /// Sets a `[local]` key to a raw TOML value.
+    pub fn local(mut self, key: &str, toml_value: impl ToString) -> Self {
+        self.local.push((key.to_owned(), toml_value.to_string()));
+        self.mailboxes = true;
+        self
+    }
+
+    /// The aliases file's text (`name: target, ...`).
+    pub fn aliases(mut self, text: &str) -> Self {
+        self.aliases = text.to_owned();
+        self.mailboxes = true;
+        self
+    }
+
     pub fn shutdown_grace(mut self, g: &str) -> Self {
         self.shutdown_grace = g.into();
         self
@@ -227,7 +271,18 @@ impl TestServer {
             .unwrap_or_else(|| dir.path().join("spool"));
         let tls = tweaks.tls.then(|| make_tls_files(dir.path(), ip));
         let config_path = dir.path().join("spate.toml");
-        let text = render_config(&tweaks, ip, &spool_dir, tls.as_ref());
+        if tweaks.mailboxes {
+            let users: String = tweaks
+                .users
+                .iter()
+                .map(|(name, password)| format!("{name}:{{PLAIN}}{password}\n"))
+                .collect();
+            std::fs::write(dir.path().join("users"), users).expect("write users");
+            if !tweaks.aliases.is_empty() {
+                std::fs::write(dir.path().join("aliases"), &tweaks.aliases).expect("write aliases");
+            }
+        }
+        let text = render_config(&tweaks, ip, &spool_dir, tls.as_ref(), dir.path());
         std::fs::write(&config_path, text).expect("write config");
         let mut server = TestServer {
             dir,
@@ -248,6 +303,25 @@ impl TestServer {
     }
 
     /// The config text the server runs on.
+    /// The resolved address of the first listener for `protocol`.
+    pub fn listener(&self, protocol: &str) -> SocketAddr {
+        self.listeners
+            .iter()
+            .find(|(p, _)| p == protocol)
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("no {protocol} listener: {:?}", self.listeners))
+    }
+
+    /// `[local] mailbox_dir` (with `Tweaks::user` and friends).
+    pub fn mail_dir(&self) -> PathBuf {
+        self.dir.path().join("mail")
+    }
+
+    /// The users file, for `spate user` and edits.
+    pub fn users_file(&self) -> PathBuf {
+        self.dir.path().join("users")
+    }
+
     pub fn config_text(&self) -> String {
         std::fs::read_to_string(&self.config_path).expect("read config")
     }
@@ -571,7 +645,13 @@ fn parse_queued(line: &str) -> Result<Queued, String> {
     })
 }
 
-fn render_config(t: &Tweaks, ip: Ipv4Addr, spool: &Path, tls: Option<&TlsFiles>) -> String {
+fn render_config(
+    t: &Tweaks,
+    ip: Ipv4Addr,
+    spool: &Path,
+    tls: Option<&TlsFiles>,
+    dir: &Path,
+) -> String {
     let mut s = String::new();
     let q = |p: &Path| format!("{:?}", p.display().to_string());
     let _ = writeln!(s, "hostname = {:?}", t.hostname);
@@ -583,6 +663,12 @@ fn render_config(t: &Tweaks, ip: Ipv4Addr, spool: &Path, tls: Option<&TlsFiles>)
         "\n[[listener]]\naddress = \"{ip}:{}\"\nprotocol = \"smtp\"",
         t.port
     );
+    for protocol in &t.listeners {
+        let _ = writeln!(
+            s,
+            "\n[[listener]]\naddress = \"{ip}:0\"\nprotocol = {protocol:?}"
+        );
+    }
     let nets = match &t.allow_networks {
         None => vec!["127.0.0.0/8".to_owned()],
         Some(n) => n.clone(),
@@ -596,6 +682,16 @@ fn render_config(t: &Tweaks, ip: Ipv4Addr, spool: &Path, tls: Option<&TlsFiles>)
     let dns = t.dns.map_or(format!("{ip}:53"), |a| a.to_string());
     let _ = writeln!(s, "\n[dns]\nnameservers = [\"{dns}\"]");
     let _ = writeln!(s, "\n[local]\ndomains = {:?}", t.local_domains);
+    if t.mailboxes {
+        let _ = writeln!(s, "mailbox_dir = {}", q(&dir.join("mail")));
+        let _ = writeln!(s, "users_file = {}", q(&dir.join("users")));
+        if !t.aliases.is_empty() {
+            let _ = writeln!(s, "aliases_file = {}", q(&dir.join("aliases")));
+        }
+        for (k, v) in &t.local {
+            let _ = writeln!(s, "{k} = {v}");
+        }
+    }
     if let Some(tls) = tls {
         let _ = writeln!(
             s,
