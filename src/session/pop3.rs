@@ -84,7 +84,7 @@ pub async fn serve<S: SegmentStore>(
     let peer_info = PeerInfo {
         tls: implicit_tls,
         plaintext_allowed: ctx.config.auth.allow_plaintext
-            || peer.ip().to_canonical().is_loopback(),
+            || (ctx.config.auth.trust_loopback && peer.ip().to_canonical().is_loopback()),
     };
     let session = Session::new(Rc::clone(&ctx.pop3), peer_info, Instant::now());
     let mut driver = Driver {
