@@ -8,10 +8,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use futures_lite::future::or;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
 use crate::local::{LocalTier, Login};
@@ -21,7 +20,9 @@ use crate::pop3::{
     UpdateError,
 };
 use crate::sasl::Password;
-use crate::session::stream::{accept_tls, Connection, ReadBuffer, ServerConnection};
+use crate::session::stream::{
+    accept_tls, refuse, wait_for_client, Connection, ReadBuffer, ServerConnection, Wake,
+};
 use crate::shard::ShardContext;
 use crate::spool::SegmentStore;
 
@@ -29,13 +30,6 @@ const INITIAL_READ_BUFFER: usize = 512;
 const MAX_READ_BUFFER: usize = 8 * 1024;
 /// Sent, without a session, to a client beyond the connection limits.
 const TOO_MANY_CONNECTIONS: &[u8] = b"-ERR [SYS/TEMP] too many connections, try again later\r\n";
-
-/// What ended one wait for the client.
-enum Wake {
-    Read(io::Result<usize>),
-    Deadline,
-    Shutdown,
-}
 
 /// The maildrop a session holds: the lock, the folder, and the UID of
 /// each message in the order the session numbers them.
@@ -55,16 +49,7 @@ pub async fn serve<S: SegmentStore>(
     let _ = stream.set_nodelay(true);
     let _slot = match ctx.limits.admit(peer.ip()) {
         Ok(slot) => slot,
-        Err(_) => {
-            let mut stream = stream;
-            let _ = glommio::timer::timeout(Duration::from_secs(5), async {
-                stream.write_all(TOO_MANY_CONNECTIONS).await?;
-                stream.close().await?;
-                Ok(())
-            })
-            .await;
-            return;
-        }
+        Err(_) => return refuse(stream, TOO_MANY_CONNECTIONS).await,
     };
     let timeout = ctx.pop3.idle_timeout;
     let conn = if implicit_tls {
@@ -372,24 +357,8 @@ impl<S: SegmentStore> Driver<S> {
     }
 
     async fn wait_for_client(&mut self) -> Wake {
+        let shutdown = (!self.shutdown_seen).then_some(&*self.ctx.shutdown);
         let deadline = self.session.deadline();
-        let shutdown = Rc::clone(&self.ctx.shutdown);
-        let watch_shutdown = !self.shutdown_seen;
-        let conn = &mut self.conn;
-        let input = &mut self.input;
-        let read = async { Wake::Read(conn.read(input.spare()).await) };
-        let timer = async {
-            glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
-            Wake::Deadline
-        };
-        let stop = async {
-            if watch_shutdown {
-                shutdown.wait().await;
-                Wake::Shutdown
-            } else {
-                futures_lite::future::pending().await
-            }
-        };
-        or(read, or(timer, stop)).await
+        wait_for_client(&mut self.conn, &mut self.input, deadline, shutdown).await
     }
 }

@@ -9,16 +9,17 @@ use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
-use futures_lite::future::or;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
 use crate::local::Login;
 use crate::queue::QueueEntry;
 use crate::session::limits::Refusal;
-use crate::session::stream::{accept_tls, Connection, ReadBuffer, ServerConnection};
+use crate::session::stream::{
+    accept_tls, refuse, wait_for_client, Connection, ReadBuffer, ServerConnection, Wake,
+};
 use crate::shard::ShardContext;
 use crate::smtp::auth::Credentials;
 use crate::smtp::policy::LocalPolicy;
@@ -31,13 +32,6 @@ const INITIAL_READ_BUFFER: usize = 1024;
 /// Reads never need more than this beyond the longest command line: the
 /// core consumes message data as it arrives.
 const MAX_READ_BUFFER: usize = 64 * 1024;
-
-/// What ended one wait for the client.
-enum Wake {
-    Read(io::Result<usize>),
-    Deadline,
-    Shutdown,
-}
 
 /// Which kind of SMTP listener accepted the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,18 +59,11 @@ pub async fn serve<S: SegmentStore>(
         Ok(slot) => slot,
         Err(refusal) => {
             ctx.metrics.borrow_mut().connections_refused += 1;
-            let mut stream = stream;
-            let _ = glommio::timer::timeout(Duration::from_secs(5), async {
-                let reply = match refusal {
-                    Refusal::TooManyInTotal => reply::TOO_MANY_CONNECTIONS,
-                    Refusal::TooManyFromAddress => reply::TOO_MANY_CONNECTIONS_FROM_IP,
-                };
-                stream.write_all(reply).await?;
-                stream.close().await?;
-                Ok(())
-            })
-            .await;
-            return;
+            let reply = match refusal {
+                Refusal::TooManyInTotal => reply::TOO_MANY_CONNECTIONS,
+                Refusal::TooManyFromAddress => reply::TOO_MANY_CONNECTIONS_FROM_IP,
+            };
+            return refuse(stream, reply).await;
         }
     };
     let implicit_tls = listener == SmtpListener::Submissions;
@@ -329,25 +316,9 @@ impl<S: SegmentStore> Driver<S> {
     }
 
     async fn wait_for_client(&mut self) -> Wake {
+        let shutdown = (!self.shutdown_seen).then_some(&*self.ctx.shutdown);
         let deadline = self.session.deadline();
-        let shutdown = Rc::clone(&self.ctx.shutdown);
-        let watch_shutdown = !self.shutdown_seen;
-        let conn = &mut self.conn;
-        let input = &mut self.input;
-        let read = async { Wake::Read(conn.read(input.spare()).await) };
-        let timer = async {
-            glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
-            Wake::Deadline
-        };
-        let stop = async {
-            if watch_shutdown {
-                shutdown.wait().await;
-                Wake::Shutdown
-            } else {
-                futures_lite::future::pending().await
-            }
-        };
-        or(read, or(timer, stop)).await
+        wait_for_client(&mut self.conn, &mut self.input, deadline, shutdown).await
     }
 }
 

@@ -74,6 +74,53 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Connection<T> {
     }
 }
 
+/// What ended one wait for the client.
+pub enum Wake {
+    Read(io::Result<usize>),
+    Deadline,
+    Shutdown,
+}
+
+/// Waits for the client's next bytes (read into `input`), the session's
+/// `deadline`, or the core's shutdown when `shutdown` is given (once it
+/// has been seen, callers stop watching it).
+pub async fn wait_for_client(
+    conn: &mut ServerConnection,
+    input: &mut ReadBuffer,
+    deadline: std::time::Instant,
+    shutdown: Option<&crate::session::shutdown::Shutdown>,
+) -> Wake {
+    use futures_lite::future::or;
+    use futures_lite::AsyncReadExt;
+    let read = async { Wake::Read(conn.read(input.spare()).await) };
+    let timer = async {
+        glommio::timer::sleep(deadline.saturating_duration_since(std::time::Instant::now())).await;
+        Wake::Deadline
+    };
+    let stop = async {
+        match shutdown {
+            Some(shutdown) => {
+                shutdown.wait().await;
+                Wake::Shutdown
+            }
+            None => futures_lite::future::pending().await,
+        }
+    };
+    or(read, or(timer, stop)).await
+}
+
+/// Answers a connection refused before any session (limits) with one
+/// line and closes it, within 5 seconds.
+pub async fn refuse(mut stream: TcpStream, reply: &[u8]) {
+    use futures_lite::AsyncWriteExt;
+    let _ = glommio::timer::timeout(std::time::Duration::from_secs(5), async {
+        stream.write_all(reply).await?;
+        stream.close().await?;
+        Ok(())
+    })
+    .await;
+}
+
 /// The server side of a TLS handshake (STARTTLS, STLS, or implicit TLS on
 /// ports 465 and 995), bounded by `limit`.
 pub async fn accept_tls(
