@@ -5,10 +5,14 @@
 //! file writes with fsync) are run off the executors by the callers; it
 //! holds no protocol logic and keeps no per-session state.
 
+use std::net::IpAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use crate::account::{AccountError, Directory, Resolution, Target, UserName};
+use crate::account::{
+    AccountError, Directory, LoginThrottle, Resolution, Target, ThrottleConfig, UserName,
+};
 use crate::config::Config;
 use crate::mailbox::{self, MailStore, MailboxError};
 use crate::smtp::policy::{LocalPolicy, LocalRecipient};
@@ -40,6 +44,9 @@ pub enum Login {
 pub struct LocalTier {
     directory: Directory,
     store: MailStore,
+    /// Failed logins per client address, all cores and protocols together
+    /// (logins are rare: one lock is cheap).
+    throttle: Mutex<LoginThrottle>,
 }
 
 impl LocalTier {
@@ -63,7 +70,28 @@ impl LocalTier {
         LocalTier {
             directory,
             store: MailStore::new(mailbox_dir, hostname),
+            throttle: Mutex::new(LoginThrottle::new(ThrottleConfig::default())),
         }
+    }
+
+    fn throttle(&self) -> MutexGuard<'_, LoginThrottle> {
+        // The throttle holds counters only: one left mid-update by a
+        // panicking thread is still usable.
+        self.throttle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Too many recent failures from `ip`: refuse without checking.
+    pub fn login_blocked(&self, ip: IpAddr, now: Instant) -> bool {
+        self.throttle().is_blocked(ip, now)
+    }
+
+    /// Counts a failure; returns how long to wait before answering it.
+    pub fn login_failed(&self, ip: IpAddr, now: Instant) -> Duration {
+        self.throttle().record_failure(ip, now).delay
+    }
+
+    pub fn login_succeeded(&self, ip: IpAddr) {
+        self.throttle().record_success(ip);
     }
 
     pub fn store(&self) -> &MailStore {

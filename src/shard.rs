@@ -17,7 +17,6 @@ use glommio::net::TcpListener;
 use glommio::sync::Gate;
 use socket2::{Domain, Socket, Type};
 
-use crate::account::{LoginThrottle, ThrottleConfig};
 use crate::config::{Config, Protocol};
 use crate::control::ShardCommand;
 use crate::delivery::engine::Engine;
@@ -65,8 +64,6 @@ pub struct ShardContext<S: SegmentStore = GlommioStore> {
     pub pop3: Rc<Pop3Config>,
     /// The mailbox tier, when `[local] mailbox_dir` is set.
     pub local: Option<Arc<LocalTier>>,
-    /// Failed logins per client address, on this core.
-    pub throttle: RefCell<LoginThrottle>,
     pub spool: Spool<S>,
     pub queue: RefCell<Queue>,
     pub metrics: RefCell<Metrics>,
@@ -206,7 +203,6 @@ async fn start<S: SegmentStore + 'static>(
         submission: Rc::new(submission),
         pop3: Rc::new(pop3_config(&config)),
         local: plan.local,
-        throttle: RefCell::new(LoginThrottle::new(ThrottleConfig::default())),
         config,
         spool,
         queue: RefCell::new(queue),

@@ -2,6 +2,7 @@
 //! over glommio sockets. Protocol decisions stay in the cores.
 
 pub mod limits;
+pub mod login;
 pub mod pop3;
 pub mod shutdown;
 pub mod smtp;

@@ -20,6 +20,7 @@ use crate::pop3::{
     UpdateError,
 };
 use crate::sasl::Password;
+use crate::session::login::check_login;
 use crate::session::stream::{
     accept_tls, refuse, wait_for_client, Connection, ReadBuffer, ServerConnection, Wake,
 };
@@ -183,35 +184,11 @@ impl<S: SegmentStore> Driver<S> {
         self.ctx.local.clone()
     }
 
-    /// Checks the password off the executor. A client with recent failures
-    /// waits longer for each answer, and a blocked one is refused unchecked.
+    /// See `session::login`: throttled, off the executor.
     async fn authenticate(&mut self, user: String, password: Password) -> AuthOutcome {
-        let ip = self.peer.ip().to_canonical();
-        if self.ctx.throttle.borrow().is_blocked(ip, Instant::now()) {
-            self.ctx.metrics.borrow_mut().auth_failures += 1;
-            return AuthOutcome::Failed;
-        }
-        let Some(tier) = self.tier() else {
-            return AuthOutcome::Failed;
-        };
-        let login = glommio::executor()
-            .spawn_blocking(move || tier.authenticate(&user, password.expose()))
-            .await;
-        match login {
-            Login::Success(_) => {
-                self.ctx.throttle.borrow_mut().record_success(ip);
-                AuthOutcome::Ok
-            }
-            Login::Failed => {
-                self.ctx.metrics.borrow_mut().auth_failures += 1;
-                let penalty = self
-                    .ctx
-                    .throttle
-                    .borrow_mut()
-                    .record_failure(ip, Instant::now());
-                glommio::timer::sleep(penalty.delay).await;
-                AuthOutcome::Failed
-            }
+        match check_login(&self.ctx, self.peer.ip(), user, password).await {
+            Login::Success(_) => AuthOutcome::Ok,
+            Login::Failed => AuthOutcome::Failed,
             Login::Temporary => AuthOutcome::TemporaryFailure,
         }
     }

@@ -17,6 +17,7 @@ use glommio::net::TcpStream;
 use crate::local::Login;
 use crate::queue::QueueEntry;
 use crate::session::limits::Refusal;
+use crate::session::login::check_login;
 use crate::session::stream::{
     accept_tls, refuse, wait_for_client, Connection, ReadBuffer, ServerConnection, Wake,
 };
@@ -226,36 +227,22 @@ impl<S: SegmentStore> Driver<S> {
     /// executor. Proxy logins (an authzid naming someone else) are refused;
     /// a client with recent failures waits longer for each answer.
     async fn authenticate(&mut self, credentials: Credentials, peer: SocketAddr) {
-        let ip = peer.ip().to_canonical();
-        let blocked = self.ctx.throttle.borrow().is_blocked(ip, Instant::now());
         let proxy = !credentials.authzid.is_empty() && credentials.authzid != credentials.username;
-        let login = match (&self.ctx.local, blocked || proxy) {
-            (Some(tier), false) => {
-                let tier = Arc::clone(tier);
-                glommio::executor()
-                    .spawn_blocking(move || {
-                        tier.authenticate(&credentials.username, credentials.password.expose())
-                    })
-                    .await
-            }
-            _ => Login::Failed,
+        let login = if proxy {
+            self.ctx.metrics.borrow_mut().auth_failures += 1;
+            Login::Failed
+        } else {
+            let Credentials {
+                username, password, ..
+            } = credentials;
+            check_login(&self.ctx, peer.ip(), username, password).await
         };
         let outcome = match login {
             Login::Success(user) => {
-                self.ctx.throttle.borrow_mut().record_success(ip);
                 tracing::debug!(%peer, %user, "smtp auth");
                 AuthOutcome::Success { user }
             }
-            Login::Failed => {
-                self.ctx.metrics.borrow_mut().auth_failures += 1;
-                let penalty = self
-                    .ctx
-                    .throttle
-                    .borrow_mut()
-                    .record_failure(ip, Instant::now());
-                glommio::timer::sleep(penalty.delay).await;
-                AuthOutcome::Failed
-            }
+            Login::Failed => AuthOutcome::Failed,
             Login::Temporary => AuthOutcome::Temporary,
         };
         self.session.handle_auth_result(outcome, Instant::now());

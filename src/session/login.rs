@@ -1,0 +1,47 @@
+//! One login check for every protocol (SMTP AUTH, POP3, IMAP later): the
+//! client address's failure history first (shared by all cores through the
+//! mailbox tier), then the password off the executor, then the slow-down
+//! a failure earns. It decides nothing about protocol replies.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::local::Login;
+use crate::sasl::Password;
+use crate::shard::ShardContext;
+use crate::spool::SegmentStore;
+
+/// Checks `login`/`password` for a client at `ip`. A blocked client is
+/// refused unchecked; every failure is counted and answered only after
+/// the throttle's delay.
+pub async fn check_login<S: SegmentStore>(
+    ctx: &ShardContext<S>,
+    ip: IpAddr,
+    login: String,
+    password: Password,
+) -> Login {
+    let ip = ip.to_canonical();
+    let Some(tier) = ctx.local.clone() else {
+        ctx.metrics.borrow_mut().auth_failures += 1;
+        return Login::Failed;
+    };
+    let verdict = if tier.login_blocked(ip, Instant::now()) {
+        Login::Failed
+    } else {
+        let checker = Arc::clone(&tier);
+        glommio::executor()
+            .spawn_blocking(move || checker.authenticate(&login, password.expose()))
+            .await
+    };
+    match &verdict {
+        Login::Success(_) => tier.login_succeeded(ip),
+        Login::Failed => {
+            ctx.metrics.borrow_mut().auth_failures += 1;
+            let delay = tier.login_failed(ip, Instant::now());
+            glommio::timer::sleep(delay).await;
+        }
+        Login::Temporary => {}
+    }
+    verdict
+}
