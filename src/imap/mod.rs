@@ -2,3 +2,4 @@
 //! file only lists them and refuses to hold code.
 
 pub mod mime;
+pub mod view;
