@@ -270,6 +270,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
         }
     }
     let local = crate::local::LocalTier::load(&config).context("loading the user directory")?;
+    // Created here, on the unpinned main thread: workers inherit affinity.
+    let blocking = crate::blocking::BlockingPool::new(config.local.io_threads)
+        .context("starting the blocking-work threads")?;
     std::fs::create_dir_all(&config.spool_dir)
         .with_context(|| format!("creating spool directory {}", config.spool_dir.display()))?;
     let tls = match &config.tls {
@@ -341,6 +344,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
                 .zip(addresses.iter().copied())
                 .collect(),
             local: local.clone(),
+            blocking: Arc::clone(&blocking),
             limits: Arc::clone(&limits),
             tls: tls.clone(),
             stop: Arc::clone(&stop),

@@ -24,6 +24,7 @@
 //! picture, including the layer still being built (IMAP).
 
 pub mod account;
+pub mod blocking;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -17,6 +17,7 @@ use glommio::net::TcpListener;
 use glommio::sync::Gate;
 use socket2::{Domain, Socket, Type};
 
+use crate::blocking::BlockingPool;
 use crate::config::{Config, Protocol};
 use crate::control::ShardCommand;
 use crate::delivery::engine::Engine;
@@ -64,6 +65,8 @@ pub struct ShardContext<S: SegmentStore = GlommioStore> {
     pub pop3: Rc<Pop3Config>,
     /// The mailbox tier, when `[local] mailbox_dir` is set.
     pub local: Option<Arc<LocalTier>>,
+    /// Unpinned threads for the tier's blocking calls.
+    pub blocking: Arc<BlockingPool>,
     pub spool: Spool<S>,
     pub queue: RefCell<Queue>,
     pub metrics: RefCell<Metrics>,
@@ -84,6 +87,7 @@ pub struct ShardPlan {
     pub listeners: Vec<(Protocol, SocketAddr)>,
     pub limits: Arc<ConnectionLimits>,
     pub local: Option<Arc<LocalTier>>,
+    pub blocking: Arc<BlockingPool>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub stop: Arc<AtomicBool>,
     pub reports: Sender<ShardReport>,
@@ -203,6 +207,7 @@ async fn start<S: SegmentStore + 'static>(
         submission: Rc::new(submission),
         pop3: Rc::new(pop3_config(&config)),
         local: plan.local,
+        blocking: plan.blocking,
         config,
         spool,
         queue: RefCell::new(queue),

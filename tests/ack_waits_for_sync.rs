@@ -129,6 +129,7 @@ impl Shard {
             limits: ConnectionLimits::new(100, 100),
             listeners: vec![(spate::config::Protocol::Smtp, addr)],
             local: None,
+            blocking: spate::blocking::BlockingPool::new(1).unwrap(),
             config,
             tls: None,
             stop: Arc::clone(&stop),

@@ -244,6 +244,15 @@ pub struct Local {
     /// `userdb_quota_rule=*:storage=SIZE` extra field overrides it.
     #[serde(default)]
     pub quota: crate::account::ByteSize,
+    /// Threads for the tier's blocking work (Maildir writes with fsync,
+    /// password hashing, mailbox reads), shared by every core, so fsyncs
+    /// overlap instead of stalling an executor.
+    #[serde(default = "default_io_threads")]
+    pub io_threads: usize,
+}
+
+fn default_io_threads() -> usize {
+    8
 }
 
 /// The certificate for STARTTLS and the implicit-TLS listeners.

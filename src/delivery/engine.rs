@@ -491,18 +491,22 @@ impl<S: SegmentStore + 'static> Engine<S> {
             })
             .collect();
         let sender = envelope.sender.clone();
-        let outcomes = glommio::executor()
-            .spawn_blocking(move || {
-                addresses
-                    .into_iter()
-                    .map(|(index, address)| {
-                        let trace = local_trace_headers(&sender, &address);
-                        let outcome = tier.deliver(&address, &[trace.as_bytes(), &body]);
-                        (index, address, outcome)
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .await;
+        let job = self.ctx.blocking.run(move || {
+            addresses
+                .into_iter()
+                .map(|(index, address)| {
+                    let trace = local_trace_headers(&sender, &address);
+                    let outcome = tier.deliver(&address, &[trace.as_bytes(), &body]);
+                    (index, address, outcome)
+                })
+                .collect::<Vec<_>>()
+        });
+        let Ok(outcomes) = job.await else {
+            let reply = "451 4.3.0 local delivery failed unexpectedly";
+            return self
+                .report(id, attempt, transient(&recipients, reply), None)
+                .await;
+        };
         let mut results = Vec::with_capacity(outcomes.len());
         let mut forwarded: Vec<u32> = Vec::new();
         let mut forward_to: Vec<String> = Vec::new();

@@ -30,9 +30,10 @@ pub async fn check_login<S: SegmentStore>(
         Login::Failed
     } else {
         let checker = Arc::clone(&tier);
-        glommio::executor()
-            .spawn_blocking(move || checker.authenticate(&login, password.expose()))
+        ctx.blocking
+            .run(move || checker.authenticate(&login, password.expose()))
             .await
+            .unwrap_or(Login::Temporary)
     };
     match &verdict {
         Login::Success(_) => tier.login_succeeded(ip),

@@ -163,7 +163,6 @@ impl<S: SegmentStore> Driver<S> {
                 self.session.maildrop_opened(result, Instant::now());
             }
             Request::SendMessage { index, top_lines } => {
-                self.flush().await?;
                 self.send_message(index, top_lines).await?;
                 self.session.message_sent(Instant::now());
             }
@@ -197,15 +196,18 @@ impl<S: SegmentStore> Driver<S> {
     /// form, `%08Xu%08Xv`: UID then UIDVALIDITY in hex).
     async fn open_maildrop(&mut self, user: String) -> Result<Vec<MessageInfo>, MaildropError> {
         let tier = self.tier().ok_or(MaildropError::Temporary)?;
-        let opened = glommio::executor()
-            .spawn_blocking(move || -> Result<_, MailboxError> {
+        let opened = self
+            .ctx
+            .blocking
+            .run(move || -> Result<_, MailboxError> {
                 let mailbox = tier.mailbox(&user)?;
                 let lock = mailbox.lock_exclusive()?;
                 let folder = mailbox.inbox();
                 let snapshot = folder.snapshot()?;
                 Ok((lock, folder, snapshot))
             })
-            .await;
+            .await
+            .map_err(|_| MaildropError::Temporary)?;
         let (lock, folder, snapshot) = opened.map_err(|e| match e {
             MailboxError::InUse => MaildropError::InUse,
             e => {
@@ -241,12 +243,23 @@ impl<S: SegmentStore> Driver<S> {
             return Err(io::Error::other("message index out of range"));
         };
         let folder = Arc::clone(&maildrop.folder);
-        let bytes = glommio::executor()
-            .spawn_blocking(move || folder.read(uid))
+        let bytes = self
+            .ctx
+            .blocking
+            .run(move || folder.read(uid))
             .await
+            .map_err(io::Error::other)?
             .map_err(io::Error::other)?;
-        let encoded = MessageEncoder::encode_all(&bytes, top_lines);
-        self.write_all(&encoded).await
+        // The "+OK" line and the message in one write: one wake-up of the
+        // client instead of two.
+        let pending = self.session.output().len();
+        let mut out = Vec::with_capacity(pending + bytes.len() + bytes.len() / 32 + 8);
+        out.extend_from_slice(self.session.output());
+        self.session.consume_output(pending);
+        let mut encoder = MessageEncoder::new(top_lines);
+        encoder.encode(&bytes, &mut out);
+        encoder.finish(&mut out);
+        self.write_all(&out).await
     }
 
     /// RFC 1939 6: removes the messages marked deleted, then unlocks.
@@ -262,9 +275,12 @@ impl<S: SegmentStore> Driver<S> {
             return Ok(());
         }
         let folder = Arc::clone(&maildrop.folder);
-        let removed = glommio::executor()
-            .spawn_blocking(move || folder.expunge(&uids).map(|r| r.len() == uids.len()))
-            .await;
+        let removed = self
+            .ctx
+            .blocking
+            .run(move || folder.expunge(&uids).map(|r| r.len() == uids.len()))
+            .await
+            .map_err(|_| UpdateError)?;
         drop(maildrop);
         match removed {
             Ok(true) => Ok(()),
