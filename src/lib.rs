@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | protocol core | [`smtp`] | sans-IO SMTP server: bytes in, replies and events out; the parser borrows from the receive buffer |
 //! | protocol core | [`pop3`] | sans-IO POP3 server: bytes in, replies and requests (authenticate, open maildrop, send message, update) out |
+//! | protocol core | [`imap`] | sans-IO IMAP server pieces: command framing with literals and bounds, a parser to typed commands borrowing from the receive buffer, reply encoding |
 //! | protocol helper | [`sasl`] | SASL codecs shared by the cores: strict base64, PLAIN (RFC 4616), LOGIN prompts |
 //! | shared data | [`envelope`] | the envelope of an accepted message |
 //! | spool | [`spool`] | per-core append-only segments, checksummed records, group commit, recovery, reclaim |
@@ -20,7 +21,7 @@
 //! | edges | [`config`], [`metrics`], [`cli`], [`control`] | TOML configuration, per-core counters and histograms, the command line |
 //!
 //! See DESIGN.md (shared with the project) and README.md for the whole
-//! picture, including the layer still to come (IMAP).
+//! picture; the IMAP session and its glue are still to come.
 
 pub mod account;
 pub mod cli;
@@ -28,6 +29,7 @@ pub mod config;
 pub mod control;
 pub mod delivery;
 pub mod envelope;
+pub mod imap;
 pub mod local;
 pub mod mailbox;
 pub mod metrics;
