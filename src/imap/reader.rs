@@ -67,7 +67,7 @@ impl ReaderConfig {
     /// octets are buffered for it) plus room for pipelined input.
     pub fn capacity(&self) -> usize {
         let command = usize::try_from(self.max_command).unwrap_or(usize::MAX);
-        command.saturating_add(PIPELINE_ROOM)
+        command.max(self.max_line).saturating_add(PIPELINE_ROOM)
     }
 }
 
@@ -108,7 +108,8 @@ impl Rejection<'_> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step<'a> {
     /// A complete command, literals inline, without its final CRLF: give it
-    /// to [`super::parser::parse_command`]. Borrowed until the next push.
+    /// to [`super::parser::parse_command`]. It borrows the reader's buffer,
+    /// so it is used before the reader is called again.
     Command(&'a [u8]),
     /// A synchronising literal was announced and is within limits: send
     /// [`CONTINUATION`], then feed more.

@@ -27,6 +27,8 @@ pub enum Text {
     Idling,
     Completed,
     LoggingOut,
+    /// Followed by the command's correct form.
+    Syntax,
     LineTooLong,
     LiteralTooBig,
     CommandTooBig,
@@ -54,6 +56,7 @@ impl Text {
             Text::Idling => "idling",
             Text::Completed => "completed",
             Text::LoggingOut => "Logging out",
+            Text::Syntax => "Syntax:",
             Text::LineTooLong => "Command line too long",
             Text::LiteralTooBig => "Literal too big",
             Text::CommandTooBig => "Command too big",
@@ -332,7 +335,7 @@ pub fn write_command_error(out: &mut Vec<u8>, error: &CommandError<'_>) {
     let usage;
     let text = match error.error {
         ParseError::Syntax(u) => {
-            usage = format!("Syntax: {}", u.text());
+            usage = format!("{} {}", Text::Syntax.as_str(), u.text());
             usage.as_str()
         }
         other => parse_error_text(other).as_str(),
@@ -349,7 +352,7 @@ pub fn parse_error_text(error: ParseError) -> Text {
     match error {
         ParseError::InvalidTag => Text::InvalidTag,
         ParseError::UnknownCommand => Text::UnknownCommand,
-        ParseError::Syntax(_) => Text::UnknownCommand,
+        ParseError::Syntax(_) => Text::Syntax,
         ParseError::InvalidNumber => Text::InvalidNumber,
         ParseError::InvalidSequenceSet => Text::InvalidSequenceSet,
         ParseError::InvalidDate => Text::InvalidDate,
