@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | protocol core | [`smtp`] | sans-IO SMTP server: bytes in, replies and events out; the parser borrows from the receive buffer |
 //! | protocol core | [`pop3`] | sans-IO POP3 server: bytes in, replies and requests (authenticate, open maildrop, send message, update) out |
-//! | protocol core | [`imap`] | IMAP4rev1 server pieces: [`imap::mime`] gives ENVELOPE, BODY/BODYSTRUCTURE and `BODY[section]` byte ranges of stored messages |
+//! | protocol core | [`imap`] | sans-IO IMAP server pieces: command framing with literals and bounds, a parser to typed commands borrowing from the receive buffer, reply encoding, MIME structure (ENVELOPE, BODYSTRUCTURE, sections), the selected mailbox's view; the session and its glue are still to come |
 //! | protocol helper | [`sasl`] | SASL codecs shared by the cores: strict base64, PLAIN (RFC 4616), LOGIN prompts |
 //! | shared data | [`envelope`] | the envelope of an accepted message |
 //! | spool | [`spool`] | per-core append-only segments, checksummed records, group commit, recovery, reclaim |
@@ -21,7 +21,7 @@
 //! | edges | [`config`], [`metrics`], [`cli`], [`control`] | TOML configuration, per-core counters and histograms, the command line |
 //!
 //! See DESIGN.md (shared with the project) and README.md for the whole
-//! picture, including the layer still being built (IMAP).
+//! picture; the IMAP session and its glue are still to come.
 
 pub mod account;
 pub mod blocking;

@@ -1,5 +1,30 @@
-//! IMAP4rev1 server pieces (RFC 3501, RFC 9051), sans-IO like the other protocol cores; this
-//! file only lists them and refuses to hold code.
+//! The IMAP4rev1/IMAP4rev2 protocol core, sans-IO: bytes in, typed commands out, replies encoded
+//! (RFC 3501, RFC 9051 and the extensions named in each file). It refuses to do any I/O, keep
+//! time, check passwords or read mailboxes.
+//!
+//! Map: [`reader`] frames received bytes into complete commands (literals,
+//! continuation requests, bounds, discarding refused input), [`parser`]
+//! turns one command into a [`Command`] borrowing from the reader's
+//! buffer, [`command`] holds the command types, [`response`] encodes
+//! replies and holds the fixed reply texts, [`mime`] gives ENVELOPE,
+//! BODY/BODYSTRUCTURE and `BODY[section]` byte ranges of stored messages,
+//! [`view`] is a session's view of its selected mailbox (sequence numbers,
+//! UIDs, `\Recent`, the untagged updates it owes).
 
+// One module per line, sorted: parallel branches add their own lines.
+pub mod command;
 pub mod mime;
+pub mod parser;
+pub mod reader;
+pub mod response;
 pub mod view;
+
+#[cfg(test)]
+mod tests;
+
+pub use command::{
+    Command, CommandBody, FetchAttribute, FetchItems, Flag, IString, Mailbox, SearchKey,
+    SequenceSet,
+};
+pub use parser::{parse_command, CommandError, ParseError};
+pub use reader::{CommandReader, LineStep, ReaderConfig, Rejection, Step};
