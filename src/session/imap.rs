@@ -1,0 +1,379 @@
+//! Drives one IMAP connection: frames received bytes into commands with
+//! the sans-IO `CommandReader`, runs each command through the IMAP
+//! `Session` on the blocking pool (it reads and writes the mailbox store
+//! synchronously), writes the replies, and carries out what the session
+//! asks for: STARTTLS, IDLE (woken by polling the mailbox), the delay after
+//! a failed login, LOGOUT. Implicit TLS for imaps. It makes no protocol
+//! decision of its own.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_lite::AsyncWriteExt;
+use glommio::net::TcpStream;
+
+use crate::imap::reader::{is_done, LineStep, CONTINUATION};
+use crate::imap::session::{Backend, Outcome, PeerInfo, Session};
+use crate::imap::{parse_command, CommandReader, ReaderConfig, Step};
+use crate::local::{LocalTier, Login};
+use crate::mailbox::{MailboxError, UserMailbox};
+use crate::session::stream::{
+    accept_tls, refuse, wait_for_client, Connection, ReadBuffer, ServerConnection, Wake,
+};
+use crate::shard::ShardContext;
+use crate::spool::SegmentStore;
+
+const INITIAL_READ_BUFFER: usize = 1024;
+const MAX_READ_BUFFER: usize = 64 * 1024;
+/// RFC 3501 5.4: the autologout timer is at least 30 minutes.
+const AUTOLOGOUT: Duration = Duration::from_secs(30 * 60);
+/// How often an idling session looks for changes in its mailbox.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+const TOO_MANY_CONNECTIONS: &[u8] = b"* BYE Too many connections, try again later\r\n";
+const SHUTTING_DOWN: &[u8] = b"* BYE Server shutting down\r\n";
+
+/// The mailbox tier as the IMAP session's backend, for one client address
+/// (its failed logins are throttled).
+struct TierBackend {
+    tier: Option<Arc<LocalTier>>,
+    ip: IpAddr,
+}
+
+impl Backend for TierBackend {
+    fn authenticate(&self, login: &str, password: &str) -> Login {
+        let Some(tier) = &self.tier else {
+            return Login::Failed;
+        };
+        if tier.login_blocked(self.ip, Instant::now()) {
+            return Login::Failed;
+        }
+        let verdict = tier.authenticate(login, password);
+        if let Login::Success(_) = verdict {
+            tier.login_succeeded(self.ip);
+        }
+        verdict
+    }
+
+    fn mailbox(&self, user: &str) -> Result<UserMailbox, MailboxError> {
+        match &self.tier {
+            Some(tier) => tier.mailbox(user),
+            None => Err(MailboxError::NotPermitted),
+        }
+    }
+}
+
+/// Serves one accepted IMAP connection; `implicit_tls` for imaps (993).
+pub async fn serve<S: SegmentStore>(
+    ctx: Rc<ShardContext<S>>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    implicit_tls: bool,
+) {
+    let _ = stream.set_nodelay(true);
+    let Ok(_slot) = ctx.limits.admit(peer.ip()) else {
+        return refuse(stream, TOO_MANY_CONNECTIONS).await;
+    };
+    let conn = if implicit_tls {
+        let Some(acceptor) = ctx.tls.clone() else {
+            return;
+        };
+        match accept_tls(&acceptor, stream, Duration::from_secs(60)).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "imaps handshake failed");
+                return;
+            }
+        }
+    } else {
+        Connection::Plain(stream)
+    };
+    let ip = peer.ip().to_canonical();
+    let peer_info = PeerInfo {
+        tls: implicit_tls,
+        plaintext_allowed: implicit_tls
+            || ctx.config.auth.allow_plaintext
+            || (ctx.config.auth.trust_loopback && ip.is_loopback()),
+    };
+    let reader = CommandReader::new(ReaderConfig {
+        max_literal: ctx.smtp.max_message_size as u64,
+        max_command: ctx.smtp.max_message_size as u64 + 64 * 1024,
+        ..ReaderConfig::default()
+    });
+    let backend = Arc::new(TierBackend {
+        tier: ctx.local.clone(),
+        ip,
+    });
+    let mut driver = Driver {
+        session: Some(Session::new(Arc::clone(&ctx.imap), peer_info)),
+        ctx,
+        conn,
+        input: ReadBuffer::new(INITIAL_READ_BUFFER, MAX_READ_BUFFER),
+        reader,
+        backend,
+        peer,
+        last_activity: Instant::now(),
+        shutdown_seen: false,
+    };
+    if let Err(e) = driver.run().await {
+        tracing::debug!(%peer, error = %e, "imap session ended");
+    }
+    let _ = driver.conn.close().await;
+}
+
+struct Driver<S: SegmentStore> {
+    ctx: Rc<ShardContext<S>>,
+    /// `None` only while a command runs on the blocking pool.
+    session: Option<Session>,
+    conn: ServerConnection,
+    input: ReadBuffer,
+    reader: CommandReader,
+    backend: Arc<TierBackend>,
+    peer: SocketAddr,
+    last_activity: Instant,
+    shutdown_seen: bool,
+}
+
+/// What the driver does after handling the buffered input.
+enum Next {
+    Read,
+    Close,
+}
+
+impl<S: SegmentStore> Driver<S> {
+    async fn run(&mut self) -> io::Result<()> {
+        self.flush().await?;
+        loop {
+            if let Next::Close = self.process().await? {
+                self.flush().await?;
+                return Ok(());
+            }
+            self.flush().await?;
+            match self.wait(self.last_activity + AUTOLOGOUT).await {
+                Wake::Read(Ok(0)) => return Ok(()),
+                Wake::Read(Ok(n)) => self.input.commit(n),
+                Wake::Read(Err(e)) => return Err(e),
+                Wake::Deadline => {
+                    self.session_mut()?.timeout();
+                    self.flush().await?;
+                    return Ok(());
+                }
+                Wake::Shutdown => {
+                    self.shutdown_seen = true;
+                    self.write_raw(SHUTTING_DOWN).await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn session_mut(&mut self) -> io::Result<&mut Session> {
+        self.session
+            .as_mut()
+            .ok_or_else(|| io::Error::other("imap session lost"))
+    }
+
+    /// Moves received bytes into the reader and handles every complete
+    /// command or SASL line in it.
+    async fn process(&mut self) -> io::Result<Next> {
+        loop {
+            let taken = self.reader.push(self.input.filled());
+            self.input.consume(taken);
+            if taken > 0 {
+                self.last_activity = Instant::now();
+            }
+            let outcome = if self.session_mut()?.wants_sasl_line() {
+                let line = match self.reader.next_line() {
+                    LineStep::Line(line) => line.to_vec(),
+                    LineStep::TooLong => b"*".to_vec(),
+                    LineStep::Incomplete => return Ok(Next::Read),
+                };
+                self.on_pool(move |session, backend| session.sasl_response(&line, backend))
+                    .await?
+            } else {
+                match self.reader.next_command() {
+                    Step::Incomplete => return Ok(Next::Read),
+                    Step::NeedContinuation => {
+                        self.write_raw(CONTINUATION).await?;
+                        continue;
+                    }
+                    Step::Rejected(rejection) => {
+                        if let Some(session) = self.session.as_mut() {
+                            session.rejection(&rejection);
+                        }
+                        continue;
+                    }
+                    Step::Command(bytes) => {
+                        let command = bytes.to_vec();
+                        self.on_pool(move |session, backend| match parse_command(&command) {
+                            Ok(command) => session.execute(command, backend),
+                            Err(error) => {
+                                session.command_error(&error);
+                                Outcome::Continue
+                            }
+                        })
+                        .await?
+                    }
+                }
+            };
+            match outcome {
+                Outcome::Continue => {}
+                Outcome::AuthFailed => {
+                    self.ctx.metrics.borrow_mut().auth_failures += 1;
+                    if let Some(tier) = &self.ctx.local {
+                        let delay = tier.login_failed(self.peer.ip().to_canonical(), Instant::now());
+                        glommio::timer::sleep(delay).await;
+                    }
+                }
+                Outcome::StartTls => {
+                    if !self.start_tls().await? {
+                        return Ok(Next::Close);
+                    }
+                }
+                Outcome::Idle => {
+                    if let Next::Close = self.idle().await? {
+                        return Ok(Next::Close);
+                    }
+                }
+                Outcome::Logout => return Ok(Next::Close),
+            }
+            self.flush().await?;
+        }
+    }
+
+    /// Runs `job` with the session on a pool thread (commands read and write
+    /// the mailbox store synchronously) and takes the session back.
+    async fn on_pool<F>(&mut self, job: F) -> io::Result<Outcome>
+    where
+        F: FnOnce(&mut Session, &dyn Backend) -> Outcome + Send + 'static,
+    {
+        let mut session = self
+            .session
+            .take()
+            .ok_or_else(|| io::Error::other("imap session lost"))?;
+        let backend = Arc::clone(&self.backend);
+        let (session, outcome) = self
+            .ctx
+            .blocking
+            .run(move || {
+                let outcome = job(&mut session, backend.as_ref());
+                (session, outcome)
+            })
+            .await
+            .map_err(io::Error::other)?;
+        self.session = Some(session);
+        Ok(outcome)
+    }
+
+    /// RFC 2177: until DONE, report the mailbox's changes as they happen
+    /// (found by polling every `IDLE_POLL`).
+    async fn idle(&mut self) -> io::Result<Next> {
+        self.flush().await?;
+        loop {
+            if let LineStep::Line(line) = self.reader.next_line() {
+                let done = is_done(line);
+                if done {
+                    self.on_pool(|session, backend| {
+                        session.idle_done(backend);
+                        Outcome::Continue
+                    })
+                    .await?;
+                    return Ok(Next::Read);
+                }
+                // Anything else during IDLE is a protocol error: end it.
+                return Ok(Next::Close);
+            }
+            match self.wait(Instant::now() + IDLE_POLL).await {
+                Wake::Read(Ok(0)) => return Ok(Next::Close),
+                Wake::Read(Ok(n)) => {
+                    self.input.commit(n);
+                    let taken = self.reader.push(self.input.filled());
+                    self.input.consume(taken);
+                    self.last_activity = Instant::now();
+                }
+                Wake::Read(Err(e)) => return Err(e),
+                Wake::Deadline => {
+                    if self.last_activity.elapsed() > AUTOLOGOUT {
+                        self.session_mut()?.timeout();
+                        return Ok(Next::Close);
+                    }
+                    self.on_pool(|session, backend| {
+                        session.idle_poll(backend);
+                        Outcome::Continue
+                    })
+                    .await?;
+                    self.flush().await?;
+                }
+                Wake::Shutdown => {
+                    self.shutdown_seen = true;
+                    self.write_raw(SHUTTING_DOWN).await?;
+                    return Ok(Next::Close);
+                }
+            }
+        }
+    }
+
+    /// RFC 3501 6.2.1: the OK is in the clear, pipelined input is dropped,
+    /// then the session goes on under TLS.
+    async fn start_tls(&mut self) -> io::Result<bool> {
+        self.flush().await?;
+        self.input.clear();
+        self.reader.clear();
+        let Some(acceptor) = self.ctx.tls.clone() else {
+            return Ok(false);
+        };
+        let Connection::Plain(tcp) = std::mem::replace(&mut self.conn, Connection::Upgrading)
+        else {
+            return Ok(false);
+        };
+        match accept_tls(&acceptor, tcp, Duration::from_secs(60)).await {
+            Ok(conn) => {
+                self.conn = conn;
+                self.session_mut()?.tls_established();
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::debug!(peer = %self.peer, error = %e, "IMAP STARTTLS handshake failed");
+                Ok(false)
+            }
+        }
+    }
+
+    async fn wait(&mut self, deadline: Instant) -> Wake {
+        let shutdown = (!self.shutdown_seen).then_some(&*self.ctx.shutdown);
+        wait_for_client(&mut self.conn, &mut self.input, deadline, shutdown).await
+    }
+
+    /// Writes the session's output (bounded by the autologout timer, so a
+    /// client that stops reading cannot hold the session forever).
+    async fn flush(&mut self) -> io::Result<()> {
+        let Some(session) = self.session.as_mut() else {
+            return Ok(());
+        };
+        if session.output().is_empty() {
+            return Ok(());
+        }
+        let conn = &mut self.conn;
+        glommio::timer::timeout(AUTOLOGOUT, async {
+            while !session.output().is_empty() {
+                let n = conn.write(session.output()).await?;
+                if n == 0 {
+                    return Err(io::Error::from(io::ErrorKind::WriteZero).into());
+                }
+                session.consume_output(n);
+            }
+            conn.flush().await?;
+            Ok(())
+        })
+        .await
+        .map_err(io::Error::from)
+    }
+
+    async fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.flush().await?;
+        self.conn.write_all(bytes).await?;
+        self.conn.flush().await
+    }
+}
