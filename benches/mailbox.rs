@@ -1,13 +1,15 @@
 //! Criterion benchmark of local delivery (issue 4): `Folder::deliver` of a
 //! 4 KiB message into a Maildir (tmp/ write + fsync, link into new/,
-//! fsync of new/, then the UID index rewritten under its lock) beside the
+//! fsync of new/; the UID index is left to the next reader) beside the
 //! naive baselines in the same run on the same filesystem: create, write
 //! and fsync of the same bytes, and that plus an fsync of the directory.
-//! The folder starts empty, or already holds 1,000 or 10,000 messages (the
-//! index is rewritten whole on every delivery, so its size shows); then 8
-//! threads delivering to 8 users at once beside 8 threads of the baseline.
-//! Each delivered batch is expunged (untimed) so a folder stays within
-//! `CHUNK` messages of its starting size. It measures; it asserts nothing.
+//! The folder starts empty, or already holds 1,000 or 10,000 messages
+//! (delivery should not care); then "deliver then snapshot": every
+//! `SYNC_EVERY` deliveries a reader takes a snapshot, timed too, which
+//! gives the batch its UIDs (one index append); then 8 threads delivering
+//! to 8 users at once beside 8 threads of the baseline. Each delivered
+//! batch is expunged (untimed) so a folder stays within `CHUNK` messages
+//! of its starting size. It measures; it asserts nothing.
 //! At the end it prints a markdown table of the medians (messages/s) and
 //! the ratios to the baselines, read back from criterion's estimates.
 
@@ -28,6 +30,10 @@ const CHUNK: u64 = 100;
 const THREADS: usize = 8;
 /// Messages already in the folder before timing starts.
 const PREFILLS: [usize; 3] = [0, 1_000, 10_000];
+/// Folder sizes of the "deliver then snapshot" case.
+const SYNC_PREFILLS: [usize; 2] = [0, 10_000];
+/// Deliveries between two snapshots in that case.
+const SYNC_EVERY: u64 = 10;
 const GROUP: &str = "local_delivery_4k";
 
 fn message() -> (Vec<u8>, Vec<u8>) {
@@ -68,20 +74,39 @@ fn inbox(store: &MailStore, user: &str, prefill: usize) -> Folder {
     folder
 }
 
-/// Delivers `n` messages, expunging every `CHUNK` (untimed); the time
-/// spent delivering.
-fn deliver_n(folder: &Folder, n: u64, header: &[u8], body: &[u8]) -> Duration {
+/// Delivers `n` messages, with a snapshot after every `sync_every` of
+/// them (timed) when given, and expunges them every `CHUNK` (untimed: a
+/// snapshot to learn their UIDs, they are the ones in new/, the prefill
+/// is in cur/); the time spent delivering and taking snapshots.
+fn deliver_n(
+    folder: &Folder,
+    n: u64,
+    header: &[u8],
+    body: &[u8],
+    sync_every: Option<u64>,
+) -> Duration {
     let mut elapsed = Duration::ZERO;
     let mut left = n;
     while left > 0 {
         let batch = left.min(CHUNK);
-        let mut uids: Vec<Uid> = Vec::with_capacity(batch as usize);
         let start = Instant::now();
-        for _ in 0..batch {
+        for i in 1..=batch {
             let d = folder.deliver(&[header, body]).expect("deliver");
-            uids.push(d.uid.expect("indexed"));
+            debug_assert!(d.uid.is_none());
+            if sync_every.is_some_and(|every| i.is_multiple_of(every) || i == batch) {
+                folder.snapshot().expect("snapshot");
+            }
         }
         elapsed += start.elapsed();
+        let uids: Vec<Uid> = folder
+            .snapshot()
+            .expect("snapshot")
+            .messages
+            .iter()
+            .filter(|m| m.recent)
+            .map(|m| m.uid)
+            .collect();
+        assert_eq!(uids.len() as u64, batch);
         folder.expunge(&uids).expect("expunge");
         left -= batch;
     }
@@ -167,7 +192,19 @@ fn local_delivery(c: &mut Criterion) {
         g.bench_with_input(
             BenchmarkId::new("maildir_deliver", prefill),
             &prefill,
-            |b, _| b.iter_custom(|n| deliver_n(&folder, n, &header, &body)),
+            |b, _| b.iter_custom(|n| deliver_n(&folder, n, &header, &body, None)),
+        );
+    }
+    for prefill in SYNC_PREFILLS {
+        let store = MailStore::new(
+            root.path().join(format!("mail-sync{prefill}")),
+            "bench.test",
+        );
+        let folder = inbox(&store, "u", prefill);
+        g.bench_with_input(
+            BenchmarkId::new("maildir_deliver_then_snapshot", prefill),
+            &prefill,
+            |b, _| b.iter_custom(|n| deliver_n(&folder, n, &header, &body, Some(SYNC_EVERY))),
         );
     }
 
@@ -196,7 +233,7 @@ fn local_delivery(c: &mut Criterion) {
         |b| {
             b.iter_custom(|n| {
                 threaded(|i| {
-                    deliver_n(&folders[i], n, &header, &body);
+                    deliver_n(&folders[i], n, &header, &body, None);
                 })
             })
         },
@@ -246,6 +283,17 @@ fn summary() {
         let m = rate(&format!("maildir_deliver/{prefill}"), 1.0);
         println!(
             "| Maildir deliver, 1 thread, {prefill} already in folder | {} | {} | {} | {} | {} |",
+            fmt(m),
+            fmt(raw),
+            ratio(m, raw),
+            fmt(raw_dir),
+            ratio(m, raw_dir)
+        );
+    }
+    for prefill in SYNC_PREFILLS {
+        let m = rate(&format!("maildir_deliver_then_snapshot/{prefill}"), 1.0);
+        println!(
+            "| Maildir deliver, snapshot every {SYNC_EVERY}, {prefill} already in folder | {} | {} | {} | {} | {} |",
             fmt(m),
             fmt(raw),
             ratio(m, raw),

@@ -1,5 +1,6 @@
 //! Durable filesystem steps the store is built from: fsync of
-//! directories, atomic replacement of small files, private permissions.
+//! directories, atomic replacement of small files, durable appends,
+//! private permissions.
 //! It holds no locks; callers serialize writers.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
@@ -63,6 +64,23 @@ pub fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     }
     fs::rename(&tmp, &path).map_err(|e| MailboxError::io("renaming into place", &path, e))?;
     fsync_dir(dir)
+}
+
+/// Appends `bytes` to the existing file `path` and fdatasyncs it (which
+/// also makes its new length durable); `Ok(false)` when the file does not
+/// exist. The caller must hold the lock that serializes writers of `path`.
+/// A crash or error midway can leave part of `bytes` at the end: readers
+/// of an append-only file must ignore a last line without its end.
+pub fn append_existing(path: &Path, bytes: &[u8]) -> Result<bool> {
+    let mut file = match OpenOptions::new().append(true).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(MailboxError::io("opening", path, e)),
+    };
+    file.write_all(bytes)
+        .and_then(|()| file.sync_data())
+        .map_err(|e| MailboxError::io("appending to", path, e))?;
+    Ok(true)
 }
 
 /// Reads a whole file; `Ok(None)` when it does not exist.

@@ -49,6 +49,32 @@ pub fn size_from_base(base: &str) -> Option<u64> {
         .find_map(|field| field.strip_prefix("S=")?.parse().ok())
 }
 
+/// Orders bases by arrival: the seconds and microseconds (and counter)
+/// of spate's and Dovecot's names compared as numbers, since their digits
+/// are not padded ("M99999" came before "M100000"); then the name. Names
+/// of another form sort by their leading number, if any.
+pub fn arrival_key(base: &str) -> (u64, u64, u64, &str) {
+    let number = |s: &str| -> u64 {
+        let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        s[..end].parse().unwrap_or(0)
+    };
+    let secs = match base.find(|c: char| !c.is_ascii_digit()) {
+        Some(0) => u64::MAX,
+        Some(end) => base[..end].parse().unwrap_or(u64::MAX),
+        None => base.parse().unwrap_or(u64::MAX),
+    };
+    let rest = base.split_once('.').map_or("", |(_, rest)| rest);
+    let unique = rest.split('.').next().unwrap_or("");
+    let (mut usecs, mut counter) = (0, 0);
+    if let Some(m) = unique.strip_prefix('M') {
+        usecs = number(m);
+        if let Some((_, q)) = m.split_once('Q') {
+            counter = number(q);
+        }
+    }
+    (secs, usecs, counter, base)
+}
+
 /// The file name for `base` with `flags`, as it lives in `cur/`.
 pub fn with_flags(base: &str, flags: Flags) -> String {
     format!("{base}:2,{}", flags.letters())
@@ -120,5 +146,29 @@ mod tests {
         assert!(parse(".hidden").is_none());
         assert!(parse(":2,S").is_none());
         assert!(parse("a\nb").is_none());
+    }
+
+    #[test]
+    fn arrival_order_is_numeric() {
+        let mut names = vec![
+            "1700000001.M5P1Q1.h,S=1",
+            "1700000000.M100000P9Q2.h,S=1",
+            "foreign",
+            "1700000000.M99999P9Q10.h,S=1",
+            "1700000000.M99999P9Q9.h,S=1",
+            "999999999.x.host",
+        ];
+        names.sort_by_key(|n| arrival_key(n));
+        assert_eq!(
+            names,
+            vec![
+                "999999999.x.host",
+                "1700000000.M99999P9Q9.h,S=1",
+                "1700000000.M99999P9Q10.h,S=1",
+                "1700000000.M100000P9Q2.h,S=1",
+                "1700000001.M5P1Q1.h,S=1",
+                "foreign",
+            ]
+        );
     }
 }

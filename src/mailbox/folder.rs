@@ -3,12 +3,21 @@
 //! rename or list folders (see `user`) and does not enforce quota (the
 //! caller compares `UserMailbox::usage` with its limit).
 //!
+//! Local delivery does not touch the index, as with Dovecot's LDA: a
+//! message is delivered once its file is fsynced, linked into `new/` and
+//! `new/` is fsynced; the next sync (every reader: snapshot, take_recent,
+//! and through them POP3 and IMAP) gives it its UID, a whole batch of
+//! arrivals under one lock and one append to the index.
+//!
 //! Every change to the index happens under a flock on
-//! `spate-uidlist.lock` in the folder, held only for the change itself,
-//! and the index is replaced atomically (see `durable::replace_file`), so
-//! concurrent threads and processes never lose or duplicate a UID and
-//! readers without the lock see a whole index. Message files are written
-//! before the lock is taken: delivery is durable first, indexed second.
+//! `spate-uidlist.lock` in the folder, held only for the change itself.
+//! Changes are appended to the index as records and fdatasynced, so they
+//! cost what changed, not the folder's size; now and then the file is
+//! compacted, replaced atomically (see `durable::replace_file`). So
+//! concurrent threads and processes never lose or duplicate a UID, and
+//! readers without the lock see whole records (a torn last one is
+//! ignored). Message files are written before the lock is taken: a message
+//! is durable first, indexed second.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
@@ -22,7 +31,7 @@ use super::error::{MailboxError, Result};
 use super::filename;
 use super::flag::Flags;
 use super::id::{ModSeq, Uid, UidValidity};
-use super::index::{Parsed, UidIndex};
+use super::index::{IndexWrite, Parsed, UidIndex};
 use super::lock::{self, FileLock};
 use super::name::FolderName;
 use super::store::StoreContext;
@@ -108,10 +117,11 @@ pub struct Snapshot {
 /// The outcome of a delivery or APPEND: the message is durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivered {
-    /// The UID it got. `None` only when the message file was stored
-    /// durably but updating the index then failed: the delivery still
-    /// counts (retrying would duplicate it) and the next sync of the folder
-    /// assigns the UID.
+    /// The UID it got; `None` means the next sync of the folder assigns
+    /// it. Always `None` for [`Folder::deliver`], which leaves indexing to
+    /// readers; for [`Folder::append`] only when the message file was
+    /// stored durably but updating the index then failed (the message
+    /// still counts: retrying would duplicate it).
     pub uid: Option<Uid>,
     pub size: u64,
 }
@@ -128,13 +138,11 @@ pub struct Folder {
     known: Mutex<HashMap<Uid, PathBuf>>,
 }
 
-/// The index with its lock held, plus what was learnt about the disk
-/// while holding it.
+/// The index with its lock held (it records its own unwritten changes),
+/// plus what was learnt about the disk while holding it.
 struct Locked {
     _guard: FileLock,
     index: UidIndex,
-    /// The index must be written back.
-    dirty: bool,
     /// The result of a full scan, when one was made under this lock.
     disk: Option<DiskMap>,
 }
@@ -166,15 +174,28 @@ impl Folder {
 
     /// Stores a message from the network: `parts` are written one after
     /// another (header and body need not be joined) into `tmp/`, fsynced,
-    /// linked into `new/`, and `new/` is fsynced; only then is the delivery
-    /// done. The UID is assigned last.
+    /// linked into `new/`, and `new/` is fsynced; then the delivery is
+    /// done. Its cost does not depend on the folder's size: the index is
+    /// neither locked nor written, the next sync assigns the UID (so the
+    /// result's `uid` is `None`). Safe from any number of threads and
+    /// processes at once: names are unique and the link never replaces a
+    /// file.
     pub fn deliver(&self, parts: &[&[u8]]) -> Result<Delivered> {
-        self.append(parts, Flags::empty(), None)
+        let size: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        self.place(size, Flags::empty(), |file| {
+            for part in parts {
+                file.write_all(part)?;
+            }
+            Ok(())
+        })?;
+        Ok(Delivered { uid: None, size })
     }
 
-    /// Stores a message with flags and an internal date (IMAP APPEND); the
-    /// same durable path as [`Folder::deliver`]. With flags it goes to
-    /// `cur/`, without to `new/` (so it is `\Recent`).
+    /// Stores a message with flags and an internal date (IMAP APPEND): the
+    /// same durable path as [`Folder::deliver`], then the UID is assigned
+    /// at once (APPENDUID needs it), by one record appended to the index.
+    /// With flags it goes to `cur/`, without to `new/` (so it is
+    /// `\Recent`).
     pub fn append(
         &self,
         parts: &[&[u8]],
@@ -205,9 +226,9 @@ impl Folder {
     pub fn snapshot(&self) -> Result<Snapshot> {
         let mut locked = self.lock_index()?;
         self.sync(&mut locked, &[])?;
-        let mut messages = Vec::with_capacity(locked.index.entries.len());
+        let mut messages = Vec::with_capacity(locked.index.entries().len());
         let mut rescanned = false;
-        for entry in &locked.index.entries {
+        for entry in locked.index.entries() {
             let mut found = None;
             for attempt in 0..2 {
                 let Some(file) = locked.disk.as_ref().and_then(|d| d.get(&entry.base)) else {
@@ -308,7 +329,7 @@ impl Folder {
             let Some((mut file, mut path)) = self.locate_uid(&mut locked, uid)? else {
                 continue;
             };
-            let base = locked.index.entries[pos].base.clone();
+            let base = locked.index.entries()[pos].base.clone();
             let new_name = filename::with_flags(&base, flags);
             if file.sub != Sub::Cur || file.file_name != new_name {
                 let to = self.file_path(Sub::Cur, &new_name);
@@ -335,13 +356,12 @@ impl Folder {
                 };
                 self.remember(&mut locked, uid, &base, moved, to);
             }
-            if file.flags != flags {
-                let index = &mut locked.index;
-                index.highest_modseq = index.highest_modseq.next();
-                index.entries[pos].modseq = index.highest_modseq;
-                locked.dirty = true;
-            }
-            out.push((uid, locked.index.entries[pos].modseq));
+            let modseq = if file.flags != flags {
+                locked.index.bump(pos)
+            } else {
+                locked.index.entries()[pos].modseq
+            };
+            out.push((uid, modseq));
         }
         if !out.is_empty() {
             durable::fsync_dir(&self.dir.join("cur"))?;
@@ -361,7 +381,7 @@ impl Folder {
         self.sync(&mut locked, &[])?;
         let recent: Vec<(Uid, String, DiskFile)> = locked
             .index
-            .entries
+            .entries()
             .iter()
             .filter_map(|e| {
                 let file = locked.disk.as_ref()?.get(&e.base)?;
@@ -404,7 +424,7 @@ impl Folder {
         let mut removed = HashSet::new();
         let targets: Vec<Uid> = locked
             .index
-            .entries
+            .entries()
             .iter()
             .map(|e| e.uid)
             .filter(|u| wanted.contains(u))
@@ -422,9 +442,7 @@ impl Folder {
         if !removed.is_empty() {
             durable::fsync_dir(&self.dir.join("cur"))?;
             durable::fsync_dir(&self.dir.join("new"))?;
-            locked.index.entries.retain(|e| !removed.contains(&e.uid));
-            locked.index.highest_modseq = locked.index.highest_modseq.next();
-            locked.dirty = true;
+            locked.index.remove(&removed);
             let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
             known.retain(|uid, _| !removed.contains(uid));
         }
@@ -459,7 +477,7 @@ impl Folder {
                 let Some(pos) = locked.index.position(uid) else {
                     continue;
                 };
-                let size = locked.index.entries[pos].size;
+                let size = locked.index.entries()[pos].size;
                 let Some((file, path)) = self.locate_uid(&mut locked, uid)? else {
                     continue;
                 };
@@ -486,9 +504,7 @@ impl Folder {
                 gone.insert(*uid);
             }
             self.fsync_message_dirs()?;
-            locked.index.entries.retain(|e| !gone.contains(&e.uid));
-            locked.index.highest_modseq = locked.index.highest_modseq.next();
-            locked.dirty = true;
+            locked.index.remove(&gone);
         }
         self.finish(locked)?;
         let items: Vec<(String, u64)> = placed
@@ -623,23 +639,24 @@ impl Folder {
         Ok(uids)
     }
 
-    /// The UIDs of `items` (base, size), indexing those not yet known.
-    /// Without a directory scan, so a delivery costs one index rewrite.
+    /// The UIDs of `items` (base, size), indexing those not yet known (a
+    /// sync may have indexed them since they were placed). Without a
+    /// directory scan, so APPEND costs one appended record.
     fn ensure_indexed(&self, locked: &mut Locked, items: &[(String, u64)]) -> Result<Vec<Uid>> {
-        let mut by_base: HashMap<String, Uid> = locked
-            .index
-            .entries
-            .iter()
-            .map(|e| (e.base.clone(), e.uid))
-            .collect();
+        let mut by_base: HashMap<&str, Uid> = HashMap::with_capacity(items.len());
+        let wanted: HashSet<&str> = items.iter().map(|(b, _)| b.as_str()).collect();
+        for e in locked.index.entries() {
+            if let Some(&base) = wanted.get(e.base.as_str()) {
+                by_base.insert(base, e.uid);
+            }
+        }
         let mut uids = Vec::with_capacity(items.len());
         for (base, size) in items {
-            let uid = match by_base.get(base) {
+            let uid = match by_base.get(base.as_str()) {
                 Some(&uid) => uid,
                 None => match locked.index.push(base.clone(), *size) {
                     Some(uid) => {
-                        locked.dirty = true;
-                        by_base.insert(base.clone(), uid);
+                        by_base.insert(base, uid);
                         uid
                     }
                     None => {
@@ -679,7 +696,6 @@ impl Folder {
                 Ok(Locked {
                     _guard: guard,
                     index,
-                    dirty: damaged > 0,
                     disk: None,
                 })
             }
@@ -692,7 +708,6 @@ impl Folder {
                 let mut locked = Locked {
                     _guard: guard,
                     index: UidIndex::new(validity),
-                    dirty: true,
                     disk: None,
                 };
                 self.sync(&mut locked, &[])?;
@@ -701,30 +716,46 @@ impl Folder {
         }
     }
 
-    /// Writes the index back if it changed, then releases the lock.
-    fn finish(&self, locked: Locked) -> Result<()> {
-        if locked.dirty {
-            durable::replace_file(&self.dir, INDEX_FILE, &locked.index.serialize())?;
+    /// Writes the index's changes (appended, or the whole file when it is
+    /// due for compaction), then releases the lock.
+    fn finish(&self, mut locked: Locked) -> Result<()> {
+        if !locked.index.is_dirty() {
+            return Ok(());
         }
+        let mut write = locked.index.write();
+        if let IndexWrite::Append(bytes) = &write {
+            match durable::append_existing(&self.dir.join(INDEX_FILE), bytes) {
+                Ok(true) => {}
+                // Removed meanwhile by hand: write it whole.
+                Ok(false) => write = IndexWrite::Rewrite(locked.index.serialize()),
+                Err(e) => return Err(e),
+            }
+        }
+        if let IndexWrite::Rewrite(bytes) = &write {
+            durable::replace_file(&self.dir, INDEX_FILE, bytes)?;
+        }
+        locked.index.written(&write);
         Ok(())
     }
 
     /// Brings the index in line with the directory: drops entries whose
     /// file is gone, gives new UIDs to unknown files (those in `hint`
-    /// first, in its order, then the rest by name, which starts with the
-    /// delivery time), renumbering under a new UIDVALIDITY if the UID
-    /// space would run out.
+    /// first, in its order, then the rest in arrival order, from their
+    /// names), renumbering under a new UIDVALIDITY if the UID space would
+    /// run out.
     fn sync(&self, locked: &mut Locked, hint: &[String]) -> Result<()> {
         let disk = self.scan()?;
-        let before = locked.index.entries.len();
-        locked.index.entries.retain(|e| disk.contains_key(&e.base));
-        if locked.index.entries.len() != before {
-            locked.index.highest_modseq = locked.index.highest_modseq.next();
-            locked.dirty = true;
-        }
+        let gone: HashSet<Uid> = locked
+            .index
+            .entries()
+            .iter()
+            .filter(|e| !disk.contains_key(&e.base))
+            .map(|e| e.uid)
+            .collect();
+        locked.index.remove(&gone);
         let known: HashSet<&str> = locked
             .index
-            .entries
+            .entries()
             .iter()
             .map(|e| e.base.as_str())
             .collect();
@@ -732,7 +763,12 @@ impl Folder {
             .keys()
             .filter(|b| !known.contains(b.as_str()))
             .collect();
-        unknown.sort_by_key(|b| (hint.iter().position(|h| h == *b).unwrap_or(usize::MAX), *b));
+        unknown.sort_by_cached_key(|b| {
+            (
+                hint.iter().position(|h| h == *b).unwrap_or(usize::MAX),
+                filename::arrival_key(b),
+            )
+        });
         let room = locked
             .index
             .next_uid
@@ -741,10 +777,9 @@ impl Folder {
             tracing::warn!(folder = %self.dir.display(), "UID space exhausted; renumbering");
             let validity = validity::allocate(&self.user_root, SystemTime::now())?;
             let old = std::mem::replace(&mut locked.index, UidIndex::new(validity));
-            for e in old.entries {
+            for e in old.into_entries() {
                 locked.index.push(e.base, e.size);
             }
-            locked.dirty = true;
         }
         let mut added = Vec::with_capacity(unknown.len());
         for base in unknown {
@@ -762,9 +797,7 @@ impl Folder {
         }
         for (base, size) in added {
             // Room was checked above, so push cannot run out of UIDs.
-            if locked.index.push(base, size).is_some() {
-                locked.dirty = true;
-            }
+            let _ = locked.index.push(base, size);
         }
         locked.disk = Some(disk);
         Ok(())
@@ -814,7 +847,7 @@ impl Folder {
         let Some(pos) = locked.index.position(uid) else {
             return Ok(None);
         };
-        let base = locked.index.entries[pos].base.clone();
+        let base = locked.index.entries()[pos].base.clone();
         if locked.disk.is_none() {
             if let Some(found) = self
                 .cached_path(uid)

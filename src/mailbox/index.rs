@@ -1,20 +1,38 @@
 //! The per-folder UID index file format (`spate-uidlist`): parsing,
-//! salvaging what survives damage, and writing. Pure: no I/O, no locking
+//! salvaging what survives damage, and the bytes of a change (appended
+//! records) or of the whole file (compaction). Pure: no I/O, no locking
 //! (see `folder`).
 //!
+//! Version 2, written by this code: a header, then records appended in
+//! the order changes were made, so a change costs a few appended bytes,
+//! not a rewrite of the file.
 //! ```text
-//! spate-uidlist 1 V<uidvalidity> N<next uid> M<highest modseq> C<count> B<bytes>
-//! <uid> M<modseq> S<size> :<base file name>
-//! ...
+//! spate-uidlist 2 V<uidvalidity> N<next uid> M<highest modseq>
+//! <uid> M<modseq> S<size> :<base file name>    message indexed
+//! =<uid> M<modseq>                             its modseq changed (flags)
+//! -<uid> M<modseq>                             it was expunged
 //! ```
+//! The header is written only when the file is written whole (created,
+//! rebuilt, renumbered, compacted); the next UID and highest modseq are the
+//! header's values pushed on by the records (an indexed UID at or past `N`
+//! moves it past; every `M` raises the highest modseq). UIDs of `:` lines
+//! only increase through the file, even across expunges, so a UID is never
+//! handed out twice. A whole rewrite (compaction) lists the live messages
+//! sorted by UID with their current modseq: it happens when superseded
+//! lines outnumber live ones (and at least [`COMPACT_MIN_DEAD`]), after
+//! damage, and on the first change to a version 1 file.
+//!
+//! Version 1 (still read): the same header with `C<count> B<bytes>`
+//! totals, and only `:` lines sorted by UID.
 //!
 //! Fields are a letter and a value separated by spaces, in any order;
 //! readers skip letters they do not know, so later versions can add
-//! fields (keywords, GUIDs) without breaking this one. Lines are sorted by
-//! UID. `C` and `B` (message count and byte total) are a cache for quota
-//! checks, which read only the header line; a full parse recomputes them.
-//! `S` is the size (from the `,S=` of the name, or a stat for messages
-//! that other tools dropped in), so quota never needs a stat.
+//! fields (keywords, GUIDs). `S` is the size (from the `,S=` of the name,
+//! or a stat for messages that other tools dropped in), so quota never
+//! needs a stat. A last line without its `\n` is a torn append (a crash
+//! mid-write) and is ignored; the next change then rewrites the file whole
+//! instead of appending after it. Other damaged lines are dropped (their
+//! files get new UIDs at the next sync) and the file is rewritten.
 
 use std::collections::HashSet;
 
@@ -22,8 +40,13 @@ use super::id::{ModSeq, Uid, UidValidity};
 
 /// First word of the header line.
 const MAGIC: &str = "spate-uidlist";
-/// The format version this code writes and reads.
-const VERSION: &str = "1";
+/// The format version this code writes.
+const VERSION: u32 = 2;
+/// The older version it still reads (converted on its first change).
+const VERSION_1: u32 = 1;
+/// Superseded lines tolerated before a compaction regardless of folder
+/// size, so small folders are not rewritten on every few changes.
+pub const COMPACT_MIN_DEAD: usize = 1024;
 
 /// One indexed message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,16 +57,29 @@ pub struct IndexEntry {
     pub base: String,
 }
 
-/// A folder's UID index in memory.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A folder's UID index in memory, with the changes made to it since it
+/// was read and not yet written.
+#[derive(Debug, Clone)]
 pub struct UidIndex {
     pub validity: UidValidity,
     /// The UID the next new message gets. `None` once `u32::MAX` was
     /// handed out: the folder then has to be renumbered.
     pub next_uid: Option<Uid>,
     pub highest_modseq: ModSeq,
-    /// Sorted by UID, strictly increasing, bases unique.
-    pub entries: Vec<IndexEntry>,
+    /// Sorted by UID, strictly increasing, bases unique. Change it only
+    /// through the methods below, which record what to append.
+    entries: Vec<IndexEntry>,
+    /// Record lines in the file (as read, plus those appended since).
+    lines: usize,
+    /// Record lines for the changes not yet written.
+    pending: String,
+    pending_lines: usize,
+    /// The file cannot be appended to (missing, version 1, torn last
+    /// line): the next write rewrites it whole.
+    no_append: bool,
+    /// The file must be rewritten even without changes (damaged lines,
+    /// rebuilt or renumbered index).
+    stale: bool,
 }
 
 /// The outcome of reading an index file.
@@ -51,15 +87,25 @@ pub struct UidIndex {
 pub enum Parsed {
     /// The header survived: UIDs can be kept. `damaged` counts lines that
     /// were dropped (their files get new UIDs, which never reuse old ones
-    /// because the header's next UID survived), so the file should be
-    /// rewritten.
+    /// because the next UID survived), so the file will be rewritten.
     Intact { index: UidIndex, damaged: usize },
-    /// The header is unreadable or of another version: nothing can be
+    /// The header is unreadable or of an unknown version: nothing can be
     /// trusted, the folder needs a new UIDVALIDITY.
     Lost,
 }
 
-/// The header's cached totals, for quota.
+/// How to bring the file up to date with the index in memory.
+#[derive(Debug, PartialEq, Eq)]
+pub enum IndexWrite {
+    /// Nothing changed.
+    None,
+    /// Append these bytes (whole lines) to the file.
+    Append(Vec<u8>),
+    /// Replace the file with these bytes.
+    Rewrite(Vec<u8>),
+}
+
+/// Message count and byte total, for quota.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Totals {
     pub messages: u64,
@@ -67,14 +113,30 @@ pub struct Totals {
 }
 
 impl UidIndex {
-    /// An empty index for a new folder or a renumbered one.
+    /// An empty index for a new folder or a renumbered one; written whole
+    /// on the next write.
     pub fn new(validity: UidValidity) -> UidIndex {
         UidIndex {
             validity,
             next_uid: Some(Uid::FIRST),
             highest_modseq: ModSeq::default(),
             entries: Vec::new(),
+            lines: 0,
+            pending: String::new(),
+            pending_lines: 0,
+            no_append: true,
+            stale: true,
         }
+    }
+
+    /// The indexed messages, sorted by UID.
+    pub fn entries(&self) -> &[IndexEntry] {
+        &self.entries
+    }
+
+    /// Consumes the index, for renumbering.
+    pub fn into_entries(self) -> Vec<IndexEntry> {
+        self.entries
     }
 
     pub fn totals(&self) -> Totals {
@@ -95,97 +157,200 @@ impl UidIndex {
         let uid = self.next_uid?;
         self.next_uid = uid.next();
         self.highest_modseq = self.highest_modseq.next();
-        self.entries.push(IndexEntry {
+        let entry = IndexEntry {
             uid,
             modseq: self.highest_modseq,
             size,
             base,
-        });
+        };
+        self.record(&entry_line(&entry));
+        self.entries.push(entry);
         Some(uid)
     }
 
-    /// The file's bytes.
+    /// Gives the message at `pos` a fresh modseq (its flags changed) and
+    /// returns it.
+    pub fn bump(&mut self, pos: usize) -> ModSeq {
+        self.highest_modseq = self.highest_modseq.next();
+        let entry = &mut self.entries[pos];
+        entry.modseq = self.highest_modseq;
+        let line = format!("={} M{}\n", entry.uid, entry.modseq);
+        self.record(&line);
+        self.highest_modseq
+    }
+
+    /// Drops the messages whose UIDs are in `gone` under one new folder
+    /// modseq; how many were dropped.
+    pub fn remove(&mut self, gone: &HashSet<Uid>) -> usize {
+        if !self.entries.iter().any(|e| gone.contains(&e.uid)) {
+            return 0;
+        }
+        self.highest_modseq = self.highest_modseq.next();
+        let modseq = self.highest_modseq;
+        let mut lines = String::new();
+        let before = self.entries.len();
+        self.entries.retain(|e| {
+            if gone.contains(&e.uid) {
+                lines.push_str(&format!("-{} M{modseq}\n", e.uid));
+                false
+            } else {
+                true
+            }
+        });
+        let removed = before - self.entries.len();
+        self.pending.push_str(&lines);
+        self.pending_lines += removed;
+        removed
+    }
+
+    /// Whether anything needs writing.
+    pub fn is_dirty(&self) -> bool {
+        self.stale || !self.pending.is_empty()
+    }
+
+    /// What to write to bring the file up to date: the pending records
+    /// appended, or the whole file when it cannot be appended to or when
+    /// superseded lines would outnumber live ones.
+    pub fn write(&self) -> IndexWrite {
+        if self.stale {
+            return IndexWrite::Rewrite(self.serialize());
+        }
+        if self.pending.is_empty() {
+            return IndexWrite::None;
+        }
+        let dead = (self.lines + self.pending_lines).saturating_sub(self.entries.len());
+        if self.no_append || dead > COMPACT_MIN_DEAD.max(self.entries.len()) {
+            IndexWrite::Rewrite(self.serialize())
+        } else {
+            IndexWrite::Append(self.pending.clone().into_bytes())
+        }
+    }
+
+    /// Records that `write` was carried out: the file now matches.
+    pub fn written(&mut self, done: &IndexWrite) {
+        match done {
+            IndexWrite::None => {}
+            IndexWrite::Append(_) => self.lines += self.pending_lines,
+            IndexWrite::Rewrite(_) => {
+                self.lines = self.entries.len();
+                self.no_append = false;
+                self.stale = false;
+            }
+        }
+        self.pending.clear();
+        self.pending_lines = 0;
+    }
+
+    /// The whole file: header and the live messages sorted by UID.
     pub fn serialize(&self) -> Vec<u8> {
-        let totals = self.totals();
         // The next UID is written as 0 once exhausted; parse maps 0 back.
         let next = self.next_uid.map_or(0, Uid::get);
         let mut out = format!(
-            "{MAGIC} {VERSION} V{} N{next} M{} C{} B{}\n",
-            self.validity, self.highest_modseq, totals.messages, totals.bytes
+            "{MAGIC} {VERSION} V{} N{next} M{}\n",
+            self.validity, self.highest_modseq
         );
         for e in &self.entries {
-            out.push_str(&format!(
-                "{} M{} S{} :{}\n",
-                e.uid, e.modseq, e.size, e.base
-            ));
+            out.push_str(&entry_line(e));
         }
         out.into_bytes()
     }
 
-    /// Reads a whole file, keeping every line that is well formed and
-    /// consistent and dropping the rest (never panics on any input).
+    fn record(&mut self, line: &str) {
+        self.pending.push_str(line);
+        self.pending_lines += 1;
+    }
+
+    /// Reads a whole file (version 1 or 2), applying every record that is
+    /// well formed and consistent and dropping the rest (never panics on
+    /// any input).
     pub fn parse(bytes: &[u8]) -> Parsed {
         let mut lines = bytes.split_inclusive(|&b| b == b'\n');
-        let Some(header) = lines.next().and_then(complete_line).and_then(parse_header) else {
+        let Some((version, validity, next_uid, highest_modseq)) =
+            lines.next().and_then(complete_line).and_then(parse_header)
+        else {
             return Parsed::Lost;
         };
-        let (validity, mut next_uid, mut highest_modseq) = header;
-        let mut entries: Vec<IndexEntry> = Vec::new();
-        let mut bases = HashSet::new();
+        let mut index = UidIndex {
+            validity,
+            next_uid,
+            highest_modseq,
+            entries: Vec::new(),
+            lines: 0,
+            pending: String::new(),
+            pending_lines: 0,
+            no_append: version != VERSION,
+            stale: false,
+        };
+        // Expunged entries are only marked while reading (removing each
+        // from the vector would cost O(n) per record).
+        let mut gone: Vec<bool> = Vec::new();
+        let mut bases: HashSet<&str> = HashSet::new();
+        let mut last_added: Option<Uid> = None;
         let mut damaged = 0;
         for line in lines {
-            let entry = complete_line(line).and_then(parse_entry);
-            let Some(entry) = entry else {
+            if !line.ends_with(b"\n") {
+                // Only the last piece can lack its `\n`: a torn append.
+                index.no_append = true;
+                continue;
+            }
+            index.lines += 1;
+            let Some(text) = complete_line(line) else {
                 damaged += 1;
                 continue;
             };
-            let in_order = entries.last().is_none_or(|last| last.uid < entry.uid);
-            if !in_order || bases.contains(&entry.base) {
+            let applied = match (version, text.as_bytes().first()) {
+                (VERSION, Some(b'-' | b'=')) => parse_change(text).is_some_and(|(kind, uid, m)| {
+                    let Some(pos) = index.position(uid).filter(|&p| !gone[p]) else {
+                        return false;
+                    };
+                    if kind == b'-' {
+                        gone[pos] = true;
+                        bases.remove(index.entries[pos].base.as_str());
+                    } else {
+                        index.entries[pos].modseq = m;
+                    }
+                    index.highest_modseq = index.highest_modseq.max(m);
+                    true
+                }),
+                _ => parse_entry(text).is_some_and(|(entry, base)| {
+                    if last_added.is_some_and(|last| last >= entry.uid) || bases.contains(base) {
+                        return false;
+                    }
+                    // A version 1 header is rewritten with each change,
+                    // so a line past it means the header is stale; in
+                    // version 2 the records always run ahead of it.
+                    let past_next = index.next_uid.is_some_and(|n| entry.uid >= n);
+                    let past_modseq = entry.modseq > index.highest_modseq;
+                    if version == VERSION_1 && (past_next || past_modseq) {
+                        damaged += 1;
+                    }
+                    if past_next {
+                        index.next_uid = entry.uid.next();
+                    }
+                    index.highest_modseq = index.highest_modseq.max(entry.modseq);
+                    last_added = Some(entry.uid);
+                    bases.insert(base);
+                    index.entries.push(entry);
+                    gone.push(false);
+                    true
+                }),
+            };
+            if !applied {
                 damaged += 1;
-                continue;
             }
-            // A UID at or past the header's next UID means the header is
-            // stale; move it past so the UID is never handed out again.
-            if next_uid.is_some_and(|n| entry.uid >= n) {
-                next_uid = entry.uid.next();
-                damaged += 1;
-            }
-            if entry.modseq > highest_modseq {
-                highest_modseq = entry.modseq;
-                damaged += 1;
-            }
-            bases.insert(entry.base.clone());
-            entries.push(entry);
         }
-        Parsed::Intact {
-            index: UidIndex {
-                validity,
-                next_uid,
-                highest_modseq,
-                entries,
-            },
-            damaged,
+        if gone.iter().any(|&g| g) {
+            let mut flags = gone.into_iter();
+            index.entries.retain(|_| !flags.next().unwrap_or(false));
         }
+        index.stale = damaged > 0;
+        Parsed::Intact { index, damaged }
     }
+}
 
-    /// The cached totals from the header line alone.
-    pub fn read_totals(bytes: &[u8]) -> Option<Totals> {
-        let end = memchr::memchr(b'\n', bytes)?;
-        let line = std::str::from_utf8(&bytes[..end]).ok()?;
-        let mut words = line.split(' ');
-        if words.next()? != MAGIC || words.next()? != VERSION {
-            return None;
-        }
-        let mut totals = Totals::default();
-        for field in words {
-            match field.split_at_checked(1)? {
-                ("C", v) => totals.messages = v.parse().ok()?,
-                ("B", v) => totals.bytes = v.parse().ok()?,
-                _ => {}
-            }
-        }
-        Some(totals)
-    }
+/// The line of one indexed message.
+fn entry_line(e: &IndexEntry) -> String {
+    format!("{} M{} S{} :{}\n", e.uid, e.modseq, e.size, e.base)
 }
 
 /// The text of a line that ends in `\n` and is UTF-8; a last line without
@@ -195,12 +360,17 @@ fn complete_line(line: &[u8]) -> Option<&str> {
     std::str::from_utf8(text).ok()
 }
 
-/// Validity, next UID and highest modseq from the header.
-fn parse_header(line: &str) -> Option<(UidValidity, Option<Uid>, ModSeq)> {
+/// Version, validity, next UID and highest modseq from the header.
+fn parse_header(line: &str) -> Option<(u32, UidValidity, Option<Uid>, ModSeq)> {
     let mut words = line.split(' ');
-    if words.next()? != MAGIC || words.next()? != VERSION {
+    if words.next()? != MAGIC {
         return None;
     }
+    let version = match words.next()? {
+        "1" => VERSION_1,
+        "2" => VERSION,
+        _ => return None,
+    };
     let (mut validity, mut next, mut modseq) = (None, None, ModSeq::default());
     for field in words {
         match field.split_at_checked(1)? {
@@ -211,11 +381,12 @@ fn parse_header(line: &str) -> Option<(UidValidity, Option<Uid>, ModSeq)> {
             _ => {}
         }
     }
-    Some((validity?, next?, modseq))
+    Some((version, validity?, next?, modseq))
 }
 
-/// One message line: `<uid> <fields> :<base>`.
-fn parse_entry(line: &str) -> Option<IndexEntry> {
+/// One message line: `<uid> <fields> :<base>`; the entry and its base
+/// borrowed from the line.
+fn parse_entry(line: &str) -> Option<(IndexEntry, &str)> {
     let (fields, base) = line.split_once(" :")?;
     if base.is_empty() || base.contains(':') || base.starts_with('.') {
         return None;
@@ -230,12 +401,28 @@ fn parse_entry(line: &str) -> Option<IndexEntry> {
             _ => {}
         }
     }
-    Some(IndexEntry {
+    let entry = IndexEntry {
         uid,
         modseq: modseq?,
         size: size?,
         base: base.to_owned(),
-    })
+    };
+    Some((entry, base))
+}
+
+/// A change line: `-<uid> M<modseq>` or `=<uid> M<modseq>`; its kind
+/// (the first byte), UID and modseq.
+fn parse_change(line: &str) -> Option<(u8, Uid, ModSeq)> {
+    let kind = *line.as_bytes().first()?;
+    let mut words = line[1..].split(' ');
+    let uid = Uid::new(words.next()?.parse().ok()?)?;
+    let mut modseq = None;
+    for field in words {
+        if let ("M", v) = field.split_at_checked(1)? {
+            modseq = Some(ModSeq::new(v.parse().ok()?));
+        }
+    }
+    Some((kind, uid, modseq?))
 }
 
 #[cfg(test)]
@@ -249,57 +436,174 @@ mod tests {
         index
     }
 
+    fn intact(bytes: &[u8]) -> (UidIndex, usize) {
+        match UidIndex::parse(bytes) {
+            Parsed::Intact { index, damaged } => (index, damaged),
+            Parsed::Lost => panic!("lost: {:?}", String::from_utf8_lossy(bytes)),
+        }
+    }
+
+    fn same(a: &UidIndex, b: &UidIndex) {
+        assert_eq!(a.validity, b.validity);
+        assert_eq!(a.next_uid, b.next_uid);
+        assert_eq!(a.highest_modseq, b.highest_modseq);
+        assert_eq!(a.entries(), b.entries());
+    }
+
+    fn apply(file: &mut Vec<u8>, index: &mut UidIndex) -> &'static str {
+        let w = index.write();
+        let kind = match &w {
+            IndexWrite::None => "none",
+            IndexWrite::Append(b) => {
+                file.extend_from_slice(b);
+                "append"
+            }
+            IndexWrite::Rewrite(b) => {
+                *file = b.clone();
+                "rewrite"
+            }
+        };
+        index.written(&w);
+        kind
+    }
+
     #[test]
     fn round_trip_and_totals() {
-        let index = sample();
-        let bytes = index.serialize();
+        let mut index = sample();
+        let mut file = Vec::new();
+        assert_eq!(apply(&mut file, &mut index), "rewrite", "new: whole");
         assert_eq!(
-            String::from_utf8(bytes.clone()).unwrap(),
-            "spate-uidlist 1 V1700000000 N3 M2 C2 B30\n1 M1 S10 :1.a.host,S=10\n2 M2 S20 :2.b.host,S=20\n"
+            String::from_utf8(file.clone()).unwrap(),
+            "spate-uidlist 2 V1700000000 N3 M2\n1 M1 S10 :1.a.host,S=10\n2 M2 S20 :2.b.host,S=20\n"
         );
-        match UidIndex::parse(&bytes) {
-            Parsed::Intact {
-                index: back,
-                damaged,
-            } => {
-                assert_eq!(back, index);
-                assert_eq!(damaged, 0);
-            }
-            Parsed::Lost => panic!("lost"),
-        }
+        let (back, damaged) = intact(&file);
+        same(&back, &index);
+        assert_eq!(damaged, 0);
         assert_eq!(
-            UidIndex::read_totals(&bytes),
-            Some(Totals {
+            back.totals(),
+            Totals {
                 messages: 2,
                 bytes: 30
-            })
+            }
         );
+        assert_eq!(apply(&mut file, &mut index), "none");
+    }
+
+    #[test]
+    fn changes_are_appended_and_replayed() {
+        let mut index = sample();
+        let mut file = Vec::new();
+        apply(&mut file, &mut index);
+        let uid3 = index.push("3.c.host".into(), 5).unwrap();
+        index.bump(0);
+        index.remove(&HashSet::from([Uid::new(2).unwrap()]));
+        assert_eq!(apply(&mut file, &mut index), "append");
+        let text = String::from_utf8(file.clone()).unwrap();
+        assert!(
+            text.ends_with(":2.b.host,S=20\n3 M3 S5 :3.c.host\n=1 M4\n-2 M5\n"),
+            "{text}"
+        );
+        let (back, damaged) = intact(&file);
+        assert_eq!(damaged, 0);
+        same(&back, &index);
+        assert_eq!(back.entries().len(), 2);
+        assert_eq!(back.entries()[0].modseq, ModSeq::new(4));
+        assert_eq!(back.entries()[1].uid, uid3);
+        assert_eq!(back.next_uid, Uid::new(4));
+        assert_eq!(back.highest_modseq, ModSeq::new(5));
+
+        // An expunged UID is never handed out again, even when it was the
+        // highest.
+        let mut back = back;
+        back.remove(&HashSet::from([uid3]));
+        apply(&mut file, &mut back);
+        let (mut again, _) = intact(&file);
+        assert_eq!(again.next_uid, Uid::new(4));
+        assert_eq!(again.push("4.d".into(), 1), Uid::new(4));
+    }
+
+    #[test]
+    fn compaction_when_dead_lines_outnumber_live() {
+        let mut index = sample();
+        let mut file = Vec::new();
+        apply(&mut file, &mut index);
+        let mut rewrites = 0;
+        for _ in 0..3 * COMPACT_MIN_DEAD {
+            index.bump(1);
+            if apply(&mut file, &mut index) == "rewrite" {
+                rewrites += 1;
+                let (back, _) = intact(&file);
+                same(&back, &index);
+                assert_eq!(file.iter().filter(|&&b| b == b'\n').count(), 3);
+            }
+        }
+        assert_eq!(rewrites, 2);
+        let (back, damaged) = intact(&file);
+        assert_eq!(damaged, 0);
+        same(&back, &index);
+    }
+
+    #[test]
+    fn torn_last_line_is_ignored_and_forces_a_rewrite() {
+        let mut index = sample();
+        let mut file = Vec::new();
+        apply(&mut file, &mut index);
+        let clean = file.clone();
+        file.extend_from_slice(b"3 M3 S5 :3.c.ho");
+        let (mut back, damaged) = intact(&file);
+        assert_eq!(damaged, 0);
+        same(&back, &index);
+        assert_eq!(apply(&mut file, &mut back), "none", "read only: untouched");
+        back.push("3.c.host".into(), 5);
+        assert_eq!(apply(&mut file, &mut back), "rewrite");
+        let text = String::from_utf8(file.clone()).unwrap();
+        assert!(
+            !text.contains("3.c.ho\n") && text.ends_with(":3.c.host\n"),
+            "{text}"
+        );
+        assert_eq!(intact(&file).0.entries().len(), 3);
+        assert!(clean.len() < file.len());
+    }
+
+    #[test]
+    fn version_1_is_read_and_converted_on_change() {
+        let v1 = "spate-uidlist 1 V1700000000 N3 M2 C2 B30\n1 M1 S10 :1.a.host,S=10\n2 M2 S20 :2.b.host,S=20\n";
+        let (mut index, damaged) = intact(v1.as_bytes());
+        assert_eq!(damaged, 0);
+        same(&index, &sample());
+        let mut file = v1.as_bytes().to_vec();
+        assert_eq!(apply(&mut file, &mut index), "none");
+        index.bump(0);
+        assert_eq!(apply(&mut file, &mut index), "rewrite");
+        assert!(file.starts_with(b"spate-uidlist 2 V1700000000 N3 M3\n"));
     }
 
     #[test]
     fn damage_is_salvaged_or_lost() {
-        let mut bytes = sample().serialize();
-        bytes.extend_from_slice(b"garbage line\n\xff\xfe\n3 M3 S5 :torn");
-        let Parsed::Intact { index, damaged } = UidIndex::parse(&bytes) else {
-            panic!("lost");
-        };
-        assert_eq!(index.entries.len(), 2);
-        assert_eq!(damaged, 3);
+        let mut index = sample();
+        let mut bytes = Vec::new();
+        apply(&mut bytes, &mut index);
+        bytes.extend_from_slice(
+            b"garbage line\n\xff\xfe\n-9 M3\n=9 M3\n2 M3 S1 :again\n3 M3 S1 :1.a.host,S=10\n",
+        );
+        let (mut index, damaged) = intact(&bytes);
+        assert_eq!(index.entries().len(), 2);
+        assert_eq!(damaged, 6);
         assert_eq!(index.next_uid, Uid::new(3));
+        assert_eq!(apply(&mut bytes, &mut index), "rewrite");
 
-        // A line past the header's next UID pushes it on.
+        // A line past a version 1 header's next UID pushes it on.
         let text = "spate-uidlist 1 V5 N2 M1\n1 M1 S1 :a\n7 M9 S1 :b\n";
-        let Parsed::Intact { index, .. } = UidIndex::parse(text.as_bytes()) else {
-            panic!("lost");
-        };
+        let (index, _) = intact(text.as_bytes());
         assert_eq!(index.next_uid, Uid::new(8));
         assert_eq!(index.highest_modseq, ModSeq::new(9));
 
         for lost in [
             &b""[..],
             b"\xff\x00garbage",
-            b"spate-uidlist 2 V1 N1\n",
-            b"spate-uidlist 1 V0 N1\n",
+            b"spate-uidlist 3 V1 N1\n",
+            b"spate-uidlist 2 V0 N1\n",
+            b"spate-uidlist 2 V1 N1",
         ] {
             assert!(matches!(UidIndex::parse(lost), Parsed::Lost), "{lost:?}");
         }

@@ -22,9 +22,10 @@
 //! - `utf7`: modified UTF-7 for folder directory names
 //! - `flag`: `Flag`, `Flags` and the `:2,` letters
 //! - `filename`: unique message file names, base/size/flags parsing
-//! - `index`: the `spate-uidlist` format, salvage of damaged files
+//! - `index`: the `spate-uidlist` format (appended records, compaction),
+//!   salvage of damaged files
 //! - `lock`: flock guards
-//! - `durable`: fsync of directories, atomic file replacement
+//! - `durable`: fsync of directories, atomic file replacement, appends
 //! - `validity`: per-user UIDVALIDITY allocation
 //! - `subscription`: the `subscriptions` file
 //! - `folder`: `Folder`: delivery, snapshots, flags, expunge, copy, move

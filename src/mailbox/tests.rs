@@ -49,8 +49,12 @@ fn delivery_then_snapshot() {
     let d = inbox
         .deliver(&[b"Subject: hi\r\n\r\n", b"body\r\n"])
         .unwrap();
-    assert_eq!(d.uid, Uid::new(1));
+    assert_eq!(d.uid, None, "the next sync assigns the UID");
     assert_eq!(d.size, 21);
+    assert!(
+        !inbox.path().join("spate-uidlist").exists(),
+        "delivery does not touch the index"
+    );
     let snap = inbox.snapshot().unwrap();
     assert_eq!(uids(&snap), vec![1]);
     let m = &snap.messages[0];
@@ -91,6 +95,24 @@ fn uids_stable_across_reopen() {
     assert_eq!(uids(&again), vec![1, 2, 3]);
 }
 
+/// Delivers message `i` of a writer: even ones by `deliver` (no UID),
+/// odd ones by `append` (UID at once), with a snapshot every tenth, so
+/// index writers (APPEND, syncs) race with each other and with deliveries.
+/// The UID of an appended message, if it was one.
+fn store_mixed(inbox: &Folder, i: usize, body: &str) -> Option<Uid> {
+    let uid = if i.is_multiple_of(2) {
+        assert_eq!(inbox.deliver(&[body.as_bytes()]).unwrap().uid, None);
+        None
+    } else {
+        let d = inbox.append(&[body.as_bytes()], Flags::empty(), None);
+        Some(d.unwrap().uid.expect("APPEND assigns the UID"))
+    };
+    if i % 10 == 9 {
+        inbox.snapshot().unwrap();
+    }
+    uid
+}
+
 #[test]
 fn concurrent_deliveries_get_distinct_uids() {
     let (_tmp, store) = store();
@@ -106,10 +128,7 @@ fn concurrent_deliveries_get_distinct_uids() {
                     .unwrap()
                     .inbox();
                 (0..50)
-                    .map(|i| {
-                        let body = format!("thread {t} message {i}\r\n");
-                        inbox.deliver(&[body.as_bytes()]).unwrap().uid.unwrap()
-                    })
+                    .filter_map(|i| store_mixed(&inbox, i, &format!("thread {t} message {i}\r\n")))
                     .collect::<Vec<_>>()
             })
         })
@@ -117,22 +136,28 @@ fn concurrent_deliveries_get_distinct_uids() {
     let mut all = HashSet::new();
     for thread in threads {
         let got = thread.join().unwrap();
+        assert_eq!(got.len(), 25);
         assert!(
             got.windows(2).all(|w| w[0] < w[1]),
             "UIDs of one thread increase"
         );
         all.extend(got);
     }
-    assert_eq!(all.len(), 400);
+    assert_eq!(all.len(), 200);
     let inbox = mailbox.inbox();
     let snap = inbox.snapshot().unwrap();
     assert_eq!(snap.messages.len(), 400);
     assert_eq!(uids(&snap), (1..=400).collect::<Vec<_>>());
+    assert_eq!(snap.uid_next, Uid::new(401).unwrap());
+    assert!(all.iter().all(|u| (1..=400).contains(&u.get())));
     assert_eq!(files(inbox.path()).len(), 400);
-    let text = index_text(inbox.path());
-    assert_eq!(text.lines().count(), 401);
-    assert!(text.starts_with("spate-uidlist 1 V"));
-    assert!(text.lines().next().unwrap().contains(" N401 "));
+    assert!(index_text(inbox.path()).starts_with("spate-uidlist 2 V"));
+    // Each appended message kept the UID APPEND reported.
+    for m in &snap.messages {
+        let body = String::from_utf8(inbox.read(m.uid).unwrap()).unwrap();
+        let i: usize = body.trim_end().rsplit(' ').next().unwrap().parse().unwrap();
+        assert_eq!(i % 2 == 1, all.contains(&m.uid), "{body}");
+    }
 }
 
 /// Environment variable that turns `child_process_delivers` on.
@@ -152,12 +177,9 @@ fn child_process_delivers() {
         .unwrap()
         .inbox();
     for i in 0..50 {
-        let uid = inbox
-            .deliver(&[format!("child {i}").as_bytes()])
-            .unwrap()
-            .uid
-            .unwrap();
-        println!("UID {uid}");
+        if let Some(uid) = store_mixed(&inbox, i, &format!("child {i}")) {
+            println!("UID {uid}");
+        }
     }
 }
 
@@ -182,14 +204,9 @@ fn deliveries_from_several_processes() {
         .collect();
     let mut all = HashSet::new();
     for i in 0..50 {
-        all.insert(
-            inbox
-                .deliver(&[format!("parent {i}").as_bytes()])
-                .unwrap()
-                .uid
-                .unwrap()
-                .get(),
-        );
+        if let Some(uid) = store_mixed(&inbox, i, &format!("parent {i}")) {
+            all.insert(uid.get());
+        }
     }
     for child in children {
         let out = child.wait_with_output().unwrap();
@@ -200,10 +217,10 @@ fn deliveries_from_several_processes() {
             .filter_map(|l| l.strip_prefix("UID "))
             .map(|u| u.parse().unwrap())
             .collect();
-        assert_eq!(got.len(), 50, "{text}");
+        assert_eq!(got.len(), 25, "{text}");
         all.extend(got);
     }
-    assert_eq!(all.len(), 200);
+    assert_eq!(all.len(), 100);
     assert_eq!(
         uids(&inbox.snapshot().unwrap()),
         (1..=200).collect::<Vec<_>>()
@@ -217,29 +234,111 @@ fn concurrent_deliveries_and_snapshots_agree() {
     let writer = {
         let inbox = inbox.clone();
         std::thread::spawn(move || {
-            (0..60)
-                .map(|i| {
-                    inbox
-                        .deliver(&[format!("{i}").as_bytes()])
-                        .unwrap()
-                        .uid
-                        .unwrap()
-                })
-                .collect::<Vec<_>>()
+            for i in 0..60 {
+                inbox.deliver(&[format!("{i}").as_bytes()]).unwrap();
+            }
         })
     };
-    let mut last = 0;
+    // UIDs, once seen, keep naming the same message.
+    let mut seen: Vec<(Uid, std::path::PathBuf)> = Vec::new();
     for _ in 0..20 {
         let snap = inbox.snapshot().unwrap();
-        assert!(snap.messages.len() >= last);
-        last = snap.messages.len();
+        let now: Vec<(Uid, std::path::PathBuf)> = snap
+            .messages
+            .iter()
+            .map(|m| (m.uid, m.path.clone()))
+            .collect();
+        assert!(now.starts_with(&seen));
+        seen = now;
     }
-    let delivered = writer.join().unwrap();
+    writer.join().unwrap();
     let snap = inbox.snapshot().unwrap();
-    let seen: Vec<Uid> = snap.messages.iter().map(|m| m.uid).collect();
-    let mut delivered_sorted = delivered.clone();
-    delivered_sorted.sort();
-    assert_eq!(seen, delivered_sorted);
+    assert_eq!(uids(&snap), (1..=60).collect::<Vec<_>>());
+    // UIDs follow the order of delivery, whichever sync assigned them.
+    for (i, m) in snap.messages.iter().enumerate() {
+        assert_eq!(inbox.read(m.uid).unwrap(), format!("{i}").as_bytes());
+    }
+}
+
+#[test]
+fn delivery_leaves_the_index_alone_and_syncs_append() {
+    let (_tmp, store) = store();
+    let inbox = user(&store).inbox();
+    inbox.deliver(&[b"a"]).unwrap();
+    inbox.snapshot().unwrap();
+    let before = index_text(inbox.path());
+    for body in [b"b", b"c", b"d"] {
+        inbox.deliver(&[body]).unwrap();
+    }
+    assert_eq!(index_text(inbox.path()), before);
+    assert_eq!(uids(&inbox.snapshot().unwrap()), vec![1, 2, 3, 4]);
+    let after = index_text(inbox.path());
+    assert!(after.starts_with(&before), "appended, not rewritten");
+    assert_eq!(after.lines().count(), before.lines().count() + 3);
+    // Flag changes and expunges are appended too.
+    let u = |n| Uid::new(n).unwrap();
+    inbox
+        .set_flags(u(2), Flags::empty().with(Flag::Seen))
+        .unwrap();
+    inbox.expunge(&[u(3)]).unwrap();
+    let text = index_text(inbox.path());
+    assert!(text.starts_with(&after));
+    assert!(text.ends_with("=2 M5\n-3 M6\n"), "{text}");
+    let fresh = MailStore::new(store.root(), "x").user(&UserName::new("alice").unwrap());
+    let snap = fresh.unwrap().inbox().snapshot().unwrap();
+    assert_eq!(uids(&snap), vec![1, 2, 4]);
+    assert_eq!(snap.highest_modseq, ModSeq::new(6));
+    assert!(snap.messages[1].flags.contains(Flag::Seen));
+}
+
+#[test]
+fn torn_index_append_is_ignored() {
+    let (_tmp, store) = store();
+    let inbox = user(&store).inbox();
+    inbox.deliver(&[b"a"]).unwrap();
+    inbox.deliver(&[b"b"]).unwrap();
+    let before = inbox.snapshot().unwrap();
+    // A crash in the middle of appending a record.
+    let path = inbox.path().join("spate-uidlist");
+    let mut torn = fs::read(&path).unwrap();
+    torn.extend_from_slice(b"3 M3 S1 :1234.M5P6");
+    fs::write(&path, &torn).unwrap();
+    assert_eq!(inbox.snapshot().unwrap(), before);
+    inbox.deliver(&[b"c"]).unwrap();
+    let snap = inbox.snapshot().unwrap();
+    assert_eq!(snap.uid_validity, before.uid_validity);
+    assert_eq!(uids(&snap), vec![1, 2, 3]);
+    assert_eq!(inbox.read(Uid::new(3).unwrap()).unwrap(), b"c");
+    let text = index_text(inbox.path());
+    assert!(!text.contains(":1234.M5P6"), "{text}");
+}
+
+#[test]
+fn version_1_index_is_read_and_upgraded() {
+    let (_tmp, store) = store();
+    let inbox = user(&store).inbox();
+    inbox.deliver(&[b"a"]).unwrap();
+    inbox.deliver(&[b"b"]).unwrap();
+    let bases: Vec<String> = inbox
+        .snapshot()
+        .unwrap()
+        .messages
+        .iter()
+        .map(|m| m.path.file_name().unwrap().to_str().unwrap().to_owned())
+        .collect();
+    let v1 = format!(
+        "spate-uidlist 1 V77 N10 M12 C2 B2\n5 M3 S1 :{}\n9 M12 S1 :{}\n",
+        bases[0], bases[1]
+    );
+    fs::write(inbox.path().join("spate-uidlist"), &v1).unwrap();
+    let snap = inbox.snapshot().unwrap();
+    assert_eq!(snap.uid_validity, UidValidity::new(77).unwrap());
+    assert_eq!(uids(&snap), vec![5, 9]);
+    assert_eq!(snap.highest_modseq, ModSeq::new(12));
+    assert_eq!(index_text(inbox.path()), v1, "read only: left as it was");
+    inbox.deliver(&[b"c"]).unwrap();
+    assert_eq!(uids(&inbox.snapshot().unwrap()), vec![5, 9, 10]);
+    assert!(index_text(inbox.path()).starts_with("spate-uidlist 2 V77 N11 M13\n"));
 }
 
 #[test]
@@ -247,6 +346,7 @@ fn dropped_in_message_gets_a_uid() {
     let (_tmp, store) = store();
     let inbox = user(&store).inbox();
     inbox.deliver(&[b"first"]).unwrap();
+    inbox.snapshot().unwrap();
     fs::write(
         inbox.path().join("new/1234567890.handmade.host"),
         b"by hand\n",
@@ -265,7 +365,8 @@ fn dropped_in_message_gets_a_uid() {
     // Removed by hand: dropped from the index, UID not reused.
     fs::remove_file(inbox.path().join("new/1234567890.handmade.host")).unwrap();
     assert_eq!(uids(&inbox.snapshot().unwrap()), vec![1, 3]);
-    assert_eq!(inbox.deliver(&[b"x"]).unwrap().uid, Uid::new(4));
+    inbox.deliver(&[b"x"]).unwrap();
+    assert_eq!(uids(&inbox.snapshot().unwrap()), vec![1, 3, 4]);
 }
 
 #[test]
@@ -324,10 +425,10 @@ fn garbage_index_rebuilds_without_panic() {
     let after = inbox.snapshot().unwrap();
     assert_eq!(after.messages.len(), 2);
     assert_ne!(after.uid_validity, before.uid_validity);
-    assert!(index_text(inbox.path()).starts_with("spate-uidlist 1 "));
+    assert!(index_text(inbox.path()).starts_with("spate-uidlist 2 "));
     // Delivery works on a damaged index too.
     fs::write(inbox.path().join("spate-uidlist"), b"\0\0\0").unwrap();
-    assert!(inbox.deliver(&[b"c"]).unwrap().uid.is_some());
+    inbox.deliver(&[b"c"]).unwrap();
     assert_eq!(inbox.snapshot().unwrap().messages.len(), 3);
 }
 
@@ -336,8 +437,9 @@ fn flags_rename_files_and_survive_reopen() {
     let (_tmp, store) = store();
     let mailbox = user(&store);
     let inbox = mailbox.inbox();
-    let uid = inbox.deliver(&[b"hello"]).unwrap().uid.unwrap();
-    let modseq0 = inbox.snapshot().unwrap().messages[0].modseq;
+    inbox.deliver(&[b"hello"]).unwrap();
+    let first = inbox.snapshot().unwrap();
+    let (uid, modseq0) = (first.messages[0].uid, first.messages[0].modseq);
     let flags = Flags::empty().with(Flag::Seen).with(Flag::Replied);
     let modseq = inbox.set_flags(uid, flags).unwrap();
     assert!(modseq > modseq0);
@@ -412,7 +514,8 @@ fn expunge_removes_files_and_entries() {
         inbox.read(u(1)),
         Err(MailboxError::NoSuchMessage { .. })
     ));
-    assert_eq!(inbox.deliver(&[b"x"]).unwrap().uid, Some(u(5)));
+    inbox.deliver(&[b"x"]).unwrap();
+    assert_eq!(uids(&inbox.snapshot().unwrap()), vec![2, 4, 5]);
 }
 
 #[test]
@@ -429,6 +532,8 @@ fn copy_and_move_return_new_uids() {
         .unwrap();
     inbox.deliver(&[b"two"]).unwrap();
     inbox.deliver(&[b"three"]).unwrap();
+    // Clients name only UIDs they saw in a snapshot.
+    assert_eq!(uids(&inbox.snapshot().unwrap()), vec![1, 2, 3]);
 
     let copied = inbox.copy_to(&[u(3), u(1), u(9)], &archive).unwrap();
     assert_eq!(copied, vec![(u(3), u(2)), (u(1), u(3))]);
@@ -687,12 +792,7 @@ fn lock_exclusive_is_exclusive_and_released_on_drop() {
         .unwrap();
     assert!(matches!(in_thread, Err(MailboxError::InUse)));
     // Deliveries are not blocked by it.
-    assert!(mailbox
-        .inbox()
-        .deliver(&[b"while locked"])
-        .unwrap()
-        .uid
-        .is_some());
+    assert!(mailbox.inbox().deliver(&[b"while locked"]).is_ok());
     drop(guard);
     let again = mailbox.lock_exclusive().unwrap();
     drop(again);
@@ -717,16 +817,27 @@ fn usage_sums_all_folders() {
     );
     inbox.expunge(&[Uid::new(1).unwrap()]).unwrap();
     assert_eq!(mailbox.usage().unwrap().bytes, 107);
-    // Dropped-in messages count after a sync.
+    // Dropped-in messages count before and after a sync, once.
+    let want = Usage {
+        bytes: 110,
+        messages: 3,
+    };
     fs::write(sent.path().join("new/1.handmade.host"), b"abc").unwrap();
+    assert_eq!(mailbox.usage().unwrap(), want);
     sent.snapshot().unwrap();
-    assert_eq!(
-        mailbox.usage().unwrap(),
-        Usage {
-            bytes: 110,
-            messages: 3
-        }
-    );
+    assert_eq!(mailbox.usage().unwrap(), want);
+    // A delivery into an indexed folder counts while it waits in new/,
+    // and once it is indexed, and once taken out of new/.
+    inbox.deliver(&[b"12"]).unwrap();
+    let want = Usage {
+        bytes: 112,
+        messages: 4,
+    };
+    assert_eq!(mailbox.usage().unwrap(), want);
+    inbox.snapshot().unwrap();
+    assert_eq!(mailbox.usage().unwrap(), want);
+    inbox.take_recent().unwrap();
+    assert_eq!(mailbox.usage().unwrap(), want);
 }
 
 #[test]
@@ -812,11 +923,10 @@ fn mutt_interoperates() {
     inbox
         .deliver(&[b"From: a@example.test\nSubject: first mutt test\n\nhello\n"])
         .unwrap();
-    let second = inbox
+    inbox
         .deliver(&[b"From: b@example.test\nSubject: second one\n\nbye\n"])
-        .unwrap()
-        .uid
         .unwrap();
+    let second = inbox.snapshot().unwrap().messages[1].uid;
     inbox
         .set_flags(second, Flags::empty().with(Flag::Seen))
         .unwrap();

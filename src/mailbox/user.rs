@@ -2,6 +2,7 @@
 //! subscriptions, the session lock POP3 needs, and the usage quota checks
 //! need. It does not touch messages (see `folder`) or know passwords.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -9,8 +10,9 @@ use std::sync::Arc;
 
 use super::durable;
 use super::error::{MailboxError, Result};
+use super::filename;
 use super::folder::{Folder, INDEX_FILE};
-use super::index::{Totals, UidIndex};
+use super::index::{Parsed, Totals, UidIndex};
 use super::lock::{self, FileLock};
 use super::name::{FolderName, UserName};
 use super::store::StoreContext;
@@ -67,7 +69,7 @@ impl SpecialUse {
 }
 
 /// Bytes and messages stored for a user, summed from the folders' UID
-/// indexes.
+/// indexes and the deliveries not yet indexed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Usage {
     pub bytes: u64,
@@ -281,16 +283,20 @@ impl UserMailbox {
         Ok(SessionLock { _lock: lock })
     }
 
-    /// Bytes and messages in all folders, from the totals in each index's
-    /// header line: one small read per folder, no stat per message.
-    /// Messages that other tools dropped in count once a sync has indexed
-    /// them.
+    /// Bytes and messages in all folders: for each, the totals of its
+    /// index plus the messages in `new/` the index does not list yet
+    /// (deliveries waiting for the next sync), sized from the `,S=` of
+    /// their names. One read of the index and one listing of `new/` per
+    /// folder, no lock, no stat per message. A folder without a readable
+    /// index counts every file in `new/` and `cur/`; files that other
+    /// tools put straight into `cur/` of an indexed folder count once a
+    /// sync has indexed them.
     pub fn usage(&self) -> Result<Usage> {
         let mut dirs = vec![self.root.clone()];
         dirs.extend(self.folder_dirs()?.into_iter().map(|(_, dir)| dir));
         let mut usage = Usage::default();
         for dir in dirs {
-            let totals = read_header_totals(&dir.join(INDEX_FILE))?;
+            let totals = folder_totals(&dir)?;
             usage.bytes += totals.bytes;
             usage.messages += totals.messages;
         }
@@ -338,26 +344,62 @@ fn exists(path: &Path) -> Result<bool> {
     }
 }
 
-/// The totals of one index file, reading only its first line; zero when
-/// the folder has no index yet or its header is damaged (the next sync
-/// rewrites it).
-fn read_header_totals(path: &Path) -> Result<Totals> {
-    use std::io::Read;
-    let mut file = match fs::File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Totals::default()),
-        Err(e) => return Err(MailboxError::io("opening", path, e)),
+/// One folder's totals (see [`UserMailbox::usage`]). Read without the
+/// index lock: appends are whole lines or a torn last line (ignored), and
+/// rewrites replace the file atomically. The index is read before `new/`
+/// is listed, so a message indexed meanwhile is counted by the listing.
+fn folder_totals(dir: &Path) -> Result<Totals> {
+    let index = durable::read_optional(&dir.join(INDEX_FILE))?.and_then(|bytes| {
+        match UidIndex::parse(&bytes) {
+            Parsed::Intact { index, .. } => Some(index),
+            Parsed::Lost => None,
+        }
+    });
+    let (mut totals, known, subs) = match &index {
+        Some(index) => (
+            index.totals(),
+            index
+                .entries()
+                .iter()
+                .map(|e| e.base.as_str())
+                .collect::<HashSet<_>>(),
+            &["new"][..],
+        ),
+        None => (Totals::default(), HashSet::new(), &["new", "cur"][..]),
     };
-    // The header is well under 256 bytes.
-    let mut head = [0u8; 256];
-    let mut len = 0;
-    while len < head.len() {
-        match file.read(&mut head[len..]) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(MailboxError::io("reading", path, e)),
+    let mut seen: HashSet<String> = HashSet::new();
+    for sub in subs {
+        let sub_dir = dir.join(sub);
+        let entries = match fs::read_dir(&sub_dir) {
+            Ok(entries) => entries,
+            // Deleted meanwhile: nothing there.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(MailboxError::io("listing", sub_dir, e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| MailboxError::io("listing", &sub_dir, e))?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let Some(parsed) = filename::parse(&name) else {
+                continue;
+            };
+            if known.contains(parsed.base) || !seen.insert(parsed.base.to_owned()) {
+                continue;
+            }
+            let size = match filename::size_from_base(parsed.base) {
+                Some(size) => size,
+                None => match entry.metadata() {
+                    Ok(meta) if meta.is_file() => meta.len(),
+                    Ok(_) => continue,
+                    // Moved or removed meanwhile.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(MailboxError::io("reading size of", entry.path(), e)),
+                },
+            };
+            totals.messages += 1;
+            totals.bytes += size;
         }
     }
-    Ok(UidIndex::read_totals(&head[..len]).unwrap_or_default())
+    Ok(totals)
 }
