@@ -12,13 +12,24 @@
 //! UIDs, `\Recent`, the untagged updates it owes).
 
 // One module per line, sorted: parallel branches add their own lines.
+pub mod authenticated;
 pub mod command;
+pub mod fetch;
+pub mod flag;
+pub mod list;
 pub mod mime;
+pub mod name;
 pub mod parser;
 pub mod reader;
+pub mod reply;
 pub mod response;
+pub mod search;
+pub mod selected;
+pub mod session;
 pub mod view;
 
+#[cfg(test)]
+mod session_tests;
 #[cfg(test)]
 mod tests;
 
@@ -28,3 +39,4 @@ pub use command::{
 };
 pub use parser::{parse_command, CommandError, ParseError};
 pub use reader::{CommandReader, LineStep, ReaderConfig, Rejection, Step};
+pub use session::{Backend, ImapConfig, Outcome, PeerInfo, Session};
