@@ -53,7 +53,11 @@ pub fn needs(attrs: &[FetchAttribute<'_>]) -> Needs {
             FetchAttribute::Envelope | FetchAttribute::Body | FetchAttribute::BodyStructure => {
                 n.structure = true
             }
-            FetchAttribute::Rfc822 | FetchAttribute::Rfc822Text => {
+            FetchAttribute::Rfc822 => {
+                n.raw = true;
+                n.sets_seen = true;
+            }
+            FetchAttribute::Rfc822Text => {
                 n.raw = true;
                 n.structure = true;
                 n.sets_seen = true;
