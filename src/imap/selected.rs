@@ -250,7 +250,7 @@ impl Selected {
 
     /// FETCH / UID FETCH (RFC 3501 6.4.5, 6.4.8). Writes the responses;
     /// `Ok(false)` when some messages could no longer be read (the
-    /// caller answers NO [EXPUNGEISSUED]).
+    /// caller answers `NO [EXPUNGEISSUED]`).
     pub fn fetch(
         &mut self,
         out: &mut Vec<u8>,
