@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | protocol core | [`smtp`] | sans-IO SMTP server: bytes in, replies and events out; the parser borrows from the receive buffer |
 //! | protocol core | [`pop3`] | sans-IO POP3 server: bytes in, replies and requests (authenticate, open maildrop, send message, update) out |
-//! | protocol core | [`imap`] | sans-IO IMAP server pieces: command framing with literals and bounds, a parser to typed commands borrowing from the receive buffer, reply encoding, MIME structure (ENVELOPE, BODYSTRUCTURE, sections), the selected mailbox's view; the session and its glue are still to come |
+//! | protocol core | [`imap`] | sans-IO IMAP server pieces: command framing with literals and bounds, a parser to typed commands borrowing from the receive buffer, reply encoding, MIME structure (ENVELOPE, BODYSTRUCTURE, sections), the selected mailbox's view, and the session that executes commands against the mailbox store (`imap::session`, through a `Backend` trait); the glue is still to come |
 //! | protocol helper | [`sasl`] | SASL codecs shared by the cores: strict base64, PLAIN (RFC 4616), LOGIN prompts |
 //! | shared data | [`envelope`] | the envelope of an accepted message |
 //! | spool | [`spool`] | per-core append-only segments, checksummed records, group commit, recovery, reclaim |

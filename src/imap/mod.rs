@@ -9,16 +9,32 @@
 //! replies and holds the fixed reply texts, [`mime`] gives ENVELOPE,
 //! BODY/BODYSTRUCTURE and `BODY[section]` byte ranges of stored messages,
 //! [`view`] is a session's view of its selected mailbox (sequence numbers,
-//! UIDs, `\Recent`, the untagged updates it owes).
+//! UIDs, `\Recent`, the untagged updates it owes). [`session`] executes
+//! commands against the mailbox store through a [`Backend`]; it uses
+//! [`authenticated`] (mailbox commands), [`selected`] (message commands
+//! and view sync), [`fetch`], [`search`], [`list`] (LIST matching),
+//! [`flag`] (IMAP and Maildir flags), [`name`] (modified UTF-7 names) and
+//! [`reply`] (the session's texts, store errors as response codes).
 
 // One module per line, sorted: parallel branches add their own lines.
+pub mod authenticated;
 pub mod command;
+pub mod fetch;
+pub mod flag;
+pub mod list;
 pub mod mime;
+pub mod name;
 pub mod parser;
 pub mod reader;
+pub mod reply;
 pub mod response;
+pub mod search;
+pub mod selected;
+pub mod session;
 pub mod view;
 
+#[cfg(test)]
+mod session_tests;
 #[cfg(test)]
 mod tests;
 
@@ -28,3 +44,4 @@ pub use command::{
 };
 pub use parser::{parse_command, CommandError, ParseError};
 pub use reader::{CommandReader, LineStep, ReaderConfig, Rejection, Step};
+pub use session::{Backend, ImapConfig, Outcome, PeerInfo, Session};

@@ -713,7 +713,10 @@ fn store<'a>(c: &mut Cursor<'a>) -> R<CommandBody<'a>> {
 }
 
 /// RFC 2971: `"(" [string SP nstring *(SP string SP nstring)] ")" / NIL`.
-fn id_params<'a>(c: &mut Cursor<'a>) -> R<Option<Vec<(IString<'a>, Option<IString<'a>>)>>> {
+/// RFC 2971 `id-params-list` or NIL.
+type IdParams<'a> = Option<Vec<(IString<'a>, Option<IString<'a>>)>>;
+
+fn id_params<'a>(c: &mut Cursor<'a>) -> R<IdParams<'a>> {
     if !c.eat(b'(') {
         return if c.keyword().eq_ignore_ascii_case(b"NIL") {
             Ok(None)

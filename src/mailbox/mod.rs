@@ -45,7 +45,7 @@ mod name;
 mod store;
 mod subscription;
 mod user;
-mod utf7;
+pub mod utf7;
 mod validity;
 
 #[cfg(test)]

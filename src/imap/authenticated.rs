@@ -1,0 +1,290 @@
+//! The authenticated state's mailbox commands (RFC 3501 6.3): LIST, LSUB, CREATE, DELETE,
+//! RENAME, SUBSCRIBE, UNSUBSCRIBE, STATUS, APPEND and opening a mailbox for SELECT/EXAMINE.
+//! It refuses to handle authentication, the selected state's message commands (see
+//! [`super::selected`]) or when updates are sent.
+
+use std::time::SystemTime;
+
+use chrono::{DateTime, FixedOffset};
+
+use super::command::{Flag, List, Mailbox, StatusItem};
+use super::flag::flags_of;
+use super::list::{self, Entry};
+use super::name;
+use super::reply::{completed, tagged, write_mailbox_error, Say};
+use super::response::{write_list, Code, Status};
+use super::selected::Selected;
+use crate::mailbox::{Folder, FolderName, MailboxError, UserMailbox};
+
+/// A logged-in user and, in the selected state, the open mailbox.
+#[derive(Debug)]
+pub struct User {
+    pub name: String,
+    pub mailbox: UserMailbox,
+    pub selected: Option<Selected>,
+}
+
+/// The folder a mailbox argument names, or the NO that answers it:
+/// `[TRYCREATE]` when `trycreate` (COPY, MOVE, APPEND; RFC 3501 6.3.11).
+pub fn existing_folder(
+    mailbox: &UserMailbox,
+    name: &Mailbox<'_>,
+    trycreate: bool,
+) -> Result<(FolderName, Folder), (Code<'static>, Say)> {
+    let folder_name = name::folder(name).map_err(|e| super::reply::mailbox_error(&e))?;
+    match mailbox.folder(&folder_name) {
+        Ok(folder) => Ok((folder_name, folder)),
+        Err(MailboxError::FolderNotFound(_)) if trycreate => Err((Code::TryCreate, Say::TryCreate)),
+        Err(e) => {
+            if e.is_transient() {
+                tracing::warn!(error = %e, "IMAP cannot open a folder");
+            }
+            Err(super::reply::mailbox_error(&e))
+        }
+    }
+}
+
+impl User {
+    /// SELECT / EXAMINE. A failed SELECT leaves no mailbox selected
+    /// (RFC 3501 6.3.1).
+    pub fn select(
+        &mut self,
+        out: &mut Vec<u8>,
+        tag: &str,
+        mailbox: &Mailbox<'_>,
+        read_only: bool,
+        max_structures: usize,
+    ) {
+        self.selected = None;
+        let command = if read_only { "EXAMINE" } else { "SELECT" };
+        let (folder_name, folder) = match existing_folder(&self.mailbox, mailbox, false) {
+            Ok(found) => found,
+            Err((code, say)) => return tagged(out, tag, Status::No, Some(&code), say),
+        };
+        match Selected::open(folder_name, folder, read_only, max_structures, out) {
+            Ok(selected) => {
+                completed(out, tag, Some(&selected.access_code()), command);
+                self.selected = Some(selected);
+            }
+            Err(e) => write_mailbox_error(out, tag, &e),
+        }
+    }
+
+    pub fn create(&mut self, out: &mut Vec<u8>, tag: &str, mailbox: &Mailbox<'_>) {
+        let result = name::folder_to_create(mailbox).and_then(|n| {
+            if n.is_inbox() {
+                return Err(MailboxError::FolderExists(n.to_string()));
+            }
+            self.mailbox.create_folder(&n)
+        });
+        match result {
+            Ok(_) => completed(out, tag, None, "CREATE"),
+            Err(e) => write_mailbox_error(out, tag, &e),
+        }
+    }
+
+    pub fn delete(&mut self, out: &mut Vec<u8>, tag: &str, mailbox: &Mailbox<'_>) {
+        if mailbox.is_inbox() {
+            return tagged(
+                out,
+                tag,
+                Status::No,
+                Some(&Code::Cannot),
+                Say::CannotDeleteInbox,
+            );
+        }
+        match name::folder(mailbox).and_then(|n| self.mailbox.delete_folder(&n).map(|()| n)) {
+            Ok(n) => {
+                if self.selected.as_ref().is_some_and(|s| s.name == n) {
+                    // Its messages are gone; RFC 3501 6.3.4 leaves this
+                    // open, and a view of nothing helps no one.
+                    self.selected = None;
+                }
+                completed(out, tag, None, "DELETE")
+            }
+            Err(e) => write_mailbox_error(out, tag, &e),
+        }
+    }
+
+    /// RENAME (RFC 3501 6.3.5; INBOX moves its messages, the store does
+    /// that).
+    pub fn rename(&mut self, out: &mut Vec<u8>, tag: &str, from: &Mailbox<'_>, to: &Mailbox<'_>) {
+        let result = name::folder(from).and_then(|f| {
+            let t = name::folder_to_create(to)?;
+            self.mailbox.rename_folder(&f, &t)
+        });
+        match result {
+            Ok(()) => completed(out, tag, None, "RENAME"),
+            Err(e) => write_mailbox_error(out, tag, &e),
+        }
+    }
+
+    pub fn subscribe(&mut self, out: &mut Vec<u8>, tag: &str, mailbox: &Mailbox<'_>, on: bool) {
+        let command = if on { "SUBSCRIBE" } else { "UNSUBSCRIBE" };
+        match name::folder(mailbox).and_then(|n| self.mailbox.set_subscribed(&n, on)) {
+            Ok(()) => completed(out, tag, None, command),
+            Err(e) => write_mailbox_error(out, tag, &e),
+        }
+    }
+
+    /// LIST, basic and extended (RFC 3501 6.3.8, RFC 5258, RFC 6154).
+    pub fn list(&mut self, out: &mut Vec<u8>, tag: &str, request: &List<'_>) {
+        let reference = name::decode(&request.reference).unwrap_or_default();
+        if !request.extended && request.patterns.iter().all(|p| p.is_empty()) {
+            // RFC 3501 6.3.8: the delimiter and root of the reference.
+            out.extend_from_slice(b"* LIST (\\Noselect) \"/\" \"\"\r\n");
+            return completed(out, tag, None, "LIST");
+        }
+        let patterns: Vec<String> = request
+            .patterns
+            .iter()
+            .filter_map(|p| name::decode(p))
+            .map(|p| list::join(&reference, &p))
+            .collect();
+        let entries = match self.entries() {
+            Ok(e) => e,
+            Err(e) => return write_mailbox_error(out, tag, &e),
+        };
+        let select = request.select;
+        let show_subscribed = request.ret.subscribed || select.subscribed;
+        for entry in &entries {
+            let listed = if select.subscribed {
+                entry.subscribed
+            } else {
+                entry.exists || entry.has_children
+            };
+            if !listed
+                || (select.special_use && entry.special_use.is_none())
+                || !patterns.iter().any(|p| list::matches(p, &entry.name))
+            {
+                continue;
+            }
+            write_entry(
+                out,
+                "LIST",
+                &entry.attributes(request.extended, show_subscribed),
+                &entry.name,
+            );
+        }
+        completed(out, tag, None, "LIST")
+    }
+
+    /// LSUB (RFC 3501 6.3.9): subscribed names; `\Noselect` for those
+    /// that do not exist.
+    pub fn lsub(&mut self, out: &mut Vec<u8>, tag: &str, reference: &[u8], pattern: &[u8]) {
+        let reference = name::decode(reference).unwrap_or_default();
+        let Some(pattern) = name::decode(pattern) else {
+            return completed(out, tag, None, "LSUB");
+        };
+        let pattern = list::join(&reference, &pattern);
+        let entries = match self.entries() {
+            Ok(e) => e,
+            Err(e) => return write_mailbox_error(out, tag, &e),
+        };
+        for entry in entries.iter().filter(|e| e.subscribed) {
+            if list::matches(&pattern, &entry.name) {
+                let attrs: &[&str] = if entry.exists { &[] } else { &["\\Noselect"] };
+                write_entry(out, "LSUB", attrs, &entry.name);
+            }
+        }
+        completed(out, tag, None, "LSUB")
+    }
+
+    fn entries(&self) -> Result<Vec<Entry>, MailboxError> {
+        let folders = self.mailbox.list_folders()?;
+        let subscriptions = self.mailbox.subscriptions()?;
+        Ok(list::entries(&folders, &subscriptions))
+    }
+
+    /// STATUS (RFC 3501 6.3.10).
+    pub fn status(
+        &mut self,
+        out: &mut Vec<u8>,
+        tag: &str,
+        mailbox: &Mailbox<'_>,
+        items: &[StatusItem],
+    ) {
+        let (folder_name, folder) = match existing_folder(&self.mailbox, mailbox, false) {
+            Ok(found) => found,
+            Err((code, say)) => return tagged(out, tag, Status::No, Some(&code), say),
+        };
+        let snap = match folder.snapshot() {
+            Ok(s) => s,
+            Err(e) => return write_mailbox_error(out, tag, &e),
+        };
+        let count = |f: &dyn Fn(&crate::mailbox::MessageInfo) -> bool| {
+            snap.messages.iter().filter(|m| f(m)).count() as u64
+        };
+        out.extend_from_slice(b"* STATUS ");
+        name::write(out, folder_name.as_str());
+        out.push(b' ');
+        write_list(out, items, |out, item| {
+            let value = match item {
+                StatusItem::Messages => snap.messages.len() as u64,
+                StatusItem::Recent => count(&|m| m.recent),
+                StatusItem::UidNext => u64::from(snap.uid_next.get()),
+                StatusItem::UidValidity => u64::from(snap.uid_validity.get()),
+                StatusItem::Unseen => count(&|m| !m.flags.contains(crate::mailbox::Flag::Seen)),
+                StatusItem::Deleted => count(&|m| m.flags.contains(crate::mailbox::Flag::Trashed)),
+                StatusItem::Size => snap.messages.iter().map(|m| m.size).sum(),
+                StatusItem::HighestModSeq => snap.highest_modseq.get(),
+            };
+            out.extend_from_slice(item.name().as_bytes());
+            out.push(b' ');
+            out.extend_from_slice(value.to_string().as_bytes());
+        });
+        out.extend_from_slice(b"\r\n");
+        completed(out, tag, None, "STATUS")
+    }
+
+    /// APPEND (RFC 3501 6.3.11, RFC 4315 APPENDUID).
+    #[allow(clippy::too_many_arguments)]
+    pub fn append(
+        &mut self,
+        out: &mut Vec<u8>,
+        tag: &str,
+        mailbox: &Mailbox<'_>,
+        flags: &[Flag<'_>],
+        date: Option<DateTime<FixedOffset>>,
+        message: &[u8],
+        max_append: u64,
+    ) {
+        if message.len() as u64 > max_append {
+            return tagged(
+                out,
+                tag,
+                Status::No,
+                Some(&Code::TooBig),
+                Say::MessageTooBig,
+            );
+        }
+        let (_, folder) = match existing_folder(&self.mailbox, mailbox, true) {
+            Ok(found) => found,
+            Err((code, say)) => return tagged(out, tag, Status::No, Some(&code), say),
+        };
+        let date = date.map(SystemTime::from);
+        let delivered = match folder.append(&[message], flags_of(flags), date) {
+            Ok(d) => d,
+            Err(e) => return write_mailbox_error(out, tag, &e),
+        };
+        let code = delivered.uid.and_then(|uid| {
+            let validity = folder.snapshot().ok()?.uid_validity.get();
+            Some(Code::AppendUid {
+                validity,
+                uid: uid.get(),
+            })
+        });
+        completed(out, tag, code.as_ref(), "APPEND")
+    }
+}
+
+/// `* LIST (attrs) "/" name`.
+fn write_entry(out: &mut Vec<u8>, kind: &str, attrs: &[&str], folder: &str) {
+    out.extend_from_slice(b"* ");
+    out.extend_from_slice(kind.as_bytes());
+    out.push(b' ');
+    write_list(out, attrs, |out, a| out.extend_from_slice(a.as_bytes()));
+    out.extend_from_slice(b" \"/\" ");
+    name::write(out, folder);
+    out.extend_from_slice(b"\r\n");
+}

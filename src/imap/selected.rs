@@ -1,0 +1,548 @@
+//! The selected state of a session (RFC 3501 6.4): opening a mailbox with SELECT/EXAMINE,
+//! keeping the view in step with the store (EXPUNGE, EXISTS, RECENT, FETCH FLAGS updates), and
+//! the commands that work on its messages: FETCH, STORE, SEARCH, COPY, MOVE, EXPUNGE, CLOSE.
+//! It refuses to handle commands of other states, tagged status lines for success, or
+//! authentication: the session does.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::command::{FetchItems, Flag, SearchKey, SeqNumber, SequenceSet, StoreAction};
+use super::fetch::{self, Fetched};
+use super::flag::{flags_of, imap_flags, replace_system, SYSTEM};
+use super::mime::MessageStructure;
+use super::reply::Say;
+use super::response::{write_code, write_flags, write_untagged_status, Code, Status};
+use super::search::{self, Candidate, Largest, Message};
+use super::view::{SelectedView, Update};
+use crate::mailbox::{Flag as MaildirFlag, Flags, Folder, FolderName, MailboxError, Uid};
+
+/// Why a selected-state command did not complete.
+#[derive(Debug)]
+pub enum Failure {
+    /// The client's error: tagged BAD.
+    Bad(Say),
+    /// Refused: tagged NO with a code.
+    No(Code<'static>, Say),
+    Store(MailboxError),
+}
+
+impl From<MailboxError> for Failure {
+    fn from(e: MailboxError) -> Self {
+        Failure::Store(e)
+    }
+}
+
+/// RFC 4315 3 COPYUID: the destination's UIDVALIDITY and the UIDs,
+/// pairwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyUid {
+    pub validity: u32,
+    pub source: Vec<u32>,
+    pub destination: Vec<u32>,
+}
+
+/// Size and internal date of a message, from the last snapshot.
+#[derive(Debug, Clone, Copy)]
+struct Info {
+    size: u64,
+    internal_date: SystemTime,
+}
+
+/// An open mailbox: the folder, this session's view of it, and what was
+/// learnt about its messages.
+#[derive(Debug)]
+pub struct Selected {
+    pub name: FolderName,
+    pub folder: Folder,
+    pub view: SelectedView,
+    info: HashMap<Uid, Info>,
+    /// Parsed structures by UID (UIDs never come back within one
+    /// UIDVALIDITY, so an entry never goes stale); at most
+    /// `max_structures`, emptied when full.
+    structures: HashMap<Uid, Arc<MessageStructure>>,
+    max_structures: usize,
+}
+
+impl Selected {
+    /// SELECT or EXAMINE (RFC 3501 6.3.1/6.3.2): takes this session's
+    /// `\Recent` messages (not for EXAMINE, which changes nothing) and
+    /// writes the untagged responses; the caller writes the tagged OK with
+    /// [`Selected::access_code`].
+    pub fn open(
+        name: FolderName,
+        folder: Folder,
+        read_only: bool,
+        max_structures: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<Selected, MailboxError> {
+        let taken = if read_only {
+            Vec::new()
+        } else {
+            folder.take_recent()?
+        };
+        let snap = folder.snapshot()?;
+        let recent: Vec<Uid> = if read_only {
+            snap.messages
+                .iter()
+                .filter(|m| m.recent)
+                .map(|m| m.uid)
+                .collect()
+        } else {
+            taken
+        };
+        let view = SelectedView::new(
+            snap.uid_validity,
+            snap.uid_next,
+            &snap.messages,
+            &recent,
+            read_only,
+        );
+        let info = snap
+            .messages
+            .iter()
+            .map(|m| {
+                let info = Info {
+                    size: m.size,
+                    internal_date: m.internal_date,
+                };
+                (m.uid, info)
+            })
+            .collect();
+        out.extend_from_slice(b"* FLAGS ");
+        write_flags(out, &SYSTEM);
+        out.extend_from_slice(b"\r\n");
+        write_count(out, view.len(), "EXISTS");
+        write_count(out, view.recent_count(), "RECENT");
+        if let Some(seq) = view.first_unseen() {
+            write_untagged_status(out, Status::Ok, Some(&Code::Unseen(seq)), "First unseen");
+        }
+        let permanent = Code::PermanentFlags {
+            flags: if read_only { &[] } else { &SYSTEM },
+            allow_keywords: false,
+        };
+        write_untagged_status(out, Status::Ok, Some(&permanent), "Flags permitted");
+        let validity = Code::UidValidity(view.uid_validity.get());
+        write_untagged_status(out, Status::Ok, Some(&validity), "UIDs valid");
+        let next = Code::UidNext(view.uid_next.get());
+        write_untagged_status(out, Status::Ok, Some(&next), "Predicted next UID");
+        Ok(Selected {
+            name,
+            folder,
+            view,
+            info,
+            structures: HashMap::new(),
+            max_structures,
+        })
+    }
+
+    /// `[READ-WRITE]` or `[READ-ONLY]` for the tagged OK.
+    pub fn access_code(&self) -> Code<'static> {
+        if self.view.read_only {
+            Code::ReadOnly
+        } else {
+            Code::ReadWrite
+        }
+    }
+
+    /// Brings the view up to date and writes the updates (RFC 3501 7.4.1:
+    /// `allow_expunge` is false while answering FETCH, STORE or SEARCH).
+    pub fn sync(&mut self, out: &mut Vec<u8>, allow_expunge: bool) -> Result<(), MailboxError> {
+        let taken = if self.view.read_only {
+            Vec::new()
+        } else {
+            self.folder.take_recent()?
+        };
+        let snap = self.folder.snapshot()?;
+        let new_recent: Vec<Uid> = if self.view.read_only {
+            snap.messages
+                .iter()
+                .filter(|m| m.recent)
+                .map(|m| m.uid)
+                .collect()
+        } else {
+            taken
+        };
+        for m in &snap.messages {
+            self.info.insert(
+                m.uid,
+                Info {
+                    size: m.size,
+                    internal_date: m.internal_date,
+                },
+            );
+        }
+        let updates = self
+            .view
+            .sync(snap.uid_next, &snap.messages, &new_recent, allow_expunge);
+        let mut expunged = false;
+        for update in updates {
+            match update {
+                Update::Expunge(seq) => {
+                    expunged = true;
+                    write_count(out, seq, "EXPUNGE");
+                }
+                Update::Exists(n) => write_count(out, n, "EXISTS"),
+                Update::Recent(n) => write_count(out, n, "RECENT"),
+                Update::Flags { uid, flags, .. } => {
+                    // Sequence numbers as they are after every expunge
+                    // of this batch, which were written before.
+                    if let Some(seq) = self.view.seq_of(uid) {
+                        let recent = self.view.get(seq).is_some_and(|e| e.recent);
+                        write_flags_fetch(out, seq, Some(uid), flags, recent);
+                    }
+                }
+            }
+        }
+        if expunged || self.info.len() > self.view.len() as usize {
+            let view = &self.view;
+            self.info.retain(|uid, _| view.seq_of(*uid).is_some());
+            self.structures.retain(|uid, _| view.seq_of(*uid).is_some());
+        }
+        Ok(())
+    }
+
+    /// The messages a set names, as (sequence number, UID), in sequence
+    /// order. Sequence numbers past the last message are the client's
+    /// error (BAD); UIDs that do not exist are skipped (RFC 3501 6.4.8).
+    pub fn resolve(&self, set: &SequenceSet, uid: bool) -> Result<Vec<(u32, Uid)>, Failure> {
+        let SequenceSet::Ranges(ranges) = set else {
+            return Err(Failure::Bad(Say::SavedResultUnsupported));
+        };
+        if uid {
+            let largest = self.view.max_uid().map_or(0, Uid::get);
+            return Ok(self
+                .view
+                .iter()
+                .filter(|(_, e)| set.contains(e.uid.get(), largest))
+                .map(|(seq, e)| (seq, e.uid))
+                .collect());
+        }
+        let largest = self.view.len();
+        let too_big = |n: SeqNumber| matches!(n, SeqNumber::Value(v) if v.get() > largest);
+        if ranges.iter().any(|r| too_big(r.start) || too_big(r.end)) {
+            return Err(Failure::Bad(Say::InvalidSequence));
+        }
+        Ok(self
+            .view
+            .iter()
+            .filter(|(seq, _)| set.contains(*seq, largest))
+            .map(|(seq, e)| (seq, e.uid))
+            .collect())
+    }
+
+    fn structure(&mut self, uid: Uid, raw: &[u8]) -> Arc<MessageStructure> {
+        if let Some(s) = self.structures.get(&uid) {
+            if s.raw_len == raw.len() {
+                return Arc::clone(s);
+            }
+        }
+        let parsed = Arc::new(MessageStructure::parse(raw));
+        if self.structures.len() >= self.max_structures {
+            self.structures.clear();
+        }
+        if self.max_structures > 0 {
+            self.structures.insert(uid, Arc::clone(&parsed));
+        }
+        parsed
+    }
+
+    /// FETCH / UID FETCH (RFC 3501 6.4.5, 6.4.8). Writes the responses;
+    /// `Ok(false)` when some messages could no longer be read (the
+    /// caller answers `NO [EXPUNGEISSUED]`).
+    pub fn fetch(
+        &mut self,
+        out: &mut Vec<u8>,
+        uid_command: bool,
+        set: &SequenceSet,
+        items: FetchItems<'_>,
+    ) -> Result<bool, Failure> {
+        let attrs = items.expand();
+        if !attrs.iter().all(fetch::supported) {
+            return Err(Failure::Bad(Say::UnsupportedItem));
+        }
+        let targets = self.resolve(set, uid_command)?;
+        let needs = fetch::needs(&attrs);
+        // RFC 3501 6.4.5: fetching a body sets \Seen, and the FETCH
+        // response then carries FLAGS.
+        let mut marked: HashSet<Uid> = HashSet::new();
+        if needs.sets_seen && !self.view.read_only {
+            let changes: Vec<(Uid, Flags)> = targets
+                .iter()
+                .filter_map(|&(seq, _)| self.view.get(seq))
+                .filter(|e| !e.flags.contains(MaildirFlag::Seen))
+                .map(|e| (e.uid, e.flags.with(MaildirFlag::Seen)))
+                .collect();
+            if !changes.is_empty() {
+                let done = self.folder.set_flags_many(&changes)?;
+                let wanted: HashMap<Uid, Flags> = changes.into_iter().collect();
+                for (uid, modseq) in done {
+                    if let Some(&flags) = wanted.get(&uid) {
+                        self.view.set_flags(uid, flags, modseq);
+                        marked.insert(uid);
+                    }
+                }
+            }
+        }
+        let mut complete = true;
+        for (seq, uid) in targets {
+            let Some(entry) = self.view.get(seq).copied() else {
+                continue;
+            };
+            let cached = self.structures.get(&uid).cloned();
+            let want_raw = needs.raw || (needs.structure && cached.is_none());
+            let raw = if want_raw {
+                match self.folder.read(uid) {
+                    Ok(raw) => Some(raw),
+                    Err(e) => {
+                        if e.is_transient() {
+                            tracing::warn!(error = %e, "FETCH cannot read a message");
+                        }
+                        complete = false;
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            let structure = match (&raw, cached) {
+                _ if !needs.structure => None,
+                (Some(raw), _) => Some(self.structure(uid, raw)),
+                (None, cached) => cached,
+            };
+            let info = self.info.get(&uid).copied().unwrap_or(Info {
+                size: 0,
+                internal_date: SystemTime::UNIX_EPOCH,
+            });
+            let flags = imap_flags(entry.flags, entry.recent);
+            let message = Fetched {
+                seq,
+                uid: uid.get(),
+                flags: &flags,
+                size: info.size,
+                internal_date: info.internal_date,
+                raw: raw.as_deref(),
+                structure: structure.as_deref(),
+            };
+            let add_uid = uid_command && !needs.uid;
+            let add_flags = marked.contains(&uid) && !needs.flags;
+            fetch::write_fetch(out, &message, &attrs, add_uid, add_flags);
+        }
+        Ok(complete)
+    }
+
+    /// STORE / UID STORE (RFC 3501 6.4.6). `\Recent` and keywords are
+    /// not stored (not in PERMANENTFLAGS); they are ignored.
+    pub fn store(
+        &mut self,
+        out: &mut Vec<u8>,
+        uid_command: bool,
+        set: &SequenceSet,
+        action: StoreAction,
+        silent: bool,
+        flags: &[Flag<'_>],
+    ) -> Result<(), Failure> {
+        if self.view.read_only {
+            return Err(Failure::No(Code::ReadOnly, Say::ReadOnly));
+        }
+        let targets = self.resolve(set, uid_command)?;
+        let given = flags_of(flags);
+        let mut changes: Vec<(Uid, Flags)> = Vec::new();
+        let mut results: Vec<(u32, Uid, Flags)> = Vec::with_capacity(targets.len());
+        for &(seq, uid) in &targets {
+            let Some(entry) = self.view.get(seq) else {
+                continue;
+            };
+            let old = entry.flags;
+            let mut new = old;
+            match action {
+                StoreAction::Add => {
+                    for f in MaildirFlag::ALL.into_iter().filter(|f| given.contains(*f)) {
+                        new.insert(f);
+                    }
+                }
+                StoreAction::Remove => {
+                    for f in MaildirFlag::ALL.into_iter().filter(|f| given.contains(*f)) {
+                        new.remove(f);
+                    }
+                }
+                StoreAction::Replace => new = replace_system(old, flags),
+            }
+            if new != old {
+                changes.push((uid, new));
+            }
+            results.push((seq, uid, new));
+        }
+        let mut stored: HashSet<Uid> = HashSet::new();
+        if !changes.is_empty() {
+            let done = self.folder.set_flags_many(&changes)?;
+            let wanted: HashMap<Uid, Flags> = changes.into_iter().collect();
+            for (uid, modseq) in done {
+                if let Some(&f) = wanted.get(&uid) {
+                    self.view.set_flags(uid, f, modseq);
+                    stored.insert(uid);
+                }
+            }
+        }
+        if !silent {
+            for (seq, uid, new) in results {
+                let unchanged = self.view.get(seq).is_some_and(|e| e.flags == new);
+                if !(stored.contains(&uid) || unchanged) {
+                    continue; // gone meanwhile
+                }
+                let recent = self.view.get(seq).is_some_and(|e| e.recent);
+                write_flags_fetch(out, seq, uid_command.then_some(uid), new, recent);
+            }
+        }
+        Ok(())
+    }
+
+    /// SEARCH / UID SEARCH (RFC 3501 6.4.4): `* SEARCH n...`.
+    pub fn search(&mut self, out: &mut Vec<u8>, uid_command: bool, criteria: &[SearchKey<'_>]) {
+        let largest = Largest {
+            seq: self.view.len(),
+            uid: self.view.max_uid().map_or(0, Uid::get),
+        };
+        let mut hits: Vec<u32> = Vec::new();
+        let folder = &self.folder;
+        for (seq, entry) in self.view.iter() {
+            let info = self.info.get(&entry.uid);
+            let candidate = Candidate {
+                seq,
+                uid: entry.uid.get(),
+                flags: entry.flags,
+                recent: entry.recent,
+                size: info.map_or(0, |i| i.size),
+                internal_date: info.map_or(SystemTime::UNIX_EPOCH, |i| i.internal_date),
+                modseq: entry.modseq.get(),
+            };
+            let uid = entry.uid;
+            let mut load = || folder.read(uid).ok();
+            let mut message = Message::new(candidate, &mut load);
+            if search::matches_all(criteria, &mut message, largest) {
+                hits.push(if uid_command { uid.get() } else { seq });
+            }
+        }
+        out.extend_from_slice(b"* SEARCH");
+        for n in hits {
+            out.push(b' ');
+            out.extend_from_slice(n.to_string().as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// The UIDs of messages now marked `\Deleted` in the store (within
+    /// `set` for UID EXPUNGE).
+    fn deleted(&self, set: Option<&SequenceSet>) -> Result<Vec<Uid>, MailboxError> {
+        let largest = self.view.max_uid().map_or(0, Uid::get);
+        Ok(self
+            .folder
+            .snapshot()?
+            .messages
+            .iter()
+            .filter(|m| m.flags.contains(MaildirFlag::Trashed))
+            .filter(|m| set.is_none_or(|s| s.contains(m.uid.get(), largest)))
+            .map(|m| m.uid)
+            .collect())
+    }
+
+    /// EXPUNGE / UID EXPUNGE (RFC 3501 6.4.3, RFC 4315 2.1): removes the
+    /// messages; the sync that follows reports them.
+    pub fn expunge(&mut self, set: Option<&SequenceSet>) -> Result<(), Failure> {
+        if self.view.read_only {
+            return Err(Failure::No(Code::ReadOnly, Say::ReadOnly));
+        }
+        if matches!(set, Some(SequenceSet::Saved)) {
+            return Err(Failure::Bad(Say::SavedResultUnsupported));
+        }
+        let uids = self.deleted(set)?;
+        if !uids.is_empty() {
+            self.folder.expunge(&uids)?;
+        }
+        Ok(())
+    }
+
+    /// CLOSE (RFC 3501 6.4.2): expunges silently when read-write.
+    pub fn close(self) -> Result<(), MailboxError> {
+        if !self.view.read_only {
+            let uids = self.deleted(None)?;
+            if !uids.is_empty() {
+                self.folder.expunge(&uids)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// COPY / MOVE and their UID forms (RFC 3501 6.4.7, RFC 6851,
+    /// RFC 4315 COPYUID). Returns the `[COPYUID]` values; for MOVE the caller
+    /// sends them untagged before the expunges (RFC 6851 4.3).
+    pub fn transfer(
+        &mut self,
+        uid_command: bool,
+        set: &SequenceSet,
+        dest: &Folder,
+        remove: bool,
+    ) -> Result<Option<CopyUid>, Failure> {
+        if remove && self.view.read_only {
+            return Err(Failure::No(Code::ReadOnly, Say::ReadOnly));
+        }
+        let targets = self.resolve(set, uid_command)?;
+        let mut uids: Vec<Uid> = targets.iter().map(|&(_, uid)| uid).collect();
+        uids.sort();
+        if uids.is_empty() {
+            return Ok(None);
+        }
+        let pairs = if remove {
+            self.folder.move_to(&uids, dest)?
+        } else {
+            self.folder.copy_to(&uids, dest)?
+        };
+        if pairs.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(CopyUid {
+            validity: dest.snapshot()?.uid_validity.get(),
+            source: pairs.iter().map(|(s, _)| s.get()).collect(),
+            destination: pairs.iter().map(|(_, d)| d.get()).collect(),
+        }))
+    }
+}
+
+/// `* n NAME`.
+fn write_count(out: &mut Vec<u8>, n: u32, name: &str) {
+    out.extend_from_slice(b"* ");
+    out.extend_from_slice(n.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `* seq FETCH ([UID u ]FLAGS (...))`.
+fn write_flags_fetch(out: &mut Vec<u8>, seq: u32, uid: Option<Uid>, flags: Flags, recent: bool) {
+    out.extend_from_slice(b"* ");
+    out.extend_from_slice(seq.to_string().as_bytes());
+    out.extend_from_slice(b" FETCH (");
+    if let Some(uid) = uid {
+        out.extend_from_slice(b"UID ");
+        out.extend_from_slice(uid.get().to_string().as_bytes());
+        out.push(b' ');
+    }
+    out.extend_from_slice(b"FLAGS ");
+    write_flags(out, &imap_flags(flags, recent));
+    out.extend_from_slice(b")\r\n");
+}
+
+/// `* OK [COPYUID ...] text` (MOVE sends it untagged, RFC 6851 4.3).
+pub fn write_copyuid_untagged(out: &mut Vec<u8>, copied: &CopyUid) {
+    out.extend_from_slice(b"* OK ");
+    write_code(
+        out,
+        &Code::CopyUid {
+            validity: copied.validity,
+            source: &copied.source,
+            destination: &copied.destination,
+        },
+    );
+    out.extend_from_slice(b" Moved\r\n");
+}
