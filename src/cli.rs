@@ -249,7 +249,10 @@ fn serve(config: Config) -> anyhow::Result<()> {
             );
         }
         use crate::config::Protocol;
-        let implicit_tls = matches!(listener.protocol, Protocol::Submissions | Protocol::Pop3s);
+        let implicit_tls = matches!(
+            listener.protocol,
+            Protocol::Submissions | Protocol::Pop3s | Protocol::Imaps
+        );
         if implicit_tls && config.tls.is_none() {
             bail!(
                 "listener {} ({}) needs a certificate: set [tls] certificate and private_key",
@@ -259,7 +262,12 @@ fn serve(config: Config) -> anyhow::Result<()> {
         }
         let needs_users = matches!(
             listener.protocol,
-            Protocol::Submission | Protocol::Submissions | Protocol::Pop3 | Protocol::Pop3s
+            Protocol::Submission
+                | Protocol::Submissions
+                | Protocol::Pop3
+                | Protocol::Pop3s
+                | Protocol::Imap
+                | Protocol::Imaps
         );
         if needs_users && config.local.mailbox_dir.is_none() {
             bail!(

@@ -21,6 +21,7 @@ use crate::blocking::BlockingPool;
 use crate::config::{Config, Protocol};
 use crate::control::ShardCommand;
 use crate::delivery::engine::Engine;
+use crate::imap::session::ImapConfig;
 use crate::local::LocalTier;
 use crate::metrics::Metrics;
 use crate::notify::Notify;
@@ -63,6 +64,7 @@ pub struct ShardContext<S: SegmentStore = GlommioStore> {
     /// The same for submission listeners (AUTH offered and required).
     pub submission: Rc<ServerConfig>,
     pub pop3: Rc<Pop3Config>,
+    pub imap: Arc<ImapConfig>,
     /// The mailbox tier, when `[local] mailbox_dir` is set.
     pub local: Option<Arc<LocalTier>>,
     /// Unpinned threads for the tier's blocking calls.
@@ -206,6 +208,11 @@ async fn start<S: SegmentStore + 'static>(
         smtp: Rc::new(smtp),
         submission: Rc::new(submission),
         pop3: Rc::new(pop3_config(&config)),
+        imap: Arc::new(ImapConfig {
+            starttls: config.tls.is_some(),
+            max_append: config.smtp.max_message_size as u64,
+            ..ImapConfig::default()
+        }),
         local: plan.local,
         blocking: plan.blocking,
         config,
@@ -388,7 +395,7 @@ async fn accept_loop<S: SegmentStore + 'static>(
                 // the gate still tracks it for shutdown.
                 let ctx = Rc::clone(&ctx);
                 let session = async move {
-                    use crate::session::{pop3, smtp};
+                    use crate::session::{imap, pop3, smtp};
                     match protocol {
                         Protocol::Smtp => smtp::serve(ctx, stream, peer, SmtpListener::Relay).await,
                         Protocol::Submission => {
@@ -399,8 +406,8 @@ async fn accept_loop<S: SegmentStore + 'static>(
                         }
                         Protocol::Pop3 => pop3::serve(ctx, stream, peer, false).await,
                         Protocol::Pop3s => pop3::serve(ctx, stream, peer, true).await,
-                        // Refused at start (see `serves`).
-                        Protocol::Imap | Protocol::Imaps => {}
+                        Protocol::Imap => imap::serve(ctx, stream, peer, false).await,
+                        Protocol::Imaps => imap::serve(ctx, stream, peer, true).await,
                     }
                 };
                 match sessions.spawn(session) {
@@ -419,9 +426,19 @@ async fn accept_loop<S: SegmentStore + 'static>(
     }
 }
 
-/// Whether this build serves `protocol` (IMAP is still to come).
+/// Whether this build serves `protocol` (all of them now; kept so a
+/// protocol can be added to the config before its server).
 pub fn serves(protocol: Protocol) -> bool {
-    !matches!(protocol, Protocol::Imap | Protocol::Imaps)
+    matches!(
+        protocol,
+        Protocol::Smtp
+            | Protocol::Submission
+            | Protocol::Submissions
+            | Protocol::Imap
+            | Protocol::Imaps
+            | Protocol::Pop3
+            | Protocol::Pop3s
+    )
 }
 
 /// The shard directories that exist under the spool directory, so a

@@ -60,7 +60,7 @@ impl Backend for TierBackend {
     fn mailbox(&self, user: &str) -> Result<UserMailbox, MailboxError> {
         match &self.tier {
             Some(tier) => tier.mailbox(user),
-            None => Err(MailboxError::NotPermitted),
+            None => Err(MailboxError::NotPermitted("no mailbox tier is configured")),
         }
     }
 }
@@ -203,7 +203,7 @@ impl<S: SegmentStore> Driver<S> {
                         if let Some(session) = self.session.as_mut() {
                             session.rejection(&rejection);
                         }
-                        continue;
+                        Outcome::Continue
                     }
                     Step::Command(bytes) => {
                         let command = bytes.to_vec();
@@ -218,12 +218,16 @@ impl<S: SegmentStore> Driver<S> {
                     }
                 }
             };
+            if self.session_mut()?.is_logged_out() {
+                return Ok(Next::Close);
+            }
             match outcome {
                 Outcome::Continue => {}
                 Outcome::AuthFailed => {
                     self.ctx.metrics.borrow_mut().auth_failures += 1;
                     if let Some(tier) = &self.ctx.local {
-                        let delay = tier.login_failed(self.peer.ip().to_canonical(), Instant::now());
+                        let delay =
+                            tier.login_failed(self.peer.ip().to_canonical(), Instant::now());
                         glommio::timer::sleep(delay).await;
                     }
                 }
