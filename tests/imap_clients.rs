@@ -1,0 +1,464 @@
+//! The IMAP listeners seen by real mail clients: mail sent through spate's
+//! SMTP listener to a local user is read, flagged, searched, copied, moved,
+//! appended and expunged through Python's imaplib (plain, STARTTLS and
+//! implicit imaps); two sessions on one mailbox see each other's flag
+//! changes and expunges; IDLE wakes up on an SMTP delivery; bad input
+//! (wrong passwords, junk commands, path traversal in mailbox names,
+//! oversized literals, plaintext before TLS) gets a clear NO/BAD and
+//! changes nothing; and curl and mbsync talk to it.
+//!
+//! curl and mbsync are optional here: a test whose client is not installed
+//! prints `SKIP` and passes (CI installs the Debian packages `curl isync`).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::{python, run_with_timeout, TestServer, Tweaks, COMMAND_TIMEOUT, LOCAL_DOMAIN};
+use serde_json::Value;
+
+const USER: &str = "alice";
+const PASSWORD: &str = "pw-alice";
+const SENDER: &str = "sender@client.test";
+/// How long a delivery may take to show.
+const SETTLE: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------- helpers
+
+fn mailbox_tweaks() -> Tweaks {
+    Tweaks::default()
+        .user(USER, PASSWORD)
+        .user("bob", "pw-bob")
+        .listener("imap")
+}
+
+fn tls_tweaks() -> Tweaks {
+    mailbox_tweaks().listener("imaps").tls()
+}
+
+/// The files of `user`'s INBOX (new/ and cur/), sorted.
+fn maildir_files(server: &TestServer, user: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for sub in ["new", "cur"] {
+        let Ok(rd) = std::fs::read_dir(server.mail_dir().join(user).join(sub)) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            if e.path().is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The stored messages' bytes, in file name order.
+fn stored(server: &TestServer, user: &str) -> Vec<Vec<u8>> {
+    maildir_files(server, user)
+        .iter()
+        .map(|p| std::fs::read(p).expect("read stored message"))
+        .collect()
+}
+
+/// Sends `msg` to `user` through SMTP and waits until the Maildir holds
+/// one more message (so UIDs follow the sending order).
+fn deliver(server: &TestServer, user: &str, msg: &[u8]) {
+    let before = maildir_files(server, user).len();
+    let mut c = server.session();
+    let to = format!("{user}@{LOCAL_DOMAIN}");
+    if let Err(r) = c.send_message(SENDER, &[&to], msg) {
+        panic!("SMTP refused: {r:?}\ntranscript:\n{}", c.transcript);
+    }
+    c.quit();
+    wait_for(&format!("delivery #{} to {user}", before + 1), || {
+        maildir_files(server, user).len() > before
+    });
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + SETTLE;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn plain_message(subject: &str, body: &str) -> Vec<u8> {
+    format!(
+        "From: Sender Name <{SENDER}>\r\nTo: <{USER}@{LOCAL_DOMAIN}>\r\nSubject: {subject}\r\n\
+         Date: Mon, 02 Nov 2026 10:00:00 +0000\r\nMessage-ID: <{subject}@client.test>\r\n\r\n{body}"
+    )
+    .into_bytes()
+}
+
+fn multipart_message(subject: &str) -> Vec<u8> {
+    format!(
+        "From: Sender Name <{SENDER}>\r\nTo: <{USER}@{LOCAL_DOMAIN}>\r\nSubject: {subject}\r\n\
+         Date: Mon, 02 Nov 2026 11:00:00 +0000\r\nMessage-ID: <{subject}@client.test>\r\n\
+         MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"XYZ\"\r\n\r\n\
+         preamble\r\n--XYZ\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nthe text part\r\n\
+         --XYZ\r\nContent-Type: application/octet-stream; name=\"a.bin\"\r\n\
+         Content-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\"a.bin\"\r\n\r\n\
+         YXR0YWNobWVudC10ZXh0\r\n--XYZ--\r\n"
+    )
+    .into_bytes()
+}
+
+/// alpha (small), beta (200 KiB of lines), gamma (multipart).
+fn test_messages() -> Vec<Vec<u8>> {
+    let mut beta = String::new();
+    let mut i = 0;
+    while beta.len() < 200 * 1024 {
+        beta.push_str(&format!("beta line {i:06} abcdefghijklmnopqrstuvwxyz\r\n"));
+        i += 1;
+    }
+    vec![
+        plain_message("alpha-one", "first line\r\n.\r\n..dots\r\nlast line\r\n"),
+        plain_message("beta-two", &beta),
+        multipart_message("gamma-three"),
+    ]
+}
+
+/// Is `tool` an executable on PATH? Prints the skip note when not.
+fn have(tool: &str, package: &str) -> bool {
+    let found = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|d| {
+            let p = d.join(tool);
+            std::fs::metadata(&p).is_ok_and(|m| m.is_file())
+        })
+    });
+    if !found {
+        eprintln!("SKIP: `{tool}` is not installed (Debian package `{package}`); test not run");
+    }
+    found
+}
+
+/// Every path under `dir` (for "nothing was created" checks).
+fn tree(dir: &Path) -> BTreeSet<PathBuf> {
+    let mut out = BTreeSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p.clone());
+            }
+            out.insert(p);
+        }
+    }
+    out
+}
+
+fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn ca(server: &TestServer) -> String {
+    server.tls.as_ref().expect("tls").ca.display().to_string()
+}
+
+/// Runs one imap_client.py scenario against `addr`.
+fn imaplib(server: &TestServer, scenario: &str, listener: &str, extra: &[String]) -> Value {
+    let addr = server.listener(listener);
+    let mut args = vec![
+        scenario.to_owned(),
+        addr.ip().to_string(),
+        addr.port().to_string(),
+        "--user".into(),
+        USER.into(),
+        "--password".into(),
+        PASSWORD.into(),
+    ];
+    if let Some(t) = &server.tls {
+        args.push("--cafile".into());
+        args.push(t.ca.display().to_string());
+    }
+    args.extend_from_slice(extra);
+    let v = python("imap_client.py", &args);
+    assert!(v.get("exception").is_none(), "imaplib {scenario}: {v:#}");
+    v
+}
+
+fn b64(v: &Value) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(v.as_str().expect("base64 string"))
+        .expect("base64")
+}
+
+/// `[typ, data]` from an imaplib call: its typ.
+fn typ(v: &Value) -> &str {
+    v[0].as_str().unwrap_or("?")
+}
+
+/// The whole JSON value as text (for "contains" checks).
+fn s(v: &Value) -> String {
+    v.to_string()
+}
+
+fn ok(v: &Value, what: &str) {
+    assert_eq!(typ(v), "OK", "{what}: {v}");
+}
+
+fn refused(v: &Value, what: &str) {
+    assert!(
+        typ(v) == "NO" || typ(v) == "EXC",
+        "{what} was not refused: {v}"
+    );
+}
+
+/// The numbers of a SEARCH answer.
+fn hits(v: &Value) -> Vec<u32> {
+    ok(v, "SEARCH");
+    v[1][0]
+        .as_str()
+        .unwrap_or("")
+        .split_whitespace()
+        .map(|n| n.parse().expect("number"))
+        .collect()
+}
+
+// ------------------------------------------------------ 1. one session
+
+/// The literals of fetch_parts() output whose prefix contains `item`.
+fn literals(parts: &Value) -> Vec<(String, Vec<u8>)> {
+    parts
+        .as_array()
+        .expect("fetch parts")
+        .iter()
+        .filter(|p| !p[1].is_null())
+        .map(|p| (p[0].as_str().unwrap().to_owned(), b64(&p[1])))
+        .collect()
+}
+
+#[test]
+fn imaplib_session_tour() {
+    let server = TestServer::start(mailbox_tweaks());
+    let originals = test_messages();
+    for m in &originals {
+        deliver(&server, USER, m);
+    }
+    let stored = stored(&server, USER);
+    let v = imaplib(&server, "session", "imap", &[]);
+    let all = s(&v);
+
+    // Greeting, CAPABILITY, LOGIN
+    let greeting = v["greeting"].as_str().unwrap();
+    assert!(greeting.starts_with("* OK"), "{greeting}");
+    let caps = s(&v["capabilities"]);
+    for c in ["IMAP4REV1", "AUTH=PLAIN", "IDLE", "UIDPLUS", "MOVE", "LITERAL+"] {
+        assert!(caps.contains(c), "{c} missing: {caps}");
+    }
+    ok(&v["login"], "LOGIN");
+    ok(&v["capability_after"], "CAPABILITY");
+    assert!(!s(&v["capability_after"]).contains("AUTH=PLAIN"), "{v}");
+    ok(&v["list"], "LIST");
+    assert!(s(&v["list"]).contains("\\\"/\\\" INBOX"), "{}", v["list"]);
+
+    // EXAMINE: read-only, BODY[] does not set \Seen, STORE refused
+    let ex = &v["examine"];
+    assert_eq!(ex["typ"], "OK", "{ex}");
+    assert_eq!(ex["exists"], serde_json::json!(["3"]), "{ex}");
+    assert_eq!(ex["uidnext"], serde_json::json!(["4"]), "{ex}");
+    assert!(!ex["uidvalidity"][0].as_str().unwrap().is_empty(), "{ex}");
+    assert!(ex["readonly"].as_array().is_some_and(|a| !a.is_empty()), "{ex}");
+    ok(&v["examine_fetch_body"], "FETCH in EXAMINE");
+    assert!(!s(&v["examine_flags"]).contains("Seen"), "{v}");
+    refused(&v["examine_store"], "STORE in EXAMINE");
+
+    // SELECT
+    let sel = &v["select"];
+    assert_eq!(sel["typ"], "OK", "{sel}");
+    assert_eq!(sel["exists"], serde_json::json!(["3"]), "{sel}");
+    assert_eq!(sel["recent"], serde_json::json!(["3"]), "{sel}");
+    assert_eq!(sel["uidnext"], serde_json::json!(["4"]), "{sel}");
+    assert_eq!(sel["uidvalidity"], ex["uidvalidity"], "UIDVALIDITY changed");
+    assert!(s(&sel["permanentflags"]).contains("\\\\Deleted"), "{sel}");
+
+    // FETCH metadata, ENVELOPE, BODYSTRUCTURE
+    let meta = v["fetch_meta"][1].as_array().unwrap();
+    assert_eq!(meta.len(), 3, "{meta:?}");
+    for (i, m) in meta.iter().enumerate() {
+        let m = m.as_str().unwrap();
+        assert!(m.starts_with(&format!("{} (UID {} ", i + 1, i + 1)), "{m}");
+        let size = stored[i].len();
+        assert!(
+            m.contains(&format!("RFC822.SIZE {size} ")),
+            "{m}: stored size {size}"
+        );
+        assert!(m.contains("INTERNALDATE \""), "{m}");
+    }
+    let env = s(&v["fetch_envelope"]);
+    for e in [
+        "alpha-one",
+        "beta-two",
+        "gamma-three",
+        "Mon, 02 Nov 2026 10:00:00 +0000",
+        "((\\\"Sender Name\\\" NIL \\\"sender\\\" \\\"client.test\\\"))",
+        "((NIL NIL \\\"alice\\\" \\\"example.test\\\"))",
+        "<alpha-one@client.test>",
+    ] {
+        assert!(env.contains(e), "ENVELOPE lacks {e}: {env}");
+    }
+    let bs = v["fetch_bodystructure"][1].as_array().unwrap();
+    let bs: Vec<&str> = bs.iter().map(|b| b.as_str().unwrap()).collect();
+    assert!(
+        bs[0].contains("(\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 34 4 "),
+        "{bs:?}"
+    );
+    assert!(
+        bs[2].contains("((\"text\" \"plain\" (\"charset\" \"utf-8\") NIL NIL \"7bit\" 13 0 ")
+            && bs[2].contains("(\"application\" \"octet-stream\" (\"name\" \"a.bin\") NIL NIL \"base64\" 20 ")
+            && bs[2].contains("\"mixed\" (\"boundary\" \"XYZ\")"),
+        "{bs:?}"
+    );
+
+    // BODY.PEEK[]: byte for byte the stored file, the original at its end
+    let bodies = literals(&v["bodies"]);
+    assert_eq!(bodies.len(), 3, "{}", v["bodies"]);
+    for (i, (prefix, got)) in bodies.iter().enumerate() {
+        assert!(prefix.contains(&format!("UID {}", i + 1)), "{prefix}");
+        assert_eq!(got, &stored[i], "BODY[] of {prefix} differs from the stored file");
+        assert!(got.ends_with(&originals[i]), "original not intact in {prefix}");
+        assert!(got.starts_with(b"Return-Path: <sender@client.test>\r\n"), "{prefix}");
+    }
+    assert!(!s(&v["flags_after_peek"]).contains("Seen"), "PEEK set \\Seen: {v}");
+    let hf = literals(&v["header_fields"]);
+    assert_eq!(hf[0].1, b"Subject: alpha-one\r\n\r\n", "{hf:?}");
+    let partial = literals(&v["partial"]);
+    assert!(partial[0].0.contains("BODY[]<0> {10}"), "{partial:?}");
+    assert_eq!(partial[0].1, &stored[0][..10], "{partial:?}");
+    let text = literals(&v["text"]);
+    assert_eq!(
+        text[0].1,
+        b"first line\r\n.\r\n..dots\r\nlast line\r\n",
+        "{text:?}"
+    );
+    assert!(s(&v["flags_after_body"]).contains("\\\\Seen"), "BODY[] did not set \\Seen: {v}");
+
+    // STORE
+    ok(&v["store_add"], "STORE +FLAGS");
+    assert!(s(&v["store_add"]).contains("\\\\Answered \\\\Flagged"), "{v}");
+    assert_eq!(v["store_silent"], serde_json::json!(["OK", [null]]), "silent: {v}");
+    assert!(!s(&v["store_remove"]).contains("Answered"), "{v}");
+    assert_eq!(v["store_remove_silent"], serde_json::json!(["OK", [null]]), "{v}");
+    let f = v["flags_after_store"][1].as_array().unwrap();
+    assert!(!f[0].as_str().unwrap().contains("Seen"), "{f:?}");
+    assert!(f[1].as_str().unwrap().contains("\\Flagged"), "{f:?}");
+    assert!(!f[1].as_str().unwrap().contains("Answered"), "{f:?}");
+    assert!(f[2].as_str().unwrap().contains("\\Seen"), "{f:?}");
+
+    // SEARCH (1 alpha unseen, 2 beta flagged unseen, 3 gamma seen)
+    let search = &v["search"];
+    let expect: &[(&str, &[u32])] = &[
+        ("all", &[1, 2, 3]),
+        ("unseen", &[1, 2]),
+        ("seen", &[3]),
+        ("flagged", &[2]),
+        ("from", &[1, 2, 3]),
+        ("from_nobody", &[]),
+        ("subject", &[2]),
+        ("since", &[1, 2, 3]),
+        ("before", &[]),
+        ("or", &[1, 3]),
+        ("not", &[2, 3]),
+        ("body", &[3]),
+        ("text", &[1]),
+        ("larger", &[2]),
+        ("seq", &[2, 3]),
+    ];
+    for (k, want) in expect {
+        assert_eq!(hits(&search[k]), *want, "SEARCH {k}: {}", search[k]);
+    }
+    let us = &v["uid_search"];
+    assert_eq!(hits(&us["range"]), [2, 3], "{us}");
+    assert_eq!(hits(&us["one"]), [1], "{us}");
+    assert_eq!(hits(&us["star"]), [3], "{us}");
+
+    // Folders, COPY, MOVE, APPEND, EXPUNGE
+    for k in ["create_work", "create_hier", "create_utf7"] {
+        ok(&v[k], k);
+    }
+    refused(&v["create_dup"], "CREATE of an existing folder");
+    let list_all = s(&v["list_all"]);
+    for n in ["A/B", "Entw&APw-rfe", "Work", "INBOX"] {
+        assert!(list_all.contains(&format!("\\\"/\\\" {n}\"")), "{n}: {list_all}");
+    }
+    assert!(!s(&v["list_pct"]).contains("A/B"), "% matched A/B: {}", v["list_pct"]);
+    let uidvalidity = sel["uidvalidity"][0].as_str().unwrap();
+    ok(&v["copy"], "COPY");
+    let copyuid = v["copy_code"][0].as_str().unwrap().to_owned();
+    assert!(copyuid.ends_with(" 1 1"), "COPYUID {copyuid}");
+    assert!(!copyuid.starts_with(uidvalidity), "Work has INBOX's UIDVALIDITY");
+    ok(&v["uid_copy"], "UID COPY");
+    let work_validity = copyuid.split(' ').next().unwrap();
+    assert_eq!(v["uid_copy_code"][0], format!("{work_validity} 2 2"), "{v}");
+    assert!(s(&v["copy_missing"]).contains("TRYCREATE"), "{v}");
+    assert!(s(&v["status_work"]).contains("MESSAGES 2 "), "{}", v["status_work"]);
+    ok(&v["append"], "APPEND");
+    assert_eq!(v["append_code"][0], format!("{work_validity} 3"), "APPENDUID: {v}");
+    let work = literals(&v["work_bodies"]);
+    assert_eq!(work.len(), 3, "{}", v["work_bodies"]);
+    assert_eq!(work[0].1, stored[0], "copied message differs");
+    assert_eq!(work[1].1, stored[1], "UID-copied message differs");
+    assert!(work[1].0.contains("\\Flagged"), "flags not copied: {}", work[1].0);
+    assert_eq!(work[2].1, b64(&v["appended_sent"]), "APPENDed message differs");
+    assert!(work[2].0.contains("UID 3 "), "{}", work[2].0);
+    assert!(
+        work[2].0.contains("\\Flagged") && work[2].0.contains("\\Seen"),
+        "APPEND flags: {}",
+        work[2].0
+    );
+    ok(&v["move"], "MOVE");
+    assert_eq!(v["move_expunge"], serde_json::json!(["1"]), "{v}");
+    assert!(v["move_code"][0].as_str().unwrap().ends_with(" 1 1"), "{v}");
+    assert!(s(&v["status_ab"]).contains("MESSAGES 1 "), "{v}");
+    assert!(s(&v["status_work_after_move"]).contains("MESSAGES 2)"), "{v}");
+    ok(&v["store_deleted"], "STORE \\Deleted");
+    assert_eq!(v["expunge"], serde_json::json!(["OK", ["2"]]), "EXPUNGE: {v}");
+    assert!(s(&v["status_work_after_expunge"]).contains("MESSAGES 1)"), "{v}");
+
+    // SUBSCRIBE / LSUB / RENAME / DELETE
+    ok(&v["subscribe"], "SUBSCRIBE");
+    ok(&v["subscribe_utf7"], "SUBSCRIBE");
+    let lsub = s(&v["lsub"]);
+    assert!(lsub.contains(" Work\"") && lsub.contains(" Entw&APw-rfe\""), "{lsub}");
+    assert!(!lsub.contains("A/B"), "{lsub}");
+    ok(&v["rename"], "RENAME");
+    ok(&v["rename_utf7"], "RENAME to Ordner/\u{c4}lter");
+    assert!(s(&v["status_renamed_utf7"]).contains("MESSAGES 0)"), "{v}");
+    assert!(s(&v["status_archive"]).contains("MESSAGES 1)"), "{v}");
+    ok(&v["delete_ab"], "DELETE A/B");
+    refused(&v["delete_missing"], "DELETE of a missing folder");
+    refused(&v["delete_inbox"], "DELETE INBOX");
+    ok(&v["unsubscribe"], "UNSUBSCRIBE");
+    assert!(!s(&v["lsub_after"]).contains(" Work\""), "{}", v["lsub_after"]);
+    let list = s(&v["list_final"]);
+    assert!(list.contains(" Archive\""), "{list}");
+    assert!(list.contains(" Ordner/&AMQ-lter\""), "{list}");
+    assert!(!list.contains(" Work\"") && !list.contains("A/B"), "{list}");
+    assert!(!list.contains("Entw&APw-rfe"), "{list}");
+    assert!(s(&v["status_inbox"]).contains("MESSAGES 3 UNSEEN 2 UIDNEXT 4"), "{v}");
+    assert_eq!(typ(&v["logout"]), "BYE", "{v}");
+
+    // On disk: Maildir++ folders with modified UTF-7 names
+    let home = server.mail_dir().join(USER);
+    assert!(home.join(".Archive/cur").is_dir() || home.join(".Archive/new").is_dir());
+    assert!(home.join(".Ordner.&AMQ-lter").is_dir(), "{:?}", tree(&home));
+    assert!(!home.join(".Work").exists() && !home.join(".A.B").exists());
+    assert!(!home.join(".Entw&APw-rfe").exists());
+    assert_eq!(self::stored(&server, USER), stored, "INBOX messages changed");
+    assert!(!all.contains("\"BAD\""), "a BAD answer somewhere: {all}");
+}
