@@ -462,3 +462,211 @@ fn imaplib_session_tour() {
     assert_eq!(self::stored(&server, USER), stored, "INBOX messages changed");
     assert!(!all.contains("\"BAD\""), "a BAD answer somewhere: {all}");
 }
+
+#[test]
+fn imaplib_reads_byte_for_byte_over_plain_starttls_and_imaps() {
+    let server = TestServer::start(tls_tweaks());
+    let originals = test_messages();
+    for m in &originals {
+        deliver(&server, USER, m);
+    }
+    let stored = stored(&server, USER);
+    for (mode, listener) in [("plain", "imap"), ("starttls", "imap"), ("imaps", "imaps")] {
+        let v = imaplib(&server, "fetch", listener, &["--mode".into(), mode.into()]);
+        let who = format!("imaplib {mode}");
+        ok(&v["login"], &who);
+        assert_eq!(v["select"], serde_json::json!(["OK", ["3"]]), "{who}: {v}");
+        let caps = s(&v["capabilities"]);
+        match mode {
+            "plain" => {
+                assert!(v["tls_version"].is_null(), "{who}: {v}");
+                assert!(caps.contains("STARTTLS"), "{who}: STARTTLS not offered: {v}");
+            }
+            _ => {
+                let t = v["tls_version"].as_str().unwrap_or("");
+                assert!(t == "TLSv1.3" || t == "TLSv1.2", "{who}: {v}");
+                assert!(!caps.contains("STARTTLS"), "{who}: STARTTLS offered in TLS: {v}");
+            }
+        }
+        let bodies = literals(&v["bodies"]);
+        assert_eq!(bodies.len(), 3, "{who}");
+        for (i, (prefix, got)) in bodies.iter().enumerate() {
+            assert_eq!(got, &stored[i], "{who}: {prefix} differs from the stored file");
+            assert!(got.ends_with(&originals[i]), "{who}: {prefix}");
+        }
+        assert_eq!(typ(&v["logout"]), "BYE", "{who}: {v}");
+    }
+    assert_eq!(self::stored(&server, USER), stored, "EXAMINE changed mail");
+}
+
+// ------------------------------------------------------ 2. two sessions
+
+#[test]
+fn two_sessions_see_each_others_flags_and_expunges() {
+    let server = TestServer::start(mailbox_tweaks());
+    for m in test_messages() {
+        deliver(&server, USER, &m);
+    }
+    let v = imaplib(&server, "multi", "imap", &[]);
+    eprintln!("{v}");
+    // \Recent goes to the first session only.
+    assert_eq!(v["a_recent"], serde_json::json!(["3"]), "{v}");
+    assert_eq!(v["b_recent"], serde_json::json!(["0"]), "{v}");
+    assert_eq!(hits(&v["a_recent_search"]), [1, 2, 3], "{v}");
+    assert_eq!(hits(&v["b_recent_search"]), Vec::<u32>::new(), "{v}");
+    ok(&v["a_store"], "STORE in A");
+    ok(&v["b_noop1"], "NOOP in B");
+    let f = s(&v["b_fetch_after_flag"]);
+    assert!(
+        f.contains("\"2 (") && f.contains("FLAGS (\\\\Flagged))"),
+        "B did not see A's flag change: {v}"
+    );
+    ok(&v["a_expunge"], "EXPUNGE in A");
+    ok(&v["b_noop2"], "NOOP in B");
+    assert_eq!(v["b_expunge"], serde_json::json!(["1"]), "B did not see the EXPUNGE: {v}");
+    let after = v["b_after"][1].as_array().unwrap();
+    assert_eq!(after.len(), 2, "{v}");
+    assert!(after[0].as_str().unwrap().starts_with("1 (UID 2 "), "{v}");
+    assert!(after[1].as_str().unwrap().starts_with("2 (UID 3 "), "{v}");
+    let a_after = s(&v["a_after"]);
+    assert!(
+        a_after.contains("1 (UID 2 ") && a_after.contains("2 (UID 3 ") && !a_after.contains("UID 1 "),
+        "{v}"
+    );
+    assert_eq!(maildir_files(&server, USER).len(), 2);
+}
+
+// ------------------------------------------------------ 3. IDLE
+
+#[test]
+fn idle_wakes_up_on_an_smtp_delivery() {
+    let server = TestServer::start(mailbox_tweaks());
+    deliver(&server, USER, &plain_message("before-idle", "x\r\n"));
+    let v = imaplib(
+        &server,
+        "idle",
+        "imap",
+        &[
+            "--smtp".into(),
+            server.smtp.to_string(),
+            "--rcpt".into(),
+            format!("{USER}@{LOCAL_DOMAIN}"),
+        ],
+    );
+    eprintln!("{v}");
+    assert_eq!(v["exists_before"], serde_json::json!(["1"]), "{v}");
+    assert!(
+        v["continuation"].as_str().is_some_and(|c| c.starts_with("+ ")),
+        "{v}"
+    );
+    assert_eq!(v["exists_line"], "* 2 EXISTS", "no EXISTS in IDLE: {v}");
+    let secs = v["exists_after_seconds"].as_f64().unwrap();
+    assert!(secs < 10.0, "EXISTS after {secs} s: {v}");
+    assert!(
+        v["done"].as_str().is_some_and(|d| d.contains(" OK")),
+        "DONE: {v}"
+    );
+    ok(&v["noop"], "NOOP after IDLE");
+    assert_eq!(maildir_files(&server, USER).len(), 2);
+}
+
+// ------------------------------------------------------ 4. bad input
+
+#[test]
+fn bad_input_gets_no_or_bad_and_changes_nothing() {
+    let server = TestServer::start(mailbox_tweaks());
+    deliver(&server, USER, &plain_message("bad-input", "x\r\n"));
+    let contents = stored(&server, USER);
+    let top = |d: &Path| -> BTreeSet<PathBuf> {
+        std::fs::read_dir(d)
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    let home = server.mail_dir().join(USER);
+    let parent = server.mail_dir().parent().unwrap().to_path_buf();
+    let (mail_top, parent_top, home_top) = (top(&server.mail_dir()), top(&parent), top(&home));
+    let v = imaplib(&server, "bad", "imap", &[]);
+    eprintln!("{v}");
+    for k in ["wrong_password", "unknown_user"] {
+        assert!(
+            s(&v[k]).contains("AUTHENTICATIONFAILED"),
+            "{k}: {}",
+            v[k]
+        );
+    }
+    refused(&v["after_wrong_select"], "SELECT after a failed LOGIN");
+    ok(&v["login"], "LOGIN");
+    let tagged = |k: &str, tag: &str| -> String {
+        v[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap())
+            .find(|l| l.starts_with(&format!("{tag} ")))
+            .unwrap_or_else(|| panic!("{k}: no tagged reply: {v}"))
+            .to_owned()
+    };
+    assert!(tagged("unknown_command", "u1").starts_with("u1 BAD"), "{v}");
+    let r = tagged("fetch_before_select", "u2");
+    assert!(r.starts_with("u2 BAD") || r.starts_with("u2 NO"), "{r}");
+    let r = tagged("uid_fetch_before_select", "u3");
+    assert!(r.starts_with("u3 BAD") || r.starts_with("u3 NO"), "{r}");
+    assert!(tagged("bad_syntax", "u4").starts_with("u4 BAD"), "{v}");
+    for (name, r) in v["traversal"].as_object().unwrap() {
+        for (cmd, reply) in r.as_object().unwrap() {
+            assert!(
+                typ(reply) == "NO" || typ(reply) == "BAD",
+                "{cmd} {name:?} not refused: {reply}"
+            );
+        }
+    }
+    ok(&v["select_inbox"], "SELECT INBOX");
+    let r = tagged("fetch_out_of_range", "u5");
+    assert!(r.starts_with("u5 BAD") || r.starts_with("u5 NO"), "{r}");
+    let r = tagged("big_literal", "u6");
+    assert!(r.starts_with("u6 NO") || r.starts_with("u6 BAD"), "{r}");
+    assert!(
+        !s(&v["big_literal"]).contains("\"+"),
+        "continuation for an oversized literal: {v}"
+    );
+    ok(&v["new_session"], "a new session after the oversized literal");
+    assert!(server_alive(&server), "spate died");
+    // SELECT INBOX moved the message to cur/ and wrote the UID list;
+    // nothing else appeared, least of all a folder or a file outside.
+    assert_eq!(top(&server.mail_dir()), mail_top, "the mail dir changed");
+    assert_eq!(top(&parent), parent_top, "created outside the mail dir");
+    let new_in_home: Vec<PathBuf> = top(&home).difference(&home_top).cloned().collect();
+    assert!(
+        new_in_home.iter().all(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.starts_with("spate-uid")
+        }),
+        "new in the Maildir: {new_in_home:?}"
+    );
+    for p in ["/tmp/evil", "/tmp/x", "/tmp/b"] {
+        assert!(!Path::new(p).exists() || p != "/tmp/evil", "{p} created");
+    }
+    assert!(!parent.join("x").exists() && !parent.join("b").exists());
+    assert_eq!(stored(&server, USER), contents);
+}
+
+fn server_alive(server: &TestServer) -> bool {
+    std::net::TcpStream::connect_timeout(&server.listener("imap"), Duration::from_secs(5)).is_ok()
+}
+
+#[test]
+fn plaintext_login_is_refused_before_tls_when_loopback_is_not_trusted() {
+    let server = TestServer::start(tls_tweaks().extra("[auth]\ntrust_loopback = false\n"));
+    deliver(&server, USER, &plain_message("privacy", "x\r\n"));
+    let v = imaplib(&server, "privacy", "imap", &[]);
+    eprintln!("{v}");
+    let caps = s(&v["capabilities"]);
+    assert!(caps.contains("LOGINDISABLED") && caps.contains("STARTTLS"), "{v}");
+    assert!(!caps.contains("AUTH=PLAIN"), "{v}");
+    assert!(s(&v["login_plain"]).contains("PRIVACYREQUIRED"), "{v}");
+    refused(&v["authenticate_plain"], "AUTHENTICATE PLAIN before TLS");
+    ok(&v["starttls"], "STARTTLS");
+    let caps = s(&v["capabilities_tls"]);
+    assert!(!caps.contains("LOGINDISABLED") && !caps.contains("STARTTLS"), "{v}");
+    ok(&v["login_tls"], "LOGIN over TLS");
+    assert_eq!(v["select"], serde_json::json!(["OK", ["1"]]), "{v}");
+}
