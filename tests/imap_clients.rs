@@ -628,6 +628,9 @@ fn bad_input_gets_no_or_bad_and_changes_nothing() {
         !s(&v["big_literal"]).contains("\"+"),
         "continuation for an oversized literal: {v}"
     );
+    ok(&v["noop_after_big"], "NOOP after a refused literal");
+    let r = tagged("big_literal_plus", "u7");
+    assert!(r.starts_with("u7 NO") || r.starts_with("u7 BAD"), "{r}");
     ok(&v["new_session"], "a new session after the oversized literal");
     assert!(server_alive(&server), "spate died");
     // SELECT INBOX moved the message to cur/ and wrote the UID list;
