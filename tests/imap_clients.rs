@@ -258,7 +258,14 @@ fn imaplib_session_tour() {
     let greeting = v["greeting"].as_str().unwrap();
     assert!(greeting.starts_with("* OK"), "{greeting}");
     let caps = s(&v["capabilities"]);
-    for c in ["IMAP4REV1", "AUTH=PLAIN", "IDLE", "UIDPLUS", "MOVE", "LITERAL+"] {
+    for c in [
+        "IMAP4REV1",
+        "AUTH=PLAIN",
+        "IDLE",
+        "UIDPLUS",
+        "MOVE",
+        "LITERAL+",
+    ] {
         assert!(caps.contains(c), "{c} missing: {caps}");
     }
     ok(&v["login"], "LOGIN");
@@ -273,7 +280,10 @@ fn imaplib_session_tour() {
     assert_eq!(ex["exists"], serde_json::json!(["3"]), "{ex}");
     assert_eq!(ex["uidnext"], serde_json::json!(["4"]), "{ex}");
     assert!(!ex["uidvalidity"][0].as_str().unwrap().is_empty(), "{ex}");
-    assert!(ex["readonly"].as_array().is_some_and(|a| !a.is_empty()), "{ex}");
+    assert!(
+        ex["readonly"].as_array().is_some_and(|a| !a.is_empty()),
+        "{ex}"
+    );
     ok(&v["examine_fetch_body"], "FETCH in EXAMINE");
     assert!(!s(&v["examine_flags"]).contains("Seen"), "{v}");
     refused(&v["examine_store"], "STORE in EXAMINE");
@@ -320,7 +330,9 @@ fn imaplib_session_tour() {
     );
     assert!(
         bs[2].contains("((\"text\" \"plain\" (\"charset\" \"utf-8\") NIL NIL \"7bit\" 13 0 ")
-            && bs[2].contains("(\"application\" \"octet-stream\" (\"name\" \"a.bin\") NIL NIL \"base64\" 20 ")
+            && bs[2].contains(
+                "(\"application\" \"octet-stream\" (\"name\" \"a.bin\") NIL NIL \"base64\" 20 "
+            )
             && bs[2].contains("\"mixed\" (\"boundary\" \"XYZ\")"),
         "{bs:?}"
     );
@@ -330,11 +342,23 @@ fn imaplib_session_tour() {
     assert_eq!(bodies.len(), 3, "{}", v["bodies"]);
     for (i, (prefix, got)) in bodies.iter().enumerate() {
         assert!(prefix.contains(&format!("UID {}", i + 1)), "{prefix}");
-        assert_eq!(got, &stored[i], "BODY[] of {prefix} differs from the stored file");
-        assert!(got.ends_with(&originals[i]), "original not intact in {prefix}");
-        assert!(got.starts_with(b"Return-Path: <sender@client.test>\r\n"), "{prefix}");
+        assert_eq!(
+            got, &stored[i],
+            "BODY[] of {prefix} differs from the stored file"
+        );
+        assert!(
+            got.ends_with(&originals[i]),
+            "original not intact in {prefix}"
+        );
+        assert!(
+            got.starts_with(b"Return-Path: <sender@client.test>\r\n"),
+            "{prefix}"
+        );
     }
-    assert!(!s(&v["flags_after_peek"]).contains("Seen"), "PEEK set \\Seen: {v}");
+    assert!(
+        !s(&v["flags_after_peek"]).contains("Seen"),
+        "PEEK set \\Seen: {v}"
+    );
     let hf = literals(&v["header_fields"]);
     assert_eq!(hf[0].1, b"Subject: alpha-one\r\n\r\n", "{hf:?}");
     let partial = literals(&v["partial"]);
@@ -342,18 +366,31 @@ fn imaplib_session_tour() {
     assert_eq!(partial[0].1, &stored[0][..10], "{partial:?}");
     let text = literals(&v["text"]);
     assert_eq!(
-        text[0].1,
-        b"first line\r\n.\r\n..dots\r\nlast line\r\n",
+        text[0].1, b"first line\r\n.\r\n..dots\r\nlast line\r\n",
         "{text:?}"
     );
-    assert!(s(&v["flags_after_body"]).contains("\\\\Seen"), "BODY[] did not set \\Seen: {v}");
+    assert!(
+        s(&v["flags_after_body"]).contains("\\\\Seen"),
+        "BODY[] did not set \\Seen: {v}"
+    );
 
     // STORE
     ok(&v["store_add"], "STORE +FLAGS");
-    assert!(s(&v["store_add"]).contains("\\\\Answered \\\\Flagged"), "{v}");
-    assert_eq!(v["store_silent"], serde_json::json!(["OK", [null]]), "silent: {v}");
+    assert!(
+        s(&v["store_add"]).contains("\\\\Answered \\\\Flagged"),
+        "{v}"
+    );
+    assert_eq!(
+        v["store_silent"],
+        serde_json::json!(["OK", [null]]),
+        "silent: {v}"
+    );
     assert!(!s(&v["store_remove"]).contains("Answered"), "{v}");
-    assert_eq!(v["store_remove_silent"], serde_json::json!(["OK", [null]]), "{v}");
+    assert_eq!(
+        v["store_remove_silent"],
+        serde_json::json!(["OK", [null]]),
+        "{v}"
+    );
     let f = v["flags_after_store"][1].as_array().unwrap();
     assert!(!f[0].as_str().unwrap().contains("Seen"), "{f:?}");
     assert!(f[1].as_str().unwrap().contains("\\Flagged"), "{f:?}");
@@ -394,27 +431,53 @@ fn imaplib_session_tour() {
     refused(&v["create_dup"], "CREATE of an existing folder");
     let list_all = s(&v["list_all"]);
     for n in ["A/B", "Entw&APw-rfe", "Work", "INBOX"] {
-        assert!(list_all.contains(&format!("\\\"/\\\" {n}\"")), "{n}: {list_all}");
+        assert!(
+            list_all.contains(&format!("\\\"/\\\" {n}\"")),
+            "{n}: {list_all}"
+        );
     }
-    assert!(!s(&v["list_pct"]).contains("A/B"), "% matched A/B: {}", v["list_pct"]);
+    assert!(
+        !s(&v["list_pct"]).contains("A/B"),
+        "% matched A/B: {}",
+        v["list_pct"]
+    );
     let uidvalidity = sel["uidvalidity"][0].as_str().unwrap();
     ok(&v["copy"], "COPY");
     let copyuid = v["copy_code"][0].as_str().unwrap().to_owned();
     assert!(copyuid.ends_with(" 1 1"), "COPYUID {copyuid}");
-    assert!(!copyuid.starts_with(uidvalidity), "Work has INBOX's UIDVALIDITY");
+    assert!(
+        !copyuid.starts_with(uidvalidity),
+        "Work has INBOX's UIDVALIDITY"
+    );
     ok(&v["uid_copy"], "UID COPY");
     let work_validity = copyuid.split(' ').next().unwrap();
     assert_eq!(v["uid_copy_code"][0], format!("{work_validity} 2 2"), "{v}");
     assert!(s(&v["copy_missing"]).contains("TRYCREATE"), "{v}");
-    assert!(s(&v["status_work"]).contains("MESSAGES 2 "), "{}", v["status_work"]);
+    assert!(
+        s(&v["status_work"]).contains("MESSAGES 2 "),
+        "{}",
+        v["status_work"]
+    );
     ok(&v["append"], "APPEND");
-    assert_eq!(v["append_code"][0], format!("{work_validity} 3"), "APPENDUID: {v}");
+    assert_eq!(
+        v["append_code"][0],
+        format!("{work_validity} 3"),
+        "APPENDUID: {v}"
+    );
     let work = literals(&v["work_bodies"]);
     assert_eq!(work.len(), 3, "{}", v["work_bodies"]);
     assert_eq!(work[0].1, stored[0], "copied message differs");
     assert_eq!(work[1].1, stored[1], "UID-copied message differs");
-    assert!(work[1].0.contains("\\Flagged"), "flags not copied: {}", work[1].0);
-    assert_eq!(work[2].1, b64(&v["appended_sent"]), "APPENDed message differs");
+    assert!(
+        work[1].0.contains("\\Flagged"),
+        "flags not copied: {}",
+        work[1].0
+    );
+    assert_eq!(
+        work[2].1,
+        b64(&v["appended_sent"]),
+        "APPENDed message differs"
+    );
     assert!(work[2].0.contains("UID 3 "), "{}", work[2].0);
     assert!(
         work[2].0.contains("\\Flagged") && work[2].0.contains("\\Seen"),
@@ -425,16 +488,29 @@ fn imaplib_session_tour() {
     assert_eq!(v["move_expunge"], serde_json::json!(["1"]), "{v}");
     assert!(v["move_code"][0].as_str().unwrap().ends_with(" 1 1"), "{v}");
     assert!(s(&v["status_ab"]).contains("MESSAGES 1 "), "{v}");
-    assert!(s(&v["status_work_after_move"]).contains("MESSAGES 2)"), "{v}");
+    assert!(
+        s(&v["status_work_after_move"]).contains("MESSAGES 2)"),
+        "{v}"
+    );
     ok(&v["store_deleted"], "STORE \\Deleted");
-    assert_eq!(v["expunge"], serde_json::json!(["OK", ["2"]]), "EXPUNGE: {v}");
-    assert!(s(&v["status_work_after_expunge"]).contains("MESSAGES 1)"), "{v}");
+    assert_eq!(
+        v["expunge"],
+        serde_json::json!(["OK", ["2"]]),
+        "EXPUNGE: {v}"
+    );
+    assert!(
+        s(&v["status_work_after_expunge"]).contains("MESSAGES 1)"),
+        "{v}"
+    );
 
     // SUBSCRIBE / LSUB / RENAME / DELETE
     ok(&v["subscribe"], "SUBSCRIBE");
     ok(&v["subscribe_utf7"], "SUBSCRIBE");
     let lsub = s(&v["lsub"]);
-    assert!(lsub.contains(" Work\"") && lsub.contains(" Entw&APw-rfe\""), "{lsub}");
+    assert!(
+        lsub.contains(" Work\"") && lsub.contains(" Entw&APw-rfe\""),
+        "{lsub}"
+    );
     assert!(!lsub.contains("A/B"), "{lsub}");
     ok(&v["rename"], "RENAME");
     ok(&v["rename_utf7"], "RENAME to Ordner/\u{c4}lter");
@@ -444,13 +520,20 @@ fn imaplib_session_tour() {
     refused(&v["delete_missing"], "DELETE of a missing folder");
     refused(&v["delete_inbox"], "DELETE INBOX");
     ok(&v["unsubscribe"], "UNSUBSCRIBE");
-    assert!(!s(&v["lsub_after"]).contains(" Work\""), "{}", v["lsub_after"]);
+    assert!(
+        !s(&v["lsub_after"]).contains(" Work\""),
+        "{}",
+        v["lsub_after"]
+    );
     let list = s(&v["list_final"]);
     assert!(list.contains(" Archive\""), "{list}");
     assert!(list.contains(" Ordner/&AMQ-lter\""), "{list}");
     assert!(!list.contains(" Work\"") && !list.contains("A/B"), "{list}");
     assert!(!list.contains("Entw&APw-rfe"), "{list}");
-    assert!(s(&v["status_inbox"]).contains("MESSAGES 3 UNSEEN 2 UIDNEXT 4"), "{v}");
+    assert!(
+        s(&v["status_inbox"]).contains("MESSAGES 3 UNSEEN 2 UIDNEXT 4"),
+        "{v}"
+    );
     assert_eq!(typ(&v["logout"]), "BYE", "{v}");
 
     // On disk: Maildir++ folders with modified UTF-7 names
@@ -459,7 +542,11 @@ fn imaplib_session_tour() {
     assert!(home.join(".Ordner.&AMQ-lter").is_dir(), "{:?}", tree(&home));
     assert!(!home.join(".Work").exists() && !home.join(".A.B").exists());
     assert!(!home.join(".Entw&APw-rfe").exists());
-    assert_eq!(self::stored(&server, USER), stored, "INBOX messages changed");
+    assert_eq!(
+        self::stored(&server, USER),
+        stored,
+        "INBOX messages changed"
+    );
     assert!(!all.contains("\"BAD\""), "a BAD answer somewhere: {all}");
 }
 
@@ -480,18 +567,27 @@ fn imaplib_reads_byte_for_byte_over_plain_starttls_and_imaps() {
         match mode {
             "plain" => {
                 assert!(v["tls_version"].is_null(), "{who}: {v}");
-                assert!(caps.contains("STARTTLS"), "{who}: STARTTLS not offered: {v}");
+                assert!(
+                    caps.contains("STARTTLS"),
+                    "{who}: STARTTLS not offered: {v}"
+                );
             }
             _ => {
                 let t = v["tls_version"].as_str().unwrap_or("");
                 assert!(t == "TLSv1.3" || t == "TLSv1.2", "{who}: {v}");
-                assert!(!caps.contains("STARTTLS"), "{who}: STARTTLS offered in TLS: {v}");
+                assert!(
+                    !caps.contains("STARTTLS"),
+                    "{who}: STARTTLS offered in TLS: {v}"
+                );
             }
         }
         let bodies = literals(&v["bodies"]);
         assert_eq!(bodies.len(), 3, "{who}");
         for (i, (prefix, got)) in bodies.iter().enumerate() {
-            assert_eq!(got, &stored[i], "{who}: {prefix} differs from the stored file");
+            assert_eq!(
+                got, &stored[i],
+                "{who}: {prefix} differs from the stored file"
+            );
             assert!(got.ends_with(&originals[i]), "{who}: {prefix}");
         }
         assert_eq!(typ(&v["logout"]), "BYE", "{who}: {v}");
@@ -523,14 +619,20 @@ fn two_sessions_see_each_others_flags_and_expunges() {
     );
     ok(&v["a_expunge"], "EXPUNGE in A");
     ok(&v["b_noop2"], "NOOP in B");
-    assert_eq!(v["b_expunge"], serde_json::json!(["1"]), "B did not see the EXPUNGE: {v}");
+    assert_eq!(
+        v["b_expunge"],
+        serde_json::json!(["1"]),
+        "B did not see the EXPUNGE: {v}"
+    );
     let after = v["b_after"][1].as_array().unwrap();
     assert_eq!(after.len(), 2, "{v}");
     assert!(after[0].as_str().unwrap().starts_with("1 (UID 2 "), "{v}");
     assert!(after[1].as_str().unwrap().starts_with("2 (UID 3 "), "{v}");
     let a_after = s(&v["a_after"]);
     assert!(
-        a_after.contains("1 (UID 2 ") && a_after.contains("2 (UID 3 ") && !a_after.contains("UID 1 "),
+        a_after.contains("1 (UID 2 ")
+            && a_after.contains("2 (UID 3 ")
+            && !a_after.contains("UID 1 "),
         "{v}"
     );
     assert_eq!(maildir_files(&server, USER).len(), 2);
@@ -556,7 +658,9 @@ fn idle_wakes_up_on_an_smtp_delivery() {
     eprintln!("{v}");
     assert_eq!(v["exists_before"], serde_json::json!(["1"]), "{v}");
     assert!(
-        v["continuation"].as_str().is_some_and(|c| c.starts_with("+ ")),
+        v["continuation"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("+ ")),
         "{v}"
     );
     assert_eq!(v["exists_line"], "* 2 EXISTS", "no EXISTS in IDLE: {v}");
@@ -588,11 +692,7 @@ fn bad_input_gets_no_or_bad_and_changes_nothing() {
     let v = imaplib(&server, "bad", "imap", &[]);
     eprintln!("{v}");
     for k in ["wrong_password", "unknown_user"] {
-        assert!(
-            s(&v[k]).contains("AUTHENTICATIONFAILED"),
-            "{k}: {}",
-            v[k]
-        );
+        assert!(s(&v[k]).contains("AUTHENTICATIONFAILED"), "{k}: {}", v[k]);
     }
     refused(&v["after_wrong_select"], "SELECT after a failed LOGIN");
     ok(&v["login"], "LOGIN");
@@ -631,7 +731,10 @@ fn bad_input_gets_no_or_bad_and_changes_nothing() {
     ok(&v["noop_after_big"], "NOOP after a refused literal");
     let r = tagged("big_literal_plus", "u7");
     assert!(r.starts_with("u7 NO") || r.starts_with("u7 BAD"), "{r}");
-    ok(&v["new_session"], "a new session after the oversized literal");
+    ok(
+        &v["new_session"],
+        "a new session after the oversized literal",
+    );
     assert!(server_alive(&server), "spate died");
     // SELECT INBOX moved the message to cur/ and wrote the UID list;
     // nothing else appeared, least of all a folder or a file outside.
@@ -663,13 +766,299 @@ fn plaintext_login_is_refused_before_tls_when_loopback_is_not_trusted() {
     let v = imaplib(&server, "privacy", "imap", &[]);
     eprintln!("{v}");
     let caps = s(&v["capabilities"]);
-    assert!(caps.contains("LOGINDISABLED") && caps.contains("STARTTLS"), "{v}");
+    assert!(
+        caps.contains("LOGINDISABLED") && caps.contains("STARTTLS"),
+        "{v}"
+    );
     assert!(!caps.contains("AUTH=PLAIN"), "{v}");
     assert!(s(&v["login_plain"]).contains("PRIVACYREQUIRED"), "{v}");
     refused(&v["authenticate_plain"], "AUTHENTICATE PLAIN before TLS");
     ok(&v["starttls"], "STARTTLS");
     let caps = s(&v["capabilities_tls"]);
-    assert!(!caps.contains("LOGINDISABLED") && !caps.contains("STARTTLS"), "{v}");
+    assert!(
+        !caps.contains("LOGINDISABLED") && !caps.contains("STARTTLS"),
+        "{v}"
+    );
     ok(&v["login_tls"], "LOGIN over TLS");
     assert_eq!(v["select"], serde_json::json!(["OK", ["1"]]), "{v}");
+}
+
+// ------------------------------------------------------ 5. other clients
+
+fn curl(url: &str, extra: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "40", "--user"])
+        .arg(format!("{USER}:{PASSWORD}"))
+        .args(extra)
+        .arg(url);
+    run_with_timeout(cmd, COMMAND_TIMEOUT)
+}
+
+#[test]
+fn curl_lists_searches_fetches_and_appends() {
+    if !have("curl", "curl") {
+        return;
+    }
+    let server = TestServer::start(tls_tweaks());
+    let originals = test_messages();
+    for m in &originals {
+        deliver(&server, USER, m);
+    }
+    let stored = stored(&server, USER);
+    let imap = server.listener("imap");
+    let imaps = server.listener("imaps");
+    let ca = ca(&server);
+
+    let out = curl(&format!("imap://{imap}/"), &[]);
+    assert!(out.status.success(), "LIST: {}", output_text(&out));
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        list.contains("* LIST (\\HasNoChildren) \"/\" INBOX"),
+        "{list}"
+    );
+
+    for (i, s) in stored.iter().enumerate() {
+        let uid = i + 1;
+        for (url, extra) in [
+            (format!("imap://{imap}/INBOX;UID={uid}"), vec![]),
+            (
+                format!("imap://{imap}/INBOX;UID={uid}"),
+                vec!["--ssl-reqd", "--cacert", &ca],
+            ),
+            (
+                format!("imaps://{imaps}/INBOX;UID={uid}"),
+                vec!["--cacert", &ca],
+            ),
+        ] {
+            let out = curl(&url, &extra);
+            assert!(
+                out.status.success(),
+                "{url} {extra:?}: {}",
+                output_text(&out)
+            );
+            assert_eq!(
+                &out.stdout, s,
+                "{url} {extra:?}: differs from the stored file"
+            );
+        }
+    }
+    // A section and a partial fetch
+    let out = curl(
+        &format!("imap://{imap}/INBOX;UID=1;SECTION=HEADER.FIELDS%20(SUBJECT)"),
+        &[],
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(
+        out.stdout,
+        b"Subject: alpha-one\r\n\r\n",
+        "{}",
+        output_text(&out)
+    );
+    let out = curl(&format!("imap://{imap}/INBOX;UID=1;PARTIAL=0.10"), &[]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(out.stdout, &stored[0][..10], "{}", output_text(&out));
+
+    let out = curl(&format!("imap://{imap}/INBOX?SUBJECT%20beta"), &[]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        "* SEARCH 2",
+        "{}",
+        output_text(&out)
+    );
+    let out = curl(&format!("imap://{imap}/INBOX"), &["-X", "EXAMINE INBOX"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let ex = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        ex.contains("* 3 EXISTS") && ex.contains("UIDNEXT 4"),
+        "{ex}"
+    );
+
+    // Upload: APPEND
+    let upload = server.dir.path().join("upload.eml");
+    let appended = plain_message("curl-upload", "uploaded by curl\r\n");
+    std::fs::write(&upload, &appended).unwrap();
+    let out = curl(
+        &format!("imap://{imap}/INBOX"),
+        &["-T", upload.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "APPEND: {}", output_text(&out));
+    let out = curl(&format!("imap://{imap}/INBOX;UID=4"), &[]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(out.stdout, appended, "the uploaded message differs");
+    assert_eq!(maildir_files(&server, USER).len(), 4);
+
+    // Wrong password: curl fails with a login error
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "40", "--user", "alice:wrong"])
+        .arg(format!("imap://{imap}/INBOX;UID=1"));
+    let out = run_with_timeout(cmd, COMMAND_TIMEOUT);
+    assert!(!out.status.success(), "{}", output_text(&out));
+    assert!(out.stdout.is_empty(), "{}", output_text(&out));
+}
+
+/// `bytes` with every CRLF turned into LF.
+fn lf(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
+            continue;
+        }
+        out.push(b);
+    }
+    out
+}
+
+/// The files in dir/new and dir/cur, sorted by path.
+fn maildir_in(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = ["new", "cur"]
+        .iter()
+        .flat_map(|s| {
+            std::fs::read_dir(dir.join(s))
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
+    out.sort();
+    out
+}
+
+/// `msg` without the `X-TUID:` header line mbsync adds.
+fn without_tuid(msg: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(msg);
+    let Some(at) = text.find("\nX-TUID: ") else {
+        return msg.to_vec();
+    };
+    let end = text[at + 1..]
+        .find('\n')
+        .map_or(text.len(), |e| at + 1 + e + 1);
+    let mut out = msg[..at + 1].to_vec();
+    out.extend_from_slice(&msg[end..]);
+    out
+}
+
+fn mbsync(rc: &Path, home: &Path) -> String {
+    let mut cmd = Command::new("mbsync");
+    cmd.env("HOME", home).arg("-c").arg(rc).arg("-a");
+    let out = run_with_timeout(cmd, COMMAND_TIMEOUT);
+    let text = output_text(&out);
+    assert!(out.status.success(), "mbsync: {text}");
+    text
+}
+
+#[test]
+fn mbsync_syncs_both_ways() {
+    if !have("mbsync", "isync") {
+        return;
+    }
+    let server = TestServer::start(mailbox_tweaks());
+    let originals = test_messages();
+    for m in &originals {
+        deliver(&server, USER, m);
+    }
+    let imap = server.listener("imap");
+    let home = server.dir.path().join("mbsync-home");
+    let local = home.join("Mail");
+    std::fs::create_dir_all(&local).unwrap();
+    let rc = home.join("mbsyncrc");
+    std::fs::write(
+        &rc,
+        format!(
+            "IMAPAccount spate\nHost {ip}\nPort {port}\nUser {USER}\nPass {PASSWORD}\n\
+             SSLType None\nAuthMechs LOGIN\n\n\
+             IMAPStore remote\nAccount spate\n\n\
+             MaildirStore local\nPath {path}/\nInbox {path}/INBOX\nSubFolders Verbatim\n\n\
+             Channel sync\nFar :remote:\nNear :local:\nPatterns *\nCreate Both\n\
+             Sync All\nExpunge Both\nSyncState *\n",
+            ip = imap.ip(),
+            port = imap.port(),
+            path = local.display(),
+        ),
+    )
+    .unwrap();
+
+    // Far to near: the three messages arrive (with LF line ends).
+    let log = mbsync(&rc, &home);
+    let inbox = local.join("INBOX");
+    let files = maildir_in(&inbox);
+    assert_eq!(files.len(), 3, "{files:?}\n{log}");
+    let stored_now = stored(&server, USER);
+    for f in &files {
+        // mbsync adds its own X-TUID header to what it stores.
+        let got = without_tuid(&std::fs::read(f).unwrap());
+        assert!(
+            stored_now.iter().any(|s| lf(s) == got || *s == got),
+            "{f:?} differs from every stored message: {:?}\n{log}",
+            String::from_utf8_lossy(&got[..got.len().min(500)])
+        );
+    }
+
+    // Flag one locally, add a local message, and a server-side delivery.
+    let first = files
+        .iter()
+        .find(|f| {
+            std::fs::read(f)
+                .map(|b| common::contains(&b, b"Subject: alpha-one"))
+                .unwrap_or(false)
+        })
+        .expect("alpha-one locally")
+        .clone();
+    let name = first.file_name().unwrap().to_string_lossy().into_owned();
+    let base = name.split(":2,").next().unwrap();
+    let flagged = inbox.join("cur").join(format!("{base}:2,FS"));
+    std::fs::rename(&first, &flagged).unwrap();
+    let local_msg = plain_message("written-locally", "from the near side\n").to_vec();
+    let local_msg = lf(&local_msg);
+    std::fs::write(inbox.join("new").join("1700000000.local1.host"), &local_msg).unwrap();
+    deliver(
+        &server,
+        USER,
+        &plain_message("delta-four", "arrived later\r\n"),
+    );
+
+    let log = mbsync(&rc, &home);
+    // Near to far: the flags and the new message are on the server.
+    let files = maildir_files(&server, USER);
+    assert_eq!(files.len(), 5, "{files:?}\n{log}");
+    let alpha = files
+        .iter()
+        .find(|f| common::contains(&std::fs::read(f).unwrap(), b"Subject: alpha-one"))
+        .expect("alpha-one on the server");
+    let flags = alpha
+        .to_string_lossy()
+        .rsplit(":2,")
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(
+        alpha.to_string_lossy().contains(":2,") && flags.contains('F') && flags.contains('S'),
+        "flags not synced to the server: {alpha:?}\n{log}"
+    );
+    let uploaded = files
+        .iter()
+        .map(|f| std::fs::read(f).unwrap())
+        .find(|b| common::contains(b, b"Subject: written-locally"))
+        .unwrap_or_else(|| panic!("local message not uploaded\n{log}"));
+    assert!(
+        common::contains(&uploaded, b"from the near side\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&uploaded)
+    );
+    // Far to near: the later delivery arrived.
+    let near = maildir_in(&inbox);
+    assert_eq!(near.len(), 5, "{near:?}\n{log}");
+    assert!(
+        near.iter()
+            .any(|f| common::contains(&std::fs::read(f).unwrap(), b"Subject: delta-four")),
+        "{log}"
+    );
+
+    // A third run has nothing to do and changes nothing.
+    let before = maildir_files(&server, USER);
+    mbsync(&rc, &home);
+    assert_eq!(maildir_files(&server, USER), before);
+    assert_eq!(maildir_in(&inbox).len(), 5);
 }
