@@ -5,10 +5,11 @@
 //! changes and expunges; IDLE wakes up on an SMTP delivery; bad input
 //! (wrong passwords, junk commands, path traversal in mailbox names,
 //! oversized literals, plaintext before TLS) gets a clear NO/BAD and
-//! changes nothing; and curl and mbsync talk to it.
+//! changes nothing; and curl, mbsync (two-way) and mutt talk to it.
 //!
-//! curl and mbsync are optional here: a test whose client is not installed
-//! prints `SKIP` and passes (CI installs the Debian packages `curl isync`).
+//! curl, mbsync and mutt (driven through tmux) are optional here: a test
+//! whose client is not installed prints `SKIP` and passes (CI installs the
+//! Debian packages `curl isync mutt tmux`).
 
 mod common;
 
@@ -604,7 +605,6 @@ fn two_sessions_see_each_others_flags_and_expunges() {
         deliver(&server, USER, &m);
     }
     let v = imaplib(&server, "multi", "imap", &[]);
-    eprintln!("{v}");
     // \Recent goes to the first session only.
     assert_eq!(v["a_recent"], serde_json::json!(["3"]), "{v}");
     assert_eq!(v["b_recent"], serde_json::json!(["0"]), "{v}");
@@ -655,7 +655,6 @@ fn idle_wakes_up_on_an_smtp_delivery() {
             format!("{USER}@{LOCAL_DOMAIN}"),
         ],
     );
-    eprintln!("{v}");
     assert_eq!(v["exists_before"], serde_json::json!(["1"]), "{v}");
     assert!(
         v["continuation"]
@@ -690,7 +689,6 @@ fn bad_input_gets_no_or_bad_and_changes_nothing() {
     let parent = server.mail_dir().parent().unwrap().to_path_buf();
     let (mail_top, parent_top, home_top) = (top(&server.mail_dir()), top(&parent), top(&home));
     let v = imaplib(&server, "bad", "imap", &[]);
-    eprintln!("{v}");
     for k in ["wrong_password", "unknown_user"] {
         assert!(s(&v[k]).contains("AUTHENTICATIONFAILED"), "{k}: {}", v[k]);
     }
@@ -764,7 +762,6 @@ fn plaintext_login_is_refused_before_tls_when_loopback_is_not_trusted() {
     let server = TestServer::start(tls_tweaks().extra("[auth]\ntrust_loopback = false\n"));
     deliver(&server, USER, &plain_message("privacy", "x\r\n"));
     let v = imaplib(&server, "privacy", "imap", &[]);
-    eprintln!("{v}");
     let caps = s(&v["capabilities"]);
     assert!(
         caps.contains("LOGINDISABLED") && caps.contains("STARTTLS"),
@@ -1061,4 +1058,142 @@ fn mbsync_syncs_both_ways() {
     mbsync(&rc, &home);
     assert_eq!(maildir_files(&server, USER), before);
     assert_eq!(maildir_in(&inbox).len(), 5);
+}
+
+/// A mutt in a detached tmux session (its own server socket).
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn cmd(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new("tmux");
+        cmd.arg("-L").arg(&self.socket).args(args);
+        run_with_timeout(cmd, COMMAND_TIMEOUT)
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.cmd(&["capture-pane", "-p", "-t", "m"]).stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", "m"];
+        args.extend_from_slice(keys);
+        self.cmd(&args);
+    }
+
+    /// Waits until the screen shows `text`; returns the screen.
+    fn wait_for(&self, text: &str) -> String {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let screen = self.screen();
+            if screen.contains(text) {
+                return screen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mutt never showed {text:?}; screen:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["kill-server"]);
+    }
+}
+
+#[test]
+fn mutt_reads_and_deletes_over_imap() {
+    if !have("mutt", "mutt") || !have("tmux", "tmux") {
+        return;
+    }
+    let server = TestServer::start(mailbox_tweaks());
+    let originals = test_messages();
+    for m in &originals {
+        deliver(&server, USER, m);
+    }
+    let imap = server.listener("imap");
+    let home = server.dir.path().join("mutt-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let rc = home.join("muttrc");
+    std::fs::write(
+        &rc,
+        format!(
+            "set folder=\"imap://{USER}@{imap}/\"\nset spoolfile=\"+INBOX\"\n\
+             set imap_user=\"{USER}\"\nset imap_pass=\"{PASSWORD}\"\n\
+             unset ssl_force_tls\nunset ssl_starttls\nunset imap_passive\n\
+             set header_cache=\"\"\nset message_cachedir=\"\"\n\
+             set delete=yes\nset quit=yes\nset move=no\nset confirmappend=no\n\
+             set wait_key=no\nset mail_check=1\nset timeout=1\nset sort=date-sent\n\
+             set pager_stop=yes\nset mark_old=no\n"
+        ),
+    )
+    .unwrap();
+    let tmux = Tmux {
+        socket: format!("spate-imap-{}", std::process::id()),
+    };
+    let mutt = format!(
+        "env HOME={h} TERM=xterm LC_ALL=C mutt -n -F {rc} -f imap://{USER}@{imap}/INBOX",
+        h = home.display(),
+        rc = rc.display()
+    );
+    let out = tmux.cmd(&[
+        "new-session",
+        "-d",
+        "-s",
+        "m",
+        "-x",
+        "132",
+        "-y",
+        "40",
+        &mutt,
+    ]);
+    assert!(out.status.success(), "tmux: {}", output_text(&out));
+    let index = tmux.wait_for("gamma-three");
+    assert!(
+        index.contains("alpha-one") && index.contains("beta-two"),
+        "index:\n{index}"
+    );
+    // Read the first message (sorted by date: alpha-one, beta-two, ...).
+    // The cursor starts on the first message.
+    tmux.keys(&["Enter"]);
+    let pager = tmux.wait_for("..dots");
+    assert!(
+        pager.contains("first line") && pager.contains("Subject: alpha-one"),
+        "{pager}"
+    );
+    // Back to the index, delete it, sync, quit.
+    tmux.keys(&["q"]);
+    tmux.wait_for("gamma-three");
+    tmux.keys(&["d"]);
+    tmux.keys(&["$"]);
+    let deadline = Instant::now() + SETTLE;
+    while maildir_files(&server, USER).len() != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "mutt did not expunge; screen:\n{}",
+            tmux.screen()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    tmux.keys(&["q"]);
+    let left = stored(&server, USER);
+    assert!(
+        !left
+            .iter()
+            .any(|m| common::contains(m, b"Subject: alpha-one")),
+        "alpha-one still stored"
+    );
+    assert!(left
+        .iter()
+        .any(|m| common::contains(m, b"Subject: beta-two")));
+    // The messages mutt did not open stay unread.
+    let files = maildir_files(&server, USER);
+    assert!(
+        files.iter().all(|f| !f.to_string_lossy().ends_with('S')),
+        "{files:?}"
+    );
 }
