@@ -58,11 +58,28 @@ fn maildir_files(server: &TestServer, user: &str) -> Vec<PathBuf> {
     out
 }
 
-/// The stored messages' bytes, in file name order.
+/// The stored messages' bytes, sorted by content (file names do not sort
+/// in arrival order: the Maildir `M` microseconds are not zero-padded).
 fn stored(server: &TestServer, user: &str) -> Vec<Vec<u8>> {
-    maildir_files(server, user)
+    let mut all: Vec<Vec<u8>> = maildir_files(server, user)
         .iter()
         .map(|p| std::fs::read(p).expect("read stored message"))
+        .collect();
+    all.sort();
+    all
+}
+
+/// The stored file of each original, in the order of `originals` (the
+/// delivery order, so the UID order).
+fn stored_in_order(server: &TestServer, originals: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let all = stored(server, USER);
+    originals
+        .iter()
+        .map(|o| {
+            let found: Vec<&Vec<u8>> = all.iter().filter(|s| s.ends_with(o)).collect();
+            assert_eq!(found.len(), 1, "stored copies of one original");
+            found[0].clone()
+        })
         .collect()
 }
 
@@ -251,7 +268,7 @@ fn imaplib_session_tour() {
     for m in &originals {
         deliver(&server, USER, m);
     }
-    let stored = stored(&server, USER);
+    let stored = stored_in_order(&server, &originals);
     let v = imaplib(&server, "session", "imap", &[]);
     let all = s(&v);
 
@@ -544,7 +561,7 @@ fn imaplib_session_tour() {
     assert!(!home.join(".Work").exists() && !home.join(".A.B").exists());
     assert!(!home.join(".Entw&APw-rfe").exists());
     assert_eq!(
-        self::stored(&server, USER),
+        self::stored_in_order(&server, &originals),
         stored,
         "INBOX messages changed"
     );
@@ -558,7 +575,7 @@ fn imaplib_reads_byte_for_byte_over_plain_starttls_and_imaps() {
     for m in &originals {
         deliver(&server, USER, m);
     }
-    let stored = stored(&server, USER);
+    let stored = stored_in_order(&server, &originals);
     for (mode, listener) in [("plain", "imap"), ("starttls", "imap"), ("imaps", "imaps")] {
         let v = imaplib(&server, "fetch", listener, &["--mode".into(), mode.into()]);
         let who = format!("imaplib {mode}");
@@ -593,7 +610,11 @@ fn imaplib_reads_byte_for_byte_over_plain_starttls_and_imaps() {
         }
         assert_eq!(typ(&v["logout"]), "BYE", "{who}: {v}");
     }
-    assert_eq!(self::stored(&server, USER), stored, "EXAMINE changed mail");
+    assert_eq!(
+        stored_in_order(&server, &originals),
+        stored,
+        "EXAMINE changed mail"
+    );
 }
 
 // ------------------------------------------------------ 2. two sessions
@@ -801,7 +822,7 @@ fn curl_lists_searches_fetches_and_appends() {
     for m in &originals {
         deliver(&server, USER, m);
     }
-    let stored = stored(&server, USER);
+    let stored = stored_in_order(&server, &originals);
     let imap = server.listener("imap");
     let imaps = server.listener("imaps");
     let ca = ca(&server);
@@ -833,9 +854,12 @@ fn curl_lists_searches_fetches_and_appends() {
                 "{url} {extra:?}: {}",
                 output_text(&out)
             );
-            assert_eq!(
-                &out.stdout, s,
-                "{url} {extra:?}: differs from the stored file"
+            assert!(
+                out.stdout == *s,
+                "{url} {extra:?}: differs from the stored file ({} bytes, {} stored): {}",
+                out.stdout.len(),
+                s.len(),
+                first_difference(&out.stdout, s)
             );
         }
     }
@@ -892,6 +916,21 @@ fn curl_lists_searches_fetches_and_appends() {
     let out = run_with_timeout(cmd, COMMAND_TIMEOUT);
     assert!(!out.status.success(), "{}", output_text(&out));
     assert!(out.stdout.is_empty(), "{}", output_text(&out));
+}
+
+/// Where two byte strings part, with some context (for failure messages).
+fn first_difference(got: &[u8], want: &[u8]) -> String {
+    let at = got
+        .iter()
+        .zip(want)
+        .position(|(a, b)| a != b)
+        .unwrap_or(got.len().min(want.len()));
+    let from = at.saturating_sub(80);
+    format!(
+        "at {at}: got {:?}, want {:?}",
+        String::from_utf8_lossy(&got[from..got.len().min(at + 80)]),
+        String::from_utf8_lossy(&want[from..want.len().min(at + 80)])
+    )
 }
 
 /// `bytes` with every CRLF turned into LF.
