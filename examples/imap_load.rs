@@ -229,7 +229,9 @@ fn session(o: &Options, user: &str, rng: &mut Rng) -> io::Result<(u64, u64)> {
         Ok(())
     })?;
     if lines != count {
-        return Err(bad(format!("UID FETCH: {lines} lines for {count} messages")));
+        return Err(bad(format!(
+            "UID FETCH: {lines} lines for {count} messages"
+        )));
     }
     if count == 0 {
         c.command("LOGOUT", |_| Ok(()))?;
@@ -298,7 +300,8 @@ fn main() {
                 (&o, &stop, &sessions, &messages, &bytes, &errors);
             let (latencies, first_error) = (&latencies, &first_error);
             s.spawn(move || {
-                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
+                let mut rng =
+                    Rng(0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
                 let mut mine = Vec::new();
                 // At least one session each (SECONDS 0: exactly one, the warm-up).
                 loop {

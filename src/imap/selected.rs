@@ -5,8 +5,9 @@
 //! authentication: the session does.
 
 use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::command::{FetchItems, Flag, SearchKey, SeqNumber, SequenceSet, StoreAction};
 use super::fetch::{self, Fetched};
@@ -63,6 +64,54 @@ pub struct Selected {
     /// `max_structures`, emptied when full.
     structures: HashMap<Uid, Arc<MessageStructure>>,
     max_structures: usize,
+    /// The folder's change stamp when it was last scanned, if it was
+    /// settled then (see [`Stamp::settled_now`]).
+    scanned: Option<Stamp>,
+    /// The last sync could not report expunges: the next that may must
+    /// compare, even if the folder did not change.
+    expunges_held: bool,
+}
+
+/// What changes whenever a folder's messages, flags or index change: the
+/// modification times of `new/` and `cur/` (deliveries, flag renames,
+/// expunges) and of the UID index with its length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    new: SystemTime,
+    cur: SystemTime,
+    index: SystemTime,
+    index_len: u64,
+}
+
+/// A stamp younger than this may hide a second change within the same
+/// timestamp tick (kernel file times are coarse), so it is not trusted.
+const SETTLE: Duration = Duration::from_secs(1);
+
+impl Stamp {
+    /// The stamp to remember for a scan starting now: only one whose
+    /// times are all older than [`SETTLE`], so any later change gives a
+    /// different one (as Dovecot treats recent directory times as dirty).
+    fn settled_now(dir: &Path) -> Option<Stamp> {
+        Stamp::read(dir).filter(|s| s.settled(SystemTime::now()))
+    }
+
+    fn read(dir: &Path) -> Option<Stamp> {
+        let modified = |p: PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let index = std::fs::metadata(dir.join("spate-uidlist")).ok()?;
+        Some(Stamp {
+            new: modified(dir.join("new"))?,
+            cur: modified(dir.join("cur"))?,
+            index: index.modified().ok()?,
+            index_len: index.len(),
+        })
+    }
+
+    /// Old enough that an equal stamp later means "nothing changed".
+    fn settled(&self, now: SystemTime) -> bool {
+        [self.new, self.cur, self.index]
+            .iter()
+            .all(|t| now.duration_since(*t).is_ok_and(|age| age >= SETTLE))
+    }
 }
 
 impl Selected {
@@ -82,6 +131,8 @@ impl Selected {
         } else {
             folder.take_recent()?
         };
+        // Taken before the scan: a change during it makes the next differ.
+        let scanned = Stamp::settled_now(folder.path());
         let snap = folder.snapshot()?;
         let recent: Vec<Uid> = if read_only {
             snap.messages
@@ -134,6 +185,8 @@ impl Selected {
             info,
             structures: HashMap::new(),
             max_structures,
+            scanned,
+            expunges_held: false,
         })
     }
 
@@ -149,11 +202,18 @@ impl Selected {
     /// Brings the view up to date and writes the updates (RFC 3501 7.4.1:
     /// `allow_expunge` is false while answering FETCH, STORE or SEARCH).
     pub fn sync(&mut self, out: &mut Vec<u8>, allow_expunge: bool) -> Result<(), MailboxError> {
+        // Rescanning a big folder (a readdir and a stat per message) for
+        // every command is the cost to avoid: skip it while nothing changed.
+        let unchanged = self.scanned.is_some() && Stamp::read(self.folder.path()) == self.scanned;
+        if unchanged && !(self.expunges_held && allow_expunge) {
+            return Ok(());
+        }
         let taken = if self.view.read_only {
             Vec::new()
         } else {
             self.folder.take_recent()?
         };
+        self.scanned = Stamp::settled_now(self.folder.path());
         let snap = self.folder.snapshot()?;
         let new_recent: Vec<Uid> = if self.view.read_only {
             snap.messages
@@ -176,6 +236,7 @@ impl Selected {
         let updates = self
             .view
             .sync(snap.uid_next, &snap.messages, &new_recent, allow_expunge);
+        self.expunges_held = self.view.len() as usize > snap.messages.len();
         let mut expunged = false;
         for update in updates {
             match update {

@@ -943,3 +943,41 @@ fn timeout_says_bye() {
     assert_eq!(c.take(), "* BYE Autologout; idle for too long\r\n");
     assert!(c.session.is_logged_out());
 }
+
+#[test]
+fn a_settled_folder_is_not_rescanned_yet_every_change_shows() {
+    let settle = || std::thread::sleep(std::time::Duration::from_millis(1100));
+    let backend = TestBackend::new();
+    for s in ["one", "two", "three"] {
+        backend.deliver(s, "x");
+    }
+    let mut a = Client::selected(&backend);
+    let mut b = Client::selected(&backend);
+    settle();
+    // The first NOOP records a settled stamp; the second may skip the scan.
+    assert_eq!(b.send(&backend, "s NOOP\r\n"), "s OK NOOP completed\r\n");
+    assert_eq!(b.send(&backend, "t NOOP\r\n"), "t OK NOOP completed\r\n");
+    a.send(&backend, "a STORE 2 +FLAGS.SILENT (\\Flagged)\r\n");
+    assert_eq!(
+        b.send(&backend, "b NOOP\r\n"),
+        "* 2 FETCH (UID 2 FLAGS (\\Flagged))\r\nb OK NOOP completed\r\n"
+    );
+    settle();
+    b.send(&backend, "u NOOP\r\n");
+    backend.deliver("four", "x");
+    let r = b.send(&backend, "c NOOP\r\n");
+    assert!(r.contains("* 4 EXISTS\r\n"), "{r}");
+    // An expunge held back during FETCH is reported later even when the
+    // folder has not changed since.
+    a.send(
+        &backend,
+        "d STORE 1 +FLAGS.SILENT (\\Deleted)\r\ne EXPUNGE\r\n",
+    );
+    settle();
+    let r = b.send(&backend, "f FETCH 1 UID\r\n");
+    assert_eq!(r, "* 1 FETCH (UID 1)\r\nf OK FETCH completed\r\n");
+    let r = b.send(&backend, "g FETCH 1 UID\r\n");
+    assert_eq!(r, "* 1 FETCH (UID 1)\r\ng OK FETCH completed\r\n");
+    let r = b.send(&backend, "h NOOP\r\n");
+    assert_eq!(r, "* 1 EXPUNGE\r\nh OK NOOP completed\r\n");
+}
