@@ -21,7 +21,8 @@ use crate::imap::{parse_command, CommandReader, ReaderConfig, Step};
 use crate::local::{LocalTier, Login};
 use crate::mailbox::{MailboxError, UserMailbox};
 use crate::session::stream::{
-    accept_tls, refuse, wait_for_client, Connection, ReadBuffer, ServerConnection, Wake,
+    accept_tls, open_connection, plaintext_allowed, refuse, wait_for_client, Connection,
+    ReadBuffer, ServerConnection, Wake,
 };
 use crate::shard::ShardContext;
 use crate::spool::SegmentStore;
@@ -76,26 +77,21 @@ pub async fn serve<S: SegmentStore>(
     let Ok(_slot) = ctx.limits.admit(peer.ip()) else {
         return refuse(stream, TOO_MANY_CONNECTIONS).await;
     };
-    let conn = if implicit_tls {
-        let Some(acceptor) = ctx.tls.clone() else {
-            return;
-        };
-        match accept_tls(&acceptor, stream, Duration::from_secs(60)).await {
-            Ok(conn) => conn,
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "imaps handshake failed");
-                return;
-            }
+    let acceptor = if implicit_tls {
+        match ctx.tls.as_ref() {
+            Some(acceptor) => Some(acceptor),
+            None => return,
         }
     } else {
-        Connection::Plain(stream)
+        None
+    };
+    let Some(conn) = open_connection(stream, acceptor, Duration::from_secs(60), peer).await else {
+        return;
     };
     let ip = peer.ip().to_canonical();
     let peer_info = PeerInfo {
         tls: implicit_tls,
-        plaintext_allowed: implicit_tls
-            || ctx.config.auth.allow_plaintext
-            || (ctx.config.auth.trust_loopback && ip.is_loopback()),
+        plaintext_allowed: plaintext_allowed(&ctx.config.auth, implicit_tls, ip),
     };
     let reader = CommandReader::new(ReaderConfig {
         max_literal: ctx.smtp.max_message_size as u64,

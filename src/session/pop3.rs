@@ -22,7 +22,8 @@ use crate::pop3::{
 use crate::sasl::Password;
 use crate::session::login::check_login;
 use crate::session::stream::{
-    accept_tls, refuse, wait_for_client, Connection, ReadBuffer, ServerConnection, Wake,
+    accept_tls, open_connection, plaintext_allowed, refuse, wait_for_client, Connection,
+    ReadBuffer, ServerConnection, Wake,
 };
 use crate::shard::ShardContext;
 use crate::spool::SegmentStore;
@@ -53,24 +54,20 @@ pub async fn serve<S: SegmentStore>(
         Err(_) => return refuse(stream, TOO_MANY_CONNECTIONS).await,
     };
     let timeout = ctx.pop3.idle_timeout;
-    let conn = if implicit_tls {
-        let Some(acceptor) = ctx.tls.clone() else {
-            return;
-        };
-        match accept_tls(&acceptor, stream, timeout).await {
-            Ok(conn) => conn,
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "pop3s handshake failed");
-                return;
-            }
+    let acceptor = if implicit_tls {
+        match ctx.tls.as_ref() {
+            Some(acceptor) => Some(acceptor),
+            None => return,
         }
     } else {
-        Connection::Plain(stream)
+        None
+    };
+    let Some(conn) = open_connection(stream, acceptor, timeout, peer).await else {
+        return;
     };
     let peer_info = PeerInfo {
         tls: implicit_tls,
-        plaintext_allowed: ctx.config.auth.allow_plaintext
-            || (ctx.config.auth.trust_loopback && peer.ip().to_canonical().is_loopback()),
+        plaintext_allowed: plaintext_allowed(&ctx.config.auth, implicit_tls, peer.ip()),
     };
     let session = Session::new(Rc::clone(&ctx.pop3), peer_info, Instant::now());
     let mut driver = Driver {

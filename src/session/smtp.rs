@@ -19,7 +19,8 @@ use crate::queue::QueueEntry;
 use crate::session::limits::Refusal;
 use crate::session::login::check_login;
 use crate::session::stream::{
-    accept_tls, refuse, wait_for_client, Connection, ReadBuffer, ServerConnection, Wake,
+    accept_tls, open_connection, refuse, wait_for_client, Connection, ReadBuffer, ServerConnection,
+    Wake,
 };
 use crate::shard::ShardContext;
 use crate::smtp::auth::Credentials;
@@ -68,19 +69,17 @@ pub async fn serve<S: SegmentStore>(
         }
     };
     let implicit_tls = listener == SmtpListener::Submissions;
-    let conn = if implicit_tls {
-        let Some(acceptor) = ctx.tls.clone() else {
-            return;
-        };
-        match accept_tls(&acceptor, stream, ctx.smtp.timeouts.command).await {
-            Ok(conn) => conn,
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "submissions handshake failed");
-                return;
-            }
+    let acceptor = if implicit_tls {
+        match ctx.tls.as_ref() {
+            Some(acceptor) => Some(acceptor),
+            None => return,
         }
     } else {
-        Connection::Plain(stream)
+        None
+    };
+    let Some(conn) = open_connection(stream, acceptor, ctx.smtp.timeouts.command, peer).await
+    else {
+        return;
     };
     let peer_info = PeerInfo {
         addr: peer,

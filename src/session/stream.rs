@@ -121,6 +121,33 @@ pub async fn refuse(mut stream: TcpStream, reply: &[u8]) {
     .await;
 }
 
+/// A new connection as its session starts: plain, or already TLS for the
+/// implicit-TLS ports (465, 993, 995). `None` when that handshake fails
+/// (or no certificate is configured); the failure is logged.
+pub async fn open_connection(
+    stream: TcpStream,
+    implicit_tls: Option<&futures_rustls::TlsAcceptor>,
+    limit: std::time::Duration,
+    peer: std::net::SocketAddr,
+) -> Option<ServerConnection> {
+    let Some(acceptor) = implicit_tls else {
+        return Some(Connection::Plain(stream));
+    };
+    match accept_tls(acceptor, stream, limit).await {
+        Ok(conn) => Some(conn),
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "implicit TLS handshake failed");
+            None
+        }
+    }
+}
+
+/// Whether plaintext passwords may be sent on this connection: over TLS,
+/// everywhere if configured, or from loopback when that counts as secure.
+pub fn plaintext_allowed(auth: &crate::config::Auth, tls: bool, peer: std::net::IpAddr) -> bool {
+    tls || auth.allow_plaintext || (auth.trust_loopback && peer.to_canonical().is_loopback())
+}
+
 /// The server side of a TLS handshake (STARTTLS, STLS, or implicit TLS on
 /// ports 465 and 995), bounded by `limit`.
 pub async fn accept_tls(
