@@ -121,7 +121,14 @@ fn no_ack_before_the_covering_sync() {
         // First a lone writer whose sync is held, then a wave that finishes
         // writing while that sync is in flight.
         let mut tasks = vec![spawn(0)];
-        glommio::timer::sleep(Duration::from_millis(20)).await;
+        // Wait (boundedly) for that sync to start: a loaded machine may
+        // take longer than any fixed sleep.
+        for _ in 0..500 {
+            if ctl.syncs.get() >= 1 {
+                break;
+            }
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
         tasks.extend((1..12).map(spawn));
         glommio::timer::sleep(Duration::from_millis(50)).await;
         assert_eq!(ctl.syncs.get(), 1, "only the first sync started");
