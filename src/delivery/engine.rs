@@ -491,17 +491,19 @@ impl<S: SegmentStore + 'static> Engine<S> {
             })
             .collect();
         let sender = envelope.sender.clone();
+        // The job hands the body back, for a forwarded copy.
         let job = self.ctx.blocking.run(move || {
-            addresses
+            let outcomes = addresses
                 .into_iter()
                 .map(|(index, address)| {
                     let trace = local_trace_headers(&sender, &address);
                     let outcome = tier.deliver(&address, &[trace.as_bytes(), &body]);
                     (index, address, outcome)
                 })
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>();
+            (outcomes, body)
         });
-        let Ok(outcomes) = job.await else {
+        let Ok((outcomes, body)) = job.await else {
             let reply = "451 4.3.0 local delivery failed unexpectedly";
             return self
                 .report(id, attempt, transient(&recipients, reply), None)
@@ -536,7 +538,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
             });
         }
         if !forwarded.is_empty() {
-            let reply = match self.forward(&envelope, id, forward_to).await {
+            let reply = match self.forward(&envelope, body, forward_to).await {
                 Ok(new_id) => format!("250 2.0.0 delivered, forwarded as {new_id}"),
                 Err(e) => format!("451 4.3.0 cannot queue the forwarded copy: {e}"),
             };
@@ -551,15 +553,15 @@ impl<S: SegmentStore + 'static> Engine<S> {
             .await;
     }
 
-    /// Queues a copy of message `id` for `to` (alias targets outside our
-    /// domains), with the original sender so bounces reach its author.
+    /// Queues a copy of a message (`original`, `body`) for `to` (alias
+    /// targets outside our domains), with the original sender so bounces
+    /// reach its author.
     async fn forward(
         &self,
         original: &crate::envelope::Envelope,
-        id: SpoolId,
+        body: Vec<u8>,
         to: Vec<String>,
     ) -> Result<SpoolId, crate::spool::SpoolError> {
-        let body = self.ctx.spool.read_message(id)?.body().to_vec();
         let envelope = crate::envelope::Envelope {
             recipients: to
                 .into_iter()
