@@ -121,7 +121,15 @@ impl User {
 
     pub fn subscribe(&mut self, out: &mut Vec<u8>, tag: &str, mailbox: &Mailbox<'_>, on: bool) {
         let command = if on { "SUBSCRIBE" } else { "UNSUBSCRIBE" };
-        match name::folder(mailbox).and_then(|n| self.mailbox.set_subscribed(&n, on)) {
+        // RFC 3501 6.3.6 lets a server check that the folder exists, as
+        // Dovecot does; UNSUBSCRIBE must work for names that are gone.
+        let result = name::folder(mailbox).and_then(|n| {
+            if on && !n.is_inbox() {
+                self.mailbox.folder(&n)?;
+            }
+            self.mailbox.set_subscribed(&n, on)
+        });
+        match result {
             Ok(()) => completed(out, tag, None, command),
             Err(e) => write_mailbox_error(out, tag, &e),
         }

@@ -105,20 +105,14 @@ fn has_real_below(name: &str, names: &BTreeMap<String, bool>) -> bool {
 }
 
 /// The pattern a LIST reference and mailbox argument stand for (RFC 3501
-/// 6.3.8: the reference is a prefix; a pattern starting with the
-/// delimiter is taken as is).
+/// 6.3.8: the reference is prepended as it is, so "A" + "*" is "A*",
+/// which also matches "A" itself, as in Dovecot; a pattern starting with
+/// the delimiter is taken as is).
 pub fn join(reference: &str, pattern: &str) -> String {
-    if reference.is_empty() || pattern.starts_with(DELIMITER) {
+    if pattern.starts_with(DELIMITER) {
         return pattern.to_owned();
     }
-    let mut out = reference.to_owned();
-    if !reference.ends_with(DELIMITER) && !pattern.is_empty() {
-        // Not required by the RFC, but "Archive" + "%" meaning
-        // "Archive/%" is what clients sending a reference mean.
-        out.push(DELIMITER);
-    }
-    out.push_str(pattern);
-    out
+    format!("{reference}{pattern}")
 }
 
 /// Whether `name` matches `pattern`: `*` matches any run of characters,
@@ -219,7 +213,9 @@ mod tests {
     fn reference_joins() {
         assert_eq!(join("", "%"), "%");
         assert_eq!(join("A/", "%"), "A/%");
-        assert_eq!(join("A", "%"), "A/%");
+        assert_eq!(join("A", "%"), "A%");
+        assert_eq!(join("A", "*"), "A*");
+        assert!(matches(&join("A", "*"), "A") && matches(&join("A", "*"), "A/b"));
         assert_eq!(join("A", "/x"), "/x");
     }
 }

@@ -5,9 +5,8 @@
 //! authentication: the session does.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use super::command::{FetchItems, Flag, SearchKey, SeqNumber, SequenceSet, StoreAction};
 use super::fetch::{self, Fetched};
@@ -17,7 +16,7 @@ use super::reply::Say;
 use super::response::{write_code, write_flags, write_untagged_status, Code, Status};
 use super::search::{self, Candidate, Largest, Message};
 use super::view::{SelectedView, Update};
-use crate::mailbox::{Flag as MaildirFlag, Flags, Folder, FolderName, MailboxError, Uid};
+use crate::mailbox::{Flag as MaildirFlag, Flags, Folder, FolderName, MailboxError, Stamp, Uid};
 
 /// Why a selected-state command did not complete.
 #[derive(Debug)]
@@ -70,48 +69,6 @@ pub struct Selected {
     /// The last sync could not report expunges: the next that may must
     /// compare, even if the folder did not change.
     expunges_held: bool,
-}
-
-/// What changes whenever a folder's messages, flags or index change: the
-/// modification times of `new/` and `cur/` (deliveries, flag renames,
-/// expunges) and of the UID index with its length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    new: SystemTime,
-    cur: SystemTime,
-    index: SystemTime,
-    index_len: u64,
-}
-
-/// A stamp younger than this may hide a second change within the same
-/// timestamp tick (kernel file times are coarse), so it is not trusted.
-const SETTLE: Duration = Duration::from_secs(1);
-
-impl Stamp {
-    /// The stamp to remember for a scan starting now: only one whose
-    /// times are all older than [`SETTLE`], so any later change gives a
-    /// different one (as Dovecot treats recent directory times as dirty).
-    fn settled_now(dir: &Path) -> Option<Stamp> {
-        Stamp::read(dir).filter(|s| s.settled(SystemTime::now()))
-    }
-
-    fn read(dir: &Path) -> Option<Stamp> {
-        let modified = |p: PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        let index = std::fs::metadata(dir.join("spate-uidlist")).ok()?;
-        Some(Stamp {
-            new: modified(dir.join("new"))?,
-            cur: modified(dir.join("cur"))?,
-            index: index.modified().ok()?,
-            index_len: index.len(),
-        })
-    }
-
-    /// Old enough that an equal stamp later means "nothing changed".
-    fn settled(&self, now: SystemTime) -> bool {
-        [self.new, self.cur, self.index]
-            .iter()
-            .all(|t| now.duration_since(*t).is_ok_and(|age| age >= SETTLE))
-    }
 }
 
 impl Selected {

@@ -771,10 +771,20 @@ fn list_create_delete_rename_subscribe() {
             "d OK LIST completed"
         ]
     );
-    let r = c.send(&backend, "e LIST Work *\r\n");
+    let r = c.send(&backend, "e LIST Work/ *\r\n");
     assert_eq!(
         r,
         "* LIST (\\HasNoChildren) \"/\" Work/Projects\r\ne OK LIST completed\r\n"
+    );
+    // RFC 3501 6.3.8: the reference is prepended as is ("Work*").
+    let r = c.send(&backend, "e LIST Work *\r\n");
+    assert_eq!(
+        lines(&r),
+        [
+            "* LIST (\\Noselect \\HasChildren) \"/\" Work",
+            "* LIST (\\HasNoChildren) \"/\" Work/Projects",
+            "e OK LIST completed"
+        ]
     );
     let r = c.send(&backend, "f LIST (SUBSCRIBED) \"\" * RETURN (CHILDREN)\r\n");
     assert!(
@@ -782,6 +792,8 @@ fn list_create_delete_rename_subscribe() {
         "{r}"
     );
     assert!(!r.contains("Work"), "{r}");
+    let r = c.send(&backend, "g SUBSCRIBE Nowhere\r\n");
+    assert!(r.starts_with("g NO [NONEXISTENT]"), "{r}");
     let r = c.send(
         &backend,
         "g SUBSCRIBE Work/Projects\r\nh LSUB \"\" Work/*\r\n",

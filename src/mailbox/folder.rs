@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::cache::Stamp;
 use super::durable;
 use super::error::{MailboxError, Result};
 use super::filename;
@@ -135,7 +136,35 @@ pub struct Folder {
     user_root: PathBuf,
     ctx: Arc<StoreContext>,
     /// Last known file of each UID; a cache, checked before use.
-    known: Mutex<HashMap<Uid, PathBuf>>,
+    known: Mutex<Known>,
+}
+
+/// Where this handle last saw each message: the last snapshot, with the
+/// moves and removals it made since.
+#[derive(Debug, Default)]
+struct Known {
+    snapshot: Option<Arc<Snapshot>>,
+    moved: HashMap<Uid, PathBuf>,
+    removed: HashSet<Uid>,
+}
+
+impl Known {
+    fn path(&self, uid: Uid) -> Option<PathBuf> {
+        if let Some(path) = self.moved.get(&uid) {
+            return Some(path.clone());
+        }
+        if self.removed.contains(&uid) {
+            return None;
+        }
+        let messages = &self.snapshot.as_ref()?.messages;
+        let pos = messages.binary_search_by_key(&uid, |m| m.uid).ok()?;
+        Some(messages[pos].path.clone())
+    }
+
+    fn moved(&mut self, uid: Uid, path: PathBuf) {
+        self.removed.remove(&uid);
+        self.moved.insert(uid, path);
+    }
 }
 
 /// The index with its lock held (it records its own unwritten changes),
@@ -159,7 +188,7 @@ impl Folder {
             dir,
             user_root,
             ctx,
-            known: Mutex::new(HashMap::new()),
+            known: Mutex::new(Known::default()),
         }
     }
 
@@ -223,12 +252,64 @@ impl Folder {
     /// the directory: files that appeared (dropped in by other tools) get
     /// new UIDs, files that vanished are dropped. A missing or damaged
     /// index is rebuilt, never an error.
-    pub fn snapshot(&self) -> Result<Snapshot> {
+    ///
+    /// Shared: while the folder's [`Stamp`] is the one a snapshot was
+    /// taken at, every handle of the store gets that snapshot without
+    /// touching the index or listing the directories; otherwise the
+    /// internal dates of messages already known are taken from the last
+    /// snapshot, so only new files are `stat`ed.
+    pub fn snapshot(&self) -> Result<Arc<Snapshot>> {
+        let stamp = Stamp::read(&self.dir);
+        let cache = &self.ctx.snapshots;
+        if let Some(snapshot) = stamp.as_ref().and_then(|s| cache.fresh(&self.dir, s)) {
+            self.adopt(&snapshot);
+            return Ok(snapshot);
+        }
+        let settled = stamp.filter(|s| s.settled(SystemTime::now()));
+        let snapshot = Arc::new(self.take_snapshot(cache.last(&self.dir).as_deref())?);
+        cache.put(&self.dir, settled, Arc::clone(&snapshot));
+        self.adopt(&snapshot);
+        Ok(snapshot)
+    }
+
+    /// Makes `snapshot` where this handle looks for message files.
+    fn adopt(&self, snapshot: &Arc<Snapshot>) {
+        let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        *known = Known {
+            snapshot: Some(Arc::clone(snapshot)),
+            ..Known::default()
+        };
+    }
+
+    /// A snapshot from the index and the directories, with the internal
+    /// dates of `previous` (same UIDVALIDITY) for the UIDs it has.
+    fn take_snapshot(&self, previous: Option<&Snapshot>) -> Result<Snapshot> {
         let mut locked = self.lock_index()?;
         self.sync(&mut locked, &[])?;
+        let previous = previous.filter(|p| p.uid_validity == locked.index.validity);
+        let known_date = |uid: Uid| {
+            let messages = &previous?.messages;
+            let pos = messages.binary_search_by_key(&uid, |m| m.uid).ok()?;
+            Some(messages[pos].internal_date)
+        };
         let mut messages = Vec::with_capacity(locked.index.entries().len());
         let mut rescanned = false;
         for entry in locked.index.entries() {
+            if let Some(date) = known_date(entry.uid) {
+                // The scan under this lock just listed the file.
+                if let Some(file) = locked.disk.as_ref().and_then(|d| d.get(&entry.base)) {
+                    messages.push(MessageInfo {
+                        uid: entry.uid,
+                        size: entry.size,
+                        flags: file.flags,
+                        recent: file.sub == Sub::New,
+                        internal_date: date,
+                        modseq: entry.modseq,
+                        path: self.file_path(file.sub, &file.file_name),
+                    });
+                }
+                continue;
+            }
             let mut found = None;
             for attempt in 0..2 {
                 let Some(file) = locked.disk.as_ref().and_then(|d| d.get(&entry.base)) else {
@@ -262,11 +343,6 @@ impl Folder {
                 modseq: entry.modseq,
                 path,
             });
-        }
-        {
-            let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
-            known.clear();
-            known.extend(messages.iter().map(|m| (m.uid, m.path.clone())));
         }
         let snapshot = Snapshot {
             uid_validity: locked.index.validity,
@@ -377,6 +453,9 @@ impl Folder {
     /// returns their UIDs: the messages that are `\Recent` for the reader
     /// that called this, as the Maildir spec has readers do.
     pub fn take_recent(&self) -> Result<Vec<Uid>> {
+        if !self.has_new_files() {
+            return Ok(Vec::new());
+        }
         let mut locked = self.lock_index()?;
         self.sync(&mut locked, &[])?;
         let recent: Vec<(Uid, String, DiskFile)> = locked
@@ -415,6 +494,20 @@ impl Folder {
         Ok(taken)
     }
 
+    /// Whether `new/` may hold a message: false only when it was listed
+    /// and held none (a file linked just after is taken by the next
+    /// reader, as if it had arrived a moment later).
+    fn has_new_files(&self) -> bool {
+        let Ok(entries) = fs::read_dir(self.dir.join(Sub::New.dir())) else {
+            return true; // let the locked path report what is wrong
+        };
+        entries.filter_map(|e| e.ok()).any(|e| {
+            e.file_name()
+                .to_str()
+                .is_none_or(|n| filename::parse(n).is_some())
+        })
+    }
+
     /// Deletes messages for good (IMAP EXPUNGE, POP3 QUIT after DELE):
     /// unlinks the files, then drops them from the index. Returns the UIDs
     /// that were removed, in UID order; unknown UIDs are ignored.
@@ -444,7 +537,8 @@ impl Folder {
             durable::fsync_dir(&self.dir.join("new"))?;
             locked.index.remove(&removed);
             let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
-            known.retain(|uid, _| !removed.contains(uid));
+            known.moved.retain(|uid, _| !removed.contains(uid));
+            known.removed.extend(removed.iter().copied());
         }
         self.finish(locked)?;
         let mut removed: Vec<Uid> = removed.into_iter().collect();
@@ -634,7 +728,7 @@ impl Folder {
         self.finish(locked)?;
         let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
         for (uid, path) in uids.iter().zip(paths) {
-            known.insert(*uid, path.clone());
+            known.moved(*uid, path.clone());
         }
         Ok(uids)
     }
@@ -893,15 +987,14 @@ impl Folder {
         self.known
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(uid, path);
+            .moved(uid, path);
     }
 
     fn cached_path(&self, uid: Uid) -> Option<PathBuf> {
         self.known
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&uid)
-            .cloned()
+            .path(uid)
     }
 
     fn file_path(&self, sub: Sub, file_name: &str) -> PathBuf {

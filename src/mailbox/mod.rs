@@ -29,10 +29,13 @@
 //! - `validity`: per-user UIDVALIDITY allocation
 //! - `subscription`: the `subscriptions` file
 //! - `folder`: `Folder`: delivery, snapshots, flags, expunge, copy, move
+//! - `cache`: `Stamp` (a folder's change stamp) and the snapshots shared by all
+//!   sessions of a store while the stamp holds
 //! - `user`: `UserMailbox`: folders, subscriptions, session lock, usage
 //! - `store`: `MailStore`: the root, opening and creating users
 //! - `error`: `MailboxError`
 
+mod cache;
 mod durable;
 mod error;
 mod filename;
@@ -51,6 +54,7 @@ mod validity;
 #[cfg(test)]
 mod tests;
 
+pub use cache::Stamp;
 pub use error::{MailboxError, NameKind};
 pub use flag::{Flag, Flags};
 pub use folder::{Delivered, Folder, MessageInfo, Snapshot};

@@ -110,7 +110,7 @@ impl FolderName {
     }
 
     /// Checks a name: no empty components (so no leading, trailing or
-    /// doubled `/`), no `.`, `..`, no `.`, `\`, NUL, control characters or
+    /// doubled `/`), no `.`, `..`, no `.`, NUL, control characters or
     /// LIST wildcards (`*`, `%`) in a component, and an on-disk form that
     /// fits a directory name.
     pub fn new(name: &str) -> Result<FolderName> {
@@ -135,7 +135,7 @@ impl FolderName {
             if component == "." || component == ".." {
                 return bad("'.' or '..' component");
             }
-            if let Some(reason) = forbidden_char(component, &['\\', '.', '*', '%']) {
+            if let Some(reason) = forbidden_char(component, &['.', '*', '%']) {
                 return bad(reason);
             }
             if i == 0 && component.eq_ignore_ascii_case("INBOX") {
@@ -263,7 +263,6 @@ mod tests {
             "a/",
             "a/./b",
             "a\0b",
-            "a\\b",
             "a.b",
             ".hidden",
             "a\nb",
@@ -273,6 +272,9 @@ mod tests {
         ] {
             assert!(FolderName::new(bad).is_err(), "{bad:?} accepted");
         }
+        // A backslash is an ordinary character in a folder name (Dovecot
+        // allows it; IMAP quotes it).
+        assert_eq!(FolderName::new("foo\\bar").unwrap().as_str(), "foo\\bar");
         for bad in [
             "", ".", "..", "../x", "/etc", "a/b", "a\0", "a\\b", ".x", "a\tb",
         ] {

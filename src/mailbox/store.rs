@@ -7,11 +7,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use super::cache::SnapshotCache;
 use super::durable;
 use super::error::{MailboxError, Result};
 use super::filename;
 use super::name::UserName;
 use super::user::UserMailbox;
+
+/// Most messages the shared snapshot cache holds over all folders (about
+/// 200 bytes each: 200,000 is some 40 MB).
+const SNAPSHOT_BUDGET: usize = 200_000;
 
 /// What every folder handle of one store shares. Held in an `Arc` rather
 /// than a global so two stores (tests, two configurations) never share a
@@ -23,6 +28,8 @@ pub(crate) struct StoreContext {
     pid: u32,
     /// Deliveries by this store, the `Q` part of unique names.
     counter: AtomicU64,
+    /// The last snapshot of each folder, shared by all sessions.
+    pub(crate) snapshots: SnapshotCache,
 }
 
 impl StoreContext {
@@ -53,6 +60,7 @@ impl MailStore {
                 host: filename::sanitize_host(hostname),
                 pid: std::process::id(),
                 counter: AtomicU64::new(0),
+                snapshots: SnapshotCache::new(SNAPSHOT_BUDGET),
             }),
         }
     }

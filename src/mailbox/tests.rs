@@ -949,3 +949,86 @@ fn mutt_interoperates() {
     assert_eq!(flagged, 1, "{snap:?}");
     assert!(snap.messages[1].flags.contains(Flag::Seen));
 }
+
+/// Sets the times of a folder's `new/`, `cur/` and index into the past,
+/// as if the folder had been left alone for a minute.
+fn age_folder(dir: &Path) {
+    let past = SystemTime::now() - Duration::from_secs(60);
+    for part in ["new", "cur", "spate-uidlist"] {
+        let file = fs::File::open(dir.join(part)).unwrap();
+        file.set_modified(past).unwrap();
+    }
+}
+
+#[test]
+fn unchanged_folder_snapshot_is_shared_until_it_changes() {
+    let (_tmp, store) = store();
+    let mailbox = user(&store);
+    let inbox = mailbox.inbox();
+    for i in 0..3 {
+        inbox
+            .deliver(&[format!("Subject: {i}\r\n\r\nx\r\n").as_bytes()])
+            .unwrap();
+    }
+    let first = inbox.snapshot().unwrap();
+    assert_eq!(uids(&first), vec![1, 2, 3]);
+    age_folder(inbox.path());
+    // Taken at a settled stamp: the next handle gets the same snapshot.
+    let settled = inbox.snapshot().unwrap();
+    let other = user(&store).inbox();
+    let shared = other.snapshot().unwrap();
+    assert!(Arc::ptr_eq(&settled, &shared), "served from the cache");
+    assert_eq!(*shared, *first);
+    // Reads through the shared snapshot find the files.
+    assert!(other
+        .read(Uid::new(2).unwrap())
+        .unwrap()
+        .starts_with(b"Subject: 1"));
+
+    // A delivery changes new/: the next snapshot sees it, keeps the dates.
+    inbox.deliver(&[b"Subject: 3\r\n\r\nx\r\n"]).unwrap();
+    let after = other.snapshot().unwrap();
+    assert_eq!(uids(&after), vec![1, 2, 3, 4]);
+    assert_eq!(
+        after.messages[..3]
+            .iter()
+            .map(|m| m.internal_date)
+            .collect::<Vec<_>>(),
+        first
+            .messages
+            .iter()
+            .map(|m| m.internal_date)
+            .collect::<Vec<_>>()
+    );
+
+    // A flag change by a tool that takes no lock (a rename in cur/).
+    inbox.snapshot().unwrap();
+    age_folder(inbox.path());
+    let cached = inbox.snapshot().unwrap();
+    assert!(Arc::ptr_eq(&cached, &other.snapshot().unwrap()));
+    let m = &cached.messages[0];
+    let name = m.path.file_name().unwrap().to_str().unwrap().to_owned();
+    let base = name.split(":2,").next().unwrap();
+    let seen = inbox.path().join("cur").join(format!("{base}:2,S"));
+    fs::rename(&m.path, &seen).unwrap();
+    let renamed = other.snapshot().unwrap();
+    assert!(
+        renamed.messages[0].flags.contains(Flag::Seen),
+        "the rename was seen"
+    );
+    assert_eq!(other.read(m.uid).unwrap(), fs::read(&seen).unwrap());
+}
+
+#[test]
+fn recent_is_taken_once_with_the_cache() {
+    let (_tmp, store) = store();
+    let inbox = user(&store).inbox();
+    inbox.deliver(&[b"Subject: a\r\n\r\nx\r\n"]).unwrap();
+    inbox.snapshot().unwrap();
+    age_folder(inbox.path());
+    assert!(inbox.snapshot().unwrap().messages[0].recent);
+    let other = user(&store).inbox();
+    assert_eq!(other.take_recent().unwrap().len(), 1);
+    assert!(inbox.take_recent().unwrap().is_empty(), "taken once");
+    assert!(!inbox.snapshot().unwrap().messages[0].recent);
+}

@@ -197,6 +197,7 @@ impl UserMailbox {
             _ => MailboxError::io("renaming for deletion", &dir, e),
         })?;
         durable::fsync_dir(&self.root)?;
+        self.ctx.snapshots.forget(&dir);
         fs::remove_dir_all(&scratch).map_err(|e| MailboxError::io("removing", scratch, e))
     }
 
@@ -241,6 +242,8 @@ impl UserMailbox {
             }
         }
         for (source, target) in &moves {
+            self.ctx.snapshots.forget(source);
+            self.ctx.snapshots.forget(target);
             fs::rename(source, target).map_err(|e| MailboxError::io("renaming", source, e))?;
         }
         durable::fsync_dir(&self.root)
