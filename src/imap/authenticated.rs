@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use chrono::{DateTime, FixedOffset};
 
 use super::command::{Flag, List, Mailbox, StatusItem};
-use super::flag::flags_of;
+use super::flag::{flags_of, keyword_names};
 use super::list::{self, Entry};
 use super::name;
 use super::reply::{completed, tagged, write_mailbox_error, Say};
@@ -271,7 +271,30 @@ impl User {
             Err((code, say)) => return tagged(out, tag, Status::No, Some(&code), say),
         };
         let date = date.map(SystemTime::from);
-        let delivered = match folder.append(&[message], flags_of(flags), date) {
+        let names = keyword_names(flags);
+        if names.iter().any(|n| !crate::mailbox::valid_keyword(n)) {
+            return tagged(
+                out,
+                tag,
+                Status::No,
+                Some(&Code::Cannot),
+                Say::InvalidKeyword,
+            );
+        }
+        let keywords = match folder.define_keywords(&names) {
+            Ok(table) if names.iter().all(|n| table.slot(n).is_some()) => table,
+            Ok(_) => {
+                return tagged(
+                    out,
+                    tag,
+                    Status::No,
+                    Some(&Code::Limit),
+                    Say::TooManyKeywords,
+                )
+            }
+            Err(e) => return write_mailbox_error(out, tag, &e),
+        };
+        let delivered = match folder.append(&[message], flags_of(flags, &keywords), date) {
             Ok(d) => d,
             Err(e) => return write_mailbox_error(out, tag, &e),
         };

@@ -45,6 +45,8 @@ pub enum Say {
     NotPermitted,
     InUse,
     RecentReadOnly,
+    InvalidKeyword,
+    TooManyKeywords,
 }
 
 impl Say {
@@ -87,6 +89,8 @@ impl Say {
             Say::NotPermitted => "Operation not permitted",
             Say::InUse => "Mailbox is in use, try again",
             Say::RecentReadOnly => "\\Recent cannot be changed",
+            Say::InvalidKeyword => "Invalid keyword",
+            Say::TooManyKeywords => "Too many keywords in this mailbox (26 at most)",
         }
     }
 }

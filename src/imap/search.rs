@@ -18,7 +18,7 @@ use super::command::{Flag, SearchKey, SequenceSet};
 use super::flag::to_maildir;
 use super::mime::header::{self, Fields};
 use super::mime::Span;
-use crate::mailbox::{Flag as MaildirFlag, Flags};
+use crate::mailbox::{Flag as MaildirFlag, Flags, KeywordTable};
 
 /// What the session knows about one message without reading it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +67,8 @@ fn key_needs_content(key: &SearchKey<'_>) -> bool {
 /// One message under evaluation; its bytes are loaded on first need.
 pub struct Message<'l> {
     pub candidate: Candidate,
+    /// The folder's keyword names, for KEYWORD and UNKEYWORD.
+    keywords: &'l KeywordTable,
     load: &'l mut dyn FnMut() -> Option<Vec<u8>>,
     content: Option<Option<Vec<u8>>>,
 }
@@ -74,9 +76,14 @@ pub struct Message<'l> {
 impl<'l> Message<'l> {
     /// `load` returns the stored bytes, `None` when they cannot be read
     /// (expunged meanwhile): content keys then do not match.
-    pub fn new(candidate: Candidate, load: &'l mut dyn FnMut() -> Option<Vec<u8>>) -> Self {
+    pub fn new(
+        candidate: Candidate,
+        keywords: &'l KeywordTable,
+        load: &'l mut dyn FnMut() -> Option<Vec<u8>>,
+    ) -> Self {
         Message {
             candidate,
+            keywords,
             load,
             content: None,
         }
@@ -102,6 +109,10 @@ fn has(m: &Message<'_>, flag: MaildirFlag) -> bool {
 fn keyword(m: &Message<'_>, flag: &Flag<'_>) -> bool {
     match flag {
         Flag::Recent => m.candidate.recent,
+        Flag::Keyword(name) => m
+            .keywords
+            .slot(name)
+            .is_some_and(|slot| m.candidate.flags.has_keyword(slot)),
         other => to_maildir(other).is_some_and(|f| has(m, f)),
     }
 }

@@ -10,13 +10,15 @@ use std::time::SystemTime;
 
 use super::command::{FetchItems, Flag, SearchKey, SeqNumber, SequenceSet, StoreAction};
 use super::fetch::{self, Fetched};
-use super::flag::{flags_of, imap_flags, replace_system, SYSTEM};
+use super::flag::{self as flag, defined_flags, flags_of, imap_flags, keyword_names};
 use super::mime::MessageStructure;
 use super::reply::Say;
 use super::response::{write_code, write_flags, write_untagged_status, Code, Status};
 use super::search::{self, Candidate, Largest, Message};
 use super::view::{SelectedView, Update};
-use crate::mailbox::{Flag as MaildirFlag, Flags, Folder, FolderName, MailboxError, Stamp, Uid};
+use crate::mailbox::{
+    Flag as MaildirFlag, Flags, Folder, FolderName, KeywordTable, MailboxError, Stamp, Uid,
+};
 
 /// Why a selected-state command did not complete.
 #[derive(Debug)]
@@ -58,6 +60,8 @@ pub struct Selected {
     pub folder: Folder,
     pub view: SelectedView,
     info: HashMap<Uid, Info>,
+    /// The folder's keyword names as this session last announced them.
+    keywords: Arc<KeywordTable>,
     /// Parsed structures by UID (UIDs never come back within one
     /// UIDVALIDITY, so an entry never goes stale); at most
     /// `max_structures`, emptied when full.
@@ -118,19 +122,13 @@ impl Selected {
                 (m.uid, info)
             })
             .collect();
-        out.extend_from_slice(b"* FLAGS ");
-        write_flags(out, &SYSTEM);
-        out.extend_from_slice(b"\r\n");
+        write_defined_flags(out, &snap.keywords);
         write_count(out, view.len(), "EXISTS");
         write_count(out, view.recent_count(), "RECENT");
         if let Some(seq) = view.first_unseen() {
             write_untagged_status(out, Status::Ok, Some(&Code::Unseen(seq)), "First unseen");
         }
-        let permanent = Code::PermanentFlags {
-            flags: if read_only { &[] } else { &SYSTEM },
-            allow_keywords: false,
-        };
-        write_untagged_status(out, Status::Ok, Some(&permanent), "Flags permitted");
+        write_permanent_flags(out, &snap.keywords, read_only);
         let validity = Code::UidValidity(view.uid_validity.get());
         write_untagged_status(out, Status::Ok, Some(&validity), "UIDs valid");
         let next = Code::UidNext(view.uid_next.get());
@@ -140,11 +138,19 @@ impl Selected {
             folder,
             view,
             info,
+            keywords: Arc::clone(&snap.keywords),
             structures: HashMap::new(),
             max_structures,
             scanned,
             expunges_held: false,
         })
+    }
+
+    /// Tells the client the folder's flags changed (new keywords).
+    fn announce_keywords(&mut self, out: &mut Vec<u8>, keywords: Arc<KeywordTable>) {
+        write_defined_flags(out, &keywords);
+        write_permanent_flags(out, &keywords, self.view.read_only);
+        self.keywords = keywords;
     }
 
     /// `[READ-WRITE]` or `[READ-ONLY]` for the tagged OK.
@@ -190,6 +196,11 @@ impl Selected {
                 },
             );
         }
+        if snap.keywords != self.keywords {
+            // RFC 3501 7.2.6: the defined flags changed (another session
+            // added a keyword).
+            self.announce_keywords(out, Arc::clone(&snap.keywords));
+        }
         let updates = self
             .view
             .sync(snap.uid_next, &snap.messages, &new_recent, allow_expunge);
@@ -208,7 +219,7 @@ impl Selected {
                     // of this batch, which were written before.
                     if let Some(seq) = self.view.seq_of(uid) {
                         let recent = self.view.get(seq).is_some_and(|e| e.recent);
-                        write_flags_fetch(out, seq, Some(uid), flags, recent);
+                        write_flags_fetch(out, seq, Some(uid), flags, recent, &self.keywords);
                     }
                 }
             }
@@ -333,7 +344,7 @@ impl Selected {
                 size: 0,
                 internal_date: SystemTime::UNIX_EPOCH,
             });
-            let flags = imap_flags(entry.flags, entry.recent);
+            let flags = imap_flags(entry.flags, entry.recent, &self.keywords);
             let message = Fetched {
                 seq,
                 uid: uid.get(),
@@ -350,8 +361,9 @@ impl Selected {
         Ok(complete)
     }
 
-    /// STORE / UID STORE (RFC 3501 6.4.6). `\Recent` and keywords are
-    /// not stored (not in PERMANENTFLAGS); they are ignored.
+    /// STORE / UID STORE (RFC 3501 6.4.6). New keywords are defined in
+    /// the folder first (and announced with FLAGS); `\Recent` is not
+    /// stored and is ignored.
     pub fn store(
         &mut self,
         out: &mut Vec<u8>,
@@ -365,7 +377,18 @@ impl Selected {
             return Err(Failure::No(Code::ReadOnly, Say::ReadOnly));
         }
         let targets = self.resolve(set, uid_command)?;
-        let given = flags_of(flags);
+        let names = keyword_names(flags);
+        if names.iter().any(|n| self.keywords.slot(n).is_none()) {
+            if names.iter().any(|n| !crate::mailbox::valid_keyword(n)) {
+                return Err(Failure::No(Code::Cannot, Say::InvalidKeyword));
+            }
+            let table = self.folder.define_keywords(&names)?;
+            if names.iter().any(|n| table.slot(n).is_none()) {
+                return Err(Failure::No(Code::Limit, Say::TooManyKeywords));
+            }
+            self.announce_keywords(out, Arc::new(table));
+        }
+        let given = flags_of(flags, &self.keywords);
         let mut changes: Vec<(Uid, Flags)> = Vec::new();
         let mut results: Vec<(u32, Uid, Flags)> = Vec::with_capacity(targets.len());
         for &(seq, uid) in &targets {
@@ -373,20 +396,11 @@ impl Selected {
                 continue;
             };
             let old = entry.flags;
-            let mut new = old;
-            match action {
-                StoreAction::Add => {
-                    for f in MaildirFlag::ALL.into_iter().filter(|f| given.contains(*f)) {
-                        new.insert(f);
-                    }
-                }
-                StoreAction::Remove => {
-                    for f in MaildirFlag::ALL.into_iter().filter(|f| given.contains(*f)) {
-                        new.remove(f);
-                    }
-                }
-                StoreAction::Replace => new = replace_system(old, flags),
-            }
+            let new = match action {
+                StoreAction::Add => flag::add(old, given),
+                StoreAction::Remove => flag::remove(old, given),
+                StoreAction::Replace => flag::replace_visible(old, flags, &self.keywords),
+            };
             if new != old {
                 changes.push((uid, new));
             }
@@ -410,7 +424,14 @@ impl Selected {
                     continue; // gone meanwhile
                 }
                 let recent = self.view.get(seq).is_some_and(|e| e.recent);
-                write_flags_fetch(out, seq, uid_command.then_some(uid), new, recent);
+                write_flags_fetch(
+                    out,
+                    seq,
+                    uid_command.then_some(uid),
+                    new,
+                    recent,
+                    &self.keywords,
+                );
             }
         }
         Ok(())
@@ -437,7 +458,7 @@ impl Selected {
             };
             let uid = entry.uid;
             let mut load = || folder.read(uid).ok();
-            let mut message = Message::new(candidate, &mut load);
+            let mut message = Message::new(candidate, &self.keywords, &mut load);
             if search::matches_all(criteria, &mut message, largest) {
                 hits.push(if uid_command { uid.get() } else { seq });
             }
@@ -536,8 +557,33 @@ fn write_count(out: &mut Vec<u8>, n: u32, name: &str) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// `* FLAGS (...)`: the flags the folder defines.
+fn write_defined_flags(out: &mut Vec<u8>, keywords: &KeywordTable) {
+    out.extend_from_slice(b"* FLAGS ");
+    write_flags(out, &defined_flags(keywords));
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `* OK [PERMANENTFLAGS (...)]`: none when read-only; `\*` while the
+/// folder has free keyword slots.
+fn write_permanent_flags(out: &mut Vec<u8>, keywords: &KeywordTable, read_only: bool) {
+    let defined = defined_flags(keywords);
+    let permanent = Code::PermanentFlags {
+        flags: if read_only { &[] } else { &defined },
+        allow_keywords: !read_only && !keywords.is_full(),
+    };
+    write_untagged_status(out, Status::Ok, Some(&permanent), "Flags permitted");
+}
+
 /// `* seq FETCH ([UID u ]FLAGS (...))`.
-fn write_flags_fetch(out: &mut Vec<u8>, seq: u32, uid: Option<Uid>, flags: Flags, recent: bool) {
+fn write_flags_fetch(
+    out: &mut Vec<u8>,
+    seq: u32,
+    uid: Option<Uid>,
+    flags: Flags,
+    recent: bool,
+    keywords: &KeywordTable,
+) {
     out.extend_from_slice(b"* ");
     out.extend_from_slice(seq.to_string().as_bytes());
     out.extend_from_slice(b" FETCH (");
@@ -547,7 +593,7 @@ fn write_flags_fetch(out: &mut Vec<u8>, seq: u32, uid: Option<Uid>, flags: Flags
         out.push(b' ');
     }
     out.extend_from_slice(b"FLAGS ");
-    write_flags(out, &imap_flags(flags, recent));
+    write_flags(out, &imap_flags(flags, recent, keywords));
     out.extend_from_slice(b")\r\n");
 }
 

@@ -459,7 +459,7 @@ fn select_examine_and_recent_in_one_session_only() {
     assert_eq!(l[3], "* OK [UNSEEN 1] First unseen");
     assert_eq!(
         l[4],
-        "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)] Flags permitted"
+        "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Flags permitted"
     );
     assert!(l[5].starts_with("* OK [UIDVALIDITY "), "{r}");
     assert_eq!(l[6], "* OK [UIDNEXT 3] Predicted next UID");
@@ -637,6 +637,97 @@ fn two_sessions_see_each_others_changes_at_the_right_time() {
     assert_eq!(
         r,
         "* 2 FETCH (UID 3)\r\n* 1 EXPUNGE\r\nk OK UID FETCH completed\r\n"
+    );
+}
+
+#[test]
+fn keywords_are_stored_announced_searched_and_copied_by_name() {
+    let backend = TestBackend::new();
+    for s in ["one", "two"] {
+        backend.deliver(s, "x");
+    }
+    let mut a = Client::selected(&backend);
+    let mut b = Client::selected(&backend);
+    let r = a.send(&backend, "a STORE 1 +FLAGS ($Forwarded Work)\r\n");
+    assert_eq!(
+        lines(&r),
+        [
+            "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded Work)",
+            "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded Work \\*)] Flags permitted",
+            "* 1 FETCH (FLAGS ($Forwarded Work \\Recent))",
+            "a OK STORE completed"
+        ]
+    );
+    // The other session learns the new flags, then the message's.
+    let r = b.send(&backend, "b NOOP\r\n");
+    assert!(
+        r.starts_with(
+            "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded Work)\r\n"
+        ),
+        "{r}"
+    );
+    assert!(
+        r.contains("* 1 FETCH (UID 1 FLAGS ($Forwarded Work))\r\n"),
+        "{r}"
+    );
+    // Names compare without case; FLAGS replaces keywords too.
+    let r = a.send(
+        &backend,
+        "c SEARCH KEYWORD work\r\nd SEARCH UNKEYWORD WORK\r\ne SEARCH KEYWORD nothing\r\n",
+    );
+    assert_eq!(
+        r,
+        "* SEARCH 1\r\nc OK SEARCH completed\r\n* SEARCH 2\r\nd OK SEARCH completed\r\n* SEARCH\r\ne OK SEARCH completed\r\n"
+    );
+    let r = a.send(
+        &backend,
+        "f STORE 2 FLAGS (\\Seen Work)\r\ng STORE 1 -FLAGS ($forwarded)\r\n",
+    );
+    assert_eq!(
+        r,
+        "* 2 FETCH (FLAGS (\\Seen Work \\Recent))\r\nf OK STORE completed\r\n* 1 FETCH (FLAGS (Work \\Recent))\r\ng OK STORE completed\r\n"
+    );
+    // COPY keeps names, whatever slot they have in the other folder.
+    a.send(&backend, "h CREATE Other\r\n");
+    a.send(&backend, "i APPEND Other (Zeta) {5}\r\nhello\r\n");
+    let r = a.send(
+        &backend,
+        "j COPY 2 Other\r\nk EXAMINE Other\r\nl FETCH 1:* FLAGS\r\n",
+    );
+    assert!(
+        r.contains("* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft Zeta Work)\r\n"),
+        "{r}"
+    );
+    assert!(
+        r.contains("* 1 FETCH (FLAGS (Zeta))\r\n* 2 FETCH (FLAGS (\\Seen Work))\r\n"),
+        "{r}"
+    );
+    let r = a.send(
+        &backend,
+        "m SELECT INBOX\r\nn STORE 1 +FLAGS (bad]name)\r\n",
+    );
+    assert!(r.contains("n BAD") || r.contains("n NO"), "{r}");
+}
+
+#[test]
+fn twenty_seven_keywords_do_not_fit() {
+    let backend = TestBackend::new();
+    backend.deliver("one", "x");
+    let mut c = Client::selected(&backend);
+    let names: Vec<String> = (0..26).map(|i| format!("k{i}")).collect();
+    let r = c.send(
+        &backend,
+        &format!("a STORE 1 +FLAGS.SILENT ({})\r\n", names.join(" ")),
+    );
+    assert!(
+        r.contains("PERMANENTFLAGS") && !r.contains("\\*)]"),
+        "full: no \\* now: {r}"
+    );
+    assert!(r.ends_with("a OK STORE completed\r\n"), "{r}");
+    let r = c.send(&backend, "b STORE 1 +FLAGS (one-more)\r\n");
+    assert_eq!(
+        r,
+        "b NO [LIMIT] Too many keywords in this mailbox (26 at most)\r\n"
     );
 }
 

@@ -1,5 +1,6 @@
 //! Folder snapshots shared by every session of one store, valid while the
-//! folder's change stamp (the times of `new/`, `cur/` and the UID index)
+//! folder's change stamp (the times of `new/`, `cur/`, the UID index and
+//! the keyword names)
 //! stays the same, so opening an unchanged folder costs three `stat`s
 //! instead of two directory listings, an index parse and a `stat` per
 //! message. It does no other I/O and never decides what a folder holds:
@@ -11,6 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use super::folder::{Snapshot, INDEX_FILE};
+use super::keywords::KEYWORDS_FILE;
 
 /// What changes whenever a folder's messages, flags or index change: the
 /// modification times of `new/` and `cur/` (deliveries, flag renames,
@@ -21,6 +23,8 @@ pub struct Stamp {
     cur: SystemTime,
     index: SystemTime,
     index_len: u64,
+    /// `dovecot-keywords`, when the folder has one.
+    keywords: Option<SystemTime>,
 }
 
 /// A stamp younger than this may hide a second change within the same
@@ -39,6 +43,7 @@ impl Stamp {
             cur: modified(dir.join("cur"))?,
             index: index.modified().ok()?,
             index_len: index.len(),
+            keywords: modified(dir.join(KEYWORDS_FILE)),
         })
     }
 
@@ -51,9 +56,15 @@ impl Stamp {
 
     /// Old enough that an equal stamp later means "nothing changed".
     pub fn settled(&self, now: SystemTime) -> bool {
-        [self.new, self.cur, self.index]
-            .iter()
-            .all(|t| now.duration_since(*t).is_ok_and(|age| age >= SETTLE))
+        [
+            Some(self.new),
+            Some(self.cur),
+            Some(self.index),
+            self.keywords,
+        ]
+        .iter()
+        .flatten()
+        .all(|t| now.duration_since(*t).is_ok_and(|age| age >= SETTLE))
     }
 }
 
@@ -197,6 +208,7 @@ mod tests {
             uid_next: Uid::new(messages as u32 + 1).expect("non-zero"),
             highest_modseq: ModSeq::new(1),
             messages: (0..messages).map(info).collect(),
+            keywords: Arc::default(),
         })
     }
 
@@ -207,6 +219,7 @@ mod tests {
             cur: t,
             index: t,
             index_len: 1,
+            keywords: None,
         }
     }
 

@@ -33,6 +33,7 @@ use super::filename;
 use super::flag::Flags;
 use super::id::{ModSeq, Uid, UidValidity};
 use super::index::{IndexWrite, Parsed, UidIndex};
+use super::keywords::{KeywordTable, KEYWORDS_FILE, KEYWORD_SLOTS};
 use super::lock::{self, FileLock};
 use super::name::FolderName;
 use super::store::StoreContext;
@@ -113,6 +114,8 @@ pub struct Snapshot {
     pub uid_next: Uid,
     pub highest_modseq: ModSeq,
     pub messages: Vec<MessageInfo>,
+    /// The folder's keyword names, for the keyword slots in `flags`.
+    pub keywords: Arc<KeywordTable>,
 }
 
 /// The outcome of a delivery or APPEND: the message is durable.
@@ -351,9 +354,85 @@ impl Folder {
             uid_next: locked.index.next_uid.unwrap_or(Uid::MAX),
             highest_modseq: locked.index.highest_modseq,
             messages,
+            keywords: Arc::new(self.keywords()?),
         };
         self.finish(locked)?;
         Ok(snapshot)
+    }
+
+    /// The folder's keyword names (slot to name); none when the folder
+    /// has no `dovecot-keywords` yet.
+    pub fn keywords(&self) -> Result<KeywordTable> {
+        let bytes = durable::read_optional(&self.dir.join(KEYWORDS_FILE))?;
+        Ok(bytes.map(|b| KeywordTable::parse(&b)).unwrap_or_default())
+    }
+
+    /// Gives each of `names` a keyword slot, keeping those it has, and
+    /// returns the table; a name that finds no free slot (26 are taken)
+    /// or is not a valid keyword is left out, for the caller to refuse.
+    /// The file is replaced atomically under the index lock, so readers
+    /// without the lock see the old or the new table.
+    pub fn define_keywords(&self, names: &[&str]) -> Result<KeywordTable> {
+        let table = self.keywords()?;
+        if names.iter().all(|n| table.slot(n).is_some()) {
+            return Ok(table);
+        }
+        let _guard = lock::lock_exclusive(&self.dir.join(INDEX_LOCK))?;
+        let mut table = self.keywords()?;
+        let before = table.clone();
+        for name in names {
+            table.assign(name);
+        }
+        if table != before {
+            durable::replace_file(&self.dir, KEYWORDS_FILE, &table.serialize())?;
+        }
+        Ok(table)
+    }
+
+    /// How keyword slots of `uids` here map to slots in `dest` (defining
+    /// the names there), for COPY and MOVE: slots are per folder, names
+    /// are what the user sees. Found through the last snapshot (taken
+    /// without this folder's lock, so no two folders' locks are ever held
+    /// together); a keyword set after it and unknown to `dest` is dropped.
+    fn keyword_translation(
+        &self,
+        uids: &[Uid],
+        dest: &Folder,
+    ) -> Result<[Option<u8>; KEYWORD_SLOTS]> {
+        let mut map = [None; KEYWORD_SLOTS];
+        let source = self.keywords()?;
+        if source.iter().next().is_none() {
+            return Ok(map);
+        }
+        let last = self
+            .known
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .snapshot
+            .clone();
+        let mut used = Flags::empty();
+        match last {
+            Some(snapshot) => {
+                for uid in uids {
+                    if let Ok(pos) = snapshot.messages.binary_search_by_key(uid, |m| m.uid) {
+                        for slot in snapshot.messages[pos].flags.keywords() {
+                            used.set_keyword(slot, true);
+                        }
+                    }
+                }
+            }
+            None => {
+                for (slot, _) in source.iter() {
+                    used.set_keyword(slot, true);
+                }
+            }
+        }
+        let names: Vec<&str> = used.keywords().filter_map(|s| source.name(s)).collect();
+        let target = dest.define_keywords(&names)?;
+        for (slot, name) in source.iter() {
+            map[usize::from(slot)] = target.slot(name);
+        }
+        Ok(map)
     }
 
     /// Opens a message for reading.
@@ -563,6 +642,19 @@ impl Folder {
     }
 
     fn transfer(&self, uids: &[Uid], dest: &Folder, remove: bool) -> Result<Vec<(Uid, Uid)>> {
+        let translation = self.keyword_translation(uids, dest)?;
+        let translate = |flags: Flags| {
+            let mut out = flags;
+            for slot in flags.keywords() {
+                out.set_keyword(slot, false);
+            }
+            for slot in flags.keywords() {
+                if let Some(to) = translation[usize::from(slot)] {
+                    out.set_keyword(to, true);
+                }
+            }
+            out
+        };
         let mut locked = self.lock_index()?;
         // (source uid, source path, new base, size, new path)
         let mut placed: Vec<(Uid, PathBuf, String, u64, PathBuf)> = Vec::new();
@@ -575,7 +667,7 @@ impl Folder {
                 let Some((file, path)) = self.locate_uid(&mut locked, uid)? else {
                     continue;
                 };
-                let (base, to) = dest.place_copy(&path, size, file.flags)?;
+                let (base, to) = dest.place_copy(&path, size, translate(file.flags))?;
                 placed.push((uid, path, base, size, to));
             }
             dest.fsync_message_dirs()

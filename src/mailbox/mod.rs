@@ -29,6 +29,7 @@
 //! - `validity`: per-user UIDVALIDITY allocation
 //! - `subscription`: the `subscriptions` file
 //! - `folder`: `Folder`: delivery, snapshots, flags, expunge, copy, move
+//! - `keywords`: keyword names per folder (`dovecot-keywords`)
 //! - `cache`: `Stamp` (a folder's change stamp) and the snapshots shared by all
 //!   sessions of a store while the stamp holds
 //! - `user`: `UserMailbox`: folders, subscriptions, session lock, usage
@@ -43,6 +44,7 @@ mod flag;
 mod folder;
 mod id;
 mod index;
+mod keywords;
 mod lock;
 mod name;
 mod store;
@@ -59,6 +61,7 @@ pub use error::{MailboxError, NameKind};
 pub use flag::{Flag, Flags};
 pub use folder::{Delivered, Folder, MessageInfo, Snapshot};
 pub use id::{ModSeq, Uid, UidValidity};
+pub use keywords::{valid_name as valid_keyword, KeywordTable, KEYWORD_SLOTS};
 pub use name::{FolderName, UserName};
 pub use store::MailStore;
 pub use user::{SessionLock, SpecialUse, Usage, UserMailbox};

@@ -756,7 +756,6 @@ fn names_cannot_escape() {
         "a/./b",
         "x/",
         "a.b",
-        "a\\b",
     ] {
         let err = FolderName::new(bad).unwrap_err();
         assert!(
