@@ -1,0 +1,223 @@
+//! SIGHUP reload over real sockets: a changed users file, aliases file and
+//! certificate take effect for new logins, recipients and handshakes while
+//! sessions opened before the reload stay open; a broken configuration is
+//! refused and the running one stays; settings that need a restart are
+//! named in the log.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{make_tls_files, run_with_timeout, TestServer, Tweaks, COMMAND_TIMEOUT};
+
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A plaintext IMAP connection (loopback counts as secure for LOGIN).
+struct Imap {
+    reader: BufReader<TcpStream>,
+    stream: TcpStream,
+    tag: u32,
+}
+
+impl Imap {
+    fn connect(addr: SocketAddr) -> Imap {
+        let stream = TcpStream::connect(addr).expect("connect imap");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut imap = Imap {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            stream,
+            tag: 0,
+        };
+        let greeting = imap.line();
+        assert!(greeting.starts_with("* OK"), "greeting {greeting:?}");
+        imap
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).expect("read imap line");
+        assert!(n > 0, "imap connection closed");
+        line
+    }
+
+    /// Sends a command; returns the tagged status line.
+    fn command(&mut self, text: &str) -> String {
+        self.tag += 1;
+        let tag = format!("a{}", self.tag);
+        write!(self.stream, "{tag} {text}\r\n").unwrap();
+        loop {
+            let line = self.line();
+            if let Some(rest) = line.strip_prefix(&format!("{tag} ")) {
+                return rest.trim_end().to_owned();
+            }
+        }
+    }
+}
+
+/// The DER certificate a new TLS handshake with `addr` presents, as
+/// base64 (Python's ssl module, verification off: only the bytes matter).
+fn presented_certificate(addr: SocketAddr) -> String {
+    let script = "import base64, socket, ssl, sys\n\
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)\n\
+        ctx.check_hostname = False\n\
+        ctx.verify_mode = ssl.CERT_NONE\n\
+        with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20) as raw:\n\
+        \x20   with ctx.wrap_socket(raw) as tls:\n\
+        \x20       print(base64.b64encode(tls.getpeercert(binary_form=True)).decode())\n";
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c")
+        .arg(script)
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string());
+    let out = run_with_timeout(cmd, COMMAND_TIMEOUT);
+    assert!(
+        out.status.success(),
+        "python TLS client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The base64 body of a PEM certificate file, on one line.
+fn pem_body(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path)
+        .expect("read pem")
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect()
+}
+
+fn tweaks() -> Tweaks {
+    Tweaks::default()
+        .tls()
+        .listener("imap")
+        .listener("submissions")
+        .user("alice", "old-secret")
+        .user("bob", "bob-secret")
+        .aliases("sales: alice\n")
+}
+
+fn rcpt(server: &TestServer, address: &str) -> u16 {
+    let mut c = server.session();
+    assert_eq!(c.cmd("MAIL FROM:<x@client.test>").code, 250);
+    let code = c.cmd(&format!("RCPT TO:<{address}>")).code;
+    c.cmd("QUIT");
+    code
+}
+
+#[test]
+fn sighup_reloads_users_aliases_and_certificate_without_dropping_sessions() {
+    let server = TestServer::start(tweaks());
+    let imap_addr = server.listener("imap");
+    let tls = server.tls.clone().expect("tls files");
+
+    let mut open_imap = Imap::connect(imap_addr);
+    assert!(open_imap
+        .command("LOGIN alice old-secret")
+        .starts_with("OK"));
+    let mut open_smtp = server.session();
+    let before = presented_certificate(server.listener("submissions"));
+    assert_eq!(before, pem_body(&tls.certificate));
+
+    // New password, new alias, new certificate (another key and CA).
+    std::fs::write(
+        server.users_file(),
+        "alice:{PLAIN}new-secret\nbob:{PLAIN}bob-secret\n",
+    )
+    .unwrap();
+    std::fs::write(
+        server.dir.path().join("aliases"),
+        "sales: alice\nsupport: alice\n",
+    )
+    .unwrap();
+    let fresh_dir = server.dir.path().join("fresh");
+    std::fs::create_dir(&fresh_dir).unwrap();
+    let fresh = make_tls_files(&fresh_dir, server.ip);
+    std::fs::copy(&fresh.certificate, &tls.certificate).unwrap();
+    std::fs::copy(&fresh.private_key, &tls.private_key).unwrap();
+
+    // The files are read at start and on SIGHUP only, not at each login.
+    assert_eq!(rcpt(&server, "support@example.test"), 550);
+    let mut probe = Imap::connect(imap_addr);
+    assert!(probe.command("LOGIN alice new-secret").starts_with("NO"));
+    drop(probe);
+
+    server.signal(libc::SIGHUP);
+    server.wait_stdout_line("reloaded", RELOAD_TIMEOUT);
+
+    let mut fresh_login = Imap::connect(imap_addr);
+    let reply = fresh_login.command("LOGIN alice new-secret");
+    assert!(
+        reply.starts_with("OK"),
+        "new password after reload: {reply}"
+    );
+    assert_eq!(rcpt(&server, "support@example.test"), 250);
+    assert_eq!(rcpt(&server, "sales@example.test"), 250);
+    let after = presented_certificate(server.listener("submissions"));
+    assert_eq!(after, pem_body(&fresh.certificate));
+    assert_ne!(after, before);
+
+    // Sessions opened before the reload are still served.
+    let noop = open_imap.command("NOOP");
+    assert!(noop.starts_with("OK"), "open IMAP session: {noop}");
+    assert!(open_imap.command("SELECT INBOX").starts_with("OK"));
+    assert_eq!(open_smtp.cmd("NOOP").code, 250);
+    assert_eq!(open_smtp.cmd("QUIT").code, 221);
+}
+
+#[test]
+fn a_broken_configuration_is_refused_and_the_running_one_stays() {
+    let mut server = TestServer::start(tweaks());
+    let imap_addr = server.listener("imap");
+    let good = server.config_text();
+
+    // Refused: the users file named does not exist.
+    let missing = server.dir.path().join("no-such-users");
+    let broken = good.replace(
+        &format!("{:?}", server.users_file().display().to_string()),
+        &format!("{:?}", missing.display().to_string()),
+    );
+    assert_ne!(broken, good, "users_file line found");
+    std::fs::write(&server.config_path, &broken).unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_stdout_line("reload refused", RELOAD_TIMEOUT);
+
+    // Refused: not TOML at all.
+    std::fs::write(&server.config_path, "spool_dir = \n[[[").unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_stdout_line("reload refused", RELOAD_TIMEOUT);
+    assert!(server.is_running());
+    let mut imap = Imap::connect(imap_addr);
+    assert!(imap.command("LOGIN alice old-secret").starts_with("OK"));
+    assert_eq!(rcpt(&server, "sales@example.test"), 250);
+
+    // A changed listener and core count are kept until a restart, and
+    // said so; the rest of the reload goes through.
+    let restart_only = good.replace("cores = 2", "cores = 1").replace(
+        &format!("{}:0\"\nprotocol = \"imap\"", server.ip),
+        &format!("{}:1\"\nprotocol = \"imap\"", server.ip),
+    );
+    assert_ne!(restart_only, good);
+    std::fs::write(&server.config_path, restart_only).unwrap();
+    std::fs::write(server.users_file(), "alice:{PLAIN}third\n").unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_stdout_line("reloaded", RELOAD_TIMEOUT);
+    let log = server.stderr_text();
+    assert!(log.contains("reload refused"), "{log}");
+    for section in ["cores changed", "[[listener]] changed"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("needs a restart") && l.contains(section)),
+            "no needs-a-restart line for {section}:\n{log}"
+        );
+    }
+    let mut imap = Imap::connect(imap_addr);
+    assert!(imap.command("LOGIN alice third").starts_with("OK"));
+    let shutdown = server.terminate();
+    assert!(shutdown.status.success(), "{:?}", shutdown.status);
+}
