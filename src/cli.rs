@@ -1,5 +1,5 @@
-//! The command line: `spate serve`, `spate queue ...` and `spate user
-//! ...`. It parses
+//! The command line: `spate serve`, `spate queue ...`, `spate user ...`
+//! and `spate tune check`. It parses
 //! arguments, wires the pieces together and reports; it holds no protocol
 //! or storage logic.
 
@@ -48,6 +48,11 @@ pub enum Command {
         #[command(subcommand)]
         action: UserAction,
     },
+    /// Compare this host with the bare-metal tuning kit (tuning/).
+    Tune {
+        #[command(subcommand)]
+        action: TuneAction,
+    },
     /// Check a configuration file and print what it means.
     CheckConfig {
         #[arg(long, value_name = "FILE")]
@@ -81,6 +86,24 @@ pub enum QueueAction {
         id: crate::spool::SpoolId,
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TuneAction {
+    /// Read the running system and print each setting that differs from
+    /// the recommendations (kernel settings, limits, CPU governor, the
+    /// spool's filesystem and disk). Changes nothing.
+    Check {
+        /// The configuration whose spool_dir is checked.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Read /proc and /sys below this directory instead of /.
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+        /// Exit with status 1 when a setting differs.
+        #[arg(long)]
+        strict: bool,
     },
 }
 
@@ -129,6 +152,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             action: QueueAction::Bounce { id, config },
         } => control(&load(config.as_ref())?, crate::control::Request::Bounce(id)),
         Command::User { action } => user(action),
+        Command::Tune {
+            action:
+                TuneAction::Check {
+                    config,
+                    root,
+                    strict,
+                },
+        } => tune_check(&load(config.as_ref())?, root, strict),
         Command::CheckConfig { config } => {
             let config = load(config.as_ref())?;
             println!("{config:#?}");
@@ -222,6 +253,25 @@ fn read_new_password() -> anyhow::Result<crate::account::NewPassword> {
         line.strip_suffix('\r').unwrap_or(line).to_owned()
     };
     Ok(crate::account::NewPassword::parse(&text)?)
+}
+
+fn tune_check(config: &Config, root: PathBuf, strict: bool) -> anyhow::Result<()> {
+    use crate::tune;
+    let target = tune::Target {
+        root,
+        spool_dir: config.spool_dir.clone(),
+        limits: tune::system::Limits::of_this_process(),
+    };
+    let findings = tune::check(&target);
+    print!("{}", tune::report(&target.root, &findings));
+    let differing = findings
+        .iter()
+        .filter(|f| f.status == tune::Status::Differs)
+        .count();
+    if strict && differing > 0 {
+        bail!("{differing} setting(s) differ from the recommendations (--strict)");
+    }
+    Ok(())
 }
 
 fn control(config: &Config, request: crate::control::Request) -> anyhow::Result<()> {

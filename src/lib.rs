@@ -19,7 +19,7 @@
 //! | mailbox tier | [`local`] | the directory and the store together, as the servers use them: RCPT checks, logins, one recipient's delivery |
 //! | runtime glue | [`shard`], [`session`], [`tls`] | pinned glommio executors, listeners with SO_REUSEPORT, sessions over glommio sockets, STARTTLS |
 //! | edges | [`config`], [`metrics`], [`cli`], [`control`] | TOML configuration, per-core counters and histograms, the command line |
-//! | service | [`sd_notify`], [`reload`] | systemd readiness, reload and stop notifications; what a SIGHUP reload swaps and what needs a restart |
+//! | service | [`sd_notify`], [`reload`], [`tune`] | systemd readiness, reload and stop notifications; what a SIGHUP reload swaps and what needs a restart; `spate tune check` against the tuning kit |
 //!
 //! See DESIGN.md (shared with the project) and README.md for the whole
 //! picture; the IMAP session and its glue are still to come.
@@ -47,3 +47,4 @@ pub mod shard;
 pub mod smtp;
 pub mod spool;
 pub mod tls;
+pub mod tune;
