@@ -221,3 +221,58 @@ fn a_broken_configuration_is_refused_and_the_running_one_stays() {
     let shutdown = server.terminate();
     assert!(shutdown.status.success(), "{:?}", shutdown.status);
 }
+
+#[test]
+fn sighup_reloads_routes_for_the_next_message() {
+    let first = TestServer::start(Tweaks::default().hostname("first.test"));
+    let second = TestServer::start(Tweaks::default().hostname("second.test"));
+    let relay = TestServer::start(
+        Tweaks::default()
+            .hostname("relay.test")
+            .local_domains(&[])
+            .extra(&format!(
+                "[[route]]\ndomain = \"example.test\"\nto = \"{}\"\n",
+                first.smtp
+            )),
+    );
+    let send = |marker: &str| {
+        let mut client = relay.session();
+        client
+            .send_message(
+                "s@relay.test",
+                &["u@example.test"],
+                &common::message(marker, 100),
+            )
+            .expect("accepted");
+        client.quit();
+    };
+    let wait_for = |server: &TestServer, count: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while server.queue_list().len() < count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} never got message {count}",
+                server.tweaks.hostname
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    send("before");
+    wait_for(&first, 1);
+
+    let text = relay.config_text();
+    let rerouted = text.replace(&first.smtp.to_string(), &second.smtp.to_string());
+    assert_ne!(rerouted, text);
+    std::fs::write(&relay.config_path, rerouted).unwrap();
+    relay.signal(libc::SIGHUP);
+    relay.wait_stdout_line("reloaded", RELOAD_TIMEOUT);
+
+    send("after");
+    wait_for(&second, 1);
+    assert_eq!(
+        first.queue_list().len(),
+        1,
+        "nothing more went to the old route"
+    );
+    assert!(!relay.stderr_text().contains("needs a restart"));
+}
