@@ -341,7 +341,9 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         Arc::new(crate::reload::LiveSettings::load(&config).context("loading the certificate")?);
     let (reservations, addresses) = reserve_ports(&config)?;
     let count = config.executor_count();
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The CPUs this process may run on (taskset, CPUAffinity=, cpusets):
+    // executor i is pinned to the i-th of them.
+    let cpus = shard::allowed_cpus();
     let existing = shard::existing_shard_dirs(&config.spool_dir);
     let config = Arc::new(config);
     let limits = ConnectionLimits::new(
@@ -416,7 +418,7 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
             smarthost_tls: smarthost_tls.clone(),
             control,
         };
-        handles.push(shard::spawn(plan, index % cpus).context("starting an executor")?);
+        handles.push(shard::spawn(plan, cpus[index % cpus.len()]).context("starting an executor")?);
     }
     drop(shard_reports);
 

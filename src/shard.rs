@@ -494,6 +494,32 @@ async fn accept_loop<S: SegmentStore + 'static>(
     }
 }
 
+/// The CPUs this process may run on, in ascending order (its affinity
+/// mask: `taskset`, systemd's `CPUAffinity=`, a cpuset), so executors are
+/// pinned to the cores the operator gave spate, not to cores 0..n. Never
+/// empty: when the mask cannot be read, CPUs 0..available_parallelism.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; zeroed is a valid empty set, and
+    // sched_getaffinity writes at most size_of::<cpu_set_t>() bytes.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    let mut cpus = Vec::new();
+    if rc == 0 {
+        for cpu in 0..libc::CPU_SETSIZE as usize {
+            // SAFETY: cpu is below CPU_SETSIZE, the set's capacity.
+            if unsafe { libc::CPU_ISSET(cpu, &set) } {
+                cpus.push(cpu);
+            }
+        }
+    }
+    if cpus.is_empty() {
+        let count = std::thread::available_parallelism().map_or(1, |n| n.get());
+        cpus = (0..count).collect();
+    }
+    cpus
+}
+
 /// Whether this build serves `protocol` (all of them now; kept so a
 /// protocol can be added to the config before its server).
 pub fn serves(protocol: Protocol) -> bool {
@@ -541,6 +567,16 @@ pub fn adoption(index: usize, count: usize, existing: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allowed_cpus_are_this_threads_affinity() {
+        let cpus = allowed_cpus();
+        assert!(!cpus.is_empty());
+        assert!(cpus.windows(2).all(|w| w[0] < w[1]), "ascending: {cpus:?}");
+        let count = std::thread::available_parallelism().unwrap().get();
+        // available_parallelism may also count a cgroup CPU quota, never more.
+        assert!(cpus.len() >= count, "{cpus:?}");
+    }
 
     #[test]
     fn every_existing_shard_dir_is_adopted_exactly_once() {
