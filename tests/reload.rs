@@ -92,6 +92,35 @@ fn pem_body(path: &std::path::Path) -> String {
         .collect()
 }
 
+type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// An implicit-TLS connection verifying the server against `ca` only.
+fn tls_connect(addr: SocketAddr, ca: &std::path::Path) -> std::io::Result<TlsStream> {
+    let config = spate::tls::client_config(true, Some(ca)).expect("client config");
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let connection = rustls::ClientConnection::new(config, name).expect("client connection");
+    let tcp = TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut stream = rustls::StreamOwned::new(connection, tcp);
+    // Drive the handshake to the end (or its failure).
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock)?;
+    }
+    Ok(stream)
+}
+
+/// One SMTP reply line (the tests' commands get one-line replies).
+fn tls_line(stream: &mut TlsStream) -> String {
+    use std::io::Read;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\n") {
+        stream.read_exact(&mut byte).expect("read over TLS");
+        line.push(byte[0]);
+    }
+    String::from_utf8_lossy(&line).into_owned()
+}
+
 fn tweaks() -> Tweaks {
     Tweaks::default()
         .tls()
@@ -121,7 +150,10 @@ fn sighup_reloads_users_aliases_and_certificate_without_dropping_sessions() {
         .command("LOGIN alice old-secret")
         .starts_with("OK"));
     let mut open_smtp = server.session();
-    let before = presented_certificate(server.listener("submissions"));
+    let submissions = server.listener("submissions");
+    let mut open_tls = tls_connect(submissions, &tls.ca).expect("TLS with the first CA");
+    assert!(tls_line(&mut open_tls).starts_with("220 "));
+    let before = presented_certificate(submissions);
     assert_eq!(before, pem_body(&tls.certificate));
 
     // New password, new alias, new certificate (another key and CA).
@@ -158,9 +190,13 @@ fn sighup_reloads_users_aliases_and_certificate_without_dropping_sessions() {
     );
     assert_eq!(rcpt(&server, "support@example.test"), 250);
     assert_eq!(rcpt(&server, "sales@example.test"), 250);
-    let after = presented_certificate(server.listener("submissions"));
+    let after = presented_certificate(submissions);
     assert_eq!(after, pem_body(&fresh.certificate));
     assert_ne!(after, before);
+    // A client trusting only the old CA is refused now; the new CA works.
+    assert!(tls_connect(submissions, &tls.ca).is_err());
+    let mut fresh_tls = tls_connect(submissions, &fresh.ca).expect("TLS with the new CA");
+    assert!(tls_line(&mut fresh_tls).starts_with("220 "));
 
     // Sessions opened before the reload are still served.
     let noop = open_imap.command("NOOP");
@@ -168,6 +204,13 @@ fn sighup_reloads_users_aliases_and_certificate_without_dropping_sessions() {
     assert!(open_imap.command("SELECT INBOX").starts_with("OK"));
     assert_eq!(open_smtp.cmd("NOOP").code, 250);
     assert_eq!(open_smtp.cmd("QUIT").code, 221);
+    // The TLS session from before the reload keeps its old certificate.
+    open_tls.write_all(b"EHLO client.test\r\n").unwrap();
+    open_tls.flush().unwrap();
+    assert!(
+        tls_line(&mut open_tls).starts_with("250"),
+        "open TLS session"
+    );
 }
 
 #[test]
