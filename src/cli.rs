@@ -1,5 +1,5 @@
-//! The command line: `spate serve`, `spate queue ...` and `spate user
-//! ...`. It parses
+//! The command line: `spate serve`, `spate queue ...`, `spate user ...`
+//! and `spate tune check`. It parses
 //! arguments, wires the pieces together and reports; it holds no protocol
 //! or storage logic.
 
@@ -16,6 +16,7 @@ use socket2::{Domain, Socket, Type};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::sd_notify::State;
 use crate::session::limits::ConnectionLimits;
 use crate::shard::{self, ShardPlan, ShardReport};
 
@@ -46,6 +47,11 @@ pub enum Command {
     User {
         #[command(subcommand)]
         action: UserAction,
+    },
+    /// Compare this host with the bare-metal tuning kit (tuning/).
+    Tune {
+        #[command(subcommand)]
+        action: TuneAction,
     },
     /// Check a configuration file and print what it means.
     CheckConfig {
@@ -84,6 +90,24 @@ pub enum QueueAction {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum TuneAction {
+    /// Read the running system and print each setting that differs from
+    /// the recommendations (kernel settings, limits, CPU governor, the
+    /// spool's filesystem and disk). Changes nothing.
+    Check {
+        /// The configuration whose spool_dir is checked.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Read /proc and /sys below this directory instead of /.
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+        /// Exit with status 1 when a setting differs.
+        #[arg(long)]
+        strict: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum UserAction {
     /// Add a user. The password is asked twice on a terminal, or read from
     /// the first line of standard input otherwise. Stored as ARGON2ID.
@@ -114,7 +138,7 @@ pub enum UserAction {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { config } => serve(load(config.as_ref())?),
+        Command::Serve { config } => serve(load(config.as_ref())?, config),
         Command::Queue {
             action: QueueAction::List { config, json },
         } => queue_list(&load(config.as_ref())?, json),
@@ -128,6 +152,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             action: QueueAction::Bounce { id, config },
         } => control(&load(config.as_ref())?, crate::control::Request::Bounce(id)),
         Command::User { action } => user(action),
+        Command::Tune {
+            action:
+                TuneAction::Check {
+                    config,
+                    root,
+                    strict,
+                },
+        } => tune_check(&load(config.as_ref())?, root, strict),
         Command::CheckConfig { config } => {
             let config = load(config.as_ref())?;
             println!("{config:#?}");
@@ -223,6 +255,25 @@ fn read_new_password() -> anyhow::Result<crate::account::NewPassword> {
     Ok(crate::account::NewPassword::parse(&text)?)
 }
 
+fn tune_check(config: &Config, root: PathBuf, strict: bool) -> anyhow::Result<()> {
+    use crate::tune;
+    let target = tune::Target {
+        root,
+        spool_dir: config.spool_dir.clone(),
+        limits: tune::system::Limits::of_this_process(),
+    };
+    let findings = tune::check(&target);
+    print!("{}", tune::report(&target.root, &findings));
+    let differing = findings
+        .iter()
+        .filter(|f| f.status == tune::Status::Differs)
+        .count();
+    if strict && differing > 0 {
+        bail!("{differing} setting(s) differ from the recommendations (--strict)");
+    }
+    Ok(())
+}
+
 fn control(config: &Config, request: crate::control::Request) -> anyhow::Result<()> {
     match crate::control::request(&config.spool_dir, request)? {
         crate::control::Reply::Done(text) => {
@@ -239,7 +290,10 @@ enum MainEvent {
     Signal(i32),
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+/// Runs the server on `config`, read from `config_path` (`None`: the
+/// embedded configuration), which SIGHUP reads again.
+fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let notifier = crate::sd_notify::Notifier::from_env().context("reading NOTIFY_SOCKET")?;
     for listener in &config.listeners {
         if !shard::serves(listener.protocol) {
             bail!(
@@ -283,16 +337,13 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .context("starting the blocking-work threads")?;
     std::fs::create_dir_all(&config.spool_dir)
         .with_context(|| format!("creating spool directory {}", config.spool_dir.display()))?;
-    let tls = match &config.tls {
-        Some(tls) => Some(crate::tls::server_config(
-            &tls.certificate,
-            &tls.private_key,
-        )?),
-        None => None,
-    };
+    let live =
+        Arc::new(crate::reload::LiveSettings::load(&config).context("loading the certificate")?);
     let (reservations, addresses) = reserve_ports(&config)?;
     let count = config.executor_count();
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The CPUs this process may run on (taskset, CPUAffinity=, cpusets):
+    // executor i is pinned to the i-th of them.
+    let cpus = shard::allowed_cpus();
     let existing = shard::existing_shard_dirs(&config.spool_dir);
     let config = Arc::new(config);
     let limits = ConnectionLimits::new(
@@ -314,6 +365,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ])
     .context("installing signal handlers")?;
     let signal_events = events.clone();
@@ -337,10 +389,13 @@ fn serve(config: Config) -> anyhow::Result<()> {
         crate::config::SmarthostTls::May => None,
     };
     let mut inboxes = Vec::with_capacity(count);
+    let mut reload_inboxes = Vec::with_capacity(count);
     let mut handles = Vec::with_capacity(count);
     for index in 0..count {
         let (inbox, control) = async_channel::unbounded();
         inboxes.push(inbox);
+        let (reload_inbox, reloads) = async_channel::unbounded();
+        reload_inboxes.push(reload_inbox);
         let plan = ShardPlan {
             index,
             adopt: shard::adoption(index, count, &existing),
@@ -354,7 +409,8 @@ fn serve(config: Config) -> anyhow::Result<()> {
             local: local.clone(),
             blocking: Arc::clone(&blocking),
             limits: Arc::clone(&limits),
-            tls: tls.clone(),
+            live: Arc::clone(&live),
+            reloads,
             stop: Arc::clone(&stop),
             reports: shard_reports.clone(),
             resolver: resolver.handle(),
@@ -362,7 +418,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
             smarthost_tls: smarthost_tls.clone(),
             control,
         };
-        handles.push(shard::spawn(plan, index % cpus).context("starting an executor")?);
+        handles.push(shard::spawn(plan, cpus[index % cpus.len()]).context("starting an executor")?);
     }
     drop(shard_reports);
 
@@ -378,6 +434,10 @@ fn serve(config: Config) -> anyhow::Result<()> {
             Ok(MainEvent::Shard(ShardReport::Failed { shard, error })) => {
                 failure = Some(format!("shard {shard}: {error}"));
             }
+            Ok(MainEvent::Shard(ShardReport::Reloaded { .. })) => {}
+            // A reload asked for before the server is ready: the
+            // configuration being loaded is already the newest.
+            Ok(MainEvent::Signal(signal_hook::consts::SIGHUP)) => {}
             Ok(MainEvent::Signal(_)) => failure = Some("stopped by a signal while starting".into()),
             Err(_) => failure = Some("every shard stopped while starting".into()),
         }
@@ -399,8 +459,50 @@ fn serve(config: Config) -> anyhow::Result<()> {
         out.flush()?;
         drop(out);
         tracing::info!(cores = count, recovered, "spate is ready");
+        let status = format!("serving on {count} core(s)");
+        if let Err(e) = notifier.send(&State::Ready {
+            status: status.clone(),
+        }) {
+            tracing::warn!(error = %e, "cannot tell the service manager spate is ready");
+        }
+        let mut running = (*config).clone();
+        // Shards yet to take the settings of the reload under way.
+        let mut reload_pending = 0;
         loop {
             match inbox.recv() {
+                Ok(MainEvent::Signal(signal_hook::consts::SIGHUP)) => {
+                    notify(
+                        &notifier,
+                        State::Reloading {
+                            monotonic_usec: crate::sd_notify::monotonic_usec(),
+                            status: "reloading the configuration".into(),
+                        },
+                    );
+                    match reload(&running, config_path.as_ref(), local.as_deref()) {
+                        Ok((effective, settings)) => {
+                            running = effective;
+                            let settings = Arc::new(settings);
+                            reload_pending = reload_inboxes
+                                .iter()
+                                .filter(|inbox| inbox.send_blocking(Arc::clone(&settings)).is_ok())
+                                .count();
+                        }
+                        Err(e) => {
+                            tracing::error!(
+                                "reload refused, the running configuration stays: {e:#}"
+                            );
+                            println!("reload refused");
+                        }
+                    }
+                    if reload_pending == 0 {
+                        notify(
+                            &notifier,
+                            State::Ready {
+                                status: status.clone(),
+                            },
+                        );
+                    }
+                }
                 Ok(MainEvent::Signal(signal)) => {
                     tracing::info!(signal, "stopping");
                     break;
@@ -409,11 +511,35 @@ fn serve(config: Config) -> anyhow::Result<()> {
                     failure = Some(format!("shard {shard}: {error}"));
                     break;
                 }
+                Ok(MainEvent::Shard(ShardReport::Reloaded { .. })) if reload_pending > 1 => {
+                    reload_pending -= 1;
+                }
+                Ok(MainEvent::Shard(ShardReport::Reloaded { .. })) => {
+                    // A second SIGHUP before the first one finished
+                    // restarts the count: extra answers are ignored.
+                    if reload_pending == 1 {
+                        reload_pending = 0;
+                        tracing::info!("reload done: new connections use the new settings");
+                        println!("reloaded");
+                        notify(
+                            &notifier,
+                            State::Ready {
+                                status: status.clone(),
+                            },
+                        );
+                    }
+                }
                 Ok(MainEvent::Shard(ShardReport::Ready { .. })) => {}
                 Err(_) => break,
             }
         }
     }
+    notify(
+        &notifier,
+        State::Stopping {
+            status: "finishing open transactions".into(),
+        },
+    );
     stop.store(true, Ordering::Release);
     if let Some(control) = control {
         let _ = control.join();
@@ -430,6 +556,42 @@ fn serve(config: Config) -> anyhow::Result<()> {
         bail!(failure);
     }
     Ok(())
+}
+
+/// Sends a state to the service manager; a failure is logged, never
+/// fatal (the manager may have gone away).
+fn notify(notifier: &crate::sd_notify::Notifier, state: State) {
+    if let Err(e) = notifier.send(&state) {
+        tracing::warn!(error = %e, "cannot notify the service manager");
+    }
+}
+
+/// Reads the configuration again and swaps the user directory; returns
+/// the configuration now in force and the settings for the shards. On
+/// an error nothing has changed.
+fn reload(
+    running: &Config,
+    path: Option<&PathBuf>,
+    local: Option<&crate::local::LocalTier>,
+) -> anyhow::Result<(Config, crate::reload::LiveSettings)> {
+    let reread = match path {
+        Some(_) => load(path)?,
+        None => {
+            tracing::info!("no --config file: reloading the certificate, users and aliases only");
+            running.clone()
+        }
+    };
+    let prepared = crate::reload::prepare(running, &reread)?;
+    for section in &prepared.needs_restart {
+        tracing::warn!("{section} changed in the configuration file: needs a restart");
+    }
+    if let (Some(tier), Some(directory)) = (local, prepared.directory) {
+        for warning in directory.warnings() {
+            tracing::warn!("{warning}");
+        }
+        tier.replace_directory(directory);
+    }
+    Ok((prepared.effective, prepared.settings))
 }
 
 /// Listeners configured with port 0 get one free port, shared by every

@@ -19,6 +19,7 @@
 //! | mailbox tier | [`local`] | the directory and the store together, as the servers use them: RCPT checks, logins, one recipient's delivery |
 //! | runtime glue | [`shard`], [`session`], [`tls`] | pinned glommio executors, listeners with SO_REUSEPORT, sessions over glommio sockets, STARTTLS |
 //! | edges | [`config`], [`metrics`], [`cli`], [`control`] | TOML configuration, per-core counters and histograms, the command line |
+//! | service | [`sd_notify`], [`reload`], [`tune`] | systemd readiness, reload and stop notifications; what a SIGHUP reload swaps and what needs a restart; `spate tune check` against the tuning kit |
 //!
 //! See DESIGN.md (shared with the project) and README.md for the whole
 //! picture; the IMAP session and its glue are still to come.
@@ -37,10 +38,13 @@ pub mod metrics;
 pub mod notify;
 pub mod pop3;
 pub mod queue;
+pub mod reload;
 pub mod resolver;
 pub mod sasl;
+pub mod sd_notify;
 pub mod session;
 pub mod shard;
 pub mod smtp;
 pub mod spool;
 pub mod tls;
+pub mod tune;

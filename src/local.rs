@@ -7,7 +7,7 @@
 
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::account::{
@@ -39,10 +39,11 @@ pub enum Login {
     Temporary,
 }
 
-/// See the module header. Shared by every core (`Arc`); immutable.
+/// See the module header. Shared by every core (`Arc`). The directory
+/// is swapped whole on a reload; each call takes the one current then.
 #[derive(Debug)]
 pub struct LocalTier {
-    directory: Directory,
+    directory: RwLock<Arc<Directory>>,
     store: MailStore,
     /// Failed logins per client address, all cores and protocols together
     /// (logins are rare: one lock is cheap).
@@ -68,10 +69,27 @@ impl LocalTier {
 
     pub fn new(directory: Directory, mailbox_dir: &Path, hostname: &str) -> LocalTier {
         LocalTier {
-            directory,
+            directory: RwLock::new(Arc::new(directory)),
             store: MailStore::new(mailbox_dir, hostname),
             throttle: Mutex::new(LoginThrottle::new(ThrottleConfig::default())),
         }
+    }
+
+    /// The current directory (users, aliases, quota). A caller keeps the
+    /// one it got for the whole of its answer, so a reload never mixes
+    /// two directories in one RCPT or one delivery.
+    pub fn directory(&self) -> Arc<Directory> {
+        // The lock guards one Arc swap: a poisoned lock still holds a
+        // whole, valid Arc.
+        Arc::clone(&self.directory.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Replaces the directory (SIGHUP reload). Logins, RCPT checks and
+    /// deliveries that start afterwards see the new users and aliases;
+    /// those already running finish with the old ones.
+    pub fn replace_directory(&self, directory: Directory) {
+        let new = Arc::new(directory);
+        *self.directory.write().unwrap_or_else(|e| e.into_inner()) = new;
     }
 
     fn throttle(&self) -> MutexGuard<'_, LoginThrottle> {
@@ -100,7 +118,7 @@ impl LocalTier {
 
     /// Checks a password (slow by design: run it off the executor).
     pub fn authenticate(&self, login: &str, password: &str) -> Login {
-        match self.directory.authenticate(login, password.as_bytes()) {
+        match self.directory().authenticate(login, password.as_bytes()) {
             Ok(Some(user)) => Login::Success(user.name().as_str().to_owned()),
             Ok(None) => Login::Failed,
             Err(e) => {
@@ -120,7 +138,8 @@ impl LocalTier {
     /// directories before it returns `Delivered`.
     pub fn deliver(&self, address: &str, parts: &[&[u8]]) -> LocalOutcome {
         let (local, domain) = split(address);
-        let targets = match self.directory.resolve(local, domain) {
+        let directory = self.directory();
+        let targets = match directory.resolve(local, domain) {
             Ok(Resolution::Targets(targets)) => targets,
             // Accepted at RCPT time, gone since (user deleted): RFC 3463 5.1.1.
             Ok(Resolution::Unknown) => {
@@ -140,7 +159,7 @@ impl LocalTier {
                 }
                 Target::Mailbox(user) => user,
             };
-            if let Some(refusal) = self.over_quota(&user, size) {
+            if let Some(refusal) = self.over_quota(&directory, &user, size) {
                 return refusal;
             }
             let stored = mailbox::UserName::new(user.as_str())
@@ -163,8 +182,13 @@ impl LocalTier {
 
     /// RFC 3463 X.2.2: a message larger than the whole quota never fits
     /// (552); otherwise a full mailbox may empty (452, retried).
-    fn over_quota(&self, user: &UserName, size: u64) -> Option<LocalOutcome> {
-        let limit = self.directory.quota_for(user)?;
+    fn over_quota(
+        &self,
+        directory: &Directory,
+        user: &UserName,
+        size: u64,
+    ) -> Option<LocalOutcome> {
+        let limit = directory.quota_for(user)?;
         if size > limit {
             return Some(LocalOutcome::Failed(format!(
                 "552 5.2.2 {}: message larger than the mailbox quota",
@@ -192,12 +216,13 @@ fn split(address: &str) -> (&str, &str) {
 impl LocalPolicy for LocalTier {
     fn recipient(&self, address: &str) -> LocalRecipient {
         let (local, domain) = split(address);
-        match self.directory.resolve(local, domain) {
+        let directory = self.directory();
+        match directory.resolve(local, domain) {
             Ok(Resolution::Unknown) => LocalRecipient::Unknown,
             Ok(Resolution::Targets(targets)) => {
                 for target in &targets {
                     if let Target::Mailbox(user) = target {
-                        if let Some(limit) = self.directory.quota_for(user) {
+                        if let Some(limit) = directory.quota_for(user) {
                             if self.usage(user) >= limit {
                                 return LocalRecipient::MailboxFull { permanent: false };
                             }
@@ -214,6 +239,6 @@ impl LocalPolicy for LocalTier {
     /// The null sender (notifications, RFC 5321 4.5.5) is anyone's.
     fn may_send_as(&self, user: &str, sender: &str) -> bool {
         sender.is_empty()
-            || UserName::parse(user).is_ok_and(|user| self.directory.owns_address(&user, sender))
+            || UserName::parse(user).is_ok_and(|user| self.directory().owns_address(&user, sender))
     }
 }

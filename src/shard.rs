@@ -21,12 +21,14 @@ use crate::blocking::BlockingPool;
 use crate::config::{Config, Protocol};
 use crate::control::ShardCommand;
 use crate::delivery::engine::Engine;
+use crate::delivery::router::Router;
 use crate::imap::session::ImapConfig;
 use crate::local::LocalTier;
 use crate::metrics::Metrics;
 use crate::notify::Notify;
 use crate::pop3::Pop3Config;
 use crate::queue::{NoJitter, Queue, QueueEntry, ReadyLimits, RetryPolicy};
+use crate::reload::LiveSettings;
 use crate::resolver::ResolverHandle;
 use crate::session::limits::ConnectionLimits;
 use crate::session::shutdown::Shutdown;
@@ -49,8 +51,10 @@ const LISTEN_BACKLOG: i32 = 4096;
 pub enum ShardReport {
     /// Spool recovered and every listener bound.
     Ready { shard: usize, recovered: usize },
-    /// The shard could not start.
+    /// The shard could not start, or stopped serving.
     Failed { shard: usize, error: String },
+    /// The shard took the settings of a reload.
+    Reloaded { shard: usize },
 }
 
 /// Everything one shard's tasks share. Lives on one thread only. `S` is
@@ -73,11 +77,47 @@ pub struct ShardContext<S: SegmentStore = GlommioStore> {
     pub queue: RefCell<Queue>,
     pub metrics: RefCell<Metrics>,
     pub limits: Arc<ConnectionLimits>,
-    pub tls: Option<futures_rustls::TlsAcceptor>,
+    /// What a reload swaps (certificate, routes): read at each new
+    /// connection, STARTTLS and routing decision, never held across one.
+    live: RefCell<Live>,
     pub shutdown: Rc<Shutdown>,
     /// Set when there is new work for delivery (a message stored, a
     /// connection slot freed, a flush).
     pub delivery_wake: Notify,
+}
+
+/// This shard's copy of the reloadable settings.
+struct Live {
+    tls: Option<futures_rustls::TlsAcceptor>,
+    router: Rc<Router>,
+}
+
+impl Live {
+    fn from_settings(settings: &LiveSettings) -> Live {
+        Live {
+            tls: settings.tls.clone().map(futures_rustls::TlsAcceptor::from),
+            router: Rc::new(settings.router.clone()),
+        }
+    }
+}
+
+impl<S: SegmentStore> ShardContext<S> {
+    /// The TLS acceptor for a handshake starting now (`None` without
+    /// `[tls]`).
+    pub fn tls(&self) -> Option<futures_rustls::TlsAcceptor> {
+        self.live.borrow().tls.clone()
+    }
+
+    /// The routing table for a decision made now.
+    pub fn router(&self) -> Rc<Router> {
+        Rc::clone(&self.live.borrow().router)
+    }
+
+    /// Takes new settings (a reload): connections already open keep
+    /// their TLS session; new ones and new routing decisions use these.
+    pub fn apply(&self, settings: &LiveSettings) {
+        *self.live.borrow_mut() = Live::from_settings(settings);
+    }
 }
 
 /// What a shard needs to start, handed over from the main thread.
@@ -90,7 +130,11 @@ pub struct ShardPlan {
     pub limits: Arc<ConnectionLimits>,
     pub local: Option<Arc<LocalTier>>,
     pub blocking: Arc<BlockingPool>,
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The certificate and routes to start with.
+    pub live: Arc<LiveSettings>,
+    /// New settings on each reload (SIGHUP); answered with
+    /// [`ShardReport::Reloaded`].
+    pub reloads: async_channel::Receiver<Arc<LiveSettings>>,
     pub stop: Arc<AtomicBool>,
     pub reports: Sender<ShardReport>,
     /// The process's one resolver thread.
@@ -220,7 +264,7 @@ async fn start<S: SegmentStore + 'static>(
         queue: RefCell::new(queue),
         metrics: RefCell::new(Metrics::default()),
         limits: plan.limits,
-        tls: plan.tls.map(futures_rustls::TlsAcceptor::from),
+        live: RefCell::new(Live::from_settings(&plan.live)),
         shutdown: Rc::new(Shutdown::new()),
         delivery_wake: Notify::new(),
     });
@@ -240,6 +284,12 @@ async fn start<S: SegmentStore + 'static>(
     ))
     .detach();
     glommio::spawn_local(watch_stop(plan.stop, Rc::clone(&ctx.shutdown))).detach();
+    glommio::spawn_local(serve_reloads(
+        Rc::clone(&ctx),
+        plan.reloads,
+        plan.reports.clone(),
+    ))
+    .detach();
     let _ = plan.reports.send(ShardReport::Ready {
         shard: plan.index,
         recovered: recovered.len(),
@@ -323,6 +373,24 @@ async fn serve_control<S: SegmentStore + 'static>(
         let Some(command) = next else { return };
         let reply = engine.control(command.request).await;
         let _ = command.reply.send(reply);
+    }
+}
+
+/// Applies each reload's settings, and says so, until the shard stops.
+async fn serve_reloads<S: SegmentStore + 'static>(
+    ctx: Rc<ShardContext<S>>,
+    reloads: async_channel::Receiver<Arc<LiveSettings>>,
+    reports: Sender<ShardReport>,
+) {
+    loop {
+        let next = or(async { reloads.recv().await.ok() }, async {
+            ctx.shutdown.wait().await;
+            None
+        })
+        .await;
+        let Some(settings) = next else { return };
+        ctx.apply(&settings);
+        let _ = reports.send(ShardReport::Reloaded { shard: ctx.index });
     }
 }
 
@@ -426,6 +494,32 @@ async fn accept_loop<S: SegmentStore + 'static>(
     }
 }
 
+/// The CPUs this process may run on, in ascending order (its affinity
+/// mask: `taskset`, systemd's `CPUAffinity=`, a cpuset), so executors are
+/// pinned to the cores the operator gave spate, not to cores 0..n. Never
+/// empty: when the mask cannot be read, CPUs 0..available_parallelism.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; zeroed is a valid empty set, and
+    // sched_getaffinity writes at most size_of::<cpu_set_t>() bytes.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    let mut cpus = Vec::new();
+    if rc == 0 {
+        for cpu in 0..libc::CPU_SETSIZE as usize {
+            // SAFETY: cpu is below CPU_SETSIZE, the set's capacity.
+            if unsafe { libc::CPU_ISSET(cpu, &set) } {
+                cpus.push(cpu);
+            }
+        }
+    }
+    if cpus.is_empty() {
+        let count = std::thread::available_parallelism().map_or(1, |n| n.get());
+        cpus = (0..count).collect();
+    }
+    cpus
+}
+
 /// Whether this build serves `protocol` (all of them now; kept so a
 /// protocol can be added to the config before its server).
 pub fn serves(protocol: Protocol) -> bool {
@@ -473,6 +567,16 @@ pub fn adoption(index: usize, count: usize, existing: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allowed_cpus_are_this_threads_affinity() {
+        let cpus = allowed_cpus();
+        assert!(!cpus.is_empty());
+        assert!(cpus.windows(2).all(|w| w[0] < w[1]), "ascending: {cpus:?}");
+        let count = std::thread::available_parallelism().unwrap().get();
+        // available_parallelism may also count a cgroup CPU quota, never more.
+        assert!(cpus.len() >= count, "{cpus:?}");
+    }
 
     #[test]
     fn every_existing_shard_dir_is_adopted_exactly_once() {

@@ -93,6 +93,7 @@ struct Shard {
     stop: Arc<AtomicBool>,
     control: Control,
     _control_inbox: async_channel::Sender<spate::control::ShardCommand>,
+    _reload_inbox: async_channel::Sender<Arc<spate::reload::LiveSettings>>,
     handle: Option<glommio::ExecutorJoinHandle<spate::metrics::Metrics>>,
     _dir: tempfile::TempDir,
     spool_dir: std::path::PathBuf,
@@ -123,6 +124,8 @@ impl Shard {
         .expect("resolver thread");
         // Nothing sends control requests here; the inbox just stays open.
         let (control_inbox, control_requests) = async_channel::unbounded();
+        // Nor reloads.
+        let (reload_inbox, reloads) = async_channel::unbounded();
         let plan = ShardPlan {
             index: 0,
             adopt: vec![0],
@@ -130,8 +133,9 @@ impl Shard {
             listeners: vec![(spate::config::Protocol::Smtp, addr)],
             local: None,
             blocking: spate::blocking::BlockingPool::new(1).unwrap(),
+            live: Arc::new(spate::reload::LiveSettings::load(&config).expect("no tls")),
+            reloads,
             config,
-            tls: None,
             stop: Arc::clone(&stop),
             reports,
             resolver: resolver.handle(),
@@ -155,6 +159,7 @@ impl Shard {
             stop,
             control: control_for_test,
             _control_inbox: control_inbox,
+            _reload_inbox: reload_inbox,
             handle: Some(handle),
             _dir: dir,
             spool_dir,

@@ -16,7 +16,7 @@ use futures_lite::future::or;
 use crate::control::{Reply, Request};
 use crate::delivery::dsn::{build_dsn, status_of, DsnAction, FailedRecipient};
 use crate::delivery::outbound::{HostFailed, Outbound};
-use crate::delivery::router::{HostPort, NextHop, Route, Router};
+use crate::delivery::router::{HostPort, NextHop, Route};
 use crate::local::LocalOutcome;
 use crate::queue::{
     AttemptId, Deferral, DestinationKey, Dispatch, MessageState, QueueEntry, QueueError,
@@ -76,13 +76,13 @@ struct RecipientReport {
 /// Shared by the engine's tasks on one core.
 pub struct Engine<S: SegmentStore> {
     ctx: Rc<ShardContext<S>>,
-    router: Router,
     resolver: ResolverHandle,
     client: Rc<ClientConfig>,
     tls: futures_rustls::TlsConnector,
-    /// The smarthost and how to reach it when its TLS must be verified:
-    /// a verifying connector and a client that requires STARTTLS.
-    verified_smarthost: Option<(HostPort, futures_rustls::TlsConnector, Rc<ClientConfig>)>,
+    /// How to reach the smarthost (the router's current one) when its
+    /// TLS must be verified: a verifying connector and a client that
+    /// requires STARTTLS.
+    verified_smarthost: Option<(futures_rustls::TlsConnector, Rc<ClientConfig>)>,
     ready: RefCell<ReadyQueues<Work>>,
     attempts: RefCell<HashMap<SpoolId, Attempt>>,
     /// Wakes idle connections when work is queued, so they take it before
@@ -113,25 +113,16 @@ impl<S: SegmentStore + 'static> Engine<S> {
             max_messages_per_connection: d.max_messages_per_connection,
             ..ClientConfig::default()
         };
-        let smarthost = ctx
-            .config
-            .relay
-            .smarthost
-            .as_deref()
-            .and_then(|s| s.parse::<HostPort>().ok());
-        let verified_smarthost = smarthost.zip(smarthost_tls).map(|(hop, tls)| {
+        // Whichever host is the smarthost when a message goes out (it may
+        // change on a reload) gets the verifying, required TLS.
+        let verified_smarthost = smarthost_tls.map(|tls| {
             let required = ClientConfig {
                 starttls: StartTlsPolicy::Required,
                 ..client.clone()
             };
-            (
-                hop,
-                futures_rustls::TlsConnector::from(tls),
-                Rc::new(required),
-            )
+            (futures_rustls::TlsConnector::from(tls), Rc::new(required))
         });
         Ok(Rc::new(Engine {
-            router: ctx.config.router(),
             resolver,
             verified_smarthost,
             client: Rc::new(client),
@@ -199,11 +190,12 @@ impl<S: SegmentStore + 'static> Engine<S> {
             let mut local = Vec::new();
             let mut fixed: HashMap<HostPort, Vec<u32>> = HashMap::new();
             let mut mx: HashMap<String, Vec<u32>> = HashMap::new();
+            let router = self.ctx.router();
             for index in pending {
                 let Some(recipient) = envelope.recipients.get(index as usize) else {
                     continue;
                 };
-                match self.router.route(&recipient.address) {
+                match router.route(&recipient.address) {
                     Route::Local => local.push(index),
                     Route::Relay(NextHop::Fixed(hop)) => fixed.entry(hop).or_default().push(index),
                     Route::Relay(NextHop::Mx(domain)) => mx.entry(domain).or_default().push(index),
@@ -611,8 +603,8 @@ impl<S: SegmentStore + 'static> Engine<S> {
     /// The TLS connector and client policy for a next hop: verifying and
     /// required for a smarthost so configured, opportunistic otherwise.
     fn tls_for(&self, hop: &Hop) -> (futures_rustls::TlsConnector, Rc<ClientConfig>) {
-        if let (Hop::Fixed(hp), Some((smarthost, tls, client))) = (hop, &self.verified_smarthost) {
-            if hp == smarthost {
+        if let (Hop::Fixed(hp), Some((tls, client))) = (hop, &self.verified_smarthost) {
+            if self.ctx.router().smarthost() == Some(hp) {
                 return (tls.clone(), Rc::clone(client));
             }
         }

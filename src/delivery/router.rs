@@ -85,7 +85,8 @@ pub enum Route {
     Relay(NextHop),
 }
 
-/// The routing table, built once from the configuration.
+/// The routing table, built from the configuration at start and again on
+/// each reload.
 #[derive(Debug, Clone, Default)]
 pub struct Router {
     local_domains: Vec<String>,
@@ -106,6 +107,11 @@ impl Router {
             routes,
             smarthost,
         }
+    }
+
+    /// The smarthost every non-local, unrouted domain goes to, if any.
+    pub fn smarthost(&self) -> Option<&HostPort> {
+        self.smarthost.as_ref()
     }
 
     /// Routes a recipient address (`local@domain` as received). Order:

@@ -78,14 +78,16 @@ pub async fn serve<S: SegmentStore>(
         return refuse(stream, TOO_MANY_CONNECTIONS).await;
     };
     let acceptor = if implicit_tls {
-        match ctx.tls.as_ref() {
+        match ctx.tls() {
             Some(acceptor) => Some(acceptor),
             None => return,
         }
     } else {
         None
     };
-    let Some(conn) = open_connection(stream, acceptor, Duration::from_secs(60), peer).await else {
+    let Some(conn) =
+        open_connection(stream, acceptor.as_ref(), Duration::from_secs(60), peer).await
+    else {
         return;
     };
     let ip = peer.ip().to_canonical();
@@ -321,7 +323,7 @@ impl<S: SegmentStore> Driver<S> {
         self.flush().await?;
         self.input.clear();
         self.reader.clear();
-        let Some(acceptor) = self.ctx.tls.clone() else {
+        let Some(acceptor) = self.ctx.tls() else {
             return Ok(false);
         };
         let Connection::Plain(tcp) = std::mem::replace(&mut self.conn, Connection::Upgrading)

@@ -55,14 +55,14 @@ pub async fn serve<S: SegmentStore>(
     };
     let timeout = ctx.pop3.idle_timeout;
     let acceptor = if implicit_tls {
-        match ctx.tls.as_ref() {
+        match ctx.tls() {
             Some(acceptor) => Some(acceptor),
             None => return,
         }
     } else {
         None
     };
-    let Some(conn) = open_connection(stream, acceptor, timeout, peer).await else {
+    let Some(conn) = open_connection(stream, acceptor.as_ref(), timeout, peer).await else {
         return;
     };
     let peer_info = PeerInfo {
@@ -294,7 +294,7 @@ impl<S: SegmentStore> Driver<S> {
     async fn start_tls(&mut self) -> io::Result<bool> {
         self.flush().await?;
         self.input.clear();
-        let Some(acceptor) = self.ctx.tls.clone() else {
+        let Some(acceptor) = self.ctx.tls() else {
             return Ok(false);
         };
         let Connection::Plain(tcp) = std::mem::replace(&mut self.conn, Connection::Upgrading)

@@ -70,14 +70,15 @@ pub async fn serve<S: SegmentStore>(
     };
     let implicit_tls = listener == SmtpListener::Submissions;
     let acceptor = if implicit_tls {
-        match ctx.tls.as_ref() {
+        match ctx.tls() {
             Some(acceptor) => Some(acceptor),
             None => return,
         }
     } else {
         None
     };
-    let Some(conn) = open_connection(stream, acceptor, ctx.smtp.timeouts.command, peer).await
+    let Some(conn) =
+        open_connection(stream, acceptor.as_ref(), ctx.smtp.timeouts.command, peer).await
     else {
         return;
     };
@@ -252,7 +253,7 @@ impl<S: SegmentStore> Driver<S> {
     async fn start_tls(&mut self, peer: SocketAddr) -> io::Result<bool> {
         self.flush().await?;
         self.input.clear();
-        let Some(acceptor) = self.ctx.tls.clone() else {
+        let Some(acceptor) = self.ctx.tls() else {
             return Ok(false);
         };
         let Connection::Plain(tcp) = std::mem::replace(&mut self.conn, Connection::Upgrading)

@@ -75,6 +75,8 @@ pub struct Tweaks {
     pub local: Vec<(String, String)>,
     /// `<dir>/aliases`, written when non-empty.
     pub aliases: String,
+    /// Environment variables for the server process (NOTIFY_SOCKET, ...).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Tweaks {
@@ -98,6 +100,7 @@ impl Default for Tweaks {
             mailboxes: false,
             local: Vec::new(),
             aliases: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -180,6 +183,12 @@ impl Tweaks {
     pub fn aliases(mut self, text: &str) -> Self {
         self.aliases = text.to_owned();
         self.mailboxes = true;
+        self
+    }
+
+    /// Sets an environment variable of the server process.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
         self
     }
 
@@ -345,6 +354,7 @@ impl TestServer {
             let _ = writeln!(e, "----- start #{} -----", self.starts);
         }
         let mut child = Command::new(SPATE)
+            .envs(self.tweaks.env.iter().map(|(k, v)| (k, v)))
             .arg("serve")
             .arg("--config")
             .arg(&self.config_path)
@@ -452,6 +462,25 @@ impl TestServer {
         );
         self.smtp = smtp;
         self.listeners = listeners;
+    }
+
+    /// Waits for the server to print `wanted` as a whole stdout line
+    /// (after `ready`); panics with what it printed instead on timeout.
+    pub fn wait_stdout_line(&self, wanted: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let rx = self.lines.as_ref().expect("stdout reader");
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.trim() == wanted => return,
+                Ok(line) => seen.push(line),
+                Err(e) => panic!(
+                    "no stdout line {wanted:?} within {timeout:?} ({e:?}); saw {seen:?}\nstderr:\n{}",
+                    self.stderr_text()
+                ),
+            }
+        }
     }
 
     /// Everything the server wrote to stderr so far (all runs).
