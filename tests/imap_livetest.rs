@@ -59,7 +59,9 @@ fn imapclient_livetest_fails_only_where_the_harness_does() {
     let failed: BTreeSet<String> = text
         .lines()
         .filter_map(|l| {
-            let rest = l.strip_prefix("FAIL: ").or_else(|| l.strip_prefix("ERROR: "))?;
+            let rest = l
+                .strip_prefix("FAIL: ")
+                .or_else(|| l.strip_prefix("ERROR: "))?;
             Some(rest.split(' ').next()?.to_owned())
         })
         .collect();

@@ -67,6 +67,10 @@ pub struct Selected {
     /// `max_structures`, emptied when full.
     structures: HashMap<Uid, Arc<MessageStructure>>,
     max_structures: usize,
+    /// Structures parsed by this FETCH, for the folder's on-disk cache.
+    parsed: Vec<(Uid, Vec<u8>)>,
+    /// Records the on-disk cache held when last read.
+    disk_records: usize,
     /// The folder's change stamp when it was last scanned, if it was
     /// settled then (see [`Stamp::settled_now`]).
     scanned: Option<Stamp>,
@@ -141,6 +145,8 @@ impl Selected {
             keywords: Arc::clone(&snap.keywords),
             structures: HashMap::new(),
             max_structures,
+            parsed: Vec::new(),
+            disk_records: 0,
             scanned,
             expunges_held: false,
         })
@@ -268,6 +274,7 @@ impl Selected {
             }
         }
         let parsed = Arc::new(MessageStructure::parse(raw));
+        self.parsed.push((uid, parsed.to_cache_bytes()));
         if self.structures.len() >= self.max_structures {
             self.structures.clear();
         }
@@ -275,6 +282,61 @@ impl Selected {
             self.structures.insert(uid, Arc::clone(&parsed));
         }
         parsed
+    }
+
+    /// Takes the structures of `targets` that are not in memory from the
+    /// folder's on-disk cache (kept by earlier sessions), as far as
+    /// `max_structures` allows. A missing or unreadable cache only means
+    /// parsing.
+    fn load_cached_structures(&mut self, targets: &[(u32, Uid)]) {
+        let room = self.max_structures.saturating_sub(self.structures.len());
+        let missing: HashSet<Uid> = targets
+            .iter()
+            .map(|&(_, uid)| uid)
+            .filter(|uid| !self.structures.contains_key(uid))
+            .take(room)
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        let cached = match self.folder.cached_data(self.view.uid_validity, &missing) {
+            Ok(cached) => cached,
+            Err(e) => {
+                tracing::debug!(error = %e, "structure cache not read");
+                return;
+            }
+        };
+        self.disk_records = cached.records;
+        for (uid, bytes) in cached.entries {
+            // A stale or foreign entry is parsed again, never trusted.
+            if let Ok(structure) = MessageStructure::from_cache_bytes(&bytes) {
+                self.structures.insert(uid, Arc::new(structure));
+            }
+        }
+    }
+
+    /// Appends what this FETCH parsed to the on-disk cache, rewriting it
+    /// without expunged messages when they make up most of it.
+    fn keep_parsed_structures(&mut self) {
+        if self.parsed.is_empty() {
+            return;
+        }
+        let parsed = std::mem::take(&mut self.parsed);
+        let live = self.view.len() as usize;
+        let records = self.disk_records + parsed.len();
+        let compact: Option<HashSet<Uid>> =
+            (records > 2 * live + 64).then(|| self.view.iter().map(|(_, e)| e.uid).collect());
+        self.disk_records = if compact.is_some() {
+            live.min(records)
+        } else {
+            records
+        };
+        if let Err(e) =
+            self.folder
+                .keep_cached_data(self.view.uid_validity, &parsed, compact.as_ref())
+        {
+            tracing::debug!(error = %e, "structure cache not written");
+        }
     }
 
     /// FETCH / UID FETCH (RFC 3501 6.4.5, 6.4.8). Writes the responses;
@@ -313,6 +375,9 @@ impl Selected {
                     }
                 }
             }
+        }
+        if needs.structure {
+            self.load_cached_structures(&targets);
         }
         let mut complete = true;
         for (seq, uid) in targets {
@@ -358,6 +423,7 @@ impl Selected {
             let add_flags = marked.contains(&uid) && !needs.flags;
             fetch::write_fetch(out, &message, &attrs, add_uid, add_flags);
         }
+        self.keep_parsed_structures();
         Ok(complete)
     }
 

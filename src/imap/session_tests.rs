@@ -1084,3 +1084,34 @@ fn a_settled_folder_is_not_rescanned_yet_every_change_shows() {
     let r = b.send(&backend, "h NOOP\r\n");
     assert_eq!(r, "* 1 EXPUNGE\r\nh OK NOOP completed\r\n");
 }
+
+#[test]
+fn parsed_structures_are_kept_on_disk_for_later_sessions() {
+    let backend = TestBackend::new();
+    for s in ["one", "two"] {
+        backend.deliver(s, "x");
+    }
+    let mut a = Client::selected(&backend);
+    let first = a.send(&backend, "a FETCH 1:2 (BODYSTRUCTURE ENVELOPE)\r\n");
+    assert!(
+        first.contains("BODYSTRUCTURE (\"text\" \"plain\""),
+        "{first}"
+    );
+    let inbox = backend.user("alice").inbox();
+    assert!(
+        inbox.path().join("spate-cache").is_file(),
+        "written by FETCH"
+    );
+    // Maildir message files never change; rewrite one behind the
+    // server's back to show that the next session reads the cache.
+    let path = inbox.snapshot().unwrap().messages[0].path.clone();
+    std::fs::write(&path, "Content-Type: image/png\r\n\r\nxx\r\n").unwrap();
+    let mut b = Client::selected(&backend);
+    let second = b.send(&backend, "b FETCH 1:2 (BODYSTRUCTURE ENVELOPE)\r\n");
+    assert_eq!(second.replace("b OK FETCH", "a OK FETCH"), first);
+    // A damaged cache is parsed again, never trusted.
+    std::fs::write(inbox.path().join("spate-cache"), "garbage").unwrap();
+    let mut c = Client::selected(&backend);
+    let third = c.send(&backend, "c FETCH 1 BODYSTRUCTURE\r\n");
+    assert!(third.contains("(\"image\" \"png\""), "{third}");
+}

@@ -35,6 +35,7 @@ use super::id::{ModSeq, Uid, UidValidity};
 use super::index::{IndexWrite, Parsed, UidIndex};
 use super::keywords::{KeywordTable, KEYWORDS_FILE, KEYWORD_SLOTS};
 use super::lock::{self, FileLock};
+use super::message_cache::{self, CachedData};
 use super::name::FolderName;
 use super::store::StoreContext;
 use super::validity;
@@ -433,6 +434,23 @@ impl Folder {
             map[usize::from(slot)] = target.slot(name);
         }
         Ok(map)
+    }
+
+    /// Data derived from messages that an earlier session kept (see
+    /// `message_cache`): the entries of `uids`, for `validity`.
+    pub fn cached_data(&self, validity: UidValidity, uids: &HashSet<Uid>) -> Result<CachedData> {
+        message_cache::read(&self.dir, validity, uids)
+    }
+
+    /// Keeps derived data for later sessions; with `compact_to`, the file
+    /// is rewritten with only those UIDs' entries plus the new ones.
+    pub fn keep_cached_data(
+        &self,
+        validity: UidValidity,
+        entries: &[(Uid, Vec<u8>)],
+        compact_to: Option<&HashSet<Uid>>,
+    ) -> Result<()> {
+        message_cache::append(&self.dir, validity, entries, compact_to)
     }
 
     /// Opens a message for reading.

@@ -29,6 +29,7 @@
 //! - `validity`: per-user UIDVALIDITY allocation
 //! - `subscription`: the `subscriptions` file
 //! - `folder`: `Folder`: delivery, snapshots, flags, expunge, copy, move
+//! - `message_cache`: derived data per message (`spate-cache`), e.g. MIME structures
 //! - `keywords`: keyword names per folder (`dovecot-keywords`)
 //! - `cache`: `Stamp` (a folder's change stamp) and the snapshots shared by all
 //!   sessions of a store while the stamp holds
@@ -46,6 +47,7 @@ mod id;
 mod index;
 mod keywords;
 mod lock;
+mod message_cache;
 mod name;
 mod store;
 mod subscription;
@@ -62,6 +64,7 @@ pub use flag::{Flag, Flags};
 pub use folder::{Delivered, Folder, MessageInfo, Snapshot};
 pub use id::{ModSeq, Uid, UidValidity};
 pub use keywords::{valid_name as valid_keyword, KeywordTable, KEYWORD_SLOTS};
+pub use message_cache::CachedData;
 pub use name::{FolderName, UserName};
 pub use store::MailStore;
 pub use user::{SessionLock, SpecialUse, Usage, UserMailbox};
