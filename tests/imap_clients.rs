@@ -1236,3 +1236,81 @@ fn mutt_reads_and_deletes_over_imap() {
         "{files:?}"
     );
 }
+
+// ------------------------------------------- a reply larger than memory
+
+/// A FETCH whose reply is many times the spill size arrives whole and in
+/// order while the server hands it out in parts (and reads the client
+/// slowly: it only reads after sending the command).
+#[test]
+fn a_long_fetch_reply_arrives_whole_and_in_order() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let server = TestServer::start(mailbox_tweaks());
+    deliver(
+        &server,
+        USER,
+        &plain_message("first", "creates the Maildir\r\n"),
+    );
+    let cur = server.mail_dir().join(USER).join("cur");
+    let count = 150usize;
+    let filler = "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqr\r\n".repeat(250);
+    for i in 0..count {
+        let msg = format!("Subject: bulk {i:03}\r\n\r\nstart-{i:03}\r\n{filler}end-{i:03}\r\n");
+        std::fs::write(cur.join(format!("17000{i:05}.M1P1Q{i}.bulk:2,S")), msg).unwrap();
+    }
+    let imap = server.listener("imap");
+    let stream = std::net::TcpStream::connect(imap).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    writer
+        .write_all(
+            format!("a LOGIN {USER} {PASSWORD}\r\nb SELECT INBOX\r\nc FETCH 1:* BODY.PEEK[]\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500)); // let the server block on us
+    let mut bodies = Vec::new();
+    loop {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "connection closed"
+        );
+        if line.starts_with("c ") {
+            assert!(line.starts_with("c OK"), "{line}");
+            break;
+        }
+        if let Some(size) = line.strip_suffix("}\r\n").and_then(|l| l.rsplit_once('{')) {
+            let mut body = vec![0; size.1.parse().unwrap()];
+            reader.read_exact(&mut body).unwrap();
+            bodies.push(String::from_utf8(body).unwrap());
+        }
+    }
+    assert_eq!(bodies.len(), count + 1);
+    // UIDs follow arrival (the names' times): the bulk files are older.
+    let bulk: Vec<&String> = bodies
+        .iter()
+        .filter(|b| b.contains("Subject: bulk"))
+        .collect();
+    assert_eq!(bulk.len(), count);
+    for (i, body) in bulk.iter().enumerate() {
+        assert!(
+            body.contains(&format!("start-{i:03}\r\n")),
+            "message {i} out of order"
+        );
+        assert!(
+            body.ends_with(&format!("end-{i:03}\r\n")),
+            "message {i} cut"
+        );
+    }
+    let total: usize = bodies.iter().map(String::len).sum();
+    assert!(
+        total > 2_000_000,
+        "the reply spans several spill parts: {total}"
+    );
+}

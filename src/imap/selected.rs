@@ -15,6 +15,7 @@ use super::mime::MessageStructure;
 use super::reply::Say;
 use super::response::{write_code, write_flags, write_untagged_status, Code, Status};
 use super::search::{self, Candidate, Largest, Message};
+use super::session::Spill;
 use super::view::{SelectedView, Update};
 use crate::mailbox::{
     Flag as MaildirFlag, Flags, Folder, FolderName, KeywordTable, MailboxError, Stamp, Uid,
@@ -44,6 +45,9 @@ pub struct CopyUid {
     pub source: Vec<u32>,
     pub destination: Vec<u32>,
 }
+
+/// Output a FETCH holds before handing it to the spill hook.
+const SPILL_AT: usize = 256 * 1024;
 
 /// Size and internal date of a message, from the last snapshot.
 #[derive(Debug, Clone, Copy)]
@@ -345,6 +349,7 @@ impl Selected {
     pub fn fetch(
         &mut self,
         out: &mut Vec<u8>,
+        mut spill: Option<&mut Spill>,
         uid_command: bool,
         set: &SequenceSet,
         items: FetchItems<'_>,
@@ -422,6 +427,13 @@ impl Selected {
             let add_uid = uid_command && !needs.uid;
             let add_flags = marked.contains(&uid) && !needs.flags;
             fetch::write_fetch(out, &message, &attrs, add_uid, add_flags);
+            if out.len() >= SPILL_AT {
+                if let Some(spill) = spill.as_deref_mut() {
+                    if !spill(std::mem::take(out)) {
+                        break; // the client is gone: nobody reads the rest
+                    }
+                }
+            }
         }
         self.keep_parsed_structures();
         Ok(complete)

@@ -104,6 +104,25 @@ enum State {
     Logout,
 }
 
+/// Hands part of a long reply on while the command still runs (the glue
+/// writes it to the client), so a FETCH of many large messages never
+/// holds more than a bounded amount; false when the client is gone.
+pub type Spill = Box<dyn FnMut(Vec<u8>) -> bool + Send>;
+
+/// The spill hook, if the glue installed one.
+#[derive(Default)]
+struct SpillHook(Option<Spill>);
+
+impl std::fmt::Debug for SpillHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Spill(on)"
+        } else {
+            "Spill(off)"
+        })
+    }
+}
+
 /// One IMAP connection's protocol state and pending output.
 #[derive(Debug)]
 pub struct Session {
@@ -111,6 +130,7 @@ pub struct Session {
     peer: PeerInfo,
     state: State,
     out: Vec<u8>,
+    spill: SpillHook,
     bad_in_a_row: u32,
 }
 
@@ -188,6 +208,7 @@ impl Session {
             peer,
             state: State::NotAuthenticated { sasl: None },
             out: Vec::with_capacity(1024),
+            spill: SpillHook::default(),
             bad_in_a_row: 0,
         };
         let caps = session.capabilities();
@@ -233,6 +254,12 @@ impl Session {
 
     fn plaintext_allowed(&self) -> bool {
         self.peer.tls || self.peer.plaintext_allowed
+    }
+
+    /// Installs (or with `None` removes) the hook long replies spill
+    /// through; without one they are held whole in `output()`.
+    pub fn set_spill(&mut self, spill: Option<Spill>) {
+        self.spill = SpillHook(spill);
     }
 
     pub fn output(&self) -> &[u8] {
@@ -595,6 +622,7 @@ impl Session {
             return Outcome::Continue;
         };
         let out = &mut self.out;
+        let spill = &mut self.spill;
         let name = body.name();
         // Mailbox commands write their whole reply here; it goes out
         // after the updates.
@@ -666,7 +694,7 @@ impl Session {
                         changed_since: None,
                     } => {
                         allow_expunge = uid;
-                        match selected.fetch(out, uid, &set, items) {
+                        match selected.fetch(out, spill.0.as_mut(), uid, &set, items) {
                             Ok(true) => Done::Ok,
                             Ok(false) => Failure::No(Code::ExpungeIssued, Say::SomeExpunged).into(),
                             Err(e) => e.into(),

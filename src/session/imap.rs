@@ -32,6 +32,8 @@ const MAX_READ_BUFFER: usize = 64 * 1024;
 /// RFC 3501 5.4: the autologout timer is at least 30 minutes.
 const AUTOLOGOUT: Duration = Duration::from_secs(30 * 60);
 /// How often an idling session looks for changes in its mailbox.
+/// Parts of a long reply queued between the pool thread and the writer.
+const SPILL_QUEUE: usize = 2;
 const IDLE_POLL: Duration = Duration::from_secs(1);
 const TOO_MANY_CONNECTIONS: &[u8] = b"* BYE Too many connections, try again later\r\n";
 const SHUTTING_DOWN: &[u8] = b"* BYE Server shutting down\r\n";
@@ -205,11 +207,13 @@ impl<S: SegmentStore> Driver<S> {
                     }
                     Step::Command(bytes) => {
                         let command = bytes.to_vec();
-                        self.on_pool(move |session, backend| match parse_command(&command) {
-                            Ok(command) => session.execute(command, backend),
-                            Err(error) => {
-                                session.command_error(&error);
-                                Outcome::Continue
+                        self.on_pool_spilling(move |session, backend| {
+                            match parse_command(&command) {
+                                Ok(command) => session.execute(command, backend),
+                                Err(error) => {
+                                    session.command_error(&error);
+                                    Outcome::Continue
+                                }
                             }
                         })
                         .await?
@@ -266,6 +270,58 @@ impl<S: SegmentStore> Driver<S> {
             .await
             .map_err(io::Error::other)?;
         self.session = Some(session);
+        Ok(outcome)
+    }
+
+    /// Like [`Driver::on_pool`], and long replies (a FETCH of many
+    /// messages) are written to the client while the command still runs,
+    /// through a queue of [`SPILL_QUEUE`] parts: the pool thread waits
+    /// while the client reads slowly, so a session never holds more than
+    /// a few parts of a reply.
+    async fn on_pool_spilling<F>(&mut self, job: F) -> io::Result<Outcome>
+    where
+        F: FnOnce(&mut Session, &dyn Backend) -> Outcome + Send + 'static,
+    {
+        // What is already pending goes first: spilled parts follow it.
+        self.flush().await?;
+        let mut session = self
+            .session
+            .take()
+            .ok_or_else(|| io::Error::other("imap session lost"))?;
+        let backend = Arc::clone(&self.backend);
+        let (parts, queue) = async_channel::bounded::<Vec<u8>>(SPILL_QUEUE);
+        let job = self.ctx.blocking.run(move || {
+            session.set_spill(Some(Box::new(move |part| {
+                parts.send_blocking(part).is_ok()
+            })));
+            let outcome = job(&mut session, backend.as_ref());
+            // Drops the sender: the writer below then ends.
+            session.set_spill(None);
+            (session, outcome)
+        });
+        let conn = &mut self.conn;
+        let writer = async {
+            let mut written: io::Result<()> = Ok(());
+            while let Ok(part) = queue.recv().await {
+                if written.is_err() {
+                    continue; // drain, so the job is never left blocked
+                }
+                written = glommio::timer::timeout(AUTOLOGOUT, async {
+                    conn.write_all(&part).await?;
+                    Ok(())
+                })
+                .await
+                .map_err(io::Error::from);
+                if written.is_err() {
+                    queue.close(); // the job's next part fails: it stops
+                }
+            }
+            written
+        };
+        let (joined, written) = futures_lite::future::zip(job, writer).await;
+        let (session, outcome) = joined.map_err(io::Error::other)?;
+        self.session = Some(session);
+        written?;
         Ok(outcome)
     }
 

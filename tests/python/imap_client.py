@@ -400,7 +400,7 @@ def bad(args):
     out["fetch_before_select"] = raw_line(m, b"u2 FETCH 1 (FLAGS)\r\n")
     out["uid_fetch_before_select"] = raw_line(m, b"u3 UID FETCH 1 (FLAGS)\r\n")
     out["bad_syntax"] = raw_line(m, b"u4 SELECT\r\n")
-    names = ["../x", "a/../../b", "..", "/etc", "x/..", "../../../../tmp/evil", "a\\b", "."]
+    names = ["../x", "a/../../b", "..", "/etc", "x/..", "../../../../tmp/evil", "a.b", "."]
     out["traversal"] = {}
     for n in names:
         q = '"' + n.replace("\\", "\\\\") + '"'
