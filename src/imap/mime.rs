@@ -32,6 +32,7 @@
 
 pub mod address;
 pub mod cache;
+pub mod decode;
 pub mod header;
 pub mod param;
 pub mod section;

@@ -3,9 +3,10 @@
 //! files or write replies: the session gives it each candidate and a way to load the bytes,
 //! which are read only when a key needs them.
 //!
-//! Strings match as case-insensitive substrings (ASCII case folding on the
-//! stored bytes: encoded words and transfer encodings are not decoded, so
-//! a search for non-ASCII text finds only 8-bit stored text). Dates
+//! Strings match as case-insensitive substrings of the text a reader sees
+//! (see `mime::decode`: encoded words in headers, base64 and
+//! quoted-printable bodies, Latin-1 and UTF-8 charsets), or of the stored
+//! bytes with ASCII case folding. Dates
 //! compare calendar days, disregarding time and timezone (RFC 3501
 //! 6.4.4): INTERNALDATE in UTC, the Date header in its own zone.
 
@@ -18,6 +19,7 @@ use super::command::{Flag, SearchKey, SequenceSet};
 use super::flag::to_maildir;
 use super::mime::header::{self, Fields};
 use super::mime::Span;
+use super::mime::{decode, MessageStructure};
 use crate::mailbox::{Flag as MaildirFlag, Flags, KeywordTable};
 
 /// What the session knows about one message without reading it.
@@ -169,9 +171,17 @@ fn matches(key: &SearchKey<'_>, m: &mut Message<'_>, largest: Largest) -> bool {
         }
         K::Body(s) => m.content().is_some_and(|raw| {
             let start = header::header_end(raw, 0, raw.len());
-            contains_ci(&raw[start..], s)
+            contains_ci(&raw[start..], s) || decoded_bodies_contain(raw, s)
         }),
-        K::Text(s) => m.content().is_some_and(|raw| contains_ci(raw, s)),
+        K::Text(s) => m.content().is_some_and(|raw| {
+            let header = &raw[..header::header_end(raw, 0, raw.len())];
+            contains_ci(raw, s)
+                || decode::contains_text(
+                    &decode::header_text(&header::unfold(header)),
+                    &needle_text(s),
+                )
+                || decoded_bodies_contain(raw, s)
+        }),
     }
 }
 
@@ -191,7 +201,28 @@ fn header_contains(m: &mut Message<'_>, name: &str, needle: &[u8]) -> bool {
     };
     Fields::new(raw, header_span(raw))
         .filter(|f| f.name.eq_ignore_ascii_case(name.as_bytes()))
-        .any(|f| needle.is_empty() || contains_ci(&header::unfold(f.value), needle))
+        .any(|f| {
+            let value = header::unfold(f.value);
+            needle.is_empty()
+                || contains_ci(&value, needle)
+                || decode::contains_text(&decode::header_text(&value), &needle_text(needle))
+        })
+}
+
+/// A search string as text (the session accepts only UTF-8 and US-ASCII
+/// charsets).
+fn needle_text(needle: &[u8]) -> String {
+    String::from_utf8_lossy(needle).into_owned()
+}
+
+/// Whether a decoded body part holds `needle` (the message is parsed for
+/// its parts; only a content key gets here).
+fn decoded_bodies_contain(raw: &[u8], needle: &[u8]) -> bool {
+    let needle = needle_text(needle);
+    let structure = MessageStructure::parse(raw);
+    decode::body_texts(raw, &structure.message)
+        .iter()
+        .any(|text| decode::contains_text(text, &needle))
 }
 
 /// The calendar day of the Date header, in the header's own zone.

@@ -1115,3 +1115,25 @@ fn parsed_structures_are_kept_on_disk_for_later_sessions() {
     let third = c.send(&backend, "c FETCH 1 BODYSTRUCTURE\r\n");
     assert!(third.contains("(\"image\" \"png\""), "{third}");
 }
+
+#[test]
+fn search_looks_at_decoded_text() {
+    let backend = TestBackend::new();
+    let inbox = backend.user("alice").inbox();
+    let encoded =
+        "Subject: =?UTF-8?B?R3LDvMOfZQ==?= aus Bern\r\nContent-Type: text/plain; charset=utf-8\r\n\
+Content-Transfer-Encoding: base64\r\n\r\nw6RwZmVsIHVuZCBCaXJuZW4=\r\n";
+    let latin = "Subject: plain\r\nContent-Type: text/plain; charset=iso-8859-1\r\n\
+Content-Transfer-Encoding: quoted-printable\r\n\r\nK=E4se und Brot\r\n";
+    inbox.deliver(&[encoded.as_bytes()]).unwrap();
+    inbox.deliver(&[latin.as_bytes()]).unwrap();
+    let mut c = Client::selected(&backend);
+    let r = c.send(&backend, "a SEARCH CHARSET UTF-8 SUBJECT {7+}\r\ngrüße\r\n");
+    assert_eq!(r, "* SEARCH 1\r\na OK SEARCH completed\r\n");
+    let r = c.send(&backend, "b SEARCH CHARSET UTF-8 BODY {6+}\r\nÄPFEL\r\n");
+    assert_eq!(r, "* SEARCH 1\r\nb OK SEARCH completed\r\n");
+    let r = c.send(&backend, "c SEARCH CHARSET UTF-8 TEXT {5+}\r\nkäse\r\n");
+    assert_eq!(r, "* SEARCH 2\r\nc OK SEARCH completed\r\n");
+    let r = c.send(&backend, "d SEARCH TEXT bern\r\n");
+    assert_eq!(r, "* SEARCH 1\r\nd OK SEARCH completed\r\n");
+}
