@@ -100,6 +100,13 @@ pub enum CommandBody<'a> {
         criteria: Vec<SearchKey<'a>>,
         result: Option<Vec<SearchReturn>>,
     },
+    /// RFC 5256 3: the matches of `criteria` in the order of `keys`.
+    Sort {
+        uid: bool,
+        keys: Vec<SortKey>,
+        charset: IString<'a>,
+        criteria: Vec<SearchKey<'a>>,
+    },
     /// RFC 3501 6.4.5; `changed_since` is RFC 7162 3.1.4.1.
     Fetch {
         uid: bool,
@@ -169,6 +176,8 @@ impl CommandBody<'_> {
             CommandBody::UidExpunge(_) => "UID EXPUNGE",
             CommandBody::Search { uid: false, .. } => "SEARCH",
             CommandBody::Search { uid: true, .. } => "UID SEARCH",
+            CommandBody::Sort { uid: false, .. } => "SORT",
+            CommandBody::Sort { uid: true, .. } => "UID SORT",
             CommandBody::Fetch { uid: false, .. } => "FETCH",
             CommandBody::Fetch { uid: true, .. } => "UID FETCH",
             CommandBody::Store { uid: false, .. } => "STORE",
@@ -357,6 +366,25 @@ pub struct ListReturn {
     pub special_use: bool,
     /// RFC 5819 `STATUS (...)`.
     pub status: Option<Vec<StatusItem>>,
+}
+
+/// One RFC 5256 sort criterion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SortKey {
+    pub reverse: bool,
+    pub by: SortBy,
+}
+
+/// What a sort criterion compares (RFC 5256 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortBy {
+    Arrival,
+    Cc,
+    Date,
+    From,
+    Size,
+    Subject,
+    To,
 }
 
 /// RFC 4731 / RFC 9051 6.4.4 search result options; RFC 5182 SAVE.

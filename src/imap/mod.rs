@@ -31,6 +31,7 @@ pub mod response;
 pub mod search;
 pub mod selected;
 pub mod session;
+pub mod sort;
 pub mod view;
 
 #[cfg(test)]

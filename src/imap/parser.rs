@@ -18,7 +18,7 @@ use thiserror::Error;
 use super::command::{
     Command, CommandBody, EntryType, FetchAttribute, FetchItems, Flag, IString, List, ListReturn,
     ListSelect, Mailbox, Partial, SearchKey, SearchReturn, Section, SectionText, SeqNumber,
-    SeqRange, SequenceSet, StatusItem, StoreAction,
+    SeqRange, SequenceSet, SortBy, SortKey, StatusItem, StoreAction,
 };
 
 /// Deepest nesting of search keys (parentheses, NOT, OR) we follow.
@@ -48,6 +48,7 @@ pub enum Usage {
     Status,
     Append,
     Search,
+    Sort,
     Fetch,
     Store,
     Copy,
@@ -78,6 +79,7 @@ impl Usage {
             Usage::Status => "STATUS mailbox (items)",
             Usage::Append => "APPEND mailbox [(flags)] [date-time] literal",
             Usage::Search => "SEARCH [RETURN (options)] [CHARSET charset] criteria",
+            Usage::Sort => "SORT (criteria) charset search-criteria",
             Usage::Fetch => "FETCH sequence-set items [(CHANGEDSINCE modseq)]",
             Usage::Store => {
                 "STORE sequence-set [(UNCHANGEDSINCE modseq)] [+|-]FLAGS[.SILENT] (flags)"
@@ -208,6 +210,7 @@ fn command_body<'a>(c: &mut Cursor<'a>, name: &[u8]) -> BodyResult<'a> {
         b"STATUS" => Usage::Status,
         b"APPEND" => Usage::Append,
         b"SEARCH" => Usage::Search,
+        b"SORT" => Usage::Sort,
         b"FETCH" => Usage::Fetch,
         b"STORE" => Usage::Store,
         b"COPY" => Usage::Copy,
@@ -250,6 +253,8 @@ fn uid_command<'a>(c: &mut Cursor<'a>) -> BodyResult<'a> {
         Usage::Fetch
     } else if name.eq_ignore_ascii_case(b"SEARCH") {
         Usage::Search
+    } else if name.eq_ignore_ascii_case(b"SORT") {
+        Usage::Sort
     } else if name.eq_ignore_ascii_case(b"STORE") {
         Usage::Store
     } else if name.eq_ignore_ascii_case(b"EXPUNGE") {
@@ -264,6 +269,7 @@ fn uid_command<'a>(c: &mut Cursor<'a>) -> BodyResult<'a> {
             | CommandBody::Move { uid, .. }
             | CommandBody::Fetch { uid, .. }
             | CommandBody::Search { uid, .. }
+            | CommandBody::Sort { uid, .. }
             | CommandBody::Store { uid, .. } => *uid = true,
             _ => {}
         }
@@ -355,6 +361,7 @@ fn arguments<'a>(c: &mut Cursor<'a>, usage: Usage) -> R<CommandBody<'a>> {
         }
         Usage::Append => append(c)?,
         Usage::Search => search(c)?,
+        Usage::Sort => sort(c)?,
         Usage::Fetch => fetch(c)?,
         Usage::Store => store(c)?,
         Usage::Copy | Usage::Move => {
@@ -568,6 +575,53 @@ fn search<'a>(c: &mut Cursor<'a>) -> R<CommandBody<'a>> {
         charset,
         criteria,
         result,
+    })
+}
+
+/// RFC 5256 5: `"(" sort-criterion *(SP sort-criterion) ")" SP
+/// search-charset 1*(SP search-key)`.
+fn sort<'a>(c: &mut Cursor<'a>) -> R<CommandBody<'a>> {
+    c.expect(b'(')?;
+    let mut keys = Vec::new();
+    loop {
+        let mut word = c.keyword();
+        let reverse = word.eq_ignore_ascii_case(b"REVERSE");
+        if reverse {
+            c.sp()?;
+            word = c.keyword();
+        }
+        let by = match () {
+            _ if word.eq_ignore_ascii_case(b"ARRIVAL") => SortBy::Arrival,
+            _ if word.eq_ignore_ascii_case(b"CC") => SortBy::Cc,
+            _ if word.eq_ignore_ascii_case(b"DATE") => SortBy::Date,
+            _ if word.eq_ignore_ascii_case(b"FROM") => SortBy::From,
+            _ if word.eq_ignore_ascii_case(b"SIZE") => SortBy::Size,
+            _ if word.eq_ignore_ascii_case(b"SUBJECT") => SortBy::Subject,
+            _ if word.eq_ignore_ascii_case(b"TO") => SortBy::To,
+            _ => return Err(SYNTAX),
+        };
+        if keys.len() < 16 {
+            keys.push(SortKey { reverse, by });
+        }
+        if c.eat(b')') {
+            break;
+        }
+        c.sp()?;
+    }
+    c.sp()?;
+    let charset = c.astring()?;
+    let mut criteria = Vec::new();
+    while c.eat(b' ') {
+        criteria.push(c.search_key(0)?);
+    }
+    if criteria.is_empty() {
+        return Err(SYNTAX);
+    }
+    Ok(CommandBody::Sort {
+        uid: false,
+        keys,
+        charset,
+        criteria,
     })
 }
 

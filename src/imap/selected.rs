@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::command::{FetchItems, Flag, SearchKey, SeqNumber, SequenceSet, StoreAction};
+use super::command::{FetchItems, Flag, SearchKey, SeqNumber, SequenceSet, SortKey, StoreAction};
 use super::fetch::{self, Fetched};
 use super::flag::{self as flag, defined_flags, flags_of, imap_flags, keyword_names};
 use super::mime::MessageStructure;
@@ -16,6 +16,7 @@ use super::reply::Say;
 use super::response::{write_code, write_flags, write_untagged_status, Code, Status};
 use super::search::{self, Candidate, Largest, Message};
 use super::session::Spill;
+use super::sort;
 use super::view::{SelectedView, Update};
 use crate::mailbox::{
     Flag as MaildirFlag, Flags, Folder, FolderName, KeywordTable, MailboxError, Stamp, Uid,
@@ -517,11 +518,56 @@ impl Selected {
 
     /// SEARCH / UID SEARCH (RFC 3501 6.4.4): `* SEARCH n...`.
     pub fn search(&mut self, out: &mut Vec<u8>, uid_command: bool, criteria: &[SearchKey<'_>]) {
+        let hits = self.matching(criteria);
+        write_numbers(
+            out,
+            "SEARCH",
+            hits.iter()
+                .map(|&(seq, uid)| if uid_command { uid.get() } else { seq }),
+        );
+    }
+
+    /// SORT / UID SORT (RFC 5256 3): the matches in the order of `keys`,
+    /// ties broken by sequence number.
+    pub fn sort(
+        &mut self,
+        out: &mut Vec<u8>,
+        uid_command: bool,
+        keys: &[SortKey],
+        criteria: &[SearchKey<'_>],
+    ) {
+        let hits = self.matching(criteria);
+        let needs_content = keys.iter().any(|k| sort::needs_header(k.by));
+        let mut entries: Vec<(u32, Uid, sort::Values)> = hits
+            .into_iter()
+            .map(|(seq, uid)| {
+                let info = self.info.get(&uid);
+                let raw = needs_content.then(|| self.folder.read(uid).ok()).flatten();
+                let values = sort::Values::new(
+                    info.map_or(0, |i| i.size),
+                    info.map_or(SystemTime::UNIX_EPOCH, |i| i.internal_date),
+                    raw.as_deref(),
+                );
+                (seq, uid, values)
+            })
+            .collect();
+        entries.sort_by(|a, b| sort::compare(keys, &a.2, &b.2).then(a.0.cmp(&b.0)));
+        write_numbers(
+            out,
+            "SORT",
+            entries
+                .iter()
+                .map(|&(seq, uid, _)| if uid_command { uid.get() } else { seq }),
+        );
+    }
+
+    /// The messages matching `criteria`, as (sequence number, UID).
+    fn matching(&self, criteria: &[SearchKey<'_>]) -> Vec<(u32, Uid)> {
         let largest = Largest {
             seq: self.view.len(),
             uid: self.view.max_uid().map_or(0, Uid::get),
         };
-        let mut hits: Vec<u32> = Vec::new();
+        let mut hits = Vec::new();
         let folder = &self.folder;
         for (seq, entry) in self.view.iter() {
             let info = self.info.get(&entry.uid);
@@ -538,15 +584,10 @@ impl Selected {
             let mut load = || folder.read(uid).ok();
             let mut message = Message::new(candidate, &self.keywords, &mut load);
             if search::matches_all(criteria, &mut message, largest) {
-                hits.push(if uid_command { uid.get() } else { seq });
+                hits.push((seq, uid));
             }
         }
-        out.extend_from_slice(b"* SEARCH");
-        for n in hits {
-            out.push(b' ');
-            out.extend_from_slice(n.to_string().as_bytes());
-        }
-        out.extend_from_slice(b"\r\n");
+        hits
     }
 
     /// The UIDs of messages now marked `\Deleted` in the store (within
@@ -632,6 +673,17 @@ fn write_count(out: &mut Vec<u8>, n: u32, name: &str) {
     out.extend_from_slice(n.to_string().as_bytes());
     out.push(b' ');
     out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `* NAME n n n...`.
+fn write_numbers(out: &mut Vec<u8>, name: &str, numbers: impl Iterator<Item = u32>) {
+    out.extend_from_slice(b"* ");
+    out.extend_from_slice(name.as_bytes());
+    for n in numbers {
+        out.push(b' ');
+        out.extend_from_slice(n.to_string().as_bytes());
+    }
     out.extend_from_slice(b"\r\n");
 }
 

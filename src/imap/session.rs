@@ -193,6 +193,7 @@ fn needs(body: &CommandBody<'_>) -> Needs {
         | C::Expunge
         | C::UidExpunge(_)
         | C::Search { .. }
+        | C::Sort { .. }
         | C::Fetch { .. }
         | C::Store { .. }
         | C::Copy { .. }
@@ -248,6 +249,7 @@ impl Session {
             "CHILDREN",
             "SPECIAL-USE",
             "LIST-EXTENDED",
+            "SORT",
         ]);
         caps
     }
@@ -725,6 +727,22 @@ impl Session {
                         });
                         if known {
                             selected.search(out, uid, &criteria);
+                            Done::Ok
+                        } else {
+                            Failure::No(Code::BadCharset, Say::BadCharset).into()
+                        }
+                    }
+                    CommandBody::Sort {
+                        uid,
+                        keys,
+                        charset,
+                        criteria,
+                    } => {
+                        allow_expunge = uid;
+                        let known = charset.eq_ignore_ascii_case(b"UTF-8")
+                            || charset.eq_ignore_ascii_case(b"US-ASCII");
+                        if known {
+                            selected.sort(out, uid, &keys, &criteria);
                             Done::Ok
                         } else {
                             Failure::No(Code::BadCharset, Say::BadCharset).into()

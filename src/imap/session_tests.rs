@@ -189,7 +189,7 @@ fn greeting_and_capabilities_follow_the_connection() {
         lines(&r),
         [
             "* CAPABILITY IMAP4rev1 AUTH=PLAIN LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS \
-             MOVE UNSELECT CHILDREN SPECIAL-USE LIST-EXTENDED",
+             MOVE UNSELECT CHILDREN SPECIAL-USE LIST-EXTENDED SORT",
             "1 OK CAPABILITY completed"
         ]
     );
@@ -1136,4 +1136,32 @@ Content-Transfer-Encoding: quoted-printable\r\n\r\nK=E4se und Brot\r\n";
     assert_eq!(r, "* SEARCH 2\r\nc OK SEARCH completed\r\n");
     let r = c.send(&backend, "d SEARCH TEXT bern\r\n");
     assert_eq!(r, "* SEARCH 1\r\nd OK SEARCH completed\r\n");
+}
+
+#[test]
+fn sort_orders_matches_by_the_keys_given() {
+    let backend = TestBackend::new();
+    let inbox = backend.user("alice").inbox();
+    for (from, subject, body) in [
+        ("zed@x", "Re: beta", "a longer body than the others\r\n"),
+        ("amy@x", "alpha", "short\r\n"),
+        ("bob@x", "[list] Fwd: alpha", "mid size body\r\n"),
+    ] {
+        let msg = format!("From: {from}\r\nSubject: {subject}\r\n\r\n{body}");
+        inbox.deliver(&[msg.as_bytes()]).unwrap();
+    }
+    let mut c = Client::selected(&backend);
+    let r = c.send(&backend, "a SORT (REVERSE SIZE) UTF-8 ALL\r\n");
+    assert_eq!(r, "* SORT 1 3 2\r\na OK SORT completed\r\n");
+    let r = c.send(&backend, "b SORT (SUBJECT FROM) US-ASCII NOT DELETED\r\n");
+    assert_eq!(r, "* SORT 2 3 1\r\nb OK SORT completed\r\n");
+    let r = c.send(&backend, "c UID SORT (FROM) UTF-8 SUBJECT alpha\r\n");
+    assert_eq!(r, "* SORT 2 3\r\nc OK UID SORT completed\r\n");
+    let r = c.send(&backend, "d SORT (SIZE) KOI8-R ALL\r\n");
+    assert!(r.starts_with("d NO [BADCHARSET"), "{r}");
+    let r = c.send(
+        &backend,
+        "e SORT SIZE UTF-8 ALL\r\nf SORT (NAME) UTF-8 ALL\r\n",
+    );
+    assert!(r.starts_with("e BAD") && r.contains("f BAD"), "{r}");
 }
