@@ -1,14 +1,9 @@
-//! The `spate` binary: logging setup and the command line.
+//! The `spate` binary: hands the command line to `cli` (which sets up
+//! logging once it knows the configuration) and reports a failure.
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
     match spate::cli::run(spate::cli::Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -92,6 +92,17 @@ pub struct Dispatch {
     pub task: Task,
 }
 
+/// Messages by state ([`Queue::count_by_state`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateCounts {
+    /// Waiting for their first attempt.
+    pub new: u64,
+    /// Waiting for a retry after failed attempts.
+    pub deferred: u64,
+    /// Being delivered or expired now.
+    pub active: u64,
+}
+
 /// The result of [`Queue::defer`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Deferral {
@@ -435,6 +446,20 @@ impl<J: Jitter> Queue<J> {
     /// Bytes of message data held.
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// Messages by state, for the metrics (walks the queue: call it when
+    /// scraped, not per message).
+    pub fn count_by_state(&self) -> StateCounts {
+        let mut counts = StateCounts::default();
+        for m in self.messages.values() {
+            match m.state {
+                MessageState::Active { .. } => counts.active += 1,
+                MessageState::Waiting { .. } if m.attempts == 0 => counts.new += 1,
+                MessageState::Waiting { .. } => counts.deferred += 1,
+            }
+        }
+        counts
     }
 
     /// Messages in spool order (ids grow with segment and offset).

@@ -84,3 +84,21 @@ pub(crate) fn list_segments(spool_dir: &Path, shard: u8) -> io::Result<Vec<Segme
     out.sort_unstable();
     Ok(out)
 }
+
+/// Bytes of every segment file under the spool directory, as the disk
+/// holds them (allocated blocks: preallocated space counts). Files that
+/// vanish while being looked at (reclaimed) are skipped.
+pub fn disk_usage(spool_dir: &Path) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0u64;
+    for shard in list_shards(spool_dir)? {
+        for seg in list_segments(spool_dir, shard)? {
+            match std::fs::metadata(segment_path(spool_dir, seg)) {
+                Ok(m) => total += m.blocks() * 512,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(total)
+}
