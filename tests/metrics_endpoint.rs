@@ -2,8 +2,10 @@
 //! real `spate serve` with two cores: after a known number of SMTP
 //! sessions, messages (known sizes, delivered to a local mailbox), a
 //! refused recipient and POP3 logins, every counter, histogram count and
-//! gauge says exactly that. Also: the bound address is printed as
-//! `listening metrics ADDR` before `ready`, other paths get 404.
+//! gauge says exactly that; relayed mail to a null-MX domain counts one DNS
+//! query, one cache hit and two bounces; a STARTTLS handshake counts. Also:
+//! the bound address is printed as `listening metrics ADDR` before `ready`,
+//! other paths get 404, and there is no endpoint without `[metrics]`.
 
 mod common;
 
@@ -12,6 +14,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use common::dns::{Records, TestDns};
 use common::{TestServer, Tweaks};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -237,6 +240,85 @@ fn scrape_reports_exactly_what_happened() {
     assert!(value(&s, "spate_smtp_ack_seconds_sum") > 0.0);
     assert!(value(&s, "spate_smtp_ack_seconds_bucket{le=\"3600\"}") == n);
     assert!(value(&s, "spate_spool_bytes") > 0.0);
+}
+
+/// Relayed mail to a null-MX domain: one MX query, then the cache; each
+/// recipient bounces at once. And one STARTTLS handshake (swaks).
+#[test]
+fn dns_queries_cache_hits_bounces_and_tls_are_counted() {
+    let dns = TestDns::start(Records::new().null_mx("nullmx.test"));
+    let server = TestServer::start(
+        Tweaks::default()
+            .cores(1)
+            .tls()
+            .dns(dns.addr())
+            .extra("[metrics]\naddress = \"127.0.0.1:0\"\n"),
+    );
+    let metrics = server.listener("metrics");
+    // The null sender: no DSN comes back to muddle the counts.
+    for i in 0..2 {
+        let mut c = server.session();
+        c.send_message(
+            "",
+            &["u@nullmx.test"],
+            &common::message(&format!("nullmx-{i}"), 300),
+        )
+        .unwrap_or_else(|r| panic!("refused: {r:?}"));
+        c.quit();
+        scrape_until(metrics, "the bounce", |s| {
+            s.get("spate_delivery_messages_total{result=\"bounced\"}") == Some(&(i as f64 + 1.0))
+        });
+    }
+    let ca = server.tls.as_ref().unwrap().ca.display().to_string();
+    let smtp = server.smtp.to_string();
+    let (code, out) = common::swaks(
+        &[
+            "--server",
+            &smtp,
+            "--tls",
+            "--tls-verify",
+            "--tls-ca-path",
+            &ca,
+            "--from",
+            "tls@example.test",
+            "--to",
+            "bob@example.test",
+            "--body",
+            "over TLS",
+            "--timeout",
+            "20",
+        ]
+        .map(str::to_owned),
+    );
+    assert_eq!(code, 0, "{out}");
+    let s = scrape_until(metrics, "the TLS message", |s| {
+        s.get("spate_smtp_messages_received_total") == Some(&3.0)
+    });
+    assert_eq!(
+        dns.queries_for("nullmx.test", "MX"),
+        1,
+        "cached the second time"
+    );
+    let expect = [
+        ("spate_dns_queries_total", dns.queries() as f64),
+        ("spate_dns_queries_total", 1.0),
+        ("spate_dns_cache_hits_total", 1.0),
+        ("spate_delivery_recipients_total{outcome=\"bounced\"}", 2.0),
+        (
+            "spate_delivery_recipients_total{outcome=\"delivered\"}",
+            0.0,
+        ),
+        ("spate_delivery_messages_total{result=\"bounced\"}", 2.0),
+        ("spate_tls_handshakes_total{result=\"ok\"}", 1.0),
+        ("spate_tls_handshakes_total{result=\"failed\"}", 0.0),
+        ("spate_connections_total{protocol=\"smtp\"}", 3.0),
+    ];
+    let wrong: Vec<String> = expect
+        .iter()
+        .filter(|(name, want)| value(&s, name) != *want)
+        .map(|(name, want)| format!("{name}: want {want}, got {}", value(&s, name)))
+        .collect();
+    assert!(wrong.is_empty(), "{wrong:#?}\nscrape: {s:#?}");
 }
 
 #[test]
