@@ -1,7 +1,7 @@
 //! The Prometheus endpoint (`[metrics] address`), scraped over HTTP from a
 //! real `spate serve` with two cores: after a known number of SMTP
 //! sessions, messages (known sizes, delivered to a local mailbox), a
-//! refused recipient and POP3 logins, every counter, histogram count and
+//! refused recipient, POP3 and IMAP logins, every counter, histogram count and
 //! gauge says exactly that; relayed mail to a null-MX domain counts one DNS
 //! query, one cache hit and two bounces; a STARTTLS handshake counts. Also:
 //! the bound address is printed as `listening metrics ADDR` before `ready`,
@@ -101,6 +101,28 @@ fn pop3_login(addr: SocketAddr, user: &str, password: &str) -> bool {
     ok
 }
 
+/// One IMAP LOGIN then LOGOUT; true when the login was accepted.
+fn imap_login(addr: SocketAddr, user: &str, password: &str) -> bool {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    // Reads up to the tagged reply of `tag`; true when it is OK.
+    let mut tagged = |tag: &str| loop {
+        let mut line = String::new();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "closed early");
+        if let Some(rest) = line.strip_prefix(&format!("{tag} ")) {
+            return rest.starts_with("OK");
+        }
+    };
+    assert!(tagged("*"), "greeting");
+    write!(writer, "a LOGIN {user} {password}\r\n").unwrap();
+    let ok = tagged("a");
+    write!(writer, "b LOGOUT\r\n").unwrap();
+    assert!(tagged("b"), "LOGOUT");
+    ok
+}
+
 /// Sizes of the files in `dir` minus the trace headers local delivery
 /// writes above each message: the bytes spate stored for each.
 fn stored_sizes(dir: &std::path::Path, sender: &str, recipient: &str) -> Vec<u64> {
@@ -119,6 +141,7 @@ fn scrape_reports_exactly_what_happened() {
             .cores(2)
             .user("alice", "pw")
             .listener("pop3")
+            .listener("imap")
             .extra("[metrics]\naddress = \"127.0.0.1:0\"\n"),
     );
     let metrics = server.listener("metrics");
@@ -165,6 +188,7 @@ fn scrape_reports_exactly_what_happened() {
     let pop3 = server.listener("pop3");
     assert!(pop3_login(pop3, "alice", "pw"));
     assert!(!pop3_login(pop3, "alice", "wrong"));
+    assert!(imap_login(server.listener("imap"), "alice", "pw"));
 
     let n = MESSAGES as f64;
     let s = scrape_until(
@@ -174,6 +198,7 @@ fn scrape_reports_exactly_what_happened() {
             s.get("spate_delivery_messages_total{result=\"delivered\"}") == Some(&n)
                 && s.get("spate_connections_open{protocol=\"smtp\"}") == Some(&0.0)
                 && s.get("spate_connections_open{protocol=\"pop3\"}") == Some(&0.0)
+                && s.get("spate_connections_open{protocol=\"imap\"}") == Some(&0.0)
                 && s.get("spate_queue_messages{state=\"active\"}") == Some(&0.0)
         },
     );
@@ -188,7 +213,7 @@ fn scrape_reports_exactly_what_happened() {
         ("spate_connections_total{protocol=\"smtp\"}", n + 1.0),
         ("spate_connections_total{protocol=\"submission\"}", 0.0),
         ("spate_connections_total{protocol=\"pop3\"}", 2.0),
-        ("spate_connections_total{protocol=\"imap\"}", 0.0),
+        ("spate_connections_total{protocol=\"imap\"}", 1.0),
         ("spate_connections_refused_total", 0.0),
         ("spate_smtp_transactions_total", n + 1.0),
         ("spate_smtp_messages_received_total", n),
@@ -201,7 +226,7 @@ fn scrape_reports_exactly_what_happened() {
         ("spate_smtp_replies_total{class=\"5xx\"}", 1.0),
         ("spate_smtp_store_failures_total", 0.0),
         ("spate_logins_total{protocol=\"pop3\"}", 1.0),
-        ("spate_logins_total{protocol=\"imap\"}", 0.0),
+        ("spate_logins_total{protocol=\"imap\"}", 1.0),
         ("spate_auth_failures_total", 1.0),
         ("spate_tls_handshakes_total{result=\"ok\"}", 0.0),
         ("spate_delivery_recipients_total{outcome=\"delivered\"}", n),
