@@ -15,8 +15,11 @@ pub struct LogInitError(String);
 pub fn init(log: &Log) -> Result<(), LogInitError> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(log.level.name()));
+    // Colours only for a person at a terminal, never in a log file.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let result = match log.format {
         LogFormat::Text => builder.try_init(),
