@@ -534,6 +534,36 @@ mod tests {
     }
 
     #[test]
+    fn messages_are_counted_by_state() {
+        let mut q = Queue::new();
+        for n in 1..=3 {
+            q.insert(id(n), entry(T0));
+        }
+        assert_eq!(
+            q.count_by_state(),
+            StateCounts {
+                new: 3,
+                deferred: 0,
+                active: 0
+            }
+        );
+        let due = q.due(t(0));
+        assert_eq!(due.len(), 3);
+        q.defer(due[0].id, due[0].attempt, t(0), "421 busy")
+            .expect("defer");
+        q.remove(due[1].id);
+        // due[2] is still out for delivery.
+        assert_eq!(
+            q.count_by_state(),
+            StateCounts {
+                new: 0,
+                deferred: 1,
+                active: 1
+            }
+        );
+    }
+
+    #[test]
     fn backoff_sequence_with_a_fake_clock() {
         let mut q = Queue::new();
         q.insert(id(1), entry(T0));

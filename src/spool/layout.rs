@@ -102,3 +102,22 @@ pub fn disk_usage(spool_dir: &Path) -> io::Result<u64> {
     }
     Ok(total)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_usage_counts_segment_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(disk_usage(&dir.path().join("missing")).unwrap(), 0);
+        let seg = segment_path(dir.path(), SegmentId { shard: 1, seq: 7 });
+        std::fs::create_dir_all(seg.parent().unwrap()).unwrap();
+        std::fs::write(&seg, vec![1u8; 64 * 1024]).unwrap();
+        let one = disk_usage(dir.path()).unwrap();
+        assert!(one >= 64 * 1024, "{one}");
+        std::fs::write(seg.with_file_name("notes.txt"), vec![1u8; 64 * 1024]).unwrap();
+        std::fs::write(dir.path().join("control.sock"), b"x").unwrap();
+        assert_eq!(disk_usage(dir.path()).unwrap(), one, "other files ignored");
+    }
+}
