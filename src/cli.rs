@@ -137,8 +137,18 @@ pub enum UserAction {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Serve { config } => serve(load(config.as_ref())?, config),
+    // `serve` logs as its `[log]` says; the other commands as by default.
+    let command = match cli.command {
+        Command::Serve { config: path } => {
+            let config = load(path.as_ref())?;
+            crate::logging::init(&config.log)?;
+            return serve(config, path);
+        }
+        other => other,
+    };
+    crate::logging::init(&crate::config::Log::default())?;
+    match command {
+        Command::Serve { .. } => bail!("serve is handled above"),
         Command::Queue {
             action: QueueAction::List { config, json },
         } => queue_list(&load(config.as_ref())?, json),
@@ -340,6 +350,13 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let live =
         Arc::new(crate::reload::LiveSettings::load(&config).context("loading the certificate")?);
     let (reservations, addresses) = reserve_ports(&config)?;
+    let metrics_listener = match config.metrics.address {
+        Some(address) => Some(
+            crate::metrics::endpoint::bind(address)
+                .with_context(|| format!("cannot listen on {address} for metrics"))?,
+        ),
+        None => None,
+    };
     let count = config.executor_count();
     // The CPUs this process may run on (taskset, CPUAffinity=, cpusets):
     // executor i is pinned to the i-th of them.
@@ -390,12 +407,16 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     };
     let mut inboxes = Vec::with_capacity(count);
     let mut reload_inboxes = Vec::with_capacity(count);
+    let mut snapshot_inboxes = Vec::with_capacity(count);
     let mut handles = Vec::with_capacity(count);
     for index in 0..count {
         let (inbox, control) = async_channel::unbounded();
         inboxes.push(inbox);
         let (reload_inbox, reloads) = async_channel::unbounded();
         reload_inboxes.push(reload_inbox);
+        let (snapshot_inbox, snapshots) =
+            async_channel::bounded(crate::metrics::endpoint::INBOX_DEPTH);
+        snapshot_inboxes.push(snapshot_inbox);
         let plan = ShardPlan {
             index,
             adopt: shard::adoption(index, count, &existing),
@@ -417,6 +438,7 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
             outbound_tls: Arc::clone(&outbound_tls),
             smarthost_tls: smarthost_tls.clone(),
             control,
+            snapshots,
         };
         handles.push(shard::spawn(plan, cpus[index % cpus.len()]).context("starting an executor")?);
     }
@@ -449,11 +471,39 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         ),
         Some(_) => None,
     };
+    let metrics_endpoint = match (failure.is_none(), metrics_listener) {
+        (true, Some(listener)) => {
+            let address = listener.local_addr()?;
+            let resolver = resolver.handle();
+            let spool_dir = config.spool_dir.clone();
+            let complete: crate::metrics::endpoint::Complete = Box::new(move |snapshot| {
+                let dns = resolver.stats();
+                snapshot.dns_queries = dns.queries;
+                snapshot.dns_cache_hits = dns.cache_hits;
+                match crate::spool::disk_usage(&spool_dir) {
+                    Ok(bytes) => snapshot.spool_bytes = bytes,
+                    Err(e) => tracing::warn!(error = %e, "cannot measure the spool"),
+                }
+            });
+            let thread = crate::metrics::endpoint::serve(
+                listener,
+                snapshot_inboxes,
+                complete,
+                Arc::clone(&stop),
+            )
+            .context("starting the metrics endpoint")?;
+            Some((address, thread))
+        }
+        _ => None,
+    };
     if failure.is_none() {
         drop(reservations);
         let mut out = std::io::stdout().lock();
         for (listener, addr) in config.listeners.iter().zip(&addresses) {
             writeln!(out, "listening {} {addr}", listener.protocol.name())?;
+        }
+        if let Some((address, _)) = &metrics_endpoint {
+            writeln!(out, "listening metrics {address}")?;
         }
         writeln!(out, "ready")?;
         out.flush()?;
@@ -543,6 +593,9 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     stop.store(true, Ordering::Release);
     if let Some(control) = control {
         let _ = control.join();
+    }
+    if let Some((_, endpoint)) = metrics_endpoint {
+        let _ = endpoint.join();
     }
     let mut metrics = Metrics::default();
     for handle in handles {

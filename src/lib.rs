@@ -18,11 +18,11 @@
 //! | accounts | [`account`] | users file (Dovecot passwd-file), password schemes, aliases, recipient directory, login throttle |
 //! | mailbox tier | [`local`] | the directory and the store together, as the servers use them: RCPT checks, logins, one recipient's delivery |
 //! | runtime glue | [`shard`], [`session`], [`tls`] | pinned glommio executors, listeners with SO_REUSEPORT, sessions over glommio sockets, STARTTLS |
-//! | edges | [`config`], [`metrics`], [`cli`], [`control`] | TOML configuration, per-core counters and histograms, the command line |
+//! | edges | [`config`], [`metrics`], [`logging`], [`cli`], [`control`] | TOML configuration, per-core counters and histograms merged when scraped (Prometheus endpoint), the log subscriber (text or JSON lines), the command line |
 //! | service | [`sd_notify`], [`reload`], [`tune`] | systemd readiness, reload and stop notifications; what a SIGHUP reload swaps and what needs a restart; `spate tune check` against the tuning kit |
 //!
 //! See DESIGN.md (shared with the project) and README.md for the whole
-//! picture; the IMAP session and its glue are still to come.
+//! picture.
 
 pub mod account;
 pub mod blocking;
@@ -33,6 +33,7 @@ pub mod delivery;
 pub mod envelope;
 pub mod imap;
 pub mod local;
+pub mod logging;
 pub mod mailbox;
 pub mod metrics;
 pub mod notify;

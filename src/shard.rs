@@ -1,7 +1,8 @@
 //! One shard per core: a pinned glommio executor that recovers its spool,
 //! binds every listener with SO_REUSEPORT, accepts and serves sessions, and
-//! stops cleanly. Shards share nothing on the hot path; the only shared
-//! state is the connection count, touched at connect and close.
+//! stops cleanly; answers control requests and metrics scrapes. Shards
+//! share nothing on the hot path; the only shared state is the connection
+//! count, touched at connect and close.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -24,7 +25,8 @@ use crate::delivery::engine::Engine;
 use crate::delivery::router::Router;
 use crate::imap::session::ImapConfig;
 use crate::local::LocalTier;
-use crate::metrics::Metrics;
+use crate::metrics::endpoint::SnapshotRequest;
+use crate::metrics::{Metrics, QueueDepth, Snapshot};
 use crate::notify::Notify;
 use crate::pop3::Pop3Config;
 use crate::queue::{NoJitter, Queue, QueueEntry, ReadyLimits, RetryPolicy};
@@ -145,6 +147,8 @@ pub struct ShardPlan {
     pub smarthost_tls: Option<Arc<rustls::ClientConfig>>,
     /// Requests from the control socket for this shard.
     pub control: async_channel::Receiver<ShardCommand>,
+    /// Scrapes of the metrics endpoint asking for this shard's figures.
+    pub snapshots: async_channel::Receiver<SnapshotRequest>,
 }
 
 /// Starts the executor of one shard, pinned to `cpu`. Its join handle
@@ -283,6 +287,7 @@ async fn start<S: SegmentStore + 'static>(
         Rc::clone(&ctx.shutdown),
     ))
     .detach();
+    glommio::spawn_local(serve_snapshots(Rc::clone(&ctx), plan.snapshots)).detach();
     glommio::spawn_local(watch_stop(plan.stop, Rc::clone(&ctx.shutdown))).detach();
     glommio::spawn_local(serve_reloads(
         Rc::clone(&ctx),
@@ -392,6 +397,38 @@ async fn serve_reloads<S: SegmentStore + 'static>(
         ctx.apply(&settings);
         let _ = reports.send(ShardReport::Reloaded { shard: ctx.index });
     }
+}
+
+/// Answers the metrics endpoint's scrapes until the shard stops.
+async fn serve_snapshots<S: SegmentStore + 'static>(
+    ctx: Rc<ShardContext<S>>,
+    inbox: async_channel::Receiver<SnapshotRequest>,
+) {
+    loop {
+        let next = or(async { inbox.recv().await.ok() }, async {
+            ctx.shutdown.wait().await;
+            None
+        })
+        .await;
+        let Some(request) = next else { return };
+        let _ = request.reply.send(snapshot(&ctx));
+    }
+}
+
+/// This shard's figures now: its counters and histograms, its queue by
+/// state, its spool's sync times.
+pub fn snapshot<S: SegmentStore>(ctx: &ShardContext<S>) -> Snapshot {
+    let mut snapshot = ctx.metrics.borrow().snapshot();
+    let queue = ctx.queue.borrow();
+    let counts = queue.count_by_state();
+    snapshot.queue = QueueDepth {
+        queued: counts.new,
+        deferred: counts.deferred,
+        active: counts.active,
+        bytes: queue.bytes(),
+    };
+    snapshot.fsync_latency = ctx.spool.sync_latency().buckets();
+    snapshot
 }
 
 async fn watch_stop(stop: Arc<AtomicBool>, shutdown: Rc<Shutdown>) {

@@ -142,6 +142,8 @@ impl Shard {
             outbound_tls: spate::tls::client_config(false, None).expect("tls"),
             smarthost_tls: None,
             control: control_requests,
+            // No metrics endpoint: a closed inbox ends the shard's scrape task.
+            snapshots: async_channel::bounded(1).1,
         };
         let control_for_test = control.clone();
         let control = control.clone();

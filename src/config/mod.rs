@@ -68,6 +68,62 @@ pub struct Config {
     pub auth: Auth,
     #[serde(default)]
     pub pop3: Pop3,
+    #[serde(default)]
+    pub metrics: MetricsEndpoint,
+    #[serde(default)]
+    pub log: Log,
+}
+
+/// The Prometheus endpoint (`[metrics]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsEndpoint {
+    /// `ip:port` serving `GET /metrics`; absent: no endpoint. Port 0 picks
+    /// a free port (printed as `listening metrics ADDR`).
+    pub address: Option<SocketAddr>,
+}
+
+/// Logging (`[log]`), on standard error.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// `text` (human-readable lines) or `json` (one JSON object per line).
+    pub format: LogFormat,
+    /// The least severe level written; `RUST_LOG`, when set, overrides it.
+    pub level: LogLevel,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The least severe level written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn name(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
 }
 
 /// Logins: SMTP AUTH on the submission listeners, POP3 (and IMAP later).
@@ -499,6 +555,30 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_and_log_sections_parse_and_refuse_unknowns() {
+        let base = "spool_dir = \"/tmp/s\"\n[[listener]]\naddress = \"127.0.0.1:25\"\nprotocol = \"smtp\"\n";
+        let c = Config::parse(base).unwrap();
+        assert_eq!(c.metrics.address, None);
+        assert_eq!(c.log.format, LogFormat::Text);
+        assert_eq!(c.log.level, LogLevel::Info);
+        let c = Config::parse(&format!(
+            "{base}[metrics]\naddress = \"127.0.0.1:9425\"\n[log]\nformat = \"json\"\nlevel = \"debug\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.metrics.address, Some("127.0.0.1:9425".parse().unwrap()));
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.log.level, LogLevel::Debug);
+        for bad in [
+            "[metrics]\naddress = \"nowhere\"\n",
+            "[metrics]\nport = 1\n",
+            "[log]\nformat = \"xml\"\n",
+            "[log]\nlevel = \"loud\"\n",
+        ] {
+            assert!(Config::parse(&format!("{base}{bad}")).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn embedded_default_parses_and_listens_on_loopback() {

@@ -18,6 +18,7 @@ use crate::delivery::dsn::{build_dsn, status_of, DsnAction, FailedRecipient};
 use crate::delivery::outbound::{HostFailed, Outbound};
 use crate::delivery::router::{HostPort, NextHop, Route};
 use crate::local::LocalOutcome;
+use crate::metrics::{MessageResult, RecipientResult};
 use crate::queue::{
     AttemptId, Deferral, DestinationKey, Dispatch, MessageState, QueueEntry, QueueError,
     ReadyLimits, ReadyQueues, Task, UnixTime,
@@ -38,6 +39,9 @@ const CONNECTION_LINGER: Duration = Duration::from_secs(2);
 const NO_MAILBOX_TIER: &str = "451 4.3.5 local delivery is not configured ([local] mailbox_dir)";
 /// How local deliveries show as the remote MTA in DSNs and logs.
 const LOCAL_MTA: &str = "local";
+/// The next hop in log lines when no host was reached (resolution or
+/// connection failed, expiry).
+const NO_RELAY: &str = "none";
 
 /// How the addresses of a destination are found.
 #[derive(Debug)]
@@ -419,7 +423,13 @@ impl<S: SegmentStore + 'static> Engine<S> {
                 }
             };
             let indexes: Vec<usize> = work.recipients.iter().map(|&i| i as usize).collect();
+            let began = std::time::Instant::now();
             let tx = out.send(message.envelope(), &indexes, message.body()).await;
+            self.ctx
+                .metrics
+                .borrow_mut()
+                .attempt_latency
+                .record(began.elapsed());
             let results = tx
                 .results
                 .iter()
@@ -429,14 +439,6 @@ impl<S: SegmentStore + 'static> Engine<S> {
                     reply: r.reply.to_string(),
                 })
                 .collect();
-            for r in &tx.results {
-                let rcpt = message
-                    .envelope()
-                    .recipients
-                    .get(r.index)
-                    .map_or("?", |x| x.address.as_str());
-                tracing::info!(id = %work.id, to = rcpt, relay = %out.remote, reply = %r.reply, outcome = ?r.outcome, "delivery");
-            }
             self.report(work.id, work.attempt, results, Some(out.remote.clone()))
                 .await;
             self.ready.borrow_mut().done(dest, 1);
@@ -483,6 +485,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
             })
             .collect();
         let sender = envelope.sender.clone();
+        let began = std::time::Instant::now();
         // The job hands the body back, for a forwarded copy.
         let job = self.ctx.blocking.run(move || {
             let outcomes = addresses
@@ -495,7 +498,13 @@ impl<S: SegmentStore + 'static> Engine<S> {
                 .collect::<Vec<_>>();
             (outcomes, body)
         });
-        let Ok((outcomes, body)) = job.await else {
+        let finished = job.await;
+        self.ctx
+            .metrics
+            .borrow_mut()
+            .attempt_latency
+            .record(began.elapsed());
+        let Ok((outcomes, body)) = finished else {
             let reply = "451 4.3.0 local delivery failed unexpectedly";
             return self
                 .report(id, attempt, transient(&recipients, reply), None)
@@ -504,7 +513,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
         let mut results = Vec::with_capacity(outcomes.len());
         let mut forwarded: Vec<u32> = Vec::new();
         let mut forward_to: Vec<String> = Vec::new();
-        for (index, address, outcome) in outcomes {
+        for (index, _address, outcome) in outcomes {
             let (outcome, reply) = match outcome {
                 LocalOutcome::Delivered { forward } if forward.is_empty() => (
                     Outcome::Delivered,
@@ -522,7 +531,6 @@ impl<S: SegmentStore + 'static> Engine<S> {
                 LocalOutcome::Deferred(reply) => (Outcome::TransientFailure, reply),
                 LocalOutcome::Failed(reply) => (Outcome::PermanentFailure, reply),
             };
-            tracing::info!(%id, to = %address, relay = LOCAL_MTA, %reply, ?outcome, "delivery");
             results.push(RecipientReport {
                 index,
                 outcome,
@@ -674,6 +682,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
         results: Vec<RecipientReport>,
         remote: Option<String>,
     ) {
+        self.log_outcomes(id, &results, remote.as_deref());
         for r in results {
             let kind = match r.outcome {
                 Outcome::Delivered => OutcomeKind::Delivered,
@@ -727,6 +736,37 @@ impl<S: SegmentStore + 'static> Engine<S> {
         }
     }
 
+    /// One log line and one count per recipient result: the message's
+    /// life as operators follow it (`delivered`, `deferred`, `bounced`).
+    fn log_outcomes(&self, id: SpoolId, results: &[RecipientReport], relay: Option<&str>) {
+        let attempts = self.ctx.queue.borrow().attempts(id).unwrap_or(0) + 1;
+        let message = self.ctx.spool.read_message(id).ok();
+        let envelope = message.as_ref().map(|m| m.envelope());
+        let from = envelope.map_or("", |e| e.sender.as_str());
+        let relay = relay.unwrap_or(NO_RELAY);
+        let mut metrics = self.ctx.metrics.borrow_mut();
+        for r in results {
+            let to = envelope
+                .and_then(|e| e.recipients.get(r.index as usize))
+                .map_or("", |x| x.address.as_str());
+            let reply = r.reply.as_str();
+            match r.outcome {
+                Outcome::Delivered => {
+                    metrics.count_recipient(RecipientResult::Delivered);
+                    tracing::info!(%id, from, to, relay, reply, attempts, "delivered");
+                }
+                Outcome::TransientFailure => {
+                    metrics.count_recipient(RecipientResult::Deferred);
+                    tracing::info!(%id, from, to, relay, reply, attempts, "deferred");
+                }
+                Outcome::PermanentFailure => {
+                    metrics.count_recipient(RecipientResult::Bounced);
+                    tracing::info!(%id, from, to, relay, reply, attempts, "bounced");
+                }
+            }
+        }
+    }
+
     /// The attempt is over: DSN for what bounced, then finish the message
     /// or schedule its retry.
     async fn complete(self: &Rc<Self>, id: SpoolId, attempt: AttemptId) {
@@ -757,7 +797,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
                 if let Err(e) = self.ctx.spool.record_deferral(id, &deferred).await {
                     tracing::warn!(%id, error = %e, "cannot record a deferral");
                 }
-                tracing::info!(%id, attempts = deferred.attempts, next = deferred.next_attempt_unix, error = %error, "deferred");
+                tracing::debug!(%id, attempts = deferred.attempts, next = deferred.next_attempt_unix, error = %error, "retry scheduled");
             }
             Ok(Deferral::Expired(dispatch)) => Box::pin(self.expire(dispatch)).await,
             Err(e) => tracing::debug!(%id, error = %e, "stale delivery report"),
@@ -774,8 +814,20 @@ impl<S: SegmentStore + 'static> Engine<S> {
             last.map(|e| format!(" (last error: {e})"))
                 .unwrap_or_default()
         );
+        let attempts = self.ctx.queue.borrow().attempts(id).unwrap_or(0);
+        let message = self.ctx.spool.read_message(id).ok();
+        let envelope = message.as_ref().map(|m| m.envelope());
+        let from = envelope.map_or("", |e| e.sender.as_str());
         let mut failed = Vec::new();
         for index in pending {
+            let to = envelope
+                .and_then(|e| e.recipients.get(index as usize))
+                .map_or("", |x| x.address.as_str());
+            tracing::info!(%id, from, to, relay = NO_RELAY, reply = %reply, attempts, "expired");
+            self.ctx
+                .metrics
+                .borrow_mut()
+                .count_recipient(RecipientResult::Expired);
             let outcome = RecipientOutcome {
                 kind: OutcomeKind::Expired,
                 reply: reply.clone(),
@@ -791,7 +843,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
             }
             failed.extend(FailedRecipient::from_outcome(index, &outcome));
         }
-        tracing::info!(%id, "expired");
+        drop(message);
         self.send_dsn(id, &failed).await;
         self.finish(id, FinishReason::Expired).await;
     }
@@ -820,7 +872,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
             .first()
             .map_or(String::new(), |r| r.address.clone());
         match self.queue_new(dsn.envelope, dsn.body).await {
-            Ok(bounce) => tracing::info!(%id, %bounce, %to, "bounced"),
+            Ok(bounce) => tracing::info!(%id, %bounce, %to, "dsn queued"),
             Err(e) => tracing::error!(%id, error = %e, "cannot spool a DSN"),
         }
     }
@@ -832,12 +884,22 @@ impl<S: SegmentStore + 'static> Engine<S> {
             tracing::error!(%id, error = %e, "cannot mark a message finished");
         }
         let entry = self.ctx.queue.borrow_mut().remove(id);
-        if let (FinishReason::Delivered, Some(at)) = (reason, entry.and_then(|e| e.acknowledged_at))
-        {
-            self.ctx
-                .metrics
-                .borrow_mut()
-                .record_delivery_latency(at.elapsed());
+        let mut metrics = self.ctx.metrics.borrow_mut();
+        let result = match reason {
+            FinishReason::Delivered => Some(MessageResult::Delivered),
+            FinishReason::Bounced => Some(MessageResult::Bounced),
+            FinishReason::Expired => Some(MessageResult::Expired),
+            FinishReason::Deleted => Some(MessageResult::Deleted),
+            FinishReason::Discarded => None,
+        };
+        if let (Some(result), Some(_)) = (result, &entry) {
+            metrics.counters.messages_finished[result as usize] += 1;
+        }
+        if let (FinishReason::Delivered, Some(entry)) = (reason, &entry) {
+            metrics.counters.bytes_delivered += entry.size;
+            if let Some(at) = entry.acknowledged_at {
+                metrics.record_delivery_latency(at.elapsed());
+            }
         }
     }
 

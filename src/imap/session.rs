@@ -272,6 +272,12 @@ impl Session {
         self.out.drain(..n.min(self.out.len()));
     }
 
+    /// A login (LOGIN or AUTHENTICATE) succeeded and the session has not
+    /// logged out.
+    pub fn is_authenticated(&self) -> bool {
+        matches!(self.state, State::Authenticated { .. })
+    }
+
     pub fn is_logged_out(&self) -> bool {
         matches!(self.state, State::Logout)
     }

@@ -20,5 +20,7 @@ mod time;
 pub use error::QueueError;
 pub use policy::{Jitter, NoJitter, RetryPolicy, SpreadJitter};
 pub use ready::{DestinationKey, ReadyFull, ReadyLimits, ReadyQueues};
-pub use schedule::{AttemptId, Deferral, Dispatch, MessageState, Queue, QueueEntry, Task};
+pub use schedule::{
+    AttemptId, Deferral, Dispatch, MessageState, Queue, QueueEntry, StateCounts, Task,
+};
 pub use time::UnixTime;

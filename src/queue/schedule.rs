@@ -92,6 +92,17 @@ pub struct Dispatch {
     pub task: Task,
 }
 
+/// Messages by state ([`Queue::count_by_state`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateCounts {
+    /// Waiting for their first attempt.
+    pub new: u64,
+    /// Waiting for a retry after failed attempts.
+    pub deferred: u64,
+    /// Being delivered or expired now.
+    pub active: u64,
+}
+
 /// The result of [`Queue::defer`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Deferral {
@@ -437,6 +448,20 @@ impl<J: Jitter> Queue<J> {
         self.bytes
     }
 
+    /// Messages by state, for the metrics (walks the queue: call it when
+    /// scraped, not per message).
+    pub fn count_by_state(&self) -> StateCounts {
+        let mut counts = StateCounts::default();
+        for m in self.messages.values() {
+            match m.state {
+                MessageState::Active { .. } => counts.active += 1,
+                MessageState::Waiting { .. } if m.attempts == 0 => counts.new += 1,
+                MessageState::Waiting { .. } => counts.deferred += 1,
+            }
+        }
+        counts
+    }
+
     /// Messages in spool order (ids grow with segment and offset).
     pub fn iter(&self) -> impl Iterator<Item = (SpoolId, &QueueEntry)> {
         self.messages.iter().map(|(id, m)| (*id, &m.entry))
@@ -506,6 +531,36 @@ mod tests {
         assert!(q.due(t(0)).is_empty(), "handed out once");
         assert_eq!(q.next_wakeup(), Some(t(3600)), "attempt deadline");
         check(&q);
+    }
+
+    #[test]
+    fn messages_are_counted_by_state() {
+        let mut q = Queue::new();
+        for n in 1..=3 {
+            q.insert(id(n), entry(T0));
+        }
+        assert_eq!(
+            q.count_by_state(),
+            StateCounts {
+                new: 3,
+                deferred: 0,
+                active: 0
+            }
+        );
+        let due = q.due(t(0));
+        assert_eq!(due.len(), 3);
+        q.defer(due[0].id, due[0].attempt, t(0), "421 busy")
+            .expect("defer");
+        q.remove(due[1].id);
+        // due[2] is still out for delivery.
+        assert_eq!(
+            q.count_by_state(),
+            StateCounts {
+                new: 0,
+                deferred: 1,
+                active: 1
+            }
+        );
     }
 
     #[test]

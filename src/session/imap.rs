@@ -20,6 +20,8 @@ use crate::imap::session::{Backend, Outcome, PeerInfo, Session};
 use crate::imap::{parse_command, CommandReader, ReaderConfig, Step};
 use crate::local::{LocalTier, Login};
 use crate::mailbox::{MailboxError, UserMailbox};
+use crate::metrics::ConnectionKind;
+use crate::session::counted::CountedConnection;
 use crate::session::stream::{
     accept_tls, open_connection, plaintext_allowed, refuse, wait_for_client, Connection,
     ReadBuffer, ServerConnection, Wake,
@@ -79,6 +81,8 @@ pub async fn serve<S: SegmentStore>(
     let Ok(_slot) = ctx.limits.admit(peer.ip()) else {
         return refuse(stream, TOO_MANY_CONNECTIONS).await;
     };
+    let _counted = CountedConnection::open(&ctx, ConnectionKind::Imap);
+    tracing::debug!(%peer, protocol = "imap", "connect");
     let acceptor = if implicit_tls {
         match ctx.tls() {
             Some(acceptor) => Some(acceptor),
@@ -87,8 +91,14 @@ pub async fn serve<S: SegmentStore>(
     } else {
         None
     };
-    let Some(conn) =
-        open_connection(stream, acceptor.as_ref(), Duration::from_secs(60), peer).await
+    let Some(conn) = open_connection(
+        stream,
+        acceptor.as_ref(),
+        Duration::from_secs(60),
+        peer,
+        &ctx.metrics,
+    )
+    .await
     else {
         return;
     };
@@ -116,9 +126,11 @@ pub async fn serve<S: SegmentStore>(
         peer,
         last_activity: Instant::now(),
         shutdown_seen: false,
+        logged_in: false,
     };
-    if let Err(e) = driver.run().await {
-        tracing::debug!(%peer, error = %e, "imap session ended");
+    match driver.run().await {
+        Ok(()) => tracing::debug!(%peer, "disconnect"),
+        Err(e) => tracing::debug!(%peer, error = %e, "disconnect"),
     }
     let _ = driver.conn.close().await;
 }
@@ -134,6 +146,8 @@ struct Driver<S: SegmentStore> {
     peer: SocketAddr,
     last_activity: Instant,
     shutdown_seen: bool,
+    /// The login has been counted.
+    logged_in: bool,
 }
 
 /// What the driver does after handling the buffered input.
@@ -223,10 +237,16 @@ impl<S: SegmentStore> Driver<S> {
             if self.session_mut()?.is_logged_out() {
                 return Ok(Next::Close);
             }
+            if !self.logged_in && self.session_mut()?.is_authenticated() {
+                self.logged_in = true;
+                tracing::debug!(peer = %self.peer, "imap login");
+                self.ctx.metrics.borrow_mut().counters.logins[ConnectionKind::Imap as usize] += 1;
+            }
             match outcome {
                 Outcome::Continue => {}
                 Outcome::AuthFailed => {
-                    self.ctx.metrics.borrow_mut().auth_failures += 1;
+                    tracing::debug!(peer = %self.peer, "imap login failed");
+                    self.ctx.metrics.borrow_mut().counters.auth_failures += 1;
                     if let Some(tier) = &self.ctx.local {
                         let delay =
                             tier.login_failed(self.peer.ip().to_canonical(), Instant::now());
@@ -386,8 +406,9 @@ impl<S: SegmentStore> Driver<S> {
         else {
             return Ok(false);
         };
-        match accept_tls(&acceptor, tcp, Duration::from_secs(60)).await {
+        match accept_tls(&acceptor, tcp, Duration::from_secs(60), &self.ctx.metrics).await {
             Ok(conn) => {
+                tracing::debug!(peer = %self.peer, "starttls");
                 self.conn = conn;
                 self.session_mut()?.tls_established();
                 Ok(true)

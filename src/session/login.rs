@@ -23,7 +23,7 @@ pub async fn check_login<S: SegmentStore>(
 ) -> Login {
     let ip = ip.to_canonical();
     let Some(tier) = ctx.local.clone() else {
-        ctx.metrics.borrow_mut().auth_failures += 1;
+        ctx.metrics.borrow_mut().counters.auth_failures += 1;
         return Login::Failed;
     };
     let verdict = if tier.login_blocked(ip, Instant::now()) {
@@ -38,7 +38,7 @@ pub async fn check_login<S: SegmentStore>(
     match &verdict {
         Login::Success(_) => tier.login_succeeded(ip),
         Login::Failed => {
-            ctx.metrics.borrow_mut().auth_failures += 1;
+            ctx.metrics.borrow_mut().counters.auth_failures += 1;
             let delay = tier.login_failed(ip, Instant::now());
             glommio::timer::sleep(delay).await;
         }

@@ -1,6 +1,7 @@
 //! Runtime glue for client sessions: drives the sans-IO protocol cores
 //! over glommio sockets. Protocol decisions stay in the cores.
 
+pub mod counted;
 pub mod imap;
 pub mod limits;
 pub mod login;

@@ -15,11 +15,13 @@ use glommio::net::TcpStream;
 
 use crate::local::{LocalTier, Login};
 use crate::mailbox::{Folder, MailboxError, SessionLock, Uid};
+use crate::metrics::ConnectionKind;
 use crate::pop3::{
     AuthOutcome, MaildropError, MessageEncoder, MessageInfo, PeerInfo, Request, Session, UniqueId,
     UpdateError,
 };
 use crate::sasl::Password;
+use crate::session::counted::CountedConnection;
 use crate::session::login::check_login;
 use crate::session::stream::{
     accept_tls, open_connection, plaintext_allowed, refuse, wait_for_client, Connection,
@@ -53,6 +55,8 @@ pub async fn serve<S: SegmentStore>(
         Ok(slot) => slot,
         Err(_) => return refuse(stream, TOO_MANY_CONNECTIONS).await,
     };
+    let _counted = CountedConnection::open(&ctx, ConnectionKind::Pop3);
+    tracing::debug!(%peer, protocol = "pop3", "connect");
     let timeout = ctx.pop3.idle_timeout;
     let acceptor = if implicit_tls {
         match ctx.tls() {
@@ -62,7 +66,7 @@ pub async fn serve<S: SegmentStore>(
     } else {
         None
     };
-    let Some(conn) = open_connection(stream, acceptor.as_ref(), timeout, peer).await else {
+    let Some(conn) = open_connection(stream, acceptor.as_ref(), timeout, peer, &ctx.metrics).await else {
         return;
     };
     let peer_info = PeerInfo {
@@ -79,8 +83,9 @@ pub async fn serve<S: SegmentStore>(
         shutdown_seen: false,
         peer,
     };
-    if let Err(e) = driver.run().await {
-        tracing::debug!(%peer, error = %e, "pop3 session ended");
+    match driver.run().await {
+        Ok(()) => tracing::debug!(%peer, "disconnect"),
+        Err(e) => tracing::debug!(%peer, error = %e, "disconnect"),
     }
     let _ = driver.conn.close().await;
 }
@@ -183,8 +188,15 @@ impl<S: SegmentStore> Driver<S> {
     /// See `session::login`: throttled, off the executor.
     async fn authenticate(&mut self, user: String, password: Password) -> AuthOutcome {
         match check_login(&self.ctx, self.peer.ip(), user, password).await {
-            Login::Success(_) => AuthOutcome::Ok,
-            Login::Failed => AuthOutcome::Failed,
+            Login::Success(user) => {
+                tracing::debug!(peer = %self.peer, %user, "pop3 login");
+                self.ctx.metrics.borrow_mut().counters.logins[ConnectionKind::Pop3 as usize] += 1;
+                AuthOutcome::Ok
+            }
+            Login::Failed => {
+                tracing::debug!(peer = %self.peer, "pop3 login failed");
+                AuthOutcome::Failed
+            }
             Login::Temporary => AuthOutcome::TemporaryFailure,
         }
     }
@@ -301,8 +313,16 @@ impl<S: SegmentStore> Driver<S> {
         else {
             return Ok(false);
         };
-        match accept_tls(&acceptor, tcp, self.ctx.pop3.idle_timeout).await {
+        match accept_tls(
+            &acceptor,
+            tcp,
+            self.ctx.pop3.idle_timeout,
+            &self.ctx.metrics,
+        )
+        .await
+        {
             Ok(conn) => {
+                tracing::debug!(peer = %self.peer, "stls");
                 self.conn = conn;
                 self.session.tls_established(Instant::now());
                 Ok(true)

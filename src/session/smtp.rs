@@ -15,7 +15,9 @@ use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
 use crate::local::Login;
+use crate::metrics::ConnectionKind;
 use crate::queue::QueueEntry;
+use crate::session::counted::CountedConnection;
 use crate::session::limits::Refusal;
 use crate::session::login::check_login;
 use crate::session::stream::{
@@ -56,11 +58,12 @@ pub async fn serve<S: SegmentStore>(
     // Without TCP_NODELAY every small reply waits for the peer's delayed
     // ACK (about 40 ms); a failure only costs speed.
     let _ = stream.set_nodelay(true);
-    ctx.metrics.borrow_mut().connections += 1;
+    ctx.metrics.borrow_mut().counters.connections += 1;
     let _slot = match ctx.limits.admit(peer.ip()) {
         Ok(slot) => slot,
         Err(refusal) => {
-            ctx.metrics.borrow_mut().connections_refused += 1;
+            ctx.metrics.borrow_mut().counters.connections_refused += 1;
+            tracing::debug!(%peer, ?refusal, "smtp connection refused");
             let reply = match refusal {
                 Refusal::TooManyInTotal => reply::TOO_MANY_CONNECTIONS,
                 Refusal::TooManyFromAddress => reply::TOO_MANY_CONNECTIONS_FROM_IP,
@@ -68,6 +71,12 @@ pub async fn serve<S: SegmentStore>(
             return refuse(stream, reply).await;
         }
     };
+    let kind = match listener {
+        SmtpListener::Relay => ConnectionKind::Smtp,
+        SmtpListener::Submission | SmtpListener::Submissions => ConnectionKind::Submission,
+    };
+    let _counted = CountedConnection::open(&ctx, kind);
+    tracing::debug!(%peer, protocol = kind.label(), "connect");
     let implicit_tls = listener == SmtpListener::Submissions;
     let acceptor = if implicit_tls {
         match ctx.tls() {
@@ -77,8 +86,14 @@ pub async fn serve<S: SegmentStore>(
     } else {
         None
     };
-    let Some(conn) =
-        open_connection(stream, acceptor.as_ref(), ctx.smtp.timeouts.command, peer).await
+    let Some(conn) = open_connection(
+        stream,
+        acceptor.as_ref(),
+        ctx.smtp.timeouts.command,
+        peer,
+        &ctx.metrics,
+    )
+    .await
     else {
         return;
     };
@@ -97,20 +112,24 @@ pub async fn serve<S: SegmentStore>(
     }
     let mut driver = Driver {
         ctx,
+        kind,
         session,
         conn,
         input: ReadBuffer::new(INITIAL_READ_BUFFER, MAX_READ_BUFFER),
         acks_pending: Vec::new(),
         shutdown_seen: false,
     };
-    if let Err(e) = driver.run(peer).await {
-        tracing::debug!(%peer, error = %e, "smtp session ended");
+    match driver.run(peer).await {
+        Ok(()) => tracing::debug!(%peer, "disconnect"),
+        Err(e) => tracing::debug!(%peer, error = %e, "disconnect"),
     }
     let _ = driver.conn.close().await;
+    driver.take_counters();
 }
 
 struct Driver<S: SegmentStore> {
     ctx: Rc<ShardContext<S>>,
+    kind: ConnectionKind,
     session: ServerSession,
     conn: ServerConnection,
     input: ReadBuffer,
@@ -202,17 +221,25 @@ impl<S: SegmentStore> Driver<S> {
                     },
                 );
                 let mut metrics = self.ctx.metrics.borrow_mut();
-                metrics.messages_received += 1;
-                metrics.bytes_received += size;
+                metrics.counters.messages_received += 1;
+                metrics.counters.bytes_received += size;
                 drop(metrics);
-                tracing::debug!(%id, from = %envelope.sender, recipients = envelope.recipients.len(), size, "received");
+                tracing::info!(
+                    %id,
+                    from = %envelope.sender,
+                    to = %Recipients(&envelope.recipients),
+                    size,
+                    client = %envelope.client_ip,
+                    user = self.session.authenticated_user(),
+                    "received"
+                );
                 self.ctx.delivery_wake.notify();
                 self.session.handle_stored(Ok(&id.to_string()), now);
                 self.acks_pending.push(data_ended);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not store a message");
-                self.ctx.metrics.borrow_mut().store_failures += 1;
+                self.ctx.metrics.borrow_mut().counters.store_failures += 1;
                 let failure = if e.is_disk_full() {
                     StoreFailure::DiskFull
                 } else {
@@ -229,7 +256,7 @@ impl<S: SegmentStore> Driver<S> {
     async fn authenticate(&mut self, credentials: Credentials, peer: SocketAddr) {
         let proxy = !credentials.authzid.is_empty() && credentials.authzid != credentials.username;
         let login = if proxy {
-            self.ctx.metrics.borrow_mut().auth_failures += 1;
+            self.ctx.metrics.borrow_mut().counters.auth_failures += 1;
             Login::Failed
         } else {
             let Credentials {
@@ -240,9 +267,13 @@ impl<S: SegmentStore> Driver<S> {
         let outcome = match login {
             Login::Success(user) => {
                 tracing::debug!(%peer, %user, "smtp auth");
+                self.ctx.metrics.borrow_mut().counters.logins[self.kind as usize] += 1;
                 AuthOutcome::Success { user }
             }
-            Login::Failed => AuthOutcome::Failed,
+            Login::Failed => {
+                tracing::debug!(%peer, "smtp auth failed");
+                AuthOutcome::Failed
+            }
             Login::Temporary => AuthOutcome::Temporary,
         };
         self.session.handle_auth_result(outcome, Instant::now());
@@ -260,8 +291,16 @@ impl<S: SegmentStore> Driver<S> {
         else {
             return Ok(false);
         };
-        match accept_tls(&acceptor, tcp, self.ctx.smtp.timeouts.command).await {
+        match accept_tls(
+            &acceptor,
+            tcp,
+            self.ctx.smtp.timeouts.command,
+            &self.ctx.metrics,
+        )
+        .await
+        {
             Ok(conn) => {
+                tracing::debug!(%peer, "starttls");
                 self.conn = conn;
                 self.session.handle_tls_established(Instant::now());
                 Ok(true)
@@ -278,6 +317,10 @@ impl<S: SegmentStore> Driver<S> {
     async fn flush(&mut self) -> io::Result<()> {
         if self.session.output().is_empty() {
             return Ok(());
+        }
+        self.take_counters();
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            log_refusals(self.session.output());
         }
         let limit = self.ctx.smtp.timeouts.command;
         let conn = &mut self.conn;
@@ -302,10 +345,47 @@ impl<S: SegmentStore> Driver<S> {
         Ok(())
     }
 
+    /// Adds what the core counted (transactions, replies) to the shard's
+    /// figures: a few additions, no allocation.
+    fn take_counters(&mut self) {
+        let counted = self.session.take_counters();
+        let mut metrics = self.ctx.metrics.borrow_mut();
+        metrics.counters.transactions += counted.transactions;
+        for (total, n) in metrics.counters.replies.iter_mut().zip(counted.replies) {
+            *total += n;
+        }
+    }
+
     async fn wait_for_client(&mut self) -> Wake {
         let shutdown = (!self.shutdown_seen).then_some(&*self.ctx.shutdown);
         let deadline = self.session.deadline();
         wait_for_client(&mut self.conn, &mut self.input, deadline, shutdown).await
+    }
+}
+
+/// Logs, at debug level, each 4xx or 5xx reply line about to be sent.
+fn log_refusals(output: &[u8]) {
+    for line in output.split(|&b| b == b'\n') {
+        if matches!(line.first(), Some(b'4' | b'5')) {
+            let text = String::from_utf8_lossy(line);
+            tracing::debug!(reply = %text.trim_end(), "refused");
+        }
+    }
+}
+
+/// Envelope recipients written as one comma-separated field, without
+/// building a string unless the line is written.
+struct Recipients<'a>(&'a [crate::envelope::Recipient]);
+
+impl std::fmt::Display for Recipients<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, r) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(&r.address)?;
+        }
+        Ok(())
     }
 }
 

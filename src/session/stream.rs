@@ -2,12 +2,15 @@
 //! read/write traits, plus the read buffer the protocol cores parse in
 //! place. It knows nothing of any protocol.
 
+use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
+
+use crate::metrics::Metrics;
 
 /// The byte stream under a session, inbound or outbound: plain TCP, or
 /// TLS after STARTTLS (`T` is rustls' server or client stream);
@@ -129,11 +132,12 @@ pub async fn open_connection(
     implicit_tls: Option<&futures_rustls::TlsAcceptor>,
     limit: std::time::Duration,
     peer: std::net::SocketAddr,
+    metrics: &RefCell<Metrics>,
 ) -> Option<ServerConnection> {
     let Some(acceptor) = implicit_tls else {
         return Some(Connection::Plain(stream));
     };
-    match accept_tls(acceptor, stream, limit).await {
+    match accept_tls(acceptor, stream, limit, metrics).await {
         Ok(conn) => Some(conn),
         Err(e) => {
             tracing::debug!(%peer, error = %e, "implicit TLS handshake failed");
@@ -149,21 +153,23 @@ pub fn plaintext_allowed(auth: &crate::config::Auth, tls: bool, peer: std::net::
 }
 
 /// The server side of a TLS handshake (STARTTLS, STLS, or implicit TLS on
-/// ports 465 and 995), bounded by `limit`.
+/// ports 465 and 995), bounded by `limit`, counted in `metrics`.
 pub async fn accept_tls(
     acceptor: &futures_rustls::TlsAcceptor,
     tcp: TcpStream,
     limit: std::time::Duration,
+    metrics: &RefCell<Metrics>,
 ) -> io::Result<ServerConnection> {
-    let tls = glommio::timer::timeout(limit, async {
+    let result = glommio::timer::timeout(limit, async {
         acceptor
             .accept(tcp)
             .await
             .map_err(glommio::GlommioError::from)
     })
     .await
-    .map_err(io::Error::from)?;
-    Ok(Connection::Tls(Box::new(tls)))
+    .map_err(io::Error::from);
+    metrics.borrow_mut().count_tls_handshake(result.is_ok());
+    Ok(Connection::Tls(Box::new(result?)))
 }
 
 /// Received bytes not yet consumed by a protocol core. Starts small so an

@@ -265,6 +265,17 @@ pub struct ServerSession {
     /// The user this client authenticated as (RFC 4954).
     authenticated: Option<String>,
     policy: Rc<dyn LocalPolicy>,
+    counters: SessionCounters,
+}
+
+/// What a session counted since the driver last took the figures
+/// ([`ServerSession::take_counters`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionCounters {
+    /// Transactions begun (MAIL FROM accepted).
+    pub transactions: u64,
+    /// Replies by class: 2xx, 3xx, 4xx, 5xx.
+    pub replies: [u64; 4],
 }
 
 impl ServerSession {
@@ -282,6 +293,7 @@ impl ServerSession {
             shutdown_pending: false,
             authenticated: None,
             policy: Rc::new(AcceptAll),
+            counters: SessionCounters::default(),
         };
         let config = Rc::clone(&session.config);
         session.reply(Reply::Greeting {
@@ -295,6 +307,11 @@ impl ServerSession {
     pub fn with_policy(mut self, policy: Rc<dyn LocalPolicy>) -> Self {
         self.policy = policy;
         self
+    }
+
+    /// The figures counted since the last call, which resets them.
+    pub fn take_counters(&mut self) -> SessionCounters {
+        std::mem::take(&mut self.counters)
     }
 
     /// The user this session authenticated as, if any.
@@ -516,7 +533,14 @@ impl ServerSession {
     }
 
     fn reply(&mut self, reply: Reply<'_>) {
+        let start = self.output.len();
         reply.write_to(&mut self.output);
+        // Every reply starts with its three-digit code; count its class.
+        if let Some(class) = self.output.get(start).and_then(|d| d.checked_sub(b'2')) {
+            if let Some(n) = self.counters.replies.get_mut(usize::from(class)) {
+                *n += 1;
+            }
+        }
     }
 
     /// An error reply caused by the client; too many end the session.
@@ -764,6 +788,7 @@ impl ServerSession {
         else {
             return; // checked at the top
         };
+        self.counters.transactions += 1;
         self.state = State::ExpectRcptOrData {
             helo,
             tx: Transaction {
@@ -1333,6 +1358,19 @@ mod tests {
             self.s.consume_output(len);
             text
         }
+    }
+
+    #[test]
+    fn counters_follow_transactions_and_reply_classes() {
+        let mut m = Manual::new(config(), peer(false));
+        m.feed("EHLO client.example\r\nMAIL FROM:<a@remote.example>\r\n");
+        m.feed("RCPT TO:<b@elsewhere.example>\r\nRSET\r\nMAIL FROM:<a@remote.example>\r\n");
+        m.feed("BOGUS\r\n");
+        let taken = m.s.take_counters();
+        assert_eq!(taken.transactions, 2);
+        // 220, 250 EHLO, 250 MAIL, 250 RSET, 250 MAIL | relay refused | 500.
+        assert_eq!(taken.replies, [5, 0, 0, 2], "{}", m.out());
+        assert_eq!(m.s.take_counters(), SessionCounters::default(), "reset");
     }
 
     #[test]

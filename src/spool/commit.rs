@@ -7,8 +7,10 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
 use std::task::{Poll, Waker};
+use std::time::Instant;
 
 use super::io::SegmentFile;
+use crate::metrics::Latency;
 
 /// Wakes every waiter when something changed. Single-threaded: wakers are
 /// kept in a RefCell, no locks.
@@ -114,7 +116,12 @@ impl Drop for LeaderGuard<'_> {
 impl GroupCommit {
     /// Returns once a sync that started after this call began has
     /// succeeded. Call it only after the caller's writes completed.
-    pub(crate) async fn commit<F: SegmentFile>(&self, file: &F) -> Result<(), CommitFailed> {
+    /// The leader's sync time is added to `latency`.
+    pub(crate) async fn commit<F: SegmentFile>(
+        &self,
+        file: &F,
+        latency: &RefCell<Latency>,
+    ) -> Result<(), CommitFailed> {
         let target = self.started.get() + 1;
         loop {
             if self.durable.get() >= target {
@@ -129,9 +136,13 @@ impl GroupCommit {
                 let number = self.started.get() + 1;
                 self.started.set(number);
                 let guard = LeaderGuard(self);
+                let began = Instant::now();
                 let result = file.sync_data().await;
                 match result {
-                    Ok(()) => self.durable.set(number),
+                    Ok(()) => {
+                        latency.borrow_mut().record(began.elapsed());
+                        self.durable.set(number);
+                    }
                     Err(e) => self.fail(&e),
                 }
                 drop(guard); // clears `running` and wakes the followers

@@ -40,6 +40,7 @@ mod tests;
 pub use error::{ParseSpoolIdError, SpoolError};
 pub use id::{SegmentId, SpoolId};
 pub use io::{GlommioSegmentFile, GlommioStore, SegmentFile, SegmentStore};
+pub use layout::disk_usage;
 pub use reader::{scan_dir, QueuedMessage, StoredMessage};
 pub use record::FinishReason;
 pub use shard::{RecoveredMessage, Spool, SpoolConfig};

@@ -25,6 +25,7 @@ use std::rc::Rc;
 use memmap2::Mmap;
 
 use crate::envelope::Envelope;
+use crate::metrics::Latency;
 
 use super::commit::{CommitFailed, Gate, Signal};
 use super::error::SpoolError;
@@ -90,6 +91,8 @@ pub struct Spool<S: SegmentStore> {
     /// Messages whose store was cancelled after space was reserved: their
     /// record may reach the disk, so they get a Discarded marker later.
     abandoned: RefCell<Vec<(SpoolId, u32)>>,
+    /// How long each group-commit fdatasync took, for the metrics.
+    sync_latency: RefCell<Latency>,
 }
 
 /// Counts an operation in progress, for `close`.
@@ -251,6 +254,7 @@ impl<S: SegmentStore> Spool<S> {
             closed: Cell::new(false),
             reclaiming: Cell::new(false),
             abandoned: RefCell::new(Vec::new()),
+            sync_latency: RefCell::new(Latency::default()),
         };
         spool.reclaim().await;
         Ok((spool, recovered))
@@ -302,7 +306,7 @@ impl<S: SegmentStore> Spool<S> {
         if result.is_ok() {
             result = seg
                 .commit
-                .commit(&seg.file)
+                .commit(&seg.file, &self.sync_latency)
                 .await
                 .map_err(|f| sync_failed(&seg.path, f));
         }
@@ -416,7 +420,7 @@ impl<S: SegmentStore> Spool<S> {
         seg.write(rec, u64::from(offset)).await?;
         if durable {
             seg.commit
-                .commit(&seg.file)
+                .commit(&seg.file, &self.sync_latency)
                 .await
                 .map_err(|f| sync_failed(&seg.path, f))?;
         }
@@ -425,6 +429,11 @@ impl<S: SegmentStore> Spool<S> {
             self.reclaim().await;
         }
         Ok(())
+    }
+
+    /// The fdatasync times of this spool's group commits so far.
+    pub fn sync_latency(&self) -> std::cell::Ref<'_, Latency> {
+        self.sync_latency.borrow()
     }
 
     /// Reads a live message back through a memory map of its segment.
@@ -469,7 +478,7 @@ impl<S: SegmentStore> Spool<S> {
         if let Some(seg) = active {
             if !seg.is_retired() {
                 seg.commit
-                    .commit(&seg.file)
+                    .commit(&seg.file, &self.sync_latency)
                     .await
                     .map_err(|f| sync_failed(&seg.path, f))?;
             }
@@ -549,7 +558,7 @@ impl<S: SegmentStore> Spool<S> {
         };
         seg.write(rec, u64::from(offset)).await?;
         seg.commit
-            .commit(&seg.file)
+            .commit(&seg.file, &self.sync_latency)
             .await
             .map_err(|f| sync_failed(&seg.path, f))?;
         Ok(seg.id)
