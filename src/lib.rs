@@ -24,6 +24,7 @@
 //! picture; the IMAP session and its glue are still to come.
 
 pub mod account;
+pub mod blast;
 pub mod blocking;
 pub mod cli;
 pub mod config;
@@ -41,6 +42,7 @@ pub mod resolver;
 pub mod sasl;
 pub mod session;
 pub mod shard;
+pub mod sink;
 pub mod smtp;
 pub mod spool;
 pub mod tls;

@@ -107,7 +107,8 @@ impl Metrics {
 }
 
 impl LatencySummary {
-    fn of(h: &Histogram<u64>) -> Self {
+    /// The percentiles of `h` (zeros when empty).
+    pub fn of(h: &Histogram<u64>) -> Self {
         LatencySummary {
             count: h.len(),
             p50: h.value_at_quantile(0.5),
