@@ -24,7 +24,7 @@ pub struct Counters {
     pub domains: BTreeMap<String, u64>,
     /// STARTTLS handshakes completed.
     pub tls: u64,
-    /// Commands refused as bad syntax or out of sequence.
+    /// Commands refused as unknown or bad syntax.
     pub protocol_errors: u64,
     /// Messages refused because `--stop-after` was reached.
     pub over_limit: u64,

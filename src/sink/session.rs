@@ -355,6 +355,9 @@ impl SinkSession {
         }
     }
 
+    /// A command the sink cannot parse. Out-of-sequence commands are not
+    /// errors here: a pipelining client sends RCPT after a MAIL we failed
+    /// on purpose, and must not be disconnected for it.
     fn protocol_error(&mut self, text: &'static [u8], core: &mut CoreState<'_>) {
         core.counters.protocol_errors += 1;
         self.errors += 1;
@@ -482,7 +485,7 @@ impl SinkSession {
             }
             Command::Mail { from, .. } => {
                 if !self.greeted || self.tx.is_some() {
-                    return self.protocol_error(text::BAD_SEQUENCE, core);
+                    return self.reply(None, text::BAD_SEQUENCE);
                 }
                 if let Some(code) = core.injector.decide(Stage::Mail) {
                     return self.fault(Stage::Mail, code, core);
@@ -498,7 +501,7 @@ impl SinkSession {
             }
             Command::Rcpt { to, .. } => {
                 let Some(tx) = self.tx.as_ref() else {
-                    return self.protocol_error(text::BAD_SEQUENCE, core);
+                    return self.reply(None, text::BAD_SEQUENCE);
                 };
                 if tx.recipients >= self.config.max_recipients {
                     return self.reply(Some(Stage::Rcpt), text::TOO_MANY_RECIPIENTS);
@@ -523,7 +526,7 @@ impl SinkSession {
                 self.reply(Some(Stage::Rcpt), text::RCPT_OK);
             }
             Command::Data => match self.tx.as_ref().map(|tx| tx.recipients) {
-                None => self.protocol_error(text::BAD_SEQUENCE, core),
+                None => self.reply(None, text::BAD_SEQUENCE),
                 Some(0) => self.reply(Some(Stage::Data), text::NO_RECIPIENTS),
                 Some(_) => {
                     if let Some(code) = core.injector.decide(Stage::Data) {
@@ -738,7 +741,7 @@ mod tests {
         let ehlo = h.send(b"EHLO c.test\r\n");
         assert!(ehlo.contains("250-PIPELINING") && ehlo.contains("CHUNKING"), "{ehlo}");
         let r = h.send(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<x@d1.test>\r\nRCPT TO:<y@D2.test>\r\nDATA\r\n");
-        assert_eq!(codes(&r), ["250", "250", "354"]);
+        assert_eq!(codes(&r), ["250", "250", "250", "354"]);
         assert_eq!(codes(&h.send(b"Subject: x\r\n\r\nhi\r\n.\r\n")), ["250"]);
         let r = h.send(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<x@d1.test>\r\nBDAT 5 LAST\r\nhello");
         assert_eq!(codes(&r), ["250", "250", "250"]);
