@@ -84,7 +84,12 @@ pub struct BlastArgs {
     #[arg(short = 'r', long, default_value_t = 1, value_name = "N")]
     pub recipients: u32,
     /// Recipient domains, spread round-robin over the recipients.
-    #[arg(long, value_delimiter = ',', value_name = "LIST", conflicts_with = "domain_pattern")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "LIST",
+        conflicts_with = "domain_pattern"
+    )]
     pub domains: Vec<String>,
     /// Recipient domains from a pattern: {} becomes 1..=--domain-count.
     #[arg(long, value_name = "PATTERN")]
@@ -417,9 +422,9 @@ fn sink(args: SinkArgs) -> anyhow::Result<()> {
         plan.delays[Stage::Connect as usize] = delay;
     }
     let dir = match &args.dir {
-        Some(dir) => Some(
-            std::path::absolute(dir).with_context(|| format!("resolving {}", dir.display()))?,
-        ),
+        Some(dir) => {
+            Some(std::path::absolute(dir).with_context(|| format!("resolving {}", dir.display()))?)
+        }
         None => None,
     };
     let options = crate::sink::driver::SinkOptions {

@@ -141,8 +141,20 @@ fn blast_and_sink_counts_agree_exactly() {
     let report = blast_json(
         sink.addr,
         &[
-            "-n", "3000", "-c", "8", "--cores", "2", "-r", "2", "--domains", "a.test,b.test,c.test",
-            "--size-dist", "1k:50,8k:50", "--per-connection", "100",
+            "-n",
+            "3000",
+            "-c",
+            "8",
+            "--cores",
+            "2",
+            "-r",
+            "2",
+            "--domains",
+            "a.test,b.test,c.test",
+            "--size-dist",
+            "1k:50,8k:50",
+            "--per-connection",
+            "100",
         ],
     );
     let counters = sink.stop();
@@ -172,35 +184,76 @@ fn faults_are_reported(mode: &[&str]) {
     let sink = Sink::start(
         ip,
         &[
-            "--cores", "2",
-            "--fail", "connect:421:0.02",
-            "--fail", "helo:554:0.02",
-            "--fail", "mail:451:0.03",
-            "--fail", "rcpt:450:10%",
-            "--fail", "rcpt:550:0.05",
-            "--fail", "data:452:0.04",
-            "--fail", "dot:554:0.05",
+            "--cores",
+            "2",
+            "--fail",
+            "connect:421:0.02",
+            "--fail",
+            "helo:554:0.02",
+            "--fail",
+            "mail:451:0.03",
+            "--fail",
+            "rcpt:450:10%",
+            "--fail",
+            "rcpt:550:0.05",
+            "--fail",
+            "data:452:0.04",
+            "--fail",
+            "dot:554:0.05",
         ],
     );
-    let mut args = vec!["-n", "2000", "-c", "6", "--cores", "2", "-r", "2", "--per-connection", "20"];
+    let mut args = vec![
+        "-n",
+        "2000",
+        "-c",
+        "6",
+        "--cores",
+        "2",
+        "-r",
+        "2",
+        "--per-connection",
+        "20",
+    ];
     args.extend_from_slice(mode);
     let report = blast_json(sink.addr, &args);
     let counters = sink.stop();
     let fault = |key: &str| n(&counters, &["faults", key]);
     assert!(fault("rcpt:450") > 100, "{counters}");
-    assert_eq!(n(&report, &["errors", "450"]), fault("rcpt:450"), "{report}\n{counters}");
+    assert_eq!(
+        n(&report, &["errors", "450"]),
+        fault("rcpt:450"),
+        "{report}\n{counters}"
+    );
     assert_eq!(n(&report, &["errors", "550"]), fault("rcpt:550"));
     assert_eq!(n(&report, &["errors", "451"]), fault("mail:451"));
     assert_eq!(n(&report, &["errors", "452"]), fault("data:452"));
-    assert_eq!(n(&report, &["errors", "554"]), fault("dot:554") + fault("helo:554"));
+    assert_eq!(
+        n(&report, &["errors", "554"]),
+        fault("dot:554") + fault("helo:554")
+    );
     assert_eq!(n(&report, &["errors", "421"]), fault("connect:421"));
-    assert_eq!(n(&report, &["errors_by_stage", "greeting", "421"]), fault("connect:421"));
-    assert_eq!(n(&report, &["errors_by_stage", "ehlo", "554"]), fault("helo:554"));
-    assert_eq!(n(&report, &["errors_by_stage", "data-end", "554"]), fault("dot:554"));
-    assert!(fault("connect:421") > 0 && fault("helo:554") > 0, "{counters}");
+    assert_eq!(
+        n(&report, &["errors_by_stage", "greeting", "421"]),
+        fault("connect:421")
+    );
+    assert_eq!(
+        n(&report, &["errors_by_stage", "ehlo", "554"]),
+        fault("helo:554")
+    );
+    assert_eq!(
+        n(&report, &["errors_by_stage", "data-end", "554"]),
+        fault("dot:554")
+    );
+    assert!(
+        fault("connect:421") > 0 && fault("helo:554") > 0,
+        "{counters}"
+    );
     assert_eq!(n(&report, &["delivered"]), n(&counters, &["messages"]));
     assert_eq!(n(&report, &["delivered"]) + n(&report, &["failed"]), 2000);
-    assert_eq!(n(&report, &["recipients_accepted"]), n(&counters, &["recipients"]));
+    assert_eq!(
+        n(&report, &["recipients_accepted"]),
+        n(&counters, &["recipients"])
+    );
     assert_eq!(n(&counters, &["protocol_errors"]), 0, "{counters}");
 }
 
@@ -226,9 +279,19 @@ fn text_report_and_histogram_file() {
     let dir = tempfile::tempdir().unwrap();
     let histogram = dir.path().join("latency.hgrm");
     let mut cmd = Command::new(SPATE);
-    cmd.args(["blast", "--to", &sink.addr.to_string(), "-n", "200", "-c", "2", "--cores", "1"])
-        .arg("--histogram")
-        .arg(&histogram);
+    cmd.args([
+        "blast",
+        "--to",
+        &sink.addr.to_string(),
+        "-n",
+        "200",
+        "-c",
+        "2",
+        "--cores",
+        "1",
+    ])
+    .arg("--histogram")
+    .arg(&histogram);
     let out = run_with_timeout(cmd, COMMAND_TIMEOUT);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
@@ -265,12 +328,26 @@ fn sink_stops_after_n_messages_and_reports_on_sigusr1() {
 fn sink_refuses_beyond_max_per_ip() {
     let ip = unique_loopback();
     // Slow greetings keep connections open long enough to overlap.
-    let sink = Sink::start(ip, &["--cores", "1", "--max-per-ip", "2", "--banner-delay", "200ms"]);
+    let sink = Sink::start(
+        ip,
+        &[
+            "--cores",
+            "1",
+            "--max-per-ip",
+            "2",
+            "--banner-delay",
+            "200ms",
+        ],
+    );
     let report = blast_json(sink.addr, &["-n", "12", "-c", "4", "--per-connection", "1"]);
     let counters = sink.stop();
     let refused = n(&counters, &["refused_connections"]);
     assert!(refused > 0, "{counters}");
-    assert_eq!(n(&report, &["errors_by_stage", "greeting", "421"]), refused, "{report}");
+    assert_eq!(
+        n(&report, &["errors_by_stage", "greeting", "421"]),
+        refused,
+        "{report}"
+    );
     assert_eq!(n(&report, &["delivered"]), n(&counters, &["messages"]));
     assert_eq!(n(&report, &["delivered"]) + refused, 12);
 }
@@ -282,7 +359,10 @@ fn sink_delays_show_in_blast_latency() {
     let report = blast_json(sink.addr, &["-n", "10", "-c", "2"]);
     drop(sink);
     assert_eq!(n(&report, &["delivered"]), 10);
-    assert!(n(&report, &["latency_us", "data_end", "p50"]) >= 100_000, "{report}");
+    assert!(
+        n(&report, &["latency_us", "data_end", "p50"]) >= 100_000,
+        "{report}"
+    );
 }
 
 #[test]
@@ -294,31 +374,56 @@ fn blast_with_starttls_and_auth_and_sink_keeps_messages() {
     let sink = Sink::start(
         ip,
         &[
-            "--cores", "1",
-            "--tls-cert", tls.certificate.to_str().unwrap(),
-            "--tls-key", tls.private_key.to_str().unwrap(),
-            "--dir", kept.to_str().unwrap(),
+            "--cores",
+            "1",
+            "--tls-cert",
+            tls.certificate.to_str().unwrap(),
+            "--tls-key",
+            tls.private_key.to_str().unwrap(),
+            "--dir",
+            kept.to_str().unwrap(),
         ],
     );
     let report = blast_json(
         sink.addr,
-        &["-n", "20", "-c", "2", "--starttls", "--auth", "user:secret", "--per-connection", "5"],
+        &[
+            "-n",
+            "20",
+            "-c",
+            "2",
+            "--starttls",
+            "--auth",
+            "user:secret",
+            "--per-connection",
+            "5",
+        ],
     );
     let counters = sink.stop();
     assert_eq!(n(&report, &["delivered"]), 20, "{report}");
     assert!(n(&report, &["connections"]) >= 4, "{report}");
-    assert_eq!(n(&counters, &["tls"]), n(&report, &["connections"]), "{counters}");
+    assert_eq!(
+        n(&counters, &["tls"]),
+        n(&report, &["connections"]),
+        "{counters}"
+    );
     let files: Vec<_> = std::fs::read_dir(&kept).unwrap().collect();
     assert_eq!(files.len(), 20);
     let one = std::fs::read_to_string(files[0].as_ref().unwrap().path()).unwrap();
-    assert!(one.starts_with("X-Sink-From: <blast@example.test>\r\nX-Sink-To: <user"), "{one}");
+    assert!(
+        one.starts_with("X-Sink-From: <blast@example.test>\r\nX-Sink-To: <user"),
+        "{one}"
+    );
     assert!(one.contains("Subject: spate blast"), "{one}");
 
     // STARTTLS asked but not offered: every message slot fails at setup.
     let ip = unique_loopback();
     let sink = Sink::start(ip, &["--cores", "1"]);
     let report = blast_json(sink.addr, &["-n", "3", "-c", "1", "--starttls"]);
-    assert_eq!(n(&report, &["errors_by_stage", "starttls", "not-offered"]), 3, "{report}");
+    assert_eq!(
+        n(&report, &["errors_by_stage", "starttls", "not-offered"]),
+        3,
+        "{report}"
+    );
 }
 
 #[test]
@@ -330,7 +435,11 @@ fn blast_reports_a_refused_connection() {
         l.local_addr().unwrap().port()
     };
     let report = blast_json(SocketAddr::from((ip, port)), &["-n", "5", "-c", "1"]);
-    assert_eq!(n(&report, &["errors_by_stage", "connect", "io-error"]), 5, "{report}");
+    assert_eq!(
+        n(&report, &["errors_by_stage", "connect", "io-error"]),
+        5,
+        "{report}"
+    );
 }
 
 #[test]
@@ -338,7 +447,13 @@ fn bad_options_get_clear_errors() {
     for args in [
         vec!["blast", "--to", "127.0.0.1:1", "--size", "4q"],
         vec!["blast", "--to", "127.0.0.1:1", "--size-dist", "1k:0"],
-        vec!["blast", "--to", "127.0.0.1:1", "--domain-pattern", "nopattern.test"],
+        vec![
+            "blast",
+            "--to",
+            "127.0.0.1:1",
+            "--domain-pattern",
+            "nopattern.test",
+        ],
         vec!["blast", "--to", "127.0.0.1:1", "-c", "0"],
         vec!["sink", "--fail", "rcpt:250:0.1"],
         vec!["sink", "--delay", "body:1s"],
@@ -382,8 +497,14 @@ fn blast_works_against_postfix_smtp_sink() {
     }
     let addr = SocketAddr::from((ip, port));
     let bdat = blast_json(addr, &["-n", "500", "-c", "5", "-r", "3"]);
-    let data = blast_json(addr, &["-n", "500", "-c", "5", "--no-bdat", "--size", "20k"]);
-    let plain = blast_json(addr, &["-n", "100", "-c", "2", "--no-pipelining", "--no-bdat"]);
+    let data = blast_json(
+        addr,
+        &["-n", "500", "-c", "5", "--no-bdat", "--size", "20k"],
+    );
+    let plain = blast_json(
+        addr,
+        &["-n", "100", "-c", "2", "--no-pipelining", "--no-bdat"],
+    );
     let _ = child.kill();
     let _ = child.wait();
     for report in [&bdat, &data, &plain] {
@@ -406,7 +527,8 @@ fn postfix_smtp_source_works_against_spate_sink() {
         vec!["-d", "-s", "5", "-m", "300", "-l", "10000", "-r", "3"],
     ] {
         let mut cmd = Command::new(SMTP_SOURCE);
-        cmd.args(&args).args(["-f", "src@example.test", "-t", "rcpt@example.test", &target]);
+        cmd.args(&args)
+            .args(["-f", "src@example.test", "-t", "rcpt@example.test", &target]);
         let out = run_with_timeout(cmd, COMMAND_TIMEOUT);
         assert!(
             out.status.success(),

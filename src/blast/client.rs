@@ -145,9 +145,7 @@ pub struct Capabilities {
 
 impl Capabilities {
     fn learn(&mut self, line: &[u8]) {
-        let mut words = line
-            .split(|&b| b == b' ')
-            .filter(|w| !w.is_empty());
+        let mut words = line.split(|&b| b == b' ').filter(|w| !w.is_empty());
         let Some(keyword) = words.next() else { return };
         let is = |k: &[u8]| keyword.eq_ignore_ascii_case(k);
         if is(b"PIPELINING") {
@@ -370,8 +368,7 @@ impl BlastClient {
                     return input.len();
                 }
             };
-            if self.reply_code.is_some_and(|c| c != code) || self.reply_lines >= MAX_REPLY_LINES
-            {
+            if self.reply_code.is_some_and(|c| c != code) || self.reply_lines >= MAX_REPLY_LINES {
                 self.handle_broken(Problem::Malformed, now);
                 return input.len();
             }
@@ -705,10 +702,7 @@ impl BlastClient {
         };
         match std::mem::replace(&mut self.state, State::Closed) {
             State::Busy(mut tx) => {
-                let stage = tx
-                    .awaiting
-                    .front()
-                    .map_or(Stage::DataEnd, |p| p.stage());
+                let stage = tx.awaiting.front().map_or(Stage::DataEnd, |p| p.stage());
                 tx.failures.push(Failure { stage, problem });
                 self.transaction_done(tx, false, now, 0);
             }

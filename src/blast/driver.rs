@@ -30,10 +30,7 @@ const MAX_READ_BUFFER: usize = 1 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum BlastError {
     #[error("starting executor {core}: {source}")]
-    Executor {
-        core: usize,
-        source: std::io::Error,
-    },
+    Executor { core: usize, source: std::io::Error },
     #[error("an executor ended abnormally: {0}")]
     Join(String),
     #[error(transparent)]
@@ -107,9 +104,7 @@ impl Run {
     pub fn finish(self) -> Result<(BlastStats, Duration), BlastError> {
         let mut total = BlastStats::default();
         for handle in self.handles {
-            let stats = handle
-                .join()
-                .map_err(|e| BlastError::Join(e.to_string()))?;
+            let stats = handle.join().map_err(|e| BlastError::Join(e.to_string()))?;
             total.merge(&stats);
         }
         Ok((total, self.started.elapsed()))
@@ -169,7 +164,8 @@ pub fn start(options: BlastOptions) -> Result<Run, BlastError> {
     let mut handles = Vec::with_capacity(cores);
     shared.cores_running.store(cores, Ordering::Release);
     for core in 0..cores {
-        let connections = options.connections / cores + usize::from(core < options.connections % cores);
+        let connections =
+            options.connections / cores + usize::from(core < options.connections % cores);
         let options = Arc::clone(&options);
         let shared_core = Arc::clone(&shared);
         let file = file.clone();
@@ -178,7 +174,17 @@ pub fn start(options: BlastOptions) -> Result<Run, BlastError> {
             .name(&format!("blast-{core}"))
             .io_memory(IO_MEMORY)
             .spawn(move || async move {
-                let stats = run_core(core, cores, connections, options, Arc::clone(&shared_core), file, tls, run_id).await;
+                let stats = run_core(
+                    core,
+                    cores,
+                    connections,
+                    options,
+                    Arc::clone(&shared_core),
+                    file,
+                    tls,
+                    run_id,
+                )
+                .await;
                 shared_core.cores_running.fetch_sub(1, Ordering::AcqRel);
                 stats
             })
@@ -307,13 +313,13 @@ impl Live {
             stage: Stage::Connect,
             problem,
         };
-        let tcp = match glommio::timer::timeout(timeout, async {
-            TcpStream::connect(target).await
-        })
-        .await
+        let tcp = match glommio::timer::timeout(timeout, async { TcpStream::connect(target).await })
+            .await
         {
             Ok(tcp) => tcp,
-            Err(glommio::GlommioError::TimedOut(_)) => return Err(connect_failed(Problem::Timeout)),
+            Err(glommio::GlommioError::TimedOut(_)) => {
+                return Err(connect_failed(Problem::Timeout))
+            }
             Err(_) => return Err(connect_failed(Problem::Io)),
         };
         // Small commands and replies: never wait for delayed ACKs.

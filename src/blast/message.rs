@@ -241,7 +241,10 @@ mod tests {
 
     #[test]
     fn file_content_is_normalised() {
-        assert_eq!(normalize_line_endings(b"a\nb\r\nc\rd"), b"a\r\nb\r\nc\r\nd\r\n");
+        assert_eq!(
+            normalize_line_endings(b"a\nb\r\nc\rd"),
+            b"a\r\nb\r\nc\r\nd\r\n"
+        );
         let file: Rc<[u8]> = normalize_line_endings(b"Subject: x\n\nhello\n").into();
         let mut f = factory(Content::File("m.eml".into()), Some(file));
         let mut m = Message::default();

@@ -249,10 +249,7 @@ mod tests {
         assert_eq!(parse_rate("600/m"), Ok(10.0));
         assert!(parse_rate("0").is_err());
         assert!(parse_rate("fast").is_err());
-        assert_eq!(
-            parse_credentials("u:p:q"),
-            Ok(("u".into(), "p:q".into()))
-        );
+        assert_eq!(parse_credentials("u:p:q"), Ok(("u".into(), "p:q".into())));
         assert!(parse_credentials("nopassword").is_err());
     }
 

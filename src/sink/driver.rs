@@ -63,10 +63,7 @@ pub enum SinkError {
         source: std::io::Error,
     },
     #[error("starting executor {core}: {source}")]
-    Executor {
-        core: usize,
-        source: std::io::Error,
-    },
+    Executor { core: usize, source: std::io::Error },
     #[error("core {core}: {error}")]
     Core { core: usize, error: String },
     #[error(transparent)]
@@ -371,9 +368,10 @@ async fn serve(stream: TcpStream, ctx: Rc<CoreContext>) {
             break;
         }
         if starttls {
-            let (Some(acceptor), Connection::Plain(tcp)) =
-                (ctx.tls.as_ref(), std::mem::replace(&mut conn, Connection::Upgrading))
-            else {
+            let (Some(acceptor), Connection::Plain(tcp)) = (
+                ctx.tls.as_ref(),
+                std::mem::replace(&mut conn, Connection::Upgrading),
+            ) else {
                 break;
             };
             match crate::session::stream::accept_tls(acceptor, tcp, TLS_HANDSHAKE_TIMEOUT).await {
@@ -386,10 +384,9 @@ async fn serve(stream: TcpStream, ctx: Rc<CoreContext>) {
             }
             continue;
         }
-        let read = glommio::timer::timeout(IDLE_TIMEOUT, async {
-            Ok(conn.read(input.spare()).await?)
-        })
-        .await;
+        let read =
+            glommio::timer::timeout(IDLE_TIMEOUT, async { Ok(conn.read(input.spare()).await?) })
+                .await;
         match read {
             Ok(0) | Err(_) => break,
             Ok(n) => {
@@ -403,7 +400,10 @@ async fn serve(stream: TcpStream, ctx: Rc<CoreContext>) {
 }
 
 /// Writes the session's replies, sleeping where a delay is asked.
-async fn write_output(conn: &mut ServerConnection, session: &mut SinkSession) -> std::io::Result<()> {
+async fn write_output(
+    conn: &mut ServerConnection,
+    session: &mut SinkSession,
+) -> std::io::Result<()> {
     let (out, delays) = session.output();
     if out.is_empty() {
         return Ok(());

@@ -238,7 +238,9 @@ mod tests {
         assert!((49..=50).contains(&refused_550), "{refused_550}");
         assert_eq!(decisions[9], Some(450), "the 10th fails");
         assert_eq!(decisions[0], None);
-        let dots = (0..10).filter(|_| injector.decide(Stage::Dot).is_some()).count();
+        let dots = (0..10)
+            .filter(|_| injector.decide(Stage::Dot).is_some())
+            .count();
         assert_eq!(dots, 5);
         assert_eq!(injector.decide(Stage::Mail), None);
     }

@@ -739,8 +739,13 @@ mod tests {
         );
         assert!(h.take().starts_with("220 sink.invalid"));
         let ehlo = h.send(b"EHLO c.test\r\n");
-        assert!(ehlo.contains("250-PIPELINING") && ehlo.contains("CHUNKING"), "{ehlo}");
-        let r = h.send(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<x@d1.test>\r\nRCPT TO:<y@D2.test>\r\nDATA\r\n");
+        assert!(
+            ehlo.contains("250-PIPELINING") && ehlo.contains("CHUNKING"),
+            "{ehlo}"
+        );
+        let r = h.send(
+            b"MAIL FROM:<a@b.test>\r\nRCPT TO:<x@d1.test>\r\nRCPT TO:<y@D2.test>\r\nDATA\r\n",
+        );
         assert_eq!(codes(&r), ["250", "250", "250", "354"]);
         assert_eq!(codes(&h.send(b"Subject: x\r\n\r\nhi\r\n.\r\n")), ["250"]);
         let r = h.send(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<x@d1.test>\r\nBDAT 5 LAST\r\nhello");
