@@ -542,3 +542,25 @@ fn postfix_smtp_source_works_against_spate_sink() {
     assert_eq!(n(&counters, &["recipients"]), 300 + 900, "{counters}");
     assert_eq!(n(&counters, &["protocol_errors"]), 0, "{counters}");
 }
+
+#[test]
+fn rate_limit_and_duration() {
+    let ip = unique_loopback();
+    let sink = Sink::start(ip, &["--cores", "1"]);
+    let paced = blast_json(sink.addr, &["-n", "30", "-c", "3", "--rate", "60/s"]);
+    assert_eq!(n(&paced, &["delivered"]), 30);
+    let seconds = paced["seconds"].as_f64().unwrap();
+    // 30 messages at 60/s: about half a second, never a burst.
+    assert!((0.4..10.0).contains(&seconds), "{paced}");
+    let timed = blast_json(
+        sink.addr,
+        &["--duration", "1s", "-c", "2", "--rate", "100/s"],
+    );
+    let seconds = timed["seconds"].as_f64().unwrap();
+    assert!((0.9..10.0).contains(&seconds), "{timed}");
+    let delivered = n(&timed, &["delivered"]);
+    assert!((50..=110).contains(&delivered), "{timed}");
+    assert_eq!(n(&timed, &["failed"]), 0, "{timed}");
+    let counters = sink.stop();
+    assert_eq!(n(&counters, &["messages"]), 30 + delivered);
+}

@@ -243,6 +243,8 @@ pub struct BlastClient {
     /// The server holds a transaction we did not finish: RSET first.
     needs_rset: bool,
     transactions: u64,
+    /// `Event::Closed` was queued (exactly once per connection).
+    closed_reported: bool,
 }
 
 /// Three digits, first 2-5 (RFC 5321 4.2).
@@ -287,6 +289,7 @@ impl BlastClient {
             reply_lines: 0,
             needs_rset: false,
             transactions: 0,
+            closed_reported: false,
         }
     }
 
@@ -479,8 +482,9 @@ impl BlastClient {
     }
 
     fn close(&mut self) {
-        if !matches!(self.state, State::Closed) || !self.events.contains(&Event::Closed) {
-            self.state = State::Closed;
+        self.state = State::Closed;
+        if !self.closed_reported {
+            self.closed_reported = true;
             self.events.push_back(Event::Closed);
         }
     }

@@ -131,8 +131,8 @@ struct Pacer {
 impl Pacer {
     async fn wait(&self) {
         let now = Instant::now();
-        // Never bank more than one interval of idle time as a burst.
-        let slot = self.next.get().max(now - self.interval.min(now.elapsed()));
+        // Idle time is not banked: a slow start never turns into a burst.
+        let slot = self.next.get().max(now);
         self.next.set(slot + self.interval);
         if slot > now {
             glommio::timer::sleep(slot - now).await;
