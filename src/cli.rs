@@ -378,7 +378,7 @@ fn blast(args: BlastArgs) -> anyhow::Result<()> {
         bar.set_style(style.progress_chars("=> "));
     }
     while shared.running() {
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(std::time::Duration::from_millis(50));
         let delivered = shared.delivered.load(Ordering::Relaxed);
         let failed = shared.failed.load(Ordering::Relaxed);
         match budget {

@@ -19,6 +19,7 @@
 //! | mailbox tier | [`local`] | the directory and the store together, as the servers use them: RCPT checks, logins, one recipient's delivery |
 //! | runtime glue | [`shard`], [`session`], [`tls`] | pinned glommio executors, listeners with SO_REUSEPORT, sessions over glommio sockets, STARTTLS |
 //! | edges | [`config`], [`metrics`], [`cli`], [`control`] | TOML configuration, per-core counters and histograms, the command line |
+//! | load tools | [`blast`], [`sink`] | `spate blast`, the load generator (sans-IO client core with pipelining and BDAT, one executor per core, HdrHistogram report) and `spate sink` (sans-IO sink session, deterministic fault injection, counters) |
 //!
 //! See DESIGN.md (shared with the project) and README.md for the whole
 //! picture; the IMAP session and its glue are still to come.

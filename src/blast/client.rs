@@ -198,6 +198,8 @@ struct Transaction {
     script_pos: usize,
     mail_accepted: bool,
     recipients_accepted: u32,
+    /// Sent as one pipelined group.
+    pipelined: bool,
     size: usize,
     started: Instant,
     content_in_output: bool,
@@ -245,6 +247,11 @@ pub struct BlastClient {
     transactions: u64,
     /// `Event::Closed` was queued (exactly once per connection).
     closed_reported: bool,
+    /// QUIT is to follow the current transaction's content in the same
+    /// write (RFC 2920 3.1: QUIT may end a pipelined group).
+    quit_wanted: bool,
+    /// QUIT went out with the transaction: its 221 follows the final reply.
+    quit_sent: bool,
 }
 
 /// Three digits, first 2-5 (RFC 5321 4.2).
@@ -290,6 +297,8 @@ impl BlastClient {
             needs_rset: false,
             transactions: 0,
             closed_reported: false,
+            quit_wanted: false,
+            quit_sent: false,
         }
     }
 
@@ -548,6 +557,7 @@ impl BlastClient {
             script_pos: 0,
             mail_accepted: false,
             recipients_accepted: 0,
+            pipelined: pipelining,
             size: content.len(),
             started: now,
             content_in_output: false,
@@ -625,6 +635,9 @@ impl BlastClient {
                         // RFC 2920 3.1: a 354 with no valid recipient gets a lone ".".
                         self.output.extend_from_slice(b".\r\n");
                     }
+                    if self.quit_wanted {
+                        self.send_pipelined_quit();
+                    }
                     tx.awaiting.push_back(Part::Dot);
                 } else {
                     if tx.valid() {
@@ -675,11 +688,36 @@ impl BlastClient {
             finished: now,
             failures: tx.failures,
         }));
+        self.quit_wanted = false;
         if code == 421 {
             self.close();
+        } else if self.quit_sent {
+            self.state = State::Quitting;
         } else {
             self.state = State::Ready;
         }
+    }
+
+    /// The transaction just started is the connection's last: with
+    /// PIPELINING, QUIT goes out right behind its content, saving a round
+    /// trip; otherwise `quit` does it afterwards as usual.
+    pub fn quit_after_transaction(&mut self) {
+        let State::Busy(tx) = &self.state else { return };
+        if !tx.pipelined {
+            return;
+        }
+        if tx.awaiting.contains(&Part::Bdat) {
+            self.send_pipelined_quit();
+        } else {
+            // DATA: after the content, once the 354 has come.
+            self.quit_wanted = true;
+        }
+    }
+
+    fn send_pipelined_quit(&mut self) {
+        self.output.extend_from_slice(b"QUIT\r\n");
+        self.quit_wanted = false;
+        self.quit_sent = true;
     }
 
     /// Ends the connection: QUIT when ready, else closes at once.
@@ -871,6 +909,49 @@ mod tests {
         let o = done(&mut c);
         assert_eq!(o.failures[0].stage, Stage::Mail);
         assert!(c.is_ready());
+    }
+
+    #[test]
+    fn quit_rides_with_the_last_transaction() {
+        let now = Instant::now();
+        let mut c = ready(plan(true, true), EHLO_FULL);
+        c.start_transaction("s@x.test", &rcpts(1), b"x\r\n", now);
+        c.quit_after_transaction();
+        assert!(take_output(&mut c, now).ends_with("BDAT 3 LAST\r\nx\r\nQUIT\r\n"));
+        c.handle_input(b"250 ok\r\n250 ok\r\n250 queued\r\n", now);
+        assert!(done(&mut c).delivered);
+        assert!(!c.is_ready(), "QUIT is out: no more transactions");
+        c.quit();
+        assert_eq!(take_output(&mut c, now), "", "no second QUIT");
+        c.handle_input(b"221 bye\r\n", now);
+        assert_eq!(c.poll_event(), Some(Event::Closed));
+
+        // DATA: QUIT follows the content after the 354.
+        let mut c = ready(plan(true, false), EHLO_FULL);
+        c.start_transaction("s@x.test", &rcpts(1), b"x\r\n", now);
+        c.quit_after_transaction();
+        assert!(take_output(&mut c, now).ends_with("DATA\r\n"));
+        c.handle_input(b"250 ok\r\n250 ok\r\n354 go\r\n", now);
+        assert_eq!(take_output(&mut c, now), "x\r\n.\r\nQUIT\r\n");
+        c.handle_input(b"250 queued\r\n221 bye\r\n", now);
+        assert!(done(&mut c).delivered);
+        assert_eq!(c.poll_event(), Some(Event::Closed));
+
+        // DATA refused: the QUIT never went, so `quit` sends it.
+        let mut c = ready(plan(true, false), EHLO_FULL);
+        c.start_transaction("s@x.test", &rcpts(1), b"x\r\n", now);
+        c.quit_after_transaction();
+        take_output(&mut c, now);
+        c.handle_input(b"250 ok\r\n250 ok\r\n451 later\r\n", now);
+        assert!(!done(&mut c).delivered);
+        c.quit();
+        assert_eq!(take_output(&mut c, now), "QUIT\r\n");
+
+        // Without PIPELINING nothing changes.
+        let mut c = ready(plan(true, true), b"250-sink\r\n250 CHUNKING\r\n");
+        c.start_transaction("s@x.test", &rcpts(1), b"x\r\n", now);
+        c.quit_after_transaction();
+        assert_eq!(take_output(&mut c, now), "MAIL FROM:<s@x.test>\r\n");
     }
 
     #[test]

@@ -95,7 +95,8 @@ impl Shared {
 pub struct Run {
     pub shared: Arc<Shared>,
     pub started: Instant,
-    handles: Vec<glommio::ExecutorJoinHandle<BlastStats>>,
+    /// Each core's figures and the moment its last connection finished.
+    handles: Vec<glommio::ExecutorJoinHandle<(BlastStats, Instant)>>,
 }
 
 impl Run {
@@ -103,11 +104,13 @@ impl Run {
     /// elapsed time (start to the last core's end).
     pub fn finish(self) -> Result<(BlastStats, Duration), BlastError> {
         let mut total = BlastStats::default();
+        let mut last_end = self.started;
         for handle in self.handles {
-            let stats = handle.join().map_err(|e| BlastError::Join(e.to_string()))?;
+            let (stats, ended) = handle.join().map_err(|e| BlastError::Join(e.to_string()))?;
             total.merge(&stats);
+            last_end = last_end.max(ended);
         }
-        Ok((total, self.started.elapsed()))
+        Ok((total, last_end - self.started))
     }
 }
 
@@ -185,8 +188,9 @@ pub fn start(options: BlastOptions) -> Result<Run, BlastError> {
                     run_id,
                 )
                 .await;
+                let ended = Instant::now();
                 shared_core.cores_running.fetch_sub(1, Ordering::AcqRel);
-                stats
+                (stats, ended)
             })
             .map_err(|e| BlastError::Executor {
                 core,
@@ -273,7 +277,9 @@ async fn connection_task(ctx: Rc<CoreContext>) {
             },
         };
         ctx.factory.borrow_mut().fill(seq, &mut message);
-        let outcome = conn.transact(&message, ctx.options.timeout).await;
+        let last = ctx.options.per_connection > 0
+            && conn.client.transactions() + 1 >= ctx.options.per_connection;
+        let outcome = conn.transact(&message, last, ctx.options.timeout).await;
         ctx.stats.borrow_mut().record_outcome(&outcome);
         let counter = if outcome.delivered {
             &ctx.shared.delivered
@@ -378,8 +384,8 @@ impl Live {
         }
     }
 
-    /// One message, start to final reply.
-    async fn transact(&mut self, message: &Message, timeout: Duration) -> Outcome {
+    /// One message, start to final reply; `last`: QUIT may ride along.
+    async fn transact(&mut self, message: &Message, last: bool, timeout: Duration) -> Outcome {
         let now = Instant::now();
         if !self
             .client
@@ -398,6 +404,9 @@ impl Live {
                     problem: Problem::ConnectionLost,
                 }],
             };
+        }
+        if last {
+            self.client.quit_after_transaction();
         }
         loop {
             if let Event::Done(outcome) = self.next_event(timeout).await {
