@@ -184,7 +184,7 @@ pub struct SinkArgs {
     /// Stop after accepting N messages (later ones get 421).
     #[arg(long, value_name = "N")]
     pub stop_after: Option<u64>,
-    /// Largest message, advertised with SIZE; 0 = no limit.
+    /// Largest message, advertised with SIZE; 0 = no limit (64 MiB with --dir).
     #[arg(long, default_value = "0", value_name = "SIZE", value_parser = parse_size)]
     pub max_size: u64,
     /// Certificate (PEM) to offer STARTTLS; needs --tls-key.
@@ -301,6 +301,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Recipients per message `spate blast` will generate (RFC 5321 asks
+/// servers to take at least 100; sinks and relays rarely take more than
+/// a few thousand).
+const MAX_BLAST_RECIPIENTS: u32 = 100_000;
+
 fn cpu_count(cores: usize) -> usize {
     if cores == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -314,8 +319,8 @@ fn blast(args: BlastArgs) -> anyhow::Result<()> {
     if args.connections == 0 {
         bail!("--connections must be at least 1");
     }
-    if args.recipients == 0 {
-        bail!("--recipients must be at least 1");
+    if args.recipients == 0 || args.recipients > MAX_BLAST_RECIPIENTS {
+        bail!("--recipients must be from 1 to {MAX_BLAST_RECIPIENTS}");
     }
     let budget = match (args.messages, args.duration) {
         (_, Some(d)) => Budget::Duration(d),

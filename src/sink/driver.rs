@@ -24,6 +24,8 @@ use crate::session::limits::ConnectionLimits;
 use crate::session::stream::{Connection, ReadBuffer, ServerConnection};
 
 const IO_MEMORY: usize = 1 << 20;
+/// The size limit with `--dir` when `--max-size` is 0.
+pub const KEPT_MESSAGE_LIMIT: u64 = 64 << 20;
 const READ_BUFFER: usize = 4 << 10;
 const MAX_READ_BUFFER: usize = 256 << 10;
 /// A client silent this long is dropped.
@@ -168,6 +170,10 @@ pub fn start(options: SinkOptions) -> Result<RunningSink, SinkError> {
     let mut config = options.config.clone();
     config.starttls = tls.is_some();
     config.keep_messages = options.dir.is_some();
+    if config.keep_messages && config.max_message_size == 0 {
+        // Kept messages are held in memory until written: bound them.
+        config.max_message_size = KEPT_MESSAGE_LIMIT;
+    }
     let config = Arc::new(config);
     let limits = options
         .max_per_ip

@@ -19,6 +19,11 @@ use crate::smtp::parser::{parse_command, Command, ParseError};
 
 /// Protocol errors before the session is closed.
 const MAX_ERRORS: u32 = 50;
+/// Distinct domains counted by name (`--count-domains`); more are
+/// counted together under [`OTHER_DOMAINS`], so a client cannot grow the
+/// map without bound.
+pub const MAX_COUNTED_DOMAINS: usize = 100_000;
+pub const OTHER_DOMAINS: &str = "(other)";
 
 /// The sink's settings, shared by every session of a core.
 #[derive(Debug, Clone)]
@@ -630,7 +635,13 @@ impl SinkSession {
         counters.recipients += u64::from(tx.recipients);
         counters.bytes += tx.size;
         for domain in tx.domains {
-            *counters.domains.entry(domain).or_default() += 1;
+            let full = counters.domains.len() >= MAX_COUNTED_DOMAINS;
+            let key = if full && !counters.domains.contains_key(&domain) {
+                OTHER_DOMAINS.to_owned()
+            } else {
+                domain
+            };
+            *counters.domains.entry(key).or_default() += 1;
         }
         if self.config.keep_messages {
             let content = if tx.chunks > 0 {
@@ -759,6 +770,29 @@ mod tests {
         assert_eq!(h.counters.domains["d2.test"], 1);
         assert_eq!(codes(&h.send(b"QUIT\r\n")), ["221"]);
         assert_eq!(h.session.poll_event(), Some(SinkEvent::Close));
+    }
+
+    #[test]
+    fn domain_counts_are_bounded() {
+        let mut h = Harness::new(
+            SinkConfig {
+                count_domains: true,
+                ..SinkConfig::default()
+            },
+            0,
+        );
+        for i in 0..MAX_COUNTED_DOMAINS {
+            h.counters.domains.insert(format!("d{i}.test"), 1);
+        }
+        h.take();
+        h.send(b"EHLO c\r\n");
+        let r = h.send(
+            b"MAIL FROM:<a@b.test>\r\nRCPT TO:<x@new.test>\r\nRCPT TO:<y@d7.test>\r\nBDAT 1 LAST\r\nx",
+        );
+        assert_eq!(codes(&r), ["250", "250", "250", "250"]);
+        assert_eq!(h.counters.domains.len(), MAX_COUNTED_DOMAINS + 1);
+        assert_eq!(h.counters.domains[OTHER_DOMAINS], 1);
+        assert_eq!(h.counters.domains["d7.test"], 2);
     }
 
     #[test]
