@@ -564,3 +564,39 @@ fn rate_limit_and_duration() {
     let counters = sink.stop();
     assert_eq!(n(&counters, &["messages"]), 30 + delivered);
 }
+
+#[test]
+fn message_file_arrives_byte_for_byte_with_data_and_bdat() {
+    let ip = unique_loopback();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("message.eml");
+    // LF line endings and lines starting with dots: blast sends CRLF and
+    // dot-stuffs for DATA; the sink undoes it.
+    std::fs::write(&file, "Subject: dots\n\n.leading dot\n..two\n.\nend").unwrap();
+    let kept = dir.path().join("kept");
+    let sink = Sink::start(ip, &["--cores", "1", "--dir", kept.to_str().unwrap()]);
+    for mode in [&[][..], &["--no-bdat"][..]] {
+        let mut args = vec![
+            "-n",
+            "2",
+            "-c",
+            "1",
+            "--message-file",
+            file.to_str().unwrap(),
+        ];
+        args.extend_from_slice(mode);
+        assert_eq!(n(&blast_json(sink.addr, &args), &["delivered"]), 2);
+    }
+    drop(sink);
+    let files: Vec<_> = std::fs::read_dir(&kept).unwrap().collect();
+    assert_eq!(files.len(), 4);
+    for f in files {
+        let text = std::fs::read_to_string(f.unwrap().path()).unwrap();
+        let content = text.split_once("X-Sink-To: <user").unwrap().1;
+        let content = content.split_once("\r\n").unwrap().1;
+        assert_eq!(
+            content,
+            "Subject: dots\r\n\r\n.leading dot\r\n..two\r\n.\r\nend\r\n"
+        );
+    }
+}
