@@ -1,5 +1,5 @@
-//! The command line: `spate serve`, `spate queue ...`, `spate user ...`
-//! and `spate tune check`. It parses
+//! The command line: `spate serve`, `spate queue ...`, `spate user ...`,
+//! `spate tune check` and the load tools `spate blast` and `spate sink`. It parses
 //! arguments, wires the pieces together and reports; it holds no protocol
 //! or storage logic.
 
@@ -58,6 +58,169 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// SMTP load generator (a modern smtp-source): send messages over many
+    /// connections, then report rates, errors by reply code and latency
+    /// percentiles.
+    Blast(Box<BlastArgs>),
+    /// SMTP sink (a modern smtp-sink): accept and discard mail (or keep it,
+    /// or count it per domain), with injected failures and delays. Prints
+    /// its counters on exit and on SIGUSR1.
+    Sink(Box<SinkArgs>),
+}
+
+/// `spate blast` flags.
+#[derive(Debug, clap::Args)]
+pub struct BlastArgs {
+    /// The server, ip:port.
+    #[arg(long, value_name = "ADDR")]
+    pub to: SocketAddr,
+    /// Connections open at once (spread over the cores).
+    #[arg(short = 'c', long, default_value_t = 10, value_name = "N")]
+    pub connections: usize,
+    /// Messages to send in all [default: 1000 unless --duration].
+    #[arg(short = 'n', long, value_name = "N", conflicts_with = "duration")]
+    pub messages: Option<u64>,
+    /// Send for this long instead of a number of messages (10s, 2m).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// Messages per connection before QUIT and a new connection; 0 = no limit.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub per_connection: u64,
+    /// Recipients per message.
+    #[arg(short = 'r', long, default_value_t = 1, value_name = "N")]
+    pub recipients: u32,
+    /// Recipient domains, spread round-robin over the recipients.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "LIST",
+        conflicts_with = "domain_pattern"
+    )]
+    pub domains: Vec<String>,
+    /// Recipient domains from a pattern: {} becomes 1..=--domain-count.
+    #[arg(long, value_name = "PATTERN")]
+    pub domain_pattern: Option<String>,
+    /// How many domains --domain-pattern makes.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub domain_count: u64,
+    /// Message size, headers included (4096, 4k, 1m).
+    #[arg(short = 's', long, default_value = "4k", value_name = "SIZE", value_parser = parse_size)]
+    pub size: u64,
+    /// Message sizes drawn by weight: 1k:60,10k:30,100k:10.
+    #[arg(long, value_name = "DIST", conflicts_with_all = ["size", "message_file"], value_parser = parse_size_dist)]
+    pub size_dist: Option<crate::blast::options::SizeDistribution>,
+    /// Send this file's content as every message (line endings become CRLF).
+    #[arg(long, value_name = "FILE", conflicts_with = "size")]
+    pub message_file: Option<PathBuf>,
+    /// At most this many messages per second, all connections together
+    /// (500, 500/s, 30000/m).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub rate: Option<f64>,
+    /// Envelope sender.
+    #[arg(long, default_value = "blast@example.test", value_name = "ADDR")]
+    pub from: String,
+    /// Our name in EHLO.
+    #[arg(long, default_value = "blast.example.test", value_name = "NAME")]
+    pub helo: String,
+    /// Require STARTTLS (any certificate is accepted).
+    #[arg(long)]
+    pub starttls: bool,
+    /// AUTH PLAIN with these credentials after EHLO (and TLS).
+    #[arg(long, value_name = "USER:PASS", value_parser = parse_credentials)]
+    pub auth: Option<(String, String)>,
+    /// Never pipeline, even when the server offers PIPELINING.
+    #[arg(long)]
+    pub no_pipelining: bool,
+    /// Use DATA, even when the server offers CHUNKING (BDAT).
+    #[arg(long)]
+    pub no_bdat: bool,
+    /// Executors (one per core, pinned); 0 = one per CPU.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub cores: usize,
+    /// Longest wait for a connection, a reply or a write.
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
+    /// Seed of the size distribution's draws.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub seed: u64,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the transaction latency's HdrHistogram percentile
+    /// distribution (milliseconds) to FILE, for plotting.
+    #[arg(long, value_name = "FILE")]
+    pub histogram: Option<PathBuf>,
+}
+
+/// `spate sink` flags.
+#[derive(Debug, clap::Args)]
+pub struct SinkArgs {
+    /// Address to listen on, ip:port (port 0: a free one, printed); repeatable.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:2525")]
+    pub listen: Vec<SocketAddr>,
+    /// Executors (one per core, pinned); 0 = one per CPU.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub cores: usize,
+    /// Our name in the greeting and EHLO.
+    #[arg(long, default_value = "sink.test", value_name = "NAME")]
+    pub hostname: String,
+    /// Write every accepted message to DIR (envelope as X-Sink-From/To lines).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Count accepted recipients per domain.
+    #[arg(long)]
+    pub count_domains: bool,
+    /// Fail a fraction of a stage's commands: STAGE:CODE:FRACTION, STAGE
+    /// one of connect, helo, mail, rcpt, data, dot; CODE 4xx, 5xx or a
+    /// code; FRACTION 0.1 or 10% (every 10th fails). Repeatable.
+    #[arg(long, value_name = "RULE", value_parser = parse_fault)]
+    pub fail: Vec<crate::sink::fault::Fault>,
+    /// Wait before replying at a stage: STAGE:DURATION. Repeatable.
+    #[arg(long, value_name = "STAGE:DURATION", value_parser = parse_delay)]
+    pub delay: Vec<(crate::sink::fault::Stage, std::time::Duration)>,
+    /// Wait before the greeting.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub banner_delay: Option<std::time::Duration>,
+    /// Wait before every reply.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub tarpit: Option<std::time::Duration>,
+    /// Refuse (421) a client address's connections beyond N open at once.
+    #[arg(long, value_name = "N")]
+    pub max_per_ip: Option<usize>,
+    /// Stop after accepting N messages (later ones get 421).
+    #[arg(long, value_name = "N")]
+    pub stop_after: Option<u64>,
+    /// Largest message, advertised with SIZE; 0 = no limit (64 MiB with --dir).
+    #[arg(long, default_value = "0", value_name = "SIZE", value_parser = parse_size)]
+    pub max_size: u64,
+    /// Certificate (PEM) to offer STARTTLS; needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    crate::blast::options::parse_duration(s).map_err(|e| e.to_string())
+}
+fn parse_size(s: &str) -> Result<u64, String> {
+    crate::blast::options::parse_size(s).map_err(|e| e.to_string())
+}
+fn parse_size_dist(s: &str) -> Result<crate::blast::options::SizeDistribution, String> {
+    crate::blast::options::SizeDistribution::parse(s).map_err(|e| e.to_string())
+}
+fn parse_rate(s: &str) -> Result<f64, String> {
+    crate::blast::options::parse_rate(s).map_err(|e| e.to_string())
+}
+fn parse_credentials(s: &str) -> Result<(String, String), String> {
+    crate::blast::options::parse_credentials(s).map_err(|e| e.to_string())
+}
+fn parse_fault(s: &str) -> Result<crate::sink::fault::Fault, String> {
+    crate::sink::fault::Fault::parse(s).map_err(|e| e.to_string())
+}
+fn parse_delay(s: &str) -> Result<(crate::sink::fault::Stage, std::time::Duration), String> {
+    crate::sink::fault::parse_delay(s).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Subcommand)]
@@ -175,7 +338,202 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{config:#?}");
             Ok(())
         }
+        Command::Blast(args) => blast(*args),
+        Command::Sink(args) => sink(*args),
     }
+}
+
+/// Recipients per message `spate blast` will generate (RFC 5321 asks
+/// servers to take at least 100; sinks and relays rarely take more than
+/// a few thousand).
+const MAX_BLAST_RECIPIENTS: u32 = 100_000;
+
+fn cpu_count(cores: usize) -> usize {
+    if cores == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        cores
+    }
+}
+
+fn blast(args: BlastArgs) -> anyhow::Result<()> {
+    use crate::blast::options::{BlastOptions, Budget, Content, Domains, SizeDistribution};
+    if args.connections == 0 {
+        bail!("--connections must be at least 1");
+    }
+    if args.recipients == 0 || args.recipients > MAX_BLAST_RECIPIENTS {
+        bail!("--recipients must be from 1 to {MAX_BLAST_RECIPIENTS}");
+    }
+    let budget = match (args.messages, args.duration) {
+        (_, Some(d)) => Budget::Duration(d),
+        (Some(n), None) => Budget::Messages(n),
+        (None, None) => Budget::Messages(1000),
+    };
+    let domains = match (&args.domain_pattern, args.domains.is_empty()) {
+        (Some(pattern), _) => Domains::pattern(pattern, args.domain_count)?,
+        (None, false) => Domains::List(args.domains.clone()),
+        (None, true) => Domains::List(vec!["example.test".into()]),
+    };
+    let content = match (&args.message_file, &args.size_dist) {
+        (Some(file), _) => Content::File(file.clone()),
+        (None, Some(dist)) => Content::Generated(dist.clone()),
+        (None, None) => Content::Generated(SizeDistribution::fixed(args.size)),
+    };
+    let options = BlastOptions {
+        target: args.to,
+        connections: args.connections,
+        budget,
+        per_connection: args.per_connection,
+        recipients: args.recipients,
+        domains,
+        content,
+        rate: args.rate,
+        from: args.from.clone(),
+        helo: args.helo.clone(),
+        starttls: args.starttls,
+        auth: args.auth.clone(),
+        pipelining: !args.no_pipelining,
+        bdat: !args.no_bdat,
+        cores: cpu_count(args.cores),
+        timeout: args.timeout,
+        seed: args.seed,
+    };
+    let run = crate::blast::driver::start(options)?;
+    let shared = Arc::clone(&run.shared);
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("installing signal handlers")?;
+    let handle = signals.handle();
+    let on_signal = Arc::clone(&shared);
+    let signal_thread = std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            on_signal.stop();
+        }
+    });
+    let bar = match budget {
+        Budget::Messages(n) => indicatif::ProgressBar::new(n),
+        Budget::Duration(d) => indicatif::ProgressBar::new(d.as_secs().max(1)),
+    };
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    let template = match budget {
+        Budget::Messages(_) => "{elapsed_precise} [{bar:40}] {pos}/{len} messages, {per_sec} {msg}",
+        Budget::Duration(_) => "{elapsed_precise} [{bar:40}] {pos}/{len} s {msg}",
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    while shared.running() {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let delivered = shared.delivered.load(Ordering::Relaxed);
+        let failed = shared.failed.load(Ordering::Relaxed);
+        match budget {
+            Budget::Messages(_) => bar.set_position(delivered + failed),
+            Budget::Duration(_) => bar.set_position(run.started.elapsed().as_secs()),
+        }
+        bar.set_message(format!("({delivered} delivered, {failed} failed)"));
+    }
+    bar.finish_and_clear();
+    handle.close();
+    let _ = signal_thread.join();
+    let (stats, elapsed) = run.finish()?;
+    let summary = crate::blast::report::Summary::new(&stats, elapsed);
+    if let Some(path) = &args.histogram {
+        std::fs::write(
+            path,
+            crate::blast::report::percentile_distribution(&stats.transaction),
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string(&summary)?)?;
+    } else {
+        write!(out, "{}", summary.text())?;
+    }
+    Ok(())
+}
+
+fn sink(args: SinkArgs) -> anyhow::Result<()> {
+    use crate::sink::fault::{FaultPlan, Stage};
+    let mut plan = FaultPlan {
+        faults: args.fail.clone(),
+        tarpit: args.tarpit.unwrap_or_default(),
+        ..FaultPlan::default()
+    };
+    for (stage, delay) in &args.delay {
+        plan.delays[*stage as usize] = *delay;
+    }
+    if let Some(delay) = args.banner_delay {
+        plan.delays[Stage::Connect as usize] = delay;
+    }
+    let dir = match &args.dir {
+        Some(dir) => {
+            Some(std::path::absolute(dir).with_context(|| format!("resolving {}", dir.display()))?)
+        }
+        None => None,
+    };
+    let options = crate::sink::driver::SinkOptions {
+        listen: args.listen.clone(),
+        cores: cpu_count(args.cores),
+        dir,
+        max_per_ip: args.max_per_ip,
+        stop_after: args.stop_after,
+        tls: args.tls_cert.clone().zip(args.tls_key.clone()),
+        config: crate::sink::session::SinkConfig {
+            hostname: args.hostname.clone(),
+            count_domains: args.count_domains,
+            max_message_size: args.max_size,
+            plan,
+            ..crate::sink::session::SinkConfig::default()
+        },
+    };
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGUSR1,
+    ])
+    .context("installing signal handlers")?;
+    let running = crate::sink::driver::start(options)?;
+    let print = |counters: &crate::sink::counters::Counters| -> anyhow::Result<()> {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "counters {}", serde_json::to_string(counters)?)?;
+        out.flush()?;
+        Ok(())
+    };
+    {
+        let mut out = std::io::stdout().lock();
+        for addr in &running.addresses {
+            writeln!(out, "listening smtp {addr}")?;
+        }
+        writeln!(out, "ready")?;
+        out.flush()?;
+    }
+    let (events, inbox) = mpsc::channel();
+    let handle = signals.handle();
+    let signal_thread = std::thread::spawn(move || {
+        for signal in signals.forever() {
+            if events.send(signal).is_err() {
+                return;
+            }
+        }
+    });
+    loop {
+        match inbox.recv_timeout(std::time::Duration::from_millis(20)) {
+            Ok(signal_hook::consts::SIGUSR1) => print(&running.counters())?,
+            Ok(_) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if running.limit_reached() {
+                    break;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    handle.close();
+    let _ = signal_thread.join();
+    print(&running.stop())
 }
 
 fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {

@@ -20,11 +20,13 @@
 //! | runtime glue | [`shard`], [`session`], [`tls`] | pinned glommio executors, listeners with SO_REUSEPORT, sessions over glommio sockets, STARTTLS |
 //! | edges | [`config`], [`metrics`], [`logging`], [`cli`], [`control`] | TOML configuration, per-core counters and histograms merged when scraped (Prometheus endpoint), the log subscriber (text or JSON lines), the command line |
 //! | service | [`sd_notify`], [`reload`], [`tune`] | systemd readiness, reload and stop notifications; what a SIGHUP reload swaps and what needs a restart; `spate tune check` against the tuning kit |
+//! | load tools | [`blast`], [`sink`] | `spate blast`, the load generator (sans-IO client core with pipelining and BDAT, one executor per core, HdrHistogram report) and `spate sink` (sans-IO sink session, deterministic fault injection, counters) |
 //!
 //! See DESIGN.md (shared with the project) and README.md for the whole
 //! picture.
 
 pub mod account;
+pub mod blast;
 pub mod blocking;
 pub mod cli;
 pub mod config;
@@ -45,6 +47,7 @@ pub mod sasl;
 pub mod sd_notify;
 pub mod session;
 pub mod shard;
+pub mod sink;
 pub mod smtp;
 pub mod spool;
 pub mod tls;

@@ -217,15 +217,7 @@ impl Latency {
     }
 
     fn summary(&self) -> LatencySummary {
-        let h = &self.histogram;
-        LatencySummary {
-            count: h.len(),
-            p50: h.value_at_quantile(0.5),
-            p90: h.value_at_quantile(0.9),
-            p99: h.value_at_quantile(0.99),
-            p999: h.value_at_quantile(0.999),
-            max: h.max(),
-        }
+        LatencySummary::of(&self.histogram)
     }
 }
 
@@ -367,6 +359,20 @@ pub struct LatencySummary {
     pub p99: u64,
     pub p999: u64,
     pub max: u64,
+}
+
+impl LatencySummary {
+    /// The percentiles of `h` (zeros when empty).
+    pub fn of(h: &Histogram<u64>) -> Self {
+        LatencySummary {
+            count: h.len(),
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        }
+    }
 }
 
 /// What `spate serve` prints when it stops.

@@ -66,7 +66,8 @@ pub async fn serve<S: SegmentStore>(
     } else {
         None
     };
-    let Some(conn) = open_connection(stream, acceptor.as_ref(), timeout, peer, &ctx.metrics).await else {
+    let Some(conn) = open_connection(stream, acceptor.as_ref(), timeout, peer, &ctx.metrics).await
+    else {
         return;
     };
     let peer_info = PeerInfo {

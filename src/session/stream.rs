@@ -160,16 +160,27 @@ pub async fn accept_tls(
     limit: std::time::Duration,
     metrics: &RefCell<Metrics>,
 ) -> io::Result<ServerConnection> {
-    let result = glommio::timer::timeout(limit, async {
+    let result = tls_handshake(acceptor, tcp, limit).await;
+    metrics.borrow_mut().count_tls_handshake(result.is_ok());
+    result
+}
+
+/// The server side of a TLS handshake bounded by `limit`, not counted
+/// (for tools such as `spate sink` that keep no server metrics).
+pub async fn tls_handshake(
+    acceptor: &futures_rustls::TlsAcceptor,
+    tcp: TcpStream,
+    limit: std::time::Duration,
+) -> io::Result<ServerConnection> {
+    let stream = glommio::timer::timeout(limit, async {
         acceptor
             .accept(tcp)
             .await
             .map_err(glommio::GlommioError::from)
     })
     .await
-    .map_err(io::Error::from);
-    metrics.borrow_mut().count_tls_handshake(result.is_ok());
-    Ok(Connection::Tls(Box::new(result?)))
+    .map_err(io::Error::from)?;
+    Ok(Connection::Tls(Box::new(stream)))
 }
 
 /// Received bytes not yet consumed by a protocol core. Starts small so an
