@@ -43,6 +43,8 @@ BENCH_DIR=${BENCH_DIR:-/var/tmp}
 BENCH_NAME=imap
 # shellcheck source=benches/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+# shellcheck source=benches/dovecot.sh
+source "$(dirname "${BASH_SOURCE[0]}")/dovecot.sh"
 
 log "building the load client (examples/imap_load.rs)"
 (cd "$ROOT" && cargo build --release --quiet --example imap_load)
@@ -131,8 +133,8 @@ EOF
 # ------------------------------------------------------------ Dovecot
 # start_dovecot MODE: a private instance on its own copy of the Maildirs.
 start_dovecot() {
-    local mode=$1 dir=$WORK/dovecot-$1 port u tuning
-    mkdir -p "$dir/run" "$dir/state"
+    local mode=$1 dir=$WORK/dovecot-$1 port u
+    mkdir -p "$dir"
     cp -a "$WORK/maildirs" "$dir/mail"
     chown -R nobody:nogroup "$dir/mail"
     : >"$dir/passwd"
@@ -140,77 +142,10 @@ start_dovecot() {
         echo "user$u:{PLAIN}x:65534:65534::$dir/mail/user$u::" >>"$dir/passwd"
     done
     port=$(free_port)
-    case $mode in
-    performance) # doc.dovecot.org/2.3/admin_manual/login_processes, high-performance mode
-        tuning="
-service imap-login {
-  inet_listener imap {
-    address = $IP
-    port = $port
-  }
-  inet_listener imaps {
-    port = 0
-  }
-  service_count = 0
-  process_min_avail = $(nproc)
-}
-service imap {
-  service_count = 0
-  process_min_avail = $CLIENTS
-}
-service auth {
-  client_limit = 2000
-}" ;;
-    default)
-        tuning="
-service imap-login {
-  inet_listener imap {
-    address = $IP
-    port = $port
-  }
-  inet_listener imaps {
-    port = 0
-  }
-}" ;;
-    *) die "unknown Dovecot mode $mode" ;;
-    esac
-    cat >"$dir/dovecot.conf" <<EOF
-instance_name = bench-$mode
-base_dir = $dir/run
-state_dir = $dir/state
-log_path = $dir/log
-info_log_path = $dir/log
-protocols = imap
-listen = $IP
-ssl = no
-disable_plaintext_auth = no
-login_trusted_networks = 127.0.0.0/8
-auth_mechanisms = plain
-passdb {
-  driver = passwd-file
-  args = scheme=PLAIN $dir/passwd
-}
-userdb {
-  driver = passwd-file
-  args = $dir/passwd
-}
-mail_location = maildir:~
-mail_max_userip_connections = 1000
-$tuning
-EOF
-    dovecot -c "$dir/dovecot.conf" || { cat "$dir/log" >&2 2>/dev/null; die "dovecot ($mode) did not start"; }
-    DOVECOT_RUNNING+=("$dir/dovecot.conf")
-    wait_port "$IP" "$port"
+    dovecot_start "$dir" imap "$port" "$mode" "$CLIENTS"
     ADDR[dovecot-$mode]=$IP:$port
     CPU_PID[dovecot-$mode]=$(cat "$dir/run/master.pid")
 }
-DOVECOT_RUNNING=()
-stop_dovecots() {
-    local c
-    for c in "${DOVECOT_RUNNING[@]}"; do doveadm -c "$c" stop 2>/dev/null || true; done
-    DOVECOT_RUNNING=()
-}
-trap 'stop_dovecots; cleanup' EXIT
 
 # CPU seconds (user+sys) of a process tree rooted at pid, children reaped
 # included; Dovecot forks login, auth and imap processes under its master.

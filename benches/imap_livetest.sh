@@ -18,6 +18,8 @@ BENCH_DIR=${BENCH_DIR:-/var/tmp}
 BENCH_NAME=imap-livetest
 # shellcheck source=benches/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+# shellcheck source=benches/dovecot.sh
+source "$(dirname "${BASH_SOURCE[0]}")/dovecot.sh"
 
 python3 -c 'import imapclient' 2>/dev/null || python3 -m pip install -q imapclient
 if [[ $DOVECOT == 1 && ! -x /usr/lib/dovecot/imap ]]; then
@@ -67,41 +69,10 @@ run_livetest spate "$port"
 
 if [[ $DOVECOT == 1 ]]; then
     dir=$WORK/dovecot
-    mkdir -p "$dir/run" "$dir/state" "$dir/mail/alice"
+    mkdir -p "$dir/mail/alice"
     chown -R nobody:nogroup "$dir/mail"
     echo "alice:{PLAIN}secret:65534:65534::$dir/mail/alice::" >"$dir/passwd"
     port=$(free_port)
-    cat >"$dir/dovecot.conf" <<CONF
-instance_name = livetest
-base_dir = $dir/run
-state_dir = $dir/state
-log_path = $dir/log
-protocols = imap
-listen = $IP
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain
-passdb {
-  driver = passwd-file
-  args = scheme=PLAIN $dir/passwd
-}
-userdb {
-  driver = passwd-file
-  args = $dir/passwd
-}
-mail_location = maildir:~
-service imap-login {
-  inet_listener imap {
-    address = $IP
-    port = $port
-  }
-  inet_listener imaps {
-    port = 0
-  }
-}
-CONF
-    dovecot -c "$dir/dovecot.conf" || { cat "$dir/log" >&2; die "dovecot did not start"; }
-    trap 'doveadm -c "$dir/dovecot.conf" stop 2>/dev/null || true; cleanup' EXIT
-    wait_port "$IP" "$port"
+    dovecot_start "$dir" imap "$port" default 1
     run_livetest "dovecot-$(dovecot --version | cut -d' ' -f1)" "$port"
 fi

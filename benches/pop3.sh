@@ -42,6 +42,8 @@ BENCH_DIR=${BENCH_DIR:-/var/tmp}
 BENCH_NAME=pop3
 # shellcheck source=benches/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+# shellcheck source=benches/dovecot.sh
+source "$(dirname "${BASH_SOURCE[0]}")/dovecot.sh"
 
 log "building the load client (examples/pop3_load.rs)"
 (cd "$ROOT" && cargo build --release --quiet --example pop3_load)
@@ -126,10 +128,12 @@ EOF
 }
 
 # ------------------------------------------------------------ Dovecot
+# spate's UIDL form (Dovecot's default too).
+UIDL_FORMAT='pop3_uidl_format = %08Xu%08Xv'
 # start_dovecot MODE: a private instance on its own copy of the Maildirs.
 start_dovecot() {
-    local mode=$1 dir=$WORK/dovecot-$1 port u tuning
-    mkdir -p "$dir/run" "$dir/state"
+    local mode=$1 dir=$WORK/dovecot-$1 port u
+    mkdir -p "$dir"
     cp -a "$WORK/maildirs" "$dir/mail"
     chown -R nobody:nogroup "$dir/mail"
     : >"$dir/passwd"
@@ -137,72 +141,10 @@ start_dovecot() {
         echo "user$u:{PLAIN}x:65534:65534::$dir/mail/user$u::" >>"$dir/passwd"
     done
     port=$(free_port)
-    case $mode in
-    performance) # doc.dovecot.org/2.3/admin_manual/login_processes, high-performance mode
-        tuning="
-service pop3-login {
-  inet_listener pop3 {
-    address = $IP
-    port = $port
-  }
-  service_count = 0
-  process_min_avail = $(nproc)
-}
-service pop3 {
-  service_count = 0
-  process_min_avail = $CLIENTS
-}
-service auth {
-  client_limit = 2000
-}" ;;
-    default)
-        tuning="
-service pop3-login {
-  inet_listener pop3 {
-    address = $IP
-    port = $port
-  }
-}" ;;
-    *) die "unknown Dovecot mode $mode" ;;
-    esac
-    cat >"$dir/dovecot.conf" <<EOF
-instance_name = bench-$mode
-base_dir = $dir/run
-state_dir = $dir/state
-log_path = $dir/log
-info_log_path = $dir/log
-protocols = pop3
-listen = $IP
-ssl = no
-disable_plaintext_auth = no
-login_trusted_networks = 127.0.0.0/8
-auth_mechanisms = plain
-passdb {
-  driver = passwd-file
-  args = scheme=PLAIN $dir/passwd
-}
-userdb {
-  driver = passwd-file
-  args = $dir/passwd
-}
-mail_location = maildir:~
-# spate's UIDL form (Dovecot's default too)
-pop3_uidl_format = %08Xu%08Xv
-$tuning
-EOF
-    dovecot -c "$dir/dovecot.conf" || { cat "$dir/log" >&2 2>/dev/null; die "dovecot ($mode) did not start"; }
-    DOVECOT_RUNNING+=("$dir/dovecot.conf")
-    wait_port "$IP" "$port"
+    dovecot_start "$dir" pop3 "$port" "$mode" "$CLIENTS" "$UIDL_FORMAT"
     ADDR[dovecot-$mode]=$IP:$port
     CPU_PID[dovecot-$mode]=$(cat "$dir/run/master.pid")
 }
-DOVECOT_RUNNING=()
-stop_dovecots() {
-    local c
-    for c in "${DOVECOT_RUNNING[@]}"; do doveadm -c "$c" stop 2>/dev/null || true; done
-    DOVECOT_RUNNING=()
-}
-trap 'stop_dovecots; cleanup' EXIT
 
 # CPU seconds (user+sys) of a process tree rooted at pid, children reaped
 # included; Dovecot forks a process per session, so its master's children.
