@@ -1,8 +1,8 @@
 //! The MIME structure of a stored message as IMAP FETCH needs it: ENVELOPE, BODY and
-//! BODYSTRUCTURE (RFC 3501 7.4.2) and the byte ranges behind `BODY[section]` (RFC 3501 6.4.5). It
-//! refuses to decode content (base64, quoted-printable, charsets, encoded words), to read
-//! files, or to know about sessions: it gets the stored bytes and answers with offsets and
-//! IMAP syntax.
+//! BODYSTRUCTURE (RFC 3501 7.4.2) and the byte ranges behind `BODY[section]` (RFC 3501 6.4.5). The
+//! structure keeps everything as stored (only [`decode`] undoes encodings, for SEARCH); it
+//! refuses to read files or to know about sessions: it gets the stored bytes and answers with
+//! offsets and IMAP syntax.
 //!
 //! Map: [`mod@header`] finds header blocks and fields, [`param`] parses
 //! Content-Type and Content-Disposition, [`address`] parses address fields
@@ -10,7 +10,7 @@
 //! [`mod@write`] serializes ENVELOPE and BODY/BODYSTRUCTURE, [`section`] cuts
 //! `BODY[section]<partial>` out of the stored bytes, [`cache`] stores a
 //! parsed structure compactly so FETCH over many messages does not parse
-//! them again.
+//! them again, [`decode`] gives SEARCH the text a reader sees.
 //!
 //! Everything is measured on the stored bytes: a message kept with LF-only
 //! line ends has its parts' sizes and line counts in those bytes, and
