@@ -11,7 +11,11 @@
 #
 # Environment:
 #   MESSAGES (50000)  SESSIONS (50)  SIZE (4096)  RUNS (5)
-#   CORES (0: one executor per CPU, for blast and for sink)
+#   CORES (0: one executor per CPU the tool may use, for blast and sink)
+#   SENDER_CPUS, RECEIVER_CPUS (taskset lists; default: the first half of
+#     the CPUs for every sender, the second half for every receiver, as if
+#     they were two hosts, so neither side's pinned threads take the
+#     other's CPU; "" runs them unconfined)
 #   PER_CONNECTION (0: one connection carries many messages, smtp-source -d;
 #     1: one connection per message, smtp-source's default)
 #   SPATE (path to a spate binary; default: cargo build --release)
@@ -26,6 +30,20 @@ SIZE=${SIZE:-4096}
 RUNS=${RUNS:-5}
 CORES=${CORES:-0}
 PER_CONNECTION=${PER_CONNECTION:-0}
+HALF=$(($(nproc) / 2))
+if ((HALF >= 1)); then
+    SENDER_CPUS=${SENDER_CPUS-0-$((HALF - 1))}
+    RECEIVER_CPUS=${RECEIVER_CPUS-$HALF-$(($(nproc) - 1))}
+else
+    SENDER_CPUS=${SENDER_CPUS-}
+    RECEIVER_CPUS=${RECEIVER_CPUS-}
+fi
+# on_cpus LIST COMMAND...: COMMAND confined to LIST (unconfined when empty).
+on_cpus() {
+    local cpus=$1
+    shift
+    if [[ -n $cpus ]]; then taskset -c "$cpus" "$@"; else "$@"; fi
+}
 BENCH_DIR=${BENCH_DIR:-/var/tmp}
 if [[ $PER_CONNECTION -eq 1 ]]; then SOURCE_FLAGS=""; else SOURCE_FLAGS="-d"; fi
 if [[ $PER_CONNECTION -gt 1 ]]; then
@@ -48,13 +66,13 @@ start_receiver() {
     case $1 in
     smtp-sink)
         RECV_PORT=$(free_port)
-        "$SMTP_SINK" "${USER_FLAG[@]}" "$IP:$RECV_PORT" 1024 >"$WORK/recv.out" 2>&1 &
+        on_cpus "$RECEIVER_CPUS" "$SMTP_SINK" "${USER_FLAG[@]}" "$IP:$RECV_PORT" 1024 >"$WORK/recv.out" 2>&1 &
         RECV_PID=$!
         PIDS+=("$RECV_PID")
         wait_port "$IP" "$RECV_PORT"
         ;;
     sink)
-        "$SPATE" sink --listen "$IP:0" --cores "$CORES" >"$WORK/recv.out" 2>"$WORK/recv.err" &
+        on_cpus "$RECEIVER_CPUS" "$SPATE" sink --listen "$IP:0" --cores "$CORES" >"$WORK/recv.out" 2>"$WORK/recv.err" &
         RECV_PID=$!
         PIDS+=("$RECV_PID")
         local i
@@ -80,12 +98,12 @@ send() {
     case $1 in
     smtp-source)
         # shellcheck disable=SC2086
-        timeout 600 "$SMTP_SOURCE" $SOURCE_FLAGS -s "$SESSIONS" -l "$SIZE" -m "$MESSAGES" \
+        timeout 600 taskset -c "${SENDER_CPUS:-0-$(($(nproc) - 1))}" "$SMTP_SOURCE" $SOURCE_FLAGS -s "$SESSIONS" -l "$SIZE" -m "$MESSAGES" \
             -f bench@example.test -t sink@example.test "$IP:$RECV_PORT" >"$WORK/send.out" 2>&1 ||
             { cat "$WORK/send.out" >&2; die "smtp-source failed"; }
         ;;
     blast)
-        timeout 600 "$SPATE" blast --to "$IP:$RECV_PORT" -c "$SESSIONS" -n "$MESSAGES" \
+        timeout 600 taskset -c "${SENDER_CPUS:-0-$(($(nproc) - 1))}" "$SPATE" blast --to "$IP:$RECV_PORT" -c "$SESSIONS" -n "$MESSAGES" \
             --size "$SIZE" --per-connection "$PER_CONNECTION" --cores "$CORES" --json \
             --from bench@example.test --domains example.test >"$WORK/send.out" 2>"$WORK/send.err" ||
             { cat "$WORK/send.err" >&2; die "blast failed"; }
@@ -100,7 +118,7 @@ send() {
 
 PAIRS=("blast sink" "smtp-source smtp-sink" "blast smtp-sink" "smtp-source sink")
 declare -A RATES
-log "$MESSAGES messages of $SIZE bytes over $SESSIONS sessions (per connection: ${PER_CONNECTION/#0/unlimited}), $RUNS runs, cores=$CORES, $(nproc) CPUs, on $IP"
+log "$MESSAGES messages of $SIZE bytes over $SESSIONS sessions (per connection: ${PER_CONNECTION/#0/unlimited}), $RUNS runs, cores=$CORES, $(nproc) CPUs (senders on ${SENDER_CPUS:-any}, receivers on ${RECEIVER_CPUS:-any}), on $IP"
 for ((r = 1; r <= RUNS; r++)); do
     for pair in "${PAIRS[@]}"; do
         read -r sender receiver <<<"$pair"
@@ -123,7 +141,7 @@ base=${MED[smtp-source smtp-sink]}
 
 cat <<EOF
 
-Load tools: $MESSAGES messages x $SIZE bytes, $SESSIONS sessions, $RUNS runs, cores=$CORES, $(nproc) CPUs
+Load tools: $MESSAGES messages x $SIZE bytes, $SESSIONS sessions, $RUNS runs, cores=$CORES, $(nproc) CPUs, senders on CPUs ${SENDER_CPUS:-any}, receivers on ${RECEIVER_CPUS:-any}
 
 | sender -> receiver | runs (msg/s) | median msg/s | vs smtp-source -> smtp-sink |
 | --- | --- | --- | --- |

@@ -350,7 +350,7 @@ const MAX_BLAST_RECIPIENTS: u32 = 100_000;
 
 fn cpu_count(cores: usize) -> usize {
     if cores == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        crate::shard::allowed_cpus().len()
     } else {
         cores
     }

@@ -156,7 +156,9 @@ pub fn start(options: BlastOptions) -> Result<Run, BlastError> {
     } else {
         None
     };
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The CPUs this process may run on (taskset): core i is pinned to the
+    // i-th of them, as `spate serve` does.
+    let cpus = crate::shard::allowed_cpus();
     let cores = options.cores.clamp(1, options.connections.max(1));
     let started = Instant::now();
     let shared = Arc::new(Shared::new(options.budget, started));
@@ -173,29 +175,30 @@ pub fn start(options: BlastOptions) -> Result<Run, BlastError> {
         let shared_core = Arc::clone(&shared);
         let file = file.clone();
         let tls = tls.clone();
-        let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(core % cpus))
-            .name(&format!("blast-{core}"))
-            .io_memory(IO_MEMORY)
-            .spawn(move || async move {
-                let stats = run_core(
+        let handle =
+            glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpus[core % cpus.len()]))
+                .name(&format!("blast-{core}"))
+                .io_memory(IO_MEMORY)
+                .spawn(move || async move {
+                    let stats = run_core(
+                        core,
+                        cores,
+                        connections,
+                        options,
+                        Arc::clone(&shared_core),
+                        file,
+                        tls,
+                        run_id,
+                    )
+                    .await;
+                    let ended = Instant::now();
+                    shared_core.cores_running.fetch_sub(1, Ordering::AcqRel);
+                    (stats, ended)
+                })
+                .map_err(|e| BlastError::Executor {
                     core,
-                    cores,
-                    connections,
-                    options,
-                    Arc::clone(&shared_core),
-                    file,
-                    tls,
-                    run_id,
-                )
-                .await;
-                let ended = Instant::now();
-                shared_core.cores_running.fetch_sub(1, Ordering::AcqRel);
-                (stats, ended)
-            })
-            .map_err(|e| BlastError::Executor {
-                core,
-                source: std::io::Error::from(e),
-            })?;
+                    source: std::io::Error::from(e),
+                })?;
         handles.push(handle);
     }
     Ok(Run {

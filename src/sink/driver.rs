@@ -165,7 +165,9 @@ pub fn start(options: SinkOptions) -> Result<RunningSink, SinkError> {
         None => None,
     };
     let (holders, addresses) = reserve(&options.listen)?;
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The CPUs this process may run on (taskset): core i is pinned to the
+    // i-th of them, as `spate serve` does.
+    let cpus = crate::shard::allowed_cpus();
     let cores = options.cores.max(1);
     let mut config = options.config.clone();
     config.starttls = tls.is_some();
@@ -194,14 +196,15 @@ pub fn start(options: SinkOptions) -> Result<RunningSink, SinkError> {
             tls: tls.clone(),
             reports: reports.clone(),
         };
-        let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(core % cpus))
-            .name(&format!("sink-{core}"))
-            .io_memory(IO_MEMORY)
-            .spawn(move || run_core(plan))
-            .map_err(|e| SinkError::Executor {
-                core,
-                source: std::io::Error::from(e),
-            })?;
+        let handle =
+            glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpus[core % cpus.len()]))
+                .name(&format!("sink-{core}"))
+                .io_memory(IO_MEMORY)
+                .spawn(move || run_core(plan))
+                .map_err(|e| SinkError::Executor {
+                    core,
+                    source: std::io::Error::from(e),
+                })?;
         handles.push(handle);
     }
     drop(reports);
