@@ -371,13 +371,8 @@ impl Live {
             return;
         };
         let name = rustls::pki_types::ServerName::IpAddress(self.target.ip().into());
-        let handshake = glommio::timer::timeout(timeout, async {
-            connector
-                .connect(name, tcp)
-                .await
-                .map_err(glommio::GlommioError::from)
-        })
-        .await;
+        let handshake =
+            crate::session::stream::client_tls_handshake(&connector, name, tcp, timeout).await;
         match handshake {
             Ok(tls) => {
                 self.link = Connection::Tls(Box::new(tls));

@@ -339,12 +339,12 @@ impl Outbound {
         else {
             return;
         };
-        let handshake = glommio::timer::timeout(Duration::from_secs(60), async {
-            connector
-                .connect(name, tcp)
-                .await
-                .map_err(glommio::GlommioError::from)
-        })
+        let handshake = crate::session::stream::client_tls_handshake(
+            &connector,
+            name,
+            tcp,
+            Duration::from_secs(60),
+        )
         .await;
         match handshake {
             Ok(tls) => {

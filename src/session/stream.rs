@@ -183,6 +183,24 @@ pub async fn tls_handshake(
     Ok(Connection::Tls(Box::new(stream)))
 }
 
+/// The client side of a TLS handshake (outbound STARTTLS, `spate blast
+/// --starttls`), bounded by `limit`.
+pub async fn client_tls_handshake(
+    connector: &futures_rustls::TlsConnector,
+    name: rustls::pki_types::ServerName<'static>,
+    tcp: TcpStream,
+    limit: std::time::Duration,
+) -> io::Result<futures_rustls::client::TlsStream<TcpStream>> {
+    glommio::timer::timeout(limit, async {
+        connector
+            .connect(name, tcp)
+            .await
+            .map_err(glommio::GlommioError::from)
+    })
+    .await
+    .map_err(io::Error::from)
+}
+
 /// Received bytes not yet consumed by a protocol core. Starts small so an
 /// idle connection costs little, and grows (up to `max`) only while a
 /// client keeps it full, as during a large DATA transfer.
