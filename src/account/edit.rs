@@ -94,6 +94,11 @@ fn edit(
     path: &Path,
     change: impl FnOnce(&mut Vec<String>) -> Result<(), AccountError>,
 ) -> Result<(), AccountError> {
+    // The first user of a fresh installation creates the file's directory
+    // too (the embedded default keeps it under ./spate-data).
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| AccountError::io("creating", dir, e))?;
+    }
     let _lock = Lock::acquire(&lock_path(path), LOCK_TIMEOUT)?;
     let (text, mode) = match read_bounded(path, MAX_FILE_SIZE) {
         Ok(text) => {

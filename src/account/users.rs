@@ -216,9 +216,18 @@ impl UserDb {
         db
     }
 
-    /// Reads and parses a users file.
+    /// Reads and parses a users file; a file that does not exist yet has
+    /// no users (`spate user add` creates it).
     pub fn load(path: &Path) -> Result<UserDb, AccountError> {
-        Ok(UserDb::parse(&read_bounded(path, MAX_FILE_SIZE)?))
+        match read_bounded(path, MAX_FILE_SIZE) {
+            Ok(text) => Ok(UserDb::parse(&text)),
+            Err(AccountError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(UserDb::default())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     pub fn get(&self, name: &UserName) -> Option<&User> {
@@ -397,9 +406,16 @@ eve@example.test:{PLAIN}apple
         std::fs::write(&path, "a:{PLAIN}b\n").unwrap();
         assert!(read_bounded(&path, 5).is_err());
         assert_eq!(read_bounded(&path, 11).unwrap(), "a:{PLAIN}b\n");
-        assert!(matches!(
-            UserDb::load(&dir.path().join("missing")),
-            Err(AccountError::Io { .. })
-        ));
+    }
+
+    #[test]
+    fn a_missing_file_has_no_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = UserDb::load(&dir.path().join("users")).unwrap();
+        assert_eq!(db.len(), 0);
+        assert!(
+            UserDb::load(dir.path()).is_err(),
+            "a directory is not a users file"
+        );
     }
 }
