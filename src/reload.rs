@@ -67,6 +67,14 @@ pub struct Reload {
 pub fn prepare(running: &Config, reread: &Config) -> Result<Reload, ReloadError> {
     let effective = merge_reloadable(running, reread);
     let settings = LiveSettings::load(&effective)?;
+    // At start a missing users file means "no users yet"; on a reload it
+    // more likely means a mistake, and dropping every user of a running
+    // server is worse than keeping the ones it has.
+    if let Some(path) = effective.local.users_file.as_deref() {
+        if let Err(e) = std::fs::metadata(path) {
+            return Err(AccountError::io("reading", path, e).into());
+        }
+    }
     let directory = match effective.local.mailbox_dir {
         Some(_) => Some(Directory::load(&effective.local)?),
         None => None,
