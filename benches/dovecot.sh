@@ -78,3 +78,52 @@ CONF
     DOVECOT_RUNNING+=("$dir/dovecot.conf")
     wait_port "$IP" "$port"
 }
+
+# start_dovecot MODE PROTOCOL [EXTRA]: for the load benches, a private
+# instance in MODE on its own copy of $WORK/maildirs, users user1..user$CLIENTS
+# (password x); records its address in ADDR[dovecot-MODE] and its master's
+# pid in CPU_PID[dovecot-MODE].
+start_dovecot() {
+    local mode=$1 protocol=$2 extra=${3:-} dir=$WORK/dovecot-$1 port u
+    mkdir -p "$dir"
+    cp -a "$WORK/maildirs" "$dir/mail"
+    chown -R nobody:nogroup "$dir/mail"
+    : >"$dir/passwd"
+    for ((u = 1; u <= CLIENTS; u++)); do
+        echo "user$u:{PLAIN}x:65534:65534::$dir/mail/user$u::" >>"$dir/passwd"
+    done
+    port=$(free_port)
+    dovecot_start "$dir" "$protocol" "$port" "$mode" "$CLIENTS" "$extra"
+    # ADDR and CPU_PID are the caller's associative arrays (declare -A).
+    # shellcheck disable=SC2034,SC2154
+    ADDR[dovecot-$mode]=$IP:$port
+    # shellcheck disable=SC2034,SC2154
+    CPU_PID[dovecot-$mode]=$(cat "$dir/run/master.pid")
+}
+
+# cpu_of PID: CPU seconds (user+sys) of the process tree rooted at PID,
+# reaped children included (Dovecot forks login, auth and mail processes
+# under its master).
+cpu_of() {
+    python3 - "$1" <<'PYCPU'
+import os, sys
+tck = os.sysconf("SC_CLK_TCK")
+def kids(p):
+    try:
+        with open(f"/proc/{p}/task/{p}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+total, todo = 0, [int(sys.argv[1])]
+while todo:
+    p = todo.pop()
+    try:
+        with open(f"/proc/{p}/stat") as f:
+            s = f.read().rsplit(")", 1)[1].split()
+        total += sum(int(x) for x in s[11:15])  # utime stime cutime cstime
+    except OSError:
+        pass
+    todo += kids(p)
+print("%.2f" % (total / tck))
+PYCPU
+}

@@ -131,52 +131,12 @@ EOF
 }
 
 # ------------------------------------------------------------ Dovecot
-# start_dovecot MODE: a private instance on its own copy of the Maildirs.
-start_dovecot() {
-    local mode=$1 dir=$WORK/dovecot-$1 port u
-    mkdir -p "$dir"
-    cp -a "$WORK/maildirs" "$dir/mail"
-    chown -R nobody:nogroup "$dir/mail"
-    : >"$dir/passwd"
-    for ((u = 1; u <= CLIENTS; u++)); do
-        echo "user$u:{PLAIN}x:65534:65534::$dir/mail/user$u::" >>"$dir/passwd"
-    done
-    port=$(free_port)
-    dovecot_start "$dir" imap "$port" "$mode" "$CLIENTS"
-    ADDR[dovecot-$mode]=$IP:$port
-    CPU_PID[dovecot-$mode]=$(cat "$dir/run/master.pid")
-}
 
-# CPU seconds (user+sys) of a process tree rooted at pid, children reaped
-# included; Dovecot forks login, auth and imap processes under its master.
-cpu_of() {
-    python3 - "$1" <<'EOF'
-import os, sys
-tck = os.sysconf("SC_CLK_TCK")
-def kids(p):
-    try:
-        with open(f"/proc/{p}/task/{p}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
-total, todo = 0, [int(sys.argv[1])]
-while todo:
-    p = todo.pop()
-    try:
-        with open(f"/proc/{p}/stat") as f:
-            s = f.read().rsplit(")", 1)[1].split()
-        total += sum(int(x) for x in s[11:15])  # utime stime cutime cstime
-    except OSError:
-        pass
-    todo += kids(p)
-print("%.2f" % (total / tck))
-EOF
-}
 
 declare -A ADDR CPU_PID
 SERVERS=()
 for c in $SPATE_CORES; do start_imap_spate "$c"; SERVERS+=("spate-c$c"); done
-for m in $DOVECOT_MODES; do start_dovecot "$m"; SERVERS+=("dovecot-$m"); done
+for m in $DOVECOT_MODES; do start_dovecot "$m" imap; SERVERS+=("dovecot-$m"); done
 
 # load SERVER SECONDS [CLIENTS]: sets RESULT to the client's JSON line,
 # CLIENT_CPU to the client's CPU seconds and SERVER_CPU to the server's.

@@ -128,53 +128,11 @@ EOF
 }
 
 # ------------------------------------------------------------ Dovecot
-# spate's UIDL form (Dovecot's default too).
-UIDL_FORMAT='pop3_uidl_format = %08Xu%08Xv'
-# start_dovecot MODE: a private instance on its own copy of the Maildirs.
-start_dovecot() {
-    local mode=$1 dir=$WORK/dovecot-$1 port u
-    mkdir -p "$dir"
-    cp -a "$WORK/maildirs" "$dir/mail"
-    chown -R nobody:nogroup "$dir/mail"
-    : >"$dir/passwd"
-    for ((u = 1; u <= CLIENTS; u++)); do
-        echo "user$u:{PLAIN}x:65534:65534::$dir/mail/user$u::" >>"$dir/passwd"
-    done
-    port=$(free_port)
-    dovecot_start "$dir" pop3 "$port" "$mode" "$CLIENTS" "$UIDL_FORMAT"
-    ADDR[dovecot-$mode]=$IP:$port
-    CPU_PID[dovecot-$mode]=$(cat "$dir/run/master.pid")
-}
 
-# CPU seconds (user+sys) of a process tree rooted at pid, children reaped
-# included; Dovecot forks a process per session, so its master's children.
-cpu_of() {
-    python3 - "$1" <<'EOF'
-import os, sys
-tck = os.sysconf("SC_CLK_TCK")
-def kids(p):
-    try:
-        with open(f"/proc/{p}/task/{p}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
-total, todo = 0, [int(sys.argv[1])]
-while todo:
-    p = todo.pop()
-    try:
-        with open(f"/proc/{p}/stat") as f:
-            s = f.read().rsplit(")", 1)[1].split()
-        total += sum(int(x) for x in s[11:15])  # utime stime cutime cstime
-    except OSError:
-        pass
-    todo += kids(p)
-print("%.2f" % (total / tck))
-EOF
-}
 
 declare -A ADDR CPU_PID
 start_pop3_spate
-for m in $DOVECOT_MODES; do start_dovecot "$m"; done
+for m in $DOVECOT_MODES; do start_dovecot "$m" pop3 'pop3_uidl_format = %08Xu%08Xv'; done
 SERVERS=(spate)
 for m in $DOVECOT_MODES; do SERVERS+=("dovecot-$m"); done
 
