@@ -35,6 +35,8 @@ mod state;
 #[cfg(test)]
 mod fake;
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tests;
 
 pub use error::{ParseSpoolIdError, SpoolError};
