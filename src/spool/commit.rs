@@ -6,6 +6,8 @@
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Instant;
 
@@ -90,25 +92,40 @@ pub(crate) struct CommitFailed {
 /// number of the last one that succeeded. A caller whose writes are done
 /// needs sync number `started + 1` (any sync already running may have begun
 /// before its writes finished). The first waiter to find no sync running
-/// becomes the leader and runs it; everyone else waits for the result. Once
-/// a sync fails the file is never trusted again: every later commit fails.
+/// starts one; everyone else waits for the result. Once a sync fails the
+/// file is never trusted again: every later commit fails.
+///
+/// The sync in progress belongs to this state, not to the task that
+/// started it: if that task is dropped (its session went away), another
+/// waiter, or the next commit, drives the same sync to its end. Were the
+/// sync abandoned instead, its failure would never be seen, and since the
+/// kernel reports a writeback error once, the next fdatasync would succeed
+/// over pages it had dropped (the deterministic simulation found this).
 #[derive(Default)]
 pub(crate) struct GroupCommit {
     started: Cell<u64>,
     durable: Cell<u64>,
-    running: Cell<bool>,
+    running: RefCell<Option<RunningSync>>,
+    /// A task is polling `running` now.
+    driving: Cell<bool>,
     failure: RefCell<Option<CommitFailed>>,
     signal: Signal,
 }
 
-/// Resets the leader role if the leader's future is dropped mid-sync; the
-/// outcome of that sync is then unknown, so it counts as not done and a
-/// waiter starts another.
-struct LeaderGuard<'a>(&'a GroupCommit);
+/// One fdatasync in flight, with its number and start time.
+struct RunningSync {
+    number: u64,
+    began: Instant,
+    future: Pin<Box<dyn Future<Output = io::Result<()>>>>,
+}
 
-impl Drop for LeaderGuard<'_> {
+/// Gives up the driver role if the driving task is dropped mid-sync; the
+/// sync stays in `running` for the next driver.
+struct DriverGuard<'a>(&'a GroupCommit);
+
+impl Drop for DriverGuard<'_> {
     fn drop(&mut self) {
-        self.0.running.set(false);
+        self.0.driving.set(false);
         self.0.signal.notify_all();
     }
 }
@@ -116,10 +133,10 @@ impl Drop for LeaderGuard<'_> {
 impl GroupCommit {
     /// Returns once a sync that started after this call began has
     /// succeeded. Call it only after the caller's writes completed.
-    /// The leader's sync time is added to `latency`.
-    pub(crate) async fn commit<F: SegmentFile>(
+    /// The sync time is added to `latency`.
+    pub(crate) async fn commit<F: SegmentFile + 'static>(
         &self,
-        file: &F,
+        file: &Rc<F>,
         latency: &RefCell<Latency>,
     ) -> Result<(), CommitFailed> {
         let target = self.started.get() + 1;
@@ -131,21 +148,35 @@ impl GroupCommit {
                 return Err(f.clone());
             }
             let ticket = self.signal.ticket();
-            if !self.running.get() {
-                self.running.set(true);
+            if self.running.borrow().is_none() {
                 let number = self.started.get() + 1;
                 self.started.set(number);
-                let guard = LeaderGuard(self);
-                let began = Instant::now();
-                let result = file.sync_data().await;
-                match result {
-                    Ok(()) => {
-                        latency.borrow_mut().record(began.elapsed());
-                        self.durable.set(number);
+                let file = Rc::clone(file);
+                *self.running.borrow_mut() = Some(RunningSync {
+                    number,
+                    began: Instant::now(),
+                    future: Box::pin(async move { file.sync_data().await }),
+                });
+            }
+            if !self.driving.get() {
+                self.driving.set(true);
+                let guard = DriverGuard(self);
+                let result = std::future::poll_fn(|cx| match self.running.borrow_mut().as_mut() {
+                    Some(run) => run.future.as_mut().poll(cx),
+                    // Only the driver takes the sync out, and it is us.
+                    None => Poll::Ready(Ok(())),
+                })
+                .await;
+                if let Some(run) = self.running.take() {
+                    match result {
+                        Ok(()) => {
+                            latency.borrow_mut().record(run.began.elapsed());
+                            self.durable.set(self.durable.get().max(run.number));
+                        }
+                        Err(e) => self.fail(&e),
                     }
-                    Err(e) => self.fail(&e),
                 }
-                drop(guard); // clears `running` and wakes the followers
+                drop(guard); // wakes the other waiters
                 continue;
             }
             self.signal.changed(ticket).await;

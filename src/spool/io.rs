@@ -29,7 +29,7 @@ pub trait SegmentFile {
 
 /// Creates, deletes and makes durable the directory entries of segments.
 pub trait SegmentStore {
-    type File: SegmentFile;
+    type File: SegmentFile + 'static;
     /// Creates a new, empty segment opened read+write; fails if it exists
     /// (a segment is never overwritten).
     async fn create(&self, path: &Path) -> io::Result<Self::File>;

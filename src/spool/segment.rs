@@ -2,9 +2,12 @@
 //! file is preallocated, and whether it is retired. It refuses to decide
 //! when to roll over or what a failure means for messages (see `shard`).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::path::PathBuf;
+use std::rc::Rc;
+
+use crate::metrics::Latency;
 
 use super::commit::GroupCommit;
 use super::error::SpoolError;
@@ -28,19 +31,19 @@ pub(crate) fn classify(op: &'static str, path: &std::path::Path, e: io::Error) -
 pub(crate) struct Segment<F> {
     pub id: SegmentId,
     pub path: PathBuf,
-    pub file: F,
-    pub commit: GroupCommit,
+    pub file: Rc<F>,
+    commit: GroupCommit,
     next: Cell<u64>,
     allocated: Cell<u64>,
     retired: Cell<bool>,
 }
 
-impl<F: SegmentFile> Segment<F> {
+impl<F: SegmentFile + 'static> Segment<F> {
     pub(crate) fn new(id: SegmentId, path: PathBuf, file: F) -> Self {
         Segment {
             id,
             path,
-            file,
+            file: Rc::new(file),
             commit: GroupCommit::default(),
             next: Cell::new(0),
             allocated: Cell::new(0),
@@ -62,6 +65,18 @@ impl<F: SegmentFile> Segment<F> {
     /// any record, so a message larger than a segment gets one of its own.
     pub(crate) fn fits(&self, len: u64, segment_size: u64) -> bool {
         !self.is_retired() && (self.next.get() == 0 || self.next.get() + len <= segment_size)
+    }
+
+    /// Makes every write that completed before this call durable (group
+    /// commit); fails for good once a sync of this file failed.
+    pub(crate) async fn commit(&self, latency: &RefCell<Latency>) -> Result<(), SpoolError> {
+        self.commit
+            .commit(&self.file, latency)
+            .await
+            .map_err(|f| SpoolError::SyncFailed {
+                path: self.path.clone(),
+                detail: f.detail,
+            })
     }
 
     /// Reserves `len` bytes and returns their offset, preallocating first:

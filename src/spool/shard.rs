@@ -27,7 +27,7 @@ use memmap2::Mmap;
 use crate::envelope::Envelope;
 use crate::metrics::Latency;
 
-use super::commit::{CommitFailed, Gate, Signal};
+use super::commit::{Gate, Signal};
 use super::error::SpoolError;
 use super::id::{SegmentId, SpoolId};
 use super::io::{GlommioStore, SegmentStore};
@@ -121,6 +121,26 @@ impl Drop for InFlight<'_> {
         if let Some(m) = self.message.take() {
             self.abandoned.borrow_mut().push(m);
         }
+    }
+}
+
+/// Keeps a segment being opened from reclaim until `roll` made it active
+/// (or gave up on it), however `roll` ends.
+struct Opening<'a> {
+    ledger: &'a RefCell<Ledger>,
+    seg: SegmentId,
+}
+
+impl<'a> Opening<'a> {
+    fn new(ledger: &'a RefCell<Ledger>, seg: SegmentId) -> Self {
+        ledger.borrow_mut().begin_write(seg);
+        Opening { ledger, seg }
+    }
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        self.ledger.borrow_mut().end_write(self.seg);
     }
 }
 
@@ -304,11 +324,7 @@ impl<S: SegmentStore> Spool<S> {
             result = seg.write(rec.body, u64::from(offset) + head_len).await;
         }
         if result.is_ok() {
-            result = seg
-                .commit
-                .commit(&seg.file, &self.sync_latency)
-                .await
-                .map_err(|f| sync_failed(&seg.path, f));
+            result = seg.commit(&self.sync_latency).await;
         }
         in_flight.message = None;
         drop(in_flight);
@@ -419,10 +435,7 @@ impl<S: SegmentStore> Spool<S> {
         self.ledger.borrow_mut().pin(seg.id, id);
         seg.write(rec, u64::from(offset)).await?;
         if durable {
-            seg.commit
-                .commit(&seg.file, &self.sync_latency)
-                .await
-                .map_err(|f| sync_failed(&seg.path, f))?;
+            seg.commit(&self.sync_latency).await?;
         }
         drop(in_flight);
         if rolled {
@@ -477,10 +490,7 @@ impl<S: SegmentStore> Spool<S> {
         let active = self.active.borrow().clone();
         if let Some(seg) = active {
             if !seg.is_retired() {
-                seg.commit
-                    .commit(&seg.file, &self.sync_latency)
-                    .await
-                    .map_err(|f| sync_failed(&seg.path, f))?;
+                seg.commit(&self.sync_latency).await?;
             }
         }
         Ok(())
@@ -523,8 +533,12 @@ impl<S: SegmentStore> Spool<S> {
             .await
             .map_err(|e| classify("creating", &path, e))?;
         // From here the file exists: the ledger must know it so it is
-        // reclaimed, whether or not it becomes active.
+        // reclaimed if it never becomes active. Until it is active it
+        // counts as being written, or a reclaim running during the
+        // directory sync below would delete it (holding nothing yet) and
+        // every record then written to it would go to an unlinked file.
         self.ledger.borrow_mut().add_segment(id);
+        let _opening = Opening::new(&self.ledger, id);
         let dir = layout::shard_dir(&self.spool_dir, self.shard);
         self.store
             .sync_dir(&dir)
@@ -557,10 +571,7 @@ impl<S: SegmentStore> Spool<S> {
             message: None,
         };
         seg.write(rec, u64::from(offset)).await?;
-        seg.commit
-            .commit(&seg.file, &self.sync_latency)
-            .await
-            .map_err(|f| sync_failed(&seg.path, f))?;
+        seg.commit(&self.sync_latency).await?;
         Ok(seg.id)
     }
 
@@ -637,12 +648,5 @@ impl<S: SegmentStore> Spool<S> {
                 return;
             }
         }
-    }
-}
-
-fn sync_failed(path: &Path, f: CommitFailed) -> SpoolError {
-    SpoolError::SyncFailed {
-        path: path.to_owned(),
-        detail: f.detail,
     }
 }

@@ -530,16 +530,19 @@ impl Sim {
             }
             let path = layout::segment_path(self.dir.path(), l.id.segment());
             let at = u64::from(l.id.offset());
-            let durable = self
-                .disk
-                .holds_durably(&path, at, &l.message.head)
-                .and_then(|()| {
-                    self.disk.holds_durably(
-                        &path,
-                        at + l.message.head.len() as u64,
-                        &l.message.body,
-                    )
-                });
+            let durable = if !l.acknowledged {
+                Ok(())
+            } else {
+                self.disk
+                    .holds_durably(&path, at, &l.message.head)
+                    .and_then(|()| {
+                        self.disk.holds_durably(
+                            &path,
+                            at + l.message.head.len() as u64,
+                            &l.message.body,
+                        )
+                    })
+            };
             if let Err(e) = durable {
                 problem = Some(format!("acknowledged serial {serial} ({}): {e}", l.id));
                 break;
@@ -677,10 +680,11 @@ fn new_message(
 }
 
 async fn store_task(ctx: Ctx, message: Rc<Message>) {
-    ctx.model
-        .borrow_mut()
-        .doubtful
-        .insert(message.serial, Rc::clone(&message));
+    {
+        let mut model = ctx.model.borrow_mut();
+        model.doubtful.insert(message.serial, Rc::clone(&message));
+        model.messages.insert(message.serial, Rc::clone(&message));
+    }
     match ctx
         .spool
         .store(&message.envelope, message.body.clone())
@@ -721,6 +725,9 @@ async fn deliver_task(ctx: Ctx, d: Dispatch, fates: Vec<Fate>) {
         return;
     };
     if let Err(e) = ctx.spool.read_message(d.id) {
+        if ctx.model.borrow().finishing.contains(&serial) {
+            return; // another attempt is finishing it
+        }
         ctx.model.borrow_mut().violate(format!(
             "dispatched serial {serial} ({}) unreadable: {e}",
             d.id
@@ -764,6 +771,9 @@ async fn record_outcome(
         .await
     {
         Ok(()) => {
+            ctx.note(format!(
+                "outcome of serial {serial} recipient {index}: {kind:?}"
+            ));
             let _ = ctx.queue.borrow_mut().recipient_finished(id, index);
             let mut model = ctx.model.borrow_mut();
             if let Some(l) = model.live.get_mut(&serial) {
@@ -788,7 +798,9 @@ async fn record_outcome(
 /// message finished meanwhile by another attempt.
 fn expect_transient(ctx: &Ctx, serial: u64, e: &SpoolError) {
     let mut model = ctx.model.borrow_mut();
-    let gone = !model.live.contains_key(&serial);
+    // Another attempt (the queue gave up waiting for this one) may be
+    // finishing or have finished it.
+    let gone = !model.live.contains_key(&serial) || model.finishing.contains(&serial);
     if !e.is_transient() && !gone {
         model.violate(format!("serial {serial}: unexpected spool error {e}"));
     }
@@ -891,11 +903,12 @@ async fn finish(ctx: &Ctx, d: Dispatch, serial: u64, reason: FinishReason) {
         }
         Err(e) => {
             // Still live: the queue hands it out again after the attempt's
-            // deadline, and that attempt finishes it.
+            // deadline, and that attempt finishes it. The marker may have
+            // reached the page cache all the same (a failed sync), so a
+            // restart may find the message finished: it stays `finishing`.
+            ctx.note(format!("finish of serial {serial} failed: {e}"));
             expect_transient(ctx, serial, &e);
-            let mut model = ctx.model.borrow_mut();
-            model.finishing.remove(&serial);
-            model.stats.finish_failed += 1;
+            ctx.model.borrow_mut().stats.finish_failed += 1;
         }
     }
 }

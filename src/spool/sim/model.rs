@@ -38,6 +38,11 @@ pub(crate) struct Live {
     pub done: BTreeSet<u32>,
     /// A recipient bounced or expired: a DSN is owed before finishing.
     pub owes_dsn: bool,
+    /// Acknowledged by the spool. A doubtful store that recovery found
+    /// (its record reached the page cache, and a restart without a power
+    /// cut read it back) is delivered too, but nothing promised it is
+    /// durable: a later power cut may lose it.
+    pub acknowledged: bool,
 }
 
 /// One message as recovery returned it.
@@ -54,6 +59,8 @@ pub(crate) struct Recovered {
 /// What every step is checked against.
 #[derive(Debug, Default)]
 pub(crate) struct Model {
+    /// Every message ever stored, by serial.
+    pub messages: BTreeMap<u64, Rc<Message>>,
     /// Acknowledged and not finished, by serial.
     pub live: BTreeMap<u64, Live>,
     /// Stores not acknowledged (in flight, failed or cancelled): after a
@@ -64,6 +71,11 @@ pub(crate) struct Model {
     pub finishing: BTreeSet<u64>,
     /// Finished durably: must never come back.
     pub finished: BTreeSet<u64>,
+    /// Not found by a recovery, yet not gone for sure: doubtful stores,
+    /// and messages that only a marker no sync confirmed finished (it
+    /// reached the page cache, then its sync failed or the process died).
+    /// A later power cut may bring them back, to be delivered again.
+    pub maybe: BTreeSet<u64>,
     pub next_serial: u64,
     /// The first broken invariant, with what was seen.
     pub violation: Option<String>,
@@ -144,6 +156,7 @@ impl Model {
                 id,
                 done: BTreeSet::new(),
                 owes_dsn: false,
+                acknowledged: true,
             },
         );
     }
@@ -160,91 +173,107 @@ impl Model {
     pub(crate) fn finished(&mut self, serial: u64) {
         self.finishing.remove(&serial);
         self.live.remove(&serial);
+        self.maybe.remove(&serial);
         self.finished.insert(serial);
     }
 
     /// Checks what recovery found against the model and makes it the new
-    /// truth: every live message recovered with its finished recipients,
-    /// nothing finished back, nothing unknown; doubtful stores that came
-    /// back are live from now on.
+    /// truth: every acknowledged message recovered with the recipients
+    /// confirmed finished, nothing finished back, nothing never stored.
+    /// Whatever may come back (doubtful stores, and messages only a
+    /// doubtful marker finished) is live from now on, unacknowledged; what
+    /// did not come back stays in doubt for the recoveries to come.
     pub(crate) fn recovered(&mut self, found: Vec<Recovered>) {
         let mut problems = Vec::new();
-        let mut seen = BTreeSet::new();
         let mut live = BTreeMap::new();
-        for Recovered {
-            shard,
-            id,
-            envelope,
-            outcomes,
-            owes_dsn,
-        } in found
-        {
-            let Some(serial) = Message::serial_of(&envelope) else {
-                problems.push(format!("recovered {id} is no message of the simulation"));
+        for r in found {
+            let Some(serial) = Message::serial_of(&r.envelope) else {
+                problems.push(format!(
+                    "recovered {} is no message of the simulation",
+                    r.id
+                ));
                 continue;
             };
-            if !seen.insert(serial) {
-                problems.push(format!("serial {serial} recovered twice (again as {id})"));
+            if live.contains_key(&serial) {
+                problems.push(format!(
+                    "serial {serial} recovered twice (again as {})",
+                    r.id
+                ));
                 continue;
             }
             if self.finished.contains(&serial) {
-                problems.push(format!("finished serial {serial} came back as {id}"));
+                problems.push(format!("finished serial {serial} came back as {}", r.id));
                 continue;
             }
-            if let Some(l) = self.live.get(&serial) {
-                if l.message.envelope != envelope {
-                    problems.push(format!("serial {serial} recovered with another envelope"));
+            let Some(message) = self.messages.get(&serial) else {
+                problems.push(format!(
+                    "recovered serial {serial} ({}) was never stored",
+                    r.id
+                ));
+                continue;
+            };
+            if message.envelope != r.envelope {
+                problems.push(format!("serial {serial} recovered with another envelope"));
+            }
+            let entry = match self.live.get(&serial) {
+                Some(l) => {
+                    if let Some(missing) = l.done.iter().find(|i| !r.outcomes.contains(i)) {
+                        problems.push(format!(
+                            "serial {serial}: recipient {missing} was recorded finished, \
+                             recovery lost it"
+                        ));
+                    }
+                    // Only outcomes the spool confirmed count as durable:
+                    // one read back from the page cache after a failed
+                    // sync may still vanish in a later power cut.
+                    Live {
+                        shard: r.shard,
+                        id: r.id,
+                        owes_dsn: r.owes_dsn,
+                        ..l.clone()
+                    }
                 }
-                if let Some(missing) = l.done.iter().find(|i| !outcomes.contains(i)) {
+                None if self.doubtful.contains_key(&serial) || self.maybe.contains(&serial) => {
+                    self.stats.recovered_doubtful += 1;
+                    Live {
+                        message: Rc::clone(message),
+                        shard: r.shard,
+                        id: r.id,
+                        done: BTreeSet::new(),
+                        owes_dsn: r.owes_dsn,
+                        acknowledged: false,
+                    }
+                }
+                None => {
                     problems.push(format!(
-                        "serial {serial}: recipient {missing} was recorded finished, \
-                         recovery lost it"
+                        "recovered serial {serial} ({}) was not in the spool",
+                        r.id
                     ));
+                    continue;
                 }
-                let message = Rc::clone(&l.message);
-                live.insert(
-                    serial,
-                    Live {
-                        message,
-                        shard,
-                        id,
-                        done: outcomes,
-                        owes_dsn,
-                    },
-                );
-            } else if let Some(m) = self.doubtful.get(&serial) {
-                if m.envelope != envelope {
-                    problems.push(format!("doubtful {serial} recovered with another envelope"));
-                }
-                self.stats.recovered_doubtful += 1;
-                live.insert(
-                    serial,
-                    Live {
-                        message: Rc::clone(m),
-                        shard,
-                        id,
-                        done: outcomes,
-                        owes_dsn,
-                    },
-                );
+            };
+            live.insert(serial, entry);
+        }
+        for (serial, l) in &self.live {
+            if live.contains_key(serial) {
+                continue;
+            }
+            if l.acknowledged && !self.finishing.contains(serial) {
+                problems.push(format!(
+                    "acknowledged serial {serial} ({} on shard {}) was lost",
+                    l.id, l.shard
+                ));
             } else {
-                problems.push(format!("recovered serial {serial} ({id}) was never stored"));
+                self.maybe.insert(*serial);
             }
         }
-        let gone: Vec<(u64, SpoolId, usize)> = self
-            .live
-            .iter()
-            .filter(|(serial, _)| !seen.contains(serial))
-            .map(|(serial, l)| (*serial, l.id, l.shard))
-            .collect();
-        for (serial, id, shard) in gone {
-            if self.finishing.contains(&serial) {
-                self.finished.insert(serial);
-            } else {
-                self.violate(format!(
-                    "acknowledged serial {serial} ({id} on shard {shard}) was lost"
-                ));
+        for serial in self.doubtful.keys() {
+            if !live.contains_key(serial) {
+                self.maybe.insert(*serial);
             }
+        }
+        for serial in live.keys() {
+            self.maybe.remove(serial);
         }
         for p in problems {
             self.violate(p);
