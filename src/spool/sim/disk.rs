@@ -234,6 +234,8 @@ impl SimDisk {
                         *durable |= *s < op.issued_at;
                     }
                 }
+                // A durable removal is final: forget the file.
+                files.retain(|_, f| !matches!(f.removed, Some((_, true))));
                 Ok(0)
             }
             OpKind::Write { pos, data } => {

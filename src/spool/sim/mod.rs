@@ -553,9 +553,11 @@ impl Sim {
             }
         }
         if problem.is_none() {
+            let live: std::collections::HashSet<(usize, SpoolId)> =
+                model.live.values().map(|l| (l.shard, l.id)).collect();
             for (index, shard) in self.shards.iter().enumerate() {
                 for (id, _) in shard.queue.borrow().iter() {
-                    if model.serial_at(index, id).is_none() {
+                    if !live.contains(&(index, id)) {
                         problem = Some(format!("queue of shard {index} holds {id}, not live"));
                     }
                 }
