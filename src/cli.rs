@@ -699,15 +699,24 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
             );
         }
     }
+    std::fs::create_dir_all(&config.spool_dir)
+        .with_context(|| format!("creating spool directory {}", config.spool_dir.display()))?;
+    // One server per spool, before recovery reads anything; held until
+    // this function returns, after every shard has stopped.
+    let _spool_lock = crate::spool::SpoolLock::acquire(&config.spool_dir)?;
     let local = crate::local::LocalTier::load(&config).context("loading the user directory")?;
     // Created here, on the unpinned main thread: workers inherit affinity.
     let blocking = crate::blocking::BlockingPool::new(config.local.io_threads)
         .context("starting the blocking-work threads")?;
-    std::fs::create_dir_all(&config.spool_dir)
-        .with_context(|| format!("creating spool directory {}", config.spool_dir.display()))?;
     let live =
         Arc::new(crate::reload::LiveSettings::load(&config).context("loading the certificate")?);
     let (reservations, addresses) = reserve_ports(&config)?;
+    // No other process serves these addresses (SO_REUSEPORT is for our own
+    // cores only); the claims are held until this function returns.
+    let _claims = addresses
+        .iter()
+        .map(|address| crate::claim::claim(*address))
+        .collect::<Result<Vec<_>, _>>()?;
     let metrics_listener = match config.metrics.address {
         Some(address) => Some(
             crate::metrics::endpoint::bind(address)
@@ -1007,7 +1016,8 @@ fn reload(
 
 /// Listeners configured with port 0 get one free port, shared by every
 /// core: a socket with SO_REUSEPORT holds the port (bound, not listening,
-/// so it never receives a connection) until every core has bound it.
+/// so it never receives a connection) until every core has bound it. It
+/// does not keep another process out of the port; `claim` does.
 fn reserve_ports(config: &Config) -> anyhow::Result<(Vec<Socket>, Vec<SocketAddr>)> {
     let mut reservations = Vec::new();
     let mut addresses = Vec::new();

@@ -349,7 +349,8 @@ pub fn pop3_config(config: &Config) -> Pop3Config {
 }
 
 /// Binds one listening socket of this core: SO_REUSEPORT lets every core
-/// bind the same address and the kernel spreads connections over them;
+/// bind the same address and the kernel spreads connections over them
+/// (`claim` has checked that no other process serves it);
 /// SO_REUSEADDR lets a restarted server bind despite TIME_WAIT.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;

@@ -16,6 +16,7 @@
 //! - `shard`: `Spool`, tying the above together for one core
 //! - `reader`: reading messages through mmap, offline `scan_dir`
 //! - `layout`: file and directory names
+//! - `lock`: one server per spool (`SpoolLock`)
 //! - `error`: `SpoolError`
 
 mod commit;
@@ -24,6 +25,7 @@ mod id;
 mod io;
 mod layout;
 mod ledger;
+mod lock;
 mod reader;
 mod record;
 mod recovery;
@@ -41,6 +43,7 @@ pub use error::{ParseSpoolIdError, SpoolError};
 pub use id::{SegmentId, SpoolId};
 pub use io::{GlommioSegmentFile, GlommioStore, SegmentFile, SegmentStore};
 pub use layout::disk_usage;
+pub use lock::{SpoolLock, SpoolLockError};
 pub use reader::{scan_dir, QueuedMessage, StoredMessage};
 pub use record::FinishReason;
 pub use shard::{RecoveredMessage, Spool, SpoolConfig};
