@@ -701,6 +701,9 @@ enum MainEvent {
 /// Runs the server on `config`, read from `config_path` (`None`: the
 /// embedded configuration), which SIGHUP reads again.
 fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    // Before anything is created: the spool, its segments, quarantine files
+    // and the control socket are private whatever umask we inherited.
+    crate::spool::restrict_umask();
     let notifier = crate::sd_notify::Notifier::from_env().context("reading NOTIFY_SOCKET")?;
     for listener in &config.listeners {
         if !shard::serves(listener.protocol) {
@@ -744,6 +747,7 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     // One server per spool, before recovery reads anything; held until
     // this function returns, after every shard has stopped.
     let _spool_lock = crate::spool::SpoolLock::acquire(&config.spool_dir)?;
+    crate::spool::make_private(&config.spool_dir)?;
     let local = crate::local::LocalTier::load(&config).context("loading the user directory")?;
     // Created here, on the unpinned main thread: workers inherit affinity.
     let blocking = crate::blocking::BlockingPool::new(config.local.io_threads)

@@ -1,10 +1,12 @@
 //! The control socket: how `spate queue flush|delete|bounce` (and the crash
 //! drill `spate debug panic`) reach a running server. One request line, one
-//! reply line, over a Unix socket beside the spool. This module speaks the
-//! protocol and routes requests to shards; what a shard does with them
-//! belongs to the shard.
+//! reply line, over a Unix socket beside the spool, mode 0600, answering
+//! only root and the server's own user (peer credentials). This module
+//! speaks the protocol, checks who asks and routes requests to shards;
+//! what a shard does with them belongs to the shard.
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -12,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
+use crate::peer;
 use crate::spool::SpoolId;
 
 /// Longest request line accepted.
@@ -158,7 +161,10 @@ pub fn request(spool_dir: &Path, request: Request) -> Result<Reply, ControlError
 
 /// Serves the control socket on its own thread until `stop` is set.
 /// Removes a stale socket file left by a killed server first (the spool
-/// lock proves no other server uses it).
+/// lock proves no other server uses it). The socket is 0600: beside the
+/// 0700 spool, only the server's user and root reach it, and each
+/// connection's peer credentials are checked again, in case the modes
+/// were opened up.
 pub fn serve(
     spool_dir: &Path,
     shards: ShardInboxes,
@@ -171,6 +177,7 @@ pub fn serve(
         Err(e) => return Err(e),
     }
     let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     listener.set_nonblocking(true)?;
     std::thread::Builder::new()
         .name("spate-control".into())
@@ -195,6 +202,11 @@ fn answer(stream: UnixStream, shards: &ShardInboxes) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(TIMEOUT));
     let _ = stream.set_write_timeout(Some(TIMEOUT));
+    if let Err(refusal) = check_peer(&stream) {
+        tracing::warn!("control socket: {refusal}");
+        let _ = (&stream).write_all(Reply::Failed(refusal).to_line().as_bytes());
+        return;
+    }
     let mut line = String::new();
     let reply = match BufReader::new((&stream).take(MAX_LINE as u64)).read_line(&mut line) {
         Ok(_) => match line.trim_end().parse::<Request>() {
@@ -204,6 +216,22 @@ fn answer(stream: UnixStream, shards: &ShardInboxes) {
         Err(e) => Reply::Failed(format!("cannot read the request: {e}")),
     };
     let _ = (&stream).write_all(reply.to_line().as_bytes());
+}
+
+/// Only root and the server's own user may ask anything; the reason for a
+/// refusal otherwise.
+fn check_peer(stream: &UnixStream) -> Result<(), String> {
+    let cred = peer::peer_credentials(stream)
+        .map_err(|e| format!("cannot read the peer's credentials: {e}"))?;
+    if peer::is_root_or_self(cred.uid) {
+        return Ok(());
+    }
+    Err(format!(
+        "permission denied: uid {} (pid {}) may not use the control socket; only root and uid {} may",
+        cred.uid,
+        cred.pid,
+        peer::effective_uid()
+    ))
 }
 
 /// Flush goes to every shard; delete and bounce to the shard that owns the

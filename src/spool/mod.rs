@@ -17,6 +17,7 @@
 //! - `reader`: reading messages through mmap, offline `scan_dir`
 //! - `layout`: file and directory names
 //! - `lock`: one server per spool (`SpoolLock`)
+//! - `private`: spool directories 0700, files 0600, the server's umask
 //! - `error`: `SpoolError`
 
 mod commit;
@@ -26,6 +27,7 @@ mod io;
 mod layout;
 mod ledger;
 mod lock;
+mod private;
 mod reader;
 mod record;
 mod recovery;
@@ -44,6 +46,7 @@ pub use id::{SegmentId, SpoolId};
 pub use io::{GlommioSegmentFile, GlommioStore, SegmentFile, SegmentStore};
 pub use layout::disk_usage;
 pub use lock::{SpoolLock, SpoolLockError};
+pub use private::{make_private, restrict_umask, PrivacyError};
 pub use reader::{scan_dir, QueuedMessage, StoredMessage};
 pub use record::FinishReason;
 pub use shard::{RecoveredMessage, Spool, SpoolConfig};
