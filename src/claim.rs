@@ -31,6 +31,12 @@ use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::peer;
 
+/// Connections a claim keeps waiting: each refused server leaves one
+/// (the claim never accepts). Past that many, a refused server can no
+/// longer ask who holds the claim and says only that the address is in
+/// use (the probe still refuses it).
+const CLAIM_BACKLOG: i32 = 64;
+
 /// The claim of one address; dropping it (or the process ending) releases
 /// the address for another server.
 #[derive(Debug)]
@@ -69,7 +75,7 @@ pub fn claim(address: SocketAddr) -> Result<AddressClaim, ClaimError> {
     let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(io)?;
     let held = match socket.bind(&name) {
         Ok(()) => {
-            socket.listen(1).map_err(io)?;
+            socket.listen(CLAIM_BACKLOG).map_err(io)?;
             Some(socket)
         }
         Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => {
