@@ -1,7 +1,7 @@
 //! The command line: `spate serve`, `spate queue ...`, `spate user ...`,
-//! `spate tune check` and the load tools `spate blast` and `spate sink`. It parses
-//! arguments, wires the pieces together and reports; it holds no protocol
-//! or storage logic.
+//! `spate tune check`, `spate debug panic` and the load tools `spate blast`
+//! and `spate sink`. It parses arguments, wires the pieces together and
+//! reports; it holds no protocol or storage logic.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -52,6 +52,11 @@ pub enum Command {
     Tune {
         #[command(subcommand)]
         action: TuneAction,
+    },
+    /// Fault injection for testing the running server's crash policy.
+    Debug {
+        #[command(subcommand)]
+        action: DebugAction,
     },
     /// Check a configuration file and print what it means.
     CheckConfig {
@@ -253,6 +258,21 @@ pub enum QueueAction {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum DebugAction {
+    /// The crash drill: make shard N of the running server panic, as a bug
+    /// would. spate then exits with status 70 and the service manager
+    /// restarts it (Restart=on-failure); acknowledged mail stays in the
+    /// spool, sessions open on any shard are cut. Asks over the control
+    /// socket (root or the server's user only).
+    Panic {
+        /// The shard (0 to cores-1).
+        shard: usize,
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum TuneAction {
     /// Read the running system and print each setting that differs from
     /// the recommendations (kernel settings, limits, CPU governor, the
@@ -325,6 +345,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             action: QueueAction::Bounce { id, config },
         } => control(&load(config.as_ref())?, crate::control::Request::Bounce(id)),
         Command::User { action } => user(action),
+        Command::Debug {
+            action: DebugAction::Panic { shard, config },
+        } => debug_panic(&load(config.as_ref())?, shard),
         Command::Tune {
             action:
                 TuneAction::Check {
@@ -652,6 +675,23 @@ fn control(config: &Config, request: crate::control::Request) -> anyhow::Result<
     }
 }
 
+/// `spate debug panic`: the server answers by exiting, so a connection
+/// closed without a reply is the expected outcome.
+fn debug_panic(config: &Config, shard: usize) -> anyhow::Result<()> {
+    match crate::control::request(&config.spool_dir, crate::control::Request::Panic(shard)) {
+        Err(crate::control::ControlError::Closed) => {
+            println!(
+                "shard {shard} panicked: the server exits with status {}",
+                crate::crash::PANIC_EXIT_STATUS
+            );
+            Ok(())
+        }
+        Ok(crate::control::Reply::Failed(text)) => bail!(text),
+        Ok(crate::control::Reply::Done(text)) => bail!("the server did not panic: {text}"),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Messages from the shards and the signal thread to the main thread.
 enum MainEvent {
     Shard(ShardReport),
@@ -661,6 +701,9 @@ enum MainEvent {
 /// Runs the server on `config`, read from `config_path` (`None`: the
 /// embedded configuration), which SIGHUP reads again.
 fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    // Before anything is created: the spool, its segments, quarantine files
+    // and the control socket are private whatever umask we inherited.
+    crate::spool::restrict_umask();
     let notifier = crate::sd_notify::Notifier::from_env().context("reading NOTIFY_SOCKET")?;
     for listener in &config.listeners {
         if !shard::serves(listener.protocol) {
@@ -699,15 +742,25 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
             );
         }
     }
+    std::fs::create_dir_all(&config.spool_dir)
+        .with_context(|| format!("creating spool directory {}", config.spool_dir.display()))?;
+    // One server per spool, before recovery reads anything; held until
+    // this function returns, after every shard has stopped.
+    let _spool_lock = crate::spool::SpoolLock::acquire(&config.spool_dir)?;
+    crate::spool::make_private(&config.spool_dir)?;
     let local = crate::local::LocalTier::load(&config).context("loading the user directory")?;
     // Created here, on the unpinned main thread: workers inherit affinity.
     let blocking = crate::blocking::BlockingPool::new(config.local.io_threads)
         .context("starting the blocking-work threads")?;
-    std::fs::create_dir_all(&config.spool_dir)
-        .with_context(|| format!("creating spool directory {}", config.spool_dir.display()))?;
     let live =
         Arc::new(crate::reload::LiveSettings::load(&config).context("loading the certificate")?);
     let (reservations, addresses) = reserve_ports(&config)?;
+    // No other process serves these addresses (SO_REUSEPORT is for our own
+    // cores only); the claims are held until this function returns.
+    let _claims = addresses
+        .iter()
+        .map(|address| crate::claim::claim(*address))
+        .collect::<Result<Vec<_>, _>>()?;
     let metrics_listener = match config.metrics.address {
         Some(address) => Some(
             crate::metrics::endpoint::bind(address)
@@ -727,6 +780,10 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     );
     let stop = Arc::new(AtomicBool::new(false));
     let (events, inbox) = mpsc::channel();
+    // A shard's panic ends the process (status 70) for the service manager
+    // to restart it: see `crash`.
+    let fatal = crate::crash::FatalThreads::default();
+    crate::crash::install(fatal.clone());
 
     let (shard_reports, shard_inbox) = mpsc::channel();
     let forward = events.clone();
@@ -797,6 +854,7 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
             smarthost_tls: smarthost_tls.clone(),
             control,
             snapshots,
+            fatal: fatal.clone(),
         };
         handles.push(shard::spawn(plan, cpus[index % cpus.len()]).context("starting an executor")?);
     }
@@ -956,10 +1014,13 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         let _ = endpoint.join();
     }
     let mut metrics = Metrics::default();
-    for handle in handles {
+    for (index, handle) in handles.into_iter().enumerate() {
         match handle.join() {
             Ok(shard_metrics) => metrics.merge(&shard_metrics),
-            Err(e) => tracing::error!(error = %e, "a shard ended abnormally"),
+            Err(e) => {
+                tracing::error!(shard = index, error = %e, "a shard ended abnormally");
+                failure.get_or_insert_with(|| format!("shard {index} ended abnormally: {e}"));
+            }
         }
     }
     println!("stats {}", serde_json::to_string(&metrics.stats())?);
@@ -1007,7 +1068,8 @@ fn reload(
 
 /// Listeners configured with port 0 get one free port, shared by every
 /// core: a socket with SO_REUSEPORT holds the port (bound, not listening,
-/// so it never receives a connection) until every core has bound it.
+/// so it never receives a connection) until every core has bound it. It
+/// does not keep another process out of the port; `claim` does.
 fn reserve_ports(config: &Config) -> anyhow::Result<(Vec<Socket>, Vec<SocketAddr>)> {
     let mut reservations = Vec::new();
     let mut addresses = Vec::new();

@@ -1,9 +1,12 @@
-//! The control socket: how `spate queue flush|delete|bounce` reach a running
-//! server. One request line, one reply line, over a Unix socket beside the
-//! spool. This module speaks the protocol and routes requests to shards;
+//! The control socket: how `spate queue flush|delete|bounce` (and the crash
+//! drill `spate debug panic`) reach a running server. One request line, one
+//! reply line, over a Unix socket beside the spool, mode 0600, answering
+//! only root and the server's own user (peer credentials). This module
+//! speaks the protocol, checks who asks and routes requests to shards;
 //! what a shard does with them belongs to the shard.
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -11,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
+use crate::peer;
 use crate::spool::SpoolId;
 
 /// Longest request line accepted.
@@ -32,11 +36,16 @@ pub enum Request {
     Delete(SpoolId),
     /// Return a message to its sender now (a DSN), then drop it.
     Bounce(SpoolId),
+    /// Fault injection for the crash policy (`spate debug panic`): shard
+    /// N panics, which ends the process with status 70 (see `crash`), so
+    /// an operator or a test can check that the service manager restarts
+    /// it. Not a queue operation; no delivery code sees it.
+    Panic(usize),
 }
 
 /// Why a request line is not one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("bad control request {0:?}: expected flush, delete ID or bounce ID")]
+#[error("bad control request {0:?}: expected flush, delete ID, bounce ID or panic SHARD")]
 pub struct BadRequest(pub String);
 
 impl FromStr for Request {
@@ -46,15 +55,23 @@ impl FromStr for Request {
         let bad = || BadRequest(line.chars().take(80).collect());
         let mut words = line.split_ascii_whitespace();
         let verb = words.next().ok_or_else(bad)?;
-        let id = words.next();
+        let argument = words.next();
         if words.next().is_some() {
             return Err(bad());
         }
-        let id = || id.and_then(|id| id.parse::<SpoolId>().ok()).ok_or_else(bad);
+        let id = || {
+            argument
+                .and_then(|id| id.parse::<SpoolId>().ok())
+                .ok_or_else(bad)
+        };
         match verb {
             "flush" if line.trim() == "flush" => Ok(Request::Flush),
             "delete" => Ok(Request::Delete(id()?)),
             "bounce" => Ok(Request::Bounce(id()?)),
+            "panic" => {
+                let shard = argument.and_then(|n| n.parse().ok()).ok_or_else(bad)?;
+                Ok(Request::Panic(shard))
+            }
             _ => Err(bad()),
         }
     }
@@ -66,6 +83,7 @@ impl std::fmt::Display for Request {
             Request::Flush => write!(f, "flush"),
             Request::Delete(id) => write!(f, "delete {id}"),
             Request::Bounce(id) => write!(f, "bounce {id}"),
+            Request::Panic(shard) => write!(f, "panic {shard}"),
         }
     }
 }
@@ -118,6 +136,10 @@ pub enum ControlError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The server closed the connection without a reply (it stopped, or
+    /// exited: what `panic` asks for).
+    #[error("the server closed the control connection without a reply")]
+    Closed,
     #[error("control socket I/O: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -131,12 +153,18 @@ pub fn request(spool_dir: &Path, request: Request) -> Result<Reply, ControlError
     stream.set_write_timeout(Some(TIMEOUT))?;
     (&stream).write_all(format!("{request}\n").as_bytes())?;
     let mut line = String::new();
-    BufReader::new((&stream).take(4096)).read_line(&mut line)?;
+    if BufReader::new((&stream).take(4096)).read_line(&mut line)? == 0 {
+        return Err(ControlError::Closed);
+    }
     Ok(Reply::from_line(&line))
 }
 
 /// Serves the control socket on its own thread until `stop` is set.
-/// Removes a stale socket file left by a killed server first.
+/// Removes a stale socket file left by a killed server first (the spool
+/// lock proves no other server uses it). The socket is 0600: beside the
+/// 0700 spool, only the server's user and root reach it, and each
+/// connection's peer credentials are checked again, in case the modes
+/// were opened up.
 pub fn serve(
     spool_dir: &Path,
     shards: ShardInboxes,
@@ -149,6 +177,7 @@ pub fn serve(
         Err(e) => return Err(e),
     }
     let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     listener.set_nonblocking(true)?;
     std::thread::Builder::new()
         .name("spate-control".into())
@@ -173,6 +202,11 @@ fn answer(stream: UnixStream, shards: &ShardInboxes) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(TIMEOUT));
     let _ = stream.set_write_timeout(Some(TIMEOUT));
+    if let Err(refusal) = check_peer(&stream) {
+        tracing::warn!("control socket: {refusal}");
+        let _ = (&stream).write_all(Reply::Failed(refusal).to_line().as_bytes());
+        return;
+    }
     let mut line = String::new();
     let reply = match BufReader::new((&stream).take(MAX_LINE as u64)).read_line(&mut line) {
         Ok(_) => match line.trim_end().parse::<Request>() {
@@ -184,8 +218,25 @@ fn answer(stream: UnixStream, shards: &ShardInboxes) {
     let _ = (&stream).write_all(reply.to_line().as_bytes());
 }
 
+/// Only root and the server's own user may ask anything; the reason for a
+/// refusal otherwise.
+fn check_peer(stream: &UnixStream) -> Result<(), String> {
+    let cred = peer::peer_credentials(stream)
+        .map_err(|e| format!("cannot read the peer's credentials: {e}"))?;
+    if peer::is_root_or_self(cred.uid) {
+        return Ok(());
+    }
+    Err(format!(
+        "permission denied: uid {} (pid {}) may not use the control socket; only root and uid {} may",
+        cred.uid,
+        cred.pid,
+        peer::effective_uid()
+    ))
+}
+
 /// Flush goes to every shard; delete and bounce to the shard that owns the
-/// message (the one that adopted its shard directory).
+/// message (the one that adopted its shard directory); panic to the shard
+/// named.
 fn dispatch(request: Request, shards: &ShardInboxes) -> Reply {
     if shards.is_empty() {
         return Reply::Failed("no shard is running".into());
@@ -193,6 +244,13 @@ fn dispatch(request: Request, shards: &ShardInboxes) -> Reply {
     let targets: Vec<usize> = match request {
         Request::Flush => (0..shards.len()).collect(),
         Request::Delete(id) | Request::Bounce(id) => vec![usize::from(id.shard()) % shards.len()],
+        Request::Panic(shard) if shard < shards.len() => vec![shard],
+        Request::Panic(shard) => {
+            return Reply::Failed(format!(
+                "no shard {shard}: this server runs shards 0 to {}",
+                shards.len() - 1
+            ))
+        }
     };
     // One reply channel per shard, read in shard order: a stable answer.
     let mut waiting = Vec::new();
@@ -231,6 +289,8 @@ mod tests {
         assert_eq!("delete 0100000200000040".parse(), Ok(Request::Delete(id)));
         assert_eq!("bounce  0100000200000040 ".parse(), Ok(Request::Bounce(id)));
         assert_eq!(Request::Bounce(id).to_string(), "bounce 0100000200000040");
+        assert_eq!("panic 1".parse(), Ok(Request::Panic(1)));
+        assert_eq!(Request::Panic(1).to_string(), "panic 1");
         for bad in [
             "",
             "flush now",
@@ -238,6 +298,9 @@ mod tests {
             "delete xyz",
             "delete 01 02",
             "shutdown",
+            "panic",
+            "panic x",
+            "panic 1 2",
         ] {
             assert!(bad.parse::<Request>().is_err(), "{bad}");
         }

@@ -19,7 +19,7 @@
 //! | mailbox tier | [`local`] | the directory and the store together, as the servers use them: RCPT checks, logins, one recipient's delivery |
 //! | runtime glue | [`shard`], [`session`], [`tls`] | pinned glommio executors, listeners with SO_REUSEPORT, sessions over glommio sockets, STARTTLS |
 //! | edges | [`config`], [`metrics`], [`logging`], [`cli`], [`control`] | TOML configuration, per-core counters and histograms merged when scraped (Prometheus endpoint), the log subscriber (text or JSON lines), the command line |
-//! | service | [`sd_notify`], [`reload`], [`tune`] | systemd readiness, reload and stop notifications; what a SIGHUP reload swaps and what needs a restart; `spate tune check` against the tuning kit |
+//! | service | [`sd_notify`], [`reload`], [`tune`], [`claim`], [`crash`], [`peer`] | systemd readiness, reload and stop notifications; what a SIGHUP reload swaps and what needs a restart; `spate tune check` against the tuning kit; one server per listening address; a shard's panic ends the process (status 70); Unix peer credentials |
 //! | load tools | [`blast`], [`sink`] | `spate blast`, the load generator (sans-IO client core with pipelining and BDAT, one executor per core, HdrHistogram report) and `spate sink` (sans-IO sink session, deterministic fault injection, counters) |
 //!
 //! See DESIGN.md (shared with the project) and README.md for the whole
@@ -28,9 +28,11 @@
 pub mod account;
 pub mod blast;
 pub mod blocking;
+pub mod claim;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod crash;
 pub mod delivery;
 pub mod envelope;
 pub mod imap;
@@ -39,6 +41,7 @@ pub mod logging;
 pub mod mailbox;
 pub mod metrics;
 pub mod notify;
+pub mod peer;
 pub mod pop3;
 pub mod queue;
 pub mod reload;

@@ -20,7 +20,8 @@ use socket2::{Domain, Socket, Type};
 
 use crate::blocking::BlockingPool;
 use crate::config::{Config, Protocol};
-use crate::control::ShardCommand;
+use crate::control::{Request, ShardCommand};
+use crate::crash::FatalThreads;
 use crate::delivery::engine::Engine;
 use crate::delivery::router::Router;
 use crate::imap::session::ImapConfig;
@@ -149,6 +150,9 @@ pub struct ShardPlan {
     pub control: async_channel::Receiver<ShardCommand>,
     /// Scrapes of the metrics endpoint asking for this shard's figures.
     pub snapshots: async_channel::Receiver<SnapshotRequest>,
+    /// The shard's thread joins these as it starts: its panic ends the
+    /// process (see `crash`).
+    pub fatal: FatalThreads,
 }
 
 /// Starts the executor of one shard, pinned to `cpu`. Its join handle
@@ -172,7 +176,11 @@ where
     glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpu))
         .name(&name)
         .io_memory(IO_MEMORY)
-        .spawn(move || run(plan, make_store()))
+        .spawn(move || {
+            // On the shard's own thread, before it touches the spool.
+            plan.fatal.add_current_thread();
+            run(plan, make_store())
+        })
         .map_err(std::io::Error::from)
 }
 
@@ -349,7 +357,8 @@ pub fn pop3_config(config: &Config) -> Pop3Config {
 }
 
 /// Binds one listening socket of this core: SO_REUSEPORT lets every core
-/// bind the same address and the kernel spreads connections over them;
+/// bind the same address and the kernel spreads connections over them
+/// (`claim` has checked that no other process serves it);
 /// SO_REUSEADDR lets a restarted server bind despite TIME_WAIT.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
@@ -363,7 +372,8 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
 }
 
-/// Answers control requests (flush, delete, bounce) until the shard stops.
+/// Answers control requests (flush, delete, bounce; panic) until the
+/// shard stops.
 async fn serve_control<S: SegmentStore + 'static>(
     engine: Rc<Engine<S>>,
     inbox: async_channel::Receiver<ShardCommand>,
@@ -376,6 +386,13 @@ async fn serve_control<S: SegmentStore + 'static>(
         })
         .await;
         let Some(command) = next else { return };
+        if let Request::Panic(shard) = command.request {
+            // Fault injection, asked for with `spate debug panic` by root
+            // or the server's user: a panic in a task of this executor,
+            // like a bug in a session would raise, to prove the crash
+            // policy (`crash`): the process exits with status 70.
+            panic!("shard {shard}: panic asked for over the control socket (spate debug panic)");
+        }
         let reply = engine.control(command.request).await;
         let _ = command.reply.send(reply);
     }

@@ -144,6 +144,8 @@ impl Shard {
             control: control_requests,
             // No metrics endpoint: a closed inbox ends the shard's scrape task.
             snapshots: async_channel::bounded(1).1,
+            // No panic hook is installed in this process: inert.
+            fatal: Default::default(),
         };
         let control_for_test = control.clone();
         let control = control.clone();

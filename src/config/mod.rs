@@ -528,6 +528,20 @@ impl Config {
         if self.listeners.is_empty() {
             return invalid("at least one [[listener]] is needed".into());
         }
+        // Port 0 picks a new port per listener; any other address is
+        // served by one listener only (the cores share it with
+        // SO_REUSEPORT, which would mix two protocols on one port).
+        for (i, l) in self.listeners.iter().enumerate() {
+            let again = self.listeners[i + 1..]
+                .iter()
+                .any(|other| other.address == l.address);
+            if l.address.port() != 0 && again {
+                return invalid(format!(
+                    "[[listener]] address {} appears twice: one listener per address",
+                    l.address
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -588,6 +602,18 @@ mod tests {
             assert!(l.address.ip().is_loopback(), "{:?}", l.address);
         }
         assert!(config.spool_dir.is_relative());
+    }
+
+    #[test]
+    fn a_listener_address_is_served_once() {
+        let listener = |port: u16| {
+            format!("[[listener]]\naddress = \"127.0.0.1:{port}\"\nprotocol = \"smtp\"\n")
+        };
+        let twice = format!("spool_dir = \"/tmp/s\"\n{}{}", listener(25), listener(25));
+        let error = Config::parse(&twice).unwrap_err().to_string();
+        assert!(error.contains("127.0.0.1:25 appears twice"), "{error}");
+        let port_zero = format!("spool_dir = \"/tmp/s\"\n{}{}", listener(0), listener(0));
+        Config::parse(&port_zero).expect("port 0 picks a port per listener");
     }
 
     #[test]

@@ -942,6 +942,9 @@ impl<S: SegmentStore + 'static> Engine<S> {
                     Reply::Done(format!("deleted {id}"))
                 }
             }
+            // The crash drill is the shard's (`shard::serve_control`), not
+            // delivery's.
+            Request::Panic(_) => Reply::Failed("panic is not a delivery request".into()),
         }
     }
 }

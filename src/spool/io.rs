@@ -110,11 +110,13 @@ impl SegmentStore for GlommioStore {
 
     async fn create(&self, path: &Path) -> io::Result<GlommioSegmentFile> {
         // Read+write through OpenOptions, never `create`: see DESIGN's
-        // glommio pitfalls (write-only handles).
+        // glommio pitfalls (write-only handles). Private to the spate
+        // user, like the rest of the spool (`private`).
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(super::private::FILE_MODE as libc::mode_t)
             .buffered_open(path)
             .await
             .map_err(to_io)?;

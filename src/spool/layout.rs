@@ -1,5 +1,5 @@
 //! Names and places on disk: shard directories, segment files, quarantine
-//! files, and listing them. It never opens or changes a file.
+//! files, the lock file, and listing them. It never opens or changes a file.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -14,6 +14,11 @@ pub(crate) fn shard_dir(spool_dir: &Path, shard: u8) -> PathBuf {
 /// `<spool_dir>/shard-<N>/<seq, 8 digits>.seg`.
 pub(crate) fn segment_path(spool_dir: &Path, seg: SegmentId) -> PathBuf {
     shard_dir(spool_dir, seg.shard).join(format!("{:08}.seg", seg.seq))
+}
+
+/// `<spool_dir>/spool.lock`: held by the one server of the spool.
+pub(crate) fn lock_path(spool_dir: &Path) -> PathBuf {
+    spool_dir.join("spool.lock")
 }
 
 /// `<spool_dir>/quarantine`.

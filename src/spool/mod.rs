@@ -16,6 +16,8 @@
 //! - `shard`: `Spool`, tying the above together for one core
 //! - `reader`: reading messages through mmap, offline `scan_dir`
 //! - `layout`: file and directory names
+//! - `lock`: one server per spool (`SpoolLock`)
+//! - `private`: spool directories 0700, files 0600, the server's umask
 //! - `error`: `SpoolError`
 
 mod commit;
@@ -24,6 +26,8 @@ mod id;
 mod io;
 mod layout;
 mod ledger;
+mod lock;
+mod private;
 mod reader;
 mod record;
 mod recovery;
@@ -43,6 +47,8 @@ pub use error::{ParseSpoolIdError, SpoolError};
 pub use id::{SegmentId, SpoolId};
 pub use io::{GlommioSegmentFile, GlommioStore, SegmentFile, SegmentStore};
 pub use layout::disk_usage;
+pub use lock::{SpoolLock, SpoolLockError};
+pub use private::{make_private, restrict_umask, PrivacyError};
 pub use reader::{scan_dir, QueuedMessage, StoredMessage};
 pub use record::FinishReason;
 pub use shard::{RecoveredMessage, Spool, SpoolConfig};

@@ -77,6 +77,8 @@ pub struct Tweaks {
     pub aliases: String,
     /// Environment variables for the server process (NOTIFY_SOCKET, ...).
     pub env: Vec<(String, String)>,
+    /// The umask the server process starts with (default: the test's).
+    pub umask: Option<u32>,
 }
 
 impl Default for Tweaks {
@@ -101,6 +103,7 @@ impl Default for Tweaks {
             local: Vec::new(),
             aliases: String::new(),
             env: Vec::new(),
+            umask: None,
         }
     }
 }
@@ -189,6 +192,12 @@ impl Tweaks {
     /// Sets an environment variable of the server process.
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Starts the server with this umask (as a shell's `umask` would).
+    pub fn umask(mut self, mask: u32) -> Self {
+        self.umask = Some(mask);
         self
     }
 
@@ -353,7 +362,19 @@ impl TestServer {
             let mut e = self.stderr.lock().unwrap();
             let _ = writeln!(e, "----- start #{} -----", self.starts);
         }
-        let mut child = Command::new(SPATE)
+        let mut command = Command::new(SPATE);
+        if let Some(mask) = self.tweaks.umask {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: umask is async-signal-safe and touches no memory, as
+            // a pre_exec hook (between fork and exec) must.
+            unsafe {
+                command.pre_exec(move || {
+                    libc::umask(mask as libc::mode_t);
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
             .envs(self.tweaks.env.iter().map(|(k, v)| (k, v)))
             .arg("serve")
             .arg("--config")
