@@ -66,8 +66,11 @@ struct Attempt {
     outstanding: usize,
     /// The last temporary failure, for the deferral record.
     transient: Option<String>,
-    /// Recipients that failed for good in this attempt: owed a DSN.
-    bounced: Vec<FailedRecipient>,
+    /// Recipients that failed for good in this attempt, not recorded yet:
+    /// their outcome is recorded only once the DSN they are owed is
+    /// spooled, so a crash or a full disk in between retries them (a
+    /// duplicate DSN at worst) instead of losing the DSN.
+    bounced: Vec<(u32, RecipientOutcome)>,
 }
 
 /// One recipient's result, from SMTP or from routing and resolution.
@@ -699,27 +702,14 @@ impl<S: SegmentStore + 'static> Engine<S> {
                 reply: r.reply,
                 remote_mta: remote.clone(),
             };
-            if let Err(e) = self
-                .ctx
-                .spool
-                .record_recipient_outcome(id, r.index, &outcome)
-                .await
-            {
-                // Not durable: treat as not done, so it is tried again.
-                tracing::error!(%id, error = %e, "cannot record a delivery outcome");
+            if kind == OutcomeKind::Bounced {
+                // Recorded in complete(), after the DSN is spooled.
                 if let Some(a) = self.attempts.borrow_mut().get_mut(&id) {
-                    a.transient = Some(format!("451 4.3.0 spool write error: {e}"));
+                    a.bounced.push((r.index, outcome));
                 }
                 continue;
             }
-            let _ = self.ctx.queue.borrow_mut().recipient_finished(id, r.index);
-            if kind == OutcomeKind::Bounced {
-                if let Some(failed) = FailedRecipient::from_outcome(r.index, &outcome) {
-                    if let Some(a) = self.attempts.borrow_mut().get_mut(&id) {
-                        a.bounced.push(failed);
-                    }
-                }
-            }
+            self.record_outcome(id, r.index, &outcome).await;
         }
         let finished = {
             let mut attempts = self.attempts.borrow_mut();
@@ -767,22 +757,41 @@ impl<S: SegmentStore + 'static> Engine<S> {
         }
     }
 
-    /// The attempt is over: DSN for what bounced, then finish the message
-    /// or schedule its retry.
+    /// The attempt is over: DSN for what bounced (then its outcomes are
+    /// recorded), then finish the message or schedule its retry.
     async fn complete(self: &Rc<Self>, id: SpoolId, attempt: AttemptId) {
-        let done = self.attempts.borrow_mut().remove(&id).unwrap_or_default();
+        let mut done = self.attempts.borrow_mut().remove(&id).unwrap_or_default();
+        let mut bounced_any = false;
         if !done.bounced.is_empty() {
-            self.send_dsn(id, &done.bounced).await;
+            let failed: Vec<FailedRecipient> = done
+                .bounced
+                .iter()
+                .filter_map(|(index, outcome)| FailedRecipient::from_outcome(*index, outcome))
+                .collect();
+            match self.send_dsn(id, &failed).await {
+                Ok(()) => {
+                    for (index, outcome) in &done.bounced {
+                        bounced_any |= self.record_outcome(id, *index, outcome).await;
+                    }
+                }
+                Err(e) => {
+                    done.transient = Some(format!("451 4.3.0 cannot spool a DSN: {e}"));
+                }
+            }
         }
         let pending = self.pending(id);
         if pending.is_empty() {
-            let reason = if done.bounced.is_empty() {
-                FinishReason::Delivered
-            } else {
+            let reason = if bounced_any {
                 FinishReason::Bounced
+            } else {
+                FinishReason::Delivered
             };
-            self.finish(id, reason).await;
-            return;
+            if self.finish(id, reason).await {
+                return;
+            }
+            // Retried after a backoff; with nothing pending, that attempt
+            // only finishes it.
+            done.transient = Some("451 4.3.0 cannot mark the message finished".into());
         }
         let error = done
             .transient
@@ -805,6 +814,9 @@ impl<S: SegmentStore + 'static> Engine<S> {
     }
 
     /// The lifetime is over: every pending recipient expires, with a DSN.
+    /// The DSN is spooled before the expiries are recorded and the message
+    /// finished: if it cannot be, nothing changes and the queue hands the
+    /// expiry out again after its deadline.
     async fn expire(self: &Rc<Self>, dispatch: Dispatch) {
         let id = dispatch.id;
         let pending = self.pending(id);
@@ -814,12 +826,24 @@ impl<S: SegmentStore + 'static> Engine<S> {
             last.map(|e| format!(" (last error: {e})"))
                 .unwrap_or_default()
         );
+        let outcome = RecipientOutcome {
+            kind: OutcomeKind::Expired,
+            reply: reply.clone(),
+            remote_mta: None,
+        };
+        let failed: Vec<FailedRecipient> = pending
+            .iter()
+            .filter_map(|&index| FailedRecipient::from_outcome(index, &outcome))
+            .collect();
+        if let Err(e) = self.send_dsn(id, &failed).await {
+            tracing::warn!(%id, error = %e, "expiry postponed: cannot spool its DSN");
+            return;
+        }
         let attempts = self.ctx.queue.borrow().attempts(id).unwrap_or(0);
         let message = self.ctx.spool.read_message(id).ok();
         let envelope = message.as_ref().map(|m| m.envelope());
         let from = envelope.map_or("", |e| e.sender.as_str());
-        let mut failed = Vec::new();
-        for index in pending {
+        for &index in &pending {
             let to = envelope
                 .and_then(|e| e.recipients.get(index as usize))
                 .map_or("", |x| x.address.as_str());
@@ -828,29 +852,47 @@ impl<S: SegmentStore + 'static> Engine<S> {
                 .metrics
                 .borrow_mut()
                 .count_recipient(RecipientResult::Expired);
-            let outcome = RecipientOutcome {
-                kind: OutcomeKind::Expired,
-                reply: reply.clone(),
-                remote_mta: None,
-            };
-            if let Err(e) = self
-                .ctx
-                .spool
-                .record_recipient_outcome(id, index, &outcome)
-                .await
-            {
-                tracing::error!(%id, error = %e, "cannot record an expiry");
-            }
-            failed.extend(FailedRecipient::from_outcome(index, &outcome));
         }
         drop(message);
-        self.send_dsn(id, &failed).await;
+        for index in pending {
+            if !self.record_outcome(id, index, &outcome).await {
+                return; // tried again after the expiry's deadline
+            }
+        }
         self.finish(id, FinishReason::Expired).await;
     }
 
-    /// Spools a DSN to the sender (none for the null sender, or when
-    /// NOTIFY says so).
-    async fn send_dsn(self: &Rc<Self>, id: SpoolId, failed: &[FailedRecipient]) {
+    /// Records a recipient's outcome durably and tells the queue; false if
+    /// the spool could not (the recipient stays pending and is tried
+    /// again).
+    async fn record_outcome(&self, id: SpoolId, index: u32, outcome: &RecipientOutcome) -> bool {
+        if let Err(e) = self
+            .ctx
+            .spool
+            .record_recipient_outcome(id, index, outcome)
+            .await
+        {
+            tracing::error!(%id, error = %e, "cannot record a delivery outcome");
+            if let Some(a) = self.attempts.borrow_mut().get_mut(&id) {
+                a.transient = Some(format!("451 4.3.0 spool write error: {e}"));
+            }
+            return false;
+        }
+        let _ = self.ctx.queue.borrow_mut().recipient_finished(id, index);
+        true
+    }
+
+    /// Spools a DSN to the sender (none is owed to the null sender, or
+    /// when NOTIFY says so). An error means the DSN is not kept: the
+    /// caller must not record the failures it reports.
+    async fn send_dsn(
+        self: &Rc<Self>,
+        id: SpoolId,
+        failed: &[FailedRecipient],
+    ) -> Result<(), crate::spool::SpoolError> {
+        if failed.is_empty() {
+            return Ok(());
+        }
         let dsn = match self.ctx.spool.read_message(id) {
             Ok(message) => build_dsn(
                 message.envelope(),
@@ -861,27 +903,38 @@ impl<S: SegmentStore + 'static> Engine<S> {
                 SystemTime::now(),
             ),
             Err(e) => {
+                // Damaged beyond reading: no DSN can quote it, and waiting
+                // will not repair it.
                 tracing::error!(%id, error = %e, "cannot read a message to bounce it");
                 None
             }
         };
-        let Some(dsn) = dsn else { return };
+        let Some(dsn) = dsn else { return Ok(()) };
         let to = dsn
             .envelope
             .recipients
             .first()
             .map_or(String::new(), |r| r.address.clone());
         match self.queue_new(dsn.envelope, dsn.body).await {
-            Ok(bounce) => tracing::info!(%id, %bounce, %to, "dsn queued"),
-            Err(e) => tracing::error!(%id, error = %e, "cannot spool a DSN"),
+            Ok(bounce) => {
+                tracing::info!(%id, %bounce, %to, "dsn queued");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(%id, error = %e, "cannot spool a DSN");
+                Err(e)
+            }
         }
     }
 
-    async fn finish(&self, id: SpoolId, reason: FinishReason) {
+    /// Marks a message finished and forgets it. If the spool cannot, the
+    /// message stays queued (its attempt's deadline hands it out again,
+    /// and that attempt, with nothing pending, finishes it): never listed
+    /// after it is finished, never forgotten before.
+    async fn finish(&self, id: SpoolId, reason: FinishReason) -> bool {
         if let Err(e) = self.ctx.spool.finish(id, reason).await {
-            // The message stays in the spool and is tried again after a
-            // restart: a duplicate at worst, never a loss.
-            tracing::error!(%id, error = %e, "cannot mark a message finished");
+            tracing::error!(%id, error = %e, "cannot mark a message finished; it stays queued");
+            return false;
         }
         let entry = self.ctx.queue.borrow_mut().remove(id);
         let mut metrics = self.ctx.metrics.borrow_mut();
@@ -901,6 +954,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
                 metrics.record_delivery_latency(at.elapsed());
             }
         }
+        true
     }
 
     /// Answers a control request for this shard.
@@ -934,11 +988,17 @@ impl<S: SegmentStore + 'static> Engine<S> {
                             action: DsnAction::Failed,
                         })
                         .collect();
-                    self.send_dsn(id, &failed).await;
-                    self.finish(id, FinishReason::Bounced).await;
+                    if let Err(e) = self.send_dsn(id, &failed).await {
+                        return Reply::Failed(format!("{id} kept: cannot spool its DSN: {e}"));
+                    }
+                    if !self.finish(id, FinishReason::Bounced).await {
+                        return Reply::Failed(format!("{id} kept: the spool cannot finish it"));
+                    }
                     Reply::Done(format!("bounced {id}"))
                 } else {
-                    self.finish(id, FinishReason::Deleted).await;
+                    if !self.finish(id, FinishReason::Deleted).await {
+                        return Reply::Failed(format!("{id} kept: the spool cannot finish it"));
+                    }
                     Reply::Done(format!("deleted {id}"))
                 }
             }
