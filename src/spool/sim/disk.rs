@@ -413,10 +413,10 @@ impl Future for Pending {
             self.done = true;
             return Poll::Ready(r);
         }
-        match self.disk.ops.borrow_mut().get_mut(&self.id) {
-            Some(op) => op.waker = Some(cx.waker().clone()),
-            // Lost in a power cut: the caller never hears back.
-            None => {}
+        // An operation lost in a power cut never completes: its caller
+        // never hears back.
+        if let Some(op) = self.disk.ops.borrow_mut().get_mut(&self.id) {
+            op.waker = Some(cx.waker().clone());
         }
         Poll::Pending
     }
