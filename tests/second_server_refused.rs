@@ -58,24 +58,10 @@ fn listener_line(server: &TestServer) -> String {
     format!("address = \"{}:0\"", server.ip)
 }
 
-/// One message accepted by `server` and spooled; its queue id.
-fn send_one(server: &TestServer, marker: &str) -> String {
-    let mut c = server.session();
-    let id = c
-        .send_message(
-            &format!("{marker}@example.test"),
-            &["rcpt@example.test"],
-            &common::message(marker, 1000),
-        )
-        .expect("accepted");
-    c.quit();
-    id
-}
-
 /// The first server still accepts mail, lists it, and answers on its
 /// control socket (a second server must not have replaced it).
 fn first_still_serves(server: &TestServer, before: &str) {
-    let after = send_one(server, "after");
+    let after = server.accept_one("after");
     let listed: Vec<String> = server.queue_list().into_iter().map(|m| m.id).collect();
     assert!(listed.contains(&before.to_owned()), "{listed:?}");
     assert!(listed.contains(&after), "{listed:?}");
@@ -89,7 +75,7 @@ fn first_still_serves(server: &TestServer, before: &str) {
 #[test]
 fn a_second_server_on_the_same_spool_is_refused() {
     let server = TestServer::start(Tweaks::default());
-    let before = send_one(&server, "before");
+    let before = server.accept_one("before");
     // `queue list` only reads: it works while the server holds the spool.
     assert_eq!(server.queue_list().len(), 1);
 
@@ -114,7 +100,7 @@ fn a_second_server_on_the_same_spool_is_refused() {
 #[test]
 fn a_second_server_on_an_address_spate_serves_is_refused() {
     let server = TestServer::start(Tweaks::default());
-    let before = send_one(&server, "before");
+    let before = server.accept_one("before");
 
     let dir = tempfile::tempdir().unwrap();
     let spool = format!("{:?}", server.spool_dir.display().to_string());

@@ -17,25 +17,12 @@ const PANIC_EXIT_STATUS: i32 = 70;
 /// How soon after the panic the process must be gone.
 const EXIT_WITHIN: Duration = Duration::from_secs(5);
 
-fn send_one(server: &TestServer, marker: &str) -> String {
-    let mut c = server.session();
-    let id = c
-        .send_message(
-            &format!("{marker}@example.test"),
-            &["rcpt@example.test"],
-            &common::message(marker, 1000),
-        )
-        .expect("accepted");
-    c.quit();
-    id
-}
-
 #[test]
 fn a_shard_panic_ends_the_process_and_a_restart_recovers_the_mail() {
     let mut server = TestServer::start(Tweaks::default().cores(2));
     // Acknowledged and kept in the queue (the local domain has no mailbox
     // tier), so the restart has something to recover.
-    let id = send_one(&server, "before-panic");
+    let id = server.accept_one("before-panic");
 
     let asked = Instant::now();
     let drill = server.spate_command(&["debug", "panic", "1"]);
@@ -59,7 +46,7 @@ fn a_shard_panic_ends_the_process_and_a_restart_recovers_the_mail() {
     server.restart();
     let listed: Vec<String> = server.queue_list().into_iter().map(|m| m.id).collect();
     assert_eq!(listed, vec![id], "acknowledged mail after the crash");
-    send_one(&server, "after-restart");
+    server.accept_one("after-restart");
 }
 
 #[test]
@@ -70,7 +57,7 @@ fn a_panic_of_a_shard_that_does_not_exist_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no shard 2"), "{stderr}");
     assert!(server.is_running());
-    send_one(&server, "still-serving");
+    server.accept_one("still-serving");
 }
 
 fn run_spate(server: &TestServer, args: &[&str]) -> std::process::Output {

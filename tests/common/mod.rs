@@ -619,6 +619,21 @@ impl TestServer {
         Client::connect(self.smtp)
     }
 
+    /// Sends one 1000-byte message from `MARKER@example.test` to
+    /// `rcpt@example.test` and returns its queue id.
+    pub fn accept_one(&self, marker: &str) -> String {
+        let mut c = self.session();
+        let id = c
+            .send_message(
+                &format!("{marker}@example.test"),
+                &["rcpt@example.test"],
+                &message(marker, 1000),
+            )
+            .expect("accepted");
+        c.quit();
+        id
+    }
+
     /// A connected client that has read the 220 and sent EHLO.
     pub fn session(&self) -> Client {
         let mut c = self.connect();

@@ -471,11 +471,6 @@ impl Sim {
                             id: r.id,
                             envelope: r.envelope.clone(),
                             outcomes: r.delivery.outcomes.keys().copied().collect(),
-                            owes_dsn: r
-                                .delivery
-                                .outcomes
-                                .values()
-                                .any(|o| o.kind != OutcomeKind::Delivered),
                         });
                     }
                     shards.push(Shard {
@@ -737,11 +732,14 @@ async fn deliver_task(ctx: Ctx, d: Dispatch, fates: Vec<Fate>) {
         return;
     }
     let mut transient = None;
+    let mut bounced = Vec::new();
     for (n, index) in pending.into_iter().enumerate() {
-        let fate = fates[n % fates.len()];
-        let kind = match fate {
+        let kind = match fates[n % fates.len()] {
             Fate::Deliver => OutcomeKind::Delivered,
-            Fate::Bounce => OutcomeKind::Bounced,
+            Fate::Bounce => {
+                bounced.push(index);
+                continue;
+            }
             Fate::Defer => {
                 transient = Some("451 4.4.1 try later".to_owned());
                 continue;
@@ -749,6 +747,18 @@ async fn deliver_task(ctx: Ctx, d: Dispatch, fates: Vec<Fate>) {
         };
         if !record_outcome(&ctx, d.id, serial, index, kind).await {
             transient = Some("451 4.3.0 spool write error".to_owned());
+        }
+    }
+    // As the engine does: the DSN first, then the bounces it reports.
+    if !bounced.is_empty() {
+        if send_dsn(&ctx).await {
+            for index in bounced {
+                if !record_outcome(&ctx, d.id, serial, index, OutcomeKind::Bounced).await {
+                    transient = Some("451 4.3.0 spool write error".to_owned());
+                }
+            }
+        } else {
+            transient = Some("451 4.3.0 cannot spool a DSN".to_owned());
         }
     }
     complete(&ctx, d, serial, transient).await;
@@ -780,7 +790,6 @@ async fn record_outcome(
             let mut model = ctx.model.borrow_mut();
             if let Some(l) = model.live.get_mut(&serial) {
                 l.done.insert(index);
-                l.owes_dsn |= kind != OutcomeKind::Delivered;
             }
             match kind {
                 OutcomeKind::Delivered => model.stats.delivered += 1,
@@ -821,34 +830,12 @@ async fn send_dsn(ctx: &Ctx) -> bool {
     ctx.model.borrow().stats.acked > before
 }
 
-/// The attempt is over: with no recipient pending, the DSN owed (if any)
-/// is spooled and the message finished; else the retry is scheduled (or
-/// the message expires). A DSN that cannot be spooled keeps the message
-/// for another attempt, which spools it again: a duplicate DSN after a
-/// crash is possible, a lost one is not.
-async fn complete(ctx: &Ctx, d: Dispatch, serial: u64, mut transient: Option<String>) {
-    let pending = ctx
-        .queue
-        .borrow()
-        .pending_recipients(d.id)
-        .unwrap_or_default();
-    if pending.is_empty() {
-        let owes = ctx
-            .model
-            .borrow()
-            .live
-            .get(&serial)
-            .is_some_and(|l| l.owes_dsn);
-        if !owes || send_dsn(ctx).await {
-            let reason = if owes {
-                FinishReason::Bounced
-            } else {
-                FinishReason::Delivered
-            };
-            finish(ctx, d, serial, reason).await;
-            return;
-        }
-        transient = Some("451 4.3.0 cannot spool a DSN".into());
+/// The attempt is over: with no recipient pending the message is
+/// finished, else the retry is scheduled (or the message expires).
+async fn complete(ctx: &Ctx, d: Dispatch, serial: u64, transient: Option<String>) {
+    if pending_of(ctx, d.id).is_empty() {
+        finish(ctx, d, serial, FinishReason::Delivered).await;
+        return;
     }
     let error = transient.unwrap_or_else(|| "451 4.4.0 not delivered".into());
     let deferral = ctx
@@ -867,29 +854,28 @@ async fn complete(ctx: &Ctx, d: Dispatch, serial: u64, mut transient: Option<Str
     }
 }
 
-/// The lifetime is over: every pending recipient expires, a DSN goes to
-/// the sender, the message is finished.
+/// The lifetime is over: a DSN goes to the sender, then every pending
+/// recipient expires and the message is finished. If any step fails, the
+/// queue hands the expiry out again after its deadline.
 async fn expire(ctx: &Ctx, d: Dispatch, serial: u64) {
-    let pending = ctx
-        .queue
-        .borrow()
-        .pending_recipients(d.id)
-        .unwrap_or_default();
-    for index in pending {
-        if !record_outcome(ctx, d.id, serial, index, OutcomeKind::Expired).await {
-            return; // the queue hands it out again after its deadline
-        }
-    }
-    let owes = ctx
-        .model
-        .borrow()
-        .live
-        .get(&serial)
-        .is_some_and(|l| l.owes_dsn);
-    if owes && !send_dsn(ctx).await {
+    let pending = pending_of(ctx, d.id);
+    if !send_dsn(ctx).await {
         return;
     }
+    for index in pending {
+        if !record_outcome(ctx, d.id, serial, index, OutcomeKind::Expired).await {
+            return;
+        }
+    }
     finish(ctx, d, serial, FinishReason::Expired).await;
+}
+
+/// Recipients of `id` still to be tried.
+fn pending_of(ctx: &Ctx, id: SpoolId) -> Vec<u32> {
+    ctx.queue
+        .borrow()
+        .pending_recipients(id)
+        .unwrap_or_default()
 }
 
 async fn finish(ctx: &Ctx, d: Dispatch, serial: u64, reason: FinishReason) {

@@ -36,8 +36,6 @@ pub(crate) struct Live {
     pub id: SpoolId,
     /// Recipients whose outcome the spool confirmed durable.
     pub done: BTreeSet<u32>,
-    /// A recipient bounced or expired: a DSN is owed before finishing.
-    pub owes_dsn: bool,
     /// Acknowledged by the spool. A doubtful store that recovery found
     /// (its record reached the page cache, and a restart without a power
     /// cut read it back) is delivered too, but nothing promised it is
@@ -52,8 +50,6 @@ pub(crate) struct Recovered {
     pub envelope: Envelope,
     /// Recipients with a recorded outcome.
     pub outcomes: BTreeSet<u32>,
-    /// Some recorded outcome is a bounce or an expiry.
-    pub owes_dsn: bool,
 }
 
 /// What every step is checked against.
@@ -155,7 +151,6 @@ impl Model {
                 shard,
                 id,
                 done: BTreeSet::new(),
-                owes_dsn: false,
                 acknowledged: true,
             },
         );
@@ -229,7 +224,6 @@ impl Model {
                     Live {
                         shard: r.shard,
                         id: r.id,
-                        owes_dsn: r.owes_dsn,
                         ..l.clone()
                     }
                 }
@@ -240,7 +234,6 @@ impl Model {
                         shard: r.shard,
                         id: r.id,
                         done: BTreeSet::new(),
-                        owes_dsn: r.owes_dsn,
                         acknowledged: false,
                     }
                 }
