@@ -12,7 +12,7 @@ pub mod smtp;
 use std::collections::hash_map::DefaultHasher;
 use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write as _};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -397,6 +397,16 @@ impl TestServer {
         });
         let sink = Arc::clone(&self.stderr);
         let echo = std::env::var_os("SPATE_TEST_ECHO").is_some();
+        // The whole of stderr, never truncated, for tests that count lines
+        // of a long run (the in-memory copy keeps only the last MiBs).
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.stderr_log())
+            .ok();
+        if let Some(f) = log.as_mut() {
+            let _ = writeln!(f, "----- start #{} -----", self.starts);
+        }
         std::thread::spawn(move || {
             let mut r = BufReader::new(stderr);
             let mut line = String::new();
@@ -407,6 +417,9 @@ impl TestServer {
                     Ok(_) => {
                         if echo {
                             eprint!("[spate] {line}");
+                        }
+                        if let Some(f) = log.as_mut() {
+                            let _ = f.write_all(line.as_bytes());
                         }
                         let mut s = sink.lock().unwrap();
                         // Keep memory bounded on very chatty servers.
@@ -507,6 +520,22 @@ impl TestServer {
     /// Everything the server wrote to stderr so far (all runs).
     pub fn stderr_text(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// The file holding all of the server's stderr (every start, in
+    /// full: `stderr_text` keeps only the last MiBs of a chatty server).
+    pub fn stderr_log(&self) -> PathBuf {
+        self.dir.path().join("spate.stderr")
+    }
+
+    /// The lines of the full stderr log that contain `needle`.
+    pub fn stderr_lines_with(&self, needle: &str) -> Vec<String> {
+        let text = std::fs::read(self.stderr_log()).unwrap_or_default();
+        String::from_utf8_lossy(&text)
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect()
     }
 
     fn kill_now(&mut self) {
