@@ -7,7 +7,7 @@
 //! survives a crash is decided here. Tests only; it decides no schedule.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -85,7 +85,7 @@ pub(crate) struct SimDisk {
     next_op: Cell<u64>,
     ops: RefCell<BTreeMap<u64, Op>>,
     results: RefCell<BTreeMap<u64, io::Result<usize>>>,
-    files: RefCell<BTreeMap<PathBuf, FileState>>,
+    files: RefCell<HashMap<PathBuf, FileState>>,
     /// Allocations and creates fail with ENOSPC while set.
     pub full: Cell<bool>,
 }
@@ -97,7 +97,7 @@ impl SimDisk {
             next_op: Cell::new(0),
             ops: RefCell::new(BTreeMap::new()),
             results: RefCell::new(BTreeMap::new()),
-            files: RefCell::new(BTreeMap::new()),
+            files: RefCell::new(HashMap::new()),
             full: Cell::new(false),
         })
     }
@@ -328,7 +328,10 @@ impl SimDisk {
         }
         self.results.borrow_mut().clear();
         let files = std::mem::take(&mut *self.files.borrow_mut());
-        let mut kept = BTreeMap::new();
+        let mut kept = HashMap::new();
+        // In path order, so the random choices replay for a seed.
+        let mut files: Vec<(PathBuf, FileState)> = files.into_iter().collect();
+        files.sort_by(|a, b| a.0.cmp(&b.0));
         for (path, f) in files {
             let exists = match (f.created, f.removed) {
                 (_, Some((_, true))) => false,
