@@ -32,8 +32,23 @@ const MESSAGES: usize = 20_000;
 const SENDERS: usize = 32;
 /// Approximate body size: with the headers about 80 segments of 1 MiB.
 const BODY: usize = 3 * 1024;
-const SEGMENT_SIZE: u64 = 1 << 20;
-const PREALLOCATE_CHUNK: u64 = 256 << 10;
+/// Small segments: about 70 roll-overs per run.
+const SMALL: Segments = Segments {
+    size: 1 << 20,
+    preallocate_chunk: 256 << 10,
+};
+/// The default `[spool]` (64 MiB, 4 MiB chunks): 20,000 messages of this
+/// size still cross one segment boundary.
+const DEFAULT: Segments = Segments {
+    size: 64 << 20,
+    preallocate_chunk: 4 << 20,
+};
+
+#[derive(Debug, Clone, Copy)]
+struct Segments {
+    size: u64,
+    preallocate_chunk: u64,
+}
 /// How long before a kill a message may have reached the sink and still
 /// be delivered again after the restart: spate had not yet recorded the
 /// sink's 250 when it died. Generous for a loaded debug build.
@@ -47,22 +62,32 @@ const SPOOL_ERRORS: [&str; 2] = ["spool read error", "corrupt spool record"];
 
 #[test]
 fn twenty_thousand_messages_through_1mib_segments_one_core() {
-    run(1, 0);
+    run(1, 0, SMALL);
 }
 
 #[test]
 fn twenty_thousand_messages_through_1mib_segments_two_cores() {
-    run(2, 0);
+    run(2, 0, SMALL);
+}
+
+#[test]
+fn twenty_thousand_messages_through_default_segments_one_core() {
+    run(1, 0, DEFAULT);
+}
+
+#[test]
+fn twenty_thousand_messages_through_default_segments_two_cores() {
+    run(2, 0, DEFAULT);
 }
 
 #[test]
 fn kill9_during_load_and_drain_one_core() {
-    run(1, 3);
+    run(1, 3, SMALL);
 }
 
 #[test]
 fn kill9_during_load_and_drain_two_cores() {
-    run(2, 3);
+    run(2, 3, SMALL);
 }
 
 /// The Message-ID (without `<>`) of message `i`, as `common::message`
@@ -96,13 +121,17 @@ struct Load {
     outcomes: Mutex<Outcomes>,
 }
 
-fn run(cores: usize, kills: usize) {
+fn run(cores: usize, kills: usize, segments: Segments) {
     let started = Instant::now();
     let seed: u64 = std::env::var("RELAY_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| rand::thread_rng().gen());
-    let what = format!("cores={cores} kills={kills}+{} seed={seed}", kills.min(1));
+    let what = format!(
+        "cores={cores} segment_size={} kills={kills}+{} seed={seed}",
+        segments.size,
+        kills.min(1)
+    );
     eprintln!("relay_across_segments {what} (RELAY_TEST_SEED={seed} replays the kill points)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
 
@@ -110,8 +139,8 @@ fn run(cores: usize, kills: usize) {
     let mut server = TestServer::start(
         Tweaks::default()
             .cores(cores)
-            .spool("segment_size", SEGMENT_SIZE)
-            .spool("preallocate_chunk", PREALLOCATE_CHUNK)
+            .spool("segment_size", segments.size)
+            .spool("preallocate_chunk", segments.preallocate_chunk)
             .relay("smarthost", format!("\"{}\"", sink.addr))
             .smtp("max_connections_per_ip", 2 * SENDERS),
     );
