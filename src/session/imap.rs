@@ -9,6 +9,7 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,16 @@ const SHUTTING_DOWN: &[u8] = b"* BYE Server shutting down\r\n";
 struct TierBackend {
     tier: Option<Arc<LocalTier>>,
     ip: IpAddr,
+    /// The throttle's delay for the last failed login, in milliseconds:
+    /// the driver waits it out (on the executor) before answering.
+    failure_delay_ms: AtomicU64,
+}
+
+impl TierBackend {
+    /// The delay the last failure earned, once.
+    fn take_failure_delay(&self) -> Duration {
+        Duration::from_millis(self.failure_delay_ms.swap(0, Ordering::Relaxed))
+    }
 }
 
 impl Backend for TierBackend {
@@ -52,12 +63,19 @@ impl Backend for TierBackend {
         let Some(tier) = &self.tier else {
             return Login::Failed;
         };
-        if tier.login_blocked(self.ip, Instant::now()) {
-            return Login::Failed;
-        }
-        let verdict = tier.authenticate(login, password);
-        if let Login::Success(_) = verdict {
-            tier.login_succeeded(self.ip);
+        let verdict = if tier.login_blocked(self.ip, Instant::now()) {
+            Login::Failed
+        } else {
+            tier.authenticate(login, password)
+        };
+        match &verdict {
+            Login::Success(user) => tier.login_succeeded(self.ip, login, user),
+            Login::Failed => {
+                let delay = tier.login_failed(self.ip, login, Instant::now());
+                let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+                self.failure_delay_ms.store(ms, Ordering::Relaxed);
+            }
+            Login::Temporary => {}
         }
         verdict
     }
@@ -115,6 +133,7 @@ pub async fn serve<S: SegmentStore>(
     let backend = Arc::new(TierBackend {
         tier: ctx.local.clone(),
         ip,
+        failure_delay_ms: AtomicU64::new(0),
     });
     let mut driver = Driver {
         session: Some(Session::new(Arc::clone(&ctx.imap), peer_info)),
@@ -247,9 +266,8 @@ impl<S: SegmentStore> Driver<S> {
                 Outcome::AuthFailed => {
                     tracing::debug!(peer = %self.peer, "imap login failed");
                     self.ctx.metrics.borrow_mut().counters.auth_failures += 1;
-                    if let Some(tier) = &self.ctx.local {
-                        let delay =
-                            tier.login_failed(self.peer.ip().to_canonical(), Instant::now());
+                    let delay = self.backend.take_failure_delay();
+                    if !delay.is_zero() {
                         glommio::timer::sleep(delay).await;
                     }
                 }

@@ -1,0 +1,163 @@
+//! Logins and mailboxes as an attacker sees them, over real sockets: the
+//! login throttle is not reset by a success on another account, POP3 opens
+//! the account's maildrop whatever the login's spelling, IMAP advertises
+//! LITERAL- and keeps to it, unknown names answer as fast as `{PLAIN}`
+//! users, a TLS scanner's IP-address SNI fills no log, and before login
+//! IMAP takes only small literals and closes idle connections early.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{TestServer, Tweaks, LOCAL_DOMAIN};
+
+const SENDER: &str = "sender@client.test";
+const TIMEOUT: Duration = Duration::from_secs(40);
+
+/// A line-oriented client (IMAP or POP3) that keeps a transcript for
+/// failure messages. It checks nothing itself.
+struct Line {
+    reader: BufReader<TcpStream>,
+    transcript: String,
+}
+
+impl Line {
+    fn connect(addr: SocketAddr) -> Line {
+        Line::wrap(TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect"))
+    }
+
+    /// Connects from `source` (a loopback address of its own, so it has
+    /// its own failed-login count).
+    fn connect_from(source: Ipv4Addr, addr: SocketAddr) -> Line {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket
+            .bind(&SocketAddr::from((source, 0)).into())
+            .expect("bind source");
+        socket.connect(&addr.into()).expect("connect");
+        Line::wrap(socket.into())
+    }
+
+    fn wrap(stream: TcpStream) -> Line {
+        stream.set_nodelay(true).expect("nodelay");
+        stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        Line {
+            reader: BufReader::new(stream),
+            transcript: String::new(),
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        let shown = String::from_utf8_lossy(&bytes[..bytes.len().min(120)]);
+        self.transcript.push_str(&format!("C: {shown:?}\n"));
+        self.reader.get_mut().write_all(bytes).expect("write");
+    }
+
+    /// The next line, `None` at the end of the stream.
+    fn try_line(&mut self) -> Option<String> {
+        let mut buf = Vec::new();
+        match self.reader.read_until(b'\n', &mut buf) {
+            Ok(0) => None,
+            Ok(_) => {
+                let l = String::from_utf8_lossy(&buf).trim_end().to_owned();
+                self.transcript.push_str(&format!("S: {l}\n"));
+                Some(l)
+            }
+            Err(e) => panic!("no reply: {e}\ntranscript:\n{}", self.transcript),
+        }
+    }
+
+    fn line(&mut self) -> String {
+        self.try_line()
+            .unwrap_or_else(|| panic!("closed\ntranscript:\n{}", self.transcript))
+    }
+
+    /// Sends an IMAP command and reads up to its tagged reply (returned).
+    fn imap(&mut self, tag: &str, command: &str) -> String {
+        self.send(format!("{tag} {command}\r\n").as_bytes());
+        self.until_tagged(tag)
+    }
+
+    fn until_tagged(&mut self, tag: &str) -> String {
+        loop {
+            let l = self.line();
+            if l.starts_with(&format!("{tag} ")) {
+                return l;
+            }
+        }
+    }
+}
+
+fn imap_server(extra: &str) -> TestServer {
+    TestServer::start(
+        Tweaks::default()
+            .user("alice", "pw-alice")
+            .user("mallory", "pw-mallory")
+            .listener("imap")
+            .listener("pop3")
+            .extra(extra),
+    )
+}
+
+fn imap_greeted(server: &TestServer) -> Line {
+    let mut c = Line::connect(server.listener("imap"));
+    let greeting = c.line();
+    assert!(greeting.starts_with("* OK"), "{greeting}");
+    c
+}
+
+/// A loopback address of its own for each call (the throttle counts by
+/// client address).
+fn fresh_source() -> Ipv4Addr {
+    common::unique_loopback()
+}
+
+// ------------------------------------------------------------ item 8
+
+/// Nine wrong passwords for the victim, one right login to the attacker's
+/// own account, then a tenth wrong one: the client is blocked, so even the
+/// victim's right password is refused. (Before, the attacker's success
+/// wiped the count, and the victim's password was tried forever.)
+#[test]
+fn a_login_to_ones_own_account_does_not_forgive_failures_for_another() {
+    let server = imap_server("");
+    let addr = server.listener("imap");
+    let source = fresh_source();
+    // Nine failures at once, on nine connections: each is counted before
+    // its (growing) delay, so waiting for the answers is not needed.
+    let mut failing: Vec<Line> = (0..9)
+        .map(|i| {
+            let mut c = Line::connect_from(source, addr);
+            c.line();
+            c.send(format!("f{i} LOGIN alice wrong-{i}\r\n").as_bytes());
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let mut own = Line::connect_from(source, addr);
+    own.line();
+    let r = own.imap("m", "LOGIN mallory pw-mallory");
+    assert!(r.starts_with("m OK"), "own login: {r}\n{}", own.transcript);
+    let mut tenth = Line::connect_from(source, addr);
+    tenth.line();
+    tenth.send(b"t LOGIN alice wrong-10\r\n");
+    std::thread::sleep(Duration::from_secs(2));
+    let mut victim = Line::connect_from(source, addr);
+    victim.line();
+    let r = victim.imap("v", "LOGIN alice pw-alice");
+    assert!(
+        r.starts_with("v NO"),
+        "the block must hold: {r}\n{}",
+        victim.transcript
+    );
+    // Another client address is not affected.
+    let mut other = Line::connect_from(fresh_source(), addr);
+    other.line();
+    let r = other.imap("o", "LOGIN alice pw-alice");
+    assert!(r.starts_with("o OK"), "{r}");
+    failing.clear();
+}
+
