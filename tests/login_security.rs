@@ -161,3 +161,55 @@ fn a_login_to_ones_own_account_does_not_forgive_failures_for_another() {
     failing.clear();
 }
 
+// ------------------------------------------------------------ item 9
+
+fn pop_login(addr: SocketAddr, user: &str, password: &str) -> Line {
+    let mut p = Line::connect(addr);
+    assert!(p.line().starts_with("+OK"));
+    p.send(format!("USER {user}\r\n").as_bytes());
+    assert!(p.line().starts_with("+OK"), "{}", p.transcript);
+    p.send(format!("PASS {password}\r\n").as_bytes());
+    let r = p.line();
+    assert!(
+        r.starts_with("+OK"),
+        "PASS as {user}: {r}\n{}",
+        p.transcript
+    );
+    p
+}
+
+/// `ALICE` and `alice@example.test` are alice: POP3 shows her messages,
+/// and no Maildir is made for the spelling typed.
+#[test]
+fn pop3_opens_the_accounts_maildrop_whatever_the_logins_spelling() {
+    let server = imap_server("");
+    let mut c = server.session();
+    let to = format!("alice@{LOCAL_DOMAIN}");
+    let msg = b"Subject: for alice\r\n\r\nhello\r\n";
+    if let Err(r) = c.send_message(SENDER, &[&to], msg) {
+        panic!("SMTP refused: {r:?}");
+    }
+    c.quit();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let new = server.mail_dir().join("alice/new");
+    while std::fs::read_dir(&new).map_or(0, |d| d.count()) == 0 {
+        assert!(Instant::now() < deadline, "no delivery");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let addr = server.listener("pop3");
+    for login in ["ALICE", "alice@example.test", "Alice@EXAMPLE.test", "alice"] {
+        let mut p = pop_login(addr, login, "pw-alice");
+        p.send(b"STAT\r\n");
+        let stat = p.line();
+        assert!(stat.starts_with("+OK 1 "), "STAT as {login}: {stat}");
+        p.send(b"QUIT\r\n");
+        p.line();
+    }
+    let dirs: Vec<String> = std::fs::read_dir(server.mail_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(dirs, vec!["alice".to_owned()], "mailboxes made: {dirs:?}");
+}
+
