@@ -213,3 +213,39 @@ fn pop3_opens_the_accounts_maildrop_whatever_the_logins_spelling() {
     assert_eq!(dirs, vec!["alice".to_owned()], "mailboxes made: {dirs:?}");
 }
 
+// ------------------------------------------------------------ item 13
+
+/// The median time from sending LOGIN to its tagged answer, each try from
+/// a client address of its own (so no throttle delay).
+fn login_time(addr: SocketAddr, user: &str, tries: usize) -> Duration {
+    let mut times: Vec<Duration> = (0..tries)
+        .map(|i| {
+            let mut c = Line::connect_from(fresh_source(), addr);
+            c.line();
+            let start = Instant::now();
+            let r = c.imap("t", &format!("LOGIN {user} wrong-{i}"));
+            let took = start.elapsed();
+            assert!(r.starts_with("t NO"), "{r}");
+            took
+        })
+        .collect();
+    times.sort();
+    times[tries / 2]
+}
+
+/// With `{PLAIN}` users, an unknown name must not take an argon2 hash
+/// longer than a known one (before: 16-100 ms against under 1 ms).
+#[test]
+fn unknown_names_answer_as_fast_as_plain_users() {
+    let server = imap_server("");
+    let addr = server.listener("imap");
+    // Warm up (the first login loads things).
+    login_time(addr, "alice", 1);
+    let known = login_time(addr, "alice", 9);
+    let unknown = login_time(addr, "nobody-here", 9);
+    assert!(
+        unknown <= known * 4 + Duration::from_millis(4),
+        "unknown {unknown:?} against known {known:?}"
+    );
+}
+
