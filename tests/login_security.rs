@@ -249,3 +249,58 @@ fn unknown_names_answer_as_fast_as_plain_users() {
     );
 }
 
+// ------------------------------------------------------------ item 14
+
+/// `openssl s_client` with an IP address as SNI, `n` times.
+fn handshakes_with_ip_sni(addr: SocketAddr, n: usize) -> bool {
+    for _ in 0..n {
+        let status = Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &addr.to_string(),
+                "-servername",
+                &addr.ip().to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if status.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+const SNI_WARNING: &str = "IP address presented as hostname";
+
+/// A TLS scanner sending an IP address as SNI makes no log line at the
+/// default level; at `debug` the line is there (so the probe does reach
+/// it).
+#[test]
+fn an_ip_address_as_sni_is_logged_only_at_debug() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        println!("SKIP: no openssl");
+        return;
+    }
+    for (level, shown) in [("info", false), ("debug", true)] {
+        let server = TestServer::start(
+            Tweaks::default()
+                .user("alice", "pw-alice")
+                .listener("imaps")
+                .tls()
+                .extra(&format!("[log]\nlevel = \"{level}\"\n")),
+        );
+        assert!(handshakes_with_ip_sni(server.listener("imaps"), 5));
+        std::thread::sleep(Duration::from_millis(300));
+        let log = server.stderr_text();
+        assert_eq!(
+            log.contains(SNI_WARNING),
+            shown,
+            "level {level}: {}",
+            &log[log.len().saturating_sub(3000)..]
+        );
+    }
+}
+
