@@ -304,3 +304,52 @@ fn an_ip_address_as_sni_is_logged_only_at_debug() {
     }
 }
 
+// ------------------------------------------------------------ item 11
+
+/// RFC 7888 5: LITERAL- is advertised (not LITERAL+, which would promise
+/// non-synchronising literals up to the message size); a `{n+}` literal
+/// of 4096 octets is taken, one of 4097 gets `BAD [TOOBIG]` for APPEND and
+/// its octets are dropped, and a big synchronising literal still works.
+#[test]
+fn imap_advertises_literal_minus_and_keeps_to_it() {
+    let server = imap_server("");
+    let mut c = imap_greeted(&server);
+    c.send(b"c CAPABILITY\r\n");
+    let caps = c.line();
+    assert!(caps.contains(" LITERAL-"), "{caps}");
+    assert!(!caps.contains("LITERAL+"), "{caps}");
+    c.until_tagged("c");
+    assert!(c.imap("l", "LOGIN alice pw-alice").starts_with("l OK"));
+    let message = |size: usize| {
+        let mut m = b"Subject: literal\r\n\r\n".to_vec();
+        m.resize(size - 2, b'x');
+        m.extend_from_slice(b"\r\n");
+        m
+    };
+    let small = message(4096);
+    c.send(format!("a1 APPEND INBOX {{{}+}}\r\n", small.len()).as_bytes());
+    c.send(&small);
+    c.send(b"\r\n");
+    let r = c.until_tagged("a1");
+    assert!(r.starts_with("a1 OK"), "{r}");
+    let big = message(4097);
+    c.send(format!("a2 APPEND INBOX {{{}+}}\r\n", big.len()).as_bytes());
+    c.send(&big);
+    c.send(b"\r\n");
+    let r = c.until_tagged("a2");
+    assert!(r.starts_with("a2 BAD [TOOBIG]"), "{r}");
+    assert!(c.imap("n", "NOOP").starts_with("n OK"), "{}", c.transcript);
+    // A synchronising literal of 100 KB: continuation, then stored.
+    let large = message(100_000);
+    c.send(format!("a3 APPEND INBOX {{{}}}\r\n", large.len()).as_bytes());
+    let cont = c.line();
+    assert!(cont.starts_with('+'), "{cont}");
+    c.send(&large);
+    c.send(b"\r\n");
+    let r = c.until_tagged("a3");
+    assert!(r.starts_with("a3 OK"), "{r}");
+    c.send(b"s STATUS INBOX (MESSAGES)\r\n");
+    let status = c.line();
+    assert!(status.contains("MESSAGES 2"), "{status}");
+}
+
