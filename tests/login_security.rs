@@ -213,6 +213,55 @@ fn pop3_opens_the_accounts_maildrop_whatever_the_logins_spelling() {
     assert_eq!(dirs, vec!["alice".to_owned()], "mailboxes made: {dirs:?}");
 }
 
+// ------------------------------------------------------------ item 11
+
+/// RFC 7888 5: LITERAL- is advertised (not LITERAL+, which would promise
+/// non-synchronising literals up to the message size); a `{n+}` literal
+/// of 4096 octets is taken, one of 4097 gets `BAD [TOOBIG]` for APPEND and
+/// its octets are dropped, and a big synchronising literal still works.
+#[test]
+fn imap_advertises_literal_minus_and_keeps_to_it() {
+    let server = imap_server("");
+    let mut c = imap_greeted(&server);
+    c.send(b"c CAPABILITY\r\n");
+    let caps = c.line();
+    assert!(caps.contains(" LITERAL-"), "{caps}");
+    assert!(!caps.contains("LITERAL+"), "{caps}");
+    c.until_tagged("c");
+    assert!(c.imap("l", "LOGIN alice pw-alice").starts_with("l OK"));
+    let message = |size: usize| {
+        let mut m = b"Subject: literal\r\n\r\n".to_vec();
+        m.resize(size - 2, b'x');
+        m.extend_from_slice(b"\r\n");
+        m
+    };
+    let small = message(4096);
+    c.send(format!("a1 APPEND INBOX {{{}+}}\r\n", small.len()).as_bytes());
+    c.send(&small);
+    c.send(b"\r\n");
+    let r = c.until_tagged("a1");
+    assert!(r.starts_with("a1 OK"), "{r}");
+    let big = message(4097);
+    c.send(format!("a2 APPEND INBOX {{{}+}}\r\n", big.len()).as_bytes());
+    c.send(&big);
+    c.send(b"\r\n");
+    let r = c.until_tagged("a2");
+    assert!(r.starts_with("a2 BAD [TOOBIG]"), "{r}");
+    assert!(c.imap("n", "NOOP").starts_with("n OK"), "{}", c.transcript);
+    // A synchronising literal of 100 KB: continuation, then stored.
+    let large = message(100_000);
+    c.send(format!("a3 APPEND INBOX {{{}}}\r\n", large.len()).as_bytes());
+    let cont = c.line();
+    assert!(cont.starts_with('+'), "{cont}");
+    c.send(&large);
+    c.send(b"\r\n");
+    let r = c.until_tagged("a3");
+    assert!(r.starts_with("a3 OK"), "{r}");
+    c.send(b"s STATUS INBOX (MESSAGES)\r\n");
+    let status = c.line();
+    assert!(status.contains("MESSAGES 2"), "{status}");
+}
+
 // ------------------------------------------------------------ item 13
 
 /// The median time from sending LOGIN to its tagged answer, each try from
@@ -304,52 +353,63 @@ fn an_ip_address_as_sni_is_logged_only_at_debug() {
     }
 }
 
-// ------------------------------------------------------------ item 11
+// ------------------------------------------------------------ item 6
 
-/// RFC 7888 5: LITERAL- is advertised (not LITERAL+, which would promise
-/// non-synchronising literals up to the message size); a `{n+}` literal
-/// of 4096 octets is taken, one of 4097 gets `BAD [TOOBIG]` for APPEND and
-/// its octets are dropped, and a big synchronising literal still works.
+/// Before login a literal of a few KiB at most: `LOGIN {9000000}` gets a
+/// tagged BAD and no continuation (so the client never sends it), a big
+/// non-synchronising one is dropped as it comes; after login APPEND takes
+/// big literals again.
 #[test]
-fn imap_advertises_literal_minus_and_keeps_to_it() {
+fn before_login_imap_takes_only_small_literals() {
     let server = imap_server("");
     let mut c = imap_greeted(&server);
-    c.send(b"c CAPABILITY\r\n");
-    let caps = c.line();
-    assert!(caps.contains(" LITERAL-"), "{caps}");
-    assert!(!caps.contains("LITERAL+"), "{caps}");
-    c.until_tagged("c");
-    assert!(c.imap("l", "LOGIN alice pw-alice").starts_with("l OK"));
-    let message = |size: usize| {
-        let mut m = b"Subject: literal\r\n\r\n".to_vec();
-        m.resize(size - 2, b'x');
-        m.extend_from_slice(b"\r\n");
-        m
-    };
-    let small = message(4096);
-    c.send(format!("a1 APPEND INBOX {{{}+}}\r\n", small.len()).as_bytes());
-    c.send(&small);
+    c.send(b"a LOGIN {9000000}\r\n");
+    let r = c.line();
+    assert!(r.starts_with("a BAD"), "{r}\n{}", c.transcript);
+    c.send(b"b LOGIN {5000+}\r\n");
+    c.send(&vec![b'x'; 5000]);
+    c.send(b" x\r\n");
+    let r = c.until_tagged("b");
+    assert!(r.starts_with("b BAD"), "{r}");
+    // Small literals still work (a password with spaces, say).
+    c.send(b"l LOGIN alice {8}\r\n");
+    assert!(c.line().starts_with('+'), "{}", c.transcript);
+    c.send(b"pw-alice\r\n");
+    let r = c.until_tagged("l");
+    assert!(r.starts_with("l OK"), "{r}");
+    let mut m = b"Subject: big\r\n\r\n".to_vec();
+    m.resize(200_000, b'y');
+    c.send(format!("p APPEND INBOX {{{}}}\r\n", m.len()).as_bytes());
+    assert!(c.line().starts_with('+'), "{}", c.transcript);
+    c.send(&m);
     c.send(b"\r\n");
-    let r = c.until_tagged("a1");
-    assert!(r.starts_with("a1 OK"), "{r}");
-    let big = message(4097);
-    c.send(format!("a2 APPEND INBOX {{{}+}}\r\n", big.len()).as_bytes());
-    c.send(&big);
-    c.send(b"\r\n");
-    let r = c.until_tagged("a2");
-    assert!(r.starts_with("a2 BAD [TOOBIG]"), "{r}");
-    assert!(c.imap("n", "NOOP").starts_with("n OK"), "{}", c.transcript);
-    // A synchronising literal of 100 KB: continuation, then stored.
-    let large = message(100_000);
-    c.send(format!("a3 APPEND INBOX {{{}}}\r\n", large.len()).as_bytes());
-    let cont = c.line();
-    assert!(cont.starts_with('+'), "{cont}");
-    c.send(&large);
-    c.send(b"\r\n");
-    let r = c.until_tagged("a3");
-    assert!(r.starts_with("a3 OK"), "{r}");
-    c.send(b"s STATUS INBOX (MESSAGES)\r\n");
-    let status = c.line();
-    assert!(status.contains("MESSAGES 2"), "{status}");
+    let r = c.until_tagged("p");
+    assert!(r.starts_with("p OK"), "{r}");
 }
 
+/// `[auth] login_timeout`: a connection that does not log in is closed
+/// after that long idle; a logged-in one is not.
+#[test]
+fn an_idle_connection_that_does_not_log_in_is_closed() {
+    let server = imap_server("[auth]\nlogin_timeout = \"2s\"\n");
+    let mut idle = imap_greeted(&server);
+    let mut user = imap_greeted(&server);
+    assert!(user.imap("l", "LOGIN alice pw-alice").starts_with("l OK"));
+    let start = Instant::now();
+    let mut rest = String::new();
+    idle.reader
+        .read_to_string(&mut rest)
+        .expect("closed, not timed out");
+    let took = start.elapsed();
+    assert!(rest.contains("* BYE"), "{rest:?}");
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(15),
+        "closed after {took:?}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        user.imap("n", "NOOP").starts_with("n OK"),
+        "{}",
+        user.transcript
+    );
+}

@@ -125,11 +125,8 @@ pub async fn serve<S: SegmentStore>(
         tls: implicit_tls,
         plaintext_allowed: plaintext_allowed(&ctx.config.auth, implicit_tls, ip),
     };
-    let reader = CommandReader::new(ReaderConfig {
-        max_literal: ctx.smtp.max_message_size as u64,
-        max_command: ctx.smtp.max_message_size as u64 + 64 * 1024,
-        ..ReaderConfig::default()
-    });
+    // Small limits until the login; `after_login` once it succeeded.
+    let reader = CommandReader::new(ReaderConfig::before_login());
     let backend = Arc::new(TierBackend {
         tier: ctx.local.clone(),
         ip,
@@ -152,6 +149,16 @@ pub async fn serve<S: SegmentStore>(
         Err(e) => tracing::debug!(%peer, error = %e, "disconnect"),
     }
     let _ = driver.conn.close().await;
+}
+
+/// The reader's limits for a logged-in user: literals up to the message
+/// size limit (APPEND).
+fn after_login(max_message_size: usize) -> ReaderConfig {
+    ReaderConfig {
+        max_literal: max_message_size as u64,
+        max_command: max_message_size as u64 + 64 * 1024,
+        ..ReaderConfig::default()
+    }
 }
 
 struct Driver<S: SegmentStore> {
@@ -184,7 +191,14 @@ impl<S: SegmentStore> Driver<S> {
                 return Ok(());
             }
             self.flush().await?;
-            match self.wait(self.last_activity + AUTOLOGOUT).await {
+            // Before login a short idle limit (`[auth] login_timeout`, as
+            // Dovecot's login processes); RFC 3501 5.4's 30 minutes after.
+            let idle = if self.logged_in {
+                AUTOLOGOUT
+            } else {
+                self.ctx.config.auth.login_timeout
+            };
+            match self.wait(self.last_activity + idle).await {
                 Wake::Read(Ok(0)) => return Ok(()),
                 Wake::Read(Ok(n)) => self.input.commit(n),
                 Wake::Read(Err(e)) => return Err(e),
@@ -258,6 +272,8 @@ impl<S: SegmentStore> Driver<S> {
             }
             if !self.logged_in && self.session_mut()?.is_authenticated() {
                 self.logged_in = true;
+                self.reader
+                    .set_config(after_login(self.ctx.smtp.max_message_size));
                 tracing::debug!(peer = %self.peer, "imap login");
                 self.ctx.metrics.borrow_mut().counters.logins[ConnectionKind::Imap as usize] += 1;
             }
