@@ -45,8 +45,8 @@ pub enum Login {
 pub struct LocalTier {
     directory: RwLock<Arc<Directory>>,
     store: MailStore,
-    /// Failed logins per client address, all cores and protocols together
-    /// (logins are rare: one lock is cheap).
+    /// Failed logins per client address and login name, all cores and
+    /// protocols together (logins are rare: one lock is cheap).
     throttle: Mutex<LoginThrottle>,
 }
 
