@@ -45,8 +45,8 @@ pub enum Login {
 pub struct LocalTier {
     directory: RwLock<Arc<Directory>>,
     store: MailStore,
-    /// Failed logins per client address, all cores and protocols together
-    /// (logins are rare: one lock is cheap).
+    /// Failed logins per client address and login name, all cores and
+    /// protocols together (logins are rare: one lock is cheap).
     throttle: Mutex<LoginThrottle>,
 }
 
@@ -103,13 +103,18 @@ impl LocalTier {
         self.throttle().is_blocked(ip, now)
     }
 
-    /// Counts a failure; returns how long to wait before answering it.
-    pub fn login_failed(&self, ip: IpAddr, now: Instant) -> Duration {
-        self.throttle().record_failure(ip, now).delay
+    /// Counts a failure of `login` (as typed); returns how long to wait
+    /// before answering it.
+    pub fn login_failed(&self, ip: IpAddr, login: &str, now: Instant) -> Duration {
+        self.throttle().record_failure(ip, login, now).delay
     }
 
-    pub fn login_succeeded(&self, ip: IpAddr) {
-        self.throttle().record_success(ip);
+    /// Forgets the failures of this login only: as typed and by the
+    /// user's canonical name (the client's failures for other names stay).
+    pub fn login_succeeded(&self, ip: IpAddr, login: &str, user: &str) {
+        let mut throttle = self.throttle();
+        throttle.record_success(ip, login);
+        throttle.record_success(ip, user);
     }
 
     pub fn store(&self) -> &MailStore {

@@ -282,7 +282,7 @@ fn imaplib_session_tour() {
         "IDLE",
         "UIDPLUS",
         "MOVE",
-        "LITERAL+",
+        "LITERAL-",
     ] {
         assert!(caps.contains(c), "{c} missing: {caps}");
     }

@@ -13,7 +13,7 @@
 //! | `aliases.rs` | [`Aliases`]: `/etc/aliases`-style file, bounded recursive expansion |
 //! | `directory.rs` | [`Directory`]: recipient resolution, authentication, sender ownership, quotas |
 //! | `quota.rs` | [`ByteSize`] and Dovecot quota rules |
-//! | `throttle.rs` | [`LoginThrottle`]: delay and block after failed logins, per client address |
+//! | `throttle.rs` | [`LoginThrottle`]: delay and block after failed logins, per client address and, within it, per login name |
 //! | `error.rs` | [`AccountError`] and its transient/permanent class |
 
 pub mod aliases;

@@ -141,6 +141,12 @@ pub struct Auth {
     /// addresses as the envelope sender (Postfix's
     /// `reject_sender_login_mismatch`).
     pub sender_must_match_login: bool,
+    /// IMAP: a connection that has not logged in is closed after this long
+    /// without input (Dovecot's login processes wait 60 s); after login,
+    /// RFC 3501's 30 minutes apply. POP3 keeps `[pop3] idle_timeout`
+    /// (RFC 1939 3 requires at least 10 minutes) and bounds its lines.
+    #[serde(with = "humantime_serde")]
+    pub login_timeout: Duration,
 }
 
 impl Default for Auth {
@@ -149,6 +155,7 @@ impl Default for Auth {
             allow_plaintext: false,
             trust_loopback: true,
             sender_must_match_login: true,
+            login_timeout: Duration::from_secs(60),
         }
     }
 }

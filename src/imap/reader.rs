@@ -63,6 +63,21 @@ impl Default for ReaderConfig {
 }
 
 impl ReaderConfig {
+    /// The limits before login: literals of at most [`LITERAL_MINUS_MAX`]
+    /// octets (a LOGIN or ID argument never needs more; a bigger
+    /// synchronising literal is refused without a continuation, so its
+    /// octets are never sent), lines of 8 KiB (a SASL PLAIN response
+    /// fits), commands of 16 KiB. An unauthenticated client can so make a
+    /// connection hold about 32 KiB, not a message's worth.
+    pub fn before_login() -> Self {
+        ReaderConfig {
+            max_line: 8 * 1024,
+            max_literal: LITERAL_MINUS_MAX,
+            max_nonsync_literal: LITERAL_MINUS_MAX,
+            max_command: 16 * 1024,
+        }
+    }
+
     /// Buffer size: one whole command (never more than `max_command`
     /// octets are buffered for it) plus room for pipelined input.
     pub fn capacity(&self) -> usize {
@@ -182,6 +197,12 @@ impl CommandReader {
 
     pub fn config(&self) -> &ReaderConfig {
         &self.config
+    }
+
+    /// Changes the limits (after login). Call it between commands, after
+    /// a [`Step::Command`]: the command being framed next is held to them.
+    pub fn set_config(&mut self, config: ReaderConfig) {
+        self.config = config;
     }
 
     /// Takes as much of `input` as fits; returns how many octets it took.

@@ -1,4 +1,4 @@
-//! The IMAP4rev1 server session (RFC 3501 with LITERAL+, SASL-IR, ID, ENABLE, IDLE, NAMESPACE,
+//! The IMAP4rev1 server session (RFC 3501 with LITERAL-, SASL-IR, ID, ENABLE, IDLE, NAMESPACE,
 //! UIDPLUS, MOVE, UNSELECT, CHILDREN, SPECIAL-USE, LIST-EXTENDED): executes parsed commands
 //! against the mailbox store synchronously and collects the replies. It refuses to touch
 //! sockets, TLS, clocks or the command framing: the driver reads commands with
@@ -237,7 +237,7 @@ impl Session {
             }
         }
         caps.extend([
-            "LITERAL+",
+            "LITERAL-",
             "SASL-IR",
             "ID",
             "ENABLE",

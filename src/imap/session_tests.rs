@@ -180,7 +180,7 @@ fn greeting_and_capabilities_follow_the_connection() {
     let mut c = Client::new();
     let greeting = c.take();
     assert!(
-        greeting.starts_with("* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN LITERAL+"),
+        greeting.starts_with("* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN LITERAL-"),
         "{greeting}"
     );
     assert!(greeting.ends_with("spate IMAP4rev1 ready\r\n"));
@@ -188,7 +188,7 @@ fn greeting_and_capabilities_follow_the_connection() {
     assert_eq!(
         lines(&r),
         [
-            "* CAPABILITY IMAP4rev1 AUTH=PLAIN LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS \
+            "* CAPABILITY IMAP4rev1 AUTH=PLAIN LITERAL- SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS \
              MOVE UNSELECT CHILDREN SPECIAL-USE LIST-EXTENDED SORT",
             "1 OK CAPABILITY completed"
         ]
@@ -201,7 +201,7 @@ fn greeting_and_capabilities_follow_the_connection() {
     let mut c = Client::with(config, PeerInfo::default());
     let greeting = c.take();
     assert!(
-        greeting.contains("IMAP4rev1 STARTTLS LOGINDISABLED LITERAL+"),
+        greeting.contains("IMAP4rev1 STARTTLS LOGINDISABLED LITERAL-"),
         "{greeting}"
     );
     let r = c.send(&backend, "2 LOGIN alice secret\r\n");
@@ -216,11 +216,11 @@ fn greeting_and_capabilities_follow_the_connection() {
     assert_eq!(c.outcomes.last(), Some(&Outcome::StartTls));
     c.session.tls_established();
     let r = c.send(&backend, "5 CAPABILITY\r\n");
-    assert!(r.contains("IMAP4rev1 AUTH=PLAIN LITERAL+"), "{r}");
+    assert!(r.contains("IMAP4rev1 AUTH=PLAIN LITERAL-"), "{r}");
     let r = c.send(&backend, "6 STARTTLS\r\n");
     assert!(r.starts_with("6 NO "), "{r}");
     let r = c.send(&backend, "7 LOGIN alice secret\r\n");
-    assert!(r.starts_with("7 OK [CAPABILITY IMAP4rev1 LITERAL+"), "{r}");
+    assert!(r.starts_with("7 OK [CAPABILITY IMAP4rev1 LITERAL-"), "{r}");
     assert!(!r.contains("AUTH=") && !r.contains("STARTTLS"), "{r}");
 }
 

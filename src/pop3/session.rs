@@ -131,9 +131,12 @@ pub enum Request {
 }
 
 /// The verdict on an `Authenticate` request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthOutcome {
-    Ok,
+    /// The password is right; `user` is the account's canonical name (not
+    /// the login as typed: `ALICE` and `alice@domain` are `alice`), the
+    /// maildrop to open.
+    Ok { user: String },
     /// Wrong user or password: `-ERR [AUTH]`, counted as a client error.
     Failed,
     /// The credential store failed: `-ERR [SYS/TEMP]`; not the client's fault.
@@ -189,7 +192,6 @@ enum State {
         user: Option<String>,
     },
     AwaitingAuth {
-        user: String,
         /// The USER pending before this attempt, restored on failure.
         restore: Option<String>,
     },
@@ -304,7 +306,7 @@ impl Session {
     /// The answer to `Request::Authenticate`. On success the session asks
     /// for the maildrop next (`Request::OpenMaildrop`).
     pub fn auth_result(&mut self, outcome: AuthOutcome, now: Instant) {
-        let State::AwaitingAuth { user, restore } =
+        let State::AwaitingAuth { restore } =
             self.take_state_if(|s| matches!(s, State::AwaitingAuth { .. }))
         else {
             return;
@@ -314,7 +316,7 @@ impl Session {
             return self.shut_down();
         }
         match outcome {
-            AuthOutcome::Ok => {
+            AuthOutcome::Ok { user } => {
                 self.state = State::AwaitingMaildrop;
                 self.requests.push_back(Request::OpenMaildrop { user });
             }
@@ -635,10 +637,7 @@ impl Session {
             return self.error(Reply::NeedUser);
         };
         // RFC 1939 7: after a failed PASS the client starts again with USER.
-        self.state = State::AwaitingAuth {
-            user: user.clone(),
-            restore: None,
-        };
+        self.state = State::AwaitingAuth { restore: None };
         self.requests.push_back(Request::Authenticate {
             user,
             password: Password::new(password.to_owned()),
@@ -692,10 +691,7 @@ impl Session {
         if credentials.is_proxy() {
             return self.error(Reply::AuthFailed);
         }
-        self.state = State::AwaitingAuth {
-            user: credentials.authcid.clone(),
-            restore,
-        };
+        self.state = State::AwaitingAuth { restore };
         self.requests.push_back(Request::Authenticate {
             user: credentials.authcid,
             password: credentials.password,

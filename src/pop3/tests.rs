@@ -163,7 +163,9 @@ impl Fake {
                     .iter()
                     .any(|&(u, p)| u == user && p == password.expose())
                 {
-                    AuthOutcome::Ok
+                    AuthOutcome::Ok {
+                        user: user.to_ascii_lowercase(),
+                    }
                 } else {
                     AuthOutcome::Failed
                 };
@@ -736,8 +738,35 @@ fn no_timeout_while_the_driver_works() {
     assert!(!fake.session.is_closed());
     // The answer counts as activity.
     let later = fake.now + Duration::from_secs(3600);
-    fake.session.auth_result(AuthOutcome::Ok, later);
+    fake.session.auth_result(
+        AuthOutcome::Ok {
+            user: "alice".into(),
+        },
+        later,
+    );
     assert_eq!(fake.session.deadline(), later + Duration::from_secs(600));
+}
+
+/// The maildrop opened is the account's canonical name from the verdict,
+/// never the login as typed (`TIM@Example.Test` is `tim`'s maildrop).
+#[test]
+fn the_maildrop_is_the_canonical_user_not_the_login_as_typed() {
+    let mut fake = Fake::secure();
+    fake.auto = false;
+    fake.send("USER TIM@Example.Test");
+    fake.send("PASS tanstaaf");
+    assert!(matches!(
+        fake.session.poll_request(),
+        Some(Request::Authenticate { ref user, .. }) if user == "TIM@Example.Test"
+    ));
+    fake.session
+        .auth_result(AuthOutcome::Ok { user: "tim".into() }, fake.now);
+    assert_eq!(
+        fake.session.poll_request(),
+        Some(Request::OpenMaildrop {
+            user: "tim".to_owned()
+        })
+    );
 }
 
 #[test]
@@ -763,7 +792,8 @@ fn nothing_is_processed_while_a_request_is_outstanding() {
     fake.session.maildrop_opened(Ok(Vec::new()), fake.now);
     fake.service();
     assert_eq!(fake.take(), "");
-    fake.session.auth_result(AuthOutcome::Ok, fake.now);
+    fake.session
+        .auth_result(AuthOutcome::Ok { user: "tim".into() }, fake.now);
     assert_eq!(
         fake.session.poll_request(),
         Some(Request::OpenMaildrop {
@@ -936,7 +966,12 @@ fn shutdown_during_authentication() {
     fake.take();
     fake.session.poll_request();
     fake.session.handle_shutdown();
-    fake.session.auth_result(AuthOutcome::Ok, fake.now);
+    fake.session.auth_result(
+        AuthOutcome::Ok {
+            user: "alice".into(),
+        },
+        fake.now,
+    );
     assert_eq!(
         fake.session.output(),
         b"-ERR [SYS/TEMP] Server shutting down\r\n"

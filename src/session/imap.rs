@@ -9,6 +9,7 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,16 @@ const SHUTTING_DOWN: &[u8] = b"* BYE Server shutting down\r\n";
 struct TierBackend {
     tier: Option<Arc<LocalTier>>,
     ip: IpAddr,
+    /// The throttle's delay for the last failed login, in milliseconds:
+    /// the driver waits it out (on the executor) before answering.
+    failure_delay_ms: AtomicU64,
+}
+
+impl TierBackend {
+    /// The delay the last failure earned, once.
+    fn take_failure_delay(&self) -> Duration {
+        Duration::from_millis(self.failure_delay_ms.swap(0, Ordering::Relaxed))
+    }
 }
 
 impl Backend for TierBackend {
@@ -52,12 +63,19 @@ impl Backend for TierBackend {
         let Some(tier) = &self.tier else {
             return Login::Failed;
         };
-        if tier.login_blocked(self.ip, Instant::now()) {
-            return Login::Failed;
-        }
-        let verdict = tier.authenticate(login, password);
-        if let Login::Success(_) = verdict {
-            tier.login_succeeded(self.ip);
+        let verdict = if tier.login_blocked(self.ip, Instant::now()) {
+            Login::Failed
+        } else {
+            tier.authenticate(login, password)
+        };
+        match &verdict {
+            Login::Success(user) => tier.login_succeeded(self.ip, login, user),
+            Login::Failed => {
+                let delay = tier.login_failed(self.ip, login, Instant::now());
+                let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+                self.failure_delay_ms.store(ms, Ordering::Relaxed);
+            }
+            Login::Temporary => {}
         }
         verdict
     }
@@ -107,14 +125,12 @@ pub async fn serve<S: SegmentStore>(
         tls: implicit_tls,
         plaintext_allowed: plaintext_allowed(&ctx.config.auth, implicit_tls, ip),
     };
-    let reader = CommandReader::new(ReaderConfig {
-        max_literal: ctx.smtp.max_message_size as u64,
-        max_command: ctx.smtp.max_message_size as u64 + 64 * 1024,
-        ..ReaderConfig::default()
-    });
+    // Small limits until the login; `after_login` once it succeeded.
+    let reader = CommandReader::new(ReaderConfig::before_login());
     let backend = Arc::new(TierBackend {
         tier: ctx.local.clone(),
         ip,
+        failure_delay_ms: AtomicU64::new(0),
     });
     let mut driver = Driver {
         session: Some(Session::new(Arc::clone(&ctx.imap), peer_info)),
@@ -133,6 +149,16 @@ pub async fn serve<S: SegmentStore>(
         Err(e) => tracing::debug!(%peer, error = %e, "disconnect"),
     }
     let _ = driver.conn.close().await;
+}
+
+/// The reader's limits for a logged-in user: literals up to the message
+/// size limit (APPEND).
+fn after_login(max_message_size: usize) -> ReaderConfig {
+    ReaderConfig {
+        max_literal: max_message_size as u64,
+        max_command: max_message_size as u64 + 64 * 1024,
+        ..ReaderConfig::default()
+    }
 }
 
 struct Driver<S: SegmentStore> {
@@ -165,7 +191,14 @@ impl<S: SegmentStore> Driver<S> {
                 return Ok(());
             }
             self.flush().await?;
-            match self.wait(self.last_activity + AUTOLOGOUT).await {
+            // Before login a short idle limit (`[auth] login_timeout`, as
+            // Dovecot's login processes); RFC 3501 5.4's 30 minutes after.
+            let idle = if self.logged_in {
+                AUTOLOGOUT
+            } else {
+                self.ctx.config.auth.login_timeout
+            };
+            match self.wait(self.last_activity + idle).await {
                 Wake::Read(Ok(0)) => return Ok(()),
                 Wake::Read(Ok(n)) => self.input.commit(n),
                 Wake::Read(Err(e)) => return Err(e),
@@ -239,6 +272,8 @@ impl<S: SegmentStore> Driver<S> {
             }
             if !self.logged_in && self.session_mut()?.is_authenticated() {
                 self.logged_in = true;
+                self.reader
+                    .set_config(after_login(self.ctx.smtp.max_message_size));
                 tracing::debug!(peer = %self.peer, "imap login");
                 self.ctx.metrics.borrow_mut().counters.logins[ConnectionKind::Imap as usize] += 1;
             }
@@ -247,9 +282,8 @@ impl<S: SegmentStore> Driver<S> {
                 Outcome::AuthFailed => {
                     tracing::debug!(peer = %self.peer, "imap login failed");
                     self.ctx.metrics.borrow_mut().counters.auth_failures += 1;
-                    if let Some(tier) = &self.ctx.local {
-                        let delay =
-                            tier.login_failed(self.peer.ip().to_canonical(), Instant::now());
+                    let delay = self.backend.take_failure_delay();
+                    if !delay.is_zero() {
                         glommio::timer::sleep(delay).await;
                     }
                 }

@@ -30,16 +30,17 @@ pub async fn check_login<S: SegmentStore>(
         Login::Failed
     } else {
         let checker = Arc::clone(&tier);
+        let typed = login.clone();
         ctx.blocking
-            .run(move || checker.authenticate(&login, password.expose()))
+            .run(move || checker.authenticate(&typed, password.expose()))
             .await
             .unwrap_or(Login::Temporary)
     };
     match &verdict {
-        Login::Success(_) => tier.login_succeeded(ip),
+        Login::Success(user) => tier.login_succeeded(ip, &login, user),
         Login::Failed => {
             ctx.metrics.borrow_mut().counters.auth_failures += 1;
-            let delay = tier.login_failed(ip, Instant::now());
+            let delay = tier.login_failed(ip, &login, Instant::now());
             glommio::timer::sleep(delay).await;
         }
         Login::Temporary => {}

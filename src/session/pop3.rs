@@ -192,7 +192,7 @@ impl<S: SegmentStore> Driver<S> {
             Login::Success(user) => {
                 tracing::debug!(peer = %self.peer, %user, "pop3 login");
                 self.ctx.metrics.borrow_mut().counters.logins[ConnectionKind::Pop3 as usize] += 1;
-                AuthOutcome::Ok
+                AuthOutcome::Ok { user }
             }
             Login::Failed => {
                 tracing::debug!(peer = %self.peer, "pop3 login failed");

@@ -417,7 +417,7 @@ def bad(args):
     out["big_literal"] = raw_line(m, b"u6 APPEND INBOX {999999999}\r\n")
     m.sock.settimeout(TIMEOUT)
     out["noop_after_big"] = attempt(m.noop)
-    # A non-synchronising one (LITERAL+): the server may close the
+    # A non-synchronising one (over LITERAL-'s 4096): the server may close the
     # connection or read and drop what follows; it must not die.
     out["big_literal_plus"] = raw_line(m, b"u7 APPEND INBOX {999999999+}\r\n")
     m2 = login(args)
