@@ -90,6 +90,9 @@ pub enum Reply<'a> {
     BadSender,
     BadRecipient,
     Parameter(ParamError),
+    /// RFC 5321 4.1.1.11: MAIL/RCPT parameters after a plain HELO, where no
+    /// service extension was negotiated.
+    ParametersNeedEhlo,
     BadSequence(Sequence),
     MessageTooBig,
     NonAsciiAddress,
@@ -267,6 +270,12 @@ impl Reply<'_> {
                     &["Unsupported ", k.as_str(), " parameter value"],
                 ),
             },
+            Reply::ParametersNeedEhlo => one(
+                out,
+                "555",
+                "5.5.4",
+                &["Parameters not recognized after HELO: use EHLO"],
+            ),
             Reply::BadSequence(s) => {
                 let text = match s {
                     Sequence::SendHeloFirst => "Error: send HELO/EHLO first",
@@ -481,6 +490,7 @@ mod tests {
             Reply::Parameter(ParamError::Duplicate),
             Reply::Parameter(ParamError::BadValue(Keyword::Size)),
             Reply::Parameter(ParamError::Unsupported(Keyword::Body)),
+            Reply::ParametersNeedEhlo,
             Reply::BadSequence(Sequence::NeedMail),
             Reply::MessageTooBig,
             Reply::NonAsciiAddress,

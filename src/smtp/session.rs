@@ -753,7 +753,12 @@ impl ServerSession {
     }
 
     fn handle_mail(&mut self, from: ReversePath<'_>, params: MailParams<'_>) {
-        match self.state {
+        match &self.state {
+            // RFC 5321 4.1.1.11 and 4.1.1.2: parameters belong to service
+            // extensions, and a HELO session negotiated none.
+            State::ExpectMail { helo } if !helo.extended && !params.is_empty() => {
+                return self.error(Reply::ParametersNeedEhlo)
+            }
             State::ExpectMail { .. } => {}
             State::ExpectHelo => return self.error(Reply::BadSequence(Sequence::SendHeloFirst)),
             _ => return self.error(Reply::BadSequence(Sequence::NestedMail)),
@@ -806,6 +811,10 @@ impl ServerSession {
 
     fn handle_rcpt(&mut self, to: ForwardPath<'_>, params: RcptParams<'_>) {
         let verdict = match &self.state {
+            // RFC 5321 4.1.1.11 and 4.1.1.3, as for MAIL.
+            State::ExpectRcptOrData { helo, .. } if !helo.extended && !params.is_empty() => {
+                Err(Reply::ParametersNeedEhlo)
+            }
             State::ExpectRcptOrData { tx, .. } => self.check_recipient(tx, &to),
             State::ExpectHelo => Err(Reply::BadSequence(Sequence::SendHeloFirst)),
             State::ExpectMail { .. } => Err(Reply::BadSequence(Sequence::NeedMail)),
@@ -1533,6 +1542,33 @@ mod tests {
         assert_eq!(t.messages.len(), 1);
         assert!(String::from_utf8_lossy(&t.messages[0].body)
             .starts_with(&header("SMTP", Some("b@local.test"))));
+    }
+
+    #[test]
+    fn parameters_after_helo_are_refused() {
+        let roomy = ServerConfig {
+            max_errors: 10,
+            ..config()
+        };
+        let t = drive_cfg(
+            roomy,
+            false,
+            b"HELO c\r\nMAIL FROM:<a@remote.example> SIZE=10\r\nMAIL FROM:<a@remote.example> BODY=8BITMIME\r\n\
+             MAIL FROM:<a@remote.example> SMTPUTF8\r\nMAIL FROM:<a@remote.example> RET=FULL\r\n\
+             MAIL FROM:<a@remote.example>\r\nRCPT TO:<b@local.test> NOTIFY=NEVER\r\n\
+             RCPT TO:<b@local.test>\r\nQUIT\r\n",
+        );
+        assert_eq!(
+            t.codes(),
+            ["220", "250", "555", "555", "555", "555", "250", "555", "250", "221"]
+        );
+        assert!(t.has("555 5.5.4 Parameters not recognized after HELO: use EHLO"));
+        // The same commands after EHLO are fine.
+        let t = drive(
+            "EHLO c\r\nMAIL FROM:<a@remote.example> SIZE=10 BODY=8BITMIME\r\n\
+             RCPT TO:<b@local.test> NOTIFY=NEVER\r\nQUIT\r\n",
+        );
+        assert_eq!(t.codes(), ["220", "250", "250", "250", "221"]);
     }
 
     #[test]
