@@ -392,6 +392,11 @@ pub struct Delivery {
     pub connect_timeout: Duration,
     /// The port MX hosts are reached on (25; another only in test labs).
     pub mx_port: u16,
+    /// The most of an undeliverable message a bounce (DSN) returns, in
+    /// bytes (Postfix's `bounce_size_limit`): the whole message only when
+    /// its sender asked with RET=FULL and it fits, otherwise its headers,
+    /// cut to this size.
+    pub bounce_size_limit: usize,
 }
 
 impl Default for Delivery {
@@ -405,6 +410,7 @@ impl Default for Delivery {
             max_messages_per_connection: 100,
             connect_timeout: Duration::from_secs(30),
             mx_port: 25,
+            bounce_size_limit: crate::delivery::dsn::DEFAULT_RETURN_LIMIT,
         }
     }
 }
