@@ -1,7 +1,8 @@
-//! Bounce relay, as a stranger on the internet would try it: DSNs return
-//! headers only unless RET=FULL and never more than
-//! `[delivery] bounce_size_limit`, so a bounce cannot carry a stranger's
-//! message back to a forged sender.
+//! Bounce relay, as a stranger on the internet would try it (the client
+//! is outside `allow_networks`): DSNs return headers only unless RET=FULL
+//! and never more than `[delivery] bounce_size_limit`, and address
+//! literals are refused from outside while a trusted client's literal
+//! goes through the smarthost like any domain.
 
 #[path = "common/capture.rs"]
 mod capture;
@@ -88,4 +89,58 @@ fn dsns_return_headers_unless_ret_full_and_never_more_than_the_limit() {
         };
         assert!(contains(data, part), "{marker}");
     }
+}
+
+#[test]
+fn address_literals_from_outside_are_refused() {
+    let server = TestServer::start(Tweaks::default().no_relay().user("alice", "pw"));
+    let mut c = Client::connect(server.smtp);
+    assert_eq!(c.read_reply().code, 220);
+    c.ehlo("stranger.example");
+    for from in ["x@[127.0.0.9]", "x@[IPv6:::1]"] {
+        let r = c.cmd(&format!("MAIL FROM:<{from}>"));
+        assert_eq!(r.status(), "550 5.7.1", "{from}: {}", r.text());
+    }
+    assert_eq!(c.cmd("MAIL FROM:<x@remote.example>").code, 250);
+    assert_eq!(c.cmd("RCPT TO:<alice@example.test>").code, 250);
+    let r = c.cmd("RCPT TO:<x@[127.0.0.9]>");
+    assert_eq!(r.status(), "550 5.7.1", "{}", r.text());
+    c.quit();
+    assert!(server.queue_list().is_empty());
+
+    // `[relay] allow_address_literals` lets them in (relay rules still
+    // apply to recipients).
+    let open = TestServer::start(
+        Tweaks::default()
+            .no_relay()
+            .user("alice", "pw")
+            .relay("allow_address_literals", true),
+    );
+    let mut c = Client::connect(open.smtp);
+    assert_eq!(c.read_reply().code, 220);
+    c.ehlo("stranger.example");
+    assert_eq!(c.cmd("MAIL FROM:<x@[192.0.2.1]>").code, 250);
+    assert_eq!(c.cmd("RCPT TO:<x@[127.0.0.9]>").status(), "554 5.7.1");
+    c.quit();
+}
+
+#[test]
+fn a_literal_goes_through_the_smarthost() {
+    let sink = Sink::start();
+    // The client is in allow_networks (loopback), so it may relay.
+    let server =
+        TestServer::start(Tweaks::default().relay("smarthost", format!("\"{}\"", sink.addr)));
+    let mut c = Client::connect(server.smtp);
+    assert_eq!(c.read_reply().code, 220);
+    c.ehlo("client.example");
+    let msg = common::message("LITERAL", 200);
+    c.send_message("a@client.example", &["x@[127.0.0.9]"], &msg)
+        .expect("accepted");
+    c.quit();
+    let got = sink.wait_for(1, DELIVERY_TIMEOUT);
+    assert_eq!(got[0]["to"][0], "x@[127.0.0.9]");
+    assert!(contains(
+        got[0]["data"].as_str().unwrap().as_bytes(),
+        b"LITERAL line"
+    ));
 }

@@ -225,6 +225,12 @@ pub struct Relay {
     pub smarthost_tls: SmarthostTls,
     /// Extra CA certificates (PEM) trusted for the smarthost.
     pub smarthost_ca: Option<PathBuf>,
+    /// Accept address literals (`user@[192.0.2.1]`) in MAIL and RCPT from
+    /// unauthenticated clients outside `allow_networks`. Off: they are
+    /// refused (550 5.7.1), so no stranger can name a bounce target that
+    /// points at an internal host.
+    #[serde(default)]
+    pub allow_address_literals: bool,
 }
 
 /// How spate protects the connection to its smarthost.
@@ -243,6 +249,7 @@ impl Default for Relay {
             smarthost: None,
             smarthost_tls: SmarthostTls::May,
             smarthost_ca: None,
+            allow_address_literals: false,
         }
     }
 }

@@ -130,6 +130,11 @@ pub enum Reply<'a> {
     SenderNotOwned {
         address: &'a str,
     },
+    /// An address literal from a client that may not use one (RFC 3463
+    /// X.7.1: delivery not authorized).
+    AddressLiteralRefused {
+        address: &'a str,
+    },
     /// RFC 5321 4.2.2 / RFC 3463 X.1.1: no such local user.
     UnknownLocalUser {
         address: &'a str,
@@ -359,6 +364,12 @@ impl Reply<'_> {
                 "5.7.1",
                 &["<", address, ">: Sender address rejected: not owned by the authenticated user"],
             ),
+            Reply::AddressLiteralRefused { address } => one(
+                out,
+                "550",
+                "5.7.1",
+                &["<", address, ">: Address literals are not accepted from your network"],
+            ),
             Reply::UnknownLocalUser { address } => one(
                 out,
                 "550",
@@ -495,6 +506,9 @@ mod tests {
             Reply::MessageTooBig,
             Reply::NonAsciiAddress,
             Reply::RelayDenied { address: "a@b" },
+            Reply::AddressLiteralRefused {
+                address: "a@[192.0.2.1]",
+            },
             Reply::TooManyRecipients,
             Reply::NoValidRecipients,
             Reply::BareLineEnding,
