@@ -1,8 +1,10 @@
 //! Bounce relay, as a stranger on the internet would try it (the client
-//! is outside `allow_networks`): DSNs return headers only unless RET=FULL
-//! and never more than `[delivery] bounce_size_limit`, and address
-//! literals are refused from outside while a trusted client's literal
-//! goes through the smarthost like any domain.
+//! is outside `allow_networks`): `<Postmaster>` with no postmaster is
+//! refused at RCPT (nothing queued, so no bounce), a configured
+//! `[local] postmaster` receives it, DSNs return headers only unless
+//! RET=FULL and never more than `[delivery] bounce_size_limit`, and
+//! address literals are refused from outside while a trusted client's
+//! literal goes through the smarthost like any domain.
 
 #[path = "common/capture.rs"]
 mod capture;
@@ -10,7 +12,7 @@ mod common;
 
 use std::time::Duration;
 
-use capture::Sink;
+use capture::{wait_until, Sink};
 use common::{contains, Client, TestServer, Tweaks};
 
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -30,6 +32,93 @@ fn transaction(client: &mut Client, mail: &str, rcpts: &[&str], msg: &[u8]) -> V
         let _ = client.cmd("RSET");
     }
     statuses
+}
+
+/// A stranger's message that would be bounced, marked in its body.
+fn strangers_message(marker: &str, body_len: usize) -> Vec<u8> {
+    common::message(marker, body_len)
+}
+
+#[test]
+fn postmaster_that_reaches_nobody_is_refused_at_rcpt() {
+    // A mailbox tier with a user but no postmaster alias, user or setting.
+    let server = TestServer::start(Tweaks::default().no_relay().user("alice", "pw"));
+    let mut c = Client::connect(server.smtp);
+    assert_eq!(c.read_reply().code, 220);
+    c.ehlo("stranger.example");
+    let msg = strangers_message("SPAMBODY", 2000);
+    let statuses = transaction(
+        &mut c,
+        "MAIL FROM:<victim@remote.example> RET=FULL",
+        &[
+            "Postmaster",
+            "postmaster@example.test",
+            "PostMaster@EXAMPLE.test",
+        ],
+        &msg,
+    );
+    assert_eq!(
+        statuses,
+        [
+            "250 2.1.0",
+            "550 5.1.1",
+            "550 5.1.1",
+            "550 5.1.1",
+            "554 5.5.1"
+        ],
+        "{statuses:?}"
+    );
+    c.quit();
+    assert!(server.queue_list().is_empty(), "nothing queued, so no DSN");
+
+    // Without a mailbox tier at all the bare <Postmaster> reaches nobody
+    // either.
+    let relay_only = TestServer::start(Tweaks::default().no_relay());
+    let mut c = Client::connect(relay_only.smtp);
+    assert_eq!(c.read_reply().code, 220);
+    c.ehlo("stranger.example");
+    let statuses = transaction(
+        &mut c,
+        "MAIL FROM:<victim@remote.example> RET=FULL",
+        &["Postmaster"],
+        &msg,
+    );
+    assert_eq!(statuses, ["250 2.1.0", "550 5.1.1", "554 5.5.1"]);
+    c.quit();
+    assert!(relay_only.queue_list().is_empty());
+}
+
+#[test]
+fn configured_postmaster_receives_postmaster_mail() {
+    let server = TestServer::start(
+        Tweaks::default()
+            .no_relay()
+            .user("alice", "pw")
+            .user("bob", "pw")
+            .local("postmaster", "\"bob\""),
+    );
+    let mut c = Client::connect(server.smtp);
+    assert_eq!(c.read_reply().code, 220);
+    c.ehlo("stranger.example");
+    let msg = strangers_message("FORTHEPOSTMASTER", 500);
+    let statuses = transaction(
+        &mut c,
+        "MAIL FROM:<someone@remote.example>",
+        &["Postmaster", "postmaster@example.test"],
+        &msg,
+    );
+    assert_eq!(
+        statuses,
+        ["250 2.1.0", "250 2.1.5", "250 2.1.5", "354", "250 2.0.0"]
+    );
+    c.quit();
+    let new = server.mail_dir().join("bob").join("new");
+    wait_until("two copies in bob's Maildir", DELIVERY_TIMEOUT, || {
+        std::fs::read_dir(&new).map_or(0, |d| d.count()) == 2
+    });
+    wait_until("an empty queue", DELIVERY_TIMEOUT, || {
+        server.queue_list().is_empty()
+    });
 }
 
 #[test]

@@ -302,6 +302,12 @@ pub struct Local {
     /// the local domains. Absent: unknown recipients are refused at RCPT
     /// time (550 5.1.1).
     pub catch_all: Option<crate::account::UserName>,
+    /// Who receives mail for `<Postmaster>` and `postmaster@` each local
+    /// domain (RFC 5321 4.5.1) when no alias or user of that name exists:
+    /// a user or alias name, or an address. Absent with no such alias or
+    /// user: those recipients are refused at RCPT (550 5.1.1), never
+    /// accepted and bounced later.
+    pub postmaster: Option<String>,
     /// Default mailbox size limit: bytes, or a number with K, M, G or T
     /// (1024-based), e.g. `"1G"`. 0 (the default) is unlimited. A user's
     /// `userdb_quota_rule=*:storage=SIZE` extra field overrides it.
@@ -488,6 +494,23 @@ impl Config {
         }
         for domain in &mut self.local.domains {
             *domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        }
+        if let Some(postmaster) = &self.local.postmaster {
+            let valid = match postmaster.rsplit_once('@') {
+                Some((local, domain)) => {
+                    !local.is_empty()
+                        && !domain.is_empty()
+                        && postmaster
+                            .chars()
+                            .all(|c| c.is_ascii_graphic() && !matches!(c, '<' | '>' | ','))
+                }
+                None => crate::account::UserName::parse(postmaster).is_ok(),
+            };
+            if !valid {
+                return invalid(format!(
+                    "local.postmaster {postmaster:?} is not a user name or an address"
+                ));
+            }
         }
         let s = &self.smtp;
         if s.max_line_length < 512 {
@@ -710,7 +733,19 @@ bare_line_endings = "normalize"
             Config::parse(&EMBEDDED_DEFAULT.replace("[local]", "[local]\nquota = 5000")).unwrap();
         assert_eq!(c.local.quota.limit(), Some(5000));
         assert_eq!(Config::embedded().local.quota.limit(), None);
-        for bad in ["catch_all = \"../x\"", "quota = \"1X\"", "quota = -1"] {
+        let c = Config::parse(
+            &EMBEDDED_DEFAULT.replace("[local]", "[local]\npostmaster = \"noc@remote.example\""),
+        )
+        .unwrap();
+        assert_eq!(c.local.postmaster.as_deref(), Some("noc@remote.example"));
+        for bad in [
+            "catch_all = \"../x\"",
+            "quota = \"1X\"",
+            "quota = -1",
+            "postmaster = \"a b@c\"",
+            "postmaster = \"@c\"",
+            "postmaster = \"../x\"",
+        ] {
             let text = EMBEDDED_DEFAULT.replace("[local]", &format!("[local]\n{bad}"));
             assert!(Config::parse(&text).is_err(), "{bad}");
         }

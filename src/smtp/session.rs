@@ -859,8 +859,10 @@ impl ServerSession {
             return Err(Reply::TooManyRecipients);
         }
         match to {
-            // RFC 5321 4.5.1: <Postmaster> is always ours.
-            ForwardPath::Postmaster(_) => Ok(()),
+            // RFC 5321 4.5.1: <Postmaster> is ours, but it is accepted only
+            // when it reaches someone: accepting what cannot be delivered
+            // turns the later bounce into a relay for strangers' mail.
+            ForwardPath::Postmaster(address) => self.local_verdict(address),
             // Local recipients are checked for everyone, relay clients too.
             ForwardPath::Mailbox(m) if self.is_local(m) => self.local_verdict(m.address),
             ForwardPath::Mailbox(m) if is_literal(m) && !self.literals_allowed() => {
@@ -2402,6 +2404,35 @@ mod tests {
             t.codes(),
             ["220", "250", "250", "550", "452", "552", "250", "250", "221"]
         );
+    }
+
+    /// A directory where nobody, not even a postmaster, can receive mail.
+    #[derive(Debug)]
+    struct Nobody;
+
+    impl LocalPolicy for Nobody {
+        fn recipient(&self, _address: &str) -> LocalRecipient {
+            LocalRecipient::Unknown
+        }
+
+        fn may_send_as(&self, _user: &str, _sender: &str) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn postmaster_is_refused_when_it_reaches_nobody() {
+        let t = drive_policy(
+            config(),
+            peer_at([192, 0, 2, 1], false),
+            Rc::new(Nobody),
+            b"EHLO c\r\nMAIL FROM:<victim@remote.example> RET=FULL\r\nRCPT TO:<Postmaster>\r\n\
+              RCPT TO:<postmaster@local.test>\r\nDATA\r\nQUIT\r\n",
+            || usize::MAX,
+        );
+        assert_eq!(t.codes(), ["220", "250", "250", "550", "550", "554", "221"]);
+        assert!(t.has("550 5.1.1 <Postmaster>: Recipient address rejected: User unknown"));
+        assert!(t.messages.is_empty());
     }
 
     #[test]
