@@ -343,6 +343,7 @@ pub fn smtp_server_config(config: &Config) -> ServerConfig {
         allow_plaintext_auth: config.auth.allow_plaintext,
         trust_loopback: config.auth.trust_loopback,
         sender_must_match_login: config.auth.sender_must_match_login,
+        allow_address_literals: config.relay.allow_address_literals,
     }
 }
 

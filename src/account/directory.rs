@@ -16,11 +16,15 @@
 //! 4. Otherwise `Unknown`.
 //!
 //! An alias expands recursively (see `aliases`); a leaf that names no user
-//! is dropped. `postmaster` (RFC 5321 4.5.1) gets no special mapping: it
-//! resolves like any name, through an alias, a user or the catch-all. When
-//! it does not resolve, [`Directory::warnings`] says so at load time; the
-//! configuration is not refused, because a relay-only host without
-//! mailboxes is valid.
+//! is dropped. `postmaster` (RFC 5321 4.5.1) resolves like any name (an
+//! alias or a user), then, failing that, to `[local] postmaster` (a user
+//! or alias name, or an address), then the catch-all. The bare
+//! `<Postmaster>` (no domain, which RFC 5321 4.5.1 requires us to accept)
+//! resolves as `postmaster@` the first local domain. When none of these
+//! exists it is `Unknown` like any other name, so it is refused at RCPT
+//! (550 5.1.1) rather than accepted and bounced later, and
+//! [`Directory::warnings`] says so at load time; the configuration is not
+//! refused, because a relay-only host without mailboxes is valid.
 
 use super::aliases::{AddressKind, Aliases, Leaf};
 use super::error::AccountError;
@@ -55,6 +59,9 @@ pub struct Directory {
     aliases: Aliases,
     domains: Vec<String>,
     catch_all: Option<UserName>,
+    /// `[local] postmaster`: where postmaster mail goes when no alias or
+    /// user of that name exists.
+    postmaster: Option<String>,
     quota: ByteSize,
     warnings: Vec<String>,
 }
@@ -77,7 +84,15 @@ impl Directory {
             local.domains.clone(),
             local.catch_all.clone(),
             local.quota,
-        ))
+        )
+        .with_postmaster(local.postmaster.clone()))
+    }
+
+    /// Sets `[local] postmaster` (a user or alias name, or an address).
+    pub fn with_postmaster(mut self, postmaster: Option<String>) -> Directory {
+        self.postmaster = postmaster;
+        self.warnings = self.check();
+        self
     }
 
     /// Combines parsed parts. Domains are compared case-insensitively and
@@ -98,6 +113,7 @@ impl Directory {
             aliases,
             domains,
             catch_all,
+            postmaster: None,
             quota,
             warnings: Vec::new(),
         };
@@ -141,8 +157,9 @@ impl Directory {
         if let Some(domain) = self.domains.first() {
             if self.resolve("postmaster", domain).ok() == Some(Resolution::Unknown) {
                 warnings.push(format!(
-                    "postmaster@{domain} does not resolve (RFC 5321 4.5.1 requires it): \
-                     add an alias `postmaster: USER` or a user postmaster"
+                    "postmaster@{domain} does not resolve (RFC 5321 4.5.1 requires it), \
+                     so mail to it is refused (550 5.1.1): add an alias `postmaster: USER`, \
+                     a user postmaster or `[local] postmaster`"
                 ));
             }
         }
@@ -176,15 +193,51 @@ impl Directory {
         domain: &str,
         catch_all: bool,
     ) -> Result<Resolution, AccountError> {
+        let postmaster = local_part.eq_ignore_ascii_case("postmaster");
+        // RFC 5321 4.5.1: the bare `<Postmaster>` is ours, in every domain.
+        let domain = match self.domains.first() {
+            Some(first) if postmaster && domain.is_empty() => first.as_str(),
+            _ => domain,
+        };
         if !self.is_local_domain(domain) {
             return Ok(Resolution::Unknown);
         }
         let name = match self.known_name(local_part, domain) {
             Some(name) => name,
+            None if postmaster && self.postmaster.is_some() => {
+                return self.postmaster_targets();
+            }
             None => match (&self.catch_all, catch_all) {
                 (Some(name), true) => name.clone(),
                 _ => return Ok(Resolution::Unknown),
             },
+        };
+        let (targets, _) = self.targets_of(&name)?;
+        Ok(if targets.is_empty() {
+            Resolution::Unknown
+        } else {
+            Resolution::Targets(targets)
+        })
+    }
+
+    /// Where `[local] postmaster` leads: a local name or local address
+    /// through the directory (never back to the postmaster setting), any
+    /// other address forwarded.
+    fn postmaster_targets(&self) -> Result<Resolution, AccountError> {
+        let Some(postmaster) = &self.postmaster else {
+            return Ok(Resolution::Unknown);
+        };
+        let name = match postmaster.rsplit_once('@') {
+            Some((_, domain)) if !self.is_local_domain(domain) => {
+                return Ok(Resolution::Targets(vec![Target::Forward(
+                    postmaster.clone(),
+                )]));
+            }
+            Some((local, domain)) => self.known_name(local, domain),
+            None => UserName::parse(postmaster).ok(),
+        };
+        let Some(name) = name else {
+            return Ok(Resolution::Unknown);
         };
         let (targets, _) = self.targets_of(&name)?;
         Ok(if targets.is_empty() {
@@ -472,6 +525,61 @@ loop2: loop1
             .warnings()
             .iter()
             .any(|w| w.contains("postmaster@example.test")));
+    }
+
+    #[test]
+    fn postmaster_resolves_to_an_alias_a_setting_or_nobody() {
+        // An alias `postmaster` wins, and the bare <Postmaster> is the same.
+        let d = directory(None);
+        assert_eq!(resolve(&d, "PostMaster", ""), mailboxes(&["alice"]));
+        assert_eq!(resolve(&d, "postmaster", "two.test"), mailboxes(&["alice"]));
+        let bare = |postmaster: Option<&str>| {
+            Directory::new(
+                UserDb::parse(USERS),
+                Aliases::default(),
+                vec!["example.test".into(), "two.test".into()],
+                None,
+                ByteSize(0),
+            )
+            .with_postmaster(postmaster.map(str::to_owned))
+        };
+        // Nothing configured: unknown (refused at RCPT), with a warning.
+        let none = bare(None);
+        assert_eq!(resolve(&none, "Postmaster", ""), Resolution::Unknown);
+        assert_eq!(
+            resolve(&none, "postmaster", "example.test"),
+            Resolution::Unknown
+        );
+        assert!(none.warnings().iter().any(|w| w.contains("postmaster")));
+        // `[local] postmaster` as a user name, a local address, a remote one.
+        let by_name = bare(Some("bob"));
+        assert_eq!(resolve(&by_name, "Postmaster", ""), mailboxes(&["bob"]));
+        assert_eq!(
+            resolve(&by_name, "postmaster", "two.test"),
+            mailboxes(&["bob"])
+        );
+        assert!(!by_name.warnings().iter().any(|w| w.contains("postmaster")));
+        assert_eq!(
+            resolve(&by_name, "nobody", "example.test"),
+            Resolution::Unknown
+        );
+        let by_address = bare(Some("Carol@Example.test"));
+        assert_eq!(
+            resolve(&by_address, "postmaster", ""),
+            mailboxes(&["carol"])
+        );
+        let remote = bare(Some("noc@remote.example"));
+        assert_eq!(
+            resolve(&remote, "postmaster", "example.test"),
+            Resolution::Targets(vec![Target::Forward("noc@remote.example".into())])
+        );
+        // A setting that names nobody resolves to nobody, never loops.
+        let ghost = bare(Some("ghost"));
+        assert_eq!(resolve(&ghost, "postmaster", ""), Resolution::Unknown);
+        let own = bare(Some("postmaster@example.test"));
+        assert_eq!(resolve(&own, "postmaster", ""), Resolution::Unknown);
+        // Domain-less names other than postmaster are never local.
+        assert_eq!(resolve(&by_name, "bob", ""), Resolution::Unknown);
     }
 
     #[test]

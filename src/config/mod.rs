@@ -232,6 +232,12 @@ pub struct Relay {
     pub smarthost_tls: SmarthostTls,
     /// Extra CA certificates (PEM) trusted for the smarthost.
     pub smarthost_ca: Option<PathBuf>,
+    /// Accept address literals (`user@[192.0.2.1]`) in MAIL and RCPT from
+    /// unauthenticated clients outside `allow_networks`. Off: they are
+    /// refused (550 5.7.1), so no stranger can name a bounce target that
+    /// points at an internal host.
+    #[serde(default)]
+    pub allow_address_literals: bool,
 }
 
 /// How spate protects the connection to its smarthost.
@@ -250,6 +256,7 @@ impl Default for Relay {
             smarthost: None,
             smarthost_tls: SmarthostTls::May,
             smarthost_ca: None,
+            allow_address_literals: false,
         }
     }
 }
@@ -302,6 +309,12 @@ pub struct Local {
     /// the local domains. Absent: unknown recipients are refused at RCPT
     /// time (550 5.1.1).
     pub catch_all: Option<crate::account::UserName>,
+    /// Who receives mail for `<Postmaster>` and `postmaster@` each local
+    /// domain (RFC 5321 4.5.1) when no alias or user of that name exists:
+    /// a user or alias name, or an address. Absent with no such alias or
+    /// user: those recipients are refused at RCPT (550 5.1.1), never
+    /// accepted and bounced later.
+    pub postmaster: Option<String>,
     /// Default mailbox size limit: bytes, or a number with K, M, G or T
     /// (1024-based), e.g. `"1G"`. 0 (the default) is unlimited. A user's
     /// `userdb_quota_rule=*:storage=SIZE` extra field overrides it.
@@ -399,6 +412,11 @@ pub struct Delivery {
     pub connect_timeout: Duration,
     /// The port MX hosts are reached on (25; another only in test labs).
     pub mx_port: u16,
+    /// The most of an undeliverable message a bounce (DSN) returns, in
+    /// bytes (Postfix's `bounce_size_limit`): the whole message only when
+    /// its sender asked with RET=FULL and it fits, otherwise its headers,
+    /// cut to this size.
+    pub bounce_size_limit: usize,
 }
 
 impl Default for Delivery {
@@ -412,6 +430,7 @@ impl Default for Delivery {
             max_messages_per_connection: 100,
             connect_timeout: Duration::from_secs(30),
             mx_port: 25,
+            bounce_size_limit: crate::delivery::dsn::DEFAULT_RETURN_LIMIT,
         }
     }
 }
@@ -482,6 +501,23 @@ impl Config {
         }
         for domain in &mut self.local.domains {
             *domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        }
+        if let Some(postmaster) = &self.local.postmaster {
+            let valid = match postmaster.rsplit_once('@') {
+                Some((local, domain)) => {
+                    !local.is_empty()
+                        && !domain.is_empty()
+                        && postmaster
+                            .chars()
+                            .all(|c| c.is_ascii_graphic() && !matches!(c, '<' | '>' | ','))
+                }
+                None => crate::account::UserName::parse(postmaster).is_ok(),
+            };
+            if !valid {
+                return invalid(format!(
+                    "local.postmaster {postmaster:?} is not a user name or an address"
+                ));
+            }
         }
         let s = &self.smtp;
         if s.max_line_length < 512 {
@@ -704,7 +740,19 @@ bare_line_endings = "normalize"
             Config::parse(&EMBEDDED_DEFAULT.replace("[local]", "[local]\nquota = 5000")).unwrap();
         assert_eq!(c.local.quota.limit(), Some(5000));
         assert_eq!(Config::embedded().local.quota.limit(), None);
-        for bad in ["catch_all = \"../x\"", "quota = \"1X\"", "quota = -1"] {
+        let c = Config::parse(
+            &EMBEDDED_DEFAULT.replace("[local]", "[local]\npostmaster = \"noc@remote.example\""),
+        )
+        .unwrap();
+        assert_eq!(c.local.postmaster.as_deref(), Some("noc@remote.example"));
+        for bad in [
+            "catch_all = \"../x\"",
+            "quota = \"1X\"",
+            "quota = -1",
+            "postmaster = \"a b@c\"",
+            "postmaster = \"@c\"",
+            "postmaster = \"../x\"",
+        ] {
             let text = EMBEDDED_DEFAULT.replace("[local]", &format!("[local]\n{bad}"));
             assert!(Config::parse(&text).is_err(), "{bad}");
         }

@@ -6,11 +6,15 @@
 //!
 //! What the returned content is, decided here (RFC 3461 4.3 and 6.2 leave
 //! it to the MTA when RET is absent):
-//! - RET=HDRS: the header block, as text/rfc822-headers.
-//! - RET=FULL: the whole message, as message/rfc822.
-//! - no RET: the whole message up to [`FULL_RETURN_LIMIT`] bytes (Postfix's
-//!   `bounce_size_limit`), the headers beyond it: enough to diagnose, and
-//!   a bounce storm cannot return megabytes per message.
+//! - RET=FULL: the whole message, as message/rfc822 (RFC 3462 / RFC 6522),
+//!   when it fits in the return limit (`[delivery] bounce_size_limit`,
+//!   Postfix's `bounce_size_limit`, default [`DEFAULT_RETURN_LIMIT`]).
+//! - RET=HDRS, no RET, or a message over the limit: the header block, as
+//!   text/rfc822-headers (RFC 3462 / RFC 6522 section 5), itself cut at
+//!   the last whole line within the limit. A stranger's content is never
+//!   sent back in full unless its sender asked (RFC 3461 4.3 leaves the
+//!   default to the MTA), and never more than the limit: a bounce cannot
+//!   carry a spammer's message to a forged sender.
 //! - a DSN that reports only delays returns the headers (RFC 3461 4.3).
 //! - a BINARYMIME message returns the headers (binary content cannot ride
 //!   in message/rfc822 over an 8BITMIME path).
@@ -27,9 +31,10 @@ use chrono::{DateTime, Utc};
 use crate::envelope::{BodyType, DsnReturn, Envelope, Notify, Recipient};
 use crate::spool::{OutcomeKind, RecipientOutcome};
 
-/// Without RET, the whole message is returned up to this size, only its
-/// headers beyond it (Postfix's `bounce_size_limit` default).
-pub const FULL_RETURN_LIMIT: usize = 50_000;
+/// The most of the original a DSN returns by default (Postfix's
+/// `bounce_size_limit`): a RET=FULL message up to this size is returned
+/// whole, a larger one (or any other) by its headers, cut to this size.
+pub const DEFAULT_RETURN_LIMIT: usize = 50_000;
 
 /// Longest diagnostic text quoted per recipient; a hostile server's reply
 /// must not make every bounce huge.
@@ -247,6 +252,19 @@ fn header_block(body: &[u8]) -> &[u8] {
     }
 }
 
+/// `text` cut after the last line end within `limit` bytes (nothing when
+/// even its first line is longer): a header block returned in part still
+/// ends on a line boundary.
+fn cut_at_line(text: &[u8], limit: usize) -> &[u8] {
+    if text.len() <= limit {
+        return text;
+    }
+    match memchr::memrchr(b'\n', &text[..limit]) {
+        Some(end) => &text[..=end],
+        None => &[],
+    }
+}
+
 fn rfc5322_date(t: DateTime<Utc>) -> String {
     t.format("%a, %d %b %Y %H:%M:%S +0000").to_string()
 }
@@ -267,7 +285,8 @@ enum Returned<'a> {
 /// none is owed: the null sender, or no recipient left after NOTIFY (and
 /// after dropping indexes the envelope does not have). `arrival_date` is
 /// when the original was received (Unix seconds); `now_wall` dates the
-/// report and seeds its Message-ID.
+/// report and seeds its Message-ID. At most `return_limit` bytes of the
+/// original are returned (see the module header).
 pub fn build_dsn(
     original: &Envelope,
     original_body: &[u8],
@@ -275,6 +294,7 @@ pub fn build_dsn(
     reporting_mta: &str,
     arrival_date: u64,
     now_wall: SystemTime,
+    return_limit: usize,
 ) -> Option<Dsn> {
     if original.sender.is_empty() {
         return None;
@@ -296,13 +316,10 @@ pub fn build_dsn(
         .any(|r| r.failed.action == DsnAction::Failed);
     let headers_only = !any_failed
         || original.body_type == BodyType::BinaryMime
-        || match original.dsn_return {
-            Some(DsnReturn::Headers) => true,
-            Some(DsnReturn::Full) => false,
-            None => original_body.len() > FULL_RETURN_LIMIT,
-        };
+        || original.dsn_return != Some(DsnReturn::Full)
+        || original_body.len() > return_limit;
     let returned = if headers_only {
-        Returned::Headers(header_block(original_body))
+        Returned::Headers(cut_at_line(header_block(original_body), return_limit))
     } else {
         Returned::Full(original_body)
     };
@@ -615,7 +632,15 @@ mod tests {
     }
 
     fn build(env: &Envelope, body: &[u8], f: &[FailedRecipient]) -> Option<Dsn> {
-        build_dsn(env, body, f, "relay.example.test", ARRIVAL, now())
+        build_dsn(
+            env,
+            body,
+            f,
+            "relay.example.test",
+            ARRIVAL,
+            now(),
+            DEFAULT_RETURN_LIMIT,
+        )
     }
 
     /// Splits a delivery-status body into its blocks of fields (the first
@@ -657,7 +682,8 @@ mod tests {
 
     #[test]
     fn full_structure_and_every_field() {
-        let env = envelope();
+        let mut env = envelope();
+        env.dsn_return = Some(DsnReturn::Full);
         let mut f1 = failed(1, DsnAction::Failed);
         f1.remote_mta = None;
         let dsn = build(&env, BODY, &[failed(0, DsnAction::Failed), f1]).expect("dsn");
@@ -741,7 +767,7 @@ mod tests {
         assert_eq!(c["Final-Recipient"], "rfc822; carol@example.test");
         assert_eq!(c.len(), 4);
 
-        // 3: the whole message (no RET, small)
+        // 3: the whole message (RET=FULL, small)
         let ct = parts[2].content_type().expect("ct");
         assert_eq!((ct.ctype(), ct.subtype()), ("message", Some("rfc822")));
         let PartType::Message(inner) = &parts[2].body else {
@@ -778,16 +804,27 @@ mod tests {
             c,
             b"From: alice@example.test\r\nTo: bob@example.test\r\nSubject: hello\r\n"
         );
-        // big message: FULL honoured, no RET falls back to headers
+        // big message: the limit beats RET=FULL, and no RET is headers
         let mut big = BODY.to_vec();
         big.extend(std::iter::repeat_n(b"0123456789abcdef\r\n", 4000).flatten());
         env.dsn_return = Some(DsnReturn::Full);
         let (t, c) = part3(&build(&env, &big, &f).expect("dsn"));
-        assert_eq!(t, "message/rfc822");
-        assert_eq!(c, big);
+        assert_eq!(t, "text/rfc822-headers");
+        assert_eq!(
+            c,
+            b"From: alice@example.test\r\nTo: bob@example.test\r\nSubject: hello\r\n"
+        );
         env.dsn_return = None;
         let (t, _) = part3(&build(&env, &big, &f).expect("dsn"));
         assert_eq!(t, "text/rfc822-headers");
+        // no RET: headers only, however small the message
+        let (t, c) = part3(&build(&env, BODY, &f).expect("dsn"));
+        assert_eq!(t, "text/rfc822-headers");
+        assert_eq!(
+            c,
+            b"From: alice@example.test\r\nTo: bob@example.test\r\nSubject: hello\r\n"
+        );
+        env.dsn_return = Some(DsnReturn::Full);
         let (t, c) = part3(&build(&env, BODY, &f).expect("dsn"));
         assert_eq!((t.as_str(), c.as_slice()), ("message/rfc822", BODY));
         // delay-only DSNs return headers even with RET=FULL
@@ -808,6 +845,37 @@ mod tests {
             part3(&build(&env, BODY, &f).expect("dsn")).0,
             "text/rfc822-headers"
         );
+    }
+
+    #[test]
+    fn the_return_limit_always_applies() {
+        let mut env = envelope();
+        env.dsn_return = Some(DsnReturn::Full);
+        let f = [failed(1, DsnAction::Failed)];
+        let build_with = |body: &[u8], limit: usize| {
+            build_dsn(&env, body, &f, "relay.example.test", ARRIVAL, now(), limit).expect("dsn")
+        };
+        // RET=FULL over the limit: headers only.
+        let d = build_with(BODY, BODY.len() - 1);
+        assert!(memchr::memmem::find(&d.body, b"text/rfc822-headers").is_some());
+        assert!(memchr::memmem::find(&d.body, b"message/rfc822").is_none());
+        // A header block over the limit is cut at a line end within it.
+        let mut huge = Vec::new();
+        for i in 0..5000 {
+            huge.extend_from_slice(format!("X-Filler-{i}: 0123456789abcdef\r\n").as_bytes());
+        }
+        huge.extend_from_slice(b"\r\nbody\r\n");
+        let d = build_with(&huge, 1000);
+        assert!(
+            d.body.len() < 1000 + 4000,
+            "DSN of {} bytes for a 1000-byte limit",
+            d.body.len()
+        );
+        assert!(memchr::memmem::find(&d.body, b"X-Filler-0: ").is_some());
+        assert!(memchr::memmem::find(&d.body, b"X-Filler-100: ").is_none());
+        assert_eq!(cut_at_line(b"ab\r\ncd\r\n", 5), b"ab\r\n");
+        assert_eq!(cut_at_line(b"abcdef\r\n", 3), b"");
+        assert_eq!(cut_at_line(b"ab\r\n", 4), b"ab\r\n");
     }
 
     #[test]
@@ -912,7 +980,8 @@ mod tests {
 
     #[test]
     fn boundary_avoids_the_content() {
-        let env = envelope();
+        let mut env = envelope();
+        env.dsn_return = Some(DsnReturn::Full);
         let f = [failed(0, DsnAction::Failed)];
         let first = build(&env, BODY, &f).expect("dsn");
         let msg = MessageParser::default().parse(&first.body).expect("parses");
@@ -951,6 +1020,7 @@ mod tests {
     fn smtputf8_uses_global_types() {
         let mut env = envelope();
         env.smtputf8 = true;
+        env.dsn_return = Some(DsnReturn::Full);
         env.recipients[0].address = "用户@例子.测试".into();
         env.recipients[0].orcpt = Some("utf-8;用户@例子.测试".into());
         let dsn = build(&env, BODY, &[failed(0, DsnAction::Failed)]).expect("dsn");
@@ -967,6 +1037,15 @@ mod tests {
         assert_eq!(blocks[1]["Original-Recipient"], "utf-8;用户@例子.测试");
         let ct = msg.parts[ch[2] as usize].content_type().expect("ct");
         assert_eq!(ct.subtype(), Some("global"));
+        // without RET=FULL, the headers as message/global-headers
+        env.dsn_return = None;
+        let dsn = build(&env, BODY, &[failed(0, DsnAction::Failed)]).expect("dsn");
+        let msg = MessageParser::default().parse(&dsn.body).expect("parses");
+        let PartType::Multipart(ch) = &msg.parts[0].body else {
+            panic!()
+        };
+        let ct = msg.parts[ch[2] as usize].content_type().expect("ct");
+        assert_eq!(ct.subtype(), Some("global-headers"));
     }
 
     #[test]

@@ -901,6 +901,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
                 &self.ctx.config.hostname,
                 message.envelope().received_at,
                 SystemTime::now(),
+                self.ctx.config.delivery.bounce_size_limit,
             ),
             Err(e) => {
                 // Damaged beyond reading: no DSN can quote it, and waiting

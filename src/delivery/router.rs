@@ -116,16 +116,26 @@ impl Router {
 
     /// Routes a recipient address (`local@domain` as received). Order:
     /// local domains, then `[[route]]` (exact domain, then the nearest
-    /// parent domain), then the smarthost, then MX.
+    /// parent domain), then the smarthost, then MX. An address literal
+    /// follows the same rules (a `[[route]]` for its exact text, then the
+    /// smarthost) and only without either goes to the host it names
+    /// (RFC 5321 4.1.3): a literal never bypasses the smarthost or its
+    /// `smarthost_tls`.
     pub fn route(&self, address: &str) -> Route {
         let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
-        // An address literal names the host itself (RFC 5321 4.1.3).
         if let Some(literal) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
-            let ip = literal.strip_prefix("IPv6:").unwrap_or(literal);
-            return Route::Relay(NextHop::Fixed(HostPort {
-                host: ip.to_ascii_lowercase(),
-                port: 25,
-            }));
+            let key = domain.to_ascii_lowercase();
+            let hop = match (self.routes.get(&key), &self.smarthost) {
+                (Some(hop), _) | (None, Some(hop)) => hop.clone(),
+                (None, None) => {
+                    let ip = literal.strip_prefix("IPv6:").unwrap_or(literal);
+                    HostPort {
+                        host: ip.to_ascii_lowercase(),
+                        port: 25,
+                    }
+                }
+            };
+            return Route::Relay(NextHop::Fixed(hop));
         }
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
         if domain.is_empty() || self.local_domains.contains(&domain) {
@@ -226,6 +236,18 @@ mod tests {
             with_smarthost.route("b@partner.example"),
             Route::Relay(NextHop::Fixed(hp("10.1.1.1:2525"))),
             "a route beats the smarthost"
+        );
+        assert_eq!(
+            with_smarthost.route("d@[127.0.0.9]"),
+            Route::Relay(NextHop::Fixed(hp("smart.example:587"))),
+            "a literal goes through the smarthost too"
+        );
+        let mut literal_route = HashMap::new();
+        literal_route.insert("[192.0.2.5]".to_string(), hp("10.2.2.2:25"));
+        let routed = Router::new(vec![], literal_route, Some(hp("smart.example:587")));
+        assert_eq!(
+            routed.route("d@[192.0.2.5]"),
+            Route::Relay(NextHop::Fixed(hp("10.2.2.2:25")))
         );
     }
 }

@@ -26,7 +26,7 @@ use crate::session::stream::{
 };
 use crate::shard::ShardContext;
 use crate::smtp::auth::Credentials;
-use crate::smtp::policy::LocalPolicy;
+use crate::smtp::policy::{LocalPolicy, NoMailboxes};
 use crate::smtp::reply;
 use crate::smtp::{AuthOutcome, Event, Message, PeerInfo, ServerSession, StoreFailure};
 use crate::spool::SegmentStore;
@@ -107,9 +107,10 @@ pub async fn serve<S: SegmentStore>(
         SmtpListener::Submission | SmtpListener::Submissions => Rc::clone(&ctx.submission),
     };
     let mut session = ServerSession::new(config, peer_info, Instant::now());
-    if let Some(local) = &ctx.local {
-        session = session.with_policy(Rc::new(SharedTier(Arc::clone(local))));
-    }
+    session = match &ctx.local {
+        Some(local) => session.with_policy(Rc::new(SharedTier(Arc::clone(local)))),
+        None => session.with_policy(Rc::new(NoMailboxes)),
+    };
     let mut driver = Driver {
         ctx,
         kind,

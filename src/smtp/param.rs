@@ -75,12 +75,27 @@ pub struct MailParams<'a> {
     pub envid: Option<&'a str>,
 }
 
+impl MailParams<'_> {
+    /// No parameter was given: the only form a plain HELO session may use
+    /// (RFC 5321 4.1.1.11).
+    pub fn is_empty(&self) -> bool {
+        *self == MailParams::default()
+    }
+}
+
 /// RCPT TO parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RcptParams<'a> {
     pub notify: Option<Notify>,
     /// RFC 3461 ORCPT, `addr-type;xtext` verbatim.
     pub orcpt: Option<&'a str>,
+}
+
+impl RcptParams<'_> {
+    /// No parameter was given (see [`MailParams::is_empty`]).
+    pub fn is_empty(&self) -> bool {
+        *self == RcptParams::default()
+    }
 }
 
 /// One `esmtp-keyword ["=" esmtp-value]` (RFC 5321 4.1.2).

@@ -43,3 +43,25 @@ impl LocalPolicy for AcceptAll {
         true
     }
 }
+
+/// The policy when no mailbox tier is configured: local-domain recipients
+/// are accepted (they wait in the queue until one is, `451 4.3.5`), but
+/// the bare `<Postmaster>` reaches nobody and is refused at RCPT: it would
+/// only ever bounce (RFC 5321 4.5.1 asks for a postmaster; a host without
+/// mailboxes has none to offer).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoMailboxes;
+
+impl LocalPolicy for NoMailboxes {
+    fn recipient(&self, address: &str) -> LocalRecipient {
+        if address.contains('@') {
+            LocalRecipient::Accept
+        } else {
+            LocalRecipient::Unknown
+        }
+    }
+
+    fn may_send_as(&self, _user: &str, _sender: &str) -> bool {
+        true
+    }
+}

@@ -90,6 +90,9 @@ pub enum Reply<'a> {
     BadSender,
     BadRecipient,
     Parameter(ParamError),
+    /// RFC 5321 4.1.1.11: MAIL/RCPT parameters after a plain HELO, where no
+    /// service extension was negotiated.
+    ParametersNeedEhlo,
     BadSequence(Sequence),
     MessageTooBig,
     NonAsciiAddress,
@@ -125,6 +128,11 @@ pub enum Reply<'a> {
     AuthRequired,
     /// The authenticated user may not use this envelope sender.
     SenderNotOwned {
+        address: &'a str,
+    },
+    /// An address literal from a client that may not use one (RFC 3463
+    /// X.7.1: delivery not authorized).
+    AddressLiteralRefused {
         address: &'a str,
     },
     /// RFC 5321 4.2.2 / RFC 3463 X.1.1: no such local user.
@@ -267,6 +275,12 @@ impl Reply<'_> {
                     &["Unsupported ", k.as_str(), " parameter value"],
                 ),
             },
+            Reply::ParametersNeedEhlo => one(
+                out,
+                "555",
+                "5.5.4",
+                &["Parameters not recognized after HELO: use EHLO"],
+            ),
             Reply::BadSequence(s) => {
                 let text = match s {
                     Sequence::SendHeloFirst => "Error: send HELO/EHLO first",
@@ -349,6 +363,12 @@ impl Reply<'_> {
                 "553",
                 "5.7.1",
                 &["<", address, ">: Sender address rejected: not owned by the authenticated user"],
+            ),
+            Reply::AddressLiteralRefused { address } => one(
+                out,
+                "550",
+                "5.7.1",
+                &["<", address, ">: Address literals are not accepted from your network"],
             ),
             Reply::UnknownLocalUser { address } => one(
                 out,
@@ -481,10 +501,14 @@ mod tests {
             Reply::Parameter(ParamError::Duplicate),
             Reply::Parameter(ParamError::BadValue(Keyword::Size)),
             Reply::Parameter(ParamError::Unsupported(Keyword::Body)),
+            Reply::ParametersNeedEhlo,
             Reply::BadSequence(Sequence::NeedMail),
             Reply::MessageTooBig,
             Reply::NonAsciiAddress,
             Reply::RelayDenied { address: "a@b" },
+            Reply::AddressLiteralRefused {
+                address: "a@[192.0.2.1]",
+            },
             Reply::TooManyRecipients,
             Reply::NoValidRecipients,
             Reply::BareLineEnding,

@@ -97,6 +97,11 @@ pub struct ServerConfig {
     /// An authenticated client's envelope sender must be one of its user's
     /// own addresses (Postfix `reject_sender_login_mismatch`).
     pub sender_must_match_login: bool,
+    /// Address literals (`user@[192.0.2.1]`) are accepted in MAIL and RCPT
+    /// from clients outside `allow_networks` that have not authenticated.
+    /// Off by default: a literal names a host directly, so a stranger's
+    /// bounce or relay could reach internal addresses.
+    pub allow_address_literals: bool,
 }
 
 impl Default for ServerConfig {
@@ -116,6 +121,7 @@ impl Default for ServerConfig {
             allow_plaintext_auth: false,
             trust_loopback: true,
             sender_must_match_login: true,
+            allow_address_literals: false,
         }
     }
 }
@@ -753,7 +759,12 @@ impl ServerSession {
     }
 
     fn handle_mail(&mut self, from: ReversePath<'_>, params: MailParams<'_>) {
-        match self.state {
+        match &self.state {
+            // RFC 5321 4.1.1.11 and 4.1.1.2: parameters belong to service
+            // extensions, and a HELO session negotiated none.
+            State::ExpectMail { helo } if !helo.extended && !params.is_empty() => {
+                return self.error(Reply::ParametersNeedEhlo)
+            }
             State::ExpectMail { .. } => {}
             State::ExpectHelo => return self.error(Reply::BadSequence(Sequence::SendHeloFirst)),
             _ => return self.error(Reply::BadSequence(Sequence::NestedMail)),
@@ -775,6 +786,10 @@ impl ServerSession {
                 // RFC 6531 3.4: a non-ASCII address needs the SMTPUTF8 parameter.
                 if !m.is_ascii() && !params.smtputf8 {
                     return self.error(Reply::NonAsciiAddress);
+                }
+                // A literal sender is where bounces go: see literals_allowed.
+                if is_literal(&m) && !self.literals_allowed() {
+                    return self.error(Reply::AddressLiteralRefused { address: m.address });
                 }
                 m.address.to_owned()
             }
@@ -806,6 +821,10 @@ impl ServerSession {
 
     fn handle_rcpt(&mut self, to: ForwardPath<'_>, params: RcptParams<'_>) {
         let verdict = match &self.state {
+            // RFC 5321 4.1.1.11 and 4.1.1.3, as for MAIL.
+            State::ExpectRcptOrData { helo, .. } if !helo.extended && !params.is_empty() => {
+                Err(Reply::ParametersNeedEhlo)
+            }
             State::ExpectRcptOrData { tx, .. } => self.check_recipient(tx, &to),
             State::ExpectHelo => Err(Reply::BadSequence(Sequence::SendHeloFirst)),
             State::ExpectMail { .. } => Err(Reply::BadSequence(Sequence::NeedMail)),
@@ -840,22 +859,37 @@ impl ServerSession {
             return Err(Reply::TooManyRecipients);
         }
         match to {
-            // RFC 5321 4.5.1: <Postmaster> is always ours.
-            ForwardPath::Postmaster(_) => Ok(()),
+            // RFC 5321 4.5.1: <Postmaster> is ours, but it is accepted only
+            // when it reaches someone: accepting what cannot be delivered
+            // turns the later bounce into a relay for strangers' mail.
+            ForwardPath::Postmaster(address) => self.local_verdict(address),
             // Local recipients are checked for everyone, relay clients too.
-            ForwardPath::Mailbox(m) if self.is_local(m) => match self.policy.recipient(m.address) {
-                LocalRecipient::Accept => Ok(()),
-                LocalRecipient::Unknown => Err(Reply::UnknownLocalUser { address: m.address }),
-                LocalRecipient::MailboxFull { permanent } => Err(Reply::MailboxFull {
-                    address: m.address,
-                    permanent,
-                }),
-            },
+            ForwardPath::Mailbox(m) if self.is_local(m) => self.local_verdict(m.address),
+            ForwardPath::Mailbox(m) if is_literal(m) && !self.literals_allowed() => {
+                Err(Reply::AddressLiteralRefused { address: m.address })
+            }
             ForwardPath::Mailbox(_) if self.peer.may_relay || self.authenticated.is_some() => {
                 Ok(())
             }
             ForwardPath::Mailbox(m) => Err(Reply::RelayDenied { address: m.address }),
         }
+    }
+
+    /// The local policy's word on a local recipient, as a reply.
+    fn local_verdict<'a>(&self, address: &'a str) -> Result<(), Reply<'a>> {
+        match self.policy.recipient(address) {
+            LocalRecipient::Accept => Ok(()),
+            LocalRecipient::Unknown => Err(Reply::UnknownLocalUser { address }),
+            LocalRecipient::MailboxFull { permanent } => {
+                Err(Reply::MailboxFull { address, permanent })
+            }
+        }
+    }
+
+    /// Address literals are for trusted clients (in `allow_networks` or
+    /// authenticated) unless `allow_address_literals` opens them to all.
+    fn literals_allowed(&self) -> bool {
+        self.config.allow_address_literals || self.peer.may_relay || self.authenticated.is_some()
     }
 
     /// A domain (case-insensitive, trailing dot ignored) in `local_domains`.
@@ -1132,6 +1166,11 @@ impl ServerSession {
 }
 
 /// How many of `available` bytes belong to a chunk with `remaining` octets.
+/// `user@[192.0.2.1]` or `user@[IPv6:...]` (RFC 5321 4.1.3).
+fn is_literal(mailbox: &Mailbox<'_>) -> bool {
+    !matches!(mailbox.domain, Domain::Name(_))
+}
+
 fn chunk_part(available: usize, remaining: u64) -> usize {
     usize::try_from(remaining).map_or(available, |r| r.min(available))
 }
@@ -1536,6 +1575,33 @@ mod tests {
     }
 
     #[test]
+    fn parameters_after_helo_are_refused() {
+        let roomy = ServerConfig {
+            max_errors: 10,
+            ..config()
+        };
+        let t = drive_cfg(
+            roomy,
+            false,
+            b"HELO c\r\nMAIL FROM:<a@remote.example> SIZE=10\r\nMAIL FROM:<a@remote.example> BODY=8BITMIME\r\n\
+             MAIL FROM:<a@remote.example> SMTPUTF8\r\nMAIL FROM:<a@remote.example> RET=FULL\r\n\
+             MAIL FROM:<a@remote.example>\r\nRCPT TO:<b@local.test> NOTIFY=NEVER\r\n\
+             RCPT TO:<b@local.test>\r\nQUIT\r\n",
+        );
+        assert_eq!(
+            t.codes(),
+            ["220", "250", "555", "555", "555", "555", "250", "555", "250", "221"]
+        );
+        assert!(t.has("555 5.5.4 Parameters not recognized after HELO: use EHLO"));
+        // The same commands after EHLO are fine.
+        let t = drive(
+            "EHLO c\r\nMAIL FROM:<a@remote.example> SIZE=10 BODY=8BITMIME\r\n\
+             RCPT TO:<b@local.test> NOTIFY=NEVER\r\nQUIT\r\n",
+        );
+        assert_eq!(t.codes(), ["220", "250", "250", "250", "221"]);
+    }
+
+    #[test]
     fn syntax_and_parameter_errors() {
         let t = drive(
             "EHLO\r\nEHLO c\r\nMAIL FROM:alice@remote.example\r\nMAIL FROM:<a@remote.example> FOO=1\r\n\
@@ -1599,9 +1665,11 @@ mod tests {
         let input = "EHLO c\r\nMAIL FROM:<a@remote.example>\r\nRCPT TO:<x@elsewhere.example>\r\n\
                      RCPT TO:<x@LOCAL.TEST.>\r\nRCPT TO:<x@[192.0.2.1]>\r\nRCPT TO:<postmaster>\r\n";
         let t = drive(input);
-        assert_eq!(t.codes(), ["220", "250", "250", "554", "250", "554", "250"]);
+        assert_eq!(t.codes(), ["220", "250", "250", "554", "250", "550", "250"]);
         assert!(t.has("554 5.7.1 <x@elsewhere.example>: Relay access denied"));
-        assert!(t.has("554 5.7.1 <x@[192.0.2.1]>: Relay access denied"));
+        assert!(
+            t.has("550 5.7.1 <x@[192.0.2.1]>: Address literals are not accepted from your network")
+        );
         let roomy = ServerConfig {
             max_recipients: 10,
             ..config()
@@ -2174,7 +2242,7 @@ mod tests {
     impl LocalPolicy for OneUser {
         fn recipient(&self, address: &str) -> LocalRecipient {
             match address {
-                "alice@local.test" | "Alice@LOCAL.test" => LocalRecipient::Accept,
+                "alice@local.test" | "Alice@LOCAL.test" | "Postmaster" => LocalRecipient::Accept,
                 "full@local.test" => LocalRecipient::MailboxFull { permanent: false },
                 "gone@local.test" => LocalRecipient::MailboxFull { permanent: true },
                 _ => LocalRecipient::Unknown,
@@ -2336,6 +2404,56 @@ mod tests {
             t.codes(),
             ["220", "250", "250", "550", "452", "552", "250", "250", "221"]
         );
+    }
+
+    /// A directory where nobody, not even a postmaster, can receive mail.
+    #[derive(Debug)]
+    struct Nobody;
+
+    impl LocalPolicy for Nobody {
+        fn recipient(&self, _address: &str) -> LocalRecipient {
+            LocalRecipient::Unknown
+        }
+
+        fn may_send_as(&self, _user: &str, _sender: &str) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn postmaster_is_refused_when_it_reaches_nobody() {
+        let t = drive_policy(
+            config(),
+            peer_at([192, 0, 2, 1], false),
+            Rc::new(Nobody),
+            b"EHLO c\r\nMAIL FROM:<victim@remote.example> RET=FULL\r\nRCPT TO:<Postmaster>\r\n\
+              RCPT TO:<postmaster@local.test>\r\nDATA\r\nQUIT\r\n",
+            || usize::MAX,
+        );
+        assert_eq!(t.codes(), ["220", "250", "250", "550", "550", "554", "221"]);
+        assert!(t.has("550 5.1.1 <Postmaster>: Recipient address rejected: User unknown"));
+        assert!(t.messages.is_empty());
+    }
+
+    #[test]
+    fn address_literals_only_from_trusted_clients() {
+        let input = b"EHLO c\r\nMAIL FROM:<a@[192.0.2.9]>\r\nMAIL FROM:<a@[IPv6:2001:db8::1]>\r\n\
+                      MAIL FROM:<a@remote.example>\r\nRCPT TO:<b@[127.0.0.9]>\r\nQUIT\r\n";
+        let t = drive_cfg(config(), false, input);
+        assert_eq!(t.codes(), ["220", "250", "550", "550", "250", "550", "221"]);
+        assert!(
+            t.has("550 5.7.1 <a@[192.0.2.9]>: Address literals are not accepted from your network")
+        );
+        // A client in allow_networks may use them, and so may anyone when
+        // allow_address_literals is set (relay rules still apply to RCPT).
+        let t = drive_cfg(config(), true, input);
+        assert_eq!(t.codes(), ["220", "250", "250", "503", "503", "250", "221"]);
+        let open = ServerConfig {
+            allow_address_literals: true,
+            ..config()
+        };
+        let t = drive_cfg(open, false, input);
+        assert_eq!(t.codes(), ["220", "250", "250", "503", "503", "554", "221"]);
     }
 
     #[test]

@@ -27,6 +27,11 @@ pub struct Sink {
 
 impl Sink {
     pub fn start() -> Sink {
+        Sink::start_with(&[])
+    }
+
+    /// Starts a sink with capture_sink.py options (`--reject ADDR`, ...).
+    pub fn start_with(args: &[&str]) -> Sink {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = dir.path().join("received.jsonl");
         let ip: Ipv4Addr = unique_loopback();
@@ -36,6 +41,7 @@ impl Sink {
             .arg(ip.to_string())
             .arg(PORT.to_string())
             .arg(&out)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
