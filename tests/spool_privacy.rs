@@ -241,9 +241,19 @@ fn the_control_socket_answers_only_root_and_the_server_user() {
         ),
         other => panic!("nobody was not answered: {other:?}"),
     }
-    assert!(server
+    // The warning is logged as the reply goes out: wait for it to reach
+    // the captured stderr.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !server
         .stderr_text()
-        .contains("control socket: permission denied: uid 65534"));
+        .contains("control socket: permission denied: uid 65534")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no permission-denied warning logged"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     // And the server's own user still is.
     let flush = server.spate_command(&["queue", "flush"]);
     assert!(String::from_utf8_lossy(&flush.stdout).contains("due now"));
