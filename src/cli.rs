@@ -17,7 +17,7 @@ use socket2::{Domain, Socket, Type};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::sd_notify::State;
-use crate::session::limits::ConnectionLimits;
+use crate::session::limits::{ConnectionLimits, PerAddress};
 use crate::shard::{self, ShardPlan, ShardReport};
 
 #[derive(Debug, Parser)]
@@ -776,7 +776,10 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let limits = ConnectionLimits::new(
         config.smtp.max_connections,
-        config.smtp.max_connections_per_ip,
+        PerAddress {
+            smtp: config.smtp.max_connections_per_ip,
+            mailbox: config.local.max_connections_per_ip,
+        },
     );
     let stop = Arc::new(AtomicBool::new(false));
     let (events, inbox) = mpsc::channel();

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::smtp::Client;
 use spate::config::Config;
-use spate::session::limits::ConnectionLimits;
+use spate::session::limits::{ConnectionLimits, PerAddress};
 use spate::shard::{self, ShardPlan, ShardReport};
 use spate::spool::{GlommioSegmentFile, GlommioStore, SegmentFile, SegmentStore};
 
@@ -129,7 +129,7 @@ impl Shard {
         let plan = ShardPlan {
             index: 0,
             adopt: vec![0],
-            limits: ConnectionLimits::new(100, 100),
+            limits: ConnectionLimits::new(100, PerAddress::same(100)),
             listeners: vec![(spate::config::Protocol::Smtp, addr)],
             local: None,
             blocking: spate::blocking::BlockingPool::new(1).unwrap(),

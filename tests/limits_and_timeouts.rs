@@ -4,9 +4,11 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{Client, TestServer, Tweaks};
+use common::{unique_loopback, Client, TestServer, Tweaks};
 
 fn assert_closed_with(c: &mut Client, status: &str, within: Duration) {
     let (replies, closed) = c.read_until_close(within);
@@ -64,6 +66,61 @@ fn data_timeout_sends_421_and_keeps_nothing() {
     c.send(b"Subject: stalled\r\n\r\nfirst line\r\n");
     assert_closed_with(&mut c, "421 4.4.2", Duration::from_secs(10));
     assert!(server.queue_list().is_empty());
+}
+
+/// Connects to `addr` from `source` and returns the connection with the
+/// first line the server sent (greeting or refusal).
+fn connect_from(source: Ipv4Addr, addr: SocketAddr) -> (BufReader<TcpStream>, String) {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&SocketAddr::from((source, 0)).into())
+        .expect("bind source");
+    socket.connect(&addr.into()).expect("connect");
+    let stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("first line");
+    (reader, line)
+}
+
+#[test]
+fn idle_imap_connections_leave_the_smtp_budget_alone() {
+    let server = TestServer::start(
+        Tweaks::default()
+            .smtp("max_connections_per_ip", 2)
+            .local("max_connections_per_ip", 3)
+            .user("alice", "pw-alice")
+            .listener("imap"),
+    );
+    let source = unique_loopback();
+    let imap = server.listener("imap");
+    // Idle IMAP connections fill the address's mailbox budget (3)...
+    let idle: Vec<_> = (0..3)
+        .map(|_| {
+            let (c, greeting) = connect_from(source, imap);
+            assert!(greeting.starts_with("* OK"), "imap greeting: {greeting:?}");
+            c
+        })
+        .collect();
+    let (_, refused) = connect_from(source, imap);
+    assert!(refused.starts_with("* BYE"), "4th imap: {refused:?}");
+    // ...and SMTP from the same address still gets all of its own (2),
+    // beyond which it is refused as before.
+    let smtp: Vec<_> = (0..2)
+        .map(|_| {
+            let (c, greeting) = connect_from(source, server.smtp);
+            assert!(greeting.starts_with("220 "), "smtp greeting: {greeting:?}");
+            c
+        })
+        .collect();
+    let (_, refused) = connect_from(source, server.smtp);
+    assert!(refused.starts_with("421 4.7.0"), "3rd smtp: {refused:?}");
+    drop(smtp);
+    drop(idle);
 }
 
 #[test]

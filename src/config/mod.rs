@@ -291,7 +291,7 @@ pub struct Dns {
 }
 
 /// The domains this host is the final destination for.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Local {
     #[serde(default)]
@@ -325,10 +325,37 @@ pub struct Local {
     /// overlap instead of stalling an executor.
     #[serde(default = "default_io_threads")]
     pub io_threads: usize,
+    /// Open POP3 and IMAP connections (TLS or not) from one client
+    /// address (an IPv6 client by its /64), counted apart from
+    /// `[smtp] max_connections_per_ip`, so idle mail readers cannot use up
+    /// a client's SMTP budget, nor SMTP clients its mailbox budget.
+    #[serde(default = "default_mailbox_connections_per_ip")]
+    pub max_connections_per_ip: usize,
 }
 
 fn default_io_threads() -> usize {
     8
+}
+
+fn default_mailbox_connections_per_ip() -> usize {
+    50
+}
+
+/// What an absent `[local]` means: the same as an empty one.
+impl Default for Local {
+    fn default() -> Self {
+        Local {
+            domains: Vec::new(),
+            mailbox_dir: None,
+            users_file: None,
+            aliases_file: None,
+            catch_all: None,
+            postmaster: None,
+            quota: crate::account::ByteSize::default(),
+            io_threads: default_io_threads(),
+            max_connections_per_ip: default_mailbox_connections_per_ip(),
+        }
+    }
 }
 
 /// The certificate for STARTTLS and the implicit-TLS listeners.
@@ -362,9 +389,12 @@ pub struct Smtp {
     /// client side; the server uses it while receiving data).
     #[serde(with = "humantime_serde")]
     pub data_timeout: Duration,
-    /// Open SMTP connections in total, over all cores.
+    /// Open connections in total, over all cores: SMTP and the mailbox
+    /// protocols together (one budget of file descriptors).
     pub max_connections: usize,
-    /// Open SMTP connections from one client IP address.
+    /// Open SMTP connections from one client address (an IPv6 client by
+    /// its /64); the mailbox protocols have `[local]
+    /// max_connections_per_ip`.
     pub max_connections_per_ip: usize,
 }
 
@@ -534,6 +564,9 @@ impl Config {
             return invalid(
                 "smtp.max_connections and max_connections_per_ip must be at least 1".into(),
             );
+        }
+        if self.local.max_connections_per_ip < 1 {
+            return invalid("local.max_connections_per_ip must be at least 1".into());
         }
         if self.spool.segment_size < 1 << 16 || self.spool.preallocate_chunk < 4096 {
             return invalid(
@@ -725,6 +758,27 @@ bare_line_endings = "normalize"
         assert!(matches!(Config::parse(&text), Err(ConfigError::Invalid(_))));
         let text = EMBEDDED_DEFAULT.replace("[relay]", "[relay]\nsmarthost = \"a b\"");
         assert!(matches!(Config::parse(&text), Err(ConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn connection_limits_per_address_parse_per_family() {
+        let c = Config::embedded();
+        assert_eq!(c.smtp.max_connections_per_ip, 50);
+        assert_eq!(c.local.max_connections_per_ip, 50);
+        let c = Config::parse(
+            &EMBEDDED_DEFAULT.replace("[local]", "[local]\nmax_connections_per_ip = 7"),
+        )
+        .unwrap();
+        assert_eq!(c.local.max_connections_per_ip, 7);
+        assert_eq!(c.smtp.max_connections_per_ip, 50);
+        // An absent [local] has the default too.
+        let c = Config::parse(
+            "spool_dir = \"s\"\n[[listener]]\naddress = \"127.0.0.1:25\"\nprotocol = \"smtp\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.local.max_connections_per_ip, 50);
+        let zero = EMBEDDED_DEFAULT.replace("[local]", "[local]\nmax_connections_per_ip = 0");
+        assert!(Config::parse(&zero).is_err());
     }
 
     #[test]

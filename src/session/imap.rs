@@ -23,6 +23,7 @@ use crate::local::{LocalTier, Login};
 use crate::mailbox::{MailboxError, UserMailbox};
 use crate::metrics::ConnectionKind;
 use crate::session::counted::CountedConnection;
+use crate::session::limits::Family;
 use crate::session::stream::{
     accept_tls, open_connection, plaintext_allowed, refuse, wait_for_client, Connection,
     ReadBuffer, ServerConnection, Wake,
@@ -96,7 +97,7 @@ pub async fn serve<S: SegmentStore>(
     implicit_tls: bool,
 ) {
     let _ = stream.set_nodelay(true);
-    let Ok(_slot) = ctx.limits.admit(peer.ip()) else {
+    let Ok(_slot) = ctx.limits.admit(peer.ip(), Family::Mailbox) else {
         return refuse(stream, TOO_MANY_CONNECTIONS).await;
     };
     let _counted = CountedConnection::open(&ctx, ConnectionKind::Imap);

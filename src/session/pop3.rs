@@ -22,6 +22,7 @@ use crate::pop3::{
 };
 use crate::sasl::Password;
 use crate::session::counted::CountedConnection;
+use crate::session::limits::Family;
 use crate::session::login::check_login;
 use crate::session::stream::{
     accept_tls, open_connection, plaintext_allowed, refuse, wait_for_client, Connection,
@@ -51,7 +52,7 @@ pub async fn serve<S: SegmentStore>(
     implicit_tls: bool,
 ) {
     let _ = stream.set_nodelay(true);
-    let _slot = match ctx.limits.admit(peer.ip()) {
+    let _slot = match ctx.limits.admit(peer.ip(), Family::Mailbox) {
         Ok(slot) => slot,
         Err(_) => return refuse(stream, TOO_MANY_CONNECTIONS).await,
     };

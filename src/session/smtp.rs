@@ -18,7 +18,7 @@ use crate::local::Login;
 use crate::metrics::ConnectionKind;
 use crate::queue::QueueEntry;
 use crate::session::counted::CountedConnection;
-use crate::session::limits::Refusal;
+use crate::session::limits::{Family, Refusal};
 use crate::session::login::check_login;
 use crate::session::stream::{
     accept_tls, open_connection, refuse, wait_for_client, Connection, ReadBuffer, ServerConnection,
@@ -59,7 +59,7 @@ pub async fn serve<S: SegmentStore>(
     // ACK (about 40 ms); a failure only costs speed.
     let _ = stream.set_nodelay(true);
     ctx.metrics.borrow_mut().counters.connections += 1;
-    let _slot = match ctx.limits.admit(peer.ip()) {
+    let _slot = match ctx.limits.admit(peer.ip(), Family::Smtp) {
         Ok(slot) => slot,
         Err(refusal) => {
             ctx.metrics.borrow_mut().counters.connections_refused += 1;

@@ -20,7 +20,7 @@ use socket2::{Domain, Socket, Type};
 use super::counters::Counters;
 use super::fault::Injector;
 use super::session::{CoreState, KeptMessage, Quota, SinkConfig, SinkEvent, SinkSession};
-use crate::session::limits::ConnectionLimits;
+use crate::session::limits::{ConnectionLimits, Family, PerAddress};
 use crate::session::stream::{Connection, ReadBuffer, ServerConnection};
 
 const IO_MEMORY: usize = 1 << 20;
@@ -179,7 +179,7 @@ pub fn start(options: SinkOptions) -> Result<RunningSink, SinkError> {
     let config = Arc::new(config);
     let limits = options
         .max_per_ip
-        .map(|n| ConnectionLimits::new(usize::MAX, n));
+        .map(|n| ConnectionLimits::new(usize::MAX, PerAddress::same(n)));
     let quota = Arc::new(Quota::new(options.stop_after.unwrap_or(0)));
     let stop = Arc::new(AtomicBool::new(false));
     let (reports, inbox) = mpsc::channel();
@@ -348,7 +348,7 @@ impl Drop for OpenGuard {
 async fn serve(stream: TcpStream, ctx: Rc<CoreContext>) {
     let _ = stream.set_nodelay(true);
     let _slot = match (&ctx.limits, stream.peer_addr()) {
-        (Some(limits), Ok(peer)) => match limits.admit(peer.ip()) {
+        (Some(limits), Ok(peer)) => match limits.admit(peer.ip(), Family::Smtp) {
             Ok(slot) => Some(slot),
             Err(_) => {
                 lock(&ctx.counters).refused_connections += 1;
