@@ -129,6 +129,18 @@ impl Ledger {
             .collect()
     }
 
+    /// The shard directories of the other shards' segments that markers in
+    /// `seg` finished messages of: before `seg` goes, the removal of those
+    /// segments must be durable, not only out of sight (an unlinked file
+    /// whose directory was not yet fsynced comes back after a power cut,
+    /// and without the marker its messages would come back with it).
+    pub(crate) fn foreign_dirs(&self, seg: SegmentId) -> BTreeSet<u8> {
+        self.segments
+            .get(&seg)
+            .map(|e| e.foreign_targets.iter().map(|t| t.shard).collect())
+            .unwrap_or_default()
+    }
+
     /// Forgets a deleted segment.
     pub(crate) fn remove(&mut self, seg: SegmentId) {
         self.segments.remove(&seg);

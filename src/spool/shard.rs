@@ -614,6 +614,31 @@ impl<S: SegmentStore> Spool<S> {
             }
             let mut removed = Vec::new();
             let mut failed = false;
+            // Make the other shards' removals durable first (see
+            // `Ledger::foreign_dirs`); a candidate whose sync failed waits.
+            let foreign: BTreeSet<u8> = candidates
+                .iter()
+                .flat_map(|seg| self.ledger.borrow().foreign_dirs(*seg))
+                .collect();
+            let mut unsynced = BTreeSet::new();
+            for shard in foreign {
+                let dir = layout::shard_dir(&self.spool_dir, shard);
+                if let Err(e) = self.store.sync_dir(&dir).await {
+                    tracing::warn!(dir = %dir.display(), error = %e,
+                        "cannot sync another shard's spool directory");
+                    unsynced.insert(shard);
+                    failed = true;
+                }
+            }
+            let candidates: Vec<SegmentId> = candidates
+                .into_iter()
+                .filter(|seg| {
+                    self.ledger
+                        .borrow()
+                        .foreign_dirs(*seg)
+                        .is_disjoint(&unsynced)
+                })
+                .collect();
             for seg in candidates {
                 self.maps.borrow_mut().remove(&seg);
                 let path = layout::segment_path(&self.spool_dir, seg);
