@@ -1,7 +1,8 @@
 //! One Maildir folder with its UID index: delivery and APPEND, snapshots,
 //! flag changes, expunge, reading, copy and move. It does not create,
 //! rename or list folders (see `user`) and does not enforce quota (the
-//! caller compares `UserMailbox::usage` with its limit).
+//! caller compares `UserMailbox::stored_bytes` with its limit); it moves
+//! the user's stored-bytes figure by what it adds and removes.
 //!
 //! Local delivery does not touch the index, as with Dovecot's LDA: a
 //! message is delivered once its file is fsynced, linked into `new/` and
@@ -221,6 +222,7 @@ impl Folder {
             }
             Ok(())
         })?;
+        self.count_usage(size, 0);
         Ok(Delivered { uid: None, size })
     }
 
@@ -245,6 +247,7 @@ impl Folder {
             }
             Ok(())
         })?;
+        self.count_usage(size, 0);
         let uid = self.index_new(&[(base, size)], &[path]);
         Ok(Delivered {
             uid: uid.and_then(|u| u.first().copied()),
@@ -612,14 +615,16 @@ impl Folder {
         let mut locked = self.lock_index()?;
         let wanted: HashSet<Uid> = uids.iter().copied().collect();
         let mut removed = HashSet::new();
-        let targets: Vec<Uid> = locked
+        let mut removed_bytes = 0;
+        let targets: Vec<(Uid, u64)> = locked
             .index
             .entries()
             .iter()
-            .map(|e| e.uid)
-            .filter(|u| wanted.contains(u))
+            .filter(|e| wanted.contains(&e.uid))
+            .map(|e| (e.uid, e.size))
             .collect();
-        for uid in targets {
+        for (uid, size) in targets {
+            removed_bytes += size;
             if let Some((_, path)) = self.locate_uid(&mut locked, uid)? {
                 match fs::remove_file(&path) {
                     Ok(()) => {}
@@ -637,6 +642,7 @@ impl Folder {
             known.moved.retain(|uid, _| !removed.contains(uid));
             known.removed.extend(removed.iter().copied());
         }
+        self.count_usage(0, removed_bytes);
         self.finish(locked)?;
         let mut removed: Vec<Uid> = removed.into_iter().collect();
         removed.sort();
@@ -697,6 +703,8 @@ impl Folder {
             }
             return Err(e);
         }
+        let copied_bytes: u64 = placed.iter().map(|p| p.3).sum();
+        dest.count_usage(copied_bytes, 0);
         if remove && !placed.is_empty() {
             let mut gone = HashSet::new();
             for (uid, from, ..) in &placed {
@@ -709,6 +717,7 @@ impl Folder {
             }
             self.fsync_message_dirs()?;
             locked.index.remove(&gone);
+            self.count_usage(0, copied_bytes);
         }
         self.finish(locked)?;
         let items: Vec<(String, u64)> = placed
@@ -718,6 +727,13 @@ impl Folder {
         let paths: Vec<PathBuf> = placed.iter().map(|p| p.4.clone()).collect();
         let new_uids = dest.index_new_checked(&items, &paths)?;
         Ok(placed.iter().map(|p| p.0).zip(new_uids).collect())
+    }
+
+    /// Moves the user's stored-bytes figure (see `usage`).
+    fn count_usage(&self, added: u64, removed: u64) {
+        let delta = i128::from(added) - i128::from(removed);
+        let delta = i64::try_from(delta).unwrap_or(if delta < 0 { i64::MIN } else { i64::MAX });
+        self.ctx.usage.change(&self.user_root, delta);
     }
 
     /// Writes a new message file durably into `new/` or `cur/` through

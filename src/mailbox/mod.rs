@@ -33,6 +33,8 @@
 //! - `keywords`: keyword names per folder (`dovecot-keywords`)
 //! - `cache`: `Stamp` (a folder's change stamp) and the snapshots shared by all
 //!   sessions of a store while the stamp holds
+//! - `usage`: each user's stored bytes, kept up to date for quota checks
+//! - `meter`: a thread that measures those figures on request
 //! - `user`: `UserMailbox`: folders, subscriptions, session lock, usage
 //! - `store`: `MailStore`: the root, opening and creating users
 //! - `error`: `MailboxError`
@@ -48,9 +50,11 @@ mod index;
 mod keywords;
 mod lock;
 mod message_cache;
+mod meter;
 mod name;
 mod store;
 mod subscription;
+mod usage;
 mod user;
 pub mod utf7;
 mod validity;
@@ -65,6 +69,8 @@ pub use folder::{Delivered, Folder, MessageInfo, Snapshot};
 pub use id::{ModSeq, Uid, UidValidity};
 pub use keywords::{valid_name as valid_keyword, KeywordTable, KEYWORD_SLOTS};
 pub use message_cache::CachedData;
+pub use meter::UsageMeter;
 pub use name::{FolderName, UserName};
 pub use store::MailStore;
+pub use usage::KnownUsage;
 pub use user::{SessionLock, SpecialUse, Usage, UserMailbox};

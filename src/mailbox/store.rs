@@ -12,6 +12,7 @@ use super::durable;
 use super::error::{MailboxError, Result};
 use super::filename;
 use super::name::UserName;
+use super::usage::{KnownUsage, UsageBook};
 use super::user::UserMailbox;
 
 /// Most messages the shared snapshot cache holds over all folders (about
@@ -30,6 +31,8 @@ pub(crate) struct StoreContext {
     counter: AtomicU64,
     /// The last snapshot of each folder, shared by all sessions.
     pub(crate) snapshots: SnapshotCache,
+    /// Each user's stored bytes, for quota checks.
+    pub(crate) usage: UsageBook,
 }
 
 impl StoreContext {
@@ -61,12 +64,22 @@ impl MailStore {
                 pid: std::process::id(),
                 counter: AtomicU64::new(0),
                 snapshots: SnapshotCache::new(SNAPSHOT_BUDGET),
+                usage: UsageBook::default(),
             }),
         }
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// What is known of `name`'s stored bytes, without any file I/O (for
+    /// checks on an executor thread); `None` before the first measurement
+    /// (see [`UserMailbox::stored_bytes`]).
+    pub fn known_usage(&self, name: &UserName) -> Option<KnownUsage> {
+        self.ctx
+            .usage
+            .known(&self.root.join(name.as_str()), std::time::Instant::now())
     }
 
     /// The mailbox of an existing user; `UserNotFound` when the user has

@@ -840,6 +840,45 @@ fn usage_sums_all_folders() {
 }
 
 #[test]
+fn stored_bytes_follow_every_change_without_a_walk() {
+    let (_tmp, store) = store();
+    let mailbox = user(&store);
+    let name = mailbox.name().clone();
+    assert_eq!(store.known_usage(&name), None, "nothing measured yet");
+    let inbox = mailbox.inbox();
+    inbox.deliver(&[b"12345"]).unwrap();
+    // The first question measures (a walk of the folders).
+    assert_eq!(mailbox.stored_bytes().unwrap(), 5);
+    let known = |store: &MailStore| store.known_usage(&name).unwrap().bytes;
+    assert_eq!(known(&store), 5);
+    // From then on every change moves the figure, each equal to a walk.
+    let check = |store: &MailStore| {
+        assert_eq!(known(store), mailbox.usage().unwrap().bytes);
+        known(store)
+    };
+    inbox.deliver(&[b"123", b"4567"]).unwrap();
+    assert_eq!(check(&store), 12);
+    let sent = mailbox.create_folder(&folder("Sent")).unwrap();
+    sent.append(&[&[b'x'; 100][..]], Flags::empty(), None)
+        .unwrap();
+    assert_eq!(check(&store), 112);
+    inbox.snapshot().unwrap();
+    let one = Uid::new(1).unwrap();
+    let two = Uid::new(2).unwrap();
+    inbox.copy_to(&[one, two], &sent).unwrap();
+    assert_eq!(check(&store), 124);
+    inbox.move_to(&[one], &sent).unwrap();
+    assert_eq!(check(&store), 124, "a move within the user changes nothing");
+    inbox.expunge(&[two]).unwrap();
+    assert_eq!(check(&store), 117);
+    // Deleting a folder forgets the figure: the next question measures.
+    mailbox.delete_folder(&folder("Sent")).unwrap();
+    assert_eq!(store.known_usage(&name), None);
+    assert_eq!(mailbox.stored_bytes().unwrap(), 0);
+    assert_eq!(mailbox.usage().unwrap().bytes, 0);
+}
+
+#[test]
 fn users_and_errors() {
     let (_tmp, store) = store();
     let bob = UserName::new("bob@example.test").unwrap();

@@ -198,6 +198,7 @@ impl UserMailbox {
         })?;
         durable::fsync_dir(&self.root)?;
         self.ctx.snapshots.forget(&dir);
+        self.ctx.usage.forget(&self.root);
         fs::remove_dir_all(&scratch).map_err(|e| MailboxError::io("removing", scratch, e))
     }
 
@@ -304,6 +305,15 @@ impl UserMailbox {
             usage.messages += totals.messages;
         }
         Ok(usage)
+    }
+
+    /// Stored bytes for quota: the store's figure (see `usage`), measured
+    /// with [`UserMailbox::usage`] when there is none or it is stale.
+    /// Blocking.
+    pub fn stored_bytes(&self) -> Result<u64> {
+        self.ctx
+            .usage
+            .measured(&self.root, || self.usage().map(|u| u.bytes))
     }
 
     fn handle(&self, name: FolderName, dir: PathBuf) -> Folder {
