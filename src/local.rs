@@ -48,6 +48,9 @@ pub struct LocalTier {
     /// Failed logins per client address and login name, all cores and
     /// protocols together (logins are rare: one lock is cheap).
     throttle: Mutex<LoginThrottle>,
+    /// Measures usage figures that RCPT checks lack (`None` if its thread
+    /// could not start: then only deliveries measure).
+    meter: Option<mailbox::UsageMeter>,
 }
 
 impl LocalTier {
@@ -67,11 +70,28 @@ impl LocalTier {
         ))))
     }
 
+    /// The tier over `mailbox_dir`; starts the usage meter and asks it for
+    /// the figure of every user with a quota, so RCPT checks have them
+    /// soon after a start.
     pub fn new(directory: Directory, mailbox_dir: &Path, hostname: &str) -> LocalTier {
+        let store = MailStore::new(mailbox_dir, hostname);
+        let meter = mailbox::UsageMeter::start(store.clone())
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot start the usage meter"))
+            .ok();
+        if let Some(meter) = &meter {
+            for user in directory.users().iter() {
+                if directory.quota_for(user.name()).is_some() {
+                    if let Ok(name) = mailbox::UserName::new(user.name().as_str()) {
+                        meter.request(&name);
+                    }
+                }
+            }
+        }
         LocalTier {
             directory: RwLock::new(Arc::new(directory)),
-            store: MailStore::new(mailbox_dir, hostname),
+            store,
             throttle: Mutex::new(LoginThrottle::new(ThrottleConfig::default())),
+            meter,
         }
     }
 
@@ -131,6 +151,13 @@ impl LocalTier {
                 Login::Temporary
             }
         }
+    }
+
+    /// `user`'s quota in bytes (the user's own rule, else `[local]
+    /// quota`); `None` is unlimited.
+    pub fn quota(&self, user: &str) -> Option<u64> {
+        let user = UserName::parse(user).ok()?;
+        self.directory().quota_for(&user)
     }
 
     /// The mailbox of an authenticated user, created on first use.
@@ -200,17 +227,53 @@ impl LocalTier {
                 user.as_str()
             )));
         }
-        let used = self.usage(user);
+        let used = self.stored_bytes(user);
         (used.saturating_add(size) > limit)
             .then(|| LocalOutcome::Deferred(format!("452 4.2.2 {}: mailbox full", user.as_str())))
     }
 
-    /// Bytes stored for `user` (0 for a mailbox not created yet).
-    fn usage(&self, user: &UserName) -> u64 {
+    /// Bytes stored for `user` (0 for a mailbox not created yet): the
+    /// store's figure, measured (blocking) when there is none or it is
+    /// old. For the blocking pool only.
+    fn stored_bytes(&self, user: &UserName) -> u64 {
         mailbox::UserName::new(user.as_str())
             .and_then(|name| self.store.user(&name))
-            .and_then(|mailbox| mailbox.usage())
-            .map_or(0, |usage| usage.bytes)
+            .and_then(|mailbox| mailbox.stored_bytes())
+            .map_or(0, |bytes| bytes)
+    }
+
+    /// The users whose mailboxes a local address delivers to, with their
+    /// quota; `None` when the address is unknown or the aliases cannot be
+    /// read. In memory only.
+    fn quota_targets(&self, address: &str) -> Option<Vec<(UserName, Option<u64>)>> {
+        let (local, domain) = split(address);
+        let directory = self.directory();
+        match directory.resolve(local, domain) {
+            Ok(Resolution::Targets(targets)) => Some(
+                targets
+                    .into_iter()
+                    .filter_map(|target| match target {
+                        Target::Mailbox(user) => {
+                            let limit = directory.quota_for(&user);
+                            Some((user, limit))
+                        }
+                        Target::Forward(_) => None,
+                    })
+                    .collect(),
+            ),
+            Ok(Resolution::Unknown) | Err(_) => None,
+        }
+    }
+
+    /// Whether a message of `size` octets is larger than the whole quota
+    /// of a mailbox `address` delivers to (RFC 1870 6.3, at the end of
+    /// DATA). In memory only: for the executor.
+    pub fn larger_than_quota(&self, address: &str, size: u64) -> bool {
+        self.quota_targets(address).is_some_and(|targets| {
+            targets
+                .iter()
+                .any(|(_, limit)| limit.is_some_and(|limit| size > limit))
+        })
     }
 }
 
@@ -219,26 +282,42 @@ fn split(address: &str) -> (&str, &str) {
 }
 
 impl LocalPolicy for LocalTier {
-    fn recipient(&self, address: &str) -> LocalRecipient {
+    /// Unknown users are refused; a declared size larger than a target's
+    /// whole quota is refused for good (552 5.2.2, RFC 1870 6.4); a
+    /// mailbox whose known usage leaves no room for the declared size (or
+    /// is full) is refused for now (452 4.2.2). Usage comes from the
+    /// store's in-memory figure, never from the disk: a user whose figure
+    /// is not known yet (moments after a start) is accepted and the meter
+    /// asked for it; delivery (on the blocking pool) checks again.
+    fn recipient(&self, address: &str, declared_size: Option<u64>) -> LocalRecipient {
         let (local, domain) = split(address);
-        let directory = self.directory();
-        match directory.resolve(local, domain) {
-            Ok(Resolution::Unknown) => LocalRecipient::Unknown,
-            Ok(Resolution::Targets(targets)) => {
-                for target in &targets {
-                    if let Target::Mailbox(user) = target {
-                        if let Some(limit) = directory.quota_for(user) {
-                            if self.usage(user) >= limit {
-                                return LocalRecipient::MailboxFull { permanent: false };
-                            }
-                        }
-                    }
-                }
-                LocalRecipient::Accept
-            }
+        match self.directory().resolve(local, domain) {
+            Ok(Resolution::Unknown) => return LocalRecipient::Unknown,
+            Ok(Resolution::Targets(_)) => {}
             // The alias file is broken: accept, delivery defers and retries.
-            Err(_) => LocalRecipient::Accept,
+            Err(_) => return LocalRecipient::Accept,
         }
+        let size = declared_size.unwrap_or(0);
+        for (user, limit) in self.quota_targets(address).unwrap_or_default() {
+            let Some(limit) = limit else { continue };
+            if size > limit {
+                return LocalRecipient::LargerThanQuota;
+            }
+            let Ok(name) = mailbox::UserName::new(user.as_str()) else {
+                continue;
+            };
+            let known = self.store.known_usage(&name);
+            if known.is_none_or(|k| k.stale) {
+                if let Some(meter) = &self.meter {
+                    meter.request(&name);
+                }
+            }
+            let used = known.map_or(0, |k| k.bytes);
+            if used >= limit || used.saturating_add(size) > limit {
+                return LocalRecipient::MailboxFull { permanent: false };
+            }
+        }
+        LocalRecipient::Accept
     }
 
     /// The null sender (notifications, RFC 5321 4.5.5) is anyone's.

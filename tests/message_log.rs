@@ -1,9 +1,11 @@
 //! Message-life log lines with `[log] format = "json"`: every line spate
 //! writes parses as JSON, and a received + delivered message and a
-//! received + bounced one (too big for the mailbox quota) each leave their
+//! received + bounced one (refused by the next hop) each leave their
 //! lines with the queue id, sender, recipient, next hop, reply and
 //! attempts.
 
+#[path = "common/capture.rs"]
+mod capture;
 mod common;
 
 use std::time::{Duration, Instant};
@@ -51,12 +53,13 @@ fn wait_for_event(server: &TestServer, event: &str, id: &str) -> Vec<Value> {
 
 #[test]
 fn json_lines_follow_a_delivered_and_a_bounced_message() {
+    let far = capture::Sink::start_with(&["--reject", "gone@far.example"]);
     let mut server = TestServer::start(
         Tweaks::default()
             .cores(2)
             .user("alice", "pw")
             .user("bob", "pw")
-            .local("quota", "\"10K\"")
+            .extra(&far.route("far.example"))
             .extra("[log]\nformat = \"json\"\n"),
     );
 
@@ -71,11 +74,11 @@ fn json_lines_follow_a_delivered_and_a_bounced_message() {
         .unwrap_or_else(|r| panic!("refused: {r:?}"));
     c.quit();
 
-    // Bounced: bigger than alice's quota; the DSN (headers only) goes
-    // back to bob.
+    // Bounced: the next hop refuses the recipient; the DSN (headers
+    // only) goes back to bob.
     let mut c = server.session();
     assert_eq!(c.cmd("MAIL FROM:<bob@example.test> RET=HDRS").code, 250);
-    assert_eq!(c.cmd("RCPT TO:<alice@example.test>").code, 250);
+    assert_eq!(c.cmd("RCPT TO:<gone@far.example>").code, 250);
     assert_eq!(c.cmd("DATA").code, 354);
     c.send(&common::dot_stuff(&common::message("too-big", 20 * 1024)));
     let bounced_id = c.read_reply().queue_id().expect("queued");
@@ -107,9 +110,15 @@ fn json_lines_follow_a_delivered_and_a_bounced_message() {
     assert_eq!(bounced.len(), 1, "{bounced:#?}");
     let b = &bounced[0];
     assert_eq!(b["from"], "bob@example.test");
-    assert_eq!(b["to"], "alice@example.test");
-    assert_eq!(b["relay"], "local");
-    assert!(b["reply"].as_str().unwrap().contains("5.2.2"), "{b}");
+    assert_eq!(b["to"], "gone@far.example");
+    assert!(
+        b["relay"]
+            .as_str()
+            .unwrap()
+            .contains(&far.addr.ip().to_string()),
+        "{b}"
+    );
+    assert!(b["reply"].as_str().unwrap().contains("5.1.1"), "{b}");
     assert_eq!(b["attempts"], 1);
     // Nothing else happened to either message.
     let lines = log_lines(&server);

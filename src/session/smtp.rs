@@ -395,8 +395,16 @@ impl std::fmt::Display for Recipients<'_> {
 struct SharedTier(Arc<crate::local::LocalTier>);
 
 impl LocalPolicy for SharedTier {
-    fn recipient(&self, address: &str) -> crate::smtp::policy::LocalRecipient {
-        self.0.recipient(address)
+    fn recipient(
+        &self,
+        address: &str,
+        declared_size: Option<u64>,
+    ) -> crate::smtp::policy::LocalRecipient {
+        self.0.recipient(address, declared_size)
+    }
+
+    fn larger_than_quota(&self, address: &str, size: u64) -> bool {
+        self.0.larger_than_quota(address, size)
     }
 
     fn may_send_as(&self, user: &str, sender: &str) -> bool {

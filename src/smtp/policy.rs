@@ -1,6 +1,7 @@
 //! What the SMTP core asks about local users while a transaction is being
 //! built: does this local recipient exist (RFC 5321 4.2.2's 550 5.1.1 at RCPT
-//! time, so we never accept mail we cannot deliver), is its mailbox full,
+//! time, so we never accept mail we cannot deliver), is its mailbox full
+//! or its quota smaller than the message,
 //! and may an authenticated user send as this address. It is a trait so
 //! the core stays sans-IO; the glue answers from its in-memory directory.
 
@@ -17,12 +18,24 @@ pub enum LocalRecipient {
     MailboxFull {
         permanent: bool,
     },
+    /// The message's declared size is larger than the whole quota (RFC
+    /// 1870 6.4: 552 5.2.2, never retried).
+    LargerThanQuota,
 }
 
 /// Answers the core's questions about local users; see the module header.
 pub trait LocalPolicy: Debug {
-    /// `address` is `local@domain` as received, its domain one of ours.
-    fn recipient(&self, address: &str) -> LocalRecipient;
+    /// `address` is `local@domain` as received, its domain one of ours
+    /// (or the bare `Postmaster`); `declared_size` is MAIL's SIZE
+    /// parameter, if given. Called on the executor: no file I/O.
+    fn recipient(&self, address: &str, declared_size: Option<u64>) -> LocalRecipient;
+
+    /// Whether a message of `size` octets is larger than a local
+    /// recipient's whole quota (asked at the end of DATA, RFC 1870 6.3).
+    fn larger_than_quota(&self, address: &str, size: u64) -> bool {
+        let _ = (address, size);
+        false
+    }
 
     /// Whether `user`, authenticated, may use `sender` as the envelope
     /// sender (`""` is the null sender).
@@ -35,7 +48,7 @@ pub trait LocalPolicy: Debug {
 pub struct AcceptAll;
 
 impl LocalPolicy for AcceptAll {
-    fn recipient(&self, _address: &str) -> LocalRecipient {
+    fn recipient(&self, _address: &str, _declared_size: Option<u64>) -> LocalRecipient {
         LocalRecipient::Accept
     }
 
@@ -53,7 +66,7 @@ impl LocalPolicy for AcceptAll {
 pub struct NoMailboxes;
 
 impl LocalPolicy for NoMailboxes {
-    fn recipient(&self, address: &str) -> LocalRecipient {
+    fn recipient(&self, address: &str, _declared_size: Option<u64>) -> LocalRecipient {
         if address.contains('@') {
             LocalRecipient::Accept
         } else {

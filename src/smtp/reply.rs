@@ -144,6 +144,12 @@ pub enum Reply<'a> {
         address: &'a str,
         permanent: bool,
     },
+    /// RFC 3463 X.2.2 and RFC 1870 6.4: the message (its declared SIZE at
+    /// RCPT, its size at the end of DATA) is larger than the recipient's
+    /// whole quota: it will never fit.
+    LargerThanQuota {
+        address: &'a str,
+    },
 }
 
 /// Writes one reply line: `code` `sep` [`status` SP] text... CRLF.
@@ -384,6 +390,12 @@ impl Reply<'_> {
                 address,
                 permanent: true,
             } => one(out, "552", "5.2.2", &["<", address, ">: Mailbox full"]),
+            Reply::LargerThanQuota { address } => one(
+                out,
+                "552",
+                "5.2.2",
+                &["<", address, ">: Message larger than the mailbox quota"],
+            ),
         }
     }
 
@@ -510,6 +522,7 @@ mod tests {
                 address: "a@[192.0.2.1]",
             },
             Reply::TooManyRecipients,
+            Reply::LargerThanQuota { address: "a@b" },
             Reply::NoValidRecipients,
             Reply::BareLineEnding,
             Reply::TooManyHops,

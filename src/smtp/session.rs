@@ -862,9 +862,9 @@ impl ServerSession {
             // RFC 5321 4.5.1: <Postmaster> is ours, but it is accepted only
             // when it reaches someone: accepting what cannot be delivered
             // turns the later bounce into a relay for strangers' mail.
-            ForwardPath::Postmaster(address) => self.local_verdict(address),
+            ForwardPath::Postmaster(address) => self.local_verdict(tx, address),
             // Local recipients are checked for everyone, relay clients too.
-            ForwardPath::Mailbox(m) if self.is_local(m) => self.local_verdict(m.address),
+            ForwardPath::Mailbox(m) if self.is_local(m) => self.local_verdict(tx, m.address),
             ForwardPath::Mailbox(m) if is_literal(m) && !self.literals_allowed() => {
                 Err(Reply::AddressLiteralRefused { address: m.address })
             }
@@ -876,14 +876,28 @@ impl ServerSession {
     }
 
     /// The local policy's word on a local recipient, as a reply.
-    fn local_verdict<'a>(&self, address: &'a str) -> Result<(), Reply<'a>> {
-        match self.policy.recipient(address) {
+    fn local_verdict<'a>(&self, tx: &Transaction, address: &'a str) -> Result<(), Reply<'a>> {
+        match self.policy.recipient(address, tx.declared_size) {
             LocalRecipient::Accept => Ok(()),
             LocalRecipient::Unknown => Err(Reply::UnknownLocalUser { address }),
             LocalRecipient::MailboxFull { permanent } => {
                 Err(Reply::MailboxFull { address, permanent })
             }
+            LocalRecipient::LargerThanQuota => Err(Reply::LargerThanQuota { address }),
         }
+    }
+
+    /// Whether `address` (a recipient accepted at RCPT) is delivered here:
+    /// the bare `Postmaster` or a local domain.
+    fn address_is_local(&self, address: &str) -> bool {
+        let Some((_, domain)) = address.rsplit_once('@') else {
+            return true;
+        };
+        let domain = domain.strip_suffix('.').unwrap_or(domain);
+        self.config
+            .local_domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(domain))
     }
 
     /// Address literals are for trusted clients (in `allow_networks` or
@@ -952,6 +966,20 @@ impl ServerSession {
     fn finish_message(&mut self, helo: Helo, tx: Transaction, rx: BodyReceiver, wall: SystemTime) {
         match rx.finish() {
             Ok(body) => {
+                // RFC 1870 6.3: a message larger than a local recipient's
+                // whole quota is refused now rather than bounced later
+                // (a bounce would carry a stranger's message to whoever
+                // the sender names).
+                let size = body.len() as u64;
+                if let Some(over) = tx.recipients.iter().find(|r| {
+                    self.address_is_local(&r.address)
+                        && self.policy.larger_than_quota(&r.address, size)
+                }) {
+                    self.state = State::ExpectMail { helo };
+                    return self.error(Reply::LargerThanQuota {
+                        address: &over.address,
+                    });
+                }
                 let envelope = Envelope {
                     sender: tx.sender,
                     recipients: tx.recipients,
@@ -2234,19 +2262,31 @@ mod tests {
         base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"))
     }
 
-    /// A directory of one user, alice, who owns alice@local.test, and a
-    /// full mailbox, full@local.test.
+    /// The quota of small@local.test.
+    const SMALL_QUOTA: u64 = 1000;
+
+    /// A directory of one user, alice, who owns alice@local.test, a full
+    /// mailbox, full@local.test, and small@local.test with a quota of
+    /// [`SMALL_QUOTA`] bytes.
     #[derive(Debug)]
     struct OneUser;
 
     impl LocalPolicy for OneUser {
-        fn recipient(&self, address: &str) -> LocalRecipient {
+        fn recipient(&self, address: &str, declared_size: Option<u64>) -> LocalRecipient {
             match address {
                 "alice@local.test" | "Alice@LOCAL.test" | "Postmaster" => LocalRecipient::Accept,
                 "full@local.test" => LocalRecipient::MailboxFull { permanent: false },
                 "gone@local.test" => LocalRecipient::MailboxFull { permanent: true },
+                "small@local.test" if declared_size.is_some_and(|s| s > SMALL_QUOTA) => {
+                    LocalRecipient::LargerThanQuota
+                }
+                "small@local.test" => LocalRecipient::Accept,
                 _ => LocalRecipient::Unknown,
             }
+        }
+
+        fn larger_than_quota(&self, address: &str, size: u64) -> bool {
+            address == "small@local.test" && size > SMALL_QUOTA
         }
 
         fn may_send_as(&self, user: &str, sender: &str) -> bool {
@@ -2406,12 +2446,37 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_message_larger_than_the_quota_is_refused_at_rcpt_and_after_data() {
+        let big = "x".repeat(1500);
+        let input = format!(
+            "EHLO c\r\nMAIL FROM:<a@b.example> SIZE=5000\r\nRCPT TO:<small@local.test>\r\n\
+             RCPT TO:<alice@local.test>\r\nRSET\r\n\
+             MAIL FROM:<a@b.example>\r\nRCPT TO:<alice@local.test>\r\nRCPT TO:<small@local.test>\r\n\
+             DATA\r\nSubject: big\r\n\r\n{big}\r\n.\r\n\
+             MAIL FROM:<a@b.example> SIZE=100\r\nRCPT TO:<small@local.test>\r\n\
+             DATA\r\nSubject: small\r\n\r\nhi\r\n.\r\nQUIT\r\n"
+        );
+        let t = drive_auth(config(), peer_at([192, 0, 2, 1], false), &input);
+        // RFC 1870 6.4: the declared size is refused for that recipient
+        // only; 6.3: the undeclared size after DATA, for the message.
+        assert!(t.has("552 5.2.2 <small@local.test>: Message larger than the mailbox quota"));
+        assert_eq!(
+            t.codes(),
+            [
+                "220", "250", "250", "552", "250", "250", "250", "250", "250", "354", "552", "250",
+                "250", "354", "250", "221"
+            ]
+        );
+        assert_eq!(t.messages.len(), 1, "only the small message is queued");
+    }
+
     /// A directory where nobody, not even a postmaster, can receive mail.
     #[derive(Debug)]
     struct Nobody;
 
     impl LocalPolicy for Nobody {
-        fn recipient(&self, _address: &str) -> LocalRecipient {
+        fn recipient(&self, _address: &str, _declared_size: Option<u64>) -> LocalRecipient {
             LocalRecipient::Unknown
         }
 
