@@ -22,6 +22,27 @@ pub struct User {
     pub name: String,
     pub mailbox: UserMailbox,
     pub selected: Option<Selected>,
+    /// The user's quota in bytes as it was at login (a directory reload
+    /// applies to the next login, as Dovecot's userdb lookup); `None` is
+    /// unlimited.
+    pub quota: Option<u64>,
+}
+
+/// RFC 9208 4.3.1: adding `bytes` would put the user over `quota`
+/// (answered `NO [OVERQUOTA]`). The usage figure is the store's, kept up
+/// to date by every delivery, APPEND, COPY and EXPUNGE; a usage that
+/// cannot be measured refuses nothing (delivery checks again).
+pub fn over_quota(mailbox: &UserMailbox, quota: Option<u64>, bytes: u64) -> bool {
+    let Some(limit) = quota else {
+        return false;
+    };
+    match mailbox.stored_bytes() {
+        Ok(used) => used.saturating_add(bytes) > limit,
+        Err(e) => {
+            tracing::warn!(user = %mailbox.name(), error = %e, "cannot measure mailbox usage");
+            false
+        }
+    }
 }
 
 /// The folder a mailbox argument names, or the NO that answers it:
@@ -270,6 +291,15 @@ impl User {
             Ok(found) => found,
             Err((code, say)) => return tagged(out, tag, Status::No, Some(&code), say),
         };
+        if over_quota(&self.mailbox, self.quota, message.len() as u64) {
+            return tagged(
+                out,
+                tag,
+                Status::No,
+                Some(&Code::OverQuota),
+                Say::QuotaExceeded,
+            );
+        }
         let date = date.map(SystemTime::from);
         let names = keyword_names(flags);
         if names.iter().any(|n| !crate::mailbox::valid_keyword(n)) {

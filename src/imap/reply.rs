@@ -47,6 +47,7 @@ pub enum Say {
     RecentReadOnly,
     InvalidKeyword,
     TooManyKeywords,
+    QuotaExceeded,
 }
 
 impl Say {
@@ -91,6 +92,7 @@ impl Say {
             Say::RecentReadOnly => "\\Recent cannot be changed",
             Say::InvalidKeyword => "Invalid keyword",
             Say::TooManyKeywords => "Too many keywords in this mailbox (26 at most)",
+            Say::QuotaExceeded => "Quota exceeded (mailbox for user is full)",
         }
     }
 }

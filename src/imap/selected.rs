@@ -243,6 +243,16 @@ impl Selected {
         Ok(())
     }
 
+    /// The bytes of the messages a set names (for COPY's quota check).
+    pub fn bytes_of(&self, set: &SequenceSet, uid: bool) -> Result<u64, Failure> {
+        Ok(self
+            .resolve(set, uid)?
+            .iter()
+            .filter_map(|(_, uid)| self.info.get(uid))
+            .map(|info| info.size)
+            .sum())
+    }
+
     /// The messages a set names, as (sequence number, UID), in sequence
     /// order. Sequence numbers past the last message are the client's
     /// error (BAD); UIDs that do not exist are skipped (RFC 3501 6.4.8).

@@ -22,7 +22,7 @@
 
 use std::sync::Arc;
 
-use super::authenticated::{existing_folder, User};
+use super::authenticated::{existing_folder, over_quota, User};
 use super::command::{Command, CommandBody};
 use super::parser::CommandError;
 use super::reader::Rejection;
@@ -40,6 +40,11 @@ use crate::sasl;
 pub trait Backend {
     fn authenticate(&self, login: &str, password: &str) -> Login;
     fn mailbox(&self, user: &str) -> Result<UserMailbox, MailboxError>;
+    /// The user's quota in bytes; `None` is unlimited.
+    fn quota(&self, user: &str) -> Option<u64> {
+        let _ = user;
+        None
+    }
 }
 
 /// The configuration a session needs; an immutable snapshot shared by
@@ -450,6 +455,7 @@ impl Session {
             Login::Success(name) => match backend.mailbox(&name) {
                 Ok(mailbox) => {
                     let user = User {
+                        quota: backend.quota(&name),
                         name,
                         mailbox,
                         selected: None,
@@ -757,8 +763,19 @@ impl Session {
                     CommandBody::Copy { uid, set, mailbox }
                     | CommandBody::Move { uid, set, mailbox } => {
                         let remove = name.ends_with("MOVE");
+                        // RFC 9208 4.3.1: COPY adds to the user's usage;
+                        // MOVE does not (the quota root is the user's), so
+                        // a full mailbox can still move mail to Trash.
+                        let over = !remove
+                            && user.quota.is_some()
+                            && selected
+                                .bytes_of(&set, uid)
+                                .is_ok_and(|bytes| over_quota(&user.mailbox, user.quota, bytes));
                         match existing_folder(&user.mailbox, &mailbox, true) {
                             Err((code, say)) => Failure::No(code, say).into(),
+                            Ok(_) if over => {
+                                Failure::No(Code::OverQuota, Say::QuotaExceeded).into()
+                            }
                             Ok((_, dest)) => match selected.transfer(uid, &set, &dest, remove) {
                                 // RFC 6851 4.3: untagged, before the expunges.
                                 Ok(Some(copied)) if remove => {

@@ -87,6 +87,10 @@ impl Backend for TierBackend {
             None => Err(MailboxError::NotPermitted("no mailbox tier is configured")),
         }
     }
+
+    fn quota(&self, user: &str) -> Option<u64> {
+        self.tier.as_ref()?.quota(user)
+    }
 }
 
 /// Serves one accepted IMAP connection; `implicit_tls` for imaps (993).
