@@ -231,6 +231,7 @@ async fn start<S: SegmentStore + 'static>(
         max_connections: d.max_connections,
         max_connections_per_destination: d.max_connections_per_destination,
         batch_per_connection: d.max_messages_per_connection.min(10),
+        max_queued_per_destination: d.max_queued_per_destination,
         ..ReadyLimits::default()
     };
     for message in &recovered {

@@ -437,6 +437,11 @@ pub struct Delivery {
     pub max_connections_per_destination: usize,
     /// Messages one connection carries before it is closed.
     pub max_messages_per_connection: usize,
+    /// Messages waiting per core for a connection to one destination
+    /// (Postfix's active queue limit, per site). Past it a message is held
+    /// back in the queue, never deferred: no attempt is counted and no
+    /// backoff starts; it is handed out as the destination makes room.
+    pub max_queued_per_destination: usize,
     /// Time allowed to establish a TCP connection to a next hop.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -458,6 +463,7 @@ impl Default for Delivery {
             max_connections: 100,
             max_connections_per_destination: 20,
             max_messages_per_connection: 100,
+            max_queued_per_destination: 20_000,
             connect_timeout: Duration::from_secs(30),
             mx_port: 25,
             bounce_size_limit: crate::delivery::dsn::DEFAULT_RETURN_LIMIT,
@@ -597,6 +603,7 @@ impl Config {
         if d.max_connections < 1
             || d.max_connections_per_destination < 1
             || d.max_messages_per_connection < 1
+            || d.max_queued_per_destination < 1
             || d.mx_port == 0
         {
             return invalid("delivery: connection limits and mx_port must be at least 1".into());

@@ -6,7 +6,7 @@
 //! retry timing (see `queue`).
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -30,6 +30,10 @@ use crate::spool::{FinishReason, OutcomeKind, RecipientOutcome, SegmentStore, Sp
 
 /// The longest the engine sleeps without looking at the queue.
 const MAX_IDLE: Duration = Duration::from_secs(60);
+/// The longest a message held back by a limit of spate's own (a full
+/// ready queue) waits before it is handed out again, if no room was made
+/// for it earlier.
+const HOLD_RECHECK: Duration = Duration::from_secs(60);
 /// How long an idle outbound connection waits for more work to its
 /// destination before QUIT (Postfix's smtp_connection_cache_time_limit).
 const CONNECTION_LINGER: Duration = Duration::from_secs(2);
@@ -71,6 +75,9 @@ struct Attempt {
     /// spooled, so a crash or a full disk in between retries them (a
     /// duplicate DSN at worst) instead of losing the DSN.
     bounced: Vec<(u32, RecipientOutcome)>,
+    /// A group was held back by a full ready queue of this destination:
+    /// without a real failure, the attempt is not counted (see `hold`).
+    held: Option<DestinationKey>,
 }
 
 /// One recipient's result, from SMTP or from routing and resolution.
@@ -95,6 +102,9 @@ pub struct Engine<S: SegmentStore> {
     /// Wakes idle connections when work is queued, so they take it before
     /// a new connection is opened.
     work_arrived: event_listener::Event,
+    /// Messages held back per destination whose ready queue was full,
+    /// released as it makes room (a set of ids: memory-light).
+    held: RefCell<HashMap<DestinationKey, BTreeSet<SpoolId>>>,
 }
 
 /// Seconds since the epoch, as the queue counts time.
@@ -137,6 +147,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
             ready: RefCell::new(ReadyQueues::new(limits)?),
             attempts: RefCell::new(HashMap::new()),
             work_arrived: event_listener::Event::new(),
+            held: RefCell::new(HashMap::new()),
             ctx,
         }))
     }
@@ -145,6 +156,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
     pub async fn run(self: Rc<Self>) {
         while !self.ctx.shutdown.is_fired() {
             let now = unix_now();
+            self.release_held(now);
             let due = self.ctx.queue.borrow_mut().due(now);
             if !due.is_empty() {
                 self.dispatch(due).await;
@@ -298,20 +310,46 @@ impl<S: SegmentStore + 'static> Engine<S> {
     }
 
     async fn enqueue(self: &Rc<Self>, key: DestinationKey, work: Work) {
-        let pushed = self.ready.borrow_mut().push(key, work);
+        let pushed = self.ready.borrow_mut().push(key.clone(), work);
         if pushed.is_ok() {
             self.work_arrived.notify(usize::MAX);
         }
         if let Err(full) = pushed {
+            // Not an attempt: nothing was tried. The message waits in the
+            // queue, uncounted, until the destination makes room.
             let work = full.0;
-            let reply = "451 4.4.5 too many messages waiting for this destination";
-            self.report(
-                work.id,
-                work.attempt,
-                transient(&work.recipients, reply),
-                None,
-            )
-            .await;
+            tracing::debug!(id = %work.id, dest = %key, "held: the destination's ready queue is full");
+            self.ctx.metrics.borrow_mut().counters.held_by_limits += 1;
+            if let Some(a) = self.attempts.borrow_mut().get_mut(&work.id) {
+                a.held = Some(key);
+            }
+            self.group_done(work.id, work.attempt).await;
+        }
+    }
+
+    /// Hands held messages back to the queue, due now, as far as their
+    /// destinations have room in their ready queues.
+    fn release_held(&self, now: UnixTime) {
+        let limit = self.ready.borrow().limits().max_queued_per_destination;
+        let mut held = self.held.borrow_mut();
+        let mut queue = self.ctx.queue.borrow_mut();
+        held.retain(|dest, ids| {
+            let mut room = limit.saturating_sub(self.ready.borrow().queued_for(dest));
+            while room > 0 {
+                let Some(id) = ids.pop_first() else { break };
+                if queue.release(id, now) {
+                    room -= 1;
+                }
+            }
+            !ids.is_empty()
+        });
+    }
+
+    /// Work for `dest` left its ready queue: wake the engine if messages
+    /// wait for that room.
+    fn room_made(&self, dest: &DestinationKey) {
+        if self.held.borrow().contains_key(dest) {
+            self.ctx.delivery_wake.notify();
         }
     }
 
@@ -319,6 +357,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
         loop {
             let next = self.ready.borrow_mut().next_connection();
             let Some((dest, works)) = next else { return };
+            self.room_made(&dest);
             let engine = Rc::clone(self);
             glommio::spawn_local(async move { engine.connection(dest, works).await }).detach();
         }
@@ -628,12 +667,17 @@ impl<S: SegmentStore + 'static> Engine<S> {
         let deadline = std::time::Instant::now() + CONNECTION_LINGER;
         loop {
             queue.extend(self.ready.borrow_mut().next_batch(dest));
-            if !queue.is_empty() || self.ctx.shutdown.is_fired() {
+            if !queue.is_empty() {
+                self.room_made(dest);
+                return;
+            }
+            if self.ctx.shutdown.is_fired() {
                 return;
             }
             let listener = self.work_arrived.listen();
             queue.extend(self.ready.borrow_mut().next_batch(dest));
             if !queue.is_empty() {
+                self.room_made(dest);
                 return;
             }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -711,6 +755,12 @@ impl<S: SegmentStore + 'static> Engine<S> {
             }
             self.record_outcome(id, r.index, &outcome).await;
         }
+        self.group_done(id, attempt).await;
+    }
+
+    /// One destination group of the attempt reported (or was held back);
+    /// after the last one, the attempt completes.
+    async fn group_done(self: &Rc<Self>, id: SpoolId, attempt: AttemptId) {
         let finished = {
             let mut attempts = self.attempts.borrow_mut();
             match attempts.get_mut(&id) {
@@ -792,6 +842,15 @@ impl<S: SegmentStore + 'static> Engine<S> {
             // Retried after a backoff; with nothing pending, that attempt
             // only finishes it.
             done.transient = Some("451 4.3.0 cannot mark the message finished".into());
+        }
+        if let (None, Some(dest)) = (&done.transient, done.held) {
+            // Only held back, never tried: no attempt counted, no backoff.
+            let now = unix_now();
+            let until = now.plus(HOLD_RECHECK);
+            if self.ctx.queue.borrow_mut().hold(id, attempt, until).is_ok() {
+                self.held.borrow_mut().entry(dest).or_default().insert(id);
+            }
+            return;
         }
         let error = done
             .transient

@@ -149,6 +149,12 @@ pub fn render(s: &Snapshot) -> String {
         c.bytes_delivered,
     );
     out.single(
+        "spate_delivery_held_total",
+        "counter",
+        "Messages held back by a full ready queue of their destination (not attempts).",
+        c.held_by_limits,
+    );
+    out.single(
         "spate_dns_queries_total",
         "counter",
         "DNS queries sent (MX, A and AAAA).",

@@ -127,6 +127,9 @@ pub struct Counters {
     pub messages_finished: [u64; 4],
     /// Bytes of the messages that left the queue delivered.
     pub bytes_delivered: u64,
+    /// Delivery groups held back because their destination's ready queue
+    /// was full (not attempts: nothing was tried).
+    pub held_by_limits: u64,
 }
 
 impl Counters {
@@ -153,6 +156,7 @@ impl Counters {
         add(&mut self.recipients, &o.recipients);
         add(&mut self.messages_finished, &o.messages_finished);
         self.bytes_delivered += o.bytes_delivered;
+        self.held_by_limits += o.held_by_limits;
     }
 }
 

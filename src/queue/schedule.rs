@@ -380,6 +380,36 @@ impl<J: Jitter> Queue<J> {
         }))
     }
 
+    /// A limit of spate's own (a destination's ready queue is full) held
+    /// the attempt back before anything was tried: the message waits
+    /// until `until` (or an earlier [`Queue::release`]) with its attempt
+    /// count, last error and backoff untouched, and nothing is persisted:
+    /// it was never tried, so a restart simply makes it due. Postfix's
+    /// active queue likewise takes a message only when there is room.
+    pub fn hold(
+        &mut self,
+        id: SpoolId,
+        attempt: AttemptId,
+        until: UnixTime,
+    ) -> Result<(), QueueError> {
+        self.current(id, attempt)?;
+        self.set_state(id, MessageState::Waiting { at: until });
+        Ok(())
+    }
+
+    /// Makes a waiting message due at `now` (room opened for a held
+    /// message); false when it is not waiting for a later time.
+    pub fn release(&mut self, id: SpoolId, now: UnixTime) -> bool {
+        let waiting_later = self
+            .messages
+            .get(&id)
+            .is_some_and(|m| matches!(m.state, MessageState::Waiting { at } if at > now));
+        if waiting_later {
+            self.set_state(id, MessageState::Waiting { at: now });
+        }
+        waiting_later
+    }
+
     /// Notes that a recipient needs no more attempts (its outcome was
     /// recorded in the spool). Returns the recipients still pending.
     pub fn recipient_finished(&mut self, id: SpoolId, index: u32) -> Result<usize, QueueError> {
@@ -530,6 +560,36 @@ mod tests {
         assert_eq!((d.id, d.task), (id(1), Task::Deliver));
         assert!(q.due(t(0)).is_empty(), "handed out once");
         assert_eq!(q.next_wakeup(), Some(t(3600)), "attempt deadline");
+        check(&q);
+    }
+
+    #[test]
+    fn a_held_message_keeps_its_attempts_and_backoff() {
+        let mut q = Queue::new();
+        q.insert(id(1), entry(T0));
+        let d = one(&mut q, t(0));
+        // A real failure counts: attempt 1, next try after the backoff.
+        q.defer(d.id, d.attempt, t(0), "421 busy").expect("defer");
+        assert_eq!(q.attempts(id(1)), Some(1));
+        let d = one(&mut q, t(300));
+        // Held by a limit of our own: nothing counted, nothing changed
+        // but the time it waits, and a stale attempt cannot hold it.
+        q.hold(d.id, d.attempt, t(360)).expect("hold");
+        assert!(q.hold(d.id, d.attempt, t(999)).is_err(), "not current");
+        assert_eq!(q.attempts(id(1)), Some(1));
+        assert_eq!(q.last_error(id(1)), Some("421 busy"));
+        assert_eq!(q.state(id(1)), Some(MessageState::Waiting { at: t(360) }));
+        assert!(q.due(t(301)).is_empty());
+        // Room opened: released at once, handed out again.
+        assert!(q.release(id(1), t(301)));
+        assert!(!q.release(id(1), t(301)), "already due");
+        let d = one(&mut q, t(301));
+        assert_eq!(d.task, Task::Deliver);
+        assert!(
+            !q.release(id(1), t(302)),
+            "active messages stay with their holder"
+        );
+        assert!(!q.release(id(9), t(302)), "unknown");
         check(&q);
     }
 
