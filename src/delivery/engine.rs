@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_lite::future::or;
 
 use crate::control::{Reply, Request};
+use crate::delivery::attempts::{next_step, Attempt, Attempts, NextStep};
 use crate::delivery::dsn::{build_dsn, status_of, DsnAction, FailedRecipient};
 use crate::delivery::outbound::{HostFailed, Outbound};
 use crate::delivery::router::{HostPort, NextHop, Route};
@@ -63,23 +64,6 @@ struct Work {
     hop: Rc<Hop>,
 }
 
-/// One attempt at a message, possibly split over several destinations.
-#[derive(Debug, Default)]
-struct Attempt {
-    /// Destination groups not reported yet.
-    outstanding: usize,
-    /// The last temporary failure, for the deferral record.
-    transient: Option<String>,
-    /// Recipients that failed for good in this attempt, not recorded yet:
-    /// their outcome is recorded only once the DSN they are owed is
-    /// spooled, so a crash or a full disk in between retries them (a
-    /// duplicate DSN at worst) instead of losing the DSN.
-    bounced: Vec<(u32, RecipientOutcome)>,
-    /// A group was held back by a full ready queue of this destination:
-    /// without a real failure, the attempt is not counted (see `hold`).
-    held: Option<DestinationKey>,
-}
-
 /// One recipient's result, from SMTP or from routing and resolution.
 struct RecipientReport {
     index: u32,
@@ -98,7 +82,7 @@ pub struct Engine<S: SegmentStore> {
     /// requires STARTTLS.
     verified_smarthost: Option<(futures_rustls::TlsConnector, Rc<ClientConfig>)>,
     ready: RefCell<ReadyQueues<Work>>,
-    attempts: RefCell<HashMap<SpoolId, Attempt>>,
+    attempts: RefCell<Attempts>,
     /// Wakes idle connections when work is queued, so they take it before
     /// a new connection is opened.
     work_arrived: event_listener::Event,
@@ -145,7 +129,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
             client: Rc::new(client),
             tls: futures_rustls::TlsConnector::from(tls),
             ready: RefCell::new(ReadyQueues::new(limits)?),
-            attempts: RefCell::new(HashMap::new()),
+            attempts: RefCell::new(Attempts::default()),
             work_arrived: event_listener::Event::new(),
             held: RefCell::new(HashMap::new()),
             ctx,
@@ -194,13 +178,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
                 Ok(message) => message.envelope().clone(),
                 Err(e) => {
                     tracing::error!(id = %d.id, error = %e, "cannot read a queued message");
-                    self.attempts.borrow_mut().insert(
-                        d.id,
-                        Attempt {
-                            outstanding: 1,
-                            ..Attempt::default()
-                        },
-                    );
+                    self.attempts.borrow_mut().begin(d.id, 1);
                     let results = transient(&pending, &format!("451 4.3.0 spool read error: {e}"));
                     self.report(d.id, d.attempt, results, None).await;
                     continue;
@@ -221,16 +199,11 @@ impl<S: SegmentStore + 'static> Engine<S> {
                 }
             }
             let groups = usize::from(!local.is_empty()) + fixed.len() + mx.len();
-            self.attempts.borrow_mut().insert(
-                d.id,
-                Attempt {
-                    outstanding: groups,
-                    ..Attempt::default()
-                },
-            );
+            self.attempts.borrow_mut().begin(d.id, groups);
             if groups == 0 {
                 // Every recipient finished before a restart: complete it.
-                self.complete(d.id, d.attempt).await;
+                let done = self.attempts.borrow_mut().take(d.id);
+                self.complete(d.id, d.attempt, done).await;
                 continue;
             }
             for (hop, recipients) in fixed {
@@ -320,9 +293,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
             let work = full.0;
             tracing::debug!(id = %work.id, dest = %key, "held: the destination's ready queue is full");
             self.ctx.metrics.borrow_mut().counters.held_by_limits += 1;
-            if let Some(a) = self.attempts.borrow_mut().get_mut(&work.id) {
-                a.held = Some(key);
-            }
+            self.attempts.borrow_mut().held(work.id, key);
             self.group_done(work.id, work.attempt).await;
         }
     }
@@ -735,9 +706,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
                 Outcome::Delivered => OutcomeKind::Delivered,
                 Outcome::PermanentFailure => OutcomeKind::Bounced,
                 Outcome::TransientFailure => {
-                    if let Some(a) = self.attempts.borrow_mut().get_mut(&id) {
-                        a.transient = Some(r.reply);
-                    }
+                    self.attempts.borrow_mut().transient(id, r.reply);
                     continue;
                 }
             };
@@ -748,12 +717,12 @@ impl<S: SegmentStore + 'static> Engine<S> {
             };
             if kind == OutcomeKind::Bounced {
                 // Recorded in complete(), after the DSN is spooled.
-                if let Some(a) = self.attempts.borrow_mut().get_mut(&id) {
-                    a.bounced.push((r.index, outcome));
-                }
+                self.attempts.borrow_mut().bounced(id, r.index, outcome);
                 continue;
             }
-            self.record_outcome(id, r.index, &outcome).await;
+            if let Err(reply) = self.record_outcome(id, r.index, &outcome).await {
+                self.attempts.borrow_mut().transient(id, reply);
+            }
         }
         self.group_done(id, attempt).await;
     }
@@ -761,18 +730,9 @@ impl<S: SegmentStore + 'static> Engine<S> {
     /// One destination group of the attempt reported (or was held back);
     /// after the last one, the attempt completes.
     async fn group_done(self: &Rc<Self>, id: SpoolId, attempt: AttemptId) {
-        let finished = {
-            let mut attempts = self.attempts.borrow_mut();
-            match attempts.get_mut(&id) {
-                Some(a) => {
-                    a.outstanding = a.outstanding.saturating_sub(1);
-                    a.outstanding == 0
-                }
-                None => false,
-            }
-        };
-        if finished {
-            self.complete(id, attempt).await;
+        let done = self.attempts.borrow_mut().group_done(id);
+        if let Some(done) = done {
+            self.complete(id, attempt, done).await;
         }
     }
 
@@ -808,9 +768,9 @@ impl<S: SegmentStore + 'static> Engine<S> {
     }
 
     /// The attempt is over: DSN for what bounced (then its outcomes are
-    /// recorded), then finish the message or schedule its retry.
-    async fn complete(self: &Rc<Self>, id: SpoolId, attempt: AttemptId) {
-        let mut done = self.attempts.borrow_mut().remove(&id).unwrap_or_default();
+    /// recorded), then finish, hold or defer the message (see
+    /// `attempts::next_step`).
+    async fn complete(self: &Rc<Self>, id: SpoolId, attempt: AttemptId, mut done: Attempt) {
         let mut bounced_any = false;
         if !done.bounced.is_empty() {
             let failed: Vec<FailedRecipient> = done
@@ -821,7 +781,10 @@ impl<S: SegmentStore + 'static> Engine<S> {
             match self.send_dsn(id, &failed).await {
                 Ok(()) => {
                     for (index, outcome) in &done.bounced {
-                        bounced_any |= self.record_outcome(id, *index, outcome).await;
+                        match self.record_outcome(id, *index, outcome).await {
+                            Ok(()) => bounced_any = true,
+                            Err(reply) => done.transient = Some(reply),
+                        }
                     }
                 }
                 Err(e) => {
@@ -829,32 +792,26 @@ impl<S: SegmentStore + 'static> Engine<S> {
                 }
             }
         }
-        let pending = self.pending(id);
-        if pending.is_empty() {
-            let reason = if bounced_any {
-                FinishReason::Bounced
-            } else {
-                FinishReason::Delivered
-            };
+        let mut step = next_step(&done, self.pending(id).is_empty(), bounced_any);
+        if let NextStep::Finish(reason) = step {
             if self.finish(id, reason).await {
                 return;
             }
             // Retried after a backoff; with nothing pending, that attempt
             // only finishes it.
-            done.transient = Some("451 4.3.0 cannot mark the message finished".into());
+            step = NextStep::Defer("451 4.3.0 cannot mark the message finished".into());
         }
-        if let (None, Some(dest)) = (&done.transient, done.held) {
-            // Only held back, never tried: no attempt counted, no backoff.
-            let now = unix_now();
-            let until = now.plus(HOLD_RECHECK);
-            if self.ctx.queue.borrow_mut().hold(id, attempt, until).is_ok() {
-                self.held.borrow_mut().entry(dest).or_default().insert(id);
+        let error = match step {
+            NextStep::Hold(dest) => {
+                let until = unix_now().plus(HOLD_RECHECK);
+                if self.ctx.queue.borrow_mut().hold(id, attempt, until).is_ok() {
+                    self.held.borrow_mut().entry(dest).or_default().insert(id);
+                }
+                return;
             }
-            return;
-        }
-        let error = done
-            .transient
-            .unwrap_or_else(|| "451 4.4.0 not delivered".into());
+            NextStep::Defer(error) => error,
+            NextStep::Finish(_) => return, // replaced just above
+        };
         let deferral = self
             .ctx
             .queue
@@ -914,17 +871,22 @@ impl<S: SegmentStore + 'static> Engine<S> {
         }
         drop(message);
         for index in pending {
-            if !self.record_outcome(id, index, &outcome).await {
+            if self.record_outcome(id, index, &outcome).await.is_err() {
                 return; // tried again after the expiry's deadline
             }
         }
         self.finish(id, FinishReason::Expired).await;
     }
 
-    /// Records a recipient's outcome durably and tells the queue; false if
-    /// the spool could not (the recipient stays pending and is tried
-    /// again).
-    async fn record_outcome(&self, id: SpoolId, index: u32, outcome: &RecipientOutcome) -> bool {
+    /// Records a recipient's outcome durably and tells the queue; if the
+    /// spool could not, the reply to defer with (the recipient stays
+    /// pending and is tried again).
+    async fn record_outcome(
+        &self,
+        id: SpoolId,
+        index: u32,
+        outcome: &RecipientOutcome,
+    ) -> Result<(), String> {
         if let Err(e) = self
             .ctx
             .spool
@@ -932,13 +894,10 @@ impl<S: SegmentStore + 'static> Engine<S> {
             .await
         {
             tracing::error!(%id, error = %e, "cannot record a delivery outcome");
-            if let Some(a) = self.attempts.borrow_mut().get_mut(&id) {
-                a.transient = Some(format!("451 4.3.0 spool write error: {e}"));
-            }
-            return false;
+            return Err(format!("451 4.3.0 spool write error: {e}"));
         }
         let _ = self.ctx.queue.borrow_mut().recipient_finished(id, index);
-        true
+        Ok(())
     }
 
     /// Spools a DSN to the sender (none is owed to the null sender, or
