@@ -573,6 +573,7 @@ fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
         &mut local.mailbox_dir,
         &mut local.users_file,
         &mut local.aliases_file,
+        &mut config.delivery.shaping_file,
     ]
     .into_iter()
     .flatten()
@@ -752,8 +753,10 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     // Created here, on the unpinned main thread: workers inherit affinity.
     let blocking = crate::blocking::BlockingPool::new(config.local.io_threads)
         .context("starting the blocking-work threads")?;
-    let live =
-        Arc::new(crate::reload::LiveSettings::load(&config).context("loading the certificate")?);
+    let live = Arc::new(
+        crate::reload::LiveSettings::load(&config)
+            .context("loading the certificate and shaping rules")?,
+    );
     let (reservations, addresses) = reserve_ports(&config)?;
     // No other process serves these addresses (SO_REUSEPORT is for our own
     // cores only); the claims are held until this function returns.

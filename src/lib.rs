@@ -49,6 +49,7 @@ pub mod resolver;
 pub mod sasl;
 pub mod sd_notify;
 pub mod session;
+pub mod shaping;
 pub mod shard;
 pub mod sink;
 pub mod smtp;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::account::{AccountError, Directory};
 use crate::config::Config;
 use crate::delivery::router::Router;
+use crate::shaping::{Shaping, ShapingError};
 use crate::tls::TlsError;
 
 /// The settings each shard holds and a reload replaces: read at each new
@@ -20,11 +21,15 @@ pub struct LiveSettings {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Local domains, `[[route]]`s and the smarthost.
     pub router: Router,
+    /// The shaping rules (shipped, with `[delivery] shaping_file` over
+    /// them): sites that become active after a reload take the new ones.
+    pub shaping: Arc<Shaping>,
 }
 
 impl LiveSettings {
-    /// The settings `config` asks for; reads the certificate files.
-    pub fn load(config: &Config) -> Result<LiveSettings, TlsError> {
+    /// The settings `config` asks for; reads the certificate and shaping
+    /// files.
+    pub fn load(config: &Config) -> Result<LiveSettings, ReloadError> {
         let tls = match &config.tls {
             Some(tls) => Some(crate::tls::server_config(
                 &tls.certificate,
@@ -35,6 +40,7 @@ impl LiveSettings {
         Ok(LiveSettings {
             tls,
             router: config.router(),
+            shaping: Arc::new(Shaping::load(config.delivery.shaping_file.as_deref())?),
         })
     }
 }
@@ -46,6 +52,8 @@ pub enum ReloadError {
     Tls(#[from] TlsError),
     #[error("users or aliases: {0}")]
     Directory(#[from] AccountError),
+    #[error("{0}")]
+    Shaping(#[from] ShapingError),
 }
 
 /// A reload ready to be applied.
@@ -102,6 +110,10 @@ pub fn merge_reloadable(running: &Config, reread: &Config) -> Config {
     local.catch_all.clone_from(&new.catch_all);
     local.quota = new.quota;
     effective.routes.clone_from(&reread.routes);
+    effective
+        .delivery
+        .shaping_file
+        .clone_from(&reread.delivery.shaping_file);
     effective
         .relay
         .smarthost

@@ -93,6 +93,7 @@ pub struct ShardContext<S: SegmentStore = GlommioStore> {
 struct Live {
     tls: Option<futures_rustls::TlsAcceptor>,
     router: Rc<Router>,
+    shaping: Arc<crate::shaping::Shaping>,
 }
 
 impl Live {
@@ -100,6 +101,7 @@ impl Live {
         Live {
             tls: settings.tls.clone().map(futures_rustls::TlsAcceptor::from),
             router: Rc::new(settings.router.clone()),
+            shaping: Arc::clone(&settings.shaping),
         }
     }
 }
@@ -114,6 +116,11 @@ impl<S: SegmentStore> ShardContext<S> {
     /// The routing table for a decision made now.
     pub fn router(&self) -> Rc<Router> {
         Rc::clone(&self.live.borrow().router)
+    }
+
+    /// The shaping rules for a site that becomes active now.
+    pub fn shaping(&self) -> Arc<crate::shaping::Shaping> {
+        Arc::clone(&self.live.borrow().shaping)
     }
 
     /// Takes new settings (a reload): connections already open keep
@@ -232,6 +239,7 @@ async fn start<S: SegmentStore + 'static>(
         max_connections_per_destination: d.max_connections_per_destination,
         batch_per_connection: d.max_messages_per_connection.min(10),
         max_queued_per_destination: d.max_queued_per_destination,
+        share: config.executor_count(),
         ..ReadyLimits::default()
     };
     for message in &recovered {

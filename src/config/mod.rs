@@ -442,6 +442,9 @@ pub struct Delivery {
     /// back in the queue, never deferred: no attempt is counted and no
     /// backoff starts; it is handed out as the destination makes room.
     pub max_queued_per_destination: usize,
+    /// Shaping rules of the user's (see `shaping::rules`), layered over
+    /// the shipped ones; re-read on SIGHUP. Absent: the shipped rules.
+    pub shaping_file: Option<PathBuf>,
     /// Time allowed to establish a TCP connection to a next hop.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -464,6 +467,7 @@ impl Default for Delivery {
             max_connections_per_destination: 20,
             max_messages_per_connection: 100,
             max_queued_per_destination: 20_000,
+            shaping_file: None,
             connect_timeout: Duration::from_secs(30),
             mx_port: 25,
             bounce_size_limit: crate::delivery::dsn::DEFAULT_RETURN_LIMIT,

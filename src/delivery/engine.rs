@@ -149,9 +149,17 @@ impl<S: SegmentStore + 'static> Engine<S> {
             }
             self.open_connections();
             let next = self.ctx.queue.borrow().next_wakeup();
-            let idle = next.map_or(MAX_IDLE, |at| {
+            let mut idle = next.map_or(MAX_IDLE, |at| {
                 Duration::from_secs(at.0.saturating_sub(unix_now().0)).min(MAX_IDLE)
             });
+            // Work that a site's rate holds back: look again when it may go.
+            let clock = std::time::Instant::now();
+            if let Some(at) = self.ready.borrow_mut().next_wakeup(clock) {
+                idle = idle.min(
+                    at.saturating_duration_since(clock)
+                        .max(Duration::from_millis(1)),
+                );
+            }
             let wake = async {
                 if !idle.is_zero() {
                     or(glommio::timer::sleep(idle), self.ctx.delivery_wake.wait()).await;
@@ -210,6 +218,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
                 let key = DestinationKey::route(&hop.host, hop.port);
                 self.enqueue(
                     key,
+                    None,
                     Work {
                         id: d.id,
                         attempt: d.attempt,
@@ -256,7 +265,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
                                     recipients,
                                     hop: Rc::clone(&hop),
                                 };
-                                self.enqueue(key.clone(), work).await;
+                                self.enqueue(key.clone(), Some(&domain), work).await;
                             }
                             Err(e) => {
                                 let reply = format!("451 4.4.3 {domain}: {e}");
@@ -282,8 +291,16 @@ impl<S: SegmentStore + 'static> Engine<S> {
         }
     }
 
-    async fn enqueue(self: &Rc<Self>, key: DestinationKey, work: Work) {
-        let pushed = self.ready.borrow_mut().push(key.clone(), work);
+    /// Queues work for a site; a site becoming active takes its shaping
+    /// limits from the rules in force (by `domain`, the recipient domain
+    /// of MX delivery, and the site's host names).
+    async fn enqueue(self: &Rc<Self>, key: DestinationKey, domain: Option<&str>, work: Work) {
+        let hop = Rc::clone(&work.hop);
+        let shape = || self.site_limits(domain, &hop);
+        let pushed = self
+            .ready
+            .borrow_mut()
+            .push_shaped(key.clone(), work, shape);
         if pushed.is_ok() {
             self.work_arrived.notify(usize::MAX);
         }
@@ -296,6 +313,29 @@ impl<S: SegmentStore + 'static> Engine<S> {
             self.attempts.borrow_mut().held(work.id, key);
             self.group_done(work.id, work.attempt).await;
         }
+    }
+
+    /// The shaping limits of a site reached through `hop` for `domain`,
+    /// with `[delivery]` as the fallback.
+    fn site_limits(&self, domain: Option<&str>, hop: &Hop) -> crate::shaping::SiteLimits {
+        let d = &self.ctx.config.delivery;
+        let cores = self.ctx.config.executor_count();
+        let fallback = crate::shaping::Limits {
+            // [delivery] counts are per core; the rules' are host-wide.
+            connections: Some(d.max_connections_per_destination.saturating_mul(cores)),
+            deliveries_per_connection: Some(d.max_messages_per_connection),
+            ..crate::shaping::Limits::default()
+        };
+        let hosts: Vec<&str> = match hop {
+            Hop::Fixed(hp) => vec![hp.host.as_str()],
+            Hop::Mx(hosts) => hosts.iter().map(|h| h.name.as_str()).collect(),
+        };
+        let limits = self
+            .ctx
+            .shaping()
+            .site_limits(domain, &hosts, &fallback, cores);
+        tracing::debug!(domain, rule = %limits.rule, connections = limits.connections, "site shaped");
+        limits
     }
 
     /// Hands held messages back to the queue, due now, as far as their
@@ -326,7 +366,10 @@ impl<S: SegmentStore + 'static> Engine<S> {
 
     fn open_connections(self: &Rc<Self>) {
         loop {
-            let next = self.ready.borrow_mut().next_connection();
+            let next = self
+                .ready
+                .borrow_mut()
+                .next_connection(std::time::Instant::now());
             let Some((dest, works)) = next else { return };
             self.room_made(&dest);
             let engine = Rc::clone(self);
@@ -352,6 +395,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
             // moves the rest of the work on to the next host.
             while !queue.is_empty() {
                 let (tls, client) = self.tls_for(&hop);
+                let client = self.shaped_client(&dest, client);
                 let timeout = self.ctx.config.delivery.connect_timeout;
                 let mut out = match Outbound::open(addr, &name, client, Some(tls), timeout).await {
                     Ok(out) => out,
@@ -632,12 +676,35 @@ impl<S: SegmentStore + 'static> Engine<S> {
         (self.tls.clone(), Rc::clone(&self.client))
     }
 
-    /// Fills `queue` with more work for `dest`, waiting a little for it
-    /// so a busy destination keeps reusing this connection.
+    /// The client policy with the site's deliveries per connection.
+    fn shaped_client(&self, dest: &DestinationKey, client: Rc<ClientConfig>) -> Rc<ClientConfig> {
+        let limit = self
+            .ready
+            .borrow()
+            .site_limits(dest)
+            .map(|l| l.deliveries_per_connection);
+        match limit {
+            Some(n) if n != client.max_messages_per_connection => Rc::new(ClientConfig {
+                max_messages_per_connection: n,
+                ..(*client).clone()
+            }),
+            _ => client,
+        }
+    }
+
+    /// Fills `queue` with more work for `dest`, waiting for it as long as
+    /// the site's idle time (so a busy destination keeps reusing this
+    /// connection), and for a rate that holds its work back.
     async fn wait_for_work(&self, dest: &DestinationKey, queue: &mut VecDeque<Work>) {
-        let deadline = std::time::Instant::now() + CONNECTION_LINGER;
+        let idle = self
+            .ready
+            .borrow()
+            .site_limits(dest)
+            .map_or(CONNECTION_LINGER, |l| l.idle);
+        let deadline = std::time::Instant::now() + idle;
         loop {
-            queue.extend(self.ready.borrow_mut().next_batch(dest));
+            let now = std::time::Instant::now();
+            queue.extend(self.ready.borrow_mut().next_batch(dest, now));
             if !queue.is_empty() {
                 self.room_made(dest);
                 return;
@@ -646,13 +713,19 @@ impl<S: SegmentStore + 'static> Engine<S> {
                 return;
             }
             let listener = self.work_arrived.listen();
-            queue.extend(self.ready.borrow_mut().next_batch(dest));
+            queue.extend(self.ready.borrow_mut().next_batch(dest, now));
             if !queue.is_empty() {
                 self.room_made(dest);
                 return;
             }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
+            // Work held back by a rate keeps the connection while the
+            // rate lets it go before the idle time is up.
+            let until = match self.ready.borrow_mut().wakeup_for(dest, now) {
+                Some(at) if at <= deadline => at,
+                _ => deadline,
+            };
+            let left = until.saturating_duration_since(now);
+            if left.is_zero() && until == deadline {
                 return;
             }
             let woken = or(
@@ -662,7 +735,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
                 },
                 async {
                     glommio::timer::sleep(left).await;
-                    false
+                    until < deadline
                 },
             )
             .await;

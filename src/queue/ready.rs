@@ -1,14 +1,17 @@
 //! Ready queues per destination site: work that is due waits here for a
-//! connection, under a per-destination window (messages in flight), a
-//! per-destination connection limit and a total outbound connection
+//! connection, under a per-destination window (messages in flight), each
+//! site's shaping limits (connections at once, new connections and
+//! messages per period: see `shaping`) and a total outbound connection
 //! limit, served round-robin so one busy destination cannot starve the
-//! others. Sans-IO and generic over the work item; it refuses to resolve
-//! names, open sockets or decide what a failure means.
+//! others. Sans-IO (time is passed in) and generic over the work item; it
+//! refuses to resolve names, open sockets or decide what a failure means.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::time::{Duration, Instant};
 
 use super::error::QueueError;
+use crate::shaping::{SiteLimits, TokenBucket};
 
 /// Where a connection goes. Messages with equal keys share connections:
 /// that is what makes a destination "site" (Postfix's nexthop), so the key
@@ -87,8 +90,10 @@ pub struct ReadyLimits {
     /// [`ReadyQueues::next_batch`] (connection reuse).
     pub batch_per_connection: usize,
     /// Messages waiting for one destination; past it `push` refuses and
-    /// the caller defers the message instead of holding it in memory.
+    /// the caller holds the message back in its queue.
     pub max_queued_per_destination: usize,
+    /// Cores that share host-wide rates: each enforces its share.
+    pub share: usize,
 }
 
 impl Default for ReadyLimits {
@@ -99,6 +104,7 @@ impl Default for ReadyLimits {
             window_per_destination: 200,
             batch_per_connection: 10,
             max_queued_per_destination: 20_000,
+            share: 1,
         }
     }
 }
@@ -118,6 +124,7 @@ impl ReadyLimits {
                 self.max_queued_per_destination,
                 "max_queued_per_destination",
             ),
+            (self.share, "share"),
         ];
         match fields.iter().find(|(v, _)| *v == 0) {
             Some((_, name)) => Err(QueueError::Limits(name)),
@@ -137,19 +144,80 @@ struct Site<W> {
     queue: VecDeque<W>,
     connections: usize,
     in_flight: usize,
+    /// The shaping limits, fixed when the site became active.
+    limits: SiteLimits,
+    /// Message and new-connection rates, from the first use on.
+    messages: Option<TokenBucket>,
+    new_connections: Option<TokenBucket>,
     /// Whether the key is in the rotation (it is whenever `queue` is not
     /// empty; stale entries are dropped lazily).
     rotating: bool,
 }
 
-impl<W> Default for Site<W> {
-    fn default() -> Self {
+impl<W> Site<W> {
+    fn new(limits: SiteLimits) -> Self {
         Site {
             queue: VecDeque::new(),
             connections: 0,
             in_flight: 0,
+            limits,
+            messages: None,
+            new_connections: None,
             rotating: false,
         }
+    }
+
+    /// The rate buckets, made on first use (full).
+    fn buckets(&mut self, now: Instant, share: usize) {
+        if let (None, Some(rate)) = (&self.messages, self.limits.message_rate) {
+            self.messages = Some(TokenBucket::new(rate, share, now));
+        }
+        if let (None, Some(rate)) = (&self.new_connections, self.limits.connection_rate) {
+            self.new_connections = Some(TokenBucket::new(rate, share, now));
+        }
+    }
+
+    /// Messages the message rate lets out now.
+    fn messages_allowed(&mut self, now: Instant) -> usize {
+        self.messages
+            .as_mut()
+            .map_or(usize::MAX, |b| b.available(now))
+    }
+
+    /// A new connection may open now (its rate, and a message to send).
+    fn may_connect(&mut self, now: Instant) -> bool {
+        self.new_connections
+            .as_mut()
+            .is_none_or(|b| b.available(now) >= 1)
+            && self.messages_allowed(now) >= 1
+    }
+
+    /// When a rate that holds queued work back lets it go (`None` when no
+    /// rate holds it).
+    fn rate_wakeup(&mut self, now: Instant) -> Option<Instant> {
+        let mut at: Option<Instant> = None;
+        for bucket in [self.messages.as_mut(), self.new_connections.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            let next = bucket.next_token(now);
+            if next > now {
+                at = Some(at.map_or(next, |a| a.max(next)));
+            }
+        }
+        at
+    }
+
+    /// Nothing is waiting, open or in flight, and no rate remembers it.
+    fn is_forgettable(&mut self, now: Option<Instant>) -> bool {
+        let idle =
+            self.queue.is_empty() && self.connections == 0 && self.in_flight == 0 && !self.rotating;
+        let cold = |b: &mut Option<TokenBucket>| match (b.as_mut(), now) {
+            (None, _) => true,
+            (Some(b), Some(now)) => b.is_full(now),
+            (Some(_), None) => true,
+        };
+        idle && cold(&mut self.messages) && cold(&mut self.new_connections)
     }
 }
 
@@ -162,6 +230,9 @@ pub struct ReadyQueues<W> {
     rotation: VecDeque<DestinationKey>,
     connections: usize,
     queued: usize,
+    /// The last time the caller passed in (rates are judged by it when a
+    /// site may be forgotten).
+    clock: Option<Instant>,
 }
 
 impl<W> ReadyQueues<W> {
@@ -173,16 +244,51 @@ impl<W> ReadyQueues<W> {
             rotation: VecDeque::new(),
             connections: 0,
             queued: 0,
+            clock: None,
         })
+    }
+
+    /// The limits of a site without shaping rules: the per-destination
+    /// connection limit, no rates.
+    fn plain_site(limits: &ReadyLimits) -> SiteLimits {
+        SiteLimits {
+            connections: limits.max_connections_per_destination,
+            deliveries_per_connection: usize::MAX,
+            message_rate: None,
+            connection_rate: None,
+            idle: Duration::from_secs(2),
+            rule: "default".to_owned(),
+        }
+    }
+
+    fn tick(&mut self, now: Instant) {
+        self.clock = Some(self.clock.map_or(now, |c| c.max(now)));
     }
 
     pub fn limits(&self) -> &ReadyLimits {
         &self.limits
     }
 
-    /// Queues work for a destination, behind what is already waiting.
+    /// Queues work for a destination, behind what is already waiting
+    /// (a new site gets the per-destination connection limit, no rates).
     pub fn push(&mut self, dest: DestinationKey, work: W) -> Result<(), ReadyFull<W>> {
-        let site = self.sites.entry(dest.clone()).or_default();
+        let plain = Self::plain_site(&self.limits);
+        self.push_shaped(dest, work, || plain)
+    }
+
+    /// Like [`ReadyQueues::push`]; a site that is not active yet takes
+    /// the limits `shape` gives (asked only then: once per site's
+    /// active period, not per message).
+    pub fn push_shaped(
+        &mut self,
+        dest: DestinationKey,
+        work: W,
+        shape: impl FnOnce() -> SiteLimits,
+    ) -> Result<(), ReadyFull<W>> {
+        let site = self
+            .sites
+            .entry(dest.clone())
+            .or_insert_with(|| Site::new(shape()));
         if site.queue.len() >= self.limits.max_queued_per_destination {
             return Err(ReadyFull(work));
         }
@@ -201,10 +307,12 @@ impl<W> ReadyQueues<W> {
     /// start now (no work, or every destination with work is at a limit).
     /// The caller must later call [`ReadyQueues::done`] for every message
     /// and [`ReadyQueues::connection_closed`] once.
-    pub fn next_connection(&mut self) -> Option<(DestinationKey, Vec<W>)> {
+    pub fn next_connection(&mut self, now: Instant) -> Option<(DestinationKey, Vec<W>)> {
+        self.tick(now);
         if self.connections >= self.limits.max_connections {
             return None;
         }
+        let share = self.limits.share;
         for _ in 0..self.rotation.len() {
             let dest = self.rotation.pop_front()?;
             let Some(site) = self.sites.get_mut(&dest) else {
@@ -215,13 +323,22 @@ impl<W> ReadyQueues<W> {
                 self.forget_if_idle(&dest);
                 continue;
             }
-            let open = site.connections < self.limits.max_connections_per_destination
-                && site.in_flight < self.limits.window_per_destination;
+            site.buckets(now, share);
+            let open = site.connections < site.limits.connections
+                && site.in_flight < self.limits.window_per_destination
+                && site.may_connect(now);
             if open {
                 site.connections += 1;
                 self.connections += 1;
+                if let Some(b) = site.new_connections.as_mut() {
+                    b.take(now, 1);
+                }
             }
-            let batch = if open { self.take(&dest) } else { Vec::new() };
+            let batch = if open {
+                self.take(&dest, now)
+            } else {
+                Vec::new()
+            };
             // Back in line behind the others if work is left.
             if let Some(site) = self.sites.get_mut(&dest) {
                 if !site.queue.is_empty() {
@@ -239,22 +356,31 @@ impl<W> ReadyQueues<W> {
     /// More work for a connection already open to `dest` (reuse instead of
     /// a new connection), within the window; empty if none or no room.
     /// It does not use up the destination's turn for new connections.
-    pub fn next_batch(&mut self, dest: &DestinationKey) -> Vec<W> {
+    pub fn next_batch(&mut self, dest: &DestinationKey, now: Instant) -> Vec<W> {
+        self.tick(now);
         match self.sites.get(dest) {
-            Some(site) if site.connections > 0 => self.take(dest),
+            Some(site) if site.connections > 0 => self.take(dest, now),
             _ => Vec::new(),
         }
     }
 
     /// Takes up to a batch within the window; a destination left without
     /// work leaves the rotation (so "in the rotation iff work waits").
-    fn take(&mut self, dest: &DestinationKey) -> Vec<W> {
+    fn take(&mut self, dest: &DestinationKey, now: Instant) -> Vec<W> {
         let limits = self.limits;
         let Some(site) = self.sites.get_mut(dest) else {
             return Vec::new();
         };
+        site.buckets(now, limits.share);
         let room = limits.window_per_destination.saturating_sub(site.in_flight);
-        let n = limits.batch_per_connection.min(room).min(site.queue.len());
+        let n = limits
+            .batch_per_connection
+            .min(room)
+            .min(site.queue.len())
+            .min(site.messages_allowed(now));
+        if let Some(b) = site.messages.as_mut() {
+            b.take(now, n);
+        }
         site.in_flight += n;
         self.queued -= n;
         let batch = site.queue.drain(..n).collect();
@@ -289,12 +415,42 @@ impl<W> ReadyQueues<W> {
     /// Drops a destination's bookkeeping once nothing refers to it, so
     /// the map does not grow with every domain ever seen.
     fn forget_if_idle(&mut self, dest: &DestinationKey) {
-        let idle = self.sites.get(dest).is_some_and(|s| {
-            s.queue.is_empty() && s.connections == 0 && s.in_flight == 0 && !s.rotating
-        });
-        if idle {
+        let clock = self.clock;
+        if self
+            .sites
+            .get_mut(dest)
+            .is_some_and(|s| s.is_forgettable(clock))
+        {
             self.sites.remove(dest);
         }
+    }
+
+    /// When a rate that holds work back lets it go, the earliest over all
+    /// sites (`None`: no work waits for a rate). Forgets the sites whose
+    /// rates have nothing more to remember.
+    pub fn next_wakeup(&mut self, now: Instant) -> Option<Instant> {
+        self.tick(now);
+        let clock = self.clock;
+        self.sites.retain(|_, s| !s.is_forgettable(clock));
+        self.sites
+            .values_mut()
+            .filter(|s| !s.queue.is_empty())
+            .filter_map(|s| s.rate_wakeup(now))
+            .min()
+    }
+
+    /// When a rate lets `dest` have more work (`None`: none holds it).
+    pub fn wakeup_for(&mut self, dest: &DestinationKey, now: Instant) -> Option<Instant> {
+        let site = self.sites.get_mut(dest)?;
+        if site.queue.is_empty() {
+            return None;
+        }
+        site.rate_wakeup(now)
+    }
+
+    /// The shaping limits `dest` runs under, while it is active.
+    pub fn site_limits(&self, dest: &DestinationKey) -> Option<&SiteLimits> {
+        self.sites.get(dest).map(|s| &s.limits)
     }
 
     /// Messages waiting for a connection, all destinations.
@@ -339,7 +495,13 @@ mod tests {
             window_per_destination: window,
             batch_per_connection: batch,
             max_queued_per_destination: 1000,
+            share: 1,
         }
+    }
+
+    /// Time for the tests without rates (any instant will do).
+    fn now() -> Instant {
+        Instant::now()
     }
 
     fn mx(h: &str) -> DestinationKey {
@@ -382,10 +544,10 @@ mod tests {
             r.push(a.clone(), i).expect("room");
             r.push(b.clone(), 100 + i).expect("room");
         }
-        let c1 = r.next_connection().expect("first");
-        let c2 = r.next_connection().expect("second");
-        let c3 = r.next_connection().expect("third");
-        assert!(r.next_connection().is_none(), "total limit 3");
+        let c1 = r.next_connection(now()).expect("first");
+        let c2 = r.next_connection(now()).expect("second");
+        let c3 = r.next_connection(now()).expect("third");
+        assert!(r.next_connection(now()).is_none(), "total limit 3");
         assert_eq!(r.connections(), 3);
         let to_a = [&c1, &c2, &c3].iter().filter(|c| c.0 == a).count();
         assert!(r.connections_to(&a) <= 2 && r.connections_to(&b) <= 2);
@@ -395,18 +557,18 @@ mod tests {
         }
         // window: a has at most 5 in flight however it asks
         let dest_with_two = if r.connections_to(&a) == 2 { &a } else { &b };
-        let more = r.next_batch(dest_with_two);
+        let more = r.next_batch(dest_with_two, now());
         assert_eq!(more.len(), 1, "4 in flight + 1 = window 5");
-        assert!(r.next_batch(dest_with_two).is_empty());
+        assert!(r.next_batch(dest_with_two, now()).is_empty());
         assert_eq!(r.in_flight(dest_with_two), 5);
         r.done(dest_with_two, 3);
-        assert_eq!(r.next_batch(dest_with_two).len(), 2);
+        assert_eq!(r.next_batch(dest_with_two, now()).len(), 2);
         // closing frees a connection slot
         r.connection_closed(&c1.0);
-        assert!(r.next_connection().is_some());
-        assert!(r.next_connection().is_none());
+        assert!(r.next_connection(now()).is_some());
+        assert!(r.next_connection(now()).is_none());
         // no batch for a destination without a connection
-        assert!(r.next_batch(&mx("zzz")).is_empty());
+        assert!(r.next_batch(&mx("zzz"), now()).is_empty());
     }
 
     #[test]
@@ -422,7 +584,7 @@ mod tests {
         }
         let mut order = Vec::new();
         for _ in 0..9 {
-            let (d, w) = r.next_connection().expect("work");
+            let (d, w) = r.next_connection(now()).expect("work");
             assert_eq!(w.len(), 1);
             order.push(w[0].0);
             r.done(&d, 1);
@@ -430,10 +592,10 @@ mod tests {
         }
         assert_eq!(order, ["a", "b", "c", "a", "b", "c", "a", "b", "c"]);
         // reuse of a's connection does not skip others' turns forever
-        let (d, _) = r.next_connection().expect("a");
+        let (d, _) = r.next_connection(now()).expect("a");
         assert_eq!(d, a);
         for _ in 0..5 {
-            let w = r.next_batch(&a);
+            let w = r.next_batch(&a, now());
             r.done(&a, w.len());
         }
         r.done(&a, 1);
@@ -442,7 +604,7 @@ mod tests {
         r.push(b.clone(), ("b", 9)).expect("room");
         let mut got = Vec::new();
         for _ in 0..2 {
-            let (d, w) = r.next_connection().expect("work");
+            let (d, w) = r.next_connection(now()).expect("work");
             got.push(d.clone());
             r.done(&d, w.len());
             r.connection_closed(&d);
@@ -493,13 +655,13 @@ mod tests {
                         pushed += 1;
                     }
                     2 => {
-                        if let Some((d, w)) = r.next_connection() {
+                        if let Some((d, w)) = r.next_connection(now()) {
                             open.push((d, w));
                         }
                     }
                     3 if !open.is_empty() => {
                         let i = rng.gen_range(0..open.len());
-                        let more = r.next_batch(&open[i].0);
+                        let more = r.next_batch(&open[i].0, now());
                         open[i].1.extend(more);
                     }
                     _ if !open.is_empty() => {

@@ -72,12 +72,22 @@ impl Sink {
         format!("[[route]]\ndomain = {domain:?}\nto = \"{}\"\n", self.addr)
     }
 
-    /// Every message received so far: `{"from", "to": [...], "data"}`.
+    /// Every message received so far: `{"from", "to": [...], "data", "at"}`.
     pub fn messages(&self) -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(&self.out).unwrap_or_default();
         text.lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter(|v| v["event"] == "message")
+            .collect()
+    }
+
+    /// Every connection so far: `{"open": N, "at": secs}`, `open` the
+    /// connections open at that moment, this one included.
+    pub fn connections(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["event"] == "connection")
             .collect()
     }
 

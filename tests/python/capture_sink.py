@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A scripted SMTP receiver for delivery tests: accepts mail and appends
-each message as one JSON line to OUT; refuses chosen recipients with 550
-and answers 451 to the first N end-of-data. Counts connections. Standard
+each message as one JSON line to OUT (with its arrival time); refuses
+chosen recipients with 550 and answers 451 to the first N end-of-data.
+Records each connection with the number open at that moment. Standard
 library only. Prints "ready" once listening; stops on SIGTERM.
 
 usage: capture_sink.py IP PORT OUT [--reject ADDR]... [--tempfail N] [--delay-ms MS]
@@ -22,7 +23,7 @@ ap.add_argument("--delay-ms", type=int, default=0, help="pause before each end-o
 args = ap.parse_args()
 
 lock = threading.Lock()
-state = {"tempfail": args.tempfail}
+state = {"tempfail": args.tempfail, "open": 0}
 
 
 def record(obj):
@@ -37,7 +38,17 @@ class Handler(socketserver.StreamRequestHandler):
         self.wfile.flush()
 
     def handle(self):
-        record({"event": "connection"})
+        with lock:
+            state["open"] += 1
+            open_now = state["open"]
+        record({"event": "connection", "open": open_now, "at": time.time()})
+        try:
+            self.session()
+        finally:
+            with lock:
+                state["open"] -= 1
+
+    def session(self):
         self.send("220 sink.test ESMTP")
         sender, rcpts = None, []
         while True:
@@ -83,7 +94,7 @@ class Handler(socketserver.StreamRequestHandler):
                 if fail:
                     self.send("451 4.3.0 Error: try again later")
                 else:
-                    record({"event": "message", "from": sender, "to": rcpts, "data": data.decode("latin-1")})
+                    record({"event": "message", "from": sender, "to": rcpts, "data": data.decode("latin-1"), "at": time.time()})
                     self.send("250 2.0.0 Ok: queued")
                 sender, rcpts = None, []
             elif verb == "RSET":

@@ -1,0 +1,347 @@
+//! The shaping file: limits per destination site, as defaults, per
+//! provider (matched by the suffix of any of the site's MX or next-hop
+//! host names: `.google.com` covers every domain Google hosts, the MX
+//! rollup) and per recipient domain. spate ships rules for the big
+//! receivers (`default.toml` here, compiled in) and a file of the user's
+//! (`[delivery] shaping_file`) is layered over them: its default fields,
+//! providers and domains replace the shipped ones of the same name.
+//!
+//! ```toml
+//! [default]                      # every site
+//! connections = 20               # at once, the whole host
+//! deliveries_per_connection = 100
+//! message_rate = "100/s"         # N/s, N/min, N/h or N/day, whole host
+//! connection_rate = "60/min"     # new connections
+//! idle = "2s"                    # an idle connection waits this long for work
+//!
+//! [provider.google]
+//! mx_suffix = [".google.com", ".googlemail.com"]
+//! connections = 5
+//!
+//! [domain."comcast.net"]
+//! connections = 25
+//! ```
+//! A site takes the fields its domain rule sets, then its provider's,
+//! then the defaults, then the `[delivery]` settings. Host-wide counts
+//! are split between the cores (connections rounded down, at least one
+//! per core).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::rate::Rate;
+
+/// The rules spate ships, from the big receivers' published sender
+/// guidance; users extend them with `[delivery] shaping_file`.
+pub const SHIPPED: &str = include_str!("default.toml");
+
+/// Why a shaping file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ShapingError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("shaping rules: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("shaping rules: {0}")]
+    Invalid(String),
+}
+
+/// What one rule (or the defaults) sets; unset fields fall through.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub connections: Option<usize>,
+    pub deliveries_per_connection: Option<usize>,
+    pub message_rate: Option<Rate>,
+    pub connection_rate: Option<Rate>,
+    #[serde(default, with = "humantime_serde")]
+    pub idle: Option<Duration>,
+}
+
+impl Limits {
+    /// `self` where set, else `under`.
+    fn over(&self, under: &Limits) -> Limits {
+        Limits {
+            connections: self.connections.or(under.connections),
+            deliveries_per_connection: self
+                .deliveries_per_connection
+                .or(under.deliveries_per_connection),
+            message_rate: self.message_rate.or(under.message_rate),
+            connection_rate: self.connection_rate.or(under.connection_rate),
+            idle: self.idle.or(under.idle),
+        }
+    }
+
+    fn check(&self, what: &str) -> Result<(), ShapingError> {
+        if self.connections == Some(0) || self.deliveries_per_connection == Some(0) {
+            return Err(ShapingError::Invalid(format!(
+                "{what}: connections and deliveries_per_connection must be at least 1"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A provider: the sites whose hosts end with one of the suffixes.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProviderRule {
+    mx_suffix: Vec<String>,
+    connections: Option<usize>,
+    deliveries_per_connection: Option<usize>,
+    message_rate: Option<Rate>,
+    connection_rate: Option<Rate>,
+    #[serde(default, with = "humantime_serde")]
+    idle: Option<Duration>,
+}
+
+impl ProviderRule {
+    fn limits(&self) -> Limits {
+        Limits {
+            connections: self.connections,
+            deliveries_per_connection: self.deliveries_per_connection,
+            message_rate: self.message_rate,
+            connection_rate: self.connection_rate,
+            idle: self.idle,
+        }
+    }
+
+    fn matches(&self, hosts: &[&str]) -> bool {
+        hosts.iter().any(|host| {
+            let host = host.trim_end_matches('.');
+            self.mx_suffix.iter().any(|suffix| {
+                let suffix = suffix.trim_end_matches('.');
+                let bare = suffix.trim_start_matches('.');
+                host.eq_ignore_ascii_case(bare)
+                    || (host.len() > bare.len()
+                        && host.is_char_boundary(host.len() - bare.len())
+                        && host[host.len() - bare.len()..].eq_ignore_ascii_case(bare)
+                        && host.as_bytes()[host.len() - bare.len() - 1] == b'.')
+            })
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    default: Limits,
+    #[serde(default)]
+    provider: BTreeMap<String, ProviderRule>,
+    #[serde(default)]
+    domain: BTreeMap<String, Limits>,
+}
+
+/// The limits that apply to one site, on one core.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SiteLimits {
+    /// Connections at once from this core.
+    pub connections: usize,
+    pub deliveries_per_connection: usize,
+    /// The host-wide rate; each core enforces its share.
+    pub message_rate: Option<Rate>,
+    pub connection_rate: Option<Rate>,
+    pub idle: Duration,
+    /// The rule that decided (`provider:google`, `domain:comcast.net`,
+    /// `default`), for logs and `spate queue`.
+    pub rule: String,
+}
+
+/// The rules in force (shipped, with the user's file over them).
+#[derive(Debug, Clone, Default)]
+pub struct Shaping {
+    file: File,
+}
+
+impl Shaping {
+    /// The shipped rules alone.
+    pub fn shipped() -> Shaping {
+        Shaping::parse(SHIPPED).expect("the shipped shaping rules are valid")
+    }
+
+    /// Rules from TOML text.
+    pub fn parse(text: &str) -> Result<Shaping, ShapingError> {
+        let file: File = toml::from_str(text)?;
+        file.default.check("[default]")?;
+        for (name, rule) in &file.provider {
+            if rule.mx_suffix.is_empty() {
+                return Err(ShapingError::Invalid(format!(
+                    "[provider.{name}] needs mx_suffix"
+                )));
+            }
+            rule.limits().check(&format!("[provider.{name}]"))?;
+        }
+        for (name, rule) in &file.domain {
+            rule.check(&format!("[domain.{name:?}]"))?;
+        }
+        let domain = file
+            .domain
+            .into_iter()
+            .map(|(name, limits)| (name.trim_end_matches('.').to_ascii_lowercase(), limits))
+            .collect();
+        Ok(Shaping {
+            file: File { domain, ..file },
+        })
+    }
+
+    /// The shipped rules with the file at `path` over them (`None`: the
+    /// shipped rules alone).
+    pub fn load(path: Option<&Path>) -> Result<Shaping, ShapingError> {
+        let shipped = Shaping::shipped();
+        let Some(path) = path else {
+            return Ok(shipped);
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ShapingError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(Shaping::parse(&text)?.over(shipped))
+    }
+
+    /// `self`'s rules, then `base`'s where `self` has none of that name.
+    pub fn over(self, base: Shaping) -> Shaping {
+        let mut provider = base.file.provider;
+        provider.extend(self.file.provider);
+        let mut domain = base.file.domain;
+        domain.extend(self.file.domain);
+        Shaping {
+            file: File {
+                default: self.file.default.over(&base.file.default),
+                provider,
+                domain,
+            },
+        }
+    }
+
+    /// The limits of a site reached for `domain` (none for a route)
+    /// through `hosts` (its MX hosts, or the route's host), on one of
+    /// `cores` cores; `fallback` holds the `[delivery]` settings.
+    pub fn site_limits(
+        &self,
+        domain: Option<&str>,
+        hosts: &[&str],
+        fallback: &Limits,
+        cores: usize,
+    ) -> SiteLimits {
+        let mut rule = "default".to_owned();
+        let mut limits = self.file.default.over(fallback);
+        if let Some((name, provider)) = self.file.provider.iter().find(|(_, p)| p.matches(hosts)) {
+            limits = provider.limits().over(&limits);
+            rule = format!("provider:{name}");
+        }
+        let domain = domain.map(|d| d.trim_end_matches('.').to_ascii_lowercase());
+        if let Some((name, own)) = domain
+            .as_ref()
+            .and_then(|d| self.file.domain.get_key_value(d))
+        {
+            limits = own.over(&limits);
+            rule = format!("domain:{name}");
+        }
+        let cores = cores.max(1);
+        SiteLimits {
+            connections: (limits.connections.unwrap_or(20) / cores).max(1),
+            deliveries_per_connection: limits.deliveries_per_connection.unwrap_or(100).max(1),
+            message_rate: limits.message_rate,
+            connection_rate: limits.connection_rate,
+            idle: limits.idle.unwrap_or(Duration::from_secs(2)),
+            rule,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fallback() -> Limits {
+        Limits {
+            connections: Some(40),
+            deliveries_per_connection: Some(100),
+            ..Limits::default()
+        }
+    }
+
+    #[test]
+    fn the_shipped_rules_load_and_match_providers_by_mx_suffix() {
+        let s = Shaping::shipped();
+        let google = s.site_limits(
+            Some("example-hosted.test"),
+            &["aspmx.l.google.com", "alt1.aspmx.l.google.com"],
+            &fallback(),
+            1,
+        );
+        assert_eq!(google.rule, "provider:google");
+        let plain = s.site_limits(Some("small.test"), &["mx.small.test"], &fallback(), 1);
+        assert_eq!(plain.rule, "default");
+        // A suffix matches whole labels only.
+        let lookalike = s.site_limits(None, &["mx.notgoogle.com"], &fallback(), 1);
+        assert_eq!(lookalike.rule, "default");
+    }
+
+    #[test]
+    fn a_domain_rule_beats_its_provider_and_fields_fall_through() {
+        let text = r#"
+            [default]
+            deliveries_per_connection = 50
+            idle = "5s"
+            [provider.big]
+            mx_suffix = [".big.test"]
+            connections = 6
+            message_rate = "100/min"
+            [domain."Special.Test."]
+            connections = 2
+        "#;
+        let s = Shaping::parse(text).unwrap();
+        let special = s.site_limits(Some("special.test"), &["mx1.big.test"], &fallback(), 2);
+        assert_eq!(special.rule, "domain:special.test");
+        assert_eq!(special.connections, 1, "2 host-wide over 2 cores");
+        assert_eq!(special.message_rate, Some("100/min".parse().unwrap()));
+        assert_eq!(special.deliveries_per_connection, 50);
+        assert_eq!(special.idle, Duration::from_secs(5));
+        let other = s.site_limits(Some("other.test"), &["MX2.BIG.TEST."], &fallback(), 2);
+        assert_eq!(other.rule, "provider:big");
+        assert_eq!(other.connections, 3);
+        let elsewhere = s.site_limits(None, &["relay.test"], &fallback(), 2);
+        assert_eq!(elsewhere.connections, 20, "[delivery] 40 over 2 cores");
+        assert_eq!(elsewhere.message_rate, None);
+    }
+
+    #[test]
+    fn a_users_file_is_layered_over_the_shipped_rules() {
+        let mine = Shaping::parse(
+            "[default]\nconnections = 4\n[provider.google]\nmx_suffix = [\".google.com\"]\nconnections = 1\n",
+        )
+        .unwrap();
+        let s = mine.over(Shaping::shipped());
+        let g = s.site_limits(None, &["aspmx.l.google.com"], &fallback(), 1);
+        assert_eq!(
+            g.connections, 1,
+            "the user's google replaces the shipped one"
+        );
+        let yahoo = s.site_limits(None, &["mta5.am0.yahoodns.net"], &fallback(), 1);
+        assert_eq!(yahoo.rule, "provider:yahoo", "shipped providers stay");
+        let plain = s.site_limits(None, &["mx.small.test"], &fallback(), 1);
+        assert_eq!(plain.connections, 4);
+    }
+
+    #[test]
+    fn bad_rules_are_refused() {
+        for bad in [
+            "[default]\nconnections = 0\n",
+            "[provider.x]\nconnections = 2\n",
+            "[provider.x]\nmx_suffix = [\".x\"]\ndeliveries_per_connection = 0\n",
+            "[default]\nmessage_rate = \"fast\"\n",
+            "[default]\nbogus = 1\n",
+            "[domain.\"a.test\"]\nidle = \"soon\"\n",
+        ] {
+            assert!(Shaping::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
