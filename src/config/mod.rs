@@ -322,7 +322,10 @@ pub struct Local {
     pub quota: crate::account::ByteSize,
     /// Threads for the tier's blocking work (Maildir writes with fsync,
     /// password hashing, mailbox reads), shared by every core, so fsyncs
-    /// overlap instead of stalling an executor.
+    /// overlap instead of stalling an executor. They take password checks
+    /// and local deliveries before mailbox reads, and a quarter as many
+    /// more threads (at least one) take only those, so no mailbox read
+    /// delays a login or a delivery.
     #[serde(default = "default_io_threads")]
     pub io_threads: usize,
     /// Open POP3 and IMAP connections (TLS or not) from one client

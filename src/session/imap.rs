@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
+use crate::blocking::Lane;
 use crate::imap::reader::{is_done, LineStep, CONTINUATION};
 use crate::imap::session::{Backend, Outcome, PeerInfo, Session};
 use crate::imap::{parse_command, CommandReader, ReaderConfig, Step};
@@ -238,8 +239,11 @@ impl<S: SegmentStore> Driver<S> {
                     LineStep::TooLong => b"*".to_vec(),
                     LineStep::Incomplete => return Ok(Next::Read),
                 };
-                self.on_pool(move |session, backend| session.sasl_response(&line, backend))
-                    .await?
+                // Before login: the urgent lane, as every password check.
+                self.on_pool(Lane::Urgent, move |session, backend| {
+                    session.sasl_response(&line, backend)
+                })
+                .await?
             } else {
                 match self.reader.next_command() {
                     Step::Incomplete => return Ok(Next::Read),
@@ -255,7 +259,8 @@ impl<S: SegmentStore> Driver<S> {
                     }
                     Step::Command(bytes) => {
                         let command = bytes.to_vec();
-                        self.on_pool_spilling(move |session, backend| {
+                        let lane = self.lane()?;
+                        self.on_pool_spilling(lane, move |session, backend| {
                             match parse_command(&command) {
                                 Ok(command) => session.execute(command, backend),
                                 Err(error) => {
@@ -304,9 +309,21 @@ impl<S: SegmentStore> Driver<S> {
         }
     }
 
+    /// The pool's lane for the session's next command: before login the
+    /// urgent one (the commands there are small, but for the password
+    /// check, which must never wait behind mailbox reads), after it the
+    /// mailbox one.
+    fn lane(&mut self) -> io::Result<Lane> {
+        Ok(if self.session_mut()?.is_authenticated() {
+            Lane::Mailbox
+        } else {
+            Lane::Urgent
+        })
+    }
+
     /// Runs `job` with the session on a pool thread (commands read and write
     /// the mailbox store synchronously) and takes the session back.
-    async fn on_pool<F>(&mut self, job: F) -> io::Result<Outcome>
+    async fn on_pool<F>(&mut self, lane: Lane, job: F) -> io::Result<Outcome>
     where
         F: FnOnce(&mut Session, &dyn Backend) -> Outcome + Send + 'static,
     {
@@ -318,7 +335,7 @@ impl<S: SegmentStore> Driver<S> {
         let (session, outcome) = self
             .ctx
             .blocking
-            .run(move || {
+            .run(lane, move || {
                 let outcome = job(&mut session, backend.as_ref());
                 (session, outcome)
             })
@@ -333,7 +350,7 @@ impl<S: SegmentStore> Driver<S> {
     /// through a queue of [`SPILL_QUEUE`] parts: the pool thread waits
     /// while the client reads slowly, so a session never holds more than
     /// a few parts of a reply.
-    async fn on_pool_spilling<F>(&mut self, job: F) -> io::Result<Outcome>
+    async fn on_pool_spilling<F>(&mut self, lane: Lane, job: F) -> io::Result<Outcome>
     where
         F: FnOnce(&mut Session, &dyn Backend) -> Outcome + Send + 'static,
     {
@@ -345,7 +362,7 @@ impl<S: SegmentStore> Driver<S> {
             .ok_or_else(|| io::Error::other("imap session lost"))?;
         let backend = Arc::clone(&self.backend);
         let (parts, queue) = async_channel::bounded::<Vec<u8>>(SPILL_QUEUE);
-        let job = self.ctx.blocking.run(move || {
+        let job = self.ctx.blocking.run(lane, move || {
             session.set_spill(Some(Box::new(move |part| {
                 parts.send_blocking(part).is_ok()
             })));
@@ -388,7 +405,7 @@ impl<S: SegmentStore> Driver<S> {
             if let LineStep::Line(line) = self.reader.next_line() {
                 let done = is_done(line);
                 if done {
-                    self.on_pool(|session, backend| {
+                    self.on_pool(Lane::Mailbox, |session, backend| {
                         session.idle_done(backend);
                         Outcome::Continue
                     })
@@ -412,7 +429,7 @@ impl<S: SegmentStore> Driver<S> {
                         self.session_mut()?.timeout();
                         return Ok(Next::Close);
                     }
-                    self.on_pool(|session, backend| {
+                    self.on_pool(Lane::Mailbox, |session, backend| {
                         session.idle_poll(backend);
                         Outcome::Continue
                     })

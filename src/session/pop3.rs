@@ -13,6 +13,7 @@ use std::time::Instant;
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
+use crate::blocking::Lane;
 use crate::local::{LocalTier, Login};
 use crate::mailbox::{Folder, MailboxError, SessionLock, Uid};
 use crate::metrics::ConnectionKind;
@@ -210,7 +211,7 @@ impl<S: SegmentStore> Driver<S> {
         let opened = self
             .ctx
             .blocking
-            .run(move || -> Result<_, MailboxError> {
+            .run(Lane::Mailbox, move || -> Result<_, MailboxError> {
                 let mailbox = tier.mailbox(&user)?;
                 let lock = mailbox.lock_exclusive()?;
                 let folder = mailbox.inbox();
@@ -257,7 +258,7 @@ impl<S: SegmentStore> Driver<S> {
         let bytes = self
             .ctx
             .blocking
-            .run(move || folder.read(uid))
+            .run(Lane::Mailbox, move || folder.read(uid))
             .await
             .map_err(io::Error::other)?
             .map_err(io::Error::other)?;
@@ -289,7 +290,9 @@ impl<S: SegmentStore> Driver<S> {
         let removed = self
             .ctx
             .blocking
-            .run(move || folder.expunge(&uids).map(|r| r.len() == uids.len()))
+            .run(Lane::Mailbox, move || {
+                folder.expunge(&uids).map(|r| r.len() == uids.len())
+            })
             .await
             .map_err(|_| UpdateError)?;
         drop(maildrop);
