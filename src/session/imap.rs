@@ -1,10 +1,12 @@
 //! Drives one IMAP connection: frames received bytes into commands with
 //! the sans-IO `CommandReader`, runs each command through the IMAP
 //! `Session` on the blocking pool (it reads and writes the mailbox store
-//! synchronously), writes the replies, and carries out what the session
-//! asks for: STARTTLS, IDLE (woken by polling the mailbox), the delay after
-//! a failed login, LOGOUT. Implicit TLS for imaps. It makes no protocol
-//! decision of its own.
+//! synchronously), writes the replies on the executor (a long FETCH reply
+//! part by part, each part's job ending before it is written, so a client
+//! that does not read holds no pool thread), and carries out what the
+//! session asks for: STARTTLS, IDLE (woken by polling the mailbox), the
+//! delay after a failed login, LOGOUT. Implicit TLS for imaps. It makes no
+//! protocol decision of its own.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -37,8 +39,6 @@ const MAX_READ_BUFFER: usize = 64 * 1024;
 /// RFC 3501 5.4: the autologout timer is at least 30 minutes.
 const AUTOLOGOUT: Duration = Duration::from_secs(30 * 60);
 /// How often an idling session looks for changes in its mailbox.
-/// Parts of a long reply queued between the pool thread and the writer.
-const SPILL_QUEUE: usize = 2;
 const IDLE_POLL: Duration = Duration::from_secs(1);
 const TOO_MANY_CONNECTIONS: &[u8] = b"* BYE Too many connections, try again later\r\n";
 const SHUTTING_DOWN: &[u8] = b"* BYE Server shutting down\r\n";
@@ -260,16 +260,27 @@ impl<S: SegmentStore> Driver<S> {
                     Step::Command(bytes) => {
                         let command = bytes.to_vec();
                         let lane = self.lane()?;
-                        self.on_pool_spilling(lane, move |session, backend| {
-                            match parse_command(&command) {
-                                Ok(command) => session.execute(command, backend),
-                                Err(error) => {
-                                    session.command_error(&error);
-                                    Outcome::Continue
+                        let mut outcome = self
+                            .on_pool(lane, move |session, backend| {
+                                match parse_command(&command) {
+                                    Ok(command) => session.execute(command, backend),
+                                    Err(error) => {
+                                        session.command_error(&error);
+                                        Outcome::Continue
+                                    }
                                 }
-                            }
-                        })
-                        .await?
+                            })
+                            .await?;
+                        // A long FETCH reply, part by part: each is written
+                        // here, on the executor, so a client that reads
+                        // slowly or not at all holds no pool thread.
+                        while outcome == Outcome::Partial {
+                            self.flush().await?;
+                            outcome = self
+                                .on_pool(Lane::Mailbox, |session, _| session.resume())
+                                .await?;
+                        }
+                        outcome
                     }
                 }
             };
@@ -284,7 +295,8 @@ impl<S: SegmentStore> Driver<S> {
                 self.ctx.metrics.borrow_mut().counters.logins[ConnectionKind::Imap as usize] += 1;
             }
             match outcome {
-                Outcome::Continue => {}
+                // Resumed above until another outcome.
+                Outcome::Continue | Outcome::Partial => {}
                 Outcome::AuthFailed => {
                     tracing::debug!(peer = %self.peer, "imap login failed");
                     self.ctx.metrics.borrow_mut().counters.auth_failures += 1;
@@ -342,58 +354,6 @@ impl<S: SegmentStore> Driver<S> {
             .await
             .map_err(io::Error::other)?;
         self.session = Some(session);
-        Ok(outcome)
-    }
-
-    /// Like [`Driver::on_pool`], and long replies (a FETCH of many
-    /// messages) are written to the client while the command still runs,
-    /// through a queue of [`SPILL_QUEUE`] parts: the pool thread waits
-    /// while the client reads slowly, so a session never holds more than
-    /// a few parts of a reply.
-    async fn on_pool_spilling<F>(&mut self, lane: Lane, job: F) -> io::Result<Outcome>
-    where
-        F: FnOnce(&mut Session, &dyn Backend) -> Outcome + Send + 'static,
-    {
-        // What is already pending goes first: spilled parts follow it.
-        self.flush().await?;
-        let mut session = self
-            .session
-            .take()
-            .ok_or_else(|| io::Error::other("imap session lost"))?;
-        let backend = Arc::clone(&self.backend);
-        let (parts, queue) = async_channel::bounded::<Vec<u8>>(SPILL_QUEUE);
-        let job = self.ctx.blocking.run(lane, move || {
-            session.set_spill(Some(Box::new(move |part| {
-                parts.send_blocking(part).is_ok()
-            })));
-            let outcome = job(&mut session, backend.as_ref());
-            // Drops the sender: the writer below then ends.
-            session.set_spill(None);
-            (session, outcome)
-        });
-        let conn = &mut self.conn;
-        let writer = async {
-            let mut written: io::Result<()> = Ok(());
-            while let Ok(part) = queue.recv().await {
-                if written.is_err() {
-                    continue; // drain, so the job is never left blocked
-                }
-                written = glommio::timer::timeout(AUTOLOGOUT, async {
-                    conn.write_all(&part).await?;
-                    Ok(())
-                })
-                .await
-                .map_err(io::Error::from);
-                if written.is_err() {
-                    queue.close(); // the job's next part fails: it stops
-                }
-            }
-            written
-        };
-        let (joined, written) = futures_lite::future::zip(job, writer).await;
-        let (session, outcome) = joined.map_err(io::Error::other)?;
-        self.session = Some(session);
-        written?;
         Ok(outcome)
     }
 
