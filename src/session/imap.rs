@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
 use crate::blocking::Lane;
@@ -28,8 +27,9 @@ use crate::metrics::ConnectionKind;
 use crate::session::counted::CountedConnection;
 use crate::session::limits::Family;
 use crate::session::stream::{
-    accept_tls, open_connection, plaintext_allowed, refuse, wait_for_client, Connection,
-    ReadBuffer, ServerConnection, Wake,
+    accept_tls, close_within, flush_within, open_connection, plaintext_allowed, refuse,
+    wait_for_client, write_all_within, write_within, Connection, ReadBuffer, ServerConnection,
+    Wake,
 };
 use crate::shard::ShardContext;
 use crate::spool::SegmentStore;
@@ -150,7 +150,9 @@ pub async fn serve<S: SegmentStore>(
         Ok(()) => tracing::debug!(%peer, "disconnect"),
         Err(e) => tracing::debug!(%peer, error = %e, "disconnect"),
     }
-    let _ = driver.conn.close().await;
+    let limit = driver.ctx.config.local.write_timeout;
+    drop(driver.session.take());
+    close_within(&mut driver.conn, limit).await;
 }
 
 /// The reader's limits for a logged-in user: literals up to the message
@@ -437,8 +439,9 @@ impl<S: SegmentStore> Driver<S> {
         wait_for_client(&mut self.conn, &mut self.input, deadline, shutdown).await
     }
 
-    /// Writes the session's output (bounded by the autologout timer, so a
-    /// client that stops reading cannot hold the session forever).
+    /// Writes the session's output, each write bounded by `[local]
+    /// write_timeout`: a client that stops reading is disconnected then
+    /// (and its session dropped), not after the autologout timer.
     async fn flush(&mut self) -> io::Result<()> {
         let Some(session) = self.session.as_mut() else {
             return Ok(());
@@ -446,25 +449,16 @@ impl<S: SegmentStore> Driver<S> {
         if session.output().is_empty() {
             return Ok(());
         }
-        let conn = &mut self.conn;
-        glommio::timer::timeout(AUTOLOGOUT, async {
-            while !session.output().is_empty() {
-                let n = conn.write(session.output()).await?;
-                if n == 0 {
-                    return Err(io::Error::from(io::ErrorKind::WriteZero).into());
-                }
-                session.consume_output(n);
-            }
-            conn.flush().await?;
-            Ok(())
-        })
-        .await
-        .map_err(io::Error::from)
+        let limit = self.ctx.config.local.write_timeout;
+        while !session.output().is_empty() {
+            let n = write_within(&mut self.conn, session.output(), limit).await?;
+            session.consume_output(n);
+        }
+        flush_within(&mut self.conn, limit).await
     }
 
     async fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.flush().await?;
-        self.conn.write_all(bytes).await?;
-        self.conn.flush().await
+        write_all_within(&mut self.conn, bytes, self.ctx.config.local.write_timeout).await
     }
 }
