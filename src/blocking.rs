@@ -221,6 +221,11 @@ mod tests {
                 let _ = shared_blocked.recv();
             })
         };
+        // Taken before `hold` is queued (it would take that first).
+        assert_eq!(
+            starts.recv_timeout(Duration::from_secs(5)),
+            Ok("shared busy")
+        );
         let hold = {
             let started = started.clone();
             pool.run(Lane::Urgent, move || {
@@ -228,9 +233,10 @@ mod tests {
                 let _ = urgent_blocked.recv();
             })
         };
-        for _ in 0..2 {
-            starts.recv_timeout(Duration::from_secs(5)).unwrap();
-        }
+        assert_eq!(
+            starts.recv_timeout(Duration::from_secs(5)),
+            Ok("urgent busy")
+        );
         let (order, ran) = crossbeam_channel::unbounded::<&str>();
         let mailbox = {
             let order = order.clone();
