@@ -1239,7 +1239,7 @@ fn mutt_reads_and_deletes_over_imap() {
 
 // ------------------------------------------- a reply larger than memory
 
-/// A FETCH whose reply is many times the spill size arrives whole and in
+/// A FETCH whose reply is many times a reply part arrives whole and in
 /// order while the server hands it out in parts (and reads the client
 /// slowly: it only reads after sending the command).
 #[test]
@@ -1309,8 +1309,5 @@ fn a_long_fetch_reply_arrives_whole_and_in_order() {
         );
     }
     let total: usize = bodies.iter().map(String::len).sum();
-    assert!(
-        total > 2_000_000,
-        "the reply spans several spill parts: {total}"
-    );
+    assert!(total > 2_000_000, "the reply spans several parts: {total}");
 }

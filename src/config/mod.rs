@@ -322,7 +322,10 @@ pub struct Local {
     pub quota: crate::account::ByteSize,
     /// Threads for the tier's blocking work (Maildir writes with fsync,
     /// password hashing, mailbox reads), shared by every core, so fsyncs
-    /// overlap instead of stalling an executor.
+    /// overlap instead of stalling an executor. They take password checks
+    /// and local deliveries before mailbox reads, and a quarter as many
+    /// more threads (at least one) take only those, so no mailbox read
+    /// delays a login or a delivery.
     #[serde(default = "default_io_threads")]
     pub io_threads: usize,
     /// Open POP3 and IMAP connections (TLS or not) from one client
@@ -331,6 +334,13 @@ pub struct Local {
     /// a client's SMTP budget, nor SMTP clients its mailbox budget.
     #[serde(default = "default_mailbox_connections_per_ip")]
     pub max_connections_per_ip: usize,
+    /// How long one write of a reply to an IMAP or POP3 client may wait
+    /// for the client to take bytes; then the connection is closed. It
+    /// bounds writes instead of the idle timers (IMAP's 30 minutes), so a
+    /// client that asks for a large reply and stops reading is let go
+    /// soon. Such a client holds no thread meanwhile, only its connection.
+    #[serde(default = "default_write_timeout", with = "humantime_serde")]
+    pub write_timeout: Duration,
 }
 
 fn default_io_threads() -> usize {
@@ -339,6 +349,10 @@ fn default_io_threads() -> usize {
 
 fn default_mailbox_connections_per_ip() -> usize {
     50
+}
+
+fn default_write_timeout() -> Duration {
+    Duration::from_secs(5 * 60)
 }
 
 /// What an absent `[local]` means: the same as an empty one.
@@ -354,6 +368,7 @@ impl Default for Local {
             quota: crate::account::ByteSize::default(),
             io_threads: default_io_threads(),
             max_connections_per_ip: default_mailbox_connections_per_ip(),
+            write_timeout: default_write_timeout(),
         }
     }
 }
@@ -578,6 +593,9 @@ impl Config {
         if self.local.max_connections_per_ip < 1 {
             return invalid("local.max_connections_per_ip must be at least 1".into());
         }
+        if self.local.write_timeout.is_zero() {
+            return invalid("local.write_timeout must be more than 0".into());
+        }
         if self.spool.segment_size < 1 << 16 || self.spool.preallocate_chunk < 4096 {
             return invalid(
                 "spool.segment_size must be >= 64 KiB and preallocate_chunk >= 4 KiB".into(),
@@ -790,6 +808,32 @@ bare_line_endings = "normalize"
         assert_eq!(c.local.max_connections_per_ip, 50);
         let zero = EMBEDDED_DEFAULT.replace("[local]", "[local]\nmax_connections_per_ip = 0");
         assert!(Config::parse(&zero).is_err());
+    }
+
+    #[test]
+    fn write_timeout_parses_with_a_default() {
+        assert_eq!(
+            Config::embedded().local.write_timeout,
+            Duration::from_secs(300)
+        );
+        let absent =
+            "spool_dir = \"s\"\n[[listener]]\naddress = \"127.0.0.1:25\"\nprotocol = \"smtp\"\n";
+        assert_eq!(
+            Config::parse(absent).unwrap().local.write_timeout,
+            Duration::from_secs(300)
+        );
+        let c =
+            Config::parse(&EMBEDDED_DEFAULT.replace("[local]", "[local]\nwrite_timeout = \"90s\""))
+                .unwrap();
+        assert_eq!(c.local.write_timeout, Duration::from_secs(90));
+        for bad in [
+            "write_timeout = \"0s\"",
+            "write_timeout = \"soon\"",
+            "write_timeout = 5",
+        ] {
+            let text = EMBEDDED_DEFAULT.replace("[local]", &format!("[local]\n{bad}"));
+            assert!(Config::parse(&text).is_err(), "{bad}");
+        }
     }
 
     #[test]

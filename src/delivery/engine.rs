@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_lite::future::or;
 
+use crate::blocking::Lane;
 use crate::control::{Reply, Request};
 use crate::delivery::attempts::{next_step, Attempt, Attempts, NextStep};
 use crate::delivery::dsn::{build_dsn, status_of, DsnAction, FailedRecipient};
@@ -544,7 +545,8 @@ impl<S: SegmentStore + 'static> Engine<S> {
         let sender = envelope.sender.clone();
         let began = std::time::Instant::now();
         // The job hands the body back, for a forwarded copy.
-        let job = self.ctx.blocking.run(move || {
+        // The urgent lane: mailbox reads never hold up a delivery.
+        let job = self.ctx.blocking.run(Lane::Urgent, move || {
             let outcomes = addresses
                 .into_iter()
                 .map(|(index, address)| {

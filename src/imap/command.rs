@@ -514,12 +514,72 @@ pub enum FetchAttribute<'a> {
     },
 }
 
+impl FetchAttribute<'_> {
+    /// The same item owning its bytes: a FETCH that goes on after its
+    /// command's buffer is gone keeps its items so.
+    pub fn into_owned(self) -> FetchAttribute<'static> {
+        use FetchAttribute as F;
+        match self {
+            F::Envelope => F::Envelope,
+            F::Flags => F::Flags,
+            F::InternalDate => F::InternalDate,
+            F::Rfc822 => F::Rfc822,
+            F::Rfc822Header => F::Rfc822Header,
+            F::Rfc822Size => F::Rfc822Size,
+            F::Rfc822Text => F::Rfc822Text,
+            F::Body => F::Body,
+            F::BodyStructure => F::BodyStructure,
+            F::Uid => F::Uid,
+            F::ModSeq => F::ModSeq,
+            F::BodySection {
+                peek,
+                section,
+                partial,
+            } => F::BodySection {
+                peek,
+                section: section.into_owned(),
+                partial,
+            },
+            F::Binary {
+                peek,
+                part,
+                partial,
+            } => F::Binary {
+                peek,
+                part,
+                partial,
+            },
+            F::BinarySize { part } => F::BinarySize { part },
+        }
+    }
+}
+
 /// `section-spec`: part numbers (empty for the whole message) and which
 /// text of that part.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Section<'a> {
     pub part: Vec<NonZeroU32>,
     pub text: Option<SectionText<'a>>,
+}
+
+impl Section<'_> {
+    fn into_owned(self) -> Section<'static> {
+        Section {
+            part: self.part,
+            text: self.text.map(|text| match text {
+                SectionText::Header => SectionText::Header,
+                SectionText::HeaderFields { not, fields } => SectionText::HeaderFields {
+                    not,
+                    fields: fields
+                        .into_iter()
+                        .map(|f| Cow::Owned(f.into_owned()))
+                        .collect(),
+                },
+                SectionText::Text => SectionText::Text,
+                SectionText::Mime => SectionText::Mime,
+            }),
+        }
+    }
 }
 
 /// `section-msgtext` / `MIME`.

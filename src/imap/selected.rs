@@ -8,14 +8,15 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::command::{FetchItems, Flag, SearchKey, SeqNumber, SequenceSet, SortKey, StoreAction};
+use super::command::{
+    FetchAttribute, FetchItems, Flag, SearchKey, SeqNumber, SequenceSet, SortKey, StoreAction,
+};
 use super::fetch::{self, Fetched};
 use super::flag::{self as flag, defined_flags, flags_of, imap_flags, keyword_names};
 use super::mime::MessageStructure;
 use super::reply::Say;
 use super::response::{write_code, write_flags, write_untagged_status, Code, Status};
 use super::search::{self, Candidate, Largest, Message};
-use super::session::Spill;
 use super::sort;
 use super::view::{SelectedView, Update};
 use crate::mailbox::{
@@ -47,8 +48,36 @@ pub struct CopyUid {
     pub destination: Vec<u32>,
 }
 
-/// Output a FETCH holds before handing it to the spill hook.
-const SPILL_AT: usize = 256 * 1024;
+/// A FETCH under way (see [`Selected::fetch_begin`]): the messages it has
+/// still to write and what it needs to write them, kept in the session
+/// between the parts of a long reply.
+#[derive(Debug)]
+pub struct FetchCursor {
+    uid_command: bool,
+    attrs: Vec<FetchAttribute<'static>>,
+    needs: fetch::Needs,
+    /// (sequence number, UID) in sequence order; `next` is the first not
+    /// written.
+    targets: Vec<(u32, Uid)>,
+    next: usize,
+    /// The messages this FETCH marked `\Seen`: their responses carry
+    /// FLAGS.
+    marked: HashSet<Uid>,
+    complete: bool,
+}
+
+impl FetchCursor {
+    /// UID FETCH: the updates that follow may report expunges.
+    pub fn uid_command(&self) -> bool {
+        self.uid_command
+    }
+
+    /// Every message could be read; false when some had gone (the caller
+    /// answers `NO [EXPUNGEISSUED]`).
+    pub fn complete(&self) -> bool {
+        self.complete
+    }
+}
 
 /// Size and internal date of a message, from the last snapshot.
 #[derive(Debug, Clone, Copy)]
@@ -354,17 +383,16 @@ impl Selected {
         }
     }
 
-    /// FETCH / UID FETCH (RFC 3501 6.4.5, 6.4.8). Writes the responses;
-    /// `Ok(false)` when some messages could no longer be read (the
-    /// caller answers `NO [EXPUNGEISSUED]`).
-    pub fn fetch(
+    /// FETCH / UID FETCH (RFC 3501 6.4.5, 6.4.8), its first step: checks
+    /// the items and the set, sets `\Seen` on every message a body item
+    /// reads, and returns the cursor [`Selected::fetch_part`] writes the
+    /// responses from. Nothing is written yet.
+    pub fn fetch_begin(
         &mut self,
-        out: &mut Vec<u8>,
-        mut spill: Option<&mut Spill>,
         uid_command: bool,
         set: &SequenceSet,
         items: FetchItems<'_>,
-    ) -> Result<bool, Failure> {
+    ) -> Result<FetchCursor, Failure> {
         let attrs = items.expand();
         if !attrs.iter().all(fetch::supported) {
             return Err(Failure::Bad(Say::UnsupportedItem));
@@ -395,8 +423,30 @@ impl Selected {
         if needs.structure {
             self.load_cached_structures(&targets);
         }
-        let mut complete = true;
-        for (seq, uid) in targets {
+        Ok(FetchCursor {
+            uid_command,
+            attrs: attrs.into_iter().map(FetchAttribute::into_owned).collect(),
+            needs,
+            targets,
+            next: 0,
+            marked,
+            complete: true,
+        })
+    }
+
+    /// Writes the responses of `cursor`'s next messages, until it has
+    /// written at least `part` bytes or none is left (true then). Between parts the
+    /// view must not change (no sync): the sequence numbers are the
+    /// command's. A message that can no longer be read is skipped and
+    /// counted (see [`FetchCursor::complete`]).
+    pub fn fetch_part(&mut self, out: &mut Vec<u8>, cursor: &mut FetchCursor, part: usize) -> bool {
+        let needs = cursor.needs;
+        let start = out.len();
+        while out.len() - start < part {
+            let Some(&(seq, uid)) = cursor.targets.get(cursor.next) else {
+                break;
+            };
+            cursor.next += 1;
             let Some(entry) = self.view.get(seq).copied() else {
                 continue;
             };
@@ -409,7 +459,7 @@ impl Selected {
                         if e.is_transient() {
                             tracing::warn!(error = %e, "FETCH cannot read a message");
                         }
-                        complete = false;
+                        cursor.complete = false;
                         continue;
                     }
                 }
@@ -435,19 +485,12 @@ impl Selected {
                 raw: raw.as_deref(),
                 structure: structure.as_deref(),
             };
-            let add_uid = uid_command && !needs.uid;
-            let add_flags = marked.contains(&uid) && !needs.flags;
-            fetch::write_fetch(out, &message, &attrs, add_uid, add_flags);
-            if out.len() >= SPILL_AT {
-                if let Some(spill) = spill.as_deref_mut() {
-                    if !spill(std::mem::take(out)) {
-                        break; // the client is gone: nobody reads the rest
-                    }
-                }
-            }
+            let add_uid = cursor.uid_command && !needs.uid;
+            let add_flags = cursor.marked.contains(&uid) && !needs.flags;
+            fetch::write_fetch(out, &message, &cursor.attrs, add_uid, add_flags);
         }
         self.keep_parsed_structures();
-        Ok(complete)
+        cursor.next >= cursor.targets.len()
     }
 
     /// STORE / UID STORE (RFC 3501 6.4.6). New keywords are defined in

@@ -10,6 +10,7 @@
 //! | outcome / state | the driver does |
 //! |---|---|
 //! | `Continue` | flushes `output()`, reads the next command |
+//! | `Partial` | flushes `output()` (part of a long FETCH reply), then calls `resume`, until another outcome |
 //! | `StartTls` | flushes (it ends with "OK Begin TLS"), drops unread plaintext, handshakes, calls `tls_established` |
 //! | `Idle` | flushes "+ idling", calls `idle_poll` on changes or a timer, `idle_done` on `DONE` |
 //! | `AuthFailed` | delays (login throttle), then flushes the NO |
@@ -19,6 +20,12 @@
 //! After each command in the selected state the view is synced with the
 //! store and the untagged updates go out before the tagged reply
 //! (RFC 3501 7.4.1: no EXPUNGE during FETCH, STORE or SEARCH).
+//!
+//! A FETCH whose reply grows past [`REPLY_PART`] stops there and returns
+//! `Partial`: the driver writes that part without holding a thread, however
+//! slowly the client reads, and `resume` writes the next. The view does not
+//! change between parts (the sync waits for the last), and a command given
+//! to `execute` while a FETCH is unfinished first finishes it.
 
 use std::sync::Arc;
 
@@ -30,7 +37,7 @@ use super::reply::{completed, tagged, write_mailbox_error, Say};
 use super::response::{
     write_command_error, write_continuation, write_rejection, write_untagged_status, Code, Status,
 };
-use super::selected::{write_copyuid_untagged, CopyUid, Failure};
+use super::selected::{write_copyuid_untagged, CopyUid, Failure, FetchCursor};
 use crate::local::Login;
 use crate::mailbox::{MailboxError, UserMailbox};
 use crate::sasl;
@@ -86,6 +93,9 @@ pub struct PeerInfo {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Continue,
+    /// `output()` holds part of a FETCH reply: write it, then call
+    /// [`Session::resume`].
+    Partial,
     StartTls,
     Idle,
     AuthFailed,
@@ -109,23 +119,18 @@ enum State {
     Logout,
 }
 
-/// Hands part of a long reply on while the command still runs (the glue
-/// writes it to the client), so a FETCH of many large messages never
-/// holds more than a bounded amount; false when the client is gone.
-pub type Spill = Box<dyn FnMut(Vec<u8>) -> bool + Send>;
+/// The reply a FETCH writes before it stops for the driver to send it
+/// (`Outcome::Partial`): a session holds at most this much and one
+/// message's response.
+pub const REPLY_PART: usize = 256 * 1024;
 
-/// The spill hook, if the glue installed one.
-#[derive(Default)]
-struct SpillHook(Option<Spill>);
-
-impl std::fmt::Debug for SpillHook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() {
-            "Spill(on)"
-        } else {
-            "Spill(off)"
-        })
-    }
+/// A FETCH that stopped after a part of its reply.
+#[derive(Debug)]
+struct PendingFetch {
+    tag: String,
+    /// `FETCH` or `UID FETCH`.
+    name: &'static str,
+    cursor: FetchCursor,
 }
 
 /// One IMAP connection's protocol state and pending output.
@@ -135,7 +140,8 @@ pub struct Session {
     peer: PeerInfo,
     state: State,
     out: Vec<u8>,
-    spill: SpillHook,
+    /// Set between the parts of a long FETCH reply.
+    fetching: Option<PendingFetch>,
     bad_in_a_row: u32,
 }
 
@@ -214,7 +220,7 @@ impl Session {
             peer,
             state: State::NotAuthenticated { sasl: None },
             out: Vec::with_capacity(1024),
-            spill: SpillHook::default(),
+            fetching: None,
             bad_in_a_row: 0,
         };
         let caps = session.capabilities();
@@ -263,12 +269,6 @@ impl Session {
         self.peer.tls || self.peer.plaintext_allowed
     }
 
-    /// Installs (or with `None` removes) the hook long replies spill
-    /// through; without one they are held whole in `output()`.
-    pub fn set_spill(&mut self, spill: Option<Spill>) {
-        self.spill = SpillHook(spill);
-    }
-
     pub fn output(&self) -> &[u8] {
         &self.out
     }
@@ -295,6 +295,7 @@ impl Session {
     /// RFC 3501 5.4: the driver's autologout timer ran out.
     pub fn timeout(&mut self) {
         write_untagged_status(&mut self.out, Status::Bye, None, Say::Autologout.as_str());
+        self.fetching = None;
         self.state = State::Logout;
     }
 
@@ -334,8 +335,14 @@ impl Session {
         }
     }
 
-    /// Runs one parsed command.
+    /// Runs one parsed command (`Partial`: see [`Session::resume`]).
     pub fn execute(&mut self, command: Command<'_>, backend: &dyn Backend) -> Outcome {
+        // A caller that did not resume a FETCH: it ends first, whole.
+        while self.fetching.is_some() {
+            if self.resume() != Outcome::Partial {
+                break;
+            }
+        }
         let tag = command.tag;
         let needed = needs(&command.body);
         let ok_state = match (&self.state, needed) {
@@ -636,7 +643,6 @@ impl Session {
             return Outcome::Continue;
         };
         let out = &mut self.out;
-        let spill = &mut self.spill;
         let name = body.name();
         // Mailbox commands write their whole reply here; it goes out
         // after the updates.
@@ -708,9 +714,15 @@ impl Session {
                         changed_since: None,
                     } => {
                         allow_expunge = uid;
-                        match selected.fetch(out, spill.0.as_mut(), uid, &set, items) {
-                            Ok(true) => Done::Ok,
-                            Ok(false) => Failure::No(Code::ExpungeIssued, Say::SomeExpunged).into(),
+                        match selected.fetch_begin(uid, &set, items) {
+                            Ok(cursor) => {
+                                self.fetching = Some(PendingFetch {
+                                    tag: tag.to_owned(),
+                                    name,
+                                    cursor,
+                                });
+                                return self.resume();
+                            }
                             Err(e) => e.into(),
                         }
                     }
@@ -795,10 +807,50 @@ impl Session {
                 }
             }
         };
+        self.conclude(tag, name, done, allow_expunge, &held)
+    }
+
+    /// Writes the next part of a FETCH reply after `Partial`: `Partial`
+    /// again while more is left; after the last part, the updates and the
+    /// tagged line, and the outcome the command ends with.
+    pub fn resume(&mut self) -> Outcome {
+        let Some(mut pending) = self.fetching.take() else {
+            return Outcome::Continue;
+        };
+        let State::Authenticated { user, .. } = &mut self.state else {
+            return Outcome::Continue;
+        };
+        let Some(selected) = user.selected.as_mut() else {
+            // Nothing unselects between the parts.
+            return Outcome::Continue;
+        };
+        if !selected.fetch_part(&mut self.out, &mut pending.cursor, REPLY_PART) {
+            self.fetching = Some(pending);
+            return Outcome::Partial;
+        }
+        let done = if pending.cursor.complete() {
+            Done::Ok
+        } else {
+            Failure::No(Code::ExpungeIssued, Say::SomeExpunged).into()
+        };
+        let allow_expunge = pending.cursor.uid_command();
+        self.conclude(&pending.tag, pending.name, done, allow_expunge, &[])
+    }
+
+    /// The end of a command that may be followed by updates: syncs the
+    /// view, then writes the reply (`held`, for `Done::Held`).
+    fn conclude(
+        &mut self,
+        tag: &str,
+        name: &str,
+        done: Done,
+        allow_expunge: bool,
+        held: &[u8],
+    ) -> Outcome {
         self.sync(allow_expunge);
         let out = &mut self.out;
         match done {
-            Done::Held => out.extend_from_slice(&held),
+            Done::Held => out.extend_from_slice(held),
             Done::Ok => completed(out, tag, None, name),
             Done::CopyUid(copied) => {
                 let code = Code::CopyUid {

@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 
 use super::parser::parse_command;
 use super::reader::{is_done, CommandReader, LineStep, ReaderConfig, Step, CONTINUATION};
-use super::session::{Backend, ImapConfig, Outcome, PeerInfo, Session};
+use super::session::{Backend, ImapConfig, Outcome, PeerInfo, Session, REPLY_PART};
 use crate::local::Login;
 use crate::mailbox::{MailStore, MailboxError, UserMailbox, UserName};
 
@@ -71,6 +71,9 @@ struct Client {
     reader: CommandReader,
     idle: bool,
     outcomes: Vec<Outcome>,
+    /// The parts of long replies (what `output()` held at each
+    /// `Outcome::Partial`), in order.
+    parts: Vec<String>,
 }
 
 impl Client {
@@ -80,6 +83,7 @@ impl Client {
             reader: CommandReader::new(ReaderConfig::default()),
             idle: false,
             outcomes: Vec::new(),
+            parts: Vec::new(),
         }
     }
 
@@ -147,7 +151,15 @@ impl Client {
                 match self.reader.next_command() {
                     Step::Command(bytes) => match parse_command(bytes) {
                         Ok(command) => {
-                            let o = self.session.execute(command, backend);
+                            let mut o = self.session.execute(command, backend);
+                            // As the driver: each part goes out, then the
+                            // next is asked for.
+                            while o == Outcome::Partial {
+                                let part = self.take();
+                                transcript.push_str(&part);
+                                self.parts.push(part);
+                                o = self.session.resume();
+                            }
                             self.idle = o == Outcome::Idle;
                             self.outcomes.push(o);
                         }
@@ -1164,4 +1176,131 @@ fn sort_orders_matches_by_the_keys_given() {
         "e SORT SIZE UTF-8 ALL\r\nf SORT (NAME) UTF-8 ALL\r\n",
     );
     assert!(r.starts_with("e BAD") && r.contains("f BAD"), "{r}");
+}
+
+// ------------------------------------------------------------ long FETCH replies
+
+/// A message of about `size` bytes whose body names it.
+fn large_message(n: usize, size: usize) -> String {
+    let line = "the quick brown fox jumps over the lazy dog 0123456789 abcdefghij\r\n";
+    let body = line.repeat(size / line.len());
+    format!("Subject: large {n}\r\n\r\nstart-{n}\r\n{body}end-{n}\r\n")
+}
+
+/// 20 messages of 64 KiB: a FETCH of their bodies is about five parts.
+fn large_mailbox() -> TestBackend {
+    let backend = TestBackend::new();
+    let inbox = backend.user("alice").inbox();
+    for n in 1..=20 {
+        inbox
+            .deliver(&[large_message(n, 64 * 1024).as_bytes()])
+            .unwrap();
+    }
+    backend
+}
+
+#[test]
+fn a_long_fetch_comes_out_in_parts_that_add_up_to_the_whole() {
+    let backend = large_mailbox();
+    let mut c = Client::selected(&backend);
+    let whole = c.send(&backend, "f FETCH 1:* BODY.PEEK[]\r\n");
+    assert!(c.parts.len() >= 3, "{} parts", c.parts.len());
+    for part in &c.parts {
+        assert!(!part.contains("f OK"), "tagged only at the end");
+        assert!(part.len() >= REPLY_PART, "{}", part.len());
+        assert!(part.len() < REPLY_PART + 80 * 1024, "{}", part.len());
+        assert!(part.ends_with(")\r\n"), "parts end between responses");
+    }
+    assert!(whole.ends_with("\r\nf OK FETCH completed\r\n"));
+    assert_eq!(whole.matches("f OK").count(), 1);
+    // The same responses as one FETCH per message (each a single part).
+    let mut one_by_one = String::new();
+    for n in 1..=20 {
+        let r = c.send(&backend, &format!("g{n} FETCH {n} BODY.PEEK[]\r\n"));
+        one_by_one.push_str(
+            r.strip_suffix(&format!("g{n} OK FETCH completed\r\n"))
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        whole.strip_suffix("f OK FETCH completed\r\n").unwrap(),
+        one_by_one
+    );
+    // A UID FETCH that is not resumed is finished by the next command.
+    let mut raw = Client::selected(&backend);
+    let command = parse_command(b"u UID FETCH 1:* BODY.PEEK[]").unwrap();
+    assert_eq!(raw.session.execute(command, &backend), Outcome::Partial);
+    let command = parse_command(b"n NOOP").unwrap();
+    assert_eq!(raw.session.execute(command, &backend), Outcome::Continue);
+    let out = raw.take();
+    assert_eq!(out.matches(" FETCH (").count(), 20);
+    assert!(
+        out.ends_with("u OK UID FETCH completed\r\nn OK NOOP completed\r\n"),
+        "{}",
+        &out[out.len() - 80..]
+    );
+}
+
+#[test]
+fn a_long_fetch_sets_seen_on_every_message_as_one_command() {
+    let backend = large_mailbox();
+    let mut c = Client::selected(&backend);
+    let r = c.send(&backend, "f FETCH 1:* BODY[]\r\n");
+    assert!(c.parts.len() >= 3, "{} parts", c.parts.len());
+    // Every response carries the new flags, in the first part too.
+    assert_eq!(
+        r.matches("FLAGS (\\Seen \\Recent)").count(),
+        20,
+        "{}",
+        &r[..200]
+    );
+    assert!(c.parts[0].contains("* 1 FETCH (FLAGS (\\Seen \\Recent) BODY[] {"));
+    assert!(r.ends_with("f OK FETCH completed\r\n"));
+    // Stored, for every message, and nothing to report after.
+    let stored = backend.user("alice").inbox().snapshot().unwrap();
+    assert!(stored
+        .messages
+        .iter()
+        .all(|m| m.flags.contains(crate::mailbox::Flag::Seen)));
+    let r = c.send(&backend, "n NOOP\r\n");
+    assert_eq!(r, "n OK NOOP completed\r\n");
+}
+
+#[test]
+fn an_expunge_between_parts_gives_expungeissued() {
+    let backend = large_mailbox();
+    let mut c = Client::selected(&backend);
+    let command = parse_command(b"f FETCH 1:* BODY.PEEK[]").unwrap();
+    assert_eq!(c.session.execute(command, &backend), Outcome::Partial);
+    let first = c.take();
+    // Another session removes the last three messages meanwhile.
+    let inbox = backend.user("alice").inbox();
+    let uids: Vec<_> = inbox.snapshot().unwrap().messages[17..]
+        .iter()
+        .map(|m| m.uid)
+        .collect();
+    assert_eq!(inbox.expunge(&uids).unwrap().len(), 3);
+    let mut rest = String::new();
+    let outcome = loop {
+        let o = c.session.resume();
+        rest.push_str(&c.take());
+        if o != Outcome::Partial {
+            break o;
+        }
+    };
+    assert_eq!(outcome, Outcome::Continue);
+    let all = first + &rest;
+    assert_eq!(all.matches(" FETCH (").count(), 17);
+    // No EXPUNGE during FETCH (RFC 3501 7.4.1); the next command has it.
+    assert!(!all.contains("EXPUNGE\r\n"));
+    assert!(
+        all.ends_with(")\r\nf NO [EXPUNGEISSUED] Some messages were expunged meanwhile\r\n"),
+        "{}",
+        &all[all.len() - 120..]
+    );
+    let r = c.send(&backend, "n NOOP\r\n");
+    assert_eq!(
+        r,
+        "* 18 EXPUNGE\r\n* 18 EXPUNGE\r\n* 18 EXPUNGE\r\nn OK NOOP completed\r\n"
+    );
 }

@@ -1,10 +1,12 @@
 //! Drives one IMAP connection: frames received bytes into commands with
 //! the sans-IO `CommandReader`, runs each command through the IMAP
 //! `Session` on the blocking pool (it reads and writes the mailbox store
-//! synchronously), writes the replies, and carries out what the session
-//! asks for: STARTTLS, IDLE (woken by polling the mailbox), the delay after
-//! a failed login, LOGOUT. Implicit TLS for imaps. It makes no protocol
-//! decision of its own.
+//! synchronously), writes the replies on the executor (a long FETCH reply
+//! part by part, each part's job ending before it is written, so a client
+//! that does not read holds no pool thread), and carries out what the
+//! session asks for: STARTTLS, IDLE (woken by polling the mailbox), the
+//! delay after a failed login, LOGOUT. Implicit TLS for imaps. It makes no
+//! protocol decision of its own.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -13,9 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
+use crate::blocking::Lane;
 use crate::imap::reader::{is_done, LineStep, CONTINUATION};
 use crate::imap::session::{Backend, Outcome, PeerInfo, Session};
 use crate::imap::{parse_command, CommandReader, ReaderConfig, Step};
@@ -25,8 +27,9 @@ use crate::metrics::ConnectionKind;
 use crate::session::counted::CountedConnection;
 use crate::session::limits::Family;
 use crate::session::stream::{
-    accept_tls, open_connection, plaintext_allowed, refuse, wait_for_client, Connection,
-    ReadBuffer, ServerConnection, Wake,
+    accept_tls, close_within, flush_within, open_connection, plaintext_allowed, refuse,
+    wait_for_client, write_all_within, write_within, Connection, ReadBuffer, ServerConnection,
+    Wake,
 };
 use crate::shard::ShardContext;
 use crate::spool::SegmentStore;
@@ -36,8 +39,6 @@ const MAX_READ_BUFFER: usize = 64 * 1024;
 /// RFC 3501 5.4: the autologout timer is at least 30 minutes.
 const AUTOLOGOUT: Duration = Duration::from_secs(30 * 60);
 /// How often an idling session looks for changes in its mailbox.
-/// Parts of a long reply queued between the pool thread and the writer.
-const SPILL_QUEUE: usize = 2;
 const IDLE_POLL: Duration = Duration::from_secs(1);
 const TOO_MANY_CONNECTIONS: &[u8] = b"* BYE Too many connections, try again later\r\n";
 const SHUTTING_DOWN: &[u8] = b"* BYE Server shutting down\r\n";
@@ -153,7 +154,9 @@ pub async fn serve<S: SegmentStore>(
         Ok(()) => tracing::debug!(%peer, "disconnect"),
         Err(e) => tracing::debug!(%peer, error = %e, "disconnect"),
     }
-    let _ = driver.conn.close().await;
+    let limit = driver.ctx.config.local.write_timeout;
+    drop(driver.session.take());
+    close_within(&mut driver.conn, limit).await;
 }
 
 /// The reader's limits for a logged-in user: literals up to the message
@@ -242,8 +245,11 @@ impl<S: SegmentStore> Driver<S> {
                     LineStep::TooLong => b"*".to_vec(),
                     LineStep::Incomplete => return Ok(Next::Read),
                 };
-                self.on_pool(move |session, backend| session.sasl_response(&line, backend))
-                    .await?
+                // Before login: the urgent lane, as every password check.
+                self.on_pool(Lane::Urgent, move |session, backend| {
+                    session.sasl_response(&line, backend)
+                })
+                .await?
             } else {
                 match self.reader.next_command() {
                     Step::Incomplete => return Ok(Next::Read),
@@ -259,16 +265,28 @@ impl<S: SegmentStore> Driver<S> {
                     }
                     Step::Command(bytes) => {
                         let command = bytes.to_vec();
-                        self.on_pool_spilling(move |session, backend| {
-                            match parse_command(&command) {
-                                Ok(command) => session.execute(command, backend),
-                                Err(error) => {
-                                    session.command_error(&error);
-                                    Outcome::Continue
+                        let lane = self.lane()?;
+                        let mut outcome = self
+                            .on_pool(lane, move |session, backend| {
+                                match parse_command(&command) {
+                                    Ok(command) => session.execute(command, backend),
+                                    Err(error) => {
+                                        session.command_error(&error);
+                                        Outcome::Continue
+                                    }
                                 }
-                            }
-                        })
-                        .await?
+                            })
+                            .await?;
+                        // A long FETCH reply, part by part: each is written
+                        // here, on the executor, so a client that reads
+                        // slowly or not at all holds no pool thread.
+                        while outcome == Outcome::Partial {
+                            self.flush().await?;
+                            outcome = self
+                                .on_pool(Lane::Mailbox, |session, _| session.resume())
+                                .await?;
+                        }
+                        outcome
                     }
                 }
             };
@@ -283,7 +301,8 @@ impl<S: SegmentStore> Driver<S> {
                 self.ctx.metrics.borrow_mut().counters.logins[ConnectionKind::Imap as usize] += 1;
             }
             match outcome {
-                Outcome::Continue => {}
+                // Resumed above until another outcome.
+                Outcome::Continue | Outcome::Partial => {}
                 Outcome::AuthFailed => {
                     tracing::debug!(peer = %self.peer, "imap login failed");
                     self.ctx.metrics.borrow_mut().counters.auth_failures += 1;
@@ -308,9 +327,21 @@ impl<S: SegmentStore> Driver<S> {
         }
     }
 
+    /// The pool's lane for the session's next command: before login the
+    /// urgent one (the commands there are small, but for the password
+    /// check, which must never wait behind mailbox reads), after it the
+    /// mailbox one.
+    fn lane(&mut self) -> io::Result<Lane> {
+        Ok(if self.session_mut()?.is_authenticated() {
+            Lane::Mailbox
+        } else {
+            Lane::Urgent
+        })
+    }
+
     /// Runs `job` with the session on a pool thread (commands read and write
     /// the mailbox store synchronously) and takes the session back.
-    async fn on_pool<F>(&mut self, job: F) -> io::Result<Outcome>
+    async fn on_pool<F>(&mut self, lane: Lane, job: F) -> io::Result<Outcome>
     where
         F: FnOnce(&mut Session, &dyn Backend) -> Outcome + Send + 'static,
     {
@@ -322,65 +353,13 @@ impl<S: SegmentStore> Driver<S> {
         let (session, outcome) = self
             .ctx
             .blocking
-            .run(move || {
+            .run(lane, move || {
                 let outcome = job(&mut session, backend.as_ref());
                 (session, outcome)
             })
             .await
             .map_err(io::Error::other)?;
         self.session = Some(session);
-        Ok(outcome)
-    }
-
-    /// Like [`Driver::on_pool`], and long replies (a FETCH of many
-    /// messages) are written to the client while the command still runs,
-    /// through a queue of [`SPILL_QUEUE`] parts: the pool thread waits
-    /// while the client reads slowly, so a session never holds more than
-    /// a few parts of a reply.
-    async fn on_pool_spilling<F>(&mut self, job: F) -> io::Result<Outcome>
-    where
-        F: FnOnce(&mut Session, &dyn Backend) -> Outcome + Send + 'static,
-    {
-        // What is already pending goes first: spilled parts follow it.
-        self.flush().await?;
-        let mut session = self
-            .session
-            .take()
-            .ok_or_else(|| io::Error::other("imap session lost"))?;
-        let backend = Arc::clone(&self.backend);
-        let (parts, queue) = async_channel::bounded::<Vec<u8>>(SPILL_QUEUE);
-        let job = self.ctx.blocking.run(move || {
-            session.set_spill(Some(Box::new(move |part| {
-                parts.send_blocking(part).is_ok()
-            })));
-            let outcome = job(&mut session, backend.as_ref());
-            // Drops the sender: the writer below then ends.
-            session.set_spill(None);
-            (session, outcome)
-        });
-        let conn = &mut self.conn;
-        let writer = async {
-            let mut written: io::Result<()> = Ok(());
-            while let Ok(part) = queue.recv().await {
-                if written.is_err() {
-                    continue; // drain, so the job is never left blocked
-                }
-                written = glommio::timer::timeout(AUTOLOGOUT, async {
-                    conn.write_all(&part).await?;
-                    Ok(())
-                })
-                .await
-                .map_err(io::Error::from);
-                if written.is_err() {
-                    queue.close(); // the job's next part fails: it stops
-                }
-            }
-            written
-        };
-        let (joined, written) = futures_lite::future::zip(job, writer).await;
-        let (session, outcome) = joined.map_err(io::Error::other)?;
-        self.session = Some(session);
-        written?;
         Ok(outcome)
     }
 
@@ -392,7 +371,7 @@ impl<S: SegmentStore> Driver<S> {
             if let LineStep::Line(line) = self.reader.next_line() {
                 let done = is_done(line);
                 if done {
-                    self.on_pool(|session, backend| {
+                    self.on_pool(Lane::Mailbox, |session, backend| {
                         session.idle_done(backend);
                         Outcome::Continue
                     })
@@ -416,7 +395,7 @@ impl<S: SegmentStore> Driver<S> {
                         self.session_mut()?.timeout();
                         return Ok(Next::Close);
                     }
-                    self.on_pool(|session, backend| {
+                    self.on_pool(Lane::Mailbox, |session, backend| {
                         session.idle_poll(backend);
                         Outcome::Continue
                     })
@@ -464,8 +443,9 @@ impl<S: SegmentStore> Driver<S> {
         wait_for_client(&mut self.conn, &mut self.input, deadline, shutdown).await
     }
 
-    /// Writes the session's output (bounded by the autologout timer, so a
-    /// client that stops reading cannot hold the session forever).
+    /// Writes the session's output, each write bounded by `[local]
+    /// write_timeout`: a client that stops reading is disconnected then
+    /// (and its session dropped), not after the autologout timer.
     async fn flush(&mut self) -> io::Result<()> {
         let Some(session) = self.session.as_mut() else {
             return Ok(());
@@ -473,25 +453,16 @@ impl<S: SegmentStore> Driver<S> {
         if session.output().is_empty() {
             return Ok(());
         }
-        let conn = &mut self.conn;
-        glommio::timer::timeout(AUTOLOGOUT, async {
-            while !session.output().is_empty() {
-                let n = conn.write(session.output()).await?;
-                if n == 0 {
-                    return Err(io::Error::from(io::ErrorKind::WriteZero).into());
-                }
-                session.consume_output(n);
-            }
-            conn.flush().await?;
-            Ok(())
-        })
-        .await
-        .map_err(io::Error::from)
+        let limit = self.ctx.config.local.write_timeout;
+        while !session.output().is_empty() {
+            let n = write_within(&mut self.conn, session.output(), limit).await?;
+            session.consume_output(n);
+        }
+        flush_within(&mut self.conn, limit).await
     }
 
     async fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.flush().await?;
-        self.conn.write_all(bytes).await?;
-        self.conn.flush().await
+        write_all_within(&mut self.conn, bytes, self.ctx.config.local.write_timeout).await
     }
 }

@@ -1,12 +1,14 @@
-//! One login check for every protocol (SMTP AUTH, POP3, IMAP later): the
-//! client address's failure history first (shared by all cores through the
-//! mailbox tier), then the password off the executor, then the slow-down
-//! a failure earns. It decides nothing about protocol replies.
+//! One login check for SMTP AUTH and POP3 (IMAP's is its session's
+//! backend): the client address's failure history first (shared by all
+//! cores through the mailbox tier), then the password off the executor, in
+//! the pool's urgent lane (no mailbox read delays it), then the slow-down a
+//! failure earns. It decides nothing about protocol replies.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::blocking::Lane;
 use crate::local::Login;
 use crate::sasl::Password;
 use crate::shard::ShardContext;
@@ -32,7 +34,9 @@ pub async fn check_login<S: SegmentStore>(
         let checker = Arc::clone(&tier);
         let typed = login.clone();
         ctx.blocking
-            .run(move || checker.authenticate(&typed, password.expose()))
+            .run(Lane::Urgent, move || {
+                checker.authenticate(&typed, password.expose())
+            })
             .await
             .unwrap_or(Login::Temporary)
     };

@@ -10,9 +10,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
+use crate::blocking::Lane;
 use crate::local::{LocalTier, Login};
 use crate::mailbox::{Folder, MailboxError, SessionLock, Uid};
 use crate::metrics::ConnectionKind;
@@ -25,8 +25,9 @@ use crate::session::counted::CountedConnection;
 use crate::session::limits::Family;
 use crate::session::login::check_login;
 use crate::session::stream::{
-    accept_tls, open_connection, plaintext_allowed, refuse, wait_for_client, Connection,
-    ReadBuffer, ServerConnection, Wake,
+    accept_tls, close_within, flush_within, open_connection, plaintext_allowed, refuse,
+    wait_for_client, write_all_within, write_within, Connection, ReadBuffer, ServerConnection,
+    Wake,
 };
 use crate::shard::ShardContext;
 use crate::spool::SegmentStore;
@@ -89,7 +90,9 @@ pub async fn serve<S: SegmentStore>(
         Ok(()) => tracing::debug!(%peer, "disconnect"),
         Err(e) => tracing::debug!(%peer, error = %e, "disconnect"),
     }
-    let _ = driver.conn.close().await;
+    let limit = driver.ctx.config.local.write_timeout;
+    driver.maildrop = None;
+    close_within(&mut driver.conn, limit).await;
 }
 
 struct Driver<S: SegmentStore> {
@@ -210,7 +213,7 @@ impl<S: SegmentStore> Driver<S> {
         let opened = self
             .ctx
             .blocking
-            .run(move || -> Result<_, MailboxError> {
+            .run(Lane::Mailbox, move || -> Result<_, MailboxError> {
                 let mailbox = tier.mailbox(&user)?;
                 let lock = mailbox.lock_exclusive()?;
                 let folder = mailbox.inbox();
@@ -257,7 +260,7 @@ impl<S: SegmentStore> Driver<S> {
         let bytes = self
             .ctx
             .blocking
-            .run(move || folder.read(uid))
+            .run(Lane::Mailbox, move || folder.read(uid))
             .await
             .map_err(io::Error::other)?
             .map_err(io::Error::other)?;
@@ -289,7 +292,9 @@ impl<S: SegmentStore> Driver<S> {
         let removed = self
             .ctx
             .blocking
-            .run(move || folder.expunge(&uids).map(|r| r.len() == uids.len()))
+            .run(Lane::Mailbox, move || {
+                folder.expunge(&uids).map(|r| r.len() == uids.len())
+            })
             .await
             .map_err(|_| UpdateError)?;
         drop(maildrop);
@@ -336,36 +341,20 @@ impl<S: SegmentStore> Driver<S> {
         }
     }
 
+    /// Writes the session's output, each write bounded by `[local]
+    /// write_timeout` (not the idle timer): a client that stops reading
+    /// is disconnected then.
     async fn flush(&mut self) -> io::Result<()> {
+        let limit = self.ctx.config.local.write_timeout;
         while !self.session.output().is_empty() {
-            let limit = self.ctx.pop3.idle_timeout;
-            let conn = &mut self.conn;
-            let output = self.session.output();
-            let n = glommio::timer::timeout(limit, async {
-                conn.write(output)
-                    .await
-                    .map_err(glommio::GlommioError::from)
-            })
-            .await
-            .map_err(io::Error::from)?;
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
+            let n = write_within(&mut self.conn, self.session.output(), limit).await?;
             self.session.consume_output(n);
         }
-        self.conn.flush().await
+        flush_within(&mut self.conn, limit).await
     }
 
     async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let limit = self.ctx.pop3.idle_timeout;
-        let conn = &mut self.conn;
-        glommio::timer::timeout(limit, async {
-            conn.write_all(bytes).await?;
-            conn.flush().await?;
-            Ok(())
-        })
-        .await
-        .map_err(io::Error::from)
+        write_all_within(&mut self.conn, bytes, self.ctx.config.local.write_timeout).await
     }
 
     async fn wait_for_client(&mut self) -> Wake {

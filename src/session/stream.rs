@@ -6,6 +6,7 @@ use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
@@ -110,6 +111,64 @@ pub async fn wait_for_client(
         }
     };
     or(read, or(timer, stop)).await
+}
+
+/// One write to a client: it must take some of `bytes` within `limit`
+/// (`[local] write_timeout`), or the write fails with `TimedOut` and the
+/// caller closes the connection. Bounding each write, not a whole reply,
+/// lets a slow reader go on as long as it reads.
+pub async fn write_within<T: AsyncWrite + Unpin>(
+    conn: &mut Connection<T>,
+    bytes: &[u8],
+    limit: Duration,
+) -> io::Result<usize> {
+    use futures_lite::AsyncWriteExt;
+    let n = glommio::timer::timeout(limit, async {
+        conn.write(bytes).await.map_err(glommio::GlommioError::from)
+    })
+    .await
+    .map_err(io::Error::from)?;
+    if n == 0 && !bytes.is_empty() {
+        return Err(io::ErrorKind::WriteZero.into());
+    }
+    Ok(n)
+}
+
+/// Flushes a connection (TLS holds records until then), within `limit`.
+pub async fn flush_within<T: AsyncWrite + Unpin>(
+    conn: &mut Connection<T>,
+    limit: Duration,
+) -> io::Result<()> {
+    use futures_lite::AsyncWriteExt;
+    glommio::timer::timeout(limit, async {
+        conn.flush().await.map_err(glommio::GlommioError::from)
+    })
+    .await
+    .map_err(io::Error::from)
+}
+
+/// Writes all of `bytes` and flushes, each write within `limit` (see
+/// [`write_within`]).
+pub async fn write_all_within<T: AsyncWrite + Unpin>(
+    conn: &mut Connection<T>,
+    mut bytes: &[u8],
+    limit: Duration,
+) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let n = write_within(conn, bytes, limit).await?;
+        bytes = &bytes[n..];
+    }
+    flush_within(conn, limit).await
+}
+
+/// Closes a connection at the end of a session, giving up after `limit`:
+/// TLS sends close_notify, which a client that does not read never takes.
+pub async fn close_within<T: AsyncWrite + Unpin>(conn: &mut Connection<T>, limit: Duration) {
+    use futures_lite::AsyncWriteExt;
+    let _ = glommio::timer::timeout(limit, async {
+        conn.close().await.map_err(glommio::GlommioError::from)
+    })
+    .await;
 }
 
 /// Answers a connection refused before any session (limits) with one
