@@ -12,6 +12,7 @@
 //! | shared data | [`envelope`] | the envelope of an accepted message |
 //! | spool | [`spool`] | per-core append-only segments, checksummed records, group commit, recovery, reclaim |
 //! | queue | [`queue`] | per-core scheduler: retry timing, backoff, expiry, ready queues per destination with windows and connection limits |
+//! | shaping | [`shaping`] | traffic shaping rules per destination site (defaults, providers by MX suffix, domains) and the token bucket the ready queues enforce rates with |
 //! | resolver | [`resolver`] | batched MX resolution on one resolver thread: RFC 5321 5.1 order, null MX, TTL cache, de-duplicated lookups |
 //! | delivery | [`delivery`] | routing (local, route, smarthost, MX), outbound SMTP, local delivery to the mailbox tier, DSN bounces (RFC 3464) |
 //! | mailbox store | [`mailbox`] | Maildir++ per user with a per-folder UID index: durable delivery, flags, folders, subscriptions, POP3 session lock, usage |
