@@ -255,6 +255,28 @@ pub enum QueueAction {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Stop sending to a destination site for a while: SITE as the
+    /// server names it (`mx:HOST[,HOST...]` or `[HOST]:PORT`, see
+    /// `suspensions` and the log); its mail waits, uncounted.
+    Suspend {
+        site: crate::queue::DestinationKey,
+        /// How long, e.g. `30m`, `2h`.
+        #[arg(long = "for", value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// End a site's suspension; its held mail is due at once.
+    Resume {
+        site: crate::queue::DestinationKey,
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// List the suspended sites, why and for how long.
+    Suspensions {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -344,6 +366,29 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Queue {
             action: QueueAction::Bounce { id, config },
         } => control(&load(config.as_ref())?, crate::control::Request::Bounce(id)),
+        Command::Queue {
+            action:
+                QueueAction::Suspend {
+                    site,
+                    duration,
+                    config,
+                },
+        } => control(
+            &load(config.as_ref())?,
+            crate::control::Request::Suspend(site, duration.as_secs().max(1)),
+        ),
+        Command::Queue {
+            action: QueueAction::Resume { site, config },
+        } => control(
+            &load(config.as_ref())?,
+            crate::control::Request::Resume(site),
+        ),
+        Command::Queue {
+            action: QueueAction::Suspensions { config },
+        } => control(
+            &load(config.as_ref())?,
+            crate::control::Request::Suspensions,
+        ),
         Command::User { action } => user(action),
         Command::Debug {
             action: DebugAction::Panic { shard, config },
@@ -830,6 +875,7 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let mut reload_inboxes = Vec::with_capacity(count);
     let mut snapshot_inboxes = Vec::with_capacity(count);
     let mut handles = Vec::with_capacity(count);
+    let suspensions = Arc::new(crate::delivery::suspensions::Suspensions::default());
     for index in 0..count {
         let (inbox, control) = async_channel::unbounded();
         inboxes.push(inbox);
@@ -858,6 +904,7 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
             resolver: resolver.handle(),
             outbound_tls: Arc::clone(&outbound_tls),
             smarthost_tls: smarthost_tls.clone(),
+            suspensions: Arc::clone(&suspensions),
             control,
             snapshots,
             fatal: fatal.clone(),

@@ -5,6 +5,7 @@
 //! speaks the protocol, checks who asks and routes requests to shards;
 //! what a shard does with them belongs to the shard.
 
+use crate::queue::DestinationKey;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -28,7 +29,7 @@ pub fn socket_path(spool_dir: &Path) -> PathBuf {
 }
 
 /// What an operator asks of a running server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// Retry every deferred message now.
     Flush,
@@ -36,6 +37,13 @@ pub enum Request {
     Delete(SpoolId),
     /// Return a message to its sender now (a DSN), then drop it.
     Bounce(SpoolId),
+    /// Suspend a site (as `mx:HOSTS` or `[HOST]:PORT`) for some seconds:
+    /// every shard stops sending to it.
+    Suspend(DestinationKey, u64),
+    /// End a site's suspension.
+    Resume(DestinationKey),
+    /// List the suspensions in force.
+    Suspensions,
     /// Fault injection for the crash policy (`spate debug panic`): shard
     /// N panics, which ends the process with status 70 (see `crash`), so
     /// an operator or a test can check that the service manager restarts
@@ -45,7 +53,7 @@ pub enum Request {
 
 /// Why a request line is not one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("bad control request {0:?}: expected flush, delete ID, bounce ID or panic SHARD")]
+#[error("bad control request {0:?}: expected flush, delete ID, bounce ID, suspend SITE SECONDS, resume SITE, suspensions or panic SHARD")]
 pub struct BadRequest(pub String);
 
 impl FromStr for Request {
@@ -56,6 +64,14 @@ impl FromStr for Request {
         let mut words = line.split_ascii_whitespace();
         let verb = words.next().ok_or_else(bad)?;
         let argument = words.next();
+        if verb == "suspend" {
+            let site = argument.and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+            let seconds = words.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+            if words.next().is_some() {
+                return Err(bad());
+            }
+            return Ok(Request::Suspend(site, seconds));
+        }
         if words.next().is_some() {
             return Err(bad());
         }
@@ -68,6 +84,10 @@ impl FromStr for Request {
             "flush" if line.trim() == "flush" => Ok(Request::Flush),
             "delete" => Ok(Request::Delete(id()?)),
             "bounce" => Ok(Request::Bounce(id()?)),
+            "resume" => Ok(Request::Resume(
+                argument.and_then(|s| s.parse().ok()).ok_or_else(bad)?,
+            )),
+            "suspensions" if argument.is_none() => Ok(Request::Suspensions),
             "panic" => {
                 let shard = argument.and_then(|n| n.parse().ok()).ok_or_else(bad)?;
                 Ok(Request::Panic(shard))
@@ -83,6 +103,9 @@ impl std::fmt::Display for Request {
             Request::Flush => write!(f, "flush"),
             Request::Delete(id) => write!(f, "delete {id}"),
             Request::Bounce(id) => write!(f, "bounce {id}"),
+            Request::Suspend(site, seconds) => write!(f, "suspend {site} {seconds}"),
+            Request::Resume(site) => write!(f, "resume {site}"),
+            Request::Suspensions => write!(f, "suspensions"),
             Request::Panic(shard) => write!(f, "panic {shard}"),
         }
     }
@@ -242,7 +265,10 @@ fn dispatch(request: Request, shards: &ShardInboxes) -> Reply {
         return Reply::Failed("no shard is running".into());
     }
     let targets: Vec<usize> = match request {
-        Request::Flush => (0..shards.len()).collect(),
+        // The table is shared: one shard changes it, every shard is told
+        // so it looks again at once.
+        Request::Flush | Request::Suspend(..) | Request::Resume(_) => (0..shards.len()).collect(),
+        Request::Suspensions => vec![0],
         Request::Delete(id) | Request::Bounce(id) => vec![usize::from(id.shard()) % shards.len()],
         Request::Panic(shard) if shard < shards.len() => vec![shard],
         Request::Panic(shard) => {
@@ -257,7 +283,10 @@ fn dispatch(request: Request, shards: &ShardInboxes) -> Reply {
     for index in targets {
         let (reply, replies) = mpsc::channel();
         if shards[index]
-            .send_blocking(ShardCommand { request, reply })
+            .send_blocking(ShardCommand {
+                request: request.clone(),
+                reply,
+            })
             .is_ok()
         {
             waiting.push(replies);

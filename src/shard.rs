@@ -157,6 +157,8 @@ pub struct ShardPlan {
     pub control: async_channel::Receiver<ShardCommand>,
     /// Scrapes of the metrics endpoint asking for this shard's figures.
     pub snapshots: async_channel::Receiver<SnapshotRequest>,
+    /// Suspended sites, shared by every shard.
+    pub suspensions: Arc<crate::delivery::suspensions::Suspensions>,
     /// The shard's thread joins these as it starts: its panic ends the
     /// process (see `crash`).
     pub fatal: FatalThreads,
@@ -295,6 +297,7 @@ async fn start<S: SegmentStore + 'static>(
         plan.outbound_tls,
         plan.smarthost_tls,
         ready,
+        plan.suspensions,
     )
     .map_err(|e| format!("delivery: {e}"))?;
     glommio::spawn_local(Rc::clone(&engine).run()).detach();

@@ -5,10 +5,11 @@
 //! messages. It speaks no SMTP itself (see `outbound`) and decides no
 //! retry timing (see `queue`).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_lite::future::or;
@@ -19,6 +20,7 @@ use crate::delivery::attempts::{next_step, Attempt, Attempts, NextStep};
 use crate::delivery::dsn::{build_dsn, status_of, DsnAction, FailedRecipient};
 use crate::delivery::outbound::{HostFailed, Outbound};
 use crate::delivery::router::{HostPort, NextHop, Route};
+use crate::delivery::suspensions::Suspensions;
 use crate::local::LocalOutcome;
 use crate::metrics::{MessageResult, RecipientResult};
 use crate::queue::{
@@ -90,6 +92,10 @@ pub struct Engine<S: SegmentStore> {
     /// Messages held back per destination whose ready queue was full,
     /// released as it makes room (a set of ids: memory-light).
     held: RefCell<HashMap<DestinationKey, BTreeSet<SpoolId>>>,
+    /// Suspended sites, shared by every core, and the version of the
+    /// table last copied into `ready`.
+    suspensions: Arc<Suspensions>,
+    suspensions_seen: Cell<u64>,
 }
 
 /// Seconds since the epoch, as the queue counts time.
@@ -108,6 +114,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
         tls: std::sync::Arc<rustls::ClientConfig>,
         smarthost_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
         limits: ReadyLimits,
+        suspensions: Arc<Suspensions>,
     ) -> Result<Rc<Self>, QueueError> {
         let d = &ctx.config.delivery;
         let client = ClientConfig {
@@ -133,6 +140,8 @@ impl<S: SegmentStore + 'static> Engine<S> {
             attempts: RefCell::new(Attempts::default()),
             work_arrived: event_listener::Event::new(),
             held: RefCell::new(HashMap::new()),
+            suspensions,
+            suspensions_seen: Cell::new(u64::MAX),
             ctx,
         }))
     }
@@ -141,6 +150,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
     pub async fn run(self: Rc<Self>) {
         while !self.ctx.shutdown.is_fired() {
             let now = unix_now();
+            self.sync_suspensions();
             self.release_held(now);
             let due = self.ctx.queue.borrow_mut().due(now);
             if !due.is_empty() {
@@ -316,6 +326,50 @@ impl<S: SegmentStore + 'static> Engine<S> {
         }
     }
 
+    /// Copies the shared suspension table into the ready queues when it
+    /// changed.
+    fn sync_suspensions(&self) {
+        let version = self.suspensions.version();
+        if version == self.suspensions_seen.replace(version) {
+            return;
+        }
+        let (wall, clock) = (SystemTime::now(), std::time::Instant::now());
+        let table = self
+            .suspensions
+            .active(wall)
+            .into_iter()
+            .map(|(site, s)| {
+                let left = s.until.duration_since(wall).unwrap_or_default();
+                (site, clock + left)
+            })
+            .collect();
+        self.ready.borrow_mut().set_suspended(table);
+    }
+
+    /// A receiver's reply matched a back-off rule: the site is suspended
+    /// (every core stops sending to it; its mail waits, uncounted).
+    fn back_off(&self, dest: &DestinationKey, reply: &str) {
+        let shaping = self.ctx.shaping();
+        let Some(rule) = shaping.backoff_for(reply) else {
+            return;
+        };
+        // Every recipient of a refused transaction says the same: one
+        // suspension is enough.
+        let clock = std::time::Instant::now();
+        if self.ready.borrow().suspended_until(dest, clock).is_some() {
+            return;
+        }
+        let until = SystemTime::now() + rule.suspend;
+        if self
+            .suspensions
+            .suspend(dest.clone(), until, reply.to_owned())
+        {
+            tracing::warn!(site = %dest, reply, rule = rule.pattern(), suspend = ?rule.suspend, "site suspended");
+            self.ctx.metrics.borrow_mut().counters.suspensions += 1;
+            self.sync_suspensions();
+        }
+    }
+
     /// The shaping limits of a site reached through `hop` for `domain`,
     /// with `[delivery]` as the fallback.
     fn site_limits(&self, domain: Option<&str>, hop: &Hop) -> crate::shaping::SiteLimits {
@@ -355,6 +409,17 @@ impl<S: SegmentStore + 'static> Engine<S> {
             }
             !ids.is_empty()
         });
+    }
+
+    /// Makes every message held for `site` due now (its suspension ended
+    /// by hand); how many.
+    fn release_site(&self, site: &DestinationKey) -> usize {
+        let Some(ids) = self.held.borrow_mut().remove(site) else {
+            return 0;
+        };
+        let now = unix_now();
+        let mut queue = self.ctx.queue.borrow_mut();
+        ids.into_iter().filter(|&id| queue.release(id, now)).count()
     }
 
     /// Work for `dest` left its ready queue: wake the engine if messages
@@ -418,6 +483,9 @@ impl<S: SegmentStore + 'static> Engine<S> {
         }
         // Every host failed (or there was none): the rest waits for a retry,
         // or bounces if the last host refused for good.
+        if let Some(failed) = &last_failure {
+            self.back_off(&dest, &failed.reply.to_string());
+        }
         let (outcome, reply) = match &last_failure {
             Some(f) if !f.transient => (Outcome::PermanentFailure, f.reply.to_string()),
             Some(f) => (Outcome::TransientFailure, f.reply.to_string()),
@@ -497,6 +565,11 @@ impl<S: SegmentStore + 'static> Engine<S> {
                     reply: r.reply.to_string(),
                 })
                 .collect();
+            for r in &tx.results {
+                if r.outcome != Outcome::Delivered {
+                    self.back_off(dest, &r.reply.to_string());
+                }
+            }
             self.report(work.id, work.attempt, results, Some(out.remote.clone()))
                 .await;
             self.ready.borrow_mut().done(dest, 1);
@@ -878,7 +951,16 @@ impl<S: SegmentStore + 'static> Engine<S> {
         }
         let error = match step {
             NextStep::Hold(dest) => {
-                let until = unix_now().plus(HOLD_RECHECK);
+                // A suspended site's mail waits for the suspension's end.
+                let clock = std::time::Instant::now();
+                let wait = self
+                    .ready
+                    .borrow()
+                    .suspended_until(&dest, clock)
+                    .map_or(HOLD_RECHECK, |until| {
+                        until.saturating_duration_since(clock).max(HOLD_RECHECK)
+                    });
+                let until = unix_now().plus(wait);
                 if self.ctx.queue.borrow_mut().hold(id, attempt, until).is_ok() {
                     self.held.borrow_mut().entry(dest).or_default().insert(id);
                 }
@@ -1094,6 +1176,48 @@ impl<S: SegmentStore + 'static> Engine<S> {
                         return Reply::Failed(format!("{id} kept: the spool cannot finish it"));
                     }
                     Reply::Done(format!("deleted {id}"))
+                }
+            }
+            Request::Suspend(site, seconds) => {
+                let until = SystemTime::now() + Duration::from_secs(seconds);
+                self.suspensions
+                    .suspend(site.clone(), until, "suspended by hand".into());
+                self.sync_suspensions();
+                self.ctx.delivery_wake.notify();
+                Reply::Done(format!("shard {index}: {site} suspended for {seconds} s"))
+            }
+            Request::Resume(site) => {
+                let resumed = self.suspensions.resume(&site);
+                self.sync_suspensions();
+                let released = self.release_site(&site);
+                self.ctx.delivery_wake.notify();
+                if resumed {
+                    tracing::info!(%site, "site resumed by hand");
+                }
+                Reply::Done(format!(
+                    "shard {index}: {site} {}; {released} held message(s) due now",
+                    if resumed {
+                        "resumed"
+                    } else {
+                        "was not suspended"
+                    }
+                ))
+            }
+            Request::Suspensions => {
+                let wall = SystemTime::now();
+                let lines: Vec<String> = self
+                    .suspensions
+                    .active(wall)
+                    .into_iter()
+                    .map(|(site, s)| {
+                        let left = s.until.duration_since(wall).unwrap_or_default().as_secs();
+                        format!("{site} for {left} s: {}", s.reason)
+                    })
+                    .collect();
+                if lines.is_empty() {
+                    Reply::Done("no site is suspended".into())
+                } else {
+                    Reply::Done(lines.join("; "))
                 }
             }
             // The crash drill is the shard's (`shard::serve_control`), not

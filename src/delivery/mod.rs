@@ -9,3 +9,4 @@ pub mod dsn;
 pub mod engine;
 pub mod outbound;
 pub mod router;
+pub mod suspensions;

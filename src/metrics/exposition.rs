@@ -155,6 +155,12 @@ pub fn render(s: &Snapshot) -> String {
         c.held_by_limits,
     );
     out.single(
+        "spate_delivery_suspensions_total",
+        "counter",
+        "Sites suspended by a back-off rule on a receiver's reply.",
+        c.suspensions,
+    );
+    out.single(
         "spate_dns_queries_total",
         "counter",
         "DNS queries sent (MX, A and AAAA).",

@@ -130,6 +130,8 @@ pub struct Counters {
     /// Delivery groups held back because their destination's ready queue
     /// was full (not attempts: nothing was tried).
     pub held_by_limits: u64,
+    /// Sites suspended by a back-off rule on a receiver's reply.
+    pub suspensions: u64,
 }
 
 impl Counters {
@@ -157,6 +159,7 @@ impl Counters {
         add(&mut self.messages_finished, &o.messages_finished);
         self.bytes_delivered += o.bytes_delivered;
         self.held_by_limits += o.held_by_limits;
+        self.suspensions += o.suspensions;
     }
 }
 

@@ -19,7 +19,7 @@ mod time;
 
 pub use error::QueueError;
 pub use policy::{Jitter, NoJitter, RetryPolicy, SpreadJitter};
-pub use ready::{DestinationKey, ReadyFull, ReadyLimits, ReadyQueues};
+pub use ready::{BadSite, DestinationKey, ReadyFull, ReadyLimits, ReadyQueues};
 pub use schedule::{
     AttemptId, Deferral, Dispatch, MessageState, Queue, QueueEntry, StateCounts, Task,
 };

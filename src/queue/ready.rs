@@ -65,6 +65,32 @@ impl DestinationKey {
     }
 }
 
+/// A site name that is not `mx:HOST[,HOST...]` or `[HOST]:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad site {0:?}: want mx:HOST[,HOST...] or [HOST]:PORT, as `spate queue suspensions` shows them")]
+pub struct BadSite(pub String);
+
+/// Reads a site as [`DestinationKey`]'s `Display` writes it.
+impl std::str::FromStr for DestinationKey {
+    type Err = BadSite;
+
+    fn from_str(text: &str) -> Result<Self, BadSite> {
+        let bad = || BadSite(text.chars().take(200).collect());
+        if let Some(hosts) = text.strip_prefix("mx:") {
+            return DestinationKey::mx_set(hosts.split(',')).map_err(|_| bad());
+        }
+        let (host, port) = text
+            .strip_prefix('[')
+            .and_then(|rest| rest.rsplit_once("]:"))
+            .ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        if host.is_empty() || port == 0 {
+            return Err(bad());
+        }
+        Ok(DestinationKey::route(host, port))
+    }
+}
+
 impl fmt::Display for DestinationKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
@@ -233,6 +259,8 @@ pub struct ReadyQueues<W> {
     /// The last time the caller passed in (rates are judged by it when a
     /// site may be forgotten).
     clock: Option<Instant>,
+    /// Suspended sites and until when: no connection, no work taken.
+    suspended: HashMap<DestinationKey, Instant>,
 }
 
 impl<W> ReadyQueues<W> {
@@ -245,7 +273,22 @@ impl<W> ReadyQueues<W> {
             connections: 0,
             queued: 0,
             clock: None,
+            suspended: HashMap::new(),
         })
+    }
+
+    /// Replaces the suspended sites (the engine's copy of the shared
+    /// table).
+    pub fn set_suspended(&mut self, suspended: HashMap<DestinationKey, Instant>) {
+        self.suspended = suspended;
+    }
+
+    /// Until when `dest` is suspended, if it is at `now`.
+    pub fn suspended_until(&self, dest: &DestinationKey, now: Instant) -> Option<Instant> {
+        self.suspended
+            .get(dest)
+            .copied()
+            .filter(|&until| until > now)
     }
 
     /// The limits of a site without shaping rules: the per-destination
@@ -324,7 +367,9 @@ impl<W> ReadyQueues<W> {
                 continue;
             }
             site.buckets(now, share);
-            let open = site.connections < site.limits.connections
+            let suspended = self.suspended.get(&dest).is_some_and(|&until| until > now);
+            let open = !suspended
+                && site.connections < site.limits.connections
                 && site.in_flight < self.limits.window_per_destination
                 && site.may_connect(now);
             if open {
@@ -368,6 +413,9 @@ impl<W> ReadyQueues<W> {
     /// work leaves the rotation (so "in the rotation iff work waits").
     fn take(&mut self, dest: &DestinationKey, now: Instant) -> Vec<W> {
         let limits = self.limits;
+        if self.suspended_until(dest, now).is_some() {
+            return Vec::new();
+        }
         let Some(site) = self.sites.get_mut(dest) else {
             return Vec::new();
         };
@@ -432,15 +480,23 @@ impl<W> ReadyQueues<W> {
         self.tick(now);
         let clock = self.clock;
         self.sites.retain(|_, s| !s.is_forgettable(clock));
+        self.suspended.retain(|_, until| *until > now);
+        let suspended = &self.suspended;
         self.sites
-            .values_mut()
-            .filter(|s| !s.queue.is_empty())
-            .filter_map(|s| s.rate_wakeup(now))
+            .iter_mut()
+            .filter(|(_, s)| !s.queue.is_empty())
+            .filter_map(|(dest, s)| match suspended.get(dest) {
+                Some(&until) => Some(until),
+                None => s.rate_wakeup(now),
+            })
             .min()
     }
 
     /// When a rate lets `dest` have more work (`None`: none holds it).
     pub fn wakeup_for(&mut self, dest: &DestinationKey, now: Instant) -> Option<Instant> {
+        if let Some(until) = self.suspended_until(dest, now) {
+            return Some(until);
+        }
         let site = self.sites.get_mut(dest)?;
         if site.queue.is_empty() {
             return None;
@@ -534,6 +590,60 @@ mod tests {
             Err(QueueError::NoHosts)
         );
         assert_eq!(DestinationKey::mx_set(["."]), Err(QueueError::NoHosts));
+    }
+
+    #[test]
+    fn site_names_read_back() {
+        for key in [
+            DestinationKey::mx_set(["mx2.example.test", "mx1.example.test"]).unwrap(),
+            DestinationKey::route("relay.example", 587),
+            DestinationKey::route("192.0.2.7", 25),
+        ] {
+            assert_eq!(key.to_string().parse::<DestinationKey>(), Ok(key));
+        }
+        for bad in [
+            "",
+            "mx:",
+            "relay.example",
+            "[relay.example]",
+            "[]:25",
+            "[a]:0",
+            "[a]:x",
+        ] {
+            assert!(bad.parse::<DestinationKey>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_suspended_site_gets_no_connection_and_keeps_its_work() {
+        let mut r = ReadyQueues::new(limits(10, 2, 100, 5)).expect("limits");
+        let (a, b) = (mx("a"), mx("b"));
+        for i in 0..10 {
+            r.push(a.clone(), i).expect("room");
+            r.push(b.clone(), 100 + i).expect("room");
+        }
+        let t0 = now();
+        let until = t0 + Duration::from_secs(3600);
+        r.set_suspended(HashMap::from([(a.clone(), until)]));
+        let (dest, _) = r.next_connection(t0).expect("b");
+        assert_eq!(dest, b);
+        let (dest, _) = r.next_connection(t0).expect("b again");
+        assert_eq!(dest, b);
+        assert!(
+            r.next_connection(t0).is_none(),
+            "a is suspended, b at its limit"
+        );
+        assert_eq!(r.queued_for(&a), 10, "a's work waits");
+        assert_eq!(r.next_wakeup(t0), Some(until));
+        // Over: a gets its connection.
+        let (dest, batch) = r.next_connection(until).expect("a");
+        assert_eq!((dest, batch.len()), (a.clone(), 5));
+        // Suspended while connected: no more work for that connection.
+        r.set_suspended(HashMap::from([(
+            a.clone(),
+            until + Duration::from_secs(60),
+        )]));
+        assert!(r.next_batch(&a, until).is_empty());
     }
 
     #[test]

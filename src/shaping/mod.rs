@@ -1,6 +1,7 @@
 //! Traffic shaping: how fast mail may leave for each destination site.
 //! `rules` reads the shaping file (defaults, providers matched by MX
-//! suffix, domains) into per-site limits; `rate` parses rates and holds
+//! suffix, domains, back-off rules on receivers' replies) into per-site
+//! limits; `rate` parses rates and holds
 //! the token bucket that enforces them. The ready queues apply the
 //! limits; this module holds no queue and does no I/O but reading the
 //! file. This file only maps the modules.
@@ -9,4 +10,4 @@ mod rate;
 mod rules;
 
 pub use rate::{BadRate, Rate, TokenBucket};
-pub use rules::{Limits, Shaping, ShapingError, SiteLimits, SHIPPED};
+pub use rules::{Backoff, Limits, Shaping, ShapingError, SiteLimits, SHIPPED};

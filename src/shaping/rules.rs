@@ -137,6 +137,35 @@ struct File {
     provider: BTreeMap<String, ProviderRule>,
     #[serde(default)]
     domain: BTreeMap<String, Limits>,
+    #[serde(default)]
+    backoff: Vec<BackoffEntry>,
+}
+
+/// A `[[backoff]]` entry as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackoffEntry {
+    /// A regular expression searched in the receiver's whole reply
+    /// (code, enhanced code and text).
+    reply: String,
+    /// Suspend the site for this long.
+    #[serde(with = "humantime_serde")]
+    suspend: Duration,
+}
+
+/// A back-off rule: a receiver's reply it matches and what it does.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    pattern: regex::Regex,
+    /// Suspend the site this long.
+    pub suspend: Duration,
+}
+
+impl Backoff {
+    /// The pattern as written (for logs).
+    pub fn pattern(&self) -> &str {
+        self.pattern.as_str()
+    }
 }
 
 /// The limits that apply to one site, on one core.
@@ -158,6 +187,8 @@ pub struct SiteLimits {
 #[derive(Debug, Clone, Default)]
 pub struct Shaping {
     file: File,
+    /// The back-off rules, compiled, the user's before the shipped ones.
+    backoff: Vec<Backoff>,
 }
 
 impl Shaping {
@@ -181,6 +212,23 @@ impl Shaping {
         for (name, rule) in &file.domain {
             rule.check(&format!("[domain.{name:?}]"))?;
         }
+        let mut backoff = Vec::new();
+        for entry in &file.backoff {
+            let pattern = regex::RegexBuilder::new(&entry.reply)
+                .size_limit(1 << 20)
+                .build()
+                .map_err(|e| ShapingError::Invalid(format!("[[backoff]] reply: {e}")))?;
+            if entry.suspend.is_zero() {
+                return Err(ShapingError::Invalid(format!(
+                    "[[backoff]] {:?}: suspend must be more than 0",
+                    entry.reply
+                )));
+            }
+            backoff.push(Backoff {
+                pattern,
+                suspend: entry.suspend,
+            });
+        }
         let domain = file
             .domain
             .into_iter()
@@ -188,6 +236,7 @@ impl Shaping {
             .collect();
         Ok(Shaping {
             file: File { domain, ..file },
+            backoff,
         })
     }
 
@@ -211,13 +260,22 @@ impl Shaping {
         provider.extend(self.file.provider);
         let mut domain = base.file.domain;
         domain.extend(self.file.domain);
+        let mut backoff = self.backoff;
+        backoff.extend(base.backoff);
         Shaping {
             file: File {
                 default: self.file.default.over(&base.file.default),
                 provider,
                 domain,
+                backoff: Vec::new(),
             },
+            backoff,
         }
+    }
+
+    /// The first back-off rule matching a receiver's reply.
+    pub fn backoff_for(&self, reply: &str) -> Option<&Backoff> {
+        self.backoff.iter().find(|b| b.pattern.is_match(reply))
     }
 
     /// The limits of a site reached for `domain` (none for a route)
@@ -332,6 +390,29 @@ mod tests {
     }
 
     #[test]
+    fn backoff_rules_match_receivers_replies() {
+        let s = Shaping::shipped();
+        let yahoo = "421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred";
+        assert_eq!(
+            s.backoff_for(yahoo).unwrap().suspend,
+            Duration::from_secs(2 * 3600)
+        );
+        let gmail = "421-4.7.28 Our system has detected an unusual rate of unsolicited mail";
+        assert!(s.backoff_for(gmail).is_some());
+        let microsoft = "550 5.7.1 Unfortunately, messages from [192.0.2.1] weren't sent. (S3150)";
+        assert!(s.backoff_for(microsoft).is_some());
+        assert!(s.backoff_for("450 4.2.1 mailbox busy").is_none());
+        // A user's rule goes first.
+        let mine = Shaping::parse("[[backoff]]\nreply = \"TSS04\"\nsuspend = \"5m\"\n")
+            .unwrap()
+            .over(Shaping::shipped());
+        assert_eq!(
+            mine.backoff_for(yahoo).unwrap().suspend,
+            Duration::from_secs(300)
+        );
+    }
+
+    #[test]
     fn bad_rules_are_refused() {
         for bad in [
             "[default]\nconnections = 0\n",
@@ -340,6 +421,8 @@ mod tests {
             "[default]\nmessage_rate = \"fast\"\n",
             "[default]\nbogus = 1\n",
             "[domain.\"a.test\"]\nidle = \"soon\"\n",
+            "[[backoff]]\nreply = \"(\"\nsuspend = \"1h\"\n",
+            "[[backoff]]\nreply = \"x\"\nsuspend = \"0s\"\n",
         ] {
             assert!(Shaping::parse(bad).is_err(), "{bad}");
         }

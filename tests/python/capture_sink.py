@@ -5,7 +5,7 @@ chosen recipients with 550 and answers 451 to the first N end-of-data.
 Records each connection with the number open at that moment. Standard
 library only. Prints "ready" once listening; stops on SIGTERM.
 
-usage: capture_sink.py IP PORT OUT [--reject ADDR]... [--tempfail N] [--delay-ms MS]
+usage: capture_sink.py IP PORT OUT [--reject ADDR]... [--tempfail N] [--tempfail-text REPLY] [--delay-ms MS]
 """
 import argparse
 import json
@@ -19,6 +19,7 @@ ap.add_argument("port", type=int)
 ap.add_argument("out")
 ap.add_argument("--reject", action="append", default=[])
 ap.add_argument("--tempfail", type=int, default=0)
+ap.add_argument("--tempfail-text", default="451 4.3.0 Error: try again later", help="the reply to a tempfailed end-of-data")
 ap.add_argument("--delay-ms", type=int, default=0, help="pause before each end-of-data reply")
 args = ap.parse_args()
 
@@ -92,7 +93,7 @@ class Handler(socketserver.StreamRequestHandler):
                     if fail:
                         state["tempfail"] -= 1
                 if fail:
-                    self.send("451 4.3.0 Error: try again later")
+                    self.send(args.tempfail_text)
                 else:
                     record({"event": "message", "from": sender, "to": rcpts, "data": data.decode("latin-1"), "at": time.time()})
                     self.send("250 2.0.0 Ok: queued")
