@@ -21,19 +21,6 @@ fn server_for(sink: &Sink) -> TestServer {
     )
 }
 
-fn send(server: &TestServer, tag: &str, n: usize) {
-    let mut c = server.session();
-    for i in 0..n {
-        c.send_message(
-            "sender@client.test",
-            &["rcpt@far.example"],
-            &common::message(&format!("{tag}-{i}"), 200),
-        )
-        .unwrap_or_else(|r| panic!("refused: {r:?}"));
-    }
-    c.quit();
-}
-
 fn spate(server: &TestServer, args: &[&str]) -> String {
     let out = server.spate_command(args);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -55,14 +42,14 @@ fn a_slow_down_reply_suspends_the_site_until_resumed() {
     ]);
     let server = server_for(&sink);
     let site = format!("[{}]:{}", sink.addr.ip(), sink.addr.port());
-    send(&server, "first", 1);
+    common::send_numbered(&server, "rcpt@far.example", "first", 1);
     wait_until("the site suspended", Duration::from_secs(30), || {
         spate(&server, &["queue", "suspensions"]).contains(&site)
     });
     let listed = spate(&server, &["queue", "suspensions"]);
     assert!(listed.contains("4.7.28"), "{listed}");
     // Mail for the site waits, and is not counted as tried.
-    send(&server, "later", 10);
+    common::send_numbered(&server, "rcpt@far.example", "later", 10);
     std::thread::sleep(Duration::from_secs(3));
     assert!(sink.messages().is_empty(), "sent to a suspended site");
     let queued = server.queue_list();
@@ -89,7 +76,7 @@ fn a_site_suspended_by_hand_gets_nothing_until_resumed() {
     let site = format!("[{}]:{}", sink.addr.ip(), sink.addr.port());
     let said = spate(&server, &["queue", "suspend", &site, "--for", "2h"]);
     assert!(said.contains("suspended for 7200 s"), "{said}");
-    send(&server, "held", 5);
+    common::send_numbered(&server, "rcpt@far.example", "held", 5);
     std::thread::sleep(Duration::from_secs(2));
     assert!(sink.messages().is_empty(), "sent to a suspended site");
     assert!(spate(&server, &["queue", "suspensions"]).contains("by hand"));

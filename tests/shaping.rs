@@ -27,19 +27,6 @@ fn shaped_server(sink: &Sink, rules: &Path) -> TestServer {
     )
 }
 
-fn send_many(server: &TestServer, n: usize, tag: &str) {
-    let mut c = server.session();
-    for i in 0..n {
-        c.send_message(
-            "sender@client.test",
-            &["rcpt@far.example"],
-            &common::message(&format!("{tag}-{i}"), 200),
-        )
-        .unwrap_or_else(|r| panic!("refused: {r:?}"));
-    }
-    c.quit();
-}
-
 /// Seconds between the first and the last arrival.
 fn span(messages: &[serde_json::Value]) -> f64 {
     let times: Vec<f64> = messages.iter().filter_map(|m| m["at"].as_f64()).collect();
@@ -63,7 +50,7 @@ fn a_message_rate_spaces_deliveries_out() {
     )
     .unwrap();
     let server = shaped_server(&sink, &rules);
-    send_many(&server, 40, "rated");
+    common::send_numbered(&server, "rcpt@far.example", "rated", 40);
     let got = sink.wait_for(40, Duration::from_secs(60));
     // 10 at once (a full bucket), then 10 a second: about 3 s for 40.
     let took = span(&got);
@@ -87,7 +74,7 @@ fn connections_and_deliveries_per_connection_hold() {
     .unwrap();
     let sink = Sink::start_with(&["--delay-ms", "20"]);
     let server = shaped_server(&sink, &rules);
-    send_many(&server, 30, "conn");
+    common::send_numbered(&server, "rcpt@far.example", "conn", 30);
     sink.wait_for(30, Duration::from_secs(60));
     let connections = sink.connections();
     let most_open = connections
@@ -115,7 +102,7 @@ fn a_reload_brings_new_rules_for_sites_that_become_active() {
     std::fs::write(&rules, "[default]\nidle = \"100ms\"\n").unwrap();
     let sink = Sink::start();
     let server = shaped_server(&sink, &rules);
-    send_many(&server, 20, "before");
+    common::send_numbered(&server, "rcpt@far.example", "before", 20);
     let got = sink.wait_for(20, Duration::from_secs(60));
     let before = span(&got);
     assert!(before < 2.0, "no rate yet: {before:.2} s");
@@ -128,7 +115,7 @@ fn a_reload_brings_new_rules_for_sites_that_become_active() {
     std::thread::sleep(Duration::from_millis(500));
     server.signal(libc::SIGHUP);
     server.wait_stdout_line("reloaded", Duration::from_secs(20));
-    send_many(&server, 15, "after");
+    common::send_numbered(&server, "rcpt@far.example", "after", 15);
     let got = sink.wait_for(35, Duration::from_secs(60));
     let after: Vec<serde_json::Value> = got
         .into_iter()

@@ -890,14 +890,9 @@ impl ServerSession {
     /// Whether `address` (a recipient accepted at RCPT) is delivered here:
     /// the bare `Postmaster` or a local domain.
     fn address_is_local(&self, address: &str) -> bool {
-        let Some((_, domain)) = address.rsplit_once('@') else {
-            return true;
-        };
-        let domain = domain.strip_suffix('.').unwrap_or(domain);
-        self.config
-            .local_domains
-            .iter()
-            .any(|d| d.eq_ignore_ascii_case(domain))
+        address
+            .rsplit_once('@')
+            .is_none_or(|(_, domain)| self.domain_is_local(domain))
     }
 
     /// Address literals are for trusted clients (in `allow_networks` or
@@ -912,6 +907,11 @@ impl ServerSession {
         let Domain::Name(name) = mailbox.domain else {
             return false;
         };
+        self.domain_is_local(name)
+    }
+
+    /// `name` (case-insensitive, trailing dot ignored) is in `local_domains`.
+    fn domain_is_local(&self, name: &str) -> bool {
         let name = name.strip_suffix('.').unwrap_or(name);
         self.config
             .local_domains

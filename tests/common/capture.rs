@@ -74,20 +74,21 @@ impl Sink {
 
     /// Every message received so far: `{"from", "to": [...], "data", "at"}`.
     pub fn messages(&self) -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
-        text.lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["event"] == "message")
-            .collect()
+        self.events("message")
     }
 
     /// Every connection so far: `{"open": N, "at": secs}`, `open` the
     /// connections open at that moment, this one included.
     pub fn connections(&self) -> Vec<serde_json::Value> {
+        self.events("connection")
+    }
+
+    /// The records of one kind, in the order they were written.
+    fn events(&self, kind: &str) -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(&self.out).unwrap_or_default();
         text.lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["event"] == "connection")
+            .filter(|v| v["event"] == kind)
             .collect()
     }
 

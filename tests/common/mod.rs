@@ -939,6 +939,21 @@ pub fn swaks(args: &[String]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
+/// Sends `n` small messages from `sender@client.test` to `to` over one
+/// session, each marked `{tag}-{i}`; panics on a refusal.
+pub fn send_numbered(server: &TestServer, to: &str, tag: &str, n: usize) {
+    let mut c = server.session();
+    for i in 0..n {
+        c.send_message(
+            "sender@client.test",
+            &[to],
+            &message(&format!("{tag}-{i}"), 200),
+        )
+        .unwrap_or_else(|r| panic!("refused: {r:?}"));
+    }
+    c.quit();
+}
+
 /// A message with CRLF line endings: headers, an empty line, and a body of
 /// about `body_len` bytes of printable lines carrying `marker`.
 pub fn message(marker: &str, body_len: usize) -> Vec<u8> {
