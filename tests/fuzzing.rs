@@ -18,6 +18,9 @@ use std::any::Any;
 use std::fs;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use spate::fuzz::{target, Target};
@@ -89,23 +92,28 @@ fn panic_text(payload: &(dyn Any + Send)) -> String {
 fn run_one(t: &Target, input: &[u8], what: &str, file_stem: &str) {
     let result = panic::catch_unwind(AssertUnwindSafe(|| (t.run)(input)));
     if let Err(payload) = result {
-        let dir = failure_dir();
-        let _ = fs::create_dir_all(&dir);
-        let path = dir.join(format!("{}-{file_stem}.bin", t.name));
-        let saved = match fs::write(&path, input) {
-            Ok(()) => format!("saved as {}", path.display()),
-            Err(e) => format!("could not be saved to {}: {e}", path.display()),
-        };
-        panic!(
-            "fuzz target {} failed on {what}: {}\ninput ({} bytes, {saved}; replay with \
-             SPATE_FUZZ_REPLAY={}):\n{}",
-            t.name,
-            panic_text(&*payload),
-            input.len(),
-            path.display(),
-            escaped(input)
-        );
+        save_and_fail(t, input, what, file_stem, &panic_text(&*payload));
     }
+}
+
+/// Saves a failing input as `target/fuzz-failures/<target>-<stem>.bin`
+/// and fails with the failure, where the input came from, and the input.
+fn save_and_fail(t: &Target, input: &[u8], what: &str, file_stem: &str, failure: &str) -> ! {
+    let dir = failure_dir();
+    let _ = fs::create_dir_all(&dir);
+    let path = dir.join(format!("{}-{file_stem}.bin", t.name));
+    let saved = match fs::write(&path, input) {
+        Ok(()) => format!("saved as {}", path.display()),
+        Err(e) => format!("could not be saved to {}: {e}", path.display()),
+    };
+    panic!(
+        "fuzz target {} failed on {what}: {failure}\ninput ({} bytes, {saved}; replay with \
+         SPATE_FUZZ_REPLAY={}):\n{}",
+        t.name,
+        input.len(),
+        path.display(),
+        escaped(input)
+    );
 }
 
 /// SplitMix64: the mutator's generator, one stream per iteration.
@@ -315,11 +323,13 @@ fn env_u64(name: &str) -> Option<u64> {
 fn fuzz(name: &str) {
     let t = target(name).expect("a target of spate::fuzz");
     if let Ok(replay) = std::env::var("SPATE_FUZZ_REPLAY") {
-        // The file is named after its target (as failures are saved):
-        // only that target's test runs it.
+        // The file is named after its target (as failures are saved), or
+        // lies in a directory of that name (a corpus, AFL's output): only
+        // that target's test runs it.
         let path = Path::new(&replay);
         let file = path.file_name().map(|f| f.to_string_lossy().into_owned());
-        if file.is_some_and(|f| f.starts_with(&format!("{name}-"))) {
+        let in_dir = path.components().any(|c| c.as_os_str() == name);
+        if in_dir || file.is_some_and(|f| f.starts_with(&format!("{name}-"))) {
             let input = fs::read(path).unwrap_or_else(|e| panic!("{replay}: {e}"));
             run_one(t, &input, &format!("replayed {replay}"), "replay");
         }
@@ -327,16 +337,6 @@ fn fuzz(name: &str) {
     }
     let corpus = corpus(name);
     assert!(!corpus.is_empty(), "the corpus of {name} is empty");
-    for (file, input) in &corpus {
-        run_one(
-            t,
-            input,
-            &format!("corpus file {file}"),
-            &format!("corpus-{file}"),
-        );
-    }
-    let pool: Vec<Vec<u8>> = corpus.into_iter().map(|(_, bytes)| bytes).collect();
-
     let seconds = env_u64("SPATE_FUZZ_SECONDS").unwrap_or(DEFAULT_SECONDS);
     let seed = env_u64("SPATE_FUZZ_SEED").unwrap_or_else(|| {
         SystemTime::now()
@@ -344,36 +344,121 @@ fn fuzz(name: &str) {
             .map_or(1, |d| d.as_nanos() as u64)
     });
     let only = env_u64("SPATE_FUZZ_ITERATION");
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let mut iteration = only.unwrap_or(0);
-    let mut input = Vec::with_capacity(MAX_INPUT);
-    let mut bytes = 0usize;
-    loop {
-        let mut rng = Rng::new(seed, iteration);
-        input.clear();
-        input.extend_from_slice(&pool[rng.below(pool.len())]);
-        for _ in 0..1 + rng.small(7) {
-            mutate(&mut rng, &mut input, &pool, t.tokens);
-        }
-        input.truncate(MAX_INPUT);
-        bytes += input.len();
-        run_one(
-            t,
-            &input,
-            &format!("seed {seed} iteration {iteration}"),
-            &format!("{seed}-{iteration}"),
-        );
-        iteration += 1;
-        if only.is_some() || (iteration.is_multiple_of(16) && Instant::now() >= deadline) {
-            break;
+    let run = Arc::new(Run {
+        t,
+        files: corpus.iter().map(|(file, _)| file.clone()).collect(),
+        pool: corpus.into_iter().map(|(_, bytes)| bytes).collect(),
+        seed,
+        first: only.unwrap_or(0),
+        only: only.is_some(),
+        deadline: Instant::now() + Duration::from_secs(seconds),
+        started: AtomicU64::new(0),
+    });
+    let worker = {
+        let run = Arc::clone(&run);
+        thread::spawn(move || run.go())
+    };
+    // The watchdog: an input still running after HANG is a failure too
+    // (a loop that never ends), reported like a panic.
+    let mut last = (0, Instant::now());
+    while !worker.is_finished() {
+        thread::sleep(Duration::from_millis(100));
+        let started = run.started.load(Ordering::Relaxed);
+        if started != last.0 {
+            last = (started, Instant::now());
+        } else if started > 0 && last.1.elapsed() >= HANG {
+            let (what, stem, input) = run.input(started - 1);
+            let failure = format!("still running after {HANG:?}");
+            save_and_fail(t, &input, &what, &stem, &failure);
         }
     }
+    let (iterations, bytes) = match worker.join() {
+        Ok(done) => done,
+        Err(payload) => panic::resume_unwind(payload),
+    };
     eprintln!(
-        "fuzz {name}: {} corpus inputs, then {iteration} mutated inputs ({} KiB) in {seconds} s, \
+        "fuzz {name}: {} corpus inputs, then {iterations} mutated inputs ({} KiB) in {seconds} s, \
          seed {seed}",
-        pool.len(),
+        run.pool.len(),
         bytes / 1024
     );
+}
+
+/// An input that runs longer than this is reported as a hang.
+const HANG: Duration = Duration::from_secs(20);
+
+/// One target's run: the corpus, then mutations from `first` on.
+struct Run {
+    t: &'static Target,
+    files: Vec<String>,
+    pool: Vec<Vec<u8>>,
+    seed: u64,
+    first: u64,
+    /// Only the iteration `first` (a replay).
+    only: bool,
+    deadline: Instant,
+    /// Inputs started so far, corpus first: the watchdog's view.
+    started: AtomicU64,
+}
+
+impl Run {
+    /// Input number `k` (from 0, corpus first): where it came from, the
+    /// file stem to save it under, and its bytes.
+    fn input(&self, k: u64) -> (String, String, Vec<u8>) {
+        let k = k as usize;
+        if let Some(bytes) = self.pool.get(k) {
+            let file = &self.files[k];
+            return (
+                format!("corpus file {file}"),
+                format!("corpus-{file}"),
+                bytes.clone(),
+            );
+        }
+        let iteration = self.first + (k - self.pool.len()) as u64;
+        (
+            format!("seed {} iteration {iteration}", self.seed),
+            format!("{}-{iteration}", self.seed),
+            draw(self.seed, iteration, &self.pool, self.t.tokens),
+        )
+    }
+
+    /// Runs the corpus, then mutated inputs until the deadline (checked
+    /// every 16 inputs); returns how many mutated inputs ran, and their bytes.
+    fn go(&self) -> (u64, usize) {
+        let corpus = self.pool.len() as u64;
+        let mut k = 0u64;
+        let mut bytes = 0usize;
+        loop {
+            let mutated = k.saturating_sub(corpus);
+            let done = if self.only {
+                mutated == 1
+            } else {
+                mutated > 0 && mutated.is_multiple_of(16) && Instant::now() >= self.deadline
+            };
+            if done {
+                return (mutated, bytes);
+            }
+            self.started.store(k + 1, Ordering::Relaxed);
+            let (what, stem, input) = self.input(k);
+            if k >= corpus {
+                bytes += input.len();
+            }
+            run_one(self.t, &input, &what, &stem);
+            k += 1;
+        }
+    }
+}
+
+/// Mutated input number `iteration` of a run with `seed`: a corpus input
+/// with one to eight mutations, cut at [`MAX_INPUT`].
+fn draw(seed: u64, iteration: u64, pool: &[Vec<u8>], tokens: &[&[u8]]) -> Vec<u8> {
+    let mut rng = Rng::new(seed, iteration);
+    let mut input = pool[rng.below(pool.len())].clone();
+    for _ in 0..1 + rng.small(7) {
+        mutate(&mut rng, &mut input, pool, tokens);
+    }
+    input.truncate(MAX_INPUT);
+    input
 }
 
 #[test]
@@ -422,18 +507,13 @@ fn every_target_has_a_test_here() {
 #[test]
 fn mutations_stay_within_bounds_and_replay() {
     let pool = vec![b"EHLO x\r\nMAIL FROM:<a@b>\r\n".to_vec(), Vec::new()];
+    let tokens = spate::fuzz::smtp::TOKENS;
     for iteration in 0..2000 {
-        let draw = |pool: &[Vec<u8>]| {
-            let mut rng = Rng::new(7, iteration);
-            let mut input = pool[rng.below(pool.len())].clone();
-            for _ in 0..1 + rng.small(7) {
-                mutate(&mut rng, &mut input, pool, spate::fuzz::smtp::TOKENS);
-            }
-            input
-        };
+        let input = draw(7, iteration, &pool, tokens);
+        assert!(input.len() <= MAX_INPUT);
         assert_eq!(
-            draw(&pool),
-            draw(&pool),
+            input,
+            draw(7, iteration, &pool, tokens),
             "iteration {iteration} does not replay"
         );
     }
