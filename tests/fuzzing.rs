@@ -106,6 +106,7 @@ fn save_and_fail(t: &Target, input: &[u8], what: &str, file_stem: &str, failure:
         Ok(()) => format!("saved as {}", path.display()),
         Err(e) => format!("could not be saved to {}: {e}", path.display()),
     };
+    let failure: String = failure.chars().take(3000).collect();
     panic!(
         "fuzz target {} failed on {what}: {failure}\ninput ({} bytes, {saved}; replay with \
          SPATE_FUZZ_REPLAY={}):\n{}",

@@ -11,7 +11,7 @@ use crate::imap::command::{
     EntryType, FetchAttribute, FetchItems, Flag, Partial, SearchKey, SearchReturn, Section,
     SectionText, SortBy, StatusItem, StoreAction,
 };
-use crate::imap::reader::{CommandReader, LineStep, ReaderConfig, Step};
+use crate::imap::reader::{CommandReader, Limit, LineStep, ReaderConfig, Step};
 use crate::imap::response::{
     write_astring, write_command_error, write_date_time, write_rejection, write_sequence_set,
     write_string,
@@ -75,11 +75,35 @@ pub fn imap_command(data: &[u8]) {
     };
     let mut rng = Rng::from_bytes(ctl);
     let max_chunk = 1 + usize::from(ctl[3]);
+    let chunked = frame(config, input, || rng.chunk(max_chunk));
+    // Where the client's bytes are split changes nothing.
+    let whole = frame(config, input, || usize::MAX);
+    assert!(
+        chunked == whole,
+        "framed in chunks: {chunked:?}; framed at once: {whole:?}"
+    );
+}
+
+/// What the reader made of the input, step by step.
+#[derive(Debug, PartialEq, Eq)]
+enum Framed {
+    Command(Vec<u8>),
+    Rejected(Option<String>, Option<String>, Limit),
+    Continuation,
+    Line(Vec<u8>),
+    LineTooLong,
+}
+
+/// Frames `input` pushed in chunks of `next_chunk()` bytes as a session
+/// would, IDLE and AUTHENTICATE taking their raw line; checks every
+/// command and reply on the way.
+fn frame(config: ReaderConfig, input: &[u8], mut next_chunk: impl FnMut() -> usize) -> Vec<Framed> {
+    let mut steps = Vec::new();
     let mut reader = CommandReader::new(config);
     let mut raw_lines = 0u8;
     let mut fed = 0;
     while fed < input.len() {
-        let k = rng.chunk(max_chunk).min(input.len() - fed);
+        let k = next_chunk().clamp(1, input.len() - fed);
         let mut rest = &input[fed..fed + k];
         fed += k;
         loop {
@@ -98,10 +122,11 @@ pub fn imap_command(data: &[u8]) {
                         LineStep::Line(line) => {
                             assert!(line.len() <= config.max_line, "raw line over max_line");
                             assert!(!line.contains(&b'\n'), "raw line holds its LF");
-                            raw_lines -= 1;
+                            steps.push(Framed::Line(line.to_vec()));
                         }
-                        LineStep::TooLong => raw_lines -= 1,
+                        LineStep::TooLong => steps.push(Framed::LineTooLong),
                     }
+                    raw_lines -= 1;
                     continue;
                 }
                 match reader.next_command() {
@@ -112,6 +137,7 @@ pub fn imap_command(data: &[u8]) {
                             bytes.len(),
                             config.max_command
                         );
+                        steps.push(Framed::Command(bytes.to_vec()));
                         if let Some(command) = check_parse(bytes) {
                             if matches!(
                                 command.body,
@@ -125,8 +151,21 @@ pub fn imap_command(data: &[u8]) {
                         let mut out = Vec::new();
                         write_rejection(&mut out, &r);
                         check_status_reply(&out);
+                        // A tag or name longer than a line cannot be
+                        // read whole from what was buffered when the line
+                        // was refused; how much was buffered depends on
+                        // the split, so only shorter ones must agree.
+                        let tag = r.tag.filter(|t| t.len() < config.max_line);
+                        let name = r.command.filter(|c| {
+                            tag.is_some_and(|t| t.len() + 1 + c.len() < config.max_line)
+                        });
+                        steps.push(Framed::Rejected(
+                            tag.map(str::to_owned),
+                            name.map(str::to_owned),
+                            r.limit,
+                        ));
                     }
-                    Step::NeedContinuation => {}
+                    Step::NeedContinuation => steps.push(Framed::Continuation),
                     Step::Incomplete => break,
                 }
             }
@@ -141,6 +180,7 @@ pub fn imap_command(data: &[u8]) {
             );
         }
     }
+    steps
 }
 
 /// Parses one framed command and checks what follows from the result:

@@ -295,7 +295,31 @@ pub fn smtp_session(data: &[u8]) {
     };
     let mut rng = Rng::from_bytes(ctl);
     let max_chunk = 1 + usize::from(ctl[5]) * 4;
-    SessionRun::new(config, peer).run(input, || rng.chunk(max_chunk));
+    let chunked = SessionRun::new(config.clone(), peer).run(input, || rng.chunk(max_chunk));
+    // Pipelining and chunk boundaries change nothing: the same bytes fed
+    // at once give the same replies and messages. (Not across STARTTLS,
+    // which drops whatever was read before the handshake.)
+    let whole = SessionRun::new(config, peer).run(input, || usize::MAX);
+    if !chunked.tls && !whole.tls {
+        assert!(
+            chunked.transcript == whole.transcript,
+            "fed in chunks the session answered {:?}, fed at once {:?}",
+            String::from_utf8_lossy(&chunked.transcript),
+            String::from_utf8_lossy(&whole.transcript)
+        );
+        assert!(
+            chunked.messages == whole.messages,
+            "fed in chunks and at once, the session produced different messages"
+        );
+    }
+}
+
+/// What one run of a session produced.
+struct Outcome {
+    transcript: Vec<u8>,
+    messages: Vec<crate::smtp::Message>,
+    /// STARTTLS was accepted.
+    tls: bool,
 }
 
 /// One session and what was seen of it.
@@ -312,6 +336,8 @@ struct SessionRun {
     stores: usize,
     closed: bool,
     counters: SessionCounters,
+    messages: Vec<crate::smtp::Message>,
+    tls: bool,
 }
 
 const QUEUE_ID: &str = "FUZZQ";
@@ -332,10 +358,12 @@ impl SessionRun {
             stores: 0,
             closed: false,
             counters: SessionCounters::default(),
+            messages: Vec::new(),
+            tls: false,
         }
     }
 
-    fn run(mut self, input: &[u8], mut next_chunk: impl FnMut() -> usize) {
+    fn run(mut self, input: &[u8], mut next_chunk: impl FnMut() -> usize) -> Outcome {
         let mut pending: Vec<u8> = Vec::new();
         let mut fed = 0;
         loop {
@@ -364,6 +392,11 @@ impl SessionRun {
             );
         }
         self.check_transcript();
+        Outcome {
+            transcript: self.transcript,
+            messages: self.messages,
+            tls: self.tls,
+        }
     }
 
     /// Feeds `pending` and answers events until the session takes nothing more.
@@ -382,6 +415,7 @@ impl SessionRun {
                 match event {
                     Event::Message(m) => {
                         self.check_message(&m);
+                        self.messages.push(m);
                         // The reply to the message must wait for the store.
                         self.drain_output();
                         self.stores += 1;
@@ -396,6 +430,7 @@ impl SessionRun {
                         self.session.handle_stored(result, self.now);
                     }
                     Event::StartTls => {
+                        self.tls = true;
                         // RFC 3207 4: nothing read before the handshake counts.
                         pending.clear();
                         self.drain_output();
