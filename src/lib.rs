@@ -21,6 +21,7 @@
 //! | runtime glue | [`shard`], [`session`], [`tls`] | pinned glommio executors, listeners with SO_REUSEPORT, sessions over glommio sockets, STARTTLS |
 //! | edges | [`config`], [`metrics`], [`logging`], [`cli`], [`control`] | TOML configuration, per-core counters and histograms merged when scraped (Prometheus endpoint), the log subscriber (text or JSON lines), the command line |
 //! | service | [`sd_notify`], [`reload`], [`tune`], [`claim`], [`crash`], [`peer`] | systemd readiness, reload and stop notifications; what a SIGHUP reload swaps and what needs a restart; `spate tune check` against the tuning kit; one server per listening address; a shard's panic ends the process (status 70); Unix peer credentials |
+//! | fuzzing | [`fuzz`] | the bodies of the fuzz targets (SMTP, IMAP, POP3, spool records, MIME), run by `tests/fuzzing.rs` and the cargo-fuzz crate |
 //! | load tools | [`blast`], [`sink`] | `spate blast`, the load generator (sans-IO client core with pipelining and BDAT, one executor per core, HdrHistogram report) and `spate sink` (sans-IO sink session, deterministic fault injection, counters) |
 //!
 //! See DESIGN.md (shared with the project) and README.md for the whole
@@ -36,6 +37,7 @@ pub mod control;
 pub mod crash;
 pub mod delivery;
 pub mod envelope;
+pub mod fuzz;
 pub mod imap;
 pub mod local;
 pub mod logging;

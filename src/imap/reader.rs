@@ -514,27 +514,57 @@ fn literal_marker(line: &[u8]) -> Option<Marker> {
 
 /// The tag and command name at the start of a command, when they are
 /// well-formed (tag: ASTRING-CHARs but "+"; name: letters).
+/// Longer than any IMAP command name (`UNSUBSCRIBE`, `AUTHENTICATE`).
+const MAX_COMMAND_NAME: usize = 32;
+/// The longest tag a rejection is answered with (clients use a few
+/// characters).
+const MAX_REJECTED_TAG: usize = 64;
+
 fn tag_and_command(command: &[u8]) -> (Option<&str>, Option<&str>) {
     let tag_len = command
         .iter()
         .position(|&b| !is_tag_char(b))
         .unwrap_or(command.len());
-    if tag_len == 0 || command.get(tag_len) != Some(&b' ') {
+    // Likewise a tag: ended by a space within what was received, and of
+    // a sane length (a longer one is answered untagged).
+    if tag_len == 0 || tag_len > MAX_REJECTED_TAG || command.get(tag_len) != Some(&b' ') {
         return (None, None);
     }
     // Tag characters are ASCII.
     let tag = std::str::from_utf8(&command[..tag_len]).ok();
     let rest = &command[tag_len + 1..];
-    let name_len = rest
+    // A name is a short run of letters ended within what was received:
+    // a run that reaches the end of the buffer or goes on past any
+    // command's length names nothing, so the answer does not depend on
+    // how the client's bytes were split (found by fuzzing).
+    let name = rest
         .iter()
         .position(|b| !b.is_ascii_alphabetic())
-        .unwrap_or(rest.len());
-    let name = std::str::from_utf8(&rest[..name_len])
-        .ok()
-        .filter(|n| !n.is_empty());
+        .filter(|&len| (1..=MAX_COMMAND_NAME).contains(&len))
+        .and_then(|len| std::str::from_utf8(&rest[..len]).ok());
     (tag, name)
 }
 
 fn is_tag_char(b: u8) -> bool {
     (0x21..0x7f).contains(&b) && !b"(){%*\"\\+".contains(&b)
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    #[test]
+    fn a_rejected_commands_name_does_not_depend_on_the_split() {
+        assert_eq!(
+            tag_and_command(b"a1 LOGIN {9000000}"),
+            (Some("a1"), Some("LOGIN"))
+        );
+        // Cut inside the name, or a run of letters no command has: none.
+        assert_eq!(tag_and_command(b"a1 AUTHENT"), (Some("a1"), None));
+        let long = format!("x2 AUTHENT{}\r\n", "A".repeat(100));
+        assert_eq!(tag_and_command(long.as_bytes()), (Some("x2"), None));
+        assert_eq!(tag_and_command(b"(bad"), (None, None));
+        let long_tag = format!("{} LOGIN x", "t".repeat(65));
+        assert_eq!(tag_and_command(long_tag.as_bytes()), (None, None));
+    }
 }

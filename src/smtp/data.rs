@@ -256,20 +256,33 @@ impl BodyReceiver {
     }
 
     /// Appends content, unless the body already failed or would grow past
-    /// the limit (then it fails and its memory is released).
+    /// the limit: then what fits is kept (so that a rule broken before the
+    /// limit is judged first, as it would be had the bytes come in smaller
+    /// reads), and the body fails and its memory is released.
     fn emit(&mut self, bytes: &[u8]) {
         if self.failure.is_some() || bytes.is_empty() {
             return;
         }
-        self.size = self.size.saturating_add(bytes.len());
-        if self.size > self.limits.max_size {
+        let room = self.limits.max_size.saturating_sub(self.size);
+        if bytes.len() > room {
+            self.body.extend_from_slice(&bytes[..room]);
+            self.size += room;
             self.fail(BodyError::TooBig);
             return;
         }
+        self.size += bytes.len();
         self.body.extend_from_slice(bytes);
     }
 
+    /// The body breaks a rule at the current position. Header lines stored
+    /// before it are counted first: the first rule broken in the message
+    /// is the one reported, wherever the reads that carried it were split.
     fn fail(&mut self, error: BodyError) {
+        self.scan_headers();
+        self.set_failure(error);
+    }
+
+    fn set_failure(&mut self, error: BodyError) {
         if self.failure.is_none() {
             self.failure = Some(error);
             self.body = Vec::new();
@@ -296,7 +309,7 @@ impl BodyReceiver {
             } else if received {
                 self.hops += 1;
                 if self.hops > self.limits.max_hops {
-                    self.fail(BodyError::TooManyHops);
+                    self.set_failure(BodyError::TooManyHops);
                 }
             }
         }
@@ -486,5 +499,31 @@ mod tests {
         assert_eq!(rx.finish(), Err(BodyError::BareLineEnding));
         let rx = BodyReceiver::new(Framing::Chunked, LIMITS, b"T\r\n".to_vec());
         assert_eq!(rx.finish().unwrap(), b"T\r\n");
+    }
+
+    /// Found by fuzzing (`smtp_session`): a Received header over the hop
+    /// limit and a later bare CR were answered 554 when the header came in
+    /// an earlier read, 550 when both came in one. The first rule broken
+    /// in the message wins, however it was split; so does a header before
+    /// the size limit.
+    #[test]
+    fn the_first_broken_rule_wins_however_the_body_is_split() {
+        let hops_then_bare =
+            b"Received: a\r\nReceived: b\r\nReceived: c\r\nX: y\rz\r\n\r\nbody\r\n.\r\n";
+        let hops_then_big =
+            b"Received: a\r\nReceived: b\r\nReceived: c\r\nSubject: long enough\r\n\r\n.\r\n";
+        let bare_then_hops = b"X: a\nb\r\nReceived: a\r\nReceived: b\r\nReceived: c\r\n\r\n.\r\n";
+        let small = BodyLimits {
+            max_size: 50,
+            ..LIMITS
+        };
+        for step in 1..=hops_then_bare.len() {
+            let (body, _) = data(hops_then_bare, LIMITS, step);
+            assert_eq!(body, Err(BodyError::TooManyHops), "step {step}");
+            let (body, _) = data(hops_then_big, small, step);
+            assert_eq!(body, Err(BodyError::TooManyHops), "step {step}");
+            let (body, _) = data(bare_then_hops, LIMITS, step);
+            assert_eq!(body, Err(BodyError::BareLineEnding), "step {step}");
+        }
     }
 }

@@ -29,9 +29,11 @@ mod ledger;
 mod lock;
 mod private;
 mod reader;
-mod record;
-mod recovery;
-mod scan;
+// Visible to the crate for the fuzz targets (`crate::fuzz::spool`), which
+// drive the record format and recovery's survey on arbitrary bytes.
+pub(crate) mod record;
+pub(crate) mod recovery;
+pub(crate) mod scan;
 mod segment;
 mod shard;
 mod state;

@@ -164,7 +164,7 @@ pub(crate) fn survey(spool_dir: &Path, full: &BTreeSet<u8>) -> Result<Survey, Sp
     Ok(out)
 }
 
-fn survey_segment(out: &mut Survey, seg: SegmentId, bytes: &[u8], in_full: bool) {
+pub(crate) fn survey_segment(out: &mut Survey, seg: SegmentId, bytes: &[u8], in_full: bool) {
     let verify = |kind: u8| in_full || RecordKind::is_reference(kind);
     for item in scan(bytes, verify) {
         match item {

@@ -107,7 +107,9 @@ impl<'a> Cursor<'a> {
                     while let Some(b) = self.peek() {
                         self.i += 1;
                         match b {
-                            b'\\' => self.i += 1,
+                            // A quoted pair; a backslash last in the value
+                            // quotes nothing (the cursor stays in bounds).
+                            b'\\' => self.i = (self.i + 1).min(self.s.len()),
                             b'(' => depth += 1,
                             b')' => {
                                 depth -= 1;

@@ -511,6 +511,20 @@ fn rfc2231_continuations_follow_plain_params() {
 }
 
 #[test]
+fn a_comment_ending_in_a_backslash_is_harmless() {
+    // Found by AFL: the quoted pair of a trailing `\` inside a comment
+    // moved the cursor past the end of the header value, and the next
+    // token sliced out of bounds.
+    for value in [&b"(mu\\"[..], b"text/(x\\", b"text/plain; a=(\\"] {
+        let mut raw = b"Content-Type: ".to_vec();
+        raw.extend_from_slice(value);
+        raw.extend_from_slice(b"\r\n\r\nbody\r\n");
+        let body = body_of(&raw, true);
+        assert!(body.starts_with('('), "{body}");
+    }
+}
+
+#[test]
 fn multipart_without_boundary_or_parts() {
     // Same as Dovecot: one empty text/plain part stands in.
     let raw = crlf("Subject: t\nContent-Type: multipart/mixed\n\nno boundary here\n");
