@@ -13,8 +13,8 @@ use crate::imap::command::{
 };
 use crate::imap::reader::{CommandReader, Limit, LineStep, ReaderConfig, Step};
 use crate::imap::response::{
-    write_astring, write_command_error, write_date_time, write_rejection, write_sequence_set,
-    write_string,
+    write_astring, write_command_error, write_date_time, write_list, write_rejection,
+    write_sequence_set, write_string,
 };
 use crate::imap::{parse_command, Command, CommandBody};
 
@@ -480,14 +480,7 @@ fn render(command: &Command<'_>) -> Vec<u8> {
                 FetchItems::Fast => push(o, "FAST"),
                 FetchItems::Full => push(o, "FULL"),
                 FetchItems::List(attributes) => {
-                    o.push(b'(');
-                    for (i, a) in attributes.iter().enumerate() {
-                        if i > 0 {
-                            o.push(b' ');
-                        }
-                        write_fetch_attribute(o, a);
-                    }
-                    o.push(b')');
+                    write_list(o, attributes, |o, a| write_fetch_attribute(o, a));
                 }
             }
             if let Some(n) = changed_since {
