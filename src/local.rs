@@ -243,13 +243,13 @@ impl LocalTier {
     }
 
     /// The users whose mailboxes a local address delivers to, with their
-    /// quota; `None` when the address is unknown or the aliases cannot be
-    /// read. In memory only.
-    fn quota_targets(&self, address: &str) -> Option<Vec<(UserName, Option<u64>)>> {
+    /// quota; `Unknown` when no user or alias has the address, `Err` when
+    /// the aliases cannot be read. In memory only.
+    fn quota_targets(&self, address: &str) -> Result<QuotaTargets, AccountError> {
         let (local, domain) = split(address);
         let directory = self.directory();
-        match directory.resolve(local, domain) {
-            Ok(Resolution::Targets(targets)) => Some(
+        Ok(match directory.resolve(local, domain)? {
+            Resolution::Targets(targets) => QuotaTargets::Users(
                 targets
                     .into_iter()
                     .filter_map(|target| match target {
@@ -261,20 +261,28 @@ impl LocalTier {
                     })
                     .collect(),
             ),
-            Ok(Resolution::Unknown) | Err(_) => None,
-        }
+            Resolution::Unknown => QuotaTargets::Unknown,
+        })
     }
 
     /// Whether a message of `size` octets is larger than the whole quota
     /// of a mailbox `address` delivers to (RFC 1870 6.3, at the end of
     /// DATA). In memory only: for the executor.
     pub fn larger_than_quota(&self, address: &str, size: u64) -> bool {
-        self.quota_targets(address).is_some_and(|targets| {
-            targets
+        match self.quota_targets(address) {
+            Ok(QuotaTargets::Users(users)) => users
                 .iter()
-                .any(|(_, limit)| limit.is_some_and(|limit| size > limit))
-        })
+                .any(|(_, limit)| limit.is_some_and(|limit| size > limit)),
+            Ok(QuotaTargets::Unknown) | Err(_) => false,
+        }
     }
+}
+
+/// What a local address resolves to, for quota checks.
+enum QuotaTargets {
+    /// The users it delivers to and each one's quota (`None`: unlimited).
+    Users(Vec<(UserName, Option<u64>)>),
+    Unknown,
 }
 
 fn split(address: &str) -> (&str, &str) {
@@ -290,15 +298,14 @@ impl LocalPolicy for LocalTier {
     /// is not known yet (moments after a start) is accepted and the meter
     /// asked for it; delivery (on the blocking pool) checks again.
     fn recipient(&self, address: &str, declared_size: Option<u64>) -> LocalRecipient {
-        let (local, domain) = split(address);
-        match self.directory().resolve(local, domain) {
-            Ok(Resolution::Unknown) => return LocalRecipient::Unknown,
-            Ok(Resolution::Targets(_)) => {}
+        let users = match self.quota_targets(address) {
+            Ok(QuotaTargets::Users(users)) => users,
+            Ok(QuotaTargets::Unknown) => return LocalRecipient::Unknown,
             // The alias file is broken: accept, delivery defers and retries.
             Err(_) => return LocalRecipient::Accept,
-        }
+        };
         let size = declared_size.unwrap_or(0);
-        for (user, limit) in self.quota_targets(address).unwrap_or_default() {
+        for (user, limit) in users {
             let Some(limit) = limit else { continue };
             if size > limit {
                 return LocalRecipient::LargerThanQuota;
