@@ -277,6 +277,16 @@ pub async fn plan<M: Addressed>(
     plan
 }
 
+/// Why [`Scheduler::place`] gave work back.
+#[derive(Debug)]
+pub enum Refused<M> {
+    /// The site's ready queue is full: the group is held (not an attempt).
+    Full(Work<M>),
+    /// The site's mail is being bounced (a back-off rule): the reply to
+    /// fail the recipients with.
+    Bounce(Work<M>, String),
+}
+
 /// The ready queues and the held messages of one core (see the module
 /// header).
 pub struct Scheduler<M> {
@@ -284,6 +294,10 @@ pub struct Scheduler<M> {
     /// Messages held back per destination whose ready queue was full (or
     /// whose site is suspended), released as it makes room.
     held: HashMap<DestinationKey, BTreeSet<SpoolId>>,
+    /// Sites whose mail is returned to its senders, with the reply.
+    bouncing: HashMap<DestinationKey, String>,
+    /// Work drained from a site that began to bounce, to be bounced.
+    to_bounce: Vec<(Work<M>, String)>,
 }
 
 impl<M> Scheduler<M> {
@@ -291,21 +305,70 @@ impl<M> Scheduler<M> {
         Ok(Scheduler {
             ready: ReadyQueues::new(limits)?,
             held: HashMap::new(),
+            bouncing: HashMap::new(),
+            to_bounce: Vec::new(),
         })
     }
 
     /// Queues work for its site; a site becoming active takes the limits
-    /// `shape` gives. A full ready queue gives the work back: the caller
-    /// counts that group as held (not an attempt).
+    /// `shape` gives. Gives the work back when the site's ready queue is
+    /// full (the caller counts that group as held, not an attempt) or
+    /// its mail is being bounced.
     pub fn place(
         &mut self,
         key: DestinationKey,
         work: Work<M>,
         shape: impl FnOnce() -> SiteLimits,
-    ) -> Result<(), Work<M>> {
+    ) -> Result<(), Refused<M>> {
+        if let Some(reply) = self.bouncing.get(&key) {
+            return Err(Refused::Bounce(work, reply.clone()));
+        }
         self.ready
             .push_shaped(key, work, shape)
-            .map_err(|full| full.0)
+            .map_err(|full| Refused::Full(full.0))
+    }
+
+    /// Replaces the sites whose mail bounces (from the shared suspension
+    /// table), with the receiver's reply that made them. The work already
+    /// waiting for a newly bouncing site is set aside for
+    /// [`Scheduler::take_bounced`]; the messages held for it are made due,
+    /// and bounce as they are placed.
+    pub fn set_bouncing(
+        &mut self,
+        bouncing: HashMap<DestinationKey, String>,
+        queue: &mut Queue,
+        now: UnixTime,
+    ) {
+        for (site, reply) in &bouncing {
+            if self.bouncing.contains_key(site) {
+                continue;
+            }
+            for work in self.ready.drain(site) {
+                self.to_bounce.push((work, reply.clone()));
+            }
+            self.release_site(queue, site, now);
+        }
+        self.bouncing = bouncing;
+    }
+
+    /// The reply `dest`'s mail is bounced with, while it is.
+    pub fn bouncing_reply(&self, dest: &DestinationKey) -> Option<String> {
+        self.bouncing.get(dest).cloned()
+    }
+
+    /// The work to bounce that [`Scheduler::set_bouncing`] set aside.
+    pub fn take_bounced(&mut self) -> Vec<(Work<M>, String)> {
+        std::mem::take(&mut self.to_bounce)
+    }
+
+    /// Replaces the throttled sites' factors (from the shared table).
+    pub fn set_throttled(&mut self, factors: HashMap<DestinationKey, f64>, now: Instant) {
+        self.ready.set_throttled(factors, now);
+    }
+
+    /// Whether `dest` is throttled: its deliveries count toward easing.
+    pub fn is_throttled(&self, dest: &DestinationKey) -> bool {
+        self.ready.is_throttled(dest)
     }
 
     /// The next connection's worth of work, if any may open now.
@@ -717,10 +780,27 @@ mod tests {
         let site: DestinationKey = "mx:mx.other.test".parse().unwrap();
         assert!(scheduler.place(site.clone(), work(1), plain_site).is_ok());
         assert!(scheduler.place(site.clone(), work(2), plain_site).is_ok());
-        let refused = scheduler
-            .place(site.clone(), work(3), plain_site)
-            .unwrap_err();
-        assert_eq!(refused.id.to_u64(), 3, "the third is given back");
+        let Err(Refused::Full(refused)) = scheduler.place(site.clone(), work(3), plain_site) else {
+            panic!("the third should be given back");
+        };
+        assert_eq!(refused.id.to_u64(), 3);
+        // A bouncing site takes nothing: its work comes back to be bounced,
+        // and what waited for it is set aside.
+        let mut queue = Queue::new();
+        scheduler.set_bouncing(
+            HashMap::from([(site.clone(), "550 5.7.606 banned".to_owned())]),
+            &mut queue,
+            UnixTime(1_000),
+        );
+        let drained = scheduler.take_bounced();
+        assert_eq!(drained.len(), 2);
+        assert!(matches!(
+            scheduler.place(site.clone(), work(6), plain_site),
+            Err(Refused::Bounce(_, reply)) if reply.contains("5.7.606")
+        ));
+        scheduler.set_bouncing(HashMap::new(), &mut queue, UnixTime(1_000));
+        assert!(scheduler.place(site.clone(), work(1), plain_site).is_ok());
+        assert!(scheduler.place(site.clone(), work(2), plain_site).is_ok());
 
         let mut queue = Queue::new();
         let clock = Instant::now();
