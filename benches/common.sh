@@ -2,7 +2,8 @@
 # and smtp-sink from Debian's package (dpkg -x, never installed as a
 # service), a private 127.x address, timing and statistics helpers. The
 # sourcing script sets BENCH_NAME, MESSAGES, SESSIONS, SIZE, SOURCE_FLAGS
-# and BENCH_DIR first.
+# and BENCH_DIR first (and NEEDS_POSTFIX_TOOLS=0 when it uses spate's own
+# load tools only).
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 POSTFIX_TOOLS=${POSTFIX_TOOLS:-$ROOT/target/postfix-tools}
@@ -60,7 +61,7 @@ if [[ -z "${SPATE:-}" ]]; then
     SPATE=$ROOT/target/release/spate
 fi
 [[ -x $SPATE ]] || die "no spate binary at $SPATE"
-postfix_tools
+[[ ${NEEDS_POSTFIX_TOOLS:-1} == 0 ]] || postfix_tools
 
 # A private loopback address for this run (never 127.0.0.1).
 IP=127.$((RANDOM % 200 + 20)).$((RANDOM % 250 + 1)).$((RANDOM % 250 + 1))
