@@ -9,7 +9,7 @@
 //! out what it decides; the tests feed it a fake spool and the fake
 //! resolver.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -17,8 +17,8 @@ use crate::delivery::report::{same_result, transient, RecipientReport};
 use crate::delivery::router::{HostPort, NextHop, Route, Router};
 use crate::envelope::Envelope;
 use crate::queue::{
-    AttemptId, DestinationKey, Dispatch, Queue, QueueError, ReadyLimits, ReadyQueues, Task,
-    UnixTime,
+    AttemptId, DestinationKey, Dispatch, HeldMessages, Queue, QueueError, ReadyLimits, ReadyQueues,
+    Task, UnixTime,
 };
 use crate::resolver::{MxHost, MxResolver};
 use crate::shaping::SiteLimits;
@@ -292,8 +292,9 @@ pub enum Refused<M> {
 pub struct Scheduler<M> {
     ready: ReadyQueues<Work<M>>,
     /// Messages held back per destination whose ready queue was full (or
-    /// whose site is suspended), released as it makes room.
-    held: HashMap<DestinationKey, BTreeSet<SpoolId>>,
+    /// whose site is suspended), released as it makes room (ids only:
+    /// memory-light).
+    held: HeldMessages,
     /// Sites whose mail is returned to its senders, with the reply.
     bouncing: HashMap<DestinationKey, String>,
     /// Work drained from a site that began to bounce, to be bounced.
@@ -304,7 +305,7 @@ impl<M> Scheduler<M> {
     pub fn new(limits: ReadyLimits) -> Result<Self, QueueError> {
         Ok(Scheduler {
             ready: ReadyQueues::new(limits)?,
-            held: HashMap::new(),
+            held: HeldMessages::new(),
             bouncing: HashMap::new(),
             to_bounce: Vec::new(),
         })
@@ -435,7 +436,7 @@ impl<M> Scheduler<M> {
         if queue.hold(id, attempt, now.plus(wait)).is_err() {
             return false;
         }
-        self.held.entry(dest).or_default().insert(id);
+        self.held.hold(dest, id);
         true
     }
 
@@ -444,16 +445,10 @@ impl<M> Scheduler<M> {
     pub fn release_held(&mut self, queue: &mut Queue, now: UnixTime) {
         let limit = self.ready.limits().max_queued_per_destination;
         let ready = &self.ready;
-        self.held.retain(|dest, ids| {
-            let mut room = limit.saturating_sub(ready.queued_for(dest));
-            while room > 0 {
-                let Some(id) = ids.pop_first() else { break };
-                if queue.release(id, now) {
-                    room -= 1;
-                }
-            }
-            !ids.is_empty()
-        });
+        self.held.release(
+            |dest| limit.saturating_sub(ready.queued_for(dest)),
+            |id| queue.release(id, now),
+        );
     }
 
     /// Makes every message held for `site` due now (its suspension ended
@@ -464,27 +459,26 @@ impl<M> Scheduler<M> {
         site: &DestinationKey,
         now: UnixTime,
     ) -> usize {
-        let Some(ids) = self.held.remove(site) else {
-            return 0;
-        };
+        let ids = self.held.take_site(site);
         ids.into_iter().filter(|&id| queue.release(id, now)).count()
     }
 
     /// Whether messages wait for room at `dest` (work leaving its ready
     /// queue should wake the engine).
     pub fn awaits_room(&self, dest: &DestinationKey) -> bool {
-        self.held.contains_key(dest)
+        self.held.is_holding(dest)
     }
 
     /// Messages held, over every destination.
     pub fn held_count(&self) -> usize {
-        self.held.values().map(BTreeSet::len).sum()
+        self.held.len()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::cell::Cell;
+    use std::collections::BTreeSet;
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;

@@ -9,15 +9,20 @@
 //! - `policy`: backoff, lifetime and jitter (`RetryPolicy`, `Jitter`)
 //! - `schedule`: `Queue`, each message's state and deadline
 //! - `ready`: `ReadyQueues` per `DestinationKey`, windows and connection limits
+//! - `held`: `HeldMessages`, the ids held back per site until it has room
+//! - `chunked`: `ChunkedMap`, the compact ordered map the tables above use
 //! - `error`: `QueueError`
 
+mod chunked;
 mod error;
+mod held;
 mod policy;
 mod ready;
 mod schedule;
 mod time;
 
 pub use error::QueueError;
+pub use held::HeldMessages;
 pub use policy::{Jitter, NoJitter, RetryPolicy, SpreadJitter};
 pub use ready::{BadSite, DestinationKey, ReadyFull, ReadyLimits, ReadyQueues};
 pub use schedule::{

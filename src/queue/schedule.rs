@@ -17,11 +17,15 @@
 //! never scheduled past the end of the lifetime, so the last attempt falls
 //! right after it and the DSN is not late by up to a whole backoff.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashSet};
 use std::fmt;
+use std::num::NonZeroU64;
+use std::rc::Rc;
+use std::time::Instant;
 
 use crate::spool::{Deferred, DeliveryState, SpoolId};
 
+use super::chunked::{ChunkedMap, ChunkedSet};
 use super::error::QueueError;
 use super::policy::{Jitter, NoJitter, RetryPolicy};
 use super::time::UnixTime;
@@ -42,7 +46,7 @@ pub struct QueueEntry {
 /// report from an attempt the queue already gave up on cannot change the
 /// message's newer state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct AttemptId(u64);
+pub struct AttemptId(NonZeroU64);
 
 impl fmt::Display for AttemptId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -113,14 +117,124 @@ pub enum Deferral {
     Expired(Dispatch),
 }
 
+/// A message as the queue keeps it, packed (a million may wait: issue
+/// 13): [`QueueEntry`]'s fields, the state as a time and the current
+/// hand-out, and behind pointers what few messages need: a last error
+/// (one copy per distinct text, shared by every message that failed the
+/// same way) and the finished recipients of a partly delivered message.
 #[derive(Debug, Clone)]
 struct Message {
-    entry: QueueEntry,
-    state: MessageState,
+    size: u64,
+    received_at: u64,
+    /// When the 250 left, as [`Stamp`] counts it.
+    acknowledged_at: Stamp,
+    /// Waiting: when it is due; active: the holder's deadline.
+    at: UnixTime,
+    /// The current hand-out while active, `None` while waiting.
+    attempt: Option<AttemptId>,
+    task: Task,
+    recipients: u32,
     attempts: u32,
-    last_error: Option<String>,
-    /// Recipients that need no more attempts, by envelope index.
-    finished: BTreeSet<u32>,
+    last_error: Option<Rc<str>>,
+    /// Recipients that need no more attempts, by envelope index. Boxed:
+    /// 8 bytes in every message instead of an empty set's 24.
+    #[allow(clippy::box_collection)]
+    finished: Option<Box<BTreeSet<u32>>>,
+}
+
+impl Message {
+    fn state(&self) -> MessageState {
+        match self.attempt {
+            None => MessageState::Waiting { at: self.at },
+            Some(attempt) => MessageState::Active {
+                attempt,
+                task: self.task,
+                deadline: self.at,
+            },
+        }
+    }
+
+    fn set_state(&mut self, state: MessageState) {
+        match state {
+            MessageState::Waiting { at } => {
+                self.at = at;
+                self.attempt = None;
+            }
+            MessageState::Active {
+                attempt,
+                task,
+                deadline,
+            } => {
+                self.at = deadline;
+                self.attempt = Some(attempt);
+                self.task = task;
+            }
+        }
+    }
+
+    fn is_finished(&self, index: u32) -> bool {
+        self.finished.as_ref().is_some_and(|f| f.contains(&index))
+    }
+
+    fn finished_count(&self) -> usize {
+        self.finished.as_ref().map_or(0, |f| f.len())
+    }
+
+    fn entry(&self, epoch: Instant) -> QueueEntry {
+        QueueEntry {
+            size: self.size,
+            recipients: self.recipients as usize,
+            received_at: self.received_at,
+            acknowledged_at: self.acknowledged_at.instant(epoch),
+        }
+    }
+}
+
+/// An `Option<Instant>` in 8 bytes: nanoseconds after the queue's epoch,
+/// plus one; 0 for none. (An instant before the epoch, which the queue
+/// never sees, would count as the epoch.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp(u64);
+
+impl Stamp {
+    fn new(at: Option<Instant>, epoch: Instant) -> Self {
+        at.map_or(Stamp(0), |at| {
+            let nanos = at.saturating_duration_since(epoch).as_nanos();
+            Stamp(u64::try_from(nanos).unwrap_or(u64::MAX - 1) + 1)
+        })
+    }
+
+    fn instant(self, epoch: Instant) -> Option<Instant> {
+        let nanos = self.0.checked_sub(1)?;
+        epoch.checked_add(std::time::Duration::from_nanos(nanos))
+    }
+}
+
+/// The last-error texts of the queued messages, one copy each: a site
+/// that fails every message the same way costs one string, not one per
+/// message.
+#[derive(Debug, Default)]
+struct ErrorTexts(HashSet<Rc<str>>);
+
+impl ErrorTexts {
+    fn intern(&mut self, text: &str) -> Rc<str> {
+        if let Some(shared) = self.0.get(text) {
+            return Rc::clone(shared);
+        }
+        let shared: Rc<str> = Rc::from(text);
+        self.0.insert(Rc::clone(&shared));
+        shared
+    }
+
+    /// A message let go of `text`: forgotten once no message holds it.
+    fn release(&mut self, text: Option<Rc<str>>) {
+        if let Some(text) = text {
+            // This copy and the set's: no message holds it any more.
+            if Rc::strong_count(&text) <= 2 {
+                self.0.remove(&*text);
+            }
+        }
+    }
 }
 
 /// The per-core scheduled queue. Generic over the jitter so tests can
@@ -129,23 +243,19 @@ struct Message {
 pub struct Queue<J: Jitter = NoJitter> {
     policy: RetryPolicy,
     jitter: J,
-    messages: BTreeMap<SpoolId, Message>,
+    messages: ChunkedMap<SpoolId, Message>,
     /// Exactly one entry per message: its state's deadline.
-    timers: BTreeSet<(UnixTime, SpoolId)>,
+    timers: ChunkedSet<(UnixTime, SpoolId)>,
     bytes: u64,
     next_attempt: u64,
+    errors: ErrorTexts,
+    /// What acknowledgement times are counted from.
+    epoch: Instant,
 }
 
 impl Default for Queue {
     fn default() -> Self {
-        Queue {
-            policy: RetryPolicy::default(),
-            jitter: NoJitter,
-            messages: BTreeMap::new(),
-            timers: BTreeSet::new(),
-            bytes: 0,
-            next_attempt: 0,
-        }
+        Queue::with_jitter(RetryPolicy::default(), NoJitter)
     }
 }
 
@@ -160,14 +270,20 @@ impl<J: Jitter> Queue<J> {
     /// A queue with its own timing; refuses a policy that cannot work.
     pub fn with_policy(policy: RetryPolicy, jitter: J) -> Result<Self, QueueError> {
         policy.validate()?;
-        Ok(Queue {
+        Ok(Self::with_jitter(policy, jitter))
+    }
+
+    fn with_jitter(policy: RetryPolicy, jitter: J) -> Self {
+        Queue {
             policy,
             jitter,
-            messages: BTreeMap::new(),
-            timers: BTreeSet::new(),
+            messages: ChunkedMap::new(),
+            timers: ChunkedSet::new(),
             bytes: 0,
             next_attempt: 0,
-        })
+            errors: ErrorTexts::default(),
+            epoch: Instant::now(),
+        }
     }
 
     pub fn policy(&self) -> &RetryPolicy {
@@ -177,68 +293,73 @@ impl<J: Jitter> Queue<J> {
     /// Queues a newly accepted message, due at once (at its `received_at`).
     /// Inserting an id again replaces it.
     pub fn insert(&mut self, id: SpoolId, entry: QueueEntry) {
-        let at = UnixTime(entry.received_at);
-        self.put(
-            id,
-            Message {
-                entry,
-                state: MessageState::Waiting { at },
-                attempts: 0,
-                last_error: None,
-                finished: BTreeSet::new(),
-            },
-        );
+        let message = self.pack(&entry);
+        self.put(id, message);
     }
 
     /// Queues a message recovered from the spool where it stopped: its
     /// finished recipients, attempt count, last error and retry time (due
     /// at once if it was never deferred).
     pub fn restore(&mut self, id: SpoolId, entry: QueueEntry, delivery: &DeliveryState) {
-        let recipients = entry.recipients;
-        let at = UnixTime(delivery.next_attempt_unix().unwrap_or(entry.received_at));
-        self.put(
-            id,
-            Message {
-                entry,
-                state: MessageState::Waiting { at },
-                attempts: delivery.attempts(),
-                last_error: delivery.last_error().map(str::to_owned),
-                finished: delivery
-                    .outcomes
-                    .keys()
-                    .copied()
-                    .filter(|&i| (i as usize) < recipients)
-                    .collect(),
-            },
-        );
+        let mut message = self.pack(&entry);
+        message.at = UnixTime(delivery.next_attempt_unix().unwrap_or(entry.received_at));
+        message.attempts = delivery.attempts();
+        message.last_error = delivery.last_error().map(|e| self.errors.intern(e));
+        let finished: BTreeSet<u32> = delivery
+            .outcomes
+            .keys()
+            .copied()
+            .filter(|&i| i < message.recipients)
+            .collect();
+        if !finished.is_empty() {
+            message.finished = Some(Box::new(finished));
+        }
+        self.put(id, message);
+    }
+
+    /// A new message's packed form: waiting, due at its `received_at`.
+    fn pack(&self, entry: &QueueEntry) -> Message {
+        Message {
+            size: entry.size,
+            received_at: entry.received_at,
+            acknowledged_at: Stamp::new(entry.acknowledged_at, self.epoch),
+            at: UnixTime(entry.received_at),
+            attempt: None,
+            task: Task::Deliver,
+            recipients: u32::try_from(entry.recipients).unwrap_or(u32::MAX),
+            attempts: 0,
+            last_error: None,
+            finished: None,
+        }
     }
 
     fn put(&mut self, id: SpoolId, message: Message) {
         self.remove(id);
-        self.bytes += message.entry.size;
-        self.timers.insert((message.state.deadline(), id));
+        self.bytes += message.size;
+        self.timers.add((message.at, id));
         self.messages.insert(id, message);
     }
 
     /// Forgets a message (finished in the spool, or deleted).
     pub fn remove(&mut self, id: SpoolId) -> Option<QueueEntry> {
-        let m = self.messages.remove(&id)?;
-        self.timers.remove(&(m.state.deadline(), id));
-        self.bytes -= m.entry.size;
-        Some(m.entry)
+        let mut m = self.messages.remove(&id)?;
+        self.timers.remove(&(m.at, id));
+        self.bytes -= m.size;
+        self.errors.release(m.last_error.take());
+        Some(m.entry(self.epoch))
     }
 
     fn set_state(&mut self, id: SpoolId, state: MessageState) {
         if let Some(m) = self.messages.get_mut(&id) {
-            self.timers.remove(&(m.state.deadline(), id));
-            m.state = state;
-            self.timers.insert((state.deadline(), id));
+            self.timers.remove(&(m.at, id));
+            m.set_state(state);
+            self.timers.add((m.at, id));
         }
     }
 
     fn activate(&mut self, id: SpoolId, task: Task, now: UnixTime) -> Dispatch {
         self.next_attempt += 1;
-        let attempt = AttemptId(self.next_attempt);
+        let attempt = AttemptId(NonZeroU64::MIN.saturating_add(self.next_attempt - 1));
         let deadline = now.plus(self.policy.attempt_timeout);
         self.set_state(
             id,
@@ -253,8 +374,8 @@ impl<J: Jitter> Queue<J> {
 
     /// When the lifetime of a message ends: after this second, a temporary
     /// failure is final.
-    fn expires_at(&self, entry: &QueueEntry) -> UnixTime {
-        UnixTime(entry.received_at).plus(self.policy.maximal_queue_lifetime)
+    fn expires_at(&self, received_at: u64) -> UnixTime {
+        UnixTime(received_at).plus(self.policy.maximal_queue_lifetime)
     }
 
     /// Everything whose time has come, oldest deadline first: waiting
@@ -264,11 +385,11 @@ impl<J: Jitter> Queue<J> {
     /// expiry is handed out again).
     pub fn due(&mut self, now: UnixTime) -> Vec<Dispatch> {
         let mut out = Vec::new();
-        while let Some(&(at, id)) = self.timers.first() {
+        while let Some((&(at, id), ())) = self.timers.first() {
             if at > now {
                 break;
             }
-            let Some(state) = self.messages.get(&id).map(|m| m.state) else {
+            let Some(state) = self.messages.get(&id).map(Message::state) else {
                 // Cannot happen (timers and messages change together);
                 // drop the stray timer rather than loop on it.
                 self.timers.remove(&(at, id));
@@ -297,7 +418,7 @@ impl<J: Jitter> Queue<J> {
     /// The earliest deadline of any message: when the caller should next
     /// call [`Queue::due`]. `None` only when the queue is empty.
     pub fn next_wakeup(&self) -> Option<UnixTime> {
-        self.timers.first().map(|&(at, _)| at)
+        self.timers.first().map(|(&(at, _), ())| at)
     }
 
     /// Delivery took a dispatched message out of a ready queue to start
@@ -333,7 +454,7 @@ impl<J: Jitter> Queue<J> {
             .messages
             .get(&id)
             .ok_or(QueueError::UnknownMessage(id))?;
-        match m.state {
+        match m.state() {
             MessageState::Active {
                 attempt: a, task, ..
             } if a == attempt => Ok(task),
@@ -359,9 +480,10 @@ impl<J: Jitter> Queue<J> {
             .get_mut(&id)
             .ok_or(QueueError::UnknownMessage(id))?;
         m.attempts = m.attempts.saturating_add(1);
-        m.last_error = Some(error.to_owned());
+        let text = self.errors.intern(error);
+        self.errors.release(m.last_error.replace(text));
         let attempts = m.attempts;
-        let expires_at = UnixTime(m.entry.received_at).plus(policy.maximal_queue_lifetime);
+        let expires_at = UnixTime(m.received_at).plus(policy.maximal_queue_lifetime);
         if now > expires_at {
             return Ok(Deferral::Expired(self.activate(id, Task::Expire, now)));
         }
@@ -403,7 +525,7 @@ impl<J: Jitter> Queue<J> {
         let waiting_later = self
             .messages
             .get(&id)
-            .is_some_and(|m| matches!(m.state, MessageState::Waiting { at } if at > now));
+            .is_some_and(|m| m.attempt.is_none() && m.at > now);
         if waiting_later {
             self.set_state(id, MessageState::Waiting { at: now });
         }
@@ -417,17 +539,16 @@ impl<J: Jitter> Queue<J> {
             .messages
             .get_mut(&id)
             .ok_or(QueueError::UnknownMessage(id))?;
-        if (index as usize) < m.entry.recipients {
-            m.finished.insert(index);
+        if index < m.recipients {
+            m.finished.get_or_insert_with(Box::default).insert(index);
         }
-        Ok(m.entry.recipients.saturating_sub(m.finished.len()))
+        Ok((m.recipients as usize).saturating_sub(m.finished_count()))
     }
 
     /// Recipient indexes still to be tried, in envelope order.
     pub fn pending_recipients(&self, id: SpoolId) -> Option<Vec<u32>> {
         let m = self.messages.get(&id)?;
-        let n = u32::try_from(m.entry.recipients).unwrap_or(u32::MAX);
-        Some((0..n).filter(|i| !m.finished.contains(i)).collect())
+        Some((0..m.recipients).filter(|&i| !m.is_finished(i)).collect())
     }
 
     /// Makes every waiting message due at `now` (`spate queue flush`).
@@ -436,7 +557,7 @@ impl<J: Jitter> Queue<J> {
         let waiting: Vec<SpoolId> = self
             .messages
             .iter()
-            .filter(|(_, m)| matches!(m.state, MessageState::Waiting { at } if at > now))
+            .filter(|(_, m)| m.attempt.is_none() && m.at > now)
             .map(|(id, _)| *id)
             .collect();
         for id in &waiting {
@@ -447,12 +568,14 @@ impl<J: Jitter> Queue<J> {
 
     /// The message's state (and so its next action and time).
     pub fn state(&self, id: SpoolId) -> Option<MessageState> {
-        self.messages.get(&id).map(|m| m.state)
+        self.messages.get(&id).map(Message::state)
     }
 
     /// When the message's lifetime ends, for `spate queue list`.
     pub fn expiry(&self, id: SpoolId) -> Option<UnixTime> {
-        self.messages.get(&id).map(|m| self.expires_at(&m.entry))
+        self.messages
+            .get(&id)
+            .map(|m| self.expires_at(m.received_at))
     }
 
     /// Failed attempts so far.
@@ -483,18 +606,20 @@ impl<J: Jitter> Queue<J> {
     pub fn count_by_state(&self) -> StateCounts {
         let mut counts = StateCounts::default();
         for m in self.messages.values() {
-            match m.state {
-                MessageState::Active { .. } => counts.active += 1,
-                MessageState::Waiting { .. } if m.attempts == 0 => counts.new += 1,
-                MessageState::Waiting { .. } => counts.deferred += 1,
+            match m.attempt {
+                Some(_) => counts.active += 1,
+                None if m.attempts == 0 => counts.new += 1,
+                None => counts.deferred += 1,
             }
         }
         counts
     }
 
     /// Messages in spool order (ids grow with segment and offset).
-    pub fn iter(&self) -> impl Iterator<Item = (SpoolId, &QueueEntry)> {
-        self.messages.iter().map(|(id, m)| (*id, &m.entry))
+    pub fn iter(&self) -> impl Iterator<Item = (SpoolId, QueueEntry)> + '_ {
+        self.messages
+            .iter()
+            .map(|(id, m)| (*id, m.entry(self.epoch)))
     }
 }
 
@@ -531,17 +656,14 @@ mod tests {
     /// Every message has exactly one timer, equal to its state's deadline.
     fn check<J: Jitter>(q: &Queue<J>) {
         assert_eq!(q.timers.len(), q.messages.len());
-        for (id, m) in &q.messages {
+        for (id, m) in q.messages.iter() {
             assert!(
-                q.timers.contains(&(m.state.deadline(), *id)),
+                q.timers.get(&(m.state().deadline(), *id)).is_some(),
                 "{id} has no timer"
             );
         }
-        assert_eq!(
-            q.bytes,
-            q.messages.values().map(|m| m.entry.size).sum::<u64>()
-        );
-        assert_eq!(q.next_wakeup(), q.timers.first().map(|t| t.0));
+        assert_eq!(q.bytes, q.messages.values().map(|m| m.size).sum::<u64>());
+        assert_eq!(q.next_wakeup(), q.timers.first().map(|t| t.0 .0));
     }
 
     fn one(q: &mut Queue, now: UnixTime) -> Dispatch {
