@@ -251,8 +251,8 @@ async fn start<S: SegmentStore + 'static>(
             message.id,
             QueueEntry {
                 size: message.body_len,
-                recipients: message.envelope.recipients.len(),
-                received_at: message.envelope.received_at,
+                recipients: message.recipients,
+                received_at: message.received_at,
                 acknowledged_at: None,
             },
             &message.delivery,

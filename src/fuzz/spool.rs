@@ -81,7 +81,7 @@ fn check_segment(bytes: &[u8]) {
             assert!(found.body_len <= bytes.len() as u64);
         }
         for (_, found, state) in survey.live_with_state() {
-            let count = found.envelope.recipients.len();
+            let count = found.recipients;
             assert!(
                 state.outcomes.keys().all(|&i| (i as usize) < count),
                 "an outcome for a recipient the message does not have"
@@ -286,8 +286,18 @@ fn check_written_records(data: &[u8]) {
                     .messages
                     .get(&id)
                     .unwrap_or_else(|| panic!("the message written at {offset} was not found"));
-                assert_eq!(found.envelope, envelope, "message at {offset}");
+                assert_eq!(
+                    (found.recipients, found.received_at),
+                    (envelope.recipients.len(), envelope.received_at),
+                    "message at {offset}"
+                );
                 assert_eq!(found.body_len, body_len as u64, "body at {offset}");
+                // The survey keeps no envelope: the record must give it back.
+                let header = parse_header(&segment[offset..]).expect("a header written");
+                let start = offset + HEADER_LEN;
+                let payload = &segment[start..start + header.payload_len as usize];
+                let (decoded, _) = decode_message(payload).expect("a message written");
+                assert_eq!(decoded, envelope, "message at {offset}");
             }
             Written::Finished(target, crc) => {
                 let marker = markers.next().expect("a marker written was not found");

@@ -12,7 +12,7 @@ use memmap2::Mmap;
 use crate::envelope::Envelope;
 
 use super::error::SpoolError;
-use super::id::SpoolId;
+use super::id::{SegmentId, SpoolId};
 use super::layout;
 use super::record::{self, RecordKind, HEADER_LEN};
 use super::recovery;
@@ -95,14 +95,30 @@ pub fn scan_dir(spool_dir: &Path) -> Result<Vec<QueuedMessage>, SpoolError> {
         .into_iter()
         .collect();
     let survey = recovery::survey(spool_dir, &all)?;
-    Ok(survey
-        .live_with_state()
-        .into_iter()
-        .map(|(id, f, delivery)| QueuedMessage {
+    // The survey keeps no envelopes: each is read again from its segment,
+    // mapped once for all its messages.
+    let mut mapped: Option<(SegmentId, Option<Rc<Mmap>>)> = None;
+    let mut out = Vec::new();
+    for (id, found, delivery) in survey.live_with_state() {
+        let seg = id.segment();
+        if mapped.as_ref().is_none_or(|(s, _)| *s != seg) {
+            let map = recovery::map_segment(&layout::segment_path(spool_dir, seg))?;
+            mapped = Some((seg, map.map(Rc::new)));
+        }
+        // A segment gone since the survey was reclaimed: its messages
+        // finished meanwhile; so did a record past a shorter map.
+        let Some((_, Some(map))) = &mapped else {
+            continue;
+        };
+        let Some(message) = read_at(map, id)? else {
+            continue;
+        };
+        out.push(QueuedMessage {
             id,
-            envelope: f.envelope.clone(),
-            size: f.body_len,
+            envelope: message.envelope,
+            size: found.body_len,
             delivery,
-        })
-        .collect())
+        });
+    }
+    Ok(out)
 }

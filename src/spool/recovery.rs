@@ -11,8 +11,6 @@ use std::path::Path;
 
 use memmap2::Mmap;
 
-use crate::envelope::Envelope;
-
 use super::error::SpoolError;
 use super::id::{SegmentId, SpoolId};
 use super::layout;
@@ -20,10 +18,15 @@ use super::record::{self, FinishReason, RecordKind, StateChange, StateRecord, VE
 use super::scan::{scan, Item};
 use super::state::DeliveryState;
 
-/// A Message record found on disk.
-#[derive(Debug, Clone)]
+/// A Message record found on disk: what recovery needs of it. Its
+/// envelope is decoded (so a record that does not decode is damage) and
+/// dropped: a million recovered messages must not hold a million
+/// envelopes (issue 13); whoever needs one reads it from the segment.
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Found {
-    pub envelope: Envelope,
+    pub recipients: usize,
+    /// The envelope's `received_at`.
+    pub received_at: u64,
     pub body_len: u64,
     pub crc: u32,
 }
@@ -85,7 +88,9 @@ impl Survey {
 
     /// The live messages in spool order with their delivery state folded
     /// from the state records that match them (target id and crc).
-    pub(crate) fn live_with_state(&self) -> Vec<(SpoolId, &Found, DeliveryState)> {
+    pub(crate) fn live_with_state(
+        &self,
+    ) -> impl Iterator<Item = (SpoolId, &Found, DeliveryState)> + '_ {
         let mut states: HashMap<(SpoolId, u32), DeliveryState> = HashMap::new();
         for (rec, _holder) in &self.states {
             let state = states.entry((rec.target, rec.target_crc)).or_default();
@@ -96,21 +101,19 @@ impl Survey {
                 StateChange::Deferred(d) => state.add_deferral(d.clone()),
             }
         }
-        self.live()
-            .map(|(id, f)| {
-                let mut state = states.remove(&(id, f.crc)).unwrap_or_default();
-                let count = f.envelope.recipients.len();
-                state.outcomes.retain(|&i, _| {
-                    let known = (i as usize) < count;
-                    if !known {
-                        tracing::warn!(%id, index = i, recipients = count,
+        self.live().map(move |(id, f)| {
+            let mut state = states.remove(&(id, f.crc)).unwrap_or_default();
+            let count = f.recipients;
+            state.outcomes.retain(|&i, _| {
+                let known = (i as usize) < count;
+                if !known {
+                    tracing::warn!(%id, index = i, recipients = count,
                             "ignoring an outcome for a recipient the message does not have");
-                    }
-                    known
-                });
-                (id, f, state)
-            })
-            .collect()
+                }
+                known
+            });
+            (id, f, state)
+        })
     }
 }
 
@@ -201,7 +204,8 @@ pub(crate) fn survey_segment(out: &mut Survey, seg: SegmentId, bytes: &[u8], in_
                                 out.messages.insert(
                                     id,
                                     Found {
-                                        envelope,
+                                        recipients: envelope.recipients.len(),
+                                        received_at: envelope.received_at,
                                         body_len: body.len() as u64,
                                         crc: header.crc,
                                     },

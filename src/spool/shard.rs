@@ -60,11 +60,16 @@ impl Default for SpoolConfig {
     }
 }
 
-/// A message found by recovery at open, still to be delivered.
+/// A message found by recovery at open, still to be delivered: what the
+/// queue needs of it. Not its envelope: a million of them would cost
+/// hundreds of MiB at once (issue 13); `Spool::read_message` reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecoveredMessage {
     pub id: SpoolId,
-    pub envelope: Envelope,
+    /// Recipients in the envelope.
+    pub recipients: usize,
+    /// The envelope's `received_at` (seconds since the Unix epoch).
+    pub received_at: u64,
     pub body_len: u64,
     /// Finished recipients, attempts, next attempt and last error, so the
     /// queue resumes where it stopped instead of starting over.
@@ -212,7 +217,8 @@ impl<S: SegmentStore> Spool<S> {
             ledger.add_live(id, found.crc);
             recovered.push(RecoveredMessage {
                 id,
-                envelope: found.envelope.clone(),
+                recipients: found.recipients,
+                received_at: found.received_at,
                 body_len: found.body_len,
                 delivery,
             });
@@ -258,6 +264,8 @@ impl<S: SegmentStore> Spool<S> {
         let next_seq = max_seq.map_or(0, |s| s + 1);
         tracing::info!(shard, adopted = ?adopt, live = recovered.len(),
             quarantined = survey.damage.len(), "spool recovered");
+        // Before the queue is built from `recovered`: it can take this room.
+        drop(survey);
 
         let spool = Spool {
             store,

@@ -341,7 +341,11 @@ fn unknown_kind_is_skipped() {
         let id = SpoolId::new(SegmentId { shard: 0, seq: 7 }, off).expect("fits");
         assert_eq!(recovered.len(), 1);
         assert_eq!(recovered[0].id, id);
-        assert_eq!(recovered[0].envelope, env(3));
+        assert_eq!(s.read_message(id).expect("read").envelope(), &env(3));
+        assert_eq!(
+            (recovered[0].recipients, recovered[0].received_at),
+            (env(3).recipients.len(), env(3).received_at)
+        );
         assert_eq!(recovered[0].body_len, 50);
         assert!(!layout::quarantine_dir(dir.path()).exists());
         let next = s.store(&env(4), body(4, 10)).await.expect("store");
@@ -534,16 +538,21 @@ fn scan_dir_matches_recovery_and_changes_nothing() {
     assert!(!layout::quarantine_dir(dir.path()).exists());
     assert_eq!(listed.len(), 4, "{listed:?}");
 
-    let recovered = run(async {
-        let (_s, rec) = Spool::open(dir.path(), 0, &[2], SpoolConfig::default())
+    let as_listed: Vec<_> = run(async {
+        let (s, rec) = Spool::open(dir.path(), 0, &[2], SpoolConfig::default())
             .await
             .expect("open");
-        rec
+        rec.into_iter()
+            .map(|r| {
+                let envelope = s.read_message(r.id).expect("read").envelope().clone();
+                assert_eq!(
+                    (r.recipients, r.received_at),
+                    (envelope.recipients.len(), envelope.received_at)
+                );
+                (r.id, envelope, r.body_len, r.delivery)
+            })
+            .collect()
     });
-    let as_listed: Vec<_> = recovered
-        .into_iter()
-        .map(|r| (r.id, r.envelope, r.body_len, r.delivery))
-        .collect();
     let listed: Vec<_> = listed
         .into_iter()
         .map(|q| (q.id, q.envelope, q.size, q.delivery))

@@ -460,8 +460,8 @@ impl Sim {
                             r.id,
                             QueueEntry {
                                 size: r.body_len,
-                                recipients: r.envelope.recipients.len(),
-                                received_at: r.envelope.received_at,
+                                recipients: r.recipients,
+                                received_at: r.received_at,
                                 acknowledged_at: None,
                             },
                             &r.delivery,
@@ -469,7 +469,11 @@ impl Sim {
                         found.push(Recovered {
                             shard: index,
                             id: r.id,
-                            envelope: r.envelope.clone(),
+                            // Read back: recovery keeps no envelopes.
+                            envelope: spool
+                                .read_message(r.id)
+                                .map(|m| m.envelope().clone())
+                                .map_err(|e| e.to_string()),
                             outcomes: r.delivery.outcomes.keys().copied().collect(),
                         });
                     }

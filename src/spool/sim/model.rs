@@ -47,7 +47,8 @@ pub(crate) struct Live {
 pub(crate) struct Recovered {
     pub shard: usize,
     pub id: SpoolId,
-    pub envelope: Envelope,
+    /// As read back from the spool after recovery, or why it could not be.
+    pub envelope: Result<Envelope, String>,
     /// Recipients with a recorded outcome.
     pub outcomes: BTreeSet<u32>,
 }
@@ -182,7 +183,14 @@ impl Model {
         let mut problems = Vec::new();
         let mut live = BTreeMap::new();
         for r in found {
-            let Some(serial) = Message::serial_of(&r.envelope) else {
+            let envelope = match &r.envelope {
+                Ok(envelope) => envelope,
+                Err(e) => {
+                    problems.push(format!("recovered {} cannot be read: {e}", r.id));
+                    continue;
+                }
+            };
+            let Some(serial) = Message::serial_of(envelope) else {
                 problems.push(format!(
                     "recovered {} is no message of the simulation",
                     r.id
@@ -207,7 +215,7 @@ impl Model {
                 ));
                 continue;
             };
-            if message.envelope != r.envelope {
+            if message.envelope != *envelope {
                 problems.push(format!("serial {serial} recovered with another envelope"));
             }
             let entry = match self.live.get(&serial) {
