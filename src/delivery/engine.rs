@@ -36,6 +36,10 @@ use crate::spool::{FinishReason, SegmentStore, SpoolId, StoredMessage};
 
 /// The longest the engine sleeps without looking at the queue.
 const MAX_IDLE: Duration = Duration::from_secs(60);
+/// Due messages planned at a time: a million due at once (a restart, the
+/// end of a suspension) go a batch at a time, other work running between
+/// batches and the plan's memory (each message read) staying small.
+const DUE_BATCH: usize = 1000;
 /// How long an idle outbound connection waits for more work to its
 /// destination before QUIT (Postfix's smtp_connection_cache_time_limit).
 const CONNECTION_LINGER: Duration = Duration::from_secs(2);
@@ -152,7 +156,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
             self.scheduler
                 .borrow_mut()
                 .release_held(&mut self.ctx.queue.borrow_mut(), now);
-            let due = self.ctx.queue.borrow_mut().due(now);
+            let due = self.ctx.queue.borrow_mut().due_at_most(now, DUE_BATCH);
             if !due.is_empty() {
                 self.dispatch(due).await;
                 // Idle connections woken by new work take it first.

@@ -384,11 +384,22 @@ impl<J: Jitter> Queue<J> {
     /// returned, or expired, so returned with [`Task::Expire`]; a missed
     /// expiry is handed out again).
     pub fn due(&mut self, now: UnixTime) -> Vec<Dispatch> {
+        self.due_at_most(now, usize::MAX)
+    }
+
+    /// [`Queue::due`], acting on at most `max` timers, the oldest: the
+    /// rest stay due for the next call. A million messages due at once
+    /// (after a restart, at the end of a suspension) are then handed out
+    /// a batch at a time, so what a batch costs to plan stays small and
+    /// other work runs between batches.
+    pub fn due_at_most(&mut self, now: UnixTime, max: usize) -> Vec<Dispatch> {
         let mut out = Vec::new();
+        let mut acted = 0;
         while let Some((&(at, id), ())) = self.timers.first() {
-            if at > now {
+            if at > now || acted == max {
                 break;
             }
+            acted += 1;
             let Some(state) = self.messages.get(&id).map(Message::state) else {
                 // Cannot happen (timers and messages change together);
                 // drop the stray timer rather than loop on it.
@@ -712,6 +723,27 @@ mod tests {
             "active messages stay with their holder"
         );
         assert!(!q.release(id(9), t(302)), "unknown");
+        check(&q);
+    }
+
+    #[test]
+    fn due_at_most_hands_out_the_oldest_and_keeps_the_rest_due() {
+        let mut q = Queue::new();
+        for n in (1..=5).rev() {
+            q.insert(id(n), entry(T0 + n));
+        }
+        let first = q.due_at_most(t(10), 2);
+        assert_eq!(
+            first.iter().map(|d| d.id).collect::<Vec<_>>(),
+            vec![id(1), id(2)]
+        );
+        assert_eq!(q.next_wakeup(), Some(t(3)), "the rest still due");
+        assert!(q.due_at_most(t(10), 0).is_empty());
+        let rest = q.due(t(10));
+        assert_eq!(
+            rest.iter().map(|d| d.id).collect::<Vec<_>>(),
+            vec![id(3), id(4), id(5)]
+        );
         check(&q);
     }
 
