@@ -132,8 +132,20 @@ launch() {
     echo "$PORT" >"$WORK/port"
 }
 
-metric() { # NAME (with labels): its value, summed over the scrape's lines
-    curl -sf "http://$METRICS/metrics" | awk -v k="$1" '$1 == k { s += $2 } END { printf "%d", s }'
+# metric NAME (with labels): its value, summed over the scrape's lines. A
+# scrape that fails (a core busy for over 5 s answers 503) is counted in
+# $WORK/scrape-failures and tried again.
+metric() {
+    local text i
+    for ((i = 0; i < 120; i++)); do
+        if text=$(curl -sf --max-time 10 "http://$METRICS/metrics"); then
+            awk -v k="$1" '$1 == k { s += $2 } END { printf "%d", s }' <<<"$text"
+            return 0
+        fi
+        echo "$(cat "$PHASE_FILE") scrape failed" >>"$WORK/scrape-failures"
+        sleep 1
+    done
+    die "no metrics from $METRICS for 2 minutes"
 }
 
 # status FIELD: a /proc/PID/status field in KiB.
@@ -266,6 +278,7 @@ Held messages: $MESSAGES messages of $SIZE bytes for one suspended site, spate c
 $(printf '%s\n' "${ROWS[@]}")
 
 Trickle to the live site: slowest delivery ${worst} s (limit $TRICKLE_LIMIT s); $downs sends while spate was down.
+Metrics scrapes that failed (a core busy for over 5 s): $(touch "$WORK/scrape-failures"; wc -l <"$WORK/scrape-failures").
 Messages the held site's sink accepted: $held_messages (must be 0).
 EOF
 [[ $held_messages == 0 ]] || die "the suspended site received mail"
