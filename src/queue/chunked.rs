@@ -149,6 +149,17 @@ impl<K: Ord + Copy, V> ChunkedMap<K, V> {
         chunk.first().map(|(k, v)| (k, v))
     }
 
+    /// The greatest entry whose key is at most `key`.
+    pub fn last_at_most(&self, key: &K) -> Option<(&K, &V)> {
+        let (_, chunk) = self.chunk_of(key)?;
+        let i = match chunk.binary_search_by(|(k, _)| k.cmp(key)) {
+            Ok(i) => i,
+            // The chunk's first key is at most `key`: `i` is at least 1.
+            Err(i) => i.checked_sub(1)?,
+        };
+        chunk.get(i).map(|(k, v)| (k, v))
+    }
+
     /// Removes and returns the smallest entry.
     pub fn pop_first(&mut self) -> Option<(K, V)> {
         let (&first, chunk) = self.chunks.iter_mut().next()?;
@@ -303,6 +314,7 @@ mod tests {
                     _ => {
                         let k = rng.gen_range(0..span);
                         assert_eq!(m.get(&k), model.get(&k));
+                        assert_eq!(m.last_at_most(&k), model.range(..=k).next_back());
                         if let Some(v) = m.get_mut(&k) {
                             *v += 1;
                             *model.get_mut(&k).expect("same keys") += 1;
