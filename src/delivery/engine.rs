@@ -153,10 +153,20 @@ impl<S: SegmentStore + 'static> Engine<S> {
             for (work, reply) in bounced {
                 self.bounce(work, &reply).await;
             }
-            self.scheduler
-                .borrow_mut()
-                .release_held(&mut self.ctx.queue.borrow_mut(), now);
-            let due = self.ctx.queue.borrow_mut().due_at_most(now, DUE_BATCH);
+            // Work a suspension caught in a ready queue waits held.
+            let suspended = self.scheduler.borrow_mut().take_suspended();
+            for (dest, work) in suspended {
+                let hold = self.recorder.held(work.id, work.attempt, dest).await;
+                self.hold(hold);
+            }
+            let due = {
+                let clock = Instant::now();
+                let mut queue = self.ctx.queue.borrow_mut();
+                let mut scheduler = self.scheduler.borrow_mut();
+                scheduler.release_held(&mut queue, now, clock);
+                let due = queue.due_at_most(now, DUE_BATCH);
+                scheduler.recheck_held(&mut queue, due, now, clock)
+            };
             if !due.is_empty() {
                 self.dispatch(due).await;
                 // Idle connections woken by new work take it first.
@@ -217,7 +227,10 @@ impl<S: SegmentStore + 'static> Engine<S> {
         let Placement { key, domain, work } = placement;
         let hop = Rc::clone(&work.hop);
         let shape = || self.site_limits(domain.as_deref(), &hop);
-        let placed = self.scheduler.borrow_mut().place(key.clone(), work, shape);
+        let placed = self
+            .scheduler
+            .borrow_mut()
+            .place(key.clone(), work, shape, Instant::now());
         match placed {
             Ok(()) => {
                 self.work_arrived.notify(usize::MAX);
@@ -283,8 +296,8 @@ impl<S: SegmentStore + 'static> Engine<S> {
             })
             .collect();
         let mut scheduler = self.scheduler.borrow_mut();
-        scheduler.set_suspended(table);
         scheduler.set_bouncing(bouncing, &mut self.ctx.queue.borrow_mut(), unix_now());
+        scheduler.set_suspended(table, clock);
     }
 
     /// Fails a piece of work for good: its site's mail is being bounced by

@@ -280,7 +280,8 @@ pub async fn plan<M: Addressed>(
 /// Why [`Scheduler::place`] gave work back.
 #[derive(Debug)]
 pub enum Refused<M> {
-    /// The site's ready queue is full: the group is held (not an attempt).
+    /// The site's ready queue is full, or the site is suspended: the group
+    /// is held (not an attempt).
     Full(Work<M>),
     /// The site's mail is being bounced (a back-off rule): the reply to
     /// fail the recipients with.
@@ -299,7 +300,14 @@ pub struct Scheduler<M> {
     bouncing: HashMap<DestinationKey, String>,
     /// Work drained from a site that began to bounce, to be bounced.
     to_bounce: Vec<(Work<M>, String)>,
+    /// Work drained from a suspended site's ready queue, to be held.
+    to_hold: Vec<(DestinationKey, Work<M>)>,
 }
+
+/// Past this many sites with held messages, due messages are not checked
+/// against the held sets before they are planned (finding a message's
+/// site looks in each set).
+const RECHECK_SITES: usize = 64;
 
 impl<M> Scheduler<M> {
     pub fn new(limits: ReadyLimits) -> Result<Self, QueueError> {
@@ -308,21 +316,27 @@ impl<M> Scheduler<M> {
             held: HeldMessages::new(),
             bouncing: HashMap::new(),
             to_bounce: Vec::new(),
+            to_hold: Vec::new(),
         })
     }
 
     /// Queues work for its site; a site becoming active takes the limits
     /// `shape` gives. Gives the work back when the site's ready queue is
-    /// full (the caller counts that group as held, not an attempt) or
-    /// its mail is being bounced.
+    /// full or the site is suspended at `clock` (the caller counts that
+    /// group as held, not an attempt: a suspended site's mail waits by id
+    /// only, not read in a ready queue) or its mail is being bounced.
     pub fn place(
         &mut self,
         key: DestinationKey,
         work: Work<M>,
         shape: impl FnOnce() -> SiteLimits,
+        clock: Instant,
     ) -> Result<(), Refused<M>> {
         if let Some(reply) = self.bouncing.get(&key) {
             return Err(Refused::Bounce(work, reply.clone()));
+        }
+        if self.suspended_until(&key, clock).is_some() {
+            return Err(Refused::Full(work));
         }
         self.ready
             .push_shaped(key, work, shape)
@@ -406,18 +420,58 @@ impl<M> Scheduler<M> {
         self.ready.site_limits(dest)
     }
 
-    /// Replaces the suspended sites (a copy of the shared table).
-    pub fn set_suspended(&mut self, suspended: HashMap<DestinationKey, Instant>) {
+    /// Replaces the suspended sites (a copy of the shared table; call it
+    /// after [`Scheduler::set_bouncing`]). The work waiting in a suspended
+    /// site's ready queue is set aside for [`Scheduler::take_suspended`],
+    /// to be held until the suspension ends: waiting there it would stay
+    /// read and active, and count as a failed attempt once the attempt's
+    /// deadline passed (an hour, shorter than many suspensions). A
+    /// bouncing site's work is left to [`Scheduler::set_bouncing`].
+    pub fn set_suspended(&mut self, suspended: HashMap<DestinationKey, Instant>, clock: Instant) {
+        for (site, until) in &suspended {
+            if *until <= clock || self.bouncing.contains_key(site) {
+                continue;
+            }
+            for work in self.ready.drain(site) {
+                self.to_hold.push((site.clone(), work));
+            }
+        }
         self.ready.set_suspended(suspended);
+    }
+
+    /// The work to hold that [`Scheduler::set_suspended`] set aside, with
+    /// its site.
+    pub fn take_suspended(&mut self) -> Vec<(DestinationKey, Work<M>)> {
+        std::mem::take(&mut self.to_hold)
+    }
+
+    /// Room for more work in `dest`'s ready queue: what the cap leaves,
+    /// and none while the site is suspended (its mail waits held). A
+    /// bouncing site has room: its mail is bounced as it is placed.
+    fn room(&self, dest: &DestinationKey, clock: Instant) -> usize {
+        if self.suspended_until(dest, clock).is_some() && !self.bouncing.contains_key(dest) {
+            return 0;
+        }
+        let limit = self.ready.limits().max_queued_per_destination;
+        limit.saturating_sub(self.ready.queued_for(dest))
     }
 
     pub fn suspended_until(&self, dest: &DestinationKey, now: Instant) -> Option<Instant> {
         self.ready.suspended_until(dest, now)
     }
 
-    /// Holds message `id` back for `dest` in `queue`: until the site's
-    /// suspension ends, or [`HOLD_RECHECK`] at the soonest, unless room
-    /// is made for it first. False when the queue no longer had the
+    /// How long a message held for `dest` waits unless room is made for
+    /// it first: until the site's suspension ends, [`HOLD_RECHECK`] at the
+    /// soonest.
+    fn hold_wait(&self, dest: &DestinationKey, clock: Instant) -> Duration {
+        self.suspended_until(dest, clock)
+            .map_or(HOLD_RECHECK, |until| {
+                until.saturating_duration_since(clock).max(HOLD_RECHECK)
+            })
+    }
+
+    /// Holds message `id` back for `dest` in `queue` (see
+    /// [`Scheduler::hold_wait`]). False when the queue no longer had the
     /// attempt.
     pub fn hold(
         &mut self,
@@ -428,11 +482,7 @@ impl<M> Scheduler<M> {
         now: UnixTime,
         clock: Instant,
     ) -> bool {
-        let wait = self
-            .suspended_until(&dest, clock)
-            .map_or(HOLD_RECHECK, |until| {
-                until.saturating_duration_since(clock).max(HOLD_RECHECK)
-            });
+        let wait = self.hold_wait(&dest, clock);
         if queue.hold(id, attempt, now.plus(wait)).is_err() {
             return false;
         }
@@ -442,13 +492,55 @@ impl<M> Scheduler<M> {
 
     /// Hands held messages back to the queue, due now, as far as their
     /// destinations have room in their ready queues.
-    pub fn release_held(&mut self, queue: &mut Queue, now: UnixTime) {
-        let limit = self.ready.limits().max_queued_per_destination;
-        let ready = &self.ready;
-        self.held.release(
-            |dest| limit.saturating_sub(ready.queued_for(dest)),
-            |id| queue.release(id, now),
-        );
+    pub fn release_held(&mut self, queue: &mut Queue, now: UnixTime, clock: Instant) {
+        if self.held.is_empty() {
+            return;
+        }
+        let mut held = std::mem::take(&mut self.held);
+        held.release(|dest| self.room(dest, clock), |id| queue.release(id, now));
+        self.held = held;
+    }
+
+    /// Due messages held for a site that still has no room (its ready
+    /// queue full, or suspended) are held again at once, unread: a
+    /// million held for a slow site then cost a timer each per
+    /// [`HOLD_RECHECK`], not a read and a plan. The rest leave the held
+    /// sets and come back, to be planned.
+    pub fn recheck_held(
+        &mut self,
+        queue: &mut Queue,
+        due: Vec<Dispatch>,
+        now: UnixTime,
+        clock: Instant,
+    ) -> Vec<Dispatch> {
+        if self.held.is_empty() || self.held.sites() > RECHECK_SITES {
+            return due;
+        }
+        let mut room: HashMap<DestinationKey, usize> = HashMap::new();
+        let mut out = Vec::with_capacity(due.len());
+        for d in due {
+            let site = match (d.task, self.held.site_of(d.id)) {
+                (Task::Deliver, Some(site)) => site.clone(),
+                _ => {
+                    out.push(d);
+                    continue;
+                }
+            };
+            let left = room
+                .entry(site.clone())
+                .or_insert_with(|| self.room(&site, clock));
+            if *left > 0 {
+                *left -= 1;
+                self.held.forget(&site, d.id);
+                out.push(d);
+            } else if queue
+                .hold(d.id, d.attempt, now.plus(self.hold_wait(&site, clock)))
+                .is_err()
+            {
+                out.push(d);
+            }
+        }
+        out
     }
 
     /// Makes every message held for `site` due now (its suspension ended
@@ -772,9 +864,15 @@ mod tests {
         };
         let mut scheduler = Scheduler::new(limits).unwrap();
         let site: DestinationKey = "mx:mx.other.test".parse().unwrap();
-        assert!(scheduler.place(site.clone(), work(1), plain_site).is_ok());
-        assert!(scheduler.place(site.clone(), work(2), plain_site).is_ok());
-        let Err(Refused::Full(refused)) = scheduler.place(site.clone(), work(3), plain_site) else {
+        assert!(scheduler
+            .place(site.clone(), work(1), plain_site, Instant::now())
+            .is_ok());
+        assert!(scheduler
+            .place(site.clone(), work(2), plain_site, Instant::now())
+            .is_ok());
+        let Err(Refused::Full(refused)) =
+            scheduler.place(site.clone(), work(3), plain_site, Instant::now())
+        else {
             panic!("the third should be given back");
         };
         assert_eq!(refused.id.to_u64(), 3);
@@ -789,12 +887,16 @@ mod tests {
         let drained = scheduler.take_bounced();
         assert_eq!(drained.len(), 2);
         assert!(matches!(
-            scheduler.place(site.clone(), work(6), plain_site),
+            scheduler.place(site.clone(), work(6), plain_site, Instant::now()),
             Err(Refused::Bounce(_, reply)) if reply.contains("5.7.606")
         ));
         scheduler.set_bouncing(HashMap::new(), &mut queue, UnixTime(1_000));
-        assert!(scheduler.place(site.clone(), work(1), plain_site).is_ok());
-        assert!(scheduler.place(site.clone(), work(2), plain_site).is_ok());
+        assert!(scheduler
+            .place(site.clone(), work(1), plain_site, Instant::now())
+            .is_ok());
+        assert!(scheduler
+            .place(site.clone(), work(2), plain_site, Instant::now())
+            .is_ok());
 
         let mut queue = Queue::new();
         let clock = Instant::now();
@@ -816,12 +918,12 @@ mod tests {
         assert!(queue.due(UnixTime(1_001)).is_empty(), "held, not due");
 
         // No room yet: nothing comes back.
-        scheduler.release_held(&mut queue, UnixTime(1_001));
+        scheduler.release_held(&mut queue, UnixTime(1_001), clock);
         assert!(queue.due(UnixTime(1_001)).is_empty());
         // One connection takes both queued pieces of work: room for two.
         let (dest, works) = scheduler.next_connection(clock).unwrap();
         assert_eq!((dest, works.len()), (site.clone(), 2));
-        scheduler.release_held(&mut queue, UnixTime(1_002));
+        scheduler.release_held(&mut queue, UnixTime(1_002), clock);
         let due: Vec<_> = queue.due(UnixTime(1_002)).iter().map(|d| d.id).collect();
         assert_eq!(due, held[..2], "the two oldest held, due now");
         assert_eq!(scheduler.held_count(), 1);
@@ -838,10 +940,10 @@ mod tests {
         let mut scheduler: Scheduler<FakeMessage> = Scheduler::new(ReadyLimits::default()).unwrap();
         let site: DestinationKey = "[relay.routed.test]:2525".parse().unwrap();
         let clock = Instant::now();
-        scheduler.set_suspended(HashMap::from([(
-            site.clone(),
-            clock + Duration::from_secs(7200),
-        )]));
+        scheduler.set_suspended(
+            HashMap::from([(site.clone(), clock + Duration::from_secs(7200))]),
+            clock,
+        );
         let mut queue = Queue::new();
         let attempt = queued(&mut queue, 1);
         assert!(scheduler.hold(
@@ -858,5 +960,65 @@ mod tests {
             1,
             "due when it ends"
         );
+    }
+
+    #[test]
+    fn a_suspended_sites_mail_waits_held_by_id_and_is_rechecked_unread() {
+        let limits = ReadyLimits {
+            max_queued_per_destination: 2,
+            ..ReadyLimits::default()
+        };
+        let mut scheduler = Scheduler::new(limits).unwrap();
+        let site: DestinationKey = "[relay.routed.test]:2525".parse().unwrap();
+        let clock = Instant::now();
+        assert!(scheduler
+            .place(site.clone(), work(1), plain_site, clock)
+            .is_ok());
+        // Suspended: what waited in its ready queue is set aside to be
+        // held, and nothing more is taken.
+        let until = clock + Duration::from_secs(7200);
+        scheduler.set_suspended(HashMap::from([(site.clone(), until)]), clock);
+        let set_aside = scheduler.take_suspended();
+        assert_eq!(set_aside.len(), 1);
+        assert_eq!((&set_aside[0].0, set_aside[0].1.id.to_u64()), (&site, 1));
+        assert!(matches!(
+            scheduler.place(site.clone(), work(2), plain_site, clock),
+            Err(Refused::Full(w)) if w.id.to_u64() == 2
+        ));
+        let mut queue = Queue::new();
+        for n in [1, 2, 3] {
+            let attempt = queued(&mut queue, n);
+            let id = SpoolId::from_u64(n);
+            assert!(scheduler.hold(
+                &mut queue,
+                id,
+                attempt,
+                site.clone(),
+                UnixTime(1_000),
+                clock
+            ));
+        }
+        // Its ready queue is empty, but a suspended site has no room.
+        scheduler.release_held(&mut queue, UnixTime(1_001), clock);
+        assert!(queue.due(UnixTime(1_001)).is_empty());
+        assert_eq!(scheduler.held_count(), 3);
+        // Due (a flush): held again at once for the suspension, unread.
+        queue.flush(UnixTime(1_002));
+        let due = queue.due(UnixTime(1_002));
+        assert_eq!(due.len(), 3);
+        let due = scheduler.recheck_held(&mut queue, due, UnixTime(1_002), clock);
+        assert!(due.is_empty(), "{due:?}");
+        assert_eq!(scheduler.held_count(), 3);
+        assert!(queue.due(UnixTime(1_002 + 7_199)).is_empty());
+        // Suspension over: as many as there is room for come back.
+        scheduler.set_suspended(HashMap::new(), clock);
+        queue.flush(UnixTime(1_003));
+        let due = queue.due(UnixTime(1_003));
+        let due = scheduler.recheck_held(&mut queue, due, UnixTime(1_003), clock);
+        let back: Vec<u64> = due.iter().map(|d| d.id.to_u64()).collect();
+        assert_eq!(back, vec![1, 2], "room for two");
+        assert_eq!(scheduler.held_count(), 1);
+        assert!(queue.due(UnixTime(1_003 + 59)).is_empty());
+        assert_eq!(queue.due(UnixTime(1_003 + 60)).len(), 1, "rechecked later");
     }
 }

@@ -34,6 +34,30 @@ impl HeldMessages {
         self.by_site.contains_key(site)
     }
 
+    /// The site `id` waits for, if it is held. Looks in each site's set:
+    /// cheap while few sites hold messages (see [`HeldMessages::sites`]).
+    pub fn site_of(&self, id: SpoolId) -> Option<&DestinationKey> {
+        self.by_site
+            .iter()
+            .find(|(_, ids)| ids.get(&id).is_some())
+            .map(|(site, _)| site)
+    }
+
+    /// `id` no longer waits for `site` (it is being handed out).
+    pub fn forget(&mut self, site: &DestinationKey, id: SpoolId) {
+        if let Some(ids) = self.by_site.get_mut(site) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.by_site.remove(site);
+            }
+        }
+    }
+
+    /// Sites with messages held.
+    pub fn sites(&self) -> usize {
+        self.by_site.len()
+    }
+
     /// Hands messages back, oldest first, as far as each site has room
     /// (`room`, asked once per site): `release` makes one due and says
     /// whether it still waited (one that no longer did, being active again
@@ -97,6 +121,12 @@ mod tests {
         held.hold(b.clone(), id(10));
         assert_eq!(held.len(), 6);
         assert!(held.is_holding(&a) && held.is_holding(&b));
+        assert_eq!(
+            (held.site_of(id(3)), held.site_of(id(10))),
+            (Some(&a), Some(&b))
+        );
+        assert_eq!(held.site_of(id(99)), None);
+        assert_eq!(held.sites(), 2);
         let mut out = Vec::new();
         // a has room for 2; id 2 no longer waits (costs no room); b none.
         held.release(
@@ -111,6 +141,9 @@ mod tests {
         assert_eq!(held.take_site(&a), vec![id(4), id(5)]);
         assert!(!held.is_holding(&a));
         assert!(held.take_site(&a).is_empty());
+        held.forget(&b, id(10));
+        assert!(held.is_empty() && !held.is_holding(&b));
+        held.hold(b.clone(), id(11));
         // b emptied by room: forgotten.
         held.release(|_| 5, |_| true);
         assert!(held.is_empty() && !held.is_holding(&b));
