@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Memory of held messages (issue 13 section 2): what 1,000,000 queued
-# messages for one suspended site cost spate, and whether mail to another
-# site still leaves meanwhile. spate (release build, `cores = CORES`)
-# relays through two `[[route]]`s to two `spate sink`s on a private
-# 127.x address: held.test to a site suspended beforehand with `spate
-# queue suspend` (its sink refuses every connection, so nothing can slip
-# through), live.test to a sink that writes each message to a directory.
+# messages for one suspended (or throttled) site cost spate, and whether
+# mail to another site still leaves meanwhile. spate (release build,
+# `cores = CORES`) relays through two `[[route]]`s to two `spate sink`s on
+# private 127.x addresses: held.test to a site suspended beforehand with
+# `spate queue suspend` (its sink refuses every connection, so nothing
+# can slip through), live.test to a sink that writes each message to a
+# directory. MODE=throttled instead lets the held site take THROTTLE_RATE
+# messages (default 1/min) over one connection, by a shaping rule for its
+# address: its ready queue fills to `max_queued_per_destination` (20,000)
+# and the rest is held, rechecked every minute.
 # `spate blast` injects MESSAGES small messages for held.test in steps;
 # after each step, once the engine has queued or held every one, the bench
 # reads spate's /proc/PID/status (VmRSS, RssAnon: the heap; RssFile: the
@@ -17,12 +21,13 @@
 # Then spate restarts on the same spool (RESTART=1): recovery time, memory
 # at `ready` (VmHWM: the peak of recovery), after the first dispatch of the
 # 1M recovered messages, and after the 60 s recheck of the held ones. A
-# restart forgets suspensions; the held site's sink answers `421 4.7.0 Too
-# many connections`, and a `[[backoff]]` rule of the bench's shaping file
-# suspends the site on that reply (the first batches sent to it are
-# deferred, as they would be in production).
+# restart forgets suspensions; in suspended mode the held site's sink
+# answers `421 4.7.0 Too many connections`, and a `[[backoff]]` rule of
+# the bench's shaping file suspends the site on that reply (the first
+# batches sent to it are deferred, as they would be in production).
 #
 #   benches/held_memory.sh                          # 1,000,000 messages of 200 bytes
+#   MODE=throttled benches/held_memory.sh
 #   MESSAGES=100000 CHECKPOINTS="50000 100000" RESTART=0 benches/held_memory.sh
 #
 # Needs about 1.5 KiB of disk per message under BENCH_DIR (checked first);
@@ -37,6 +42,8 @@ CORES=${CORES:-1}
 TRICKLE_EVERY=${TRICKLE_EVERY:-2}
 TRICKLE_LIMIT=${TRICKLE_LIMIT:-5}
 RESTART=${RESTART:-1}
+MODE=${MODE:-suspended}
+THROTTLE_RATE=${THROTTLE_RATE:-1/min}
 BENCH_DIR=${BENCH_DIR:-/var/tmp}
 NEEDS_POSTFIX_TOOLS=0
 
@@ -49,12 +56,14 @@ avail=$(df --output=avail -B1 "$BENCH_DIR" | tail -1)
 ((avail > need + (1 << 30))) ||
     die "$BENCH_DIR has $((avail >> 20)) MiB free; $MESSAGES messages need about $((need >> 20)) MiB (plus 1 GiB of margin)"
 log "disk: $((avail >> 20)) MiB free under $BENCH_DIR, about $((need >> 20)) MiB needed"
+[[ $MODE == suspended || $MODE == throttled ]] || die "MODE is suspended or throttled, not $MODE"
 
-# start_sink NAME FLAG...: a spate sink on $IP, port 0; sets SINK_PORT.
+# start_sink NAME ADDRESS FLAG...: a spate sink on ADDRESS, port 0; sets
+# SINK_PORT.
 start_sink() {
-    local name=$1 i
-    shift
-    "$SPATE" sink --listen "$IP:0" --cores 1 "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+    local name=$1 address=$2 i
+    shift 2
+    "$SPATE" sink --listen "$address:0" --cores 1 "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
     PIDS+=("$!")
     for ((i = 0; i < 200; i++)); do
         grep -qx ready "$WORK/$name.out" 2>/dev/null && break
@@ -64,20 +73,40 @@ start_sink() {
     SINK_PORT=$(awk '$1 == "listening" && $2 == "smtp" { n = split($3, a, ":"); print a[n]; exit }' "$WORK/$name.out")
 }
 
+# The held site on an address of its own, so that a shaping rule can name
+# it.
+HELD_IP=$IP
+until [[ $HELD_IP != "$IP" ]]; do
+    HELD_IP=127.$((RANDOM % 200 + 20)).$((RANDOM % 250 + 1)).$((RANDOM % 250 + 1))
+done
 mkdir -p "$WORK/live-mail"
-start_sink held --max-per-ip 0
+if [[ $MODE == suspended ]]; then
+    start_sink held "$HELD_IP" --max-per-ip 0
+else
+    start_sink held "$HELD_IP"
+fi
 HELD_PORT=$SINK_PORT
-start_sink live --dir "$WORK/live-mail"
+start_sink live "$IP" --dir "$WORK/live-mail"
 LIVE_PORT=$SINK_PORT
-SITE="[$IP]:$HELD_PORT"
+SITE="[$HELD_IP]:$HELD_PORT"
 
-cat >"$WORK/shaping.toml" <<EOF
+if [[ $MODE == suspended ]]; then
+    cat >"$WORK/shaping.toml" <<EOF
 # After a restart (suspensions are not persisted) the held site's refusal
 # suspends it again.
 [[backoff]]
 reply = "421 4\\\\.7\\\\.0 Too many connections"
 suspend = "1d"
 EOF
+else
+    cat >"$WORK/shaping.toml" <<EOF
+# The held site takes $THROTTLE_RATE over one connection.
+[provider.held]
+mx_suffix = ["$HELD_IP"]
+connections = 1
+message_rate = "$THROTTLE_RATE"
+EOF
+fi
 cat >"$WORK/spate.toml" <<EOF
 hostname = "relay.bench.test"
 spool_dir = "$WORK/spool"
@@ -97,7 +126,7 @@ nameservers = ["$IP:53"]
 
 [[route]]
 domain = "held.test"
-to = "$IP:$HELD_PORT"
+to = "$HELD_IP:$HELD_PORT"
 
 [[route]]
 domain = "live.test"
@@ -152,19 +181,21 @@ metric() {
 status() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$PID/status"; }
 
 # settle INJECTED: waits until every held.test message was held, waits in
-# a ready queue or was deferred (held + active + deferred >= INJECTED) and
-# the held count stands still.
+# a ready queue, was deferred or delivered (held + active + deferred +
+# delivered >= INJECTED; delivered counts the trickle too) and the held
+# count stands still.
 settle() {
-    local want=$1 held active deferred last=-1 i
+    local want=$1 held active deferred delivered last=-1 i
     for ((i = 0; i < 6000; i++)); do
         held=$(metric spate_delivery_held_total)
         active=$(metric 'spate_queue_messages{state="active"}')
         deferred=$(metric 'spate_queue_messages{state="deferred"}')
-        if ((held + active + deferred >= want && held == last)); then return 0; fi
+        delivered=$(metric 'spate_delivery_messages_total{result="delivered"}')
+        if ((held + active + deferred + delivered >= want && held == last)); then return 0; fi
         last=$held
         sleep 1
     done
-    die "not settled: held $held + active $active + deferred $deferred < $want"
+    die "not settled: held $held + active $active + deferred $deferred + delivered $delivered < $want"
 }
 
 PHASE_FILE=$WORK/phase
@@ -215,14 +246,16 @@ row() { # LABEL MESSAGES EXTRA: one line of the results table, from /proc now
 }
 
 launch
-log "spate $PID on $IP:$PORT (cores = $CORES); held site $SITE, live site [$IP]:$LIVE_PORT"
-"$SPATE" queue suspend "$SITE" --for 1d --config "$WORK/spate.toml" >/dev/null
+log "spate $PID on $IP:$PORT (cores = $CORES); held site $SITE ($MODE), live site [$IP]:$LIVE_PORT"
+if [[ $MODE == suspended ]]; then
+    "$SPATE" queue suspend "$SITE" --for 1d --config "$WORK/spate.toml" >/dev/null
+fi
 trickle &
 TRICKLE_PID=$!
 PIDS+=("$TRICKLE_PID")
 sleep 5
 BASE_ANON=$(status RssAnon)
-row "empty, site suspended" 0 "trickle $(trickle_summary start)"
+row "empty, site $MODE" 0 "trickle $(trickle_summary start)"
 
 sent=0
 for target in $CHECKPOINTS; do
@@ -238,7 +271,7 @@ for target in $CHECKPOINTS; do
     sent=$target
     settle "$sent"
     sleep 2
-    row "$sent queued, site suspended" "$sent" "ingress $rate msg/s; trickle $(trickle_summary "to-$target")"
+    row "$sent queued, site $MODE" "$sent" "ingress $rate msg/s; trickle $(trickle_summary "to-$target")"
 done
 
 if [[ $RESTART == 1 ]]; then
@@ -253,7 +286,7 @@ if [[ $RESTART == 1 ]]; then
     row "restarted: at ready" "$sent" "recovery $RECOVERY s (stop took $stop s)"
     echo "after-restart" >"$PHASE_FILE"
     settle "$sent"
-    row "restarted: first dispatch done" "$sent" "held $(metric spate_delivery_held_total), deferred by the 421 $(metric 'spate_queue_messages{state="deferred"}')"
+    row "restarted: first dispatch done" "$sent" "held $(metric spate_delivery_held_total), active $(metric 'spate_queue_messages{state="active"}'), deferred (by the 421) $(metric 'spate_queue_messages{state="deferred"}')"
     sleep 65
     settle 0
     row "restarted: after the 60 s recheck" "$sent" "held $(metric spate_delivery_held_total); trickle since restart $(trickle_summary after-restart)"
@@ -271,7 +304,7 @@ downs=$(awk '$2 == "down"' "$WORK/trickle.log" | wc -l)
 
 cat <<EOF
 
-Held messages: $MESSAGES messages of $SIZE bytes for one suspended site, spate cores = $CORES, $(nproc) CPUs
+Held messages: $MESSAGES messages of $SIZE bytes for one $MODE site, spate cores = $CORES, $(nproc) CPUs
 
 | point | messages | VmRSS MiB | RssAnon MiB | RssFile MiB | VmHWM MiB | anon bytes/message | notes |
 | --- | --- | --- | --- | --- | --- | --- | --- |
@@ -279,8 +312,8 @@ $(printf '%s\n' "${ROWS[@]}")
 
 Trickle to the live site: slowest delivery ${worst} s (limit $TRICKLE_LIMIT s); $downs sends while spate was down.
 Metrics scrapes that failed (a core busy for over 5 s): $(touch "$WORK/scrape-failures"; wc -l <"$WORK/scrape-failures").
-Messages the held site's sink accepted: $held_messages (must be 0).
+Messages the held site's sink accepted: $held_messages$([[ $MODE == suspended ]] && echo " (must be 0)").
 EOF
-[[ $held_messages == 0 ]] || die "the suspended site received mail"
+[[ $MODE != suspended || $held_messages == 0 ]] || die "the suspended site received mail"
 awk -v w="$worst" -v l="$TRICKLE_LIMIT" 'BEGIN { exit !(w <= l) }' ||
     die "a message to the live site took $worst s (limit $TRICKLE_LIMIT s)"
