@@ -25,7 +25,7 @@ use crate::local::LocalOutcome;
 use crate::metrics::{MessageResult, RecipientResult};
 use crate::queue::{
     AttemptId, Deferral, DestinationKey, Dispatch, MessageState, QueueEntry, QueueError,
-    ReadyLimits, ReadyQueues, Task, UnixTime,
+    ReadyLimits, ReadyQueues, SharedBudget, Task, UnixTime,
 };
 use crate::resolver::{MxHost, MxResolver, ResolverHandle};
 use crate::shard::ShardContext;
@@ -115,6 +115,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
         smarthost_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
         limits: ReadyLimits,
         suspensions: Arc<Suspensions>,
+        shared: Option<Box<dyn SharedBudget>>,
     ) -> Result<Rc<Self>, QueueError> {
         let d = &ctx.config.delivery;
         let client = ClientConfig {
@@ -136,7 +137,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
             verified_smarthost,
             client: Rc::new(client),
             tls: futures_rustls::TlsConnector::from(tls),
-            ready: RefCell::new(ReadyQueues::new(limits)?),
+            ready: RefCell::new(ReadyQueues::with_shared(limits, shared)?),
             attempts: RefCell::new(Attempts::default()),
             work_arrived: event_listener::Event::new(),
             held: RefCell::new(HashMap::new()),
