@@ -10,34 +10,40 @@
 //! "Rate Limiting, Cells, and GCRA" (brandur.org/rate-limiting, 2015)
 //! and his redis-cell module. The key holds TAT, the theoretical arrival
 //! time of the next cell; with emission interval T = period / count and
-//! a burst of one period's worth (as this host's own `TokenBucket`), k
-//! cells conform at `now` when `TAT + k*T - period <= now`; granting
-//! them moves TAT to `max(TAT, now) + k*T`. The time is Redis's own
-//! (`TIME`), so the hosts' clocks do not matter.
+//! a burst of B cells (tolerance τ = B*T), k cells conform at `now` when
+//! `TAT + k*T - τ <= now`; granting them moves TAT to `max(TAT, now) +
+//! k*T`. The time is Redis's own (`TIME`), so the hosts' clocks do not
+//! matter.
+//!
+//! The burst across hosts is a tenth of a period's worth (at least what
+//! one ask wants), not the whole period this host's own bucket allows
+//! after an idle spell: many hosts together stay close to the rate in
+//! every window, and a grant is never larger than a burst.
 
 use std::time::Duration;
 
 use crate::shaping::Rate;
 
-/// KEYS[1]: the rate's key. ARGV: period (us), count, tokens wanted.
-/// Returns {granted, us until a full batch is there}.
+/// KEYS[1]: the rate's key. ARGV: period (us), count, tokens wanted,
+/// burst (tokens). Returns {granted, us until what was wanted is there}.
 pub const GCRA: &str = r#"
 redis.replicate_commands()
 local period = tonumber(ARGV[1])
 local count = tonumber(ARGV[2])
 local want = tonumber(ARGV[3])
 local interval = period / count
+local tolerance = tonumber(ARGV[4]) * interval
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local tat = tonumber(redis.call('GET', KEYS[1]))
 if tat == nil or tat < now then tat = now end
-local room = math.floor((now + period - tat) / interval + 1e-6)
+local room = math.floor((now + tolerance - tat) / interval + 1e-6)
 local grant = math.min(want, math.max(room, 0))
 if grant > 0 then
   tat = tat + grant * interval
   redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
 end
-local wait = tat + want * interval - period - now
+local wait = tat + want * interval - tolerance - now
 if wait < 0 then wait = 0 end
 return {grant, math.ceil(wait)}
 "#;
@@ -55,6 +61,12 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 redis.call('PEXPIRE', KEYS[1], window * 2)
 return redis.call('ZCARD', KEYS[1])
 "#;
+
+/// The most a rate lets go at once across hosts: a tenth of a period's
+/// worth, at least one.
+pub fn burst_for(rate: Rate) -> u32 {
+    rate.count.div_ceil(10).max(1)
+}
 
 /// One ask of the limiter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,13 +132,15 @@ impl Scripts {
         let mut pipe = redis::pipe();
         for ask in asks {
             let period = u64::try_from(ask.rate.per.as_micros()).unwrap_or(u64::MAX);
+            let burst = burst_for(ask.rate).max(ask.want);
             pipe.cmd("EVALSHA")
                 .arg(self.gcra.get_hash())
                 .arg(1)
                 .arg(&ask.key)
                 .arg(period)
                 .arg(ask.rate.count)
-                .arg(ask.want);
+                .arg(ask.want)
+                .arg(burst);
         }
         let answers: Vec<(i64, i64)> = pipe.query(con)?;
         Ok(answers
