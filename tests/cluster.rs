@@ -117,7 +117,7 @@ fn arrivals(messages: &[serde_json::Value]) -> Vec<(f64, String)> {
             let data = m["data"].as_str()?;
             let tag = ["a-", "b-", "c-"]
                 .iter()
-                .find(|t| data.contains(&format!("{}", t)))
+                .find(|t| data.contains(**t))
                 .map_or("?", |t| &t[..1]);
             Some((at, tag.to_owned()))
         })
@@ -415,7 +415,7 @@ fn the_limiter_bounds_concurrent_askers_and_a_lease_is_cheap() {
                     scripts.load(&mut con).unwrap();
                     let mut total = 0;
                     while started.elapsed() < run_for {
-                        let grant = scripts.grant(&mut con, &[ask.clone()]).unwrap()[0];
+                        let grant = scripts.grant(&mut con, std::slice::from_ref(&ask)).unwrap()[0];
                         total += grant.tokens;
                         if grant.tokens < ask.want {
                             std::thread::sleep(grant.wait.min(Duration::from_millis(50)));
@@ -448,7 +448,7 @@ fn the_limiter_bounds_concurrent_askers_and_a_lease_is_cheap() {
     let mut one = Vec::new();
     for _ in 0..2000 {
         let t = Instant::now();
-        scripts.grant(&mut con, &[cheap.clone()]).unwrap();
+        scripts.grant(&mut con, std::slice::from_ref(&cheap)).unwrap();
         one.push(t.elapsed());
     }
     let eight_asks: Vec<Ask> = (0..8)
