@@ -448,7 +448,9 @@ fn the_limiter_bounds_concurrent_askers_and_a_lease_is_cheap() {
     let mut one = Vec::new();
     for _ in 0..2000 {
         let t = Instant::now();
-        scripts.grant(&mut con, std::slice::from_ref(&cheap)).unwrap();
+        scripts
+            .grant(&mut con, std::slice::from_ref(&cheap))
+            .unwrap();
         one.push(t.elapsed());
     }
     let eight_asks: Vec<Ask> = (0..8)
