@@ -260,6 +260,35 @@ fn two_hosts_share_one_rate_through_redis() {
     assert!(!b.stderr_text().contains("deferred"));
 }
 
+/// Where the shared rate has room, a lease brings a whole batch: a few
+/// round trips carry hundreds of messages.
+#[test]
+fn a_rate_with_room_costs_a_few_leases() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start();
+    let sink = Sink::start();
+    let rules = rules(dir.path(), &sink, "5000/s");
+    let a = host(&sink, &rules, Some(&redis), "a");
+    let b = host(&sink, &rules, Some(&redis), "b");
+    wait_for_log(&a, "cluster: connected to redis");
+    wait_for_log(&b, "cluster: connected to redis");
+    const EACH: usize = 300;
+    queue_then_release(&sink, &[(&a, "a"), (&b, "b")], EACH);
+    sink.wait_for(2 * EACH, Duration::from_secs(40));
+    for (name, server) in [("a", &a), ("b", &b)] {
+        let m = scrape(server.listener("metrics"));
+        let leases = m["spate_cluster_leases_total"];
+        let delivered = m["spate_delivery_messages_total{result=\"delivered\"}"];
+        eprintln!(
+            "5000/s, host {name}: {delivered} delivered with {leases} lease requests \
+             ({:.1} per 1000 messages)",
+            1000.0 * leases / delivered
+        );
+        // Batches of 500, asked again at half: a handful.
+        assert!(leases <= 10.0, "{leases} lease requests for {delivered} messages");
+    }
+}
+
 #[test]
 fn without_the_cluster_each_host_takes_the_whole_rate() {
     let dir = tempfile::tempdir().unwrap();
