@@ -285,7 +285,10 @@ fn a_rate_with_room_costs_a_few_leases() {
             1000.0 * leases / delivered
         );
         // Batches of 500, asked again at half: a handful.
-        assert!(leases <= 10.0, "{leases} lease requests for {delivered} messages");
+        assert!(
+            leases <= 10.0,
+            "{leases} lease requests for {delivered} messages"
+        );
     }
 }
 

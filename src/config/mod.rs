@@ -764,6 +764,31 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_section_is_optional_and_checked() {
+        let base = "spool_dir = \"/tmp/s\"\n[[listener]]\naddress = \"127.0.0.1:25\"\nprotocol = \"smtp\"\n";
+        assert_eq!(Config::parse(base).unwrap().cluster, None, "no cluster");
+        let c = Config::parse(&format!(
+            "{base}[cluster]\nredis = \"redis://10.0.0.9:6379\"\nhosts = 3\n"
+        ))
+        .unwrap();
+        let cluster = c.cluster.expect("a cluster");
+        assert_eq!(cluster.hosts, 3);
+        assert_eq!(cluster.lease, Duration::from_millis(100));
+        assert_eq!(cluster.timeout, Duration::from_millis(500));
+        assert_eq!(cluster.key_prefix, "spate:");
+        assert_eq!(cluster.name, None);
+        for bad in [
+            "[cluster]\nhosts = 2\n",
+            "[cluster]\nredis = \"http://10.0.0.9\"\n",
+            "[cluster]\nredis = \"redis://h\"\nhosts = 0\n",
+            "[cluster]\nredis = \"redis://h\"\nlease = \"1h\"\n",
+            "[cluster]\nredis = \"redis://h\"\nport = 1\n",
+        ] {
+            assert!(Config::parse(&format!("{base}{bad}")).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn embedded_default_parses_and_listens_on_loopback() {
         let config = Config::embedded();
         assert!(!config.listeners.is_empty());
