@@ -902,6 +902,7 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         .map(|c| c.take_links())
         .unwrap_or_default()
         .into_iter();
+    let throttles = Arc::new(crate::delivery::throttles::Throttles::default());
     for index in 0..count {
         let (inbox, control) = async_channel::unbounded();
         inboxes.push(inbox);
@@ -932,6 +933,7 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
             smarthost_tls: smarthost_tls.clone(),
             suspensions: Arc::clone(&suspensions),
             cluster: links.next(),
+            throttles: Arc::clone(&throttles),
             control,
             snapshots,
             fatal: fatal.clone(),

@@ -162,6 +162,8 @@ pub struct ShardPlan {
     /// This shard's link to the limits shared with other hosts
     /// (`[cluster]`), if any.
     pub cluster: Option<crate::cluster::CoreLink>,
+    /// Throttled sites, shared by every shard.
+    pub throttles: Arc<crate::delivery::throttles::Throttles>,
     /// The shard's thread joins these as it starts: its panic ends the
     /// process (see `crash`).
     pub fatal: FatalThreads,
@@ -308,7 +310,10 @@ async fn start<S: SegmentStore + 'static>(
         plan.outbound_tls,
         plan.smarthost_tls,
         ready,
-        plan.suspensions,
+        crate::delivery::engine::SiteTables {
+            suspensions: plan.suspensions,
+            throttles: plan.throttles,
+        },
         shared,
     )
     .map_err(|e| format!("delivery: {e}"))?;

@@ -146,6 +146,7 @@ impl Shard {
             snapshots: async_channel::bounded(1).1,
             suspensions: Default::default(),
             cluster: None,
+            throttles: Default::default(),
             // No panic hook is installed in this process: inert.
             fatal: Default::default(),
         };

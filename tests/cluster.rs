@@ -37,7 +37,7 @@ fn host(sink: &Sink, rules: &Path, redis: Option<&Redis>, name: &str) -> TestSer
     );
     if let Some(redis) = redis {
         extra.push_str(&format!(
-            "\n[cluster]\nredis = {:?}\nname = {name:?}\nhosts = 2\ntimeout = \"300ms\"\n",
+            "\n[cluster]\nredis = {:?}\nname = {name:?}\nhosts = 2\ntimeout = \"2s\"\n",
             redis.url()
         ));
     }

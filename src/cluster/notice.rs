@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::delivery::suspensions::Change;
+use crate::delivery::suspensions::{Change, Suspension};
 use crate::queue::DestinationKey;
 
 /// One change, as published.
@@ -23,6 +23,9 @@ pub struct Notice {
     pub until_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
+    /// The site's mail is bounced meanwhile (a back-off rule's `bounce`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bounce: bool,
 }
 
 /// What a notice asks of the hosts that receive it.
@@ -30,8 +33,7 @@ pub struct Notice {
 pub enum Action {
     Suspend {
         site: DestinationKey,
-        until: SystemTime,
-        reason: String,
+        suspension: Suspension,
     },
     Resume {
         site: DestinationKey,
@@ -51,12 +53,14 @@ impl Notice {
                 site: site.to_string(),
                 until_ms: Some(millis(suspension.until)),
                 reason: suspension.reason.clone(),
+                bounce: suspension.bounce,
             },
             Change::Resumed { site } => Notice {
                 origin: origin.to_owned(),
                 site: site.to_string(),
                 until_ms: None,
                 reason: String::new(),
+                bounce: false,
             },
         }
     }
@@ -82,8 +86,11 @@ impl Notice {
         Some(match notice.until_ms {
             Some(ms) => Action::Suspend {
                 site,
-                until: UNIX_EPOCH + Duration::from_millis(ms),
-                reason: format!("on {}: {}", host_part(&notice.origin), notice.reason),
+                suspension: Suspension {
+                    until: UNIX_EPOCH + Duration::from_millis(ms),
+                    reason: format!("on {}: {}", host_part(&notice.origin), notice.reason),
+                    bounce: notice.bounce,
+                },
             },
             None => Action::Resume { site },
         })
@@ -98,7 +105,6 @@ fn host_part(origin: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::suspensions::Suspension;
 
     #[test]
     fn notices_round_trip_and_own_ones_are_dropped() {
@@ -109,6 +115,7 @@ mod tests {
             suspension: Suspension {
                 until,
                 reason: "421 4.7.28 slow down".into(),
+                bounce: true,
             },
         };
         let payload = Notice::from_change("relay-a#1f", &change).encode();
@@ -121,8 +128,11 @@ mod tests {
             Notice::decode(payload.as_bytes(), "relay-b#2e"),
             Some(Action::Suspend {
                 site: site.clone(),
-                until,
-                reason: "on relay-a: 421 4.7.28 slow down".into(),
+                suspension: Suspension {
+                    until,
+                    reason: "on relay-a: 421 4.7.28 slow down".into(),
+                    bounce: true,
+                },
             })
         );
         let resume = Notice::from_change("relay-a#1f", &Change::Resumed { site: site.clone() });

@@ -108,17 +108,13 @@ impl Subscriber {
 
     fn apply(&self, payload: &[u8]) {
         let changed = match Notice::decode(payload, &self.settings.id) {
-            Some(Action::Suspend {
-                site,
-                until,
-                reason,
-            }) => {
-                let changed = until > SystemTime::now()
-                    && self
-                        .suspensions
-                        .suspend_from_peer(site.clone(), until, reason.clone());
+            Some(Action::Suspend { site, suspension }) => {
+                let reason = suspension.reason.clone();
+                let bounce = suspension.bounce;
+                let changed = suspension.until > SystemTime::now()
+                    && self.suspensions.suspend_from_peer(site.clone(), suspension);
                 if changed {
-                    tracing::warn!(%site, reason, "site suspended by another host");
+                    tracing::warn!(%site, reason, bounce, "site suspended by another host");
                 }
                 changed
             }

@@ -21,6 +21,9 @@ pub struct Suspension {
     pub until: SystemTime,
     /// The reply that matched, or "by hand".
     pub reason: String,
+    /// The site's mail is returned to its senders meanwhile (a back-off
+    /// rule's `bounce`), instead of waiting.
+    pub bounce: bool,
 }
 
 /// A change made on this host, for the other hosts.
@@ -60,14 +63,27 @@ impl Suspensions {
     /// Suspends `site` until `until` (a longer suspension already in
     /// force stays). Returns whether anything changed.
     pub fn suspend(&self, site: DestinationKey, until: SystemTime, reason: String) -> bool {
-        let changed = self.suspend_from_peer(site.clone(), until, reason.clone());
-        if changed {
-            self.tell(Change::Suspended {
-                site,
-                suspension: Suspension { until, reason },
-            });
-        }
-        changed
+        self.put_own(
+            site,
+            Suspension {
+                until,
+                reason,
+                bounce: false,
+            },
+        )
+    }
+
+    /// Suspends `site` until `until` and bounces its mail meanwhile (over
+    /// any plain suspension). Returns whether anything changed.
+    pub fn bounce(&self, site: DestinationKey, until: SystemTime, reason: String) -> bool {
+        self.put_own(
+            site,
+            Suspension {
+                until,
+                reason,
+                bounce: true,
+            },
+        )
     }
 
     /// Ends `site`'s suspension; false when it had none.
@@ -79,19 +95,32 @@ impl Suspensions {
         removed
     }
 
-    /// [`Suspensions::suspend`] for a change another host made: not fed
-    /// back.
-    pub fn suspend_from_peer(
-        &self,
-        site: DestinationKey,
-        until: SystemTime,
-        reason: String,
-    ) -> bool {
+    /// A change of this host's: put, and fed to the other hosts.
+    fn put_own(&self, site: DestinationKey, new: Suspension) -> bool {
+        let changed = self.put(site.clone(), new.clone());
+        if changed {
+            self.tell(Change::Suspended {
+                site,
+                suspension: new,
+            });
+        }
+        changed
+    }
+
+    /// A suspension another host made: put, not fed back.
+    pub fn suspend_from_peer(&self, site: DestinationKey, suspension: Suspension) -> bool {
+        self.put(site, suspension)
+    }
+
+    fn put(&self, site: DestinationKey, new: Suspension) -> bool {
         let mut table = self.table();
-        if table.get(&site).is_some_and(|s| s.until >= until) {
+        let stays = table
+            .get(&site)
+            .is_some_and(|old| old.until >= new.until && (old.bounce || !new.bounce));
+        if stays {
             return false;
         }
-        table.insert(site, Suspension { until, reason });
+        table.insert(site, new);
         self.version.fetch_add(1, Ordering::Release);
         true
     }
@@ -168,10 +197,34 @@ mod tests {
         assert!(matches!(rx.try_recv(), Ok(Change::Suspended { .. })));
         assert!(rx.try_recv().is_err(), "one change, one message");
         let other = DestinationKey::route("other.test", 25);
-        assert!(s.suspend_from_peer(other.clone(), t0, "peer".into()));
+        let peer = Suspension {
+            until: t0,
+            reason: "peer".into(),
+            bounce: false,
+        };
+        assert!(s.suspend_from_peer(other.clone(), peer));
         assert!(s.resume_from_peer(&other));
         assert!(rx.try_recv().is_err(), "a peer's change is not fed back");
         assert!(s.resume(&site));
         assert_eq!(rx.try_recv().ok(), Some(Change::Resumed { site }));
+    }
+
+    #[test]
+    fn a_bounce_overrides_a_plain_suspension_and_not_the_other_way() {
+        let s = Suspensions::default();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let site = DestinationKey::route("blocked.test", 25);
+        assert!(s.suspend(site.clone(), t0 + Duration::from_secs(3600), "421".into()));
+        assert!(s.bounce(
+            site.clone(),
+            t0 + Duration::from_secs(600),
+            "550 5.7.606".into()
+        ));
+        assert!(s.active(t0)[0].1.bounce);
+        assert!(!s.suspend(site.clone(), t0 + Duration::from_secs(300), "421".into()));
+        assert!(
+            s.active(t0)[0].1.bounce,
+            "a plain suspension does not end a bounce"
+        );
     }
 }
