@@ -60,8 +60,6 @@ kill -0 "${PIDS[-1]}" 2>/dev/null || { cat "$WORK/dnsmasq.out" >&2; die "dnsmasq
 # rules for the first domains, every limit far above what the run needs.
 RULES_FILE=$WORK/rules.toml
 {
-    echo "[default]"
-    echo "connections = 50"
     for ((i = 1; i <= RULES / 2; i++)); do
         printf '[provider.p%d]\nmx_suffix = [".provider%d.example", ".alt%d.example"]\nconnections = 40\nmessage_rate = "1000000/s"\n' "$i" "$i" "$i"
     done

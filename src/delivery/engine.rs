@@ -665,6 +665,11 @@ impl<S: SegmentStore + 'static> Engine<S> {
                 self.room_made(dest);
                 return;
             }
+            // Other sites wait for a connection slot: this one is not
+            // kept idle (Postfix's connection cache holds no process).
+            if self.scheduler.borrow().starved() {
+                return;
+            }
             // Work held back by a rate keeps the connection while the
             // rate lets it go before the idle time is up.
             let until = match self.scheduler.borrow_mut().wakeup_for(dest, now) {

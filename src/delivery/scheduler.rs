@@ -409,6 +409,12 @@ impl<M> Scheduler<M> {
         self.ready.connection_closed(dest);
     }
 
+    /// Every connection slot is taken while work waits: an idle
+    /// connection gives its slot up instead of lingering.
+    pub fn starved(&self) -> bool {
+        self.ready.starved()
+    }
+
     /// The limits in force for an active site.
     pub fn site_limits(&self, dest: &DestinationKey) -> Option<&SiteLimits> {
         self.ready.site_limits(dest)

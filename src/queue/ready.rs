@@ -681,6 +681,12 @@ impl<W> ReadyQueues<W> {
         self.sites.get(dest).map_or(0, |s| s.connections)
     }
 
+    /// Every connection slot is taken while work waits for some site: an
+    /// idle connection should give its slot up rather than linger.
+    pub fn starved(&self) -> bool {
+        self.connections >= self.limits.max_connections && self.queued > 0
+    }
+
     /// Open outbound connections, all destinations.
     pub fn connections(&self) -> usize {
         self.connections
@@ -714,6 +720,25 @@ mod tests {
 
     fn mx(h: &str) -> DestinationKey {
         DestinationKey::mx_set([h]).expect("one host")
+    }
+
+    #[test]
+    fn an_idle_connection_is_told_when_others_wait_for_its_slot() {
+        let mut r = ReadyQueues::new(limits(1, 1, 10, 10)).unwrap();
+        let now = Instant::now();
+        let a = DestinationKey::route("a.test", 25);
+        let b = DestinationKey::route("b.test", 25);
+        r.push(a.clone(), 1u32).unwrap();
+        let (dest, work) = r.next_connection(now).unwrap();
+        assert_eq!((dest, work), (a.clone(), vec![1]));
+        r.done(&a, 1);
+        assert!(!r.starved(), "nothing waits");
+        r.push(b.clone(), 2).unwrap();
+        assert!(r.next_connection(now).is_none(), "the one slot is a's");
+        assert!(r.starved(), "b waits for a's idle slot");
+        r.connection_closed(&a);
+        assert!(!r.starved());
+        assert_eq!(r.next_connection(now).unwrap().0, b);
     }
 
     #[test]
