@@ -27,7 +27,8 @@ use crate::delivery::scheduler::{self, Hop, MessageSource, Placement, Refused, S
 use crate::delivery::suspensions::Suspensions;
 use crate::delivery::throttles::{Change, Throttles};
 use crate::queue::{
-    AttemptId, DestinationKey, Dispatch, MessageState, QueueError, ReadyLimits, UnixTime,
+    AttemptId, DestinationKey, Dispatch, MessageState, QueueError, ReadyLimits, SharedBudget,
+    UnixTime,
 };
 use crate::resolver::{MxHost, MxResolver, ResolverHandle};
 use crate::shard::ShardContext;
@@ -112,6 +113,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
         smarthost_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
         limits: ReadyLimits,
         sites: SiteTables,
+        shared: Option<Box<dyn SharedBudget>>,
     ) -> Result<Rc<Self>, QueueError> {
         let d = &ctx.config.delivery;
         let client = ClientConfig {
@@ -133,7 +135,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
             verified_smarthost,
             client: Rc::new(client),
             tls: futures_rustls::TlsConnector::from(tls),
-            scheduler: RefCell::new(Scheduler::new(limits)?),
+            scheduler: RefCell::new(Scheduler::with_shared(limits, shared)?),
             recorder: Recorder::new(Rc::clone(&ctx)),
             work_arrived: event_listener::Event::new(),
             suspensions: sites.suspensions,
@@ -678,6 +680,11 @@ impl<S: SegmentStore + 'static> Engine<S> {
             queue.extend(self.scheduler.borrow_mut().next_batch(dest, now));
             if !queue.is_empty() {
                 self.room_made(dest);
+                return;
+            }
+            // Other sites wait for a connection slot: this one is not
+            // kept idle (Postfix's connection cache holds no process).
+            if self.scheduler.borrow().starved() {
                 return;
             }
             // Work held back by a rate keeps the connection while the

@@ -34,6 +34,13 @@ impl HeldMessages {
         self.by_site.contains_key(site)
     }
 
+    /// Whether `id` waits for `site`.
+    pub fn contains(&self, site: &DestinationKey, id: SpoolId) -> bool {
+        self.by_site
+            .get(site)
+            .is_some_and(|ids| ids.get(&id).is_some())
+    }
+
     /// The site `id` waits for, if it is held. Looks in each site's set:
     /// cheap while few sites hold messages (see [`HeldMessages::sites`]).
     pub fn site_of(&self, id: SpoolId) -> Option<&DestinationKey> {
@@ -126,6 +133,7 @@ mod tests {
             (Some(&a), Some(&b))
         );
         assert_eq!(held.site_of(id(99)), None);
+        assert!(held.contains(&a, id(3)) && !held.contains(&b, id(3)));
         assert_eq!(held.sites(), 2);
         let mut out = Vec::new();
         // a has room for 2; id 2 no longer waits (costs no room); b none.

@@ -11,6 +11,7 @@
 //! - `ready`: `ReadyQueues` per `DestinationKey`, windows and connection limits
 //! - `held`: `HeldMessages`, the ids held back per site until it has room
 //! - `chunked`: `ChunkedMap`, the compact ordered map the tables above use
+//! - `shared`: `SharedBudget`, the seam to limits shared with other hosts
 //! - `error`: `QueueError`
 
 mod chunked;
@@ -19,6 +20,7 @@ mod held;
 mod policy;
 mod ready;
 mod schedule;
+mod shared;
 mod time;
 
 pub use error::QueueError;
@@ -28,4 +30,5 @@ pub use ready::{BadSite, DestinationKey, ReadyFull, ReadyLimits, ReadyQueues};
 pub use schedule::{
     AttemptId, Deferral, Dispatch, MessageState, Queue, QueueEntry, StateCounts, Task,
 };
+pub use shared::{RateKind, SharedBudget};
 pub use time::UnixTime;
