@@ -1,6 +1,7 @@
 //! `ChunkedMap`: an ordered map stored as sorted runs ("chunks") of at most
 //! [`CHUNK`] entries, indexed by their first key. Keys that arrive in
-//! ascending order (spool ids, deadlines) fill every chunk completely,
+//! ascending order, or nearly (spool ids, deadlines), fill chunks nearly
+//! completely (a full chunk splits where the new key goes),
 //! where a `BTreeMap` leaves each node a little over half full; so the
 //! queue's per-message tables cost little more than their entries (issue
 //! 13: a million held messages). A chunk's capacity follows its length
@@ -42,10 +43,11 @@ fn grow<T>(chunk: &mut Vec<T>) {
     }
 }
 
-/// Gives memory back once a chunk is a quarter full.
+/// Gives memory back once a chunk is a quarter full (down to twice its
+/// length).
 fn shrink<T>(chunk: &mut Vec<T>) {
     if chunk.capacity() > MIN_CAPACITY && chunk.len() <= chunk.capacity() / 4 {
-        chunk.shrink_to((chunk.capacity() / 2).max(MIN_CAPACITY));
+        chunk.shrink_to((chunk.len() * 2).max(MIN_CAPACITY));
     }
 }
 
@@ -92,23 +94,21 @@ impl<K: Ord + Copy, V> ChunkedMap<K, V> {
                 chunk.insert(i, (key, value));
                 return None;
             }
-            // Full. Past its end (keys arriving in order): a chunk of
-            // its own, so this one stays full; otherwise halves. (`i`
+            // Full: split where the key goes. The entries after it move
+            // to a new chunk, the key joins the ones before: keys that
+            // arrive nearly in order (ids of one group commit, acknowledged
+            // in the order their sessions woke) keep the chunks they pass
+            // nearly full, where halves would leave each half empty. (`i`
             // is at least 1: the chunk's first key is below `key`.)
-            let right = if i == CHUNK {
-                let mut right = Vec::with_capacity(MIN_CAPACITY);
+            let mut right = chunk.split_off(i);
+            if right.is_empty() {
+                right.reserve_exact(MIN_CAPACITY);
                 right.push((key, value));
-                right
             } else {
-                let mut right = chunk.split_off(CHUNK / 2);
-                if i < CHUNK / 2 {
-                    chunk.insert(i, (key, value));
-                } else {
-                    grow(&mut right);
-                    right.insert(i - CHUNK / 2, (key, value));
-                }
-                right
-            };
+                chunk.push((key, value));
+                shrink(chunk);
+                shrink(&mut right);
+            }
             if let Some(first) = right.first().map(|(k, _)| *k) {
                 self.chunks.insert(first, right);
             }
@@ -354,6 +354,26 @@ mod tests {
         }
         check(&d);
         assert!(d.chunk_count() <= 10_000usize.div_ceil(CHUNK) + 1);
+    }
+
+    #[test]
+    fn keys_nearly_in_order_fill_chunks_nearly() {
+        // Ascending, but shuffled within each window of 20 (a group
+        // commit's messages, acknowledged in any order).
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut m: ChunkedSet<u32> = ChunkedSet::new();
+        for window in (0..100_000u32).collect::<Vec<_>>().chunks_mut(20) {
+            for i in (1..window.len()).rev() {
+                window.swap(i, rng.gen_range(0..=i));
+            }
+            for &k in window.iter() {
+                m.add(k);
+            }
+        }
+        check(&m);
+        let bytes = m.chunk_bytes() as f64;
+        let entries = (100_000 * std::mem::size_of::<u32>()) as f64;
+        assert!(bytes < entries * 1.3, "{bytes} bytes for {entries}");
     }
 
     #[test]
