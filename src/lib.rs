@@ -10,6 +10,7 @@
 //! | protocol core | [`imap`] | sans-IO IMAP server pieces: command framing with literals and bounds, a parser to typed commands borrowing from the receive buffer, reply encoding, MIME structure (ENVELOPE, BODYSTRUCTURE, sections), the selected mailbox's view, and the session that executes commands against the mailbox store (`imap::session`, through a `Backend` trait); the glue is still to come |
 //! | protocol helper | [`sasl`] | SASL codecs shared by the cores: strict base64, PLAIN (RFC 4616), LOGIN prompts |
 //! | shared data | [`envelope`] | the envelope of an accepted message |
+//! | shared data | [`chunked`] | `ChunkedMap`, a compact ordered map (sorted chunks, nearly full for keys that come nearly in order) for the per-message tables of the queue and the spool's ledger |
 //! | spool | [`spool`] | per-core append-only segments, checksummed records, group commit, recovery, reclaim |
 //! | queue | [`queue`] | per-core scheduler: retry timing, backoff, expiry, ready queues per destination with windows and connection limits |
 //! | shaping | [`shaping`] | traffic shaping rules per destination site (defaults, providers by MX suffix, domains) and the token bucket the ready queues enforce rates with |
@@ -31,6 +32,7 @@
 pub mod account;
 pub mod blast;
 pub mod blocking;
+pub mod chunked;
 pub mod claim;
 pub mod cli;
 pub mod cluster;

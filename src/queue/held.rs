@@ -7,9 +7,9 @@
 
 use std::collections::HashMap;
 
+use crate::chunked::ChunkedSet;
 use crate::spool::SpoolId;
 
-use super::chunked::ChunkedSet;
 use super::ready::DestinationKey;
 
 /// See the module header.

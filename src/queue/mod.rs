@@ -10,11 +10,9 @@
 //! - `schedule`: `Queue`, each message's state and deadline
 //! - `ready`: `ReadyQueues` per `DestinationKey`, windows and connection limits
 //! - `held`: `HeldMessages`, the ids held back per site until it has room
-//! - `chunked`: `ChunkedMap`, the compact ordered map the tables above use
 //! - `shared`: `SharedBudget`, the seam to limits shared with other hosts
 //! - `error`: `QueueError`
 
-mod chunked;
 mod error;
 mod held;
 mod policy;

@@ -23,9 +23,9 @@ use std::num::NonZeroU64;
 use std::rc::Rc;
 use std::time::Instant;
 
+use crate::chunked::{ChunkedMap, ChunkedSet};
 use crate::spool::{Deferred, DeliveryState, SpoolId};
 
-use super::chunked::{ChunkedMap, ChunkedSet};
 use super::error::QueueError;
 use super::policy::{Jitter, NoJitter, RetryPolicy};
 use super::time::UnixTime;

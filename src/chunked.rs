@@ -3,8 +3,8 @@
 //! ascending order, or nearly (spool ids, deadlines), fill chunks nearly
 //! completely (a full chunk splits where the new key goes),
 //! where a `BTreeMap` leaves each node a little over half full; so the
-//! queue's per-message tables cost little more than their entries (issue
-//! 13: a million held messages). A chunk's capacity follows its length
+//! per-message tables of the queue and the spool's ledger cost little more
+//! than their entries (issue 13: a million held messages). A chunk's capacity follows its length
 //! (never more than four times it, or [`MIN_CAPACITY`]) and small chunks
 //! merge with a neighbour, so removals in any order give the memory back.
 //! It stores and orders, nothing else.
