@@ -356,6 +356,7 @@ pub fn smtp_server_config(config: &Config) -> ServerConfig {
         trust_loopback: config.auth.trust_loopback,
         sender_must_match_login: config.auth.sender_must_match_login,
         allow_address_literals: config.relay.allow_address_literals,
+        tenant_header: config.egress.tenant_header.clone(),
     }
 }
 

@@ -102,6 +102,9 @@ pub struct ServerConfig {
     /// Off by default: a literal names a host directly, so a stranger's
     /// bounce or relay could reach internal addresses.
     pub allow_address_literals: bool,
+    /// `[egress] tenant_header`: removed from every message at receipt;
+    /// its value, from a client that may relay, is the envelope's tenant.
+    pub tenant_header: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -122,6 +125,7 @@ impl Default for ServerConfig {
             trust_loopback: true,
             sender_must_match_login: true,
             allow_address_literals: false,
+            tenant_header: None,
         }
     }
 }
@@ -965,7 +969,7 @@ impl ServerSession {
     /// The body ended: hand a good message to the glue, or refuse it.
     fn finish_message(&mut self, helo: Helo, tx: Transaction, rx: BodyReceiver, wall: SystemTime) {
         match rx.finish() {
-            Ok(body) => {
+            Ok(mut body) => {
                 // RFC 1870 6.3: a message larger than a local recipient's
                 // whole quota is refused now rather than bounced later
                 // (a bounce would carry a stranger's message to whoever
@@ -980,6 +984,14 @@ impl ServerSession {
                         address: &over.address,
                     });
                 }
+                // The tenant header never leaves; only a client that may
+                // relay chooses a tenant (and so an egress pool) with it.
+                let tenant = self
+                    .config
+                    .tenant_header
+                    .as_deref()
+                    .and_then(|name| crate::egress::tenant::take_header(&mut body, name))
+                    .filter(|_| self.peer.may_relay || self.authenticated.is_some());
                 let envelope = Envelope {
                     sender: tx.sender,
                     recipients: tx.recipients,
@@ -990,6 +1002,8 @@ impl ServerSession {
                     received_at: unix_seconds(wall),
                     client_ip: self.client_ip(),
                     helo: helo.name.clone(),
+                    auth_user: self.authenticated.clone(),
+                    tenant,
                 };
                 self.state = State::AwaitingStore { helo };
                 self.events
