@@ -2416,6 +2416,54 @@ mod tests {
     }
 
     #[test]
+    fn the_tenant_header_is_removed_and_names_a_tenant_only_for_relay_clients() {
+        let cfg = ServerConfig {
+            tenant_header: Some("X-Tenant".to_owned()),
+            ..config()
+        };
+        let input = "EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@local.test>\r\nDATA\r\n\
+                     Subject: s\r\nx-tenant: Acme\r\n\r\nX-Tenant: body\r\n.\r\nQUIT\r\n";
+        for may_relay in [true, false] {
+            let t = drive_cfg(cfg.clone(), may_relay, input.as_bytes());
+            let m = &t.messages[0];
+            let body = String::from_utf8_lossy(&m.body);
+            assert!(!body.contains("x-tenant"), "{body}");
+            assert!(
+                body.ends_with("Subject: s\r\n\r\nX-Tenant: body\r\n"),
+                "{body}"
+            );
+            let tenant = may_relay.then(|| "Acme".to_owned());
+            assert_eq!(m.envelope.tenant, tenant, "may relay: {may_relay}");
+            assert_eq!(m.envelope.auth_user, None);
+        }
+        // Without the setting, the header is an ordinary one.
+        let t = drive_cfg(config(), true, input.as_bytes());
+        assert!(String::from_utf8_lossy(&t.messages[0].body).contains("x-tenant: Acme"));
+        assert_eq!(t.messages[0].envelope.tenant, None);
+    }
+
+    #[test]
+    fn the_envelope_names_the_authenticated_user() {
+        let input = format!(
+            "EHLO c\r\nAUTH PLAIN {}\r\nMAIL FROM:<alice@local.test>\r\nRCPT TO:<x@elsewhere.example>\r\n\
+             DATA\r\nX-Tenant: t1\r\n\r\nhi\r\n.\r\nQUIT\r\n",
+            plain("alice", "right")
+        );
+        let cfg = ServerConfig {
+            tenant_header: Some("X-Tenant".to_owned()),
+            ..submission()
+        };
+        let t = drive_auth(cfg, peer_at([127, 0, 0, 1], false), &input);
+        let envelope = &t.messages[0].envelope;
+        assert_eq!(envelope.auth_user.as_deref(), Some("alice"));
+        assert_eq!(
+            envelope.tenant.as_deref(),
+            Some("t1"),
+            "an authenticated client may name one"
+        );
+    }
+
+    #[test]
     fn authenticated_sender_must_be_the_users_own() {
         let input = format!(
             "EHLO c\r\nAUTH PLAIN {}\r\nMAIL FROM:<boss@local.test>\r\nMAIL FROM:<>\r\n\
