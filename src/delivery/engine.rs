@@ -1,43 +1,40 @@
-//! The delivery engine of one core: takes due messages from the queue,
-//! routes and resolves their recipients, fills the ready queues per
-//! destination, opens outbound connections within the limits, and turns
-//! results into spool records: outcomes, deferrals, DSNs, finished
-//! messages. It speaks no SMTP itself (see `outbound`) and decides no
-//! retry timing (see `queue`).
+//! The delivery engine of one core, in Postfix's shape: the `scheduler`
+//! decides what goes where and when (no I/O), the agents (`agent`: SMTP
+//! connections, the mailbox tier) deliver and report per recipient, the
+//! `recorder` turns reports into spool records, DSNs and finished
+//! messages. The engine is the loop that joins them: it takes due
+//! messages from the queue, has them planned and placed, opens the
+//! connections the scheduler allows, feeds each its work, applies the
+//! back-off rules to what receivers answer, and serves control requests.
+//! It speaks no SMTP itself (`outbound`) and decides no retry timing
+//! (`queue`).
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_lite::future::or;
 
-use crate::blocking::Lane;
 use crate::control::{Reply, Request};
-use crate::delivery::attempts::{next_step, Attempt, Attempts, NextStep};
-use crate::delivery::dsn::{build_dsn, status_of, DsnAction, FailedRecipient};
+use crate::delivery::agent::{DeliveryAgent, LocalAgent, SmtpAgent, LOCAL_MTA};
 use crate::delivery::outbound::{HostFailed, Outbound};
-use crate::delivery::router::{HostPort, NextHop, Route};
+use crate::delivery::recorder::{Hold, Recorder};
+use crate::delivery::report::{same_result, transient, RecipientReport};
+use crate::delivery::scheduler::{self, Hop, MessageSource, Placement, Scheduler, Work};
 use crate::delivery::suspensions::Suspensions;
-use crate::local::LocalOutcome;
-use crate::metrics::{MessageResult, RecipientResult};
 use crate::queue::{
-    AttemptId, Deferral, DestinationKey, Dispatch, MessageState, QueueEntry, QueueError,
-    ReadyLimits, ReadyQueues, Task, UnixTime,
+    AttemptId, DestinationKey, Dispatch, MessageState, QueueError, ReadyLimits, UnixTime,
 };
 use crate::resolver::{MxHost, MxResolver, ResolverHandle};
 use crate::shard::ShardContext;
 use crate::smtp::client::{ClientConfig, Outcome, StartTlsPolicy};
-use crate::spool::{FinishReason, OutcomeKind, RecipientOutcome, SegmentStore, SpoolId};
+use crate::spool::{FinishReason, SegmentStore, SpoolId, StoredMessage};
 
 /// The longest the engine sleeps without looking at the queue.
 const MAX_IDLE: Duration = Duration::from_secs(60);
-/// The longest a message held back by a limit of spate's own (a full
-/// ready queue) waits before it is handed out again, if no room was made
-/// for it earlier.
-const HOLD_RECHECK: Duration = Duration::from_secs(60);
 /// How long an idle outbound connection waits for more work to its
 /// destination before QUIT (Postfix's smtp_connection_cache_time_limit).
 const CONNECTION_LINGER: Duration = Duration::from_secs(2);
@@ -45,34 +42,6 @@ const CONNECTION_LINGER: Duration = Duration::from_secs(2);
 /// Local recipients while `[local] mailbox_dir` is unset: a configuration
 /// error (RFC 3463 X.3.5), retried until it is fixed.
 const NO_MAILBOX_TIER: &str = "451 4.3.5 local delivery is not configured ([local] mailbox_dir)";
-/// How local deliveries show as the remote MTA in DSNs and logs.
-const LOCAL_MTA: &str = "local";
-/// The next hop in log lines when no host was reached (resolution or
-/// connection failed, expiry).
-const NO_RELAY: &str = "none";
-
-/// How the addresses of a destination are found.
-#[derive(Debug)]
-enum Hop {
-    Fixed(HostPort),
-    Mx(Vec<MxHost>),
-}
-
-/// Recipients of one message bound for one destination, in one attempt.
-#[derive(Debug, Clone)]
-struct Work {
-    id: SpoolId,
-    attempt: AttemptId,
-    recipients: Vec<u32>,
-    hop: Rc<Hop>,
-}
-
-/// One recipient's result, from SMTP or from routing and resolution.
-struct RecipientReport {
-    index: u32,
-    outcome: Outcome,
-    reply: String,
-}
 
 /// Shared by the engine's tasks on one core.
 pub struct Engine<S: SegmentStore> {
@@ -84,16 +53,13 @@ pub struct Engine<S: SegmentStore> {
     /// TLS must be verified: a verifying connector and a client that
     /// requires STARTTLS.
     verified_smarthost: Option<(futures_rustls::TlsConnector, Rc<ClientConfig>)>,
-    ready: RefCell<ReadyQueues<Work>>,
-    attempts: RefCell<Attempts>,
+    scheduler: RefCell<Scheduler<StoredMessage>>,
+    recorder: Recorder<S>,
     /// Wakes idle connections when work is queued, so they take it before
     /// a new connection is opened.
     work_arrived: event_listener::Event,
-    /// Messages held back per destination whose ready queue was full,
-    /// released as it makes room (a set of ids: memory-light).
-    held: RefCell<HashMap<DestinationKey, BTreeSet<SpoolId>>>,
     /// Suspended sites, shared by every core, and the version of the
-    /// table last copied into `ready`.
+    /// table last copied into the scheduler.
     suspensions: Arc<Suspensions>,
     suspensions_seen: Cell<u64>,
 }
@@ -105,6 +71,23 @@ pub fn unix_now() -> UnixTime {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     )
+}
+
+/// The queue and the spool of this shard, as the scheduler reads them.
+struct SpoolSource<'a, S: SegmentStore>(&'a ShardContext<S>);
+
+impl<S: SegmentStore> MessageSource<StoredMessage> for SpoolSource<'_, S> {
+    fn pending(&self, id: SpoolId) -> Option<Vec<u32>> {
+        self.0.queue.borrow().pending_recipients(id)
+    }
+
+    fn read(&self, id: SpoolId) -> Result<Rc<StoredMessage>, String> {
+        self.0
+            .spool
+            .read_message(id)
+            .map(Rc::new)
+            .map_err(|e| e.to_string())
+    }
 }
 
 impl<S: SegmentStore + 'static> Engine<S> {
@@ -136,10 +119,9 @@ impl<S: SegmentStore + 'static> Engine<S> {
             verified_smarthost,
             client: Rc::new(client),
             tls: futures_rustls::TlsConnector::from(tls),
-            ready: RefCell::new(ReadyQueues::new(limits)?),
-            attempts: RefCell::new(Attempts::default()),
+            scheduler: RefCell::new(Scheduler::new(limits)?),
+            recorder: Recorder::new(Rc::clone(&ctx)),
             work_arrived: event_listener::Event::new(),
-            held: RefCell::new(HashMap::new()),
             suspensions,
             suspensions_seen: Cell::new(u64::MAX),
             ctx,
@@ -151,7 +133,9 @@ impl<S: SegmentStore + 'static> Engine<S> {
         while !self.ctx.shutdown.is_fired() {
             let now = unix_now();
             self.sync_suspensions();
-            self.release_held(now);
+            self.scheduler
+                .borrow_mut()
+                .release_held(&mut self.ctx.queue.borrow_mut(), now);
             let due = self.ctx.queue.borrow_mut().due(now);
             if !due.is_empty() {
                 self.dispatch(due).await;
@@ -164,8 +148,8 @@ impl<S: SegmentStore + 'static> Engine<S> {
                 Duration::from_secs(at.0.saturating_sub(unix_now().0)).min(MAX_IDLE)
             });
             // Work that a site's rate holds back: look again when it may go.
-            let clock = std::time::Instant::now();
-            if let Some(at) = self.ready.borrow_mut().next_wakeup(clock) {
+            let clock = Instant::now();
+            if let Some(at) = self.scheduler.borrow_mut().next_wakeup(clock) {
                 idle = idle.min(
                     at.saturating_duration_since(clock)
                         .max(Duration::from_millis(1)),
@@ -180,160 +164,84 @@ impl<S: SegmentStore + 'static> Engine<S> {
         }
     }
 
-    /// Hands out due messages: expiries, and deliveries split by
-    /// destination (one batched resolver call for every MX domain).
+    /// Hands out due messages as the scheduler plans them: expiries,
+    /// failures found before delivery, work placed per site, local work.
     async fn dispatch(self: &Rc<Self>, due: Vec<Dispatch>) {
-        let mut by_domain: HashMap<String, Vec<(SpoolId, AttemptId, Vec<u32>)>> = HashMap::new();
-        let mut local_only = Vec::new();
-        for d in due {
-            if d.task == Task::Expire {
-                self.expire(d).await;
-                continue;
-            }
-            let Some(pending) = self.ctx.queue.borrow().pending_recipients(d.id) else {
-                continue;
-            };
-            let envelope = match self.ctx.spool.read_message(d.id) {
-                Ok(message) => message.envelope().clone(),
-                Err(e) => {
-                    tracing::error!(id = %d.id, error = %e, "cannot read a queued message");
-                    self.attempts.borrow_mut().begin(d.id, 1);
-                    let results = transient(&pending, &format!("451 4.3.0 spool read error: {e}"));
-                    self.report(d.id, d.attempt, results, None).await;
-                    continue;
-                }
-            };
-            let mut local = Vec::new();
-            let mut fixed: HashMap<HostPort, Vec<u32>> = HashMap::new();
-            let mut mx: HashMap<String, Vec<u32>> = HashMap::new();
-            let router = self.ctx.router();
-            for index in pending {
-                let Some(recipient) = envelope.recipients.get(index as usize) else {
-                    continue;
-                };
-                match router.route(&recipient.address) {
-                    Route::Local => local.push(index),
-                    Route::Relay(NextHop::Fixed(hop)) => fixed.entry(hop).or_default().push(index),
-                    Route::Relay(NextHop::Mx(domain)) => mx.entry(domain).or_default().push(index),
-                }
-            }
-            let groups = usize::from(!local.is_empty()) + fixed.len() + mx.len();
-            self.attempts.borrow_mut().begin(d.id, groups);
-            if groups == 0 {
-                // Every recipient finished before a restart: complete it.
-                let done = self.attempts.borrow_mut().take(d.id);
-                self.complete(d.id, d.attempt, done).await;
-                continue;
-            }
-            for (hop, recipients) in fixed {
-                let key = DestinationKey::route(&hop.host, hop.port);
-                self.enqueue(
-                    key,
-                    None,
-                    Work {
-                        id: d.id,
-                        attempt: d.attempt,
-                        recipients,
-                        hop: Rc::new(Hop::Fixed(hop)),
-                    },
-                )
+        let router = self.ctx.router();
+        let plan = scheduler::plan(due, &SpoolSource(&self.ctx), &router, &self.resolver).await;
+        for expiry in plan.expiries {
+            self.recorder.expire(expiry).await;
+        }
+        for b in plan.begun {
+            let hold = self
+                .recorder
+                .begin(b.id, b.attempt, b.groups, b.message)
                 .await;
-            }
-            for (domain, recipients) in mx {
-                by_domain
-                    .entry(domain)
-                    .or_default()
-                    .push((d.id, d.attempt, recipients));
-            }
-            if !local.is_empty() {
-                local_only.push((d.id, d.attempt, local));
-            }
+            self.hold(hold);
         }
-        for (id, attempt, local) in local_only {
+        for f in plan.failed {
+            self.report(f.id, f.attempt, f.reports, None).await;
+        }
+        for placement in plan.remote {
+            self.place(placement).await;
+        }
+        for work in plan.local {
             let engine = Rc::clone(self);
-            glommio::spawn_local(async move { engine.deliver_local(id, attempt, local).await })
-                .detach();
-        }
-        if by_domain.is_empty() {
-            return;
-        }
-        let domains: Vec<String> = by_domain.keys().cloned().collect();
-        let answers = self.resolver.resolve_batch(domains).await;
-        for (domain, resolution) in answers {
-            let Some(groups) = by_domain.remove(&domain) else {
-                continue;
-            };
-            match resolution.into_hosts() {
-                Ok(hosts) => {
-                    let key = DestinationKey::mx_set(hosts.iter().map(|h| h.name.as_str()));
-                    let hop = Rc::new(Hop::Mx(hosts));
-                    for (id, attempt, recipients) in groups {
-                        match &key {
-                            Ok(key) => {
-                                let work = Work {
-                                    id,
-                                    attempt,
-                                    recipients,
-                                    hop: Rc::clone(&hop),
-                                };
-                                self.enqueue(key.clone(), Some(&domain), work).await;
-                            }
-                            Err(e) => {
-                                let reply = format!("451 4.4.3 {domain}: {e}");
-                                self.report(id, attempt, transient(&recipients, &reply), None)
-                                    .await;
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
-                    let (code, outcome) = if e.is_transient() {
-                        (451, Outcome::TransientFailure)
-                    } else {
-                        (550, Outcome::PermanentFailure)
-                    };
-                    let reply = format!("{code} {} {domain}: {e}", e.status());
-                    for (id, attempt, recipients) in groups {
-                        let results = same_result(&recipients, outcome, &reply);
-                        self.report(id, attempt, results, None).await;
-                    }
-                }
-            }
+            glommio::spawn_local(async move { engine.deliver_local(work).await }).detach();
         }
     }
 
-    /// Queues work for a site; a site becoming active takes its shaping
-    /// limits from the rules in force (by `domain`, the recipient domain
-    /// of MX delivery, and the site's host names).
-    async fn enqueue(self: &Rc<Self>, key: DestinationKey, domain: Option<&str>, work: Work) {
+    /// Queues work for its site; a site becoming active takes its shaping
+    /// limits from the rules in force.
+    async fn place(&self, placement: Placement<StoredMessage>) {
+        let Placement { key, domain, work } = placement;
         let hop = Rc::clone(&work.hop);
-        let shape = || self.site_limits(domain, &hop);
-        let pushed = self
-            .ready
-            .borrow_mut()
-            .push_shaped(key.clone(), work, shape);
-        if pushed.is_ok() {
-            self.work_arrived.notify(usize::MAX);
-        }
-        if let Err(full) = pushed {
+        let shape = || self.site_limits(domain.as_deref(), &hop);
+        let placed = self.scheduler.borrow_mut().place(key.clone(), work, shape);
+        match placed {
+            Ok(()) => {
+                self.work_arrived.notify(usize::MAX);
+            }
             // Not an attempt: nothing was tried. The message waits in the
             // queue, uncounted, until the destination makes room.
-            let work = full.0;
-            tracing::debug!(id = %work.id, dest = %key, "held: the destination's ready queue is full");
-            self.ctx.metrics.borrow_mut().counters.held_by_limits += 1;
-            self.attempts.borrow_mut().held(work.id, key);
-            self.group_done(work.id, work.attempt).await;
+            Err(work) => {
+                let hold = self.recorder.held(work.id, work.attempt, key).await;
+                self.hold(hold);
+            }
         }
     }
 
-    /// Copies the shared suspension table into the ready queues when it
+    /// Has the recorder record a group's results, then applies a hold.
+    async fn report(
+        &self,
+        id: SpoolId,
+        attempt: AttemptId,
+        results: Vec<RecipientReport>,
+        remote: Option<&str>,
+    ) {
+        let hold = self.recorder.report(id, attempt, results, remote).await;
+        self.hold(hold);
+    }
+
+    /// An attempt ended held back by a limit: the scheduler keeps the id.
+    fn hold(&self, hold: Option<Hold>) {
+        let Some(Hold { id, attempt, dest }) = hold else {
+            return;
+        };
+        let mut queue = self.ctx.queue.borrow_mut();
+        self.scheduler
+            .borrow_mut()
+            .hold(&mut queue, id, attempt, dest, unix_now(), Instant::now());
+    }
+
+    /// Copies the shared suspension table into the scheduler when it
     /// changed.
     fn sync_suspensions(&self) {
         let version = self.suspensions.version();
         if version == self.suspensions_seen.replace(version) {
             return;
         }
-        let (wall, clock) = (SystemTime::now(), std::time::Instant::now());
+        let (wall, clock) = (SystemTime::now(), Instant::now());
         let table = self
             .suspensions
             .active(wall)
@@ -343,7 +251,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
                 (site, clock + left)
             })
             .collect();
-        self.ready.borrow_mut().set_suspended(table);
+        self.scheduler.borrow_mut().set_suspended(table);
     }
 
     /// A receiver's reply matched a back-off rule: the site is suspended
@@ -355,8 +263,12 @@ impl<S: SegmentStore + 'static> Engine<S> {
         };
         // Every recipient of a refused transaction says the same: one
         // suspension is enough.
-        let clock = std::time::Instant::now();
-        if self.ready.borrow().suspended_until(dest, clock).is_some() {
+        if self
+            .scheduler
+            .borrow()
+            .suspended_until(dest, Instant::now())
+            .is_some()
+        {
             return;
         }
         let until = SystemTime::now() + rule.suspend;
@@ -381,61 +293,25 @@ impl<S: SegmentStore + 'static> Engine<S> {
             deliveries_per_connection: Some(d.max_messages_per_connection),
             ..crate::shaping::Limits::default()
         };
-        let hosts: Vec<&str> = match hop {
-            Hop::Fixed(hp) => vec![hp.host.as_str()],
-            Hop::Mx(hosts) => hosts.iter().map(|h| h.name.as_str()).collect(),
-        };
         let limits = self
             .ctx
             .shaping()
-            .site_limits(domain, &hosts, &fallback, cores);
+            .site_limits(domain, &hop.host_names(), &fallback, cores);
         tracing::debug!(domain, rule = %limits.rule, connections = limits.connections, "site shaped");
         limits
-    }
-
-    /// Hands held messages back to the queue, due now, as far as their
-    /// destinations have room in their ready queues.
-    fn release_held(&self, now: UnixTime) {
-        let limit = self.ready.borrow().limits().max_queued_per_destination;
-        let mut held = self.held.borrow_mut();
-        let mut queue = self.ctx.queue.borrow_mut();
-        held.retain(|dest, ids| {
-            let mut room = limit.saturating_sub(self.ready.borrow().queued_for(dest));
-            while room > 0 {
-                let Some(id) = ids.pop_first() else { break };
-                if queue.release(id, now) {
-                    room -= 1;
-                }
-            }
-            !ids.is_empty()
-        });
-    }
-
-    /// Makes every message held for `site` due now (its suspension ended
-    /// by hand); how many.
-    fn release_site(&self, site: &DestinationKey) -> usize {
-        let Some(ids) = self.held.borrow_mut().remove(site) else {
-            return 0;
-        };
-        let now = unix_now();
-        let mut queue = self.ctx.queue.borrow_mut();
-        ids.into_iter().filter(|&id| queue.release(id, now)).count()
     }
 
     /// Work for `dest` left its ready queue: wake the engine if messages
     /// wait for that room.
     fn room_made(&self, dest: &DestinationKey) {
-        if self.held.borrow().contains_key(dest) {
+        if self.scheduler.borrow().awaits_room(dest) {
             self.ctx.delivery_wake.notify();
         }
     }
 
     fn open_connections(self: &Rc<Self>) {
         loop {
-            let next = self
-                .ready
-                .borrow_mut()
-                .next_connection(std::time::Instant::now());
+            let next = self.scheduler.borrow_mut().next_connection(Instant::now());
             let Some((dest, works)) = next else { return };
             self.room_made(&dest);
             let engine = Rc::clone(self);
@@ -445,12 +321,12 @@ impl<S: SegmentStore + 'static> Engine<S> {
 
     /// One connection's life: tries the destination's hosts in order until
     /// one takes the work; reuses it for more work of the same destination.
-    async fn connection(self: Rc<Self>, dest: DestinationKey, works: Vec<Work>) {
-        let mut queue: VecDeque<Work> = works.into();
+    async fn connection(self: Rc<Self>, dest: DestinationKey, works: Vec<Work<StoredMessage>>) {
+        let mut queue: VecDeque<Work<StoredMessage>> = works.into();
         let hop = match queue.front() {
             Some(work) => Rc::clone(&work.hop),
             None => {
-                self.ready.borrow_mut().connection_closed(&dest);
+                self.scheduler.borrow_mut().connection_closed(&dest);
                 return;
             }
         };
@@ -463,7 +339,8 @@ impl<S: SegmentStore + 'static> Engine<S> {
                 let (tls, client) = self.tls_for(&hop);
                 let client = self.shaped_client(&dest, client);
                 let timeout = self.ctx.config.delivery.connect_timeout;
-                let mut out = match Outbound::open(addr, &name, client, Some(tls), timeout).await {
+                let connection = match Outbound::open(addr, &name, client, Some(tls), timeout).await
+                {
                     Ok(out) => out,
                     Err(failed) => {
                         tracing::debug!(%dest, %addr, reply = %failed.reply, "next hop failed");
@@ -471,8 +348,9 @@ impl<S: SegmentStore + 'static> Engine<S> {
                         break;
                     }
                 };
-                let spent = self.deliver_over(&mut out, &dest, &mut queue).await;
-                out.quit().await;
+                let mut agent = SmtpAgent { connection };
+                let spent = self.deliver_over(&mut agent, &dest, &mut queue).await;
+                agent.connection.quit().await;
                 if !spent {
                     break;
                 }
@@ -497,9 +375,9 @@ impl<S: SegmentStore + 'static> Engine<S> {
         for work in queue.drain(..) {
             let results = same_result(&work.recipients, outcome, &reply);
             self.report(work.id, work.attempt, results, None).await;
-            self.ready.borrow_mut().done(&dest, 1);
+            self.scheduler.borrow_mut().done(&dest, 1);
         }
-        self.ready.borrow_mut().connection_closed(&dest);
+        self.scheduler.borrow_mut().connection_closed(&dest);
         self.ctx.delivery_wake.notify();
     }
 
@@ -508,15 +386,15 @@ impl<S: SegmentStore + 'static> Engine<S> {
     /// its maximum of messages and work is left for a new one.
     async fn deliver_over(
         self: &Rc<Self>,
-        out: &mut Outbound,
+        agent: &mut SmtpAgent,
         dest: &DestinationKey,
-        queue: &mut VecDeque<Work>,
+        queue: &mut VecDeque<Work<StoredMessage>>,
     ) -> bool {
         loop {
-            if queue.is_empty() && out.messages_left() > 0 {
+            if queue.is_empty() && agent.connection.messages_left() > 0 {
                 self.wait_for_work(dest, queue).await;
             }
-            if out.messages_left() == 0 {
+            if agent.connection.messages_left() == 0 {
                 return !queue.is_empty();
             }
             let Some(work) = queue.pop_front() else {
@@ -530,60 +408,55 @@ impl<S: SegmentStore + 'static> Engine<S> {
             if begun.is_err() {
                 // The queue gave up on this attempt (its deadline
                 // passed); the message has a newer one.
-                self.ready.borrow_mut().done(dest, 1);
+                self.scheduler.borrow_mut().done(dest, 1);
                 continue;
             }
-            let message = match self.ctx.spool.read_message(work.id) {
-                Ok(message) => message,
-                Err(e) => {
-                    let reply = format!("451 4.3.0 spool read error: {e}");
-                    self.report(
-                        work.id,
-                        work.attempt,
-                        transient(&work.recipients, &reply),
-                        None,
-                    )
-                    .await;
-                    self.ready.borrow_mut().done(dest, 1);
-                    continue;
-                }
-            };
-            let indexes: Vec<usize> = work.recipients.iter().map(|&i| i as usize).collect();
-            let began = std::time::Instant::now();
-            let tx = out.send(message.envelope(), &indexes, message.body()).await;
-            self.ctx
-                .metrics
-                .borrow_mut()
-                .attempt_latency
-                .record(began.elapsed());
-            let results = tx
-                .results
-                .iter()
-                .map(|r| RecipientReport {
-                    index: u32::try_from(r.index).unwrap_or(u32::MAX),
-                    outcome: r.outcome,
-                    reply: r.reply.to_string(),
-                })
-                .collect();
-            for r in &tx.results {
+            let delivery = self
+                .timed(agent.deliver(&work.message, &work.recipients))
+                .await;
+            for r in &delivery.reports {
                 if r.outcome != Outcome::Delivered {
-                    self.back_off(dest, &r.reply.to_string());
+                    self.back_off(dest, &r.reply);
                 }
             }
-            self.report(work.id, work.attempt, results, Some(out.remote.clone()))
-                .await;
-            self.ready.borrow_mut().done(dest, 1);
-            if !tx.reusable {
+            self.report(
+                work.id,
+                work.attempt,
+                delivery.reports,
+                Some(agent.remote()),
+            )
+            .await;
+            self.scheduler.borrow_mut().done(dest, 1);
+            if !delivery.reusable {
                 return false;
             }
         }
     }
 
-    /// Hands a message's local recipients to the mailbox tier, off the
-    /// executor (fsyncs), then queues one new message for the external
-    /// addresses aliases forwarded to; a recipient counts as delivered only
-    /// once its copies and that forward are durable.
-    async fn deliver_local(self: Rc<Self>, id: SpoolId, attempt: AttemptId, recipients: Vec<u32>) {
+    /// Awaits one delivery, recording how long it took.
+    async fn timed<T>(&self, delivery: impl std::future::Future<Output = T>) -> T {
+        let began = Instant::now();
+        let result = delivery.await;
+        self.ctx
+            .metrics
+            .borrow_mut()
+            .attempt_latency
+            .record(began.elapsed());
+        result
+    }
+
+    /// Hands a message's local recipients to the mailbox tier, then queues
+    /// one new message for the external addresses aliases forwarded to; a
+    /// recipient counts as delivered only once its copies and that forward
+    /// are durable.
+    async fn deliver_local(self: Rc<Self>, work: Work<StoredMessage>) {
+        let Work {
+            id,
+            attempt,
+            recipients,
+            message,
+            ..
+        } = work;
         if self
             .ctx
             .queue
@@ -594,150 +467,35 @@ impl<S: SegmentStore + 'static> Engine<S> {
             return; // the queue gave up on this attempt
         }
         let Some(tier) = self.ctx.local.clone() else {
-            return self
-                .report(id, attempt, transient(&recipients, NO_MAILBOX_TIER), None)
+            let reports = transient(&recipients, NO_MAILBOX_TIER);
+            return self.report(id, attempt, reports, None).await;
+        };
+        let mut agent = LocalAgent {
+            tier,
+            blocking: Arc::clone(&self.ctx.blocking),
+        };
+        let delivery = self.timed(agent.deliver(&message, &recipients)).await;
+        let mut reports = delivery.reports;
+        if let Some(forward) = delivery.forward {
+            let body = message.body().to_vec();
+            let queued = self
+                .recorder
+                .forward(message.envelope(), body, forward.to)
                 .await;
-        };
-        let (envelope, body) = match self.ctx.spool.read_message(id) {
-            // The blocking thread needs its own copy; the fsyncs cost more.
-            Ok(message) => (message.envelope().clone(), message.body().to_vec()),
-            Err(e) => {
-                let reply = format!("451 4.3.0 spool read error: {e}");
-                return self
-                    .report(id, attempt, transient(&recipients, &reply), None)
-                    .await;
-            }
-        };
-        let addresses: Vec<(u32, String)> = recipients
-            .iter()
-            .filter_map(|&i| {
-                let r = envelope.recipients.get(i as usize)?;
-                Some((i, r.address.clone()))
-            })
-            .collect();
-        let sender = envelope.sender.clone();
-        let began = std::time::Instant::now();
-        // The job hands the body back, for a forwarded copy.
-        // The urgent lane: mailbox reads never hold up a delivery.
-        let job = self.ctx.blocking.run(Lane::Urgent, move || {
-            let outcomes = addresses
-                .into_iter()
-                .map(|(index, address)| {
-                    let trace = local_trace_headers(&sender, &address);
-                    let outcome = tier.deliver(&address, &[trace.as_bytes(), &body]);
-                    (index, address, outcome)
-                })
-                .collect::<Vec<_>>();
-            (outcomes, body)
-        });
-        let finished = job.await;
-        self.ctx
-            .metrics
-            .borrow_mut()
-            .attempt_latency
-            .record(began.elapsed());
-        let Ok((outcomes, body)) = finished else {
-            let reply = "451 4.3.0 local delivery failed unexpectedly";
-            return self
-                .report(id, attempt, transient(&recipients, reply), None)
-                .await;
-        };
-        let mut results = Vec::with_capacity(outcomes.len());
-        let mut forwarded: Vec<u32> = Vec::new();
-        let mut forward_to: Vec<String> = Vec::new();
-        for (index, _address, outcome) in outcomes {
-            let (outcome, reply) = match outcome {
-                LocalOutcome::Delivered { forward } if forward.is_empty() => (
+            let (outcome, reply) = match queued {
+                Ok(new_id) => (
                     Outcome::Delivered,
-                    "250 2.0.0 delivered to mailbox".to_owned(),
+                    format!("250 2.0.0 delivered, forwarded as {new_id}"),
                 ),
-                LocalOutcome::Delivered { forward } => {
-                    forwarded.push(index);
-                    for to in forward {
-                        if !forward_to.contains(&to) {
-                            forward_to.push(to);
-                        }
-                    }
-                    continue;
-                }
-                LocalOutcome::Deferred(reply) => (Outcome::TransientFailure, reply),
-                LocalOutcome::Failed(reply) => (Outcome::PermanentFailure, reply),
+                Err(e) => (
+                    Outcome::TransientFailure,
+                    format!("451 4.3.0 cannot queue the forwarded copy: {e}"),
+                ),
             };
-            results.push(RecipientReport {
-                index,
-                outcome,
-                reply,
-            });
+            reports.extend(same_result(&forward.recipients, outcome, &reply));
         }
-        if !forwarded.is_empty() {
-            let reply = match self.forward(&envelope, body, forward_to).await {
-                Ok(new_id) => format!("250 2.0.0 delivered, forwarded as {new_id}"),
-                Err(e) => format!("451 4.3.0 cannot queue the forwarded copy: {e}"),
-            };
-            let outcome = if reply.starts_with('2') {
-                Outcome::Delivered
-            } else {
-                Outcome::TransientFailure
-            };
-            results.extend(same_result(&forwarded, outcome, &reply));
-        }
-        self.report(id, attempt, results, Some(LOCAL_MTA.to_owned()))
-            .await;
-    }
-
-    /// Queues a copy of a message (`original`, `body`) for `to` (alias
-    /// targets outside our domains), with the original sender so bounces
-    /// reach its author.
-    async fn forward(
-        &self,
-        original: &crate::envelope::Envelope,
-        body: Vec<u8>,
-        to: Vec<String>,
-    ) -> Result<SpoolId, crate::spool::SpoolError> {
-        let envelope = crate::envelope::Envelope {
-            recipients: to
-                .into_iter()
-                .map(|address| crate::envelope::Recipient {
-                    address,
-                    notify: None,
-                    orcpt: None,
-                })
-                .collect(),
-            received_at: unix_now().0,
-            ..original.clone()
-        };
-        self.queue_new(envelope, body).await
-    }
-
-    /// Stores a message we create (DSN, forward) and queues it.
-    async fn queue_new(
-        &self,
-        envelope: crate::envelope::Envelope,
-        body: Vec<u8>,
-    ) -> Result<SpoolId, crate::spool::SpoolError> {
-        let size = body.len() as u64;
-        let new_id = self.ctx.spool.store(&envelope, body).await?;
-        self.ctx.queue.borrow_mut().insert(
-            new_id,
-            QueueEntry {
-                size,
-                recipients: envelope.recipients.len(),
-                received_at: envelope.received_at,
-                acknowledged_at: None,
-            },
-        );
-        self.ctx.delivery_wake.notify();
-        Ok(new_id)
-    }
-
-    /// Recipient indexes of a message still to be tried (none if the
-    /// message is no longer queued).
-    fn pending(&self, id: SpoolId) -> Vec<u32> {
-        self.ctx
-            .queue
-            .borrow()
-            .pending_recipients(id)
-            .unwrap_or_default()
+        drop(message);
+        self.report(id, attempt, reports, Some(LOCAL_MTA)).await;
     }
 
     /// The TLS connector and client policy for a next hop: verifying and
@@ -754,7 +512,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
     /// The client policy with the site's deliveries per connection.
     fn shaped_client(&self, dest: &DestinationKey, client: Rc<ClientConfig>) -> Rc<ClientConfig> {
         let limit = self
-            .ready
+            .scheduler
             .borrow()
             .site_limits(dest)
             .map(|l| l.deliveries_per_connection);
@@ -770,16 +528,20 @@ impl<S: SegmentStore + 'static> Engine<S> {
     /// Fills `queue` with more work for `dest`, waiting for it as long as
     /// the site's idle time (so a busy destination keeps reusing this
     /// connection), and for a rate that holds its work back.
-    async fn wait_for_work(&self, dest: &DestinationKey, queue: &mut VecDeque<Work>) {
+    async fn wait_for_work(
+        &self,
+        dest: &DestinationKey,
+        queue: &mut VecDeque<Work<StoredMessage>>,
+    ) {
         let idle = self
-            .ready
+            .scheduler
             .borrow()
             .site_limits(dest)
             .map_or(CONNECTION_LINGER, |l| l.idle);
-        let deadline = std::time::Instant::now() + idle;
+        let deadline = Instant::now() + idle;
         loop {
-            let now = std::time::Instant::now();
-            queue.extend(self.ready.borrow_mut().next_batch(dest, now));
+            let now = Instant::now();
+            queue.extend(self.scheduler.borrow_mut().next_batch(dest, now));
             if !queue.is_empty() {
                 self.room_made(dest);
                 return;
@@ -788,14 +550,14 @@ impl<S: SegmentStore + 'static> Engine<S> {
                 return;
             }
             let listener = self.work_arrived.listen();
-            queue.extend(self.ready.borrow_mut().next_batch(dest, now));
+            queue.extend(self.scheduler.borrow_mut().next_batch(dest, now));
             if !queue.is_empty() {
                 self.room_made(dest);
                 return;
             }
             // Work held back by a rate keeps the connection while the
             // rate lets it go before the idle time is up.
-            let until = match self.ready.borrow_mut().wakeup_for(dest, now) {
+            let until = match self.scheduler.borrow_mut().wakeup_for(dest, now) {
                 Some(at) if at <= deadline => at,
                 _ => deadline,
             };
@@ -823,6 +585,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
     /// The hosts to try, in order, as (name, address).
     async fn addresses(&self, hop: &Hop) -> Vec<(String, SocketAddr)> {
         match hop {
+            Hop::Local => Vec::new(),
             Hop::Fixed(hp) => {
                 if let Ok(ip) = hp.host.parse::<IpAddr>() {
                     return vec![(hp.host.clone(), SocketAddr::new(ip, hp.port))];
@@ -837,300 +600,6 @@ impl<S: SegmentStore + 'static> Engine<S> {
             }
             Hop::Mx(hosts) => flatten(hosts, self.ctx.config.delivery.mx_port),
         }
-    }
-
-    /// Records each recipient's result of one destination group; when the
-    /// attempt's last group reports, completes the attempt.
-    async fn report(
-        self: &Rc<Self>,
-        id: SpoolId,
-        attempt: AttemptId,
-        results: Vec<RecipientReport>,
-        remote: Option<String>,
-    ) {
-        self.log_outcomes(id, &results, remote.as_deref());
-        for r in results {
-            let kind = match r.outcome {
-                Outcome::Delivered => OutcomeKind::Delivered,
-                Outcome::PermanentFailure => OutcomeKind::Bounced,
-                Outcome::TransientFailure => {
-                    self.attempts.borrow_mut().transient(id, r.reply);
-                    continue;
-                }
-            };
-            let outcome = RecipientOutcome {
-                kind,
-                reply: r.reply,
-                remote_mta: remote.clone(),
-            };
-            if kind == OutcomeKind::Bounced {
-                // Recorded in complete(), after the DSN is spooled.
-                self.attempts.borrow_mut().bounced(id, r.index, outcome);
-                continue;
-            }
-            if let Err(reply) = self.record_outcome(id, r.index, &outcome).await {
-                self.attempts.borrow_mut().transient(id, reply);
-            }
-        }
-        self.group_done(id, attempt).await;
-    }
-
-    /// One destination group of the attempt reported (or was held back);
-    /// after the last one, the attempt completes.
-    async fn group_done(self: &Rc<Self>, id: SpoolId, attempt: AttemptId) {
-        let done = self.attempts.borrow_mut().group_done(id);
-        if let Some(done) = done {
-            self.complete(id, attempt, done).await;
-        }
-    }
-
-    /// One log line and one count per recipient result: the message's
-    /// life as operators follow it (`delivered`, `deferred`, `bounced`).
-    fn log_outcomes(&self, id: SpoolId, results: &[RecipientReport], relay: Option<&str>) {
-        let attempts = self.ctx.queue.borrow().attempts(id).unwrap_or(0) + 1;
-        let message = self.ctx.spool.read_message(id).ok();
-        let envelope = message.as_ref().map(|m| m.envelope());
-        let from = envelope.map_or("", |e| e.sender.as_str());
-        let relay = relay.unwrap_or(NO_RELAY);
-        let mut metrics = self.ctx.metrics.borrow_mut();
-        for r in results {
-            let to = envelope
-                .and_then(|e| e.recipients.get(r.index as usize))
-                .map_or("", |x| x.address.as_str());
-            let reply = r.reply.as_str();
-            match r.outcome {
-                Outcome::Delivered => {
-                    metrics.count_recipient(RecipientResult::Delivered);
-                    tracing::info!(%id, from, to, relay, reply, attempts, "delivered");
-                }
-                Outcome::TransientFailure => {
-                    metrics.count_recipient(RecipientResult::Deferred);
-                    tracing::info!(%id, from, to, relay, reply, attempts, "deferred");
-                }
-                Outcome::PermanentFailure => {
-                    metrics.count_recipient(RecipientResult::Bounced);
-                    tracing::info!(%id, from, to, relay, reply, attempts, "bounced");
-                }
-            }
-        }
-    }
-
-    /// The attempt is over: DSN for what bounced (then its outcomes are
-    /// recorded), then finish, hold or defer the message (see
-    /// `attempts::next_step`).
-    async fn complete(self: &Rc<Self>, id: SpoolId, attempt: AttemptId, mut done: Attempt) {
-        let mut bounced_any = false;
-        if !done.bounced.is_empty() {
-            let failed: Vec<FailedRecipient> = done
-                .bounced
-                .iter()
-                .filter_map(|(index, outcome)| FailedRecipient::from_outcome(*index, outcome))
-                .collect();
-            match self.send_dsn(id, &failed).await {
-                Ok(()) => {
-                    for (index, outcome) in &done.bounced {
-                        match self.record_outcome(id, *index, outcome).await {
-                            Ok(()) => bounced_any = true,
-                            Err(reply) => done.transient = Some(reply),
-                        }
-                    }
-                }
-                Err(e) => {
-                    done.transient = Some(format!("451 4.3.0 cannot spool a DSN: {e}"));
-                }
-            }
-        }
-        let mut step = next_step(&done, self.pending(id).is_empty(), bounced_any);
-        if let NextStep::Finish(reason) = step {
-            if self.finish(id, reason).await {
-                return;
-            }
-            // Retried after a backoff; with nothing pending, that attempt
-            // only finishes it.
-            step = NextStep::Defer("451 4.3.0 cannot mark the message finished".into());
-        }
-        let error = match step {
-            NextStep::Hold(dest) => {
-                // A suspended site's mail waits for the suspension's end.
-                let clock = std::time::Instant::now();
-                let wait = self
-                    .ready
-                    .borrow()
-                    .suspended_until(&dest, clock)
-                    .map_or(HOLD_RECHECK, |until| {
-                        until.saturating_duration_since(clock).max(HOLD_RECHECK)
-                    });
-                let until = unix_now().plus(wait);
-                if self.ctx.queue.borrow_mut().hold(id, attempt, until).is_ok() {
-                    self.held.borrow_mut().entry(dest).or_default().insert(id);
-                }
-                return;
-            }
-            NextStep::Defer(error) => error,
-            NextStep::Finish(_) => return, // replaced just above
-        };
-        let deferral = self
-            .ctx
-            .queue
-            .borrow_mut()
-            .defer(id, attempt, unix_now(), &error);
-        match deferral {
-            Ok(Deferral::Retry(deferred)) => {
-                if let Err(e) = self.ctx.spool.record_deferral(id, &deferred).await {
-                    tracing::warn!(%id, error = %e, "cannot record a deferral");
-                }
-                tracing::debug!(%id, attempts = deferred.attempts, next = deferred.next_attempt_unix, error = %error, "retry scheduled");
-            }
-            Ok(Deferral::Expired(dispatch)) => Box::pin(self.expire(dispatch)).await,
-            Err(e) => tracing::debug!(%id, error = %e, "stale delivery report"),
-        }
-    }
-
-    /// The lifetime is over: every pending recipient expires, with a DSN.
-    /// The DSN is spooled before the expiries are recorded and the message
-    /// finished: if it cannot be, nothing changes and the queue hands the
-    /// expiry out again after its deadline.
-    async fn expire(self: &Rc<Self>, dispatch: Dispatch) {
-        let id = dispatch.id;
-        let pending = self.pending(id);
-        let last = self.ctx.queue.borrow().last_error(id).map(str::to_owned);
-        let reply = format!(
-            "451 4.4.7 delivery time expired{}",
-            last.map(|e| format!(" (last error: {e})"))
-                .unwrap_or_default()
-        );
-        let outcome = RecipientOutcome {
-            kind: OutcomeKind::Expired,
-            reply: reply.clone(),
-            remote_mta: None,
-        };
-        let failed: Vec<FailedRecipient> = pending
-            .iter()
-            .filter_map(|&index| FailedRecipient::from_outcome(index, &outcome))
-            .collect();
-        if let Err(e) = self.send_dsn(id, &failed).await {
-            tracing::warn!(%id, error = %e, "expiry postponed: cannot spool its DSN");
-            return;
-        }
-        let attempts = self.ctx.queue.borrow().attempts(id).unwrap_or(0);
-        let message = self.ctx.spool.read_message(id).ok();
-        let envelope = message.as_ref().map(|m| m.envelope());
-        let from = envelope.map_or("", |e| e.sender.as_str());
-        for &index in &pending {
-            let to = envelope
-                .and_then(|e| e.recipients.get(index as usize))
-                .map_or("", |x| x.address.as_str());
-            tracing::info!(%id, from, to, relay = NO_RELAY, reply = %reply, attempts, "expired");
-            self.ctx
-                .metrics
-                .borrow_mut()
-                .count_recipient(RecipientResult::Expired);
-        }
-        drop(message);
-        for index in pending {
-            if self.record_outcome(id, index, &outcome).await.is_err() {
-                return; // tried again after the expiry's deadline
-            }
-        }
-        self.finish(id, FinishReason::Expired).await;
-    }
-
-    /// Records a recipient's outcome durably and tells the queue; if the
-    /// spool could not, the reply to defer with (the recipient stays
-    /// pending and is tried again).
-    async fn record_outcome(
-        &self,
-        id: SpoolId,
-        index: u32,
-        outcome: &RecipientOutcome,
-    ) -> Result<(), String> {
-        if let Err(e) = self
-            .ctx
-            .spool
-            .record_recipient_outcome(id, index, outcome)
-            .await
-        {
-            tracing::error!(%id, error = %e, "cannot record a delivery outcome");
-            return Err(format!("451 4.3.0 spool write error: {e}"));
-        }
-        let _ = self.ctx.queue.borrow_mut().recipient_finished(id, index);
-        Ok(())
-    }
-
-    /// Spools a DSN to the sender (none is owed to the null sender, or
-    /// when NOTIFY says so). An error means the DSN is not kept: the
-    /// caller must not record the failures it reports.
-    async fn send_dsn(
-        self: &Rc<Self>,
-        id: SpoolId,
-        failed: &[FailedRecipient],
-    ) -> Result<(), crate::spool::SpoolError> {
-        if failed.is_empty() {
-            return Ok(());
-        }
-        let dsn = match self.ctx.spool.read_message(id) {
-            Ok(message) => build_dsn(
-                message.envelope(),
-                message.body(),
-                failed,
-                &self.ctx.config.hostname,
-                message.envelope().received_at,
-                SystemTime::now(),
-                self.ctx.config.delivery.bounce_size_limit,
-            ),
-            Err(e) => {
-                // Damaged beyond reading: no DSN can quote it, and waiting
-                // will not repair it.
-                tracing::error!(%id, error = %e, "cannot read a message to bounce it");
-                None
-            }
-        };
-        let Some(dsn) = dsn else { return Ok(()) };
-        let to = dsn
-            .envelope
-            .recipients
-            .first()
-            .map_or(String::new(), |r| r.address.clone());
-        match self.queue_new(dsn.envelope, dsn.body).await {
-            Ok(bounce) => {
-                tracing::info!(%id, %bounce, %to, "dsn queued");
-                Ok(())
-            }
-            Err(e) => {
-                tracing::error!(%id, error = %e, "cannot spool a DSN");
-                Err(e)
-            }
-        }
-    }
-
-    /// Marks a message finished and forgets it. If the spool cannot, the
-    /// message stays queued (its attempt's deadline hands it out again,
-    /// and that attempt, with nothing pending, finishes it): never listed
-    /// after it is finished, never forgotten before.
-    async fn finish(&self, id: SpoolId, reason: FinishReason) -> bool {
-        if let Err(e) = self.ctx.spool.finish(id, reason).await {
-            tracing::error!(%id, error = %e, "cannot mark a message finished; it stays queued");
-            return false;
-        }
-        let entry = self.ctx.queue.borrow_mut().remove(id);
-        let mut metrics = self.ctx.metrics.borrow_mut();
-        let result = match reason {
-            FinishReason::Delivered => Some(MessageResult::Delivered),
-            FinishReason::Bounced => Some(MessageResult::Bounced),
-            FinishReason::Expired => Some(MessageResult::Expired),
-            FinishReason::Deleted => Some(MessageResult::Deleted),
-            FinishReason::Discarded => None,
-        };
-        if let (Some(result), Some(_)) = (result, &entry) {
-            metrics.counters.messages_finished[result as usize] += 1;
-        }
-        if let (FinishReason::Delivered, Some(entry)) = (reason, &entry) {
-            metrics.counters.bytes_delivered += entry.size;
-            if let Some(at) = entry.acknowledged_at {
-                metrics.record_delivery_latency(at.elapsed());
-            }
-        }
-        true
     }
 
     /// Answers a control request for this shard.
@@ -1153,29 +622,14 @@ impl<S: SegmentStore + 'static> Engine<S> {
                     Some(MessageState::Waiting { .. }) => {}
                 }
                 if matches!(request, Request::Bounce(_)) {
-                    let pending = self.pending(id);
-                    let failed: Vec<FailedRecipient> = pending
-                        .into_iter()
-                        .map(|index| FailedRecipient {
-                            index,
-                            status: "5.0.0".into(),
-                            diagnostic: "550 5.0.0 message returned by the postmaster".into(),
-                            remote_mta: None,
-                            action: DsnAction::Failed,
-                        })
-                        .collect();
-                    if let Err(e) = self.send_dsn(id, &failed).await {
-                        return Reply::Failed(format!("{id} kept: cannot spool its DSN: {e}"));
+                    match self.recorder.bounce_by_hand(id).await {
+                        Ok(()) => Reply::Done(format!("bounced {id}")),
+                        Err(e) => Reply::Failed(e),
                     }
-                    if !self.finish(id, FinishReason::Bounced).await {
-                        return Reply::Failed(format!("{id} kept: the spool cannot finish it"));
-                    }
-                    Reply::Done(format!("bounced {id}"))
-                } else {
-                    if !self.finish(id, FinishReason::Deleted).await {
-                        return Reply::Failed(format!("{id} kept: the spool cannot finish it"));
-                    }
+                } else if self.recorder.finish(id, FinishReason::Deleted).await {
                     Reply::Done(format!("deleted {id}"))
+                } else {
+                    Reply::Failed(format!("{id} kept: the spool cannot finish it"))
                 }
             }
             Request::Suspend(site, seconds) => {
@@ -1189,7 +643,11 @@ impl<S: SegmentStore + 'static> Engine<S> {
             Request::Resume(site) => {
                 let resumed = self.suspensions.resume(&site);
                 self.sync_suspensions();
-                let released = self.release_site(&site);
+                let released = self.scheduler.borrow_mut().release_site(
+                    &mut self.ctx.queue.borrow_mut(),
+                    &site,
+                    unix_now(),
+                );
                 self.ctx.delivery_wake.notify();
                 if resumed {
                     tracing::info!(%site, "site resumed by hand");
@@ -1227,28 +685,6 @@ impl<S: SegmentStore + 'static> Engine<S> {
     }
 }
 
-/// The same result for every recipient of a group.
-fn same_result(recipients: &[u32], outcome: Outcome, reply: &str) -> Vec<RecipientReport> {
-    recipients
-        .iter()
-        .map(|&index| RecipientReport {
-            index,
-            outcome,
-            reply: reply.to_owned(),
-        })
-        .collect()
-}
-
-fn transient(recipients: &[u32], reply: &str) -> Vec<RecipientReport> {
-    same_result(recipients, Outcome::TransientFailure, reply)
-}
-
-/// RFC 5321 4.4 and RFC 9228: the final delivery's Return-Path and
-/// Delivered-To, written above the message in the mailbox.
-fn local_trace_headers(sender: &str, recipient: &str) -> String {
-    format!("Return-Path: <{sender}>\r\nDelivered-To: {recipient}\r\n")
-}
-
 fn flatten(hosts: &[MxHost], port: u16) -> Vec<(String, SocketAddr)> {
     hosts
         .iter()
@@ -1258,9 +694,4 @@ fn flatten(hosts: &[MxHost], port: u16) -> Vec<(String, SocketAddr)> {
                 .map(move |ip| (h.name.clone(), SocketAddr::new(*ip, port)))
         })
         .collect()
-}
-
-/// The enhanced status of a reply text, for DSNs (`5.0.0` when none).
-pub fn status_or_default(reply: &str) -> String {
-    status_of(reply).unwrap_or_else(|| "5.0.0".into())
 }

@@ -1,12 +1,20 @@
-//! Delivery: what happens to a message after the queue hands it out:
-//! where each recipient goes (`router`), the attempts in flight and what
-//! follows them (`attempts`), the bounces (`dsn`), outbound SMTP sessions
-//! (`outbound`) and the engine that drives them on each core (`engine`).
+//! Delivery: what happens to a message after the queue hands it out, in
+//! Postfix's shape. `scheduler` decides what goes where and when (no
+//! I/O: routing by `router`, ready queues, held messages); the agents
+//! (`agent`) deliver, over `outbound` SMTP connections or to the mailbox
+//! tier, and report per recipient (`report`); `recorder` turns reports
+//! into spool records, DSNs (`dsn`) and finished messages, with the
+//! attempts in flight (`attempts`); `suspensions` is the host-wide table
+//! of suspended sites; `engine` is the loop on each core that joins them.
 //! This file only maps modules.
 
+pub mod agent;
 pub mod attempts;
 pub mod dsn;
 pub mod engine;
 pub mod outbound;
+pub mod recorder;
+pub mod report;
 pub mod router;
+pub mod scheduler;
 pub mod suspensions;

@@ -1,0 +1,460 @@
+//! The recorder of one core: turns the agents' per-recipient reports
+//! into durable spool records and queue changes. It keeps the attempts
+//! in flight (`attempts`), logs and counts each recipient's result,
+//! spools the DSNs owed (before the failures they report are recorded),
+//! and at the end of an attempt finishes, defers or (through the
+//! scheduler) holds the message; it also expires messages and queues the
+//! messages spate makes itself (DSNs, forwarded copies).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::SystemTime;
+
+use crate::delivery::attempts::{next_step, Attempt, Attempts, NextStep};
+use crate::delivery::dsn::{build_dsn, FailedRecipient};
+use crate::delivery::report::RecipientReport;
+use crate::envelope::{Envelope, Recipient};
+use crate::metrics::{MessageResult, RecipientResult};
+use crate::queue::{AttemptId, Deferral, DestinationKey, Dispatch, QueueEntry};
+use crate::shard::ShardContext;
+use crate::smtp::client::Outcome;
+use crate::spool::{
+    FinishReason, OutcomeKind, RecipientOutcome, SegmentStore, SpoolError, SpoolId, StoredMessage,
+};
+
+use super::engine::unix_now;
+
+/// The next hop in log lines when no host was reached (resolution or
+/// connection failed, expiry).
+const NO_RELAY: &str = "none";
+
+/// An attempt that ended held back by a limit of spate's own: the
+/// scheduler keeps the message's id for `dest` until it has room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub id: SpoolId,
+    pub attempt: AttemptId,
+    pub dest: DestinationKey,
+}
+
+/// See the module header.
+pub struct Recorder<S: SegmentStore> {
+    ctx: Rc<ShardContext<S>>,
+    attempts: RefCell<Attempts>,
+    /// Each attempt's message, as read once when it began.
+    messages: RefCell<HashMap<SpoolId, Rc<StoredMessage>>>,
+}
+
+impl<S: SegmentStore + 'static> Recorder<S> {
+    pub fn new(ctx: Rc<ShardContext<S>>) -> Self {
+        Recorder {
+            ctx,
+            attempts: RefCell::new(Attempts::default()),
+            messages: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// An attempt at message `id` begins, split into `groups` destination
+    /// groups that each report once. With no group, nothing was left to
+    /// deliver (every recipient finished before a restart): it completes
+    /// at once.
+    pub async fn begin(
+        &self,
+        id: SpoolId,
+        attempt: AttemptId,
+        groups: usize,
+        message: Option<Rc<StoredMessage>>,
+    ) -> Option<Hold> {
+        self.attempts.borrow_mut().begin(id, groups);
+        match message {
+            Some(m) => self.messages.borrow_mut().insert(id, m),
+            None => self.messages.borrow_mut().remove(&id),
+        };
+        if groups > 0 {
+            return None;
+        }
+        let done = self.attempts.borrow_mut().take(id);
+        self.complete(id, attempt, done).await
+    }
+
+    /// Records each recipient's result of one destination group; when the
+    /// attempt's last group reports, completes the attempt.
+    pub async fn report(
+        &self,
+        id: SpoolId,
+        attempt: AttemptId,
+        results: Vec<RecipientReport>,
+        remote: Option<&str>,
+    ) -> Option<Hold> {
+        self.log_outcomes(id, &results, remote);
+        for r in results {
+            let kind = match r.outcome {
+                Outcome::Delivered => OutcomeKind::Delivered,
+                Outcome::PermanentFailure => OutcomeKind::Bounced,
+                Outcome::TransientFailure => {
+                    self.attempts.borrow_mut().transient(id, r.reply);
+                    continue;
+                }
+            };
+            let outcome = RecipientOutcome {
+                kind,
+                reply: r.reply,
+                remote_mta: remote.map(str::to_owned),
+            };
+            if kind == OutcomeKind::Bounced {
+                // Recorded in complete(), after the DSN is spooled.
+                self.attempts.borrow_mut().bounced(id, r.index, outcome);
+                continue;
+            }
+            if let Err(reply) = self.record_outcome(id, r.index, &outcome).await {
+                self.attempts.borrow_mut().transient(id, reply);
+            }
+        }
+        self.group_done(id, attempt).await
+    }
+
+    /// One group was held back by a full ready queue at `dest`: not an
+    /// attempt; counted, and the group is over.
+    pub async fn held(
+        &self,
+        id: SpoolId,
+        attempt: AttemptId,
+        dest: DestinationKey,
+    ) -> Option<Hold> {
+        tracing::debug!(%id, %dest, "held: the destination's ready queue is full");
+        self.ctx.metrics.borrow_mut().counters.held_by_limits += 1;
+        self.attempts.borrow_mut().held(id, dest);
+        self.group_done(id, attempt).await
+    }
+
+    /// One destination group of the attempt reported (or was held back);
+    /// after the last one, the attempt completes.
+    async fn group_done(&self, id: SpoolId, attempt: AttemptId) -> Option<Hold> {
+        let done = self.attempts.borrow_mut().group_done(id)?;
+        self.complete(id, attempt, done).await
+    }
+
+    /// The message an attempt began with, else read now.
+    fn message(&self, id: SpoolId) -> Option<Rc<StoredMessage>> {
+        if let Some(m) = self.messages.borrow().get(&id) {
+            return Some(Rc::clone(m));
+        }
+        self.ctx.spool.read_message(id).ok().map(Rc::new)
+    }
+
+    /// One log line and one count per recipient result: the message's
+    /// life as operators follow it (`delivered`, `deferred`, `bounced`).
+    fn log_outcomes(&self, id: SpoolId, results: &[RecipientReport], relay: Option<&str>) {
+        let attempts = self.ctx.queue.borrow().attempts(id).unwrap_or(0) + 1;
+        let message = self.message(id);
+        let envelope = message.as_deref().map(StoredMessage::envelope);
+        let from = envelope.map_or("", |e| e.sender.as_str());
+        let relay = relay.unwrap_or(NO_RELAY);
+        let mut metrics = self.ctx.metrics.borrow_mut();
+        for r in results {
+            let to = envelope
+                .and_then(|e| e.recipients.get(r.index as usize))
+                .map_or("", |x| x.address.as_str());
+            let reply = r.reply.as_str();
+            match r.outcome {
+                Outcome::Delivered => {
+                    metrics.count_recipient(RecipientResult::Delivered);
+                    tracing::info!(%id, from, to, relay, reply, attempts, "delivered");
+                }
+                Outcome::TransientFailure => {
+                    metrics.count_recipient(RecipientResult::Deferred);
+                    tracing::info!(%id, from, to, relay, reply, attempts, "deferred");
+                }
+                Outcome::PermanentFailure => {
+                    metrics.count_recipient(RecipientResult::Bounced);
+                    tracing::info!(%id, from, to, relay, reply, attempts, "bounced");
+                }
+            }
+        }
+    }
+
+    /// The attempt is over: DSN for what bounced (then its outcomes are
+    /// recorded), then finish, hold or defer the message (see
+    /// `attempts::next_step`).
+    async fn complete(&self, id: SpoolId, attempt: AttemptId, mut done: Attempt) -> Option<Hold> {
+        let message = self.messages.borrow_mut().remove(&id);
+        let mut bounced_any = false;
+        if !done.bounced.is_empty() {
+            let failed: Vec<FailedRecipient> = done
+                .bounced
+                .iter()
+                .filter_map(|(index, outcome)| FailedRecipient::from_outcome(*index, outcome))
+                .collect();
+            match self.send_dsn(id, message.as_deref(), &failed).await {
+                Ok(()) => {
+                    for (index, outcome) in &done.bounced {
+                        match self.record_outcome(id, *index, outcome).await {
+                            Ok(()) => bounced_any = true,
+                            Err(reply) => done.transient = Some(reply),
+                        }
+                    }
+                }
+                Err(e) => {
+                    done.transient = Some(format!("451 4.3.0 cannot spool a DSN: {e}"));
+                }
+            }
+        }
+        drop(message);
+        let mut step = next_step(&done, self.pending(id).is_empty(), bounced_any);
+        if let NextStep::Finish(reason) = step {
+            if self.finish(id, reason).await {
+                return None;
+            }
+            // Retried after a backoff; with nothing pending, that attempt
+            // only finishes it.
+            step = NextStep::Defer("451 4.3.0 cannot mark the message finished".into());
+        }
+        let error = match step {
+            NextStep::Hold(dest) => return Some(Hold { id, attempt, dest }),
+            NextStep::Defer(error) => error,
+            NextStep::Finish(_) => return None, // replaced just above
+        };
+        let deferral = self
+            .ctx
+            .queue
+            .borrow_mut()
+            .defer(id, attempt, unix_now(), &error);
+        match deferral {
+            Ok(Deferral::Retry(deferred)) => {
+                if let Err(e) = self.ctx.spool.record_deferral(id, &deferred).await {
+                    tracing::warn!(%id, error = %e, "cannot record a deferral");
+                }
+                tracing::debug!(%id, attempts = deferred.attempts, next = deferred.next_attempt_unix, error = %error, "retry scheduled");
+            }
+            Ok(Deferral::Expired(dispatch)) => Box::pin(self.expire(dispatch)).await,
+            Err(e) => tracing::debug!(%id, error = %e, "stale delivery report"),
+        }
+        None
+    }
+
+    /// The lifetime is over: every pending recipient expires, with a DSN.
+    /// The DSN is spooled before the expiries are recorded and the message
+    /// finished: if it cannot be, nothing changes and the queue hands the
+    /// expiry out again after its deadline.
+    pub async fn expire(&self, dispatch: Dispatch) {
+        let id = dispatch.id;
+        let pending = self.pending(id);
+        let last = self.ctx.queue.borrow().last_error(id).map(str::to_owned);
+        let reply = format!(
+            "451 4.4.7 delivery time expired{}",
+            last.map(|e| format!(" (last error: {e})"))
+                .unwrap_or_default()
+        );
+        let outcome = RecipientOutcome {
+            kind: OutcomeKind::Expired,
+            reply: reply.clone(),
+            remote_mta: None,
+        };
+        let failed: Vec<FailedRecipient> = pending
+            .iter()
+            .filter_map(|&index| FailedRecipient::from_outcome(index, &outcome))
+            .collect();
+        let message = self.message(id);
+        if let Err(e) = self.send_dsn(id, message.as_deref(), &failed).await {
+            tracing::warn!(%id, error = %e, "expiry postponed: cannot spool its DSN");
+            return;
+        }
+        let attempts = self.ctx.queue.borrow().attempts(id).unwrap_or(0);
+        let envelope = message.as_deref().map(StoredMessage::envelope);
+        let from = envelope.map_or("", |e| e.sender.as_str());
+        for &index in &pending {
+            let to = envelope
+                .and_then(|e| e.recipients.get(index as usize))
+                .map_or("", |x| x.address.as_str());
+            tracing::info!(%id, from, to, relay = NO_RELAY, reply = %reply, attempts, "expired");
+            self.ctx
+                .metrics
+                .borrow_mut()
+                .count_recipient(RecipientResult::Expired);
+        }
+        drop(message);
+        for index in pending {
+            if self.record_outcome(id, index, &outcome).await.is_err() {
+                return; // tried again after the expiry's deadline
+            }
+        }
+        self.finish(id, FinishReason::Expired).await;
+    }
+
+    /// Returns a waiting message to its sender by hand: a DSN for every
+    /// pending recipient, then the message is finished.
+    pub async fn bounce_by_hand(&self, id: SpoolId) -> Result<(), String> {
+        let failed: Vec<FailedRecipient> = self
+            .pending(id)
+            .into_iter()
+            .map(|index| FailedRecipient {
+                index,
+                status: "5.0.0".into(),
+                diagnostic: "550 5.0.0 message returned by the postmaster".into(),
+                remote_mta: None,
+                action: crate::delivery::dsn::DsnAction::Failed,
+            })
+            .collect();
+        let message = self.message(id);
+        if let Err(e) = self.send_dsn(id, message.as_deref(), &failed).await {
+            return Err(format!("{id} kept: cannot spool its DSN: {e}"));
+        }
+        drop(message);
+        if !self.finish(id, FinishReason::Bounced).await {
+            return Err(format!("{id} kept: the spool cannot finish it"));
+        }
+        Ok(())
+    }
+
+    /// Records a recipient's outcome durably and tells the queue; if the
+    /// spool could not, the reply to defer with (the recipient stays
+    /// pending and is tried again).
+    async fn record_outcome(
+        &self,
+        id: SpoolId,
+        index: u32,
+        outcome: &RecipientOutcome,
+    ) -> Result<(), String> {
+        if let Err(e) = self
+            .ctx
+            .spool
+            .record_recipient_outcome(id, index, outcome)
+            .await
+        {
+            tracing::error!(%id, error = %e, "cannot record a delivery outcome");
+            return Err(format!("451 4.3.0 spool write error: {e}"));
+        }
+        let _ = self.ctx.queue.borrow_mut().recipient_finished(id, index);
+        Ok(())
+    }
+
+    /// Spools a DSN to the sender (none is owed to the null sender, or
+    /// when NOTIFY says so). An error means the DSN is not kept: the
+    /// caller must not record the failures it reports. `message` is
+    /// `None` when it cannot be read: damaged beyond reading, no DSN can
+    /// quote it, and waiting will not repair it.
+    async fn send_dsn(
+        &self,
+        id: SpoolId,
+        message: Option<&StoredMessage>,
+        failed: &[FailedRecipient],
+    ) -> Result<(), SpoolError> {
+        if failed.is_empty() {
+            return Ok(());
+        }
+        let Some(message) = message else {
+            tracing::error!(%id, "cannot read a message to bounce it");
+            return Ok(());
+        };
+        let dsn = build_dsn(
+            message.envelope(),
+            message.body(),
+            failed,
+            &self.ctx.config.hostname,
+            message.envelope().received_at,
+            SystemTime::now(),
+            self.ctx.config.delivery.bounce_size_limit,
+        );
+        let Some(dsn) = dsn else { return Ok(()) };
+        let to = dsn
+            .envelope
+            .recipients
+            .first()
+            .map_or(String::new(), |r| r.address.clone());
+        match self.queue_new(dsn.envelope, dsn.body).await {
+            Ok(bounce) => {
+                tracing::info!(%id, %bounce, %to, "dsn queued");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(%id, error = %e, "cannot spool a DSN");
+                Err(e)
+            }
+        }
+    }
+
+    /// Queues a copy of a message (`original`, `body`) for `to` (alias
+    /// targets outside our domains), with the original sender so bounces
+    /// reach its author.
+    pub async fn forward(
+        &self,
+        original: &Envelope,
+        body: Vec<u8>,
+        to: Vec<String>,
+    ) -> Result<SpoolId, SpoolError> {
+        let envelope = Envelope {
+            recipients: to
+                .into_iter()
+                .map(|address| Recipient {
+                    address,
+                    notify: None,
+                    orcpt: None,
+                })
+                .collect(),
+            received_at: unix_now().0,
+            ..original.clone()
+        };
+        self.queue_new(envelope, body).await
+    }
+
+    /// Stores a message we create (DSN, forward) and queues it.
+    async fn queue_new(&self, envelope: Envelope, body: Vec<u8>) -> Result<SpoolId, SpoolError> {
+        let size = body.len() as u64;
+        let new_id = self.ctx.spool.store(&envelope, body).await?;
+        self.ctx.queue.borrow_mut().insert(
+            new_id,
+            QueueEntry {
+                size,
+                recipients: envelope.recipients.len(),
+                received_at: envelope.received_at,
+                acknowledged_at: None,
+            },
+        );
+        self.ctx.delivery_wake.notify();
+        Ok(new_id)
+    }
+
+    /// Recipient indexes of a message still to be tried (none if the
+    /// message is no longer queued).
+    fn pending(&self, id: SpoolId) -> Vec<u32> {
+        self.ctx
+            .queue
+            .borrow()
+            .pending_recipients(id)
+            .unwrap_or_default()
+    }
+
+    /// Marks a message finished and forgets it. If the spool cannot, the
+    /// message stays queued (its attempt's deadline hands it out again,
+    /// and that attempt, with nothing pending, finishes it): never listed
+    /// after it is finished, never forgotten before.
+    pub async fn finish(&self, id: SpoolId, reason: FinishReason) -> bool {
+        if let Err(e) = self.ctx.spool.finish(id, reason).await {
+            tracing::error!(%id, error = %e, "cannot mark a message finished; it stays queued");
+            return false;
+        }
+        let entry = self.ctx.queue.borrow_mut().remove(id);
+        // An attempt the queue gave up on never reported: forget it too.
+        self.messages.borrow_mut().remove(&id);
+        self.attempts.borrow_mut().take(id);
+        let mut metrics = self.ctx.metrics.borrow_mut();
+        let result = match reason {
+            FinishReason::Delivered => Some(MessageResult::Delivered),
+            FinishReason::Bounced => Some(MessageResult::Bounced),
+            FinishReason::Expired => Some(MessageResult::Expired),
+            FinishReason::Deleted => Some(MessageResult::Deleted),
+            FinishReason::Discarded => None,
+        };
+        if let (Some(result), Some(_)) = (result, &entry) {
+            metrics.counters.messages_finished[result as usize] += 1;
+        }
+        if let (FinishReason::Delivered, Some(entry)) = (reason, &entry) {
+            metrics.counters.bytes_delivered += entry.size;
+            if let Some(at) = entry.acknowledged_at {
+                metrics.record_delivery_latency(at.elapsed());
+            }
+        }
+        true
+    }
+}

@@ -1,0 +1,788 @@
+//! The delivery scheduler of one core: decides what goes where and when,
+//! with no I/O of its own. [`plan`] splits each due message's pending
+//! recipients by where they go (the mailbox tier, a fixed next hop, the
+//! MX hosts of a domain: one batched resolver call for every domain) and
+//! reads each message once for the whole attempt; [`Scheduler`] keeps the
+//! per-site ready queues under the shaping limits and suspensions, holds
+//! what a full ready queue cannot take (by id only: memory-light), and
+//! says which connection may open next. The engine feeds it and carries
+//! out what it decides; the tests feed it a fake spool and the fake
+//! resolver.
+
+use std::collections::{BTreeSet, HashMap};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::delivery::report::{same_result, transient, RecipientReport};
+use crate::delivery::router::{HostPort, NextHop, Route, Router};
+use crate::envelope::Envelope;
+use crate::queue::{
+    AttemptId, DestinationKey, Dispatch, Queue, QueueError, ReadyLimits, ReadyQueues, Task,
+    UnixTime,
+};
+use crate::resolver::{MxHost, MxResolver};
+use crate::shaping::SiteLimits;
+use crate::smtp::client::Outcome;
+use crate::spool::{SpoolId, StoredMessage};
+
+/// The longest a message held back by a limit of spate's own (a full
+/// ready queue) waits before it is handed out again, if no room was made
+/// for it earlier.
+pub const HOLD_RECHECK: Duration = Duration::from_secs(60);
+
+/// A message as the scheduler needs it: its envelope.
+pub trait Addressed {
+    fn envelope(&self) -> &Envelope;
+}
+
+impl Addressed for StoredMessage {
+    fn envelope(&self) -> &Envelope {
+        StoredMessage::envelope(self)
+    }
+}
+
+/// Where the scheduler learns what is pending and reads messages: the
+/// queue and the spool in the engine, a map in tests.
+pub trait MessageSource<M> {
+    /// The recipients still to be tried; `None` once the message is no
+    /// longer queued.
+    fn pending(&self, id: SpoolId) -> Option<Vec<u32>>;
+    /// The message, read once for the whole attempt.
+    fn read(&self, id: SpoolId) -> Result<Rc<M>, String>;
+}
+
+/// How the recipients of a piece of work are reached.
+#[derive(Debug)]
+pub enum Hop {
+    /// The mailbox tier of this host.
+    Local,
+    Fixed(HostPort),
+    Mx(Vec<MxHost>),
+}
+
+impl Hop {
+    /// The host names of the site, for shaping rules.
+    pub fn host_names(&self) -> Vec<&str> {
+        match self {
+            Hop::Local => Vec::new(),
+            Hop::Fixed(hp) => vec![hp.host.as_str()],
+            Hop::Mx(hosts) => hosts.iter().map(|h| h.name.as_str()).collect(),
+        }
+    }
+}
+
+/// Recipients of one message bound for one destination, in one attempt,
+/// with the message as read for it.
+#[derive(Debug)]
+pub struct Work<M> {
+    pub id: SpoolId,
+    pub attempt: AttemptId,
+    pub recipients: Vec<u32>,
+    pub hop: Rc<Hop>,
+    pub message: Rc<M>,
+}
+
+/// Work for a remote site.
+#[derive(Debug)]
+pub struct Placement<M> {
+    pub key: DestinationKey,
+    /// The recipient domain of MX delivery, for domain shaping rules.
+    pub domain: Option<String>,
+    pub work: Work<M>,
+}
+
+/// An attempt begun: its message split into `groups` destination groups,
+/// each of which reports once (in `failed`, as work that reports, or held).
+#[derive(Debug)]
+pub struct Begun<M> {
+    pub id: SpoolId,
+    pub attempt: AttemptId,
+    pub groups: usize,
+    pub message: Option<Rc<M>>,
+}
+
+/// A destination group that failed before any delivery: routing,
+/// resolution or reading the message.
+#[derive(Debug)]
+pub struct Failed {
+    pub id: SpoolId,
+    pub attempt: AttemptId,
+    pub reports: Vec<RecipientReport>,
+}
+
+/// What [`plan`] decided for a batch of due messages. The engine begins
+/// every attempt in `begun` first, then records `failed`, places
+/// `remote`, delivers `local`; a begun attempt with no group at all has
+/// nothing left to deliver and completes at once.
+#[derive(Debug)]
+pub struct Plan<M> {
+    pub expiries: Vec<Dispatch>,
+    pub begun: Vec<Begun<M>>,
+    pub failed: Vec<Failed>,
+    pub local: Vec<Work<M>>,
+    pub remote: Vec<Placement<M>>,
+}
+
+impl<M> Default for Plan<M> {
+    fn default() -> Self {
+        Plan {
+            expiries: Vec::new(),
+            begun: Vec::new(),
+            failed: Vec::new(),
+            local: Vec::new(),
+            remote: Vec::new(),
+        }
+    }
+}
+
+/// Recipients of one message waiting for a domain's MX answer.
+struct AwaitingMx<M> {
+    id: SpoolId,
+    attempt: AttemptId,
+    recipients: Vec<u32>,
+    message: Rc<M>,
+}
+
+/// Splits due messages into work per destination (see the module header).
+pub async fn plan<M: Addressed>(
+    due: Vec<Dispatch>,
+    source: &impl MessageSource<M>,
+    router: &Router,
+    resolver: &impl MxResolver,
+) -> Plan<M> {
+    let mut plan = Plan::default();
+    let mut by_domain: HashMap<String, Vec<AwaitingMx<M>>> = HashMap::new();
+    for d in due {
+        if d.task == Task::Expire {
+            plan.expiries.push(d);
+            continue;
+        }
+        let Some(pending) = source.pending(d.id) else {
+            continue;
+        };
+        let message = match source.read(d.id) {
+            Ok(message) => message,
+            Err(e) => {
+                tracing::error!(id = %d.id, error = %e, "cannot read a queued message");
+                plan.begun.push(Begun {
+                    id: d.id,
+                    attempt: d.attempt,
+                    groups: 1,
+                    message: None,
+                });
+                let reply = format!("451 4.3.0 spool read error: {e}");
+                plan.failed.push(Failed {
+                    id: d.id,
+                    attempt: d.attempt,
+                    reports: transient(&pending, &reply),
+                });
+                continue;
+            }
+        };
+        let mut local = Vec::new();
+        let mut fixed: HashMap<HostPort, Vec<u32>> = HashMap::new();
+        let mut mx: HashMap<String, Vec<u32>> = HashMap::new();
+        for index in pending {
+            let Some(recipient) = message.envelope().recipients.get(index as usize) else {
+                continue;
+            };
+            match router.route(&recipient.address) {
+                Route::Local => local.push(index),
+                Route::Relay(NextHop::Fixed(hop)) => fixed.entry(hop).or_default().push(index),
+                Route::Relay(NextHop::Mx(domain)) => mx.entry(domain).or_default().push(index),
+            }
+        }
+        plan.begun.push(Begun {
+            id: d.id,
+            attempt: d.attempt,
+            groups: usize::from(!local.is_empty()) + fixed.len() + mx.len(),
+            message: Some(Rc::clone(&message)),
+        });
+        let work = |recipients, hop| Work {
+            id: d.id,
+            attempt: d.attempt,
+            recipients,
+            hop,
+            message: Rc::clone(&message),
+        };
+        for (hop, recipients) in fixed {
+            plan.remote.push(Placement {
+                key: DestinationKey::route(&hop.host, hop.port),
+                domain: None,
+                work: work(recipients, Rc::new(Hop::Fixed(hop))),
+            });
+        }
+        if !local.is_empty() {
+            plan.local.push(work(local, Rc::new(Hop::Local)));
+        }
+        for (domain, recipients) in mx {
+            by_domain.entry(domain).or_default().push(AwaitingMx {
+                id: d.id,
+                attempt: d.attempt,
+                recipients,
+                message: Rc::clone(&message),
+            });
+        }
+    }
+    if by_domain.is_empty() {
+        return plan;
+    }
+    let domains: Vec<String> = by_domain.keys().cloned().collect();
+    for (domain, resolution) in resolver.resolve_batch(domains).await {
+        let Some(groups) = by_domain.remove(&domain) else {
+            continue;
+        };
+        let failure = match resolution.into_hosts() {
+            Ok(hosts) => match DestinationKey::mx_set(hosts.iter().map(|h| h.name.as_str())) {
+                Ok(key) => {
+                    let hop = Rc::new(Hop::Mx(hosts));
+                    for g in groups {
+                        plan.remote.push(Placement {
+                            key: key.clone(),
+                            domain: Some(domain.clone()),
+                            work: Work {
+                                id: g.id,
+                                attempt: g.attempt,
+                                recipients: g.recipients,
+                                hop: Rc::clone(&hop),
+                                message: g.message,
+                            },
+                        });
+                    }
+                    continue;
+                }
+                Err(e) => (
+                    Outcome::TransientFailure,
+                    format!("451 4.4.3 {domain}: {e}"),
+                ),
+            },
+            Err(e) if e.is_transient() => (
+                Outcome::TransientFailure,
+                format!("451 {} {domain}: {e}", e.status()),
+            ),
+            Err(e) => (
+                Outcome::PermanentFailure,
+                format!("550 {} {domain}: {e}", e.status()),
+            ),
+        };
+        let (outcome, reply) = failure;
+        for g in groups {
+            plan.failed.push(Failed {
+                id: g.id,
+                attempt: g.attempt,
+                reports: same_result(&g.recipients, outcome, &reply),
+            });
+        }
+    }
+    plan
+}
+
+/// The ready queues and the held messages of one core (see the module
+/// header).
+pub struct Scheduler<M> {
+    ready: ReadyQueues<Work<M>>,
+    /// Messages held back per destination whose ready queue was full (or
+    /// whose site is suspended), released as it makes room.
+    held: HashMap<DestinationKey, BTreeSet<SpoolId>>,
+}
+
+impl<M> Scheduler<M> {
+    pub fn new(limits: ReadyLimits) -> Result<Self, QueueError> {
+        Ok(Scheduler {
+            ready: ReadyQueues::new(limits)?,
+            held: HashMap::new(),
+        })
+    }
+
+    /// Queues work for its site; a site becoming active takes the limits
+    /// `shape` gives. A full ready queue gives the work back: the caller
+    /// counts that group as held (not an attempt).
+    pub fn place(
+        &mut self,
+        key: DestinationKey,
+        work: Work<M>,
+        shape: impl FnOnce() -> SiteLimits,
+    ) -> Result<(), Work<M>> {
+        self.ready
+            .push_shaped(key, work, shape)
+            .map_err(|full| full.0)
+    }
+
+    /// The next connection's worth of work, if any may open now.
+    pub fn next_connection(&mut self, now: Instant) -> Option<(DestinationKey, Vec<Work<M>>)> {
+        self.ready.next_connection(now)
+    }
+
+    /// More work for an open connection to `dest`, as the rate allows.
+    pub fn next_batch(&mut self, dest: &DestinationKey, now: Instant) -> Vec<Work<M>> {
+        self.ready.next_batch(dest, now)
+    }
+
+    /// When work that a rate holds back for `dest` may go.
+    pub fn wakeup_for(&mut self, dest: &DestinationKey, now: Instant) -> Option<Instant> {
+        self.ready.wakeup_for(dest, now)
+    }
+
+    /// When any work held back by a rate may go.
+    pub fn next_wakeup(&mut self, now: Instant) -> Option<Instant> {
+        self.ready.next_wakeup(now)
+    }
+
+    /// `count` pieces of work for `dest` are over (delivered or not).
+    pub fn done(&mut self, dest: &DestinationKey, count: usize) {
+        self.ready.done(dest, count);
+    }
+
+    pub fn connection_closed(&mut self, dest: &DestinationKey) {
+        self.ready.connection_closed(dest);
+    }
+
+    /// The limits in force for an active site.
+    pub fn site_limits(&self, dest: &DestinationKey) -> Option<&SiteLimits> {
+        self.ready.site_limits(dest)
+    }
+
+    /// Replaces the suspended sites (a copy of the shared table).
+    pub fn set_suspended(&mut self, suspended: HashMap<DestinationKey, Instant>) {
+        self.ready.set_suspended(suspended);
+    }
+
+    pub fn suspended_until(&self, dest: &DestinationKey, now: Instant) -> Option<Instant> {
+        self.ready.suspended_until(dest, now)
+    }
+
+    /// Holds message `id` back for `dest` in `queue`: until the site's
+    /// suspension ends, or [`HOLD_RECHECK`] at the soonest, unless room
+    /// is made for it first. False when the queue no longer had the
+    /// attempt.
+    pub fn hold(
+        &mut self,
+        queue: &mut Queue,
+        id: SpoolId,
+        attempt: AttemptId,
+        dest: DestinationKey,
+        now: UnixTime,
+        clock: Instant,
+    ) -> bool {
+        let wait = self
+            .suspended_until(&dest, clock)
+            .map_or(HOLD_RECHECK, |until| {
+                until.saturating_duration_since(clock).max(HOLD_RECHECK)
+            });
+        if queue.hold(id, attempt, now.plus(wait)).is_err() {
+            return false;
+        }
+        self.held.entry(dest).or_default().insert(id);
+        true
+    }
+
+    /// Hands held messages back to the queue, due now, as far as their
+    /// destinations have room in their ready queues.
+    pub fn release_held(&mut self, queue: &mut Queue, now: UnixTime) {
+        let limit = self.ready.limits().max_queued_per_destination;
+        let ready = &self.ready;
+        self.held.retain(|dest, ids| {
+            let mut room = limit.saturating_sub(ready.queued_for(dest));
+            while room > 0 {
+                let Some(id) = ids.pop_first() else { break };
+                if queue.release(id, now) {
+                    room -= 1;
+                }
+            }
+            !ids.is_empty()
+        });
+    }
+
+    /// Makes every message held for `site` due now (its suspension ended
+    /// by hand); how many.
+    pub fn release_site(
+        &mut self,
+        queue: &mut Queue,
+        site: &DestinationKey,
+        now: UnixTime,
+    ) -> usize {
+        let Some(ids) = self.held.remove(site) else {
+            return 0;
+        };
+        ids.into_iter().filter(|&id| queue.release(id, now)).count()
+    }
+
+    /// Whether messages wait for room at `dest` (work leaving its ready
+    /// queue should wake the engine).
+    pub fn awaits_room(&self, dest: &DestinationKey) -> bool {
+        self.held.contains_key(dest)
+    }
+
+    /// Messages held, over every destination.
+    pub fn held_count(&self) -> usize {
+        self.held.values().map(BTreeSet::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+    use crate::envelope::{BodyType, Recipient};
+    use crate::queue::QueueEntry;
+    use crate::resolver::{FakeResolver, Resolution};
+
+    /// A message of the fake spool: its envelope.
+    #[derive(Debug)]
+    struct FakeMessage(Envelope);
+
+    impl Addressed for FakeMessage {
+        fn envelope(&self) -> &Envelope {
+            &self.0
+        }
+    }
+
+    /// The fake spool: envelopes by id, what is pending, and how often a
+    /// message was read.
+    #[derive(Default)]
+    struct FakeSpool {
+        messages: HashMap<SpoolId, Rc<FakeMessage>>,
+        pending: HashMap<SpoolId, Vec<u32>>,
+        unreadable: BTreeSet<SpoolId>,
+        reads: Cell<usize>,
+        queue: Queue,
+    }
+
+    impl FakeSpool {
+        fn add(&mut self, n: u64, recipients: &[&str]) -> Dispatch {
+            let id = SpoolId::from_u64(n);
+            let envelope = Envelope {
+                sender: "sender@origin.test".into(),
+                recipients: recipients
+                    .iter()
+                    .map(|a| Recipient {
+                        address: (*a).to_owned(),
+                        notify: None,
+                        orcpt: None,
+                    })
+                    .collect(),
+                body_type: BodyType::SevenBit,
+                smtputf8: false,
+                dsn_return: None,
+                envid: None,
+                received_at: 0,
+                client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                helo: "client.test".into(),
+            };
+            self.messages.insert(id, Rc::new(FakeMessage(envelope)));
+            let count = u32::try_from(recipients.len()).unwrap();
+            self.pending.insert(id, (0..count).collect());
+            let attempt = queued(&mut self.queue, n);
+            Dispatch {
+                id,
+                attempt,
+                task: Task::Deliver,
+            }
+        }
+    }
+
+    impl MessageSource<FakeMessage> for FakeSpool {
+        fn pending(&self, id: SpoolId) -> Option<Vec<u32>> {
+            self.pending.get(&id).cloned()
+        }
+
+        fn read(&self, id: SpoolId) -> Result<Rc<FakeMessage>, String> {
+            self.reads.set(self.reads.get() + 1);
+            if self.unreadable.contains(&id) {
+                return Err("checksum mismatch".into());
+            }
+            self.messages.get(&id).cloned().ok_or("gone".into())
+        }
+    }
+
+    fn router() -> Router {
+        let routes = HashMap::from([(
+            "routed.test".to_owned(),
+            HostPort {
+                host: "relay.routed.test".into(),
+                port: 2525,
+            },
+        )]);
+        Router::new(vec!["local.test".into()], routes, None)
+    }
+
+    fn mx(name: &str) -> Resolution {
+        Resolution::Hosts(vec![MxHost {
+            name: name.into(),
+            preference: 10,
+            addresses: vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9))],
+        }])
+    }
+
+    fn run<T>(future: impl std::future::Future<Output = T>) -> T {
+        futures_lite::future::block_on(future)
+    }
+
+    fn recipients_by_key(plan: &Plan<FakeMessage>) -> Vec<(String, u64, Vec<u32>)> {
+        let mut out: Vec<_> = plan
+            .remote
+            .iter()
+            .map(|p| {
+                (
+                    p.key.to_string(),
+                    p.work.id.to_u64(),
+                    p.work.recipients.clone(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn recipients_split_by_destination_with_one_resolver_batch_and_one_read_each() {
+        let mut spool = FakeSpool::default();
+        let due = vec![
+            spool.add(
+                1,
+                &[
+                    "a@gmail.test",
+                    "me@local.test",
+                    "b@gmail.test",
+                    "c@routed.test",
+                ],
+            ),
+            spool.add(2, &["d@alias.gmail.test", "e@other.test"]),
+        ];
+        let resolver = FakeResolver::new()
+            .with("gmail.test", mx("mx.google.test"))
+            .with("alias.gmail.test", mx("mx.google.test"))
+            .with("other.test", mx("mx.other.test"));
+        let plan = run(plan(due, &spool, &router(), &resolver));
+
+        assert_eq!(spool.reads.get(), 2, "each message read once");
+        assert_eq!(resolver.batches(), 1, "one resolver call for every domain");
+        let begun: Vec<_> = plan
+            .begun
+            .iter()
+            .map(|b| (b.id.to_u64(), b.groups))
+            .collect();
+        // Message 1: local, gmail.test, the route; message 2: two domains.
+        assert_eq!(begun, [(1, 3), (2, 2)]);
+        assert_eq!(plan.local.len(), 1);
+        assert_eq!(plan.local[0].recipients, [1]);
+        assert!(matches!(*plan.local[0].hop, Hop::Local));
+        assert_eq!(
+            recipients_by_key(&plan),
+            [
+                ("[relay.routed.test]:2525".to_owned(), 1, vec![3]),
+                ("mx:mx.google.test".to_owned(), 1, vec![0, 2]),
+                ("mx:mx.google.test".to_owned(), 2, vec![0]),
+                ("mx:mx.other.test".to_owned(), 2, vec![1]),
+            ],
+            "domains hosted by the same MX share one site (MX rollup)"
+        );
+        let domains: BTreeSet<_> = plan
+            .remote
+            .iter()
+            .filter_map(|p| p.domain.clone())
+            .collect();
+        assert_eq!(
+            domains,
+            BTreeSet::from([
+                "alias.gmail.test".into(),
+                "gmail.test".into(),
+                "other.test".into()
+            ])
+        );
+        assert!(plan.failed.is_empty() && plan.expiries.is_empty());
+    }
+
+    #[test]
+    fn resolution_failures_report_transient_or_permanent_per_group() {
+        let mut spool = FakeSpool::default();
+        let due = vec![spool.add(1, &["a@flaky.test", "b@gone.test", "c@flaky.test"])];
+        let resolver =
+            FakeResolver::new().with("flaky.test", Resolution::TempFail("timeout".into()));
+        let plan = run(plan(due, &spool, &router(), &resolver));
+        assert_eq!(plan.begun[0].groups, 2);
+        let mut failed: Vec<_> = plan
+            .failed
+            .iter()
+            .flat_map(|f| {
+                f.reports
+                    .iter()
+                    .map(|r| (r.index, r.outcome, r.reply.clone()))
+            })
+            .collect();
+        failed.sort_by_key(|f| f.0);
+        assert_eq!(failed.len(), 3);
+        assert_eq!(failed[0].1, Outcome::TransientFailure);
+        assert!(
+            failed[0].2.starts_with("451 4.4.3 flaky.test"),
+            "{}",
+            failed[0].2
+        );
+        assert_eq!(failed[1].1, Outcome::PermanentFailure, "NXDOMAIN bounces");
+        assert!(
+            failed[1].2.starts_with("550 5.1.2 gone.test"),
+            "{}",
+            failed[1].2
+        );
+        assert_eq!(failed[2].1, Outcome::TransientFailure);
+        assert!(plan.remote.is_empty());
+    }
+
+    #[test]
+    fn unreadable_gone_finished_and_expiring_messages() {
+        let mut spool = FakeSpool::default();
+        let unreadable = spool.add(1, &["a@other.test", "b@other.test"]);
+        spool.unreadable.insert(unreadable.id);
+        let gone = spool.add(2, &["c@other.test"]);
+        spool.pending.remove(&gone.id);
+        let finished = spool.add(3, &["d@other.test"]);
+        spool.pending.insert(finished.id, Vec::new());
+        let expiring = Dispatch {
+            task: Task::Expire,
+            ..spool.add(4, &["e@other.test"])
+        };
+        let resolver = FakeResolver::new();
+        let due = vec![unreadable, gone, finished, expiring];
+        let plan = run(plan(due, &spool, &router(), &resolver));
+
+        let begun: Vec<_> = plan
+            .begun
+            .iter()
+            .map(|b| (b.id.to_u64(), b.groups, b.message.is_some()))
+            .collect();
+        // The unreadable one is one failed group; the finished one has no
+        // group (it completes at once); the gone one is skipped.
+        assert_eq!(begun, [(1, 1, false), (3, 0, true)]);
+        assert_eq!(plan.failed.len(), 1);
+        let reports = &plan.failed[0].reports;
+        assert_eq!(reports.len(), 2);
+        assert!(reports
+            .iter()
+            .all(|r| r.outcome == Outcome::TransientFailure
+                && r.reply.starts_with("451 4.3.0 spool read error")));
+        assert_eq!(plan.expiries.len(), 1);
+        assert_eq!(plan.expiries[0].id.to_u64(), 4);
+        assert_eq!(resolver.batches(), 0, "nothing to resolve");
+    }
+
+    fn work(n: u64) -> Work<FakeMessage> {
+        let mut spool = FakeSpool::default();
+        spool.add(n, &["x@other.test"]);
+        let attempt = queued(&mut spool.queue, n + 100);
+        Work {
+            id: SpoolId::from_u64(n),
+            attempt,
+            recipients: vec![0],
+            hop: Rc::new(Hop::Local),
+            message: spool.messages.remove(&SpoolId::from_u64(n)).unwrap(),
+        }
+    }
+
+    fn plain_site() -> SiteLimits {
+        SiteLimits {
+            connections: 1,
+            deliveries_per_connection: 10,
+            message_rate: None,
+            connection_rate: None,
+            idle: Duration::from_secs(2),
+            rule: "default".into(),
+        }
+    }
+
+    /// Queues message `n`, hands it out, and returns its attempt.
+    fn queued(queue: &mut Queue, n: u64) -> AttemptId {
+        queue.insert(
+            SpoolId::from_u64(n),
+            QueueEntry {
+                size: 10,
+                recipients: 1,
+                received_at: 1_000,
+                acknowledged_at: None,
+            },
+        );
+        let due = queue.due(UnixTime(1_000));
+        assert_eq!(due.len(), 1);
+        due[0].attempt
+    }
+
+    #[test]
+    fn a_full_site_gives_work_back_and_held_messages_return_as_room_is_made() {
+        let limits = ReadyLimits {
+            max_queued_per_destination: 2,
+            ..ReadyLimits::default()
+        };
+        let mut scheduler = Scheduler::new(limits).unwrap();
+        let site: DestinationKey = "mx:mx.other.test".parse().unwrap();
+        assert!(scheduler.place(site.clone(), work(1), plain_site).is_ok());
+        assert!(scheduler.place(site.clone(), work(2), plain_site).is_ok());
+        let refused = scheduler
+            .place(site.clone(), work(3), plain_site)
+            .unwrap_err();
+        assert_eq!(refused.id.to_u64(), 3, "the third is given back");
+
+        let mut queue = Queue::new();
+        let clock = Instant::now();
+        let mut held = Vec::new();
+        for n in [3, 4, 5] {
+            let attempt = queued(&mut queue, n);
+            assert!(scheduler.hold(
+                &mut queue,
+                SpoolId::from_u64(n),
+                attempt,
+                site.clone(),
+                UnixTime(1_000),
+                clock
+            ));
+            held.push(SpoolId::from_u64(n));
+        }
+        assert_eq!(scheduler.held_count(), 3);
+        assert!(scheduler.awaits_room(&site));
+        assert!(queue.due(UnixTime(1_001)).is_empty(), "held, not due");
+
+        // No room yet: nothing comes back.
+        scheduler.release_held(&mut queue, UnixTime(1_001));
+        assert!(queue.due(UnixTime(1_001)).is_empty());
+        // One connection takes both queued pieces of work: room for two.
+        let (dest, works) = scheduler.next_connection(clock).unwrap();
+        assert_eq!((dest, works.len()), (site.clone(), 2));
+        scheduler.release_held(&mut queue, UnixTime(1_002));
+        let due: Vec<_> = queue.due(UnixTime(1_002)).iter().map(|d| d.id).collect();
+        assert_eq!(due, held[..2], "the two oldest held, due now");
+        assert_eq!(scheduler.held_count(), 1);
+        // Resuming by hand releases the rest at once.
+        assert_eq!(
+            scheduler.release_site(&mut queue, &site, UnixTime(1_003)),
+            1
+        );
+        assert!(!scheduler.awaits_room(&site));
+    }
+
+    #[test]
+    fn a_held_message_waits_until_its_sites_suspension_ends() {
+        let mut scheduler: Scheduler<FakeMessage> = Scheduler::new(ReadyLimits::default()).unwrap();
+        let site: DestinationKey = "[relay.routed.test]:2525".parse().unwrap();
+        let clock = Instant::now();
+        scheduler.set_suspended(HashMap::from([(
+            site.clone(),
+            clock + Duration::from_secs(7200),
+        )]));
+        let mut queue = Queue::new();
+        let attempt = queued(&mut queue, 1);
+        assert!(scheduler.hold(
+            &mut queue,
+            SpoolId::from_u64(1),
+            attempt,
+            site,
+            UnixTime(1_000),
+            clock
+        ));
+        assert!(queue.due(UnixTime(1_000 + 7_199)).is_empty());
+        assert_eq!(
+            queue.due(UnixTime(1_000 + 7_200)).len(),
+            1,
+            "due when it ends"
+        );
+    }
+}
