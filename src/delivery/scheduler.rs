@@ -470,6 +470,8 @@ mod tests {
                 received_at: 0,
                 client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
                 helo: "client.test".into(),
+                auth_user: None,
+                tenant: None,
             };
             self.messages.insert(id, Rc::new(FakeMessage(envelope)));
             let count = u32::try_from(recipients.len()).unwrap();
