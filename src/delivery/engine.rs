@@ -339,15 +339,15 @@ impl<S: SegmentStore + 'static> Engine<S> {
                 let (tls, client) = self.tls_for(&hop);
                 let client = self.shaped_client(&dest, client);
                 let timeout = self.ctx.config.delivery.connect_timeout;
-                let connection = match Outbound::open(addr, &name, client, Some(tls), timeout).await
-                {
-                    Ok(out) => out,
-                    Err(failed) => {
-                        tracing::debug!(%dest, %addr, reply = %failed.reply, "next hop failed");
-                        last_failure = Some(failed);
-                        break;
-                    }
-                };
+                let connection =
+                    match Outbound::open(addr, &name, client, Some(tls), timeout, None).await {
+                        Ok(out) => out,
+                        Err(failed) => {
+                            tracing::debug!(%dest, %addr, reply = %failed.reply, "next hop failed");
+                            last_failure = Some(failed);
+                            break;
+                        }
+                    };
                 let mut agent = SmtpAgent { connection };
                 let spent = self.deliver_over(&mut agent, &dest, &mut queue).await;
                 agent.connection.quit().await;
