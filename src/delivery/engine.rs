@@ -119,7 +119,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
             verified_smarthost,
             client: Rc::new(client),
             tls: futures_rustls::TlsConnector::from(tls),
-            scheduler: RefCell::new(Scheduler::new(limits)?),
+            scheduler: RefCell::new(Scheduler::for_core(limits, ctx.index)?),
             recorder: Recorder::new(Rc::clone(&ctx)),
             work_arrived: event_listener::Event::new(),
             suspensions,
@@ -133,9 +133,12 @@ impl<S: SegmentStore + 'static> Engine<S> {
         while !self.ctx.shutdown.is_fired() {
             let now = unix_now();
             self.sync_suspensions();
-            self.scheduler
-                .borrow_mut()
-                .release_held(&mut self.ctx.queue.borrow_mut(), now);
+            self.scheduler.borrow_mut().set_egress(self.ctx.egress());
+            self.scheduler.borrow_mut().release_held(
+                &mut self.ctx.queue.borrow_mut(),
+                now,
+                Instant::now(),
+            );
             let due = self.ctx.queue.borrow_mut().due(now);
             if !due.is_empty() {
                 self.dispatch(due).await;
@@ -147,9 +150,17 @@ impl<S: SegmentStore + 'static> Engine<S> {
             let mut idle = next.map_or(MAX_IDLE, |at| {
                 Duration::from_secs(at.0.saturating_sub(unix_now().0)).min(MAX_IDLE)
             });
-            // Work that a site's rate holds back: look again when it may go.
+            // Work that a site's rate or a source's budget holds back:
+            // look again when it may go.
             let clock = Instant::now();
-            if let Some(at) = self.scheduler.borrow_mut().next_wakeup(clock) {
+            let wakeups = {
+                let mut scheduler = self.scheduler.borrow_mut();
+                [
+                    scheduler.next_wakeup(clock),
+                    scheduler.budget_wakeup(unix_now(), clock),
+                ]
+            };
+            for at in wakeups.into_iter().flatten() {
                 idle = idle.min(
                     at.saturating_duration_since(clock)
                         .max(Duration::from_millis(1)),
@@ -191,21 +202,34 @@ impl<S: SegmentStore + 'static> Engine<S> {
         }
     }
 
-    /// Queues work for its site; a site becoming active takes its shaping
-    /// limits from the rules in force.
+    /// Queues work for its site (from an egress source, when its message
+    /// has a pool); a site becoming active takes its shaping limits from
+    /// the rules in force.
     async fn place(&self, placement: Placement<StoredMessage>) {
-        let Placement { key, domain, work } = placement;
-        let hop = Rc::clone(&work.hop);
-        let shape = || self.site_limits(domain.as_deref(), &hop);
-        let placed = self.scheduler.borrow_mut().place(key.clone(), work, shape);
+        let domain = placement.domain.clone();
+        let hop = Rc::clone(&placement.work.hop);
+        let shape = |dest: &DestinationKey| self.site_limits(domain.as_deref(), &hop, dest);
+        let clock = crate::egress::Clock {
+            now: Instant::now(),
+            unix: unix_now().0,
+        };
+        let placed = self
+            .scheduler
+            .borrow_mut()
+            .place_work(placement, clock, shape);
         match placed {
-            Ok(()) => {
+            Ok(_) => {
                 self.work_arrived.notify(usize::MAX);
             }
             // Not an attempt: nothing was tried. The message waits in the
-            // queue, uncounted, until the destination makes room.
-            Err(work) => {
-                let hold = self.recorder.held(work.id, work.attempt, key).await;
+            // queue, uncounted, until the destination makes room (or its
+            // source's budget returns).
+            Err(refused) => {
+                let work = refused.work;
+                let hold = self
+                    .recorder
+                    .held(work.id, work.attempt, refused.dest)
+                    .await;
                 self.hold(hold);
             }
         }
@@ -282,9 +306,15 @@ impl<S: SegmentStore + 'static> Engine<S> {
         }
     }
 
-    /// The shaping limits of a site reached through `hop` for `domain`,
-    /// with `[delivery]` as the fallback.
-    fn site_limits(&self, domain: Option<&str>, hop: &Hop) -> crate::shaping::SiteLimits {
+    /// The shaping limits of a site reached through `hop` for `domain`
+    /// (and from `dest`'s egress source), with `[delivery]` as the
+    /// fallback.
+    fn site_limits(
+        &self,
+        domain: Option<&str>,
+        hop: &Hop,
+        dest: &DestinationKey,
+    ) -> crate::shaping::SiteLimits {
         let d = &self.ctx.config.delivery;
         let cores = self.ctx.config.executor_count();
         let fallback = crate::shaping::Limits {
@@ -293,10 +323,13 @@ impl<S: SegmentStore + 'static> Engine<S> {
             deliveries_per_connection: Some(d.max_messages_per_connection),
             ..crate::shaping::Limits::default()
         };
-        let limits = self
-            .ctx
-            .shaping()
-            .site_limits(domain, &hop.host_names(), &fallback, cores);
+        let limits = self.ctx.shaping().site_limits_from(
+            domain,
+            &hop.host_names(),
+            &fallback,
+            cores,
+            dest.source(),
+        );
         tracing::debug!(domain, rule = %limits.rule, connections = limits.connections, "site shaped");
         limits
     }
@@ -330,6 +363,14 @@ impl<S: SegmentStore + 'static> Engine<S> {
                 return;
             }
         };
+        // The egress source's address and EHLO name, if the key has one.
+        let source = self
+            .scheduler
+            .borrow()
+            .source_of(&dest)
+            .map(|s| (s.bind, s.ehlo.clone()));
+        let bind = source.as_ref().and_then(|(bind, _)| *bind);
+        let ehlo = source.map(|(_, ehlo)| ehlo);
         let mut last_failure: Option<HostFailed> = None;
         for (name, addr) in self.addresses(&hop).await {
             // A connection that carried its maximum of messages is replaced
@@ -337,10 +378,10 @@ impl<S: SegmentStore + 'static> Engine<S> {
             // moves the rest of the work on to the next host.
             while !queue.is_empty() {
                 let (tls, client) = self.tls_for(&hop);
-                let client = self.shaped_client(&dest, client);
+                let client = self.shaped_client(&dest, client, ehlo.as_deref());
                 let timeout = self.ctx.config.delivery.connect_timeout;
                 let connection =
-                    match Outbound::open(addr, &name, client, Some(tls), timeout, None).await {
+                    match Outbound::open(addr, &name, client, Some(tls), timeout, bind).await {
                         Ok(out) => out,
                         Err(failed) => {
                             tracing::debug!(%dest, %addr, reply = %failed.reply, "next hop failed");
@@ -509,20 +550,29 @@ impl<S: SegmentStore + 'static> Engine<S> {
         (self.tls.clone(), Rc::clone(&self.client))
     }
 
-    /// The client policy with the site's deliveries per connection.
-    fn shaped_client(&self, dest: &DestinationKey, client: Rc<ClientConfig>) -> Rc<ClientConfig> {
+    /// The client policy with the site's deliveries per connection and
+    /// the egress source's EHLO name.
+    fn shaped_client(
+        &self,
+        dest: &DestinationKey,
+        client: Rc<ClientConfig>,
+        ehlo: Option<&str>,
+    ) -> Rc<ClientConfig> {
         let limit = self
             .scheduler
             .borrow()
             .site_limits(dest)
-            .map(|l| l.deliveries_per_connection);
-        match limit {
-            Some(n) if n != client.max_messages_per_connection => Rc::new(ClientConfig {
-                max_messages_per_connection: n,
-                ..(*client).clone()
-            }),
-            _ => client,
+            .map(|l| l.deliveries_per_connection)
+            .filter(|&n| n != client.max_messages_per_connection);
+        let ehlo = ehlo.filter(|&name| name != client.helo_name);
+        if limit.is_none() && ehlo.is_none() {
+            return client;
         }
+        Rc::new(ClientConfig {
+            max_messages_per_connection: limit.unwrap_or(client.max_messages_per_connection),
+            helo_name: ehlo.map_or_else(|| client.helo_name.clone(), str::to_owned),
+            ..(*client).clone()
+        })
     }
 
     /// Fills `queue` with more work for `dest`, waiting for it as long as

@@ -3,18 +3,22 @@
 //! recipients by where they go (the mailbox tier, a fixed next hop, the
 //! MX hosts of a domain: one batched resolver call for every domain) and
 //! reads each message once for the whole attempt; [`Scheduler`] keeps the
-//! per-site ready queues under the shaping limits and suspensions, holds
-//! what a full ready queue cannot take (by id only: memory-light), and
-//! says which connection may open next. The engine feeds it and carries
-//! out what it decides; the tests feed it a fake spool and the fake
-//! resolver.
+//! per-site ready queues under the shaping limits and suspensions, picks
+//! the egress source of work whose message has a pool (by route, user,
+//! tenant or default: the ready queues are then per site and source),
+//! holds what a full ready queue or a spent source budget cannot take (by
+//! id only: memory-light), and says which connection may open next. The
+//! engine feeds it and carries out what it decides; the tests feed it a
+//! fake spool and the fake resolver.
 
 use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::delivery::report::{same_result, transient, RecipientReport};
 use crate::delivery::router::{HostPort, NextHop, Route, Router};
+use crate::egress::{Choice, Chooser, Clock, EgressPlan, PoolInputs, Source};
 use crate::envelope::Envelope;
 use crate::queue::{
     AttemptId, DestinationKey, Dispatch, Queue, QueueError, ReadyLimits, ReadyQueues, Task,
@@ -88,6 +92,9 @@ pub struct Placement<M> {
     pub key: DestinationKey,
     /// The recipient domain of MX delivery, for domain shaping rules.
     pub domain: Option<String>,
+    /// The egress pool of the `[[route]]` the recipients take, if it
+    /// names one.
+    pub route_pool: Option<String>,
     pub work: Work<M>,
 }
 
@@ -180,7 +187,8 @@ pub async fn plan<M: Addressed>(
             }
         };
         let mut local = Vec::new();
-        let mut fixed: HashMap<HostPort, Vec<u32>> = HashMap::new();
+        // By next hop and the route's egress pool.
+        let mut fixed: HashMap<(HostPort, Option<String>), Vec<u32>> = HashMap::new();
         let mut mx: HashMap<String, Vec<u32>> = HashMap::new();
         for index in pending {
             let Some(recipient) = message.envelope().recipients.get(index as usize) else {
@@ -188,7 +196,10 @@ pub async fn plan<M: Addressed>(
             };
             match router.route(&recipient.address) {
                 Route::Local => local.push(index),
-                Route::Relay(NextHop::Fixed(hop)) => fixed.entry(hop).or_default().push(index),
+                Route::Relay(NextHop::Fixed(hop)) => {
+                    let pool = router.route_pool(&recipient.address).map(str::to_owned);
+                    fixed.entry((hop, pool)).or_default().push(index);
+                }
                 Route::Relay(NextHop::Mx(domain)) => mx.entry(domain).or_default().push(index),
             }
         }
@@ -205,10 +216,11 @@ pub async fn plan<M: Addressed>(
             hop,
             message: Rc::clone(&message),
         };
-        for (hop, recipients) in fixed {
+        for ((hop, route_pool), recipients) in fixed {
             plan.remote.push(Placement {
                 key: DestinationKey::route(&hop.host, hop.port),
                 domain: None,
+                route_pool,
                 work: work(recipients, Rc::new(Hop::Fixed(hop))),
             });
         }
@@ -240,6 +252,7 @@ pub async fn plan<M: Addressed>(
                         plan.remote.push(Placement {
                             key: key.clone(),
                             domain: Some(domain.clone()),
+                            route_pool: None,
                             work: Work {
                                 id: g.id,
                                 attempt: g.attempt,
@@ -277,21 +290,63 @@ pub async fn plan<M: Addressed>(
     plan
 }
 
+/// The egress source a destination key names, in `plan`.
+fn source_for<'a>(plan: &'a EgressPlan, dest: &DestinationKey) -> Option<&'a Source> {
+    plan.source(dest.source()?)
+}
+
+/// Work the scheduler could not queue: it goes back to the caller, who
+/// holds its message for `dest` (not an attempt).
+#[derive(Debug)]
+pub struct Refused<M> {
+    pub work: Work<M>,
+    pub dest: DestinationKey,
+}
+
 /// The ready queues and the held messages of one core (see the module
 /// header).
 pub struct Scheduler<M> {
     ready: ReadyQueues<Work<M>>,
-    /// Messages held back per destination whose ready queue was full (or
-    /// whose site is suspended), released as it makes room.
+    /// Messages held back per destination whose ready queue was full,
+    /// whose site is suspended or whose egress source is out of budget,
+    /// released as it makes room (and, with a source, as its budget
+    /// allows).
     held: HashMap<DestinationKey, BTreeSet<SpoolId>>,
+    /// The egress sources and pools in force, and this core's chooser.
+    egress: Arc<EgressPlan>,
+    chooser: Chooser<DestinationKey>,
 }
 
 impl<M> Scheduler<M> {
+    /// The scheduler of core `core` among `limits.share` cores (the share
+    /// splits egress budgets as it splits rates), without egress sources
+    /// until [`Scheduler::set_egress`].
     pub fn new(limits: ReadyLimits) -> Result<Self, QueueError> {
+        Self::for_core(limits, 0)
+    }
+
+    /// [`Scheduler::new`] for core `core`.
+    pub fn for_core(limits: ReadyLimits, core: usize) -> Result<Self, QueueError> {
         Ok(Scheduler {
             ready: ReadyQueues::new(limits)?,
             held: HashMap::new(),
+            egress: Arc::new(EgressPlan::default()),
+            chooser: Chooser::new(core, limits.share),
         })
+    }
+
+    /// The egress sources and pools for work placed from now on (a
+    /// reload); budgets already spent are kept by source name.
+    pub fn set_egress(&mut self, plan: Arc<EgressPlan>) {
+        if !Arc::ptr_eq(&self.egress, &plan) {
+            self.egress = plan;
+        }
+    }
+
+    /// The egress source work for `dest` leaves from, if any (its bind
+    /// address and EHLO name); `None` also when a reload removed it.
+    pub fn source_of(&self, dest: &DestinationKey) -> Option<&Source> {
+        source_for(&self.egress, dest)
     }
 
     /// Queues work for its site; a site becoming active takes the limits
@@ -306,6 +361,95 @@ impl<M> Scheduler<M> {
         self.ready
             .push_shaped(key, work, shape)
             .map_err(|full| full.0)
+    }
+
+    /// Queues `placement`'s work for its site, from an egress source when
+    /// its message has a pool (the route's, the authenticated user's, the
+    /// tenant's or the default; see `egress::plan`): the chooser picks the
+    /// source, preferring those not suspended for the site and with room
+    /// in their queue, and the work goes to that (site, source) queue. A
+    /// site (and source) becoming active takes the limits `shape` gives
+    /// for its key. Returns the key used; refused work (a full queue, or
+    /// every source of the pool out of budget) comes back with the key to
+    /// hold its message for.
+    pub fn place_work(
+        &mut self,
+        placement: Placement<M>,
+        clock: Clock,
+        shape: impl FnOnce(&DestinationKey) -> SiteLimits,
+    ) -> Result<DestinationKey, Refused<M>>
+    where
+        M: Addressed,
+    {
+        let Placement {
+            key,
+            route_pool,
+            work,
+            ..
+        } = placement;
+        let envelope = work.message.envelope();
+        let pool = self.egress.pool_for(PoolInputs {
+            route_pool: route_pool.as_deref(),
+            user: envelope.auth_user.as_deref(),
+            tenant: envelope.tenant.as_deref(),
+        });
+        let Some(pool) = pool else {
+            let shaped = shape(&key);
+            return match self.ready.push_shaped(key.clone(), work, || shaped) {
+                Ok(()) => Ok(key),
+                Err(full) => Err(Refused {
+                    work: full.0,
+                    dest: key,
+                }),
+            };
+        };
+        let ready = &self.ready;
+        let limit = ready.limits().max_queued_per_destination;
+        // Cheap when nothing is suspended and no queue can be full.
+        let all_usable = !ready.has_suspensions() && ready.queued() < limit;
+        let use_now = |s: &Source| {
+            if all_usable {
+                return true;
+            }
+            let dest = key.with_source(&s.name);
+            ready.suspended_until(&dest, clock.now).is_none() && ready.queued_for(&dest) < limit
+        };
+        let choice = self
+            .chooser
+            .choose(&self.egress, pool, &key, clock, use_now);
+        let sources = self.egress.sources();
+        let (index, exhausted) = match choice {
+            Some(Choice::Send(index)) => (index, false),
+            Some(Choice::Exhausted { source, .. }) => (source, true),
+            // A pool of another plan (cannot happen: the plan is read once
+            // above); the work leaves without a source.
+            None => {
+                let shaped = shape(&key);
+                return self
+                    .ready
+                    .push_shaped(key.clone(), work, || shaped)
+                    .map(|()| key.clone())
+                    .map_err(|full| Refused {
+                        work: full.0,
+                        dest: key,
+                    });
+            }
+        };
+        let Some(source) = sources.get(index) else {
+            return Err(Refused { work, dest: key });
+        };
+        let dest = key.with_source(&source.name);
+        if exhausted {
+            return Err(Refused { work, dest });
+        }
+        let shaped = shape(&dest);
+        match self.ready.push_shaped(dest.clone(), work, || shaped) {
+            Ok(()) => {
+                self.chooser.spend(source, clock);
+                Ok(dest)
+            }
+            Err(full) => Err(Refused { work: full.0, dest }),
+        }
     }
 
     /// The next connection's worth of work, if any may open now.
@@ -364,11 +508,23 @@ impl<M> Scheduler<M> {
         now: UnixTime,
         clock: Instant,
     ) -> bool {
+        // A spent source budget: until it returns (the warm-up's next day).
+        let budget = match source_for(&self.egress, &dest) {
+            Some(source) => {
+                let clock = Clock {
+                    now: clock,
+                    unix: now.0,
+                };
+                self.chooser.wait(source, clock)
+            }
+            None => Duration::ZERO,
+        };
         let wait = self
             .suspended_until(&dest, clock)
             .map_or(HOLD_RECHECK, |until| {
                 until.saturating_duration_since(clock).max(HOLD_RECHECK)
-            });
+            })
+            .max(budget);
         if queue.hold(id, attempt, now.plus(wait)).is_err() {
             return false;
         }
@@ -377,12 +533,22 @@ impl<M> Scheduler<M> {
     }
 
     /// Hands held messages back to the queue, due now, as far as their
-    /// destinations have room in their ready queues.
-    pub fn release_held(&mut self, queue: &mut Queue, now: UnixTime) {
+    /// destinations have room in their ready queues and, for a
+    /// destination with an egress source, as its budget allows.
+    pub fn release_held(&mut self, queue: &mut Queue, now: UnixTime, clock: Instant) {
         let limit = self.ready.limits().max_queued_per_destination;
         let ready = &self.ready;
+        let (egress, chooser) = (&self.egress, &mut self.chooser);
+        let clock = Clock {
+            now: clock,
+            unix: now.0,
+        };
         self.held.retain(|dest, ids| {
             let mut room = limit.saturating_sub(ready.queued_for(dest));
+            if let Some(source) = source_for(egress, dest) {
+                let spare = chooser.spare(source, clock);
+                room = room.min(usize::try_from(spare).unwrap_or(usize::MAX));
+            }
             while room > 0 {
                 let Some(id) = ids.pop_first() else { break };
                 if queue.release(id, now) {
@@ -416,6 +582,28 @@ impl<M> Scheduler<M> {
     /// Messages held, over every destination.
     pub fn held_count(&self) -> usize {
         self.held.values().map(BTreeSet::len).sum()
+    }
+
+    /// When a spent egress budget that holds messages back lets one go
+    /// (`None`: no held message waits for a budget).
+    pub fn budget_wakeup(&mut self, now: UnixTime, clock: Instant) -> Option<Instant> {
+        let clock = Clock {
+            now: clock,
+            unix: now.0,
+        };
+        let mut soonest: Option<Instant> = None;
+        for dest in self.held.keys() {
+            let Some(source) = source_for(&self.egress, dest) else {
+                continue;
+            };
+            let wait = self.chooser.wait(source, clock);
+            if wait.is_zero() {
+                continue; // not held for its budget
+            }
+            let at = clock.now + wait;
+            soonest = Some(soonest.map_or(at, |s| s.min(at)));
+        }
+        soonest
     }
 }
 
@@ -744,12 +932,12 @@ mod tests {
         assert!(queue.due(UnixTime(1_001)).is_empty(), "held, not due");
 
         // No room yet: nothing comes back.
-        scheduler.release_held(&mut queue, UnixTime(1_001));
+        scheduler.release_held(&mut queue, UnixTime(1_001), clock);
         assert!(queue.due(UnixTime(1_001)).is_empty());
         // One connection takes both queued pieces of work: room for two.
         let (dest, works) = scheduler.next_connection(clock).unwrap();
         assert_eq!((dest, works.len()), (site.clone(), 2));
-        scheduler.release_held(&mut queue, UnixTime(1_002));
+        scheduler.release_held(&mut queue, UnixTime(1_002), clock);
         let due: Vec<_> = queue.due(UnixTime(1_002)).iter().map(|d| d.id).collect();
         assert_eq!(due, held[..2], "the two oldest held, due now");
         assert_eq!(scheduler.held_count(), 1);
@@ -786,5 +974,167 @@ mod tests {
             1,
             "due when it ends"
         );
+    }
+
+    /// An egress plan from `[egress]` TOML (and routes).
+    fn egress(extra: &str) -> Arc<EgressPlan> {
+        let text = format!(
+            "hostname = \"relay.test\"\nspool_dir = \"/tmp/s\"\n[[listener]]\naddress = \"127.0.0.1:25\"\nprotocol = \"smtp\"\n{extra}"
+        );
+        let config = crate::config::Config::parse(&text).expect("valid configuration");
+        Arc::new(EgressPlan::build(&config).expect("valid egress"))
+    }
+
+    const POOLS: &str = r#"
+[[egress.source]]
+name = "ip1"
+bind = "127.0.0.31"
+ehlo = "mta1.test"
+[[egress.source]]
+name = "ip2"
+bind = "127.0.0.32"
+[[egress.source]]
+name = "new"
+warmup_start = 2025-12-06
+warmup = ["2/day"]
+[egress]
+default_pool = "main"
+[egress.pool.main]
+sources = { ip1 = 3, ip2 = 1 }
+[egress.pool.bulk]
+sources = { ip2 = 1 }
+[egress.pool.warming]
+sources = { new = 1 }
+[egress.tenant.acme]
+pool = "bulk"
+[egress.user.carol]
+pool = "warming"
+"#;
+
+    /// 2025-12-06 at noon, UTC.
+    const NOON: u64 = 1_765_022_400;
+
+    /// Work for message `n` with the given AUTH user and tenant.
+    fn work_of(n: u64, user: Option<&str>, tenant: Option<&str>) -> Work<FakeMessage> {
+        let mut w = work(n);
+        let mut envelope = w.message.0.clone();
+        envelope.auth_user = user.map(str::to_owned);
+        envelope.tenant = tenant.map(str::to_owned);
+        w.message = Rc::new(FakeMessage(envelope));
+        w
+    }
+
+    fn placement(
+        key: &DestinationKey,
+        route_pool: Option<&str>,
+        w: Work<FakeMessage>,
+    ) -> Placement<FakeMessage> {
+        Placement {
+            key: key.clone(),
+            domain: None,
+            route_pool: route_pool.map(str::to_owned),
+            work: w,
+        }
+    }
+
+    #[test]
+    fn work_goes_to_its_pools_sources_by_weight() {
+        let mut scheduler = Scheduler::new(ReadyLimits::default()).unwrap();
+        scheduler.set_egress(egress(POOLS));
+        let site: DestinationKey = "mx:mx.other.test".parse().unwrap();
+        let clock = Clock {
+            now: Instant::now(),
+            unix: NOON,
+        };
+        let mut keys = Vec::new();
+        for n in 0..8 {
+            let placed = scheduler.place_work(
+                placement(&site, None, work_of(n, None, None)),
+                clock,
+                |_| plain_site(),
+            );
+            keys.push(placed.unwrap().to_string());
+        }
+        let ip1 = keys.iter().filter(|k| k.ends_with("@ip1")).count();
+        assert_eq!(
+            (ip1, keys.len() - ip1),
+            (6, 2),
+            "3:1 by the default pool: {keys:?}"
+        );
+        assert!(keys.iter().all(|k| k.starts_with("mx:mx.other.test@")));
+        let source = scheduler.source_of(&site.with_source("ip1")).unwrap();
+        assert_eq!(
+            (source.bind, source.ehlo.as_str()),
+            (Some("127.0.0.31".parse().unwrap()), "mta1.test")
+        );
+        assert!(scheduler.source_of(&site).is_none());
+        // A tenant's pool; a user's pool before the tenant's; the route's first.
+        let place = |s: &mut Scheduler<FakeMessage>, n, route: Option<&str>, user, tenant| {
+            s.place_work(
+                placement(&site, route, work_of(n, user, tenant)),
+                clock,
+                |_| plain_site(),
+            )
+            .unwrap()
+            .to_string()
+        };
+        assert!(place(&mut scheduler, 20, None, None, Some("ACME")).ends_with("@ip2"));
+        assert!(place(&mut scheduler, 21, None, Some("carol"), Some("acme")).ends_with("@new"));
+        assert!(place(&mut scheduler, 22, Some("bulk"), Some("carol"), None).ends_with("@ip2"));
+        // Without any pool, the site alone.
+        scheduler.set_egress(egress(""));
+        assert_eq!(
+            place(&mut scheduler, 23, None, None, None),
+            site.to_string()
+        );
+    }
+
+    #[test]
+    fn a_spent_warmup_holds_work_until_the_next_day_and_releases_by_budget() {
+        let mut scheduler = Scheduler::new(ReadyLimits::default()).unwrap();
+        scheduler.set_egress(egress(POOLS));
+        let site: DestinationKey = "[relay.routed.test]:2525".parse().unwrap();
+        let clock = Instant::now();
+        let at = |unix| Clock { now: clock, unix };
+        let mut queue = Queue::new();
+        let mut refused = Vec::new();
+        for n in 1..=4 {
+            let w = work_of(n, Some("carol"), None);
+            match scheduler.place_work(placement(&site, None, w), at(NOON), |_| plain_site()) {
+                Ok(dest) => assert_eq!(dest.source(), Some("new")),
+                Err(r) => refused.push(r),
+            }
+        }
+        assert_eq!(refused.len(), 2, "two a day");
+        let dest = refused[0].dest.clone();
+        assert_eq!(dest, site.with_source("new"));
+        for (i, r) in refused.iter().enumerate() {
+            let n = 10 + i as u64;
+            let attempt = queued(&mut queue, n);
+            assert!(scheduler.hold(
+                &mut queue,
+                SpoolId::from_u64(n),
+                attempt,
+                r.dest.clone(),
+                UnixTime(NOON),
+                clock
+            ));
+        }
+        // Held until midnight UTC, twelve hours on; nothing released before.
+        assert!(queue.due(UnixTime(NOON + 12 * 3600 - 1)).is_empty());
+        scheduler.release_held(&mut queue, UnixTime(NOON + 60), clock);
+        assert!(
+            queue.due(UnixTime(NOON + 60)).is_empty(),
+            "no budget: none released"
+        );
+        assert_eq!(
+            scheduler.budget_wakeup(UnixTime(NOON), clock),
+            Some(clock + Duration::from_secs(12 * 3600))
+        );
+        // The next day (warm: the schedule had one step) lets them go.
+        let tomorrow = UnixTime(NOON + 86_400);
+        scheduler.release_held(&mut queue, tomorrow, clock);
+        assert_eq!(queue.due(tomorrow).len(), 2);
+        assert_eq!(scheduler.held_count(), 0);
     }
 }

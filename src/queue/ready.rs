@@ -358,6 +358,12 @@ impl<W> ReadyQueues<W> {
         self.suspended = suspended;
     }
 
+    /// Whether any site is suspended (or was, until the next wakeup
+    /// forgets it).
+    pub fn has_suspensions(&self) -> bool {
+        !self.suspended.is_empty()
+    }
+
     /// Until when `dest` is suspended (itself or its whole site), if it
     /// is at `now`.
     pub fn suspended_until(&self, dest: &DestinationKey, now: Instant) -> Option<Instant> {
