@@ -301,6 +301,8 @@ fn source_for<'a>(plan: &'a EgressPlan, dest: &DestinationKey) -> Option<&'a Sou
 pub struct Refused<M> {
     pub work: Work<M>,
     pub dest: DestinationKey,
+    /// Every source of the pool was out of budget (else: a full queue).
+    pub budget_spent: bool,
 }
 
 /// The ready queues and the held messages of one core (see the module
@@ -388,20 +390,16 @@ impl<M> Scheduler<M> {
             ..
         } = placement;
         let envelope = work.message.envelope();
-        let pool = self.egress.pool_for(PoolInputs {
+        // The plan in force for this decision (a reload may swap it).
+        let egress = Arc::clone(&self.egress);
+        let pool = egress.pool_for(PoolInputs {
             route_pool: route_pool.as_deref(),
             user: envelope.auth_user.as_deref(),
             tenant: envelope.tenant.as_deref(),
         });
         let Some(pool) = pool else {
             let shaped = shape(&key);
-            return match self.ready.push_shaped(key.clone(), work, || shaped) {
-                Ok(()) => Ok(key),
-                Err(full) => Err(Refused {
-                    work: full.0,
-                    dest: key,
-                }),
-            };
+            return self.queue_for(key, work, || shaped);
         };
         let ready = &self.ready;
         let limit = ready.limits().max_queued_per_destination;
@@ -414,10 +412,8 @@ impl<M> Scheduler<M> {
             let dest = key.with_source(&s.name);
             ready.suspended_until(&dest, clock.now).is_none() && ready.queued_for(&dest) < limit
         };
-        let choice = self
-            .chooser
-            .choose(&self.egress, pool, &key, clock, use_now);
-        let sources = self.egress.sources();
+        let choice = self.chooser.choose(&egress, pool, &key, clock, use_now);
+        let sources = egress.sources();
         let (index, exhausted) = match choice {
             Some(Choice::Send(index)) => (index, false),
             Some(Choice::Exhausted { source, .. }) => (source, true),
@@ -425,30 +421,43 @@ impl<M> Scheduler<M> {
             // above); the work leaves without a source.
             None => {
                 let shaped = shape(&key);
-                return self
-                    .ready
-                    .push_shaped(key.clone(), work, || shaped)
-                    .map(|()| key.clone())
-                    .map_err(|full| Refused {
-                        work: full.0,
-                        dest: key,
-                    });
+                return self.queue_for(key, work, || shaped);
             }
         };
         let Some(source) = sources.get(index) else {
-            return Err(Refused { work, dest: key });
+            let shaped = shape(&key);
+            return self.queue_for(key, work, || shaped);
         };
         let dest = key.with_source(&source.name);
         if exhausted {
-            return Err(Refused { work, dest });
+            return Err(Refused {
+                work,
+                dest,
+                budget_spent: true,
+            });
         }
         let shaped = shape(&dest);
-        match self.ready.push_shaped(dest.clone(), work, || shaped) {
-            Ok(()) => {
-                self.chooser.spend(source, clock);
-                Ok(dest)
-            }
-            Err(full) => Err(Refused { work: full.0, dest }),
+        let queued = self.queue_for(dest, work, || shaped);
+        if queued.is_ok() {
+            self.chooser.spend(source, clock);
+        }
+        queued
+    }
+
+    /// Queues work for `dest`; a full queue gives it back.
+    fn queue_for(
+        &mut self,
+        dest: DestinationKey,
+        work: Work<M>,
+        shape: impl FnOnce() -> SiteLimits,
+    ) -> Result<DestinationKey, Refused<M>> {
+        match self.ready.push_shaped(dest.clone(), work, shape) {
+            Ok(()) => Ok(dest),
+            Err(full) => Err(Refused {
+                work: full.0,
+                dest,
+                budget_spent: false,
+            }),
         }
     }
 
@@ -1106,6 +1115,7 @@ pool = "warming"
             }
         }
         assert_eq!(refused.len(), 2, "two a day");
+        assert!(refused.iter().all(|r| r.budget_spent));
         let dest = refused[0].dest.clone();
         assert_eq!(dest, site.with_source("new"));
         for (i, r) in refused.iter().enumerate() {
