@@ -886,6 +886,7 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let mut snapshot_inboxes = Vec::with_capacity(count);
     let mut handles = Vec::with_capacity(count);
     let suspensions = Arc::new(crate::delivery::suspensions::Suspensions::default());
+    let throttles = Arc::new(crate::delivery::throttles::Throttles::default());
     for index in 0..count {
         let (inbox, control) = async_channel::unbounded();
         inboxes.push(inbox);
@@ -915,6 +916,7 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
             outbound_tls: Arc::clone(&outbound_tls),
             smarthost_tls: smarthost_tls.clone(),
             suspensions: Arc::clone(&suspensions),
+            throttles: Arc::clone(&throttles),
             control,
             snapshots,
             fatal: fatal.clone(),

@@ -166,6 +166,8 @@ pub struct ShardPlan {
     pub snapshots: async_channel::Receiver<SnapshotRequest>,
     /// Suspended sites, shared by every shard.
     pub suspensions: Arc<crate::delivery::suspensions::Suspensions>,
+    /// Throttled sites, shared by every shard.
+    pub throttles: Arc<crate::delivery::throttles::Throttles>,
     /// The shard's thread joins these as it starts: its panic ends the
     /// process (see `crash`).
     pub fatal: FatalThreads,
@@ -304,7 +306,10 @@ async fn start<S: SegmentStore + 'static>(
         plan.outbound_tls,
         plan.smarthost_tls,
         ready,
-        plan.suspensions,
+        crate::delivery::engine::SiteTables {
+            suspensions: plan.suspensions,
+            throttles: plan.throttles,
+        },
     )
     .map_err(|e| format!("delivery: {e}"))?;
     glommio::spawn_local(Rc::clone(&engine).run()).detach();

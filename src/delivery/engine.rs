@@ -23,8 +23,9 @@ use crate::delivery::agent::{DeliveryAgent, LocalAgent, SmtpAgent, LOCAL_MTA};
 use crate::delivery::outbound::{HostFailed, Outbound};
 use crate::delivery::recorder::{Hold, Recorder};
 use crate::delivery::report::{same_result, transient, RecipientReport};
-use crate::delivery::scheduler::{self, Hop, MessageSource, Placement, Scheduler, Work};
+use crate::delivery::scheduler::{self, Hop, MessageSource, Placement, Refused, Scheduler, Work};
 use crate::delivery::suspensions::Suspensions;
+use crate::delivery::throttles::{Change, Throttles};
 use crate::queue::{
     AttemptId, DestinationKey, Dispatch, MessageState, QueueError, ReadyLimits, UnixTime,
 };
@@ -58,10 +59,19 @@ pub struct Engine<S: SegmentStore> {
     /// Wakes idle connections when work is queued, so they take it before
     /// a new connection is opened.
     work_arrived: event_listener::Event,
-    /// Suspended sites, shared by every core, and the version of the
-    /// table last copied into the scheduler.
+    /// Suspended and throttled sites, shared by every core, and the
+    /// versions of the tables last copied into the scheduler.
     suspensions: Arc<Suspensions>,
     suspensions_seen: Cell<u64>,
+    throttles: Arc<Throttles>,
+    throttles_seen: Cell<u64>,
+}
+
+/// The host-wide tables of sites under a back-off action.
+#[derive(Debug, Default, Clone)]
+pub struct SiteTables {
+    pub suspensions: Arc<Suspensions>,
+    pub throttles: Arc<Throttles>,
 }
 
 /// Seconds since the epoch, as the queue counts time.
@@ -97,7 +107,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
         tls: std::sync::Arc<rustls::ClientConfig>,
         smarthost_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
         limits: ReadyLimits,
-        suspensions: Arc<Suspensions>,
+        sites: SiteTables,
     ) -> Result<Rc<Self>, QueueError> {
         let d = &ctx.config.delivery;
         let client = ClientConfig {
@@ -122,8 +132,10 @@ impl<S: SegmentStore + 'static> Engine<S> {
             scheduler: RefCell::new(Scheduler::for_core(limits, ctx.index)?),
             recorder: Recorder::new(Rc::clone(&ctx)),
             work_arrived: event_listener::Event::new(),
-            suspensions,
+            suspensions: sites.suspensions,
             suspensions_seen: Cell::new(u64::MAX),
+            throttles: sites.throttles,
+            throttles_seen: Cell::new(u64::MAX),
             ctx,
         }))
     }
@@ -132,8 +144,12 @@ impl<S: SegmentStore + 'static> Engine<S> {
     pub async fn run(self: Rc<Self>) {
         while !self.ctx.shutdown.is_fired() {
             let now = unix_now();
-            self.sync_suspensions();
+            self.sync_tables();
             self.scheduler.borrow_mut().set_egress(self.ctx.egress());
+            let bounced = self.scheduler.borrow_mut().take_bounced();
+            for (work, reply) in bounced {
+                self.bounce(work, &reply).await;
+            }
             self.scheduler.borrow_mut().release_held(
                 &mut self.ctx.queue.borrow_mut(),
                 now,
@@ -224,14 +240,18 @@ impl<S: SegmentStore + 'static> Engine<S> {
             // Not an attempt: nothing was tried. The message waits in the
             // queue, uncounted, until the destination makes room (or its
             // source's budget returns).
-            Err(refused) => {
-                let work = refused.work;
+            Err(Refused::Held {
+                work,
+                dest,
+                budget_spent,
+            }) => {
                 let hold = self
                     .recorder
-                    .held(work.id, work.attempt, refused.dest)
+                    .held(work.id, work.attempt, dest, budget_spent)
                     .await;
                 self.hold(hold);
             }
+            Err(Refused::Bounce(work, reply)) => self.bounce(work, &reply).await,
         }
     }
 
@@ -258,52 +278,114 @@ impl<S: SegmentStore + 'static> Engine<S> {
             .hold(&mut queue, id, attempt, dest, unix_now(), Instant::now());
     }
 
-    /// Copies the shared suspension table into the scheduler when it
-    /// changed.
-    fn sync_suspensions(&self) {
+    /// Copies the shared tables of suspended, bouncing and throttled
+    /// sites into the scheduler when they changed.
+    fn sync_tables(&self) {
+        let version = self.throttles.version();
+        if version != self.throttles_seen.replace(version) {
+            self.scheduler
+                .borrow_mut()
+                .set_throttled(self.throttles.factors(), Instant::now());
+        }
         let version = self.suspensions.version();
         if version == self.suspensions_seen.replace(version) {
             return;
         }
         let (wall, clock) = (SystemTime::now(), Instant::now());
-        let table = self
-            .suspensions
-            .active(wall)
+        let active = self.suspensions.active(wall);
+        let bouncing = active
+            .iter()
+            .filter(|(_, s)| s.bounce)
+            .map(|(site, s)| (site.clone(), s.reason.clone()))
+            .collect();
+        let table = active
             .into_iter()
             .map(|(site, s)| {
                 let left = s.until.duration_since(wall).unwrap_or_default();
                 (site, clock + left)
             })
             .collect();
-        self.scheduler.borrow_mut().set_suspended(table);
+        let mut scheduler = self.scheduler.borrow_mut();
+        scheduler.set_suspended(table);
+        scheduler.set_bouncing(bouncing, &mut self.ctx.queue.borrow_mut(), unix_now());
     }
 
-    /// A receiver's reply matched a back-off rule: the site is suspended
-    /// (every core stops sending to it; its mail waits, uncounted).
-    fn back_off(&self, dest: &DestinationKey, reply: &str) {
+    /// Fails a piece of work for good: its site's mail is being bounced by
+    /// a back-off rule. Its ready-queue slot is given back.
+    async fn bounce(&self, work: Work<StoredMessage>, reply: &str) {
+        let reply = if reply.starts_with('5') {
+            reply.to_owned()
+        } else {
+            format!("550 5.0.0 returned after the receiver said: {reply}")
+        };
+        let reports = same_result(&work.recipients, Outcome::PermanentFailure, &reply);
+        self.report(work.id, work.attempt, reports, None).await;
+    }
+
+    /// A receiver's reply for `dest` matched a back-off rule: its actions
+    /// are taken (bounce or suspend the site, throttle it) and logged.
+    /// Returns whether the rule fails the recipient for good.
+    fn back_off(&self, dest: &DestinationKey, reply: &str) -> bool {
         let shaping = self.ctx.shaping();
         let Some(rule) = shaping.backoff_for(reply) else {
-            return;
+            return false;
         };
-        // Every recipient of a refused transaction says the same: one
-        // suspension is enough.
-        if self
-            .scheduler
-            .borrow()
-            .suspended_until(dest, Instant::now())
-            .is_some()
-        {
+        let pattern = rule.pattern();
+        if let Some(length) = rule.bounce {
+            let until = SystemTime::now() + length;
+            if self
+                .suspensions
+                .bounce(dest.clone(), until, reply.to_owned())
+            {
+                tracing::warn!(site = %dest, reply, rule = pattern, bounce = ?length, "site bounced: its queued mail returns to the senders");
+                self.ctx.metrics.borrow_mut().counters.site_bounces += 1;
+            }
+        } else if let Some(length) = rule.suspend {
+            // Every recipient of a refused transaction says the same: one
+            // suspension is enough.
+            let suspended = self
+                .scheduler
+                .borrow()
+                .suspended_until(dest, Instant::now())
+                .is_some();
+            let until = SystemTime::now() + length;
+            if !suspended
+                && self
+                    .suspensions
+                    .suspend(dest.clone(), until, reply.to_owned())
+            {
+                tracing::warn!(site = %dest, reply, rule = pattern, suspend = ?length, "site suspended");
+                self.ctx.metrics.borrow_mut().counters.suspensions += 1;
+            }
+        }
+        if let Some(step) = rule.throttle {
+            if let Some(Change::Lowered(factor)) =
+                self.throttles.lower(dest, step, reply, Instant::now())
+            {
+                tracing::warn!(site = %dest, reply, rule = pattern, factor, "site throttled");
+                self.ctx.metrics.borrow_mut().counters.throttles += 1;
+            }
+        }
+        // This core at once; the others at their next turn.
+        self.sync_tables();
+        self.ctx.delivery_wake.notify();
+        rule.fail
+    }
+
+    /// A message was delivered to `dest`: a throttled site climbs back
+    /// step by step.
+    fn delivered(&self, dest: &DestinationKey) {
+        if !self.scheduler.borrow().is_throttled(dest) {
             return;
         }
-        let until = SystemTime::now() + rule.suspend;
-        if self
-            .suspensions
-            .suspend(dest.clone(), until, reply.to_owned())
-        {
-            tracing::warn!(site = %dest, reply, rule = rule.pattern(), suspend = ?rule.suspend, "site suspended");
-            self.ctx.metrics.borrow_mut().counters.suspensions += 1;
-            self.sync_suspensions();
+        match self.throttles.delivered(dest) {
+            Some(Change::Raised(factor)) => {
+                tracing::info!(site = %dest, factor, "site throttle eased");
+            }
+            Some(Change::Lifted) => tracing::info!(site = %dest, "site throttle lifted"),
+            _ => return,
         }
+        self.sync_tables();
     }
 
     /// The shaping limits of a site reached through `hop` for `domain`
@@ -441,6 +523,28 @@ impl<S: SegmentStore + 'static> Engine<S> {
             let Some(work) = queue.pop_front() else {
                 return false;
             };
+            // A back-off action taken since this work was handed out
+            // applies to it too.
+            let bouncing = self.scheduler.borrow().bouncing_reply(dest);
+            if let Some(reply) = bouncing {
+                self.bounce(work, &reply).await;
+                self.scheduler.borrow_mut().done(dest, 1);
+                continue;
+            }
+            let suspended = self
+                .scheduler
+                .borrow()
+                .suspended_until(dest, Instant::now())
+                .is_some();
+            if suspended {
+                let hold = self
+                    .recorder
+                    .held(work.id, work.attempt, dest.clone(), false)
+                    .await;
+                self.hold(hold);
+                self.scheduler.borrow_mut().done(dest, 1);
+                continue;
+            }
             let begun = self
                 .ctx
                 .queue
@@ -452,13 +556,20 @@ impl<S: SegmentStore + 'static> Engine<S> {
                 self.scheduler.borrow_mut().done(dest, 1);
                 continue;
             }
-            let delivery = self
+            let mut delivery = self
                 .timed(agent.deliver(&work.message, &work.recipients))
                 .await;
-            for r in &delivery.reports {
-                if r.outcome != Outcome::Delivered {
-                    self.back_off(dest, &r.reply);
+            let mut delivered = false;
+            for r in &mut delivery.reports {
+                if r.outcome == Outcome::Delivered {
+                    delivered = true;
+                } else if self.back_off(dest, &r.reply) && r.outcome == Outcome::TransientFailure {
+                    r.outcome = Outcome::PermanentFailure;
+                    r.reply = made_permanent(&r.reply);
                 }
+            }
+            if delivered {
+                self.delivered(dest);
             }
             self.report(
                 work.id,
@@ -605,6 +716,11 @@ impl<S: SegmentStore + 'static> Engine<S> {
                 self.room_made(dest);
                 return;
             }
+            // Other sites wait for a connection slot: this one is not
+            // kept idle (Postfix's connection cache holds no process).
+            if self.scheduler.borrow().starved() {
+                return;
+            }
             // Work held back by a rate keeps the connection while the
             // rate lets it go before the idle time is up.
             let until = match self.scheduler.borrow_mut().wakeup_for(dest, now) {
@@ -686,44 +802,49 @@ impl<S: SegmentStore + 'static> Engine<S> {
                 let until = SystemTime::now() + Duration::from_secs(seconds);
                 self.suspensions
                     .suspend(site.clone(), until, "suspended by hand".into());
-                self.sync_suspensions();
+                self.sync_tables();
                 self.ctx.delivery_wake.notify();
                 Reply::Done(format!("shard {index}: {site} suspended for {seconds} s"))
             }
             Request::Resume(site) => {
                 let resumed = self.suspensions.resume(&site);
-                self.sync_suspensions();
+                let lifted = self.throttles.lift(&site);
+                self.sync_tables();
                 let released = self.scheduler.borrow_mut().release_site(
                     &mut self.ctx.queue.borrow_mut(),
                     &site,
                     unix_now(),
                 );
                 self.ctx.delivery_wake.notify();
-                if resumed {
+                if resumed || lifted {
                     tracing::info!(%site, "site resumed by hand");
                 }
+                let state = match (resumed, lifted) {
+                    (true, true) => "resumed and its throttle lifted",
+                    (true, false) => "resumed",
+                    (false, true) => "throttle lifted",
+                    (false, false) => "was not suspended",
+                };
                 Reply::Done(format!(
-                    "shard {index}: {site} {}; {released} held message(s) due now",
-                    if resumed {
-                        "resumed"
-                    } else {
-                        "was not suspended"
-                    }
+                    "shard {index}: {site} {state}; {released} held message(s) due now"
                 ))
             }
             Request::Suspensions => {
                 let wall = SystemTime::now();
-                let lines: Vec<String> = self
-                    .suspensions
-                    .active(wall)
-                    .into_iter()
-                    .map(|(site, s)| {
-                        let left = s.until.duration_since(wall).unwrap_or_default().as_secs();
-                        format!("{site} for {left} s: {}", s.reason)
-                    })
-                    .collect();
+                let suspended = self.suspensions.active(wall).into_iter().map(|(site, s)| {
+                    let left = s.until.duration_since(wall).unwrap_or_default().as_secs();
+                    let what = if s.bounce { "bouncing" } else { "suspended" };
+                    format!("{site} {what} for {left} s: {}", s.reason)
+                });
+                let throttled = self.throttles.active().into_iter().map(|(site, t)| {
+                    format!(
+                        "{site} throttled to {:.3} of its limits ({} of {} deliveries to the next step up): {}",
+                        t.factor, t.successes, t.step.recover_after, t.reason
+                    )
+                });
+                let lines: Vec<String> = suspended.chain(throttled).collect();
                 if lines.is_empty() {
-                    Reply::Done("no site is suspended".into())
+                    Reply::Done("no site is suspended or throttled".into())
                 } else {
                     Reply::Done(lines.join("; "))
                 }
@@ -735,6 +856,15 @@ impl<S: SegmentStore + 'static> Engine<S> {
     }
 }
 
+/// A temporary failure that a back-off rule's `fail` made permanent:
+/// the receiver's reply, kept for the DSN, behind a 5xx code with the
+/// same enhanced subject and detail.
+fn made_permanent(reply: &str) -> String {
+    let status = crate::delivery::dsn::status_of(reply).unwrap_or_else(|| "4.0.0".into());
+    let detail = status.split_once('.').map_or("0.0", |(_, rest)| rest);
+    format!("550 5.{detail} failed for good by a back-off rule: {reply}")
+}
+
 fn flatten(hosts: &[MxHost], port: u16) -> Vec<(String, SocketAddr)> {
     hosts
         .iter()
@@ -744,4 +874,21 @@ fn flatten(hosts: &[MxHost], port: u16) -> Vec<(String, SocketAddr)> {
                 .map(move |ip| (h.name.clone(), SocketAddr::new(*ip, port)))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::made_permanent;
+
+    #[test]
+    fn a_failure_made_permanent_keeps_the_receivers_reply_and_detail() {
+        assert_eq!(
+            made_permanent("450 4.1.1 <a@x.test>: no such user"),
+            "550 5.1.1 failed for good by a back-off rule: 450 4.1.1 <a@x.test>: no such user"
+        );
+        assert_eq!(
+            made_permanent("451 try later"),
+            "550 5.0.0 failed for good by a back-off rule: 451 try later"
+        );
+    }
 }

@@ -4,8 +4,9 @@
 //! (`agent`) deliver, over `outbound` SMTP connections or to the mailbox
 //! tier, and report per recipient (`report`); `recorder` turns reports
 //! into spool records, DSNs (`dsn`) and finished messages, with the
-//! attempts in flight (`attempts`); `suspensions` is the host-wide table
-//! of suspended sites; `engine` is the loop on each core that joins them.
+//! attempts in flight (`attempts`); `suspensions` and `throttles` are the
+//! host-wide tables of suspended (or bouncing) and throttled sites, which
+//! back-off rules fill; `engine` is the loop on each core that joins them.
 //! This file only maps modules.
 
 pub mod agent;
@@ -18,3 +19,4 @@ pub mod report;
 pub mod router;
 pub mod scheduler;
 pub mod suspensions;
+pub mod throttles;

@@ -19,6 +19,9 @@ pub struct Suspension {
     pub until: SystemTime,
     /// The reply that matched, or "by hand".
     pub reason: String,
+    /// The site's mail is returned to its senders meanwhile (a back-off
+    /// rule's `bounce`), instead of waiting.
+    pub bounce: bool,
 }
 
 /// See the module header.
@@ -36,11 +39,38 @@ impl Suspensions {
     /// Suspends `site` until `until` (a longer suspension already in
     /// force stays). Returns whether anything changed.
     pub fn suspend(&self, site: DestinationKey, until: SystemTime, reason: String) -> bool {
+        self.put(
+            site,
+            Suspension {
+                until,
+                reason,
+                bounce: false,
+            },
+        )
+    }
+
+    /// Suspends `site` until `until` and bounces its mail meanwhile (over
+    /// any plain suspension). Returns whether anything changed.
+    pub fn bounce(&self, site: DestinationKey, until: SystemTime, reason: String) -> bool {
+        self.put(
+            site,
+            Suspension {
+                until,
+                reason,
+                bounce: true,
+            },
+        )
+    }
+
+    fn put(&self, site: DestinationKey, new: Suspension) -> bool {
         let mut table = self.table();
-        if table.get(&site).is_some_and(|s| s.until >= until) {
+        let stays = table
+            .get(&site)
+            .is_some_and(|old| old.until >= new.until && (old.bounce || !new.bounce));
+        if stays {
             return false;
         }
-        table.insert(site, Suspension { until, reason });
+        table.insert(site, new);
         self.version.fetch_add(1, Ordering::Release);
         true
     }
@@ -96,5 +126,24 @@ mod tests {
         assert!(!s.resume(&site));
         assert!(s.version() > v);
         assert!(s.active(t0).is_empty());
+    }
+
+    #[test]
+    fn a_bounce_overrides_a_plain_suspension_and_not_the_other_way() {
+        let s = Suspensions::default();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let site = DestinationKey::route("blocked.test", 25);
+        assert!(s.suspend(site.clone(), t0 + Duration::from_secs(3600), "421".into()));
+        assert!(s.bounce(
+            site.clone(),
+            t0 + Duration::from_secs(600),
+            "550 5.7.606".into()
+        ));
+        assert!(s.active(t0)[0].1.bounce);
+        assert!(!s.suspend(site.clone(), t0 + Duration::from_secs(300), "421".into()));
+        assert!(
+            s.active(t0)[0].1.bounce,
+            "a plain suspension does not end a bounce"
+        );
     }
 }

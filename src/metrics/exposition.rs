@@ -161,6 +161,18 @@ pub fn render(s: &Snapshot) -> String {
         c.suspensions,
     );
     out.single(
+        "spate_delivery_throttles_total",
+        "counter",
+        "Steps down of a site's limits by a back-off rule's throttle.",
+        c.throttles,
+    );
+    out.single(
+        "spate_delivery_site_bounces_total",
+        "counter",
+        "Sites whose queued mail a back-off rule's bounce returned to the senders.",
+        c.site_bounces,
+    );
+    out.single(
         "spate_dns_queries_total",
         "counter",
         "DNS queries sent (MX, A and AAAA).",

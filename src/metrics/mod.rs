@@ -132,6 +132,10 @@ pub struct Counters {
     pub held_by_limits: u64,
     /// Sites suspended by a back-off rule on a receiver's reply.
     pub suspensions: u64,
+    /// Steps down of a site's limits by a back-off rule's `throttle`.
+    pub throttles: u64,
+    /// Sites whose mail a back-off rule's `bounce` returned.
+    pub site_bounces: u64,
 }
 
 impl Counters {
@@ -160,6 +164,8 @@ impl Counters {
         self.bytes_delivered += o.bytes_delivered;
         self.held_by_limits += o.held_by_limits;
         self.suspensions += o.suspensions;
+        self.throttles += o.throttles;
+        self.site_bounces += o.site_bounces;
     }
 }
 

@@ -228,8 +228,11 @@ struct Site<W> {
     queue: VecDeque<W>,
     connections: usize,
     in_flight: usize,
-    /// The shaping limits, fixed when the site became active.
+    /// The shaping limits, fixed when the site became active ...
+    base: SiteLimits,
+    /// ... as a back-off throttle lowers them (`factor` in (0, 1]).
     limits: SiteLimits,
+    factor: f64,
     /// Message and new-connection rates, from the first use on.
     messages: Option<TokenBucket>,
     new_connections: Option<TokenBucket>,
@@ -239,12 +242,14 @@ struct Site<W> {
 }
 
 impl<W> Site<W> {
-    fn new(limits: SiteLimits) -> Self {
+    fn new(base: SiteLimits, factor: f64) -> Self {
         Site {
             queue: VecDeque::new(),
             connections: 0,
             in_flight: 0,
-            limits,
+            limits: base.scaled(factor),
+            base,
+            factor,
             messages: None,
             new_connections: None,
             rotating: false,
@@ -258,6 +263,25 @@ impl<W> Site<W> {
         }
         if let (None, Some(rate)) = (&self.new_connections, self.limits.connection_rate) {
             self.new_connections = Some(TokenBucket::new(rate, share, now));
+        }
+    }
+
+    /// Applies a throttle factor: the limits from the base, the rate
+    /// buckets slowed or sped up without a burst.
+    fn throttle(&mut self, factor: f64, now: Instant, share: usize) {
+        if factor == self.factor {
+            return;
+        }
+        self.factor = factor;
+        self.limits = self.base.scaled(factor);
+        let pairs = [
+            (&mut self.messages, self.limits.message_rate),
+            (&mut self.new_connections, self.limits.connection_rate),
+        ];
+        for (bucket, rate) in pairs {
+            if let (Some(b), Some(rate)) = (bucket.as_mut(), rate) {
+                b.set_rate(rate, share, now);
+            }
         }
     }
 
@@ -336,6 +360,8 @@ pub struct ReadyQueues<W> {
     clock: Option<Instant>,
     /// Suspended sites and until when: no connection, no work taken.
     suspended: HashMap<DestinationKey, Instant>,
+    /// Throttled sites and the factor their limits are multiplied by.
+    throttled: HashMap<DestinationKey, f64>,
 }
 
 impl<W> ReadyQueues<W> {
@@ -349,6 +375,7 @@ impl<W> ReadyQueues<W> {
             queued: 0,
             clock: None,
             suspended: HashMap::new(),
+            throttled: HashMap::new(),
         })
     }
 
@@ -362,6 +389,37 @@ impl<W> ReadyQueues<W> {
     /// forgets it).
     pub fn has_suspensions(&self) -> bool {
         !self.suspended.is_empty()
+    }
+
+    /// Replaces the throttled sites (the engine's copy of the shared
+    /// table); active sites take their new limits at once.
+    pub fn set_throttled(&mut self, throttled: HashMap<DestinationKey, f64>, now: Instant) {
+        let share = self.limits.share;
+        for (dest, site) in &mut self.sites {
+            site.throttle(throttled.get(dest).copied().unwrap_or(1.0), now, share);
+        }
+        self.throttled = throttled;
+    }
+
+    /// Whether `dest` is throttled (its deliveries count toward easing).
+    pub fn is_throttled(&self, dest: &DestinationKey) -> bool {
+        self.throttled.contains_key(dest)
+    }
+
+    /// Takes every piece of work waiting for `dest` out of its queue (its
+    /// mail is to be bounced); work in flight stays counted until done.
+    pub fn drain(&mut self, dest: &DestinationKey) -> Vec<W> {
+        let Some(site) = self.sites.get_mut(dest) else {
+            return Vec::new();
+        };
+        let work: Vec<W> = site.queue.drain(..).collect();
+        self.queued -= work.len();
+        if site.rotating {
+            site.rotating = false;
+            self.rotation.retain(|d| d != dest);
+        }
+        self.forget_if_idle(dest);
+        work
     }
 
     /// Until when `dest` is suspended (itself or its whole site), if it
@@ -407,10 +465,11 @@ impl<W> ReadyQueues<W> {
         work: W,
         shape: impl FnOnce() -> SiteLimits,
     ) -> Result<(), ReadyFull<W>> {
+        let factor = self.throttled.get(&dest).copied().unwrap_or(1.0);
         let site = self
             .sites
             .entry(dest.clone())
-            .or_insert_with(|| Site::new(shape()));
+            .or_insert_with(|| Site::new(shape(), factor));
         if site.queue.len() >= self.limits.max_queued_per_destination {
             return Err(ReadyFull(work));
         }
@@ -608,6 +667,12 @@ impl<W> ReadyQueues<W> {
         self.sites.get(dest).map_or(0, |s| s.connections)
     }
 
+    /// Every connection slot is taken while work waits for some site: an
+    /// idle connection should give its slot up rather than linger.
+    pub fn starved(&self) -> bool {
+        self.connections >= self.limits.max_connections && self.queued > 0
+    }
+
     /// Open outbound connections, all destinations.
     pub fn connections(&self) -> usize {
         self.connections
@@ -641,6 +706,25 @@ mod tests {
 
     fn mx(h: &str) -> DestinationKey {
         DestinationKey::mx_set([h]).expect("one host")
+    }
+
+    #[test]
+    fn an_idle_connection_is_told_when_others_wait_for_its_slot() {
+        let mut r = ReadyQueues::new(limits(1, 1, 10, 10)).unwrap();
+        let now = Instant::now();
+        let a = DestinationKey::route("a.test", 25);
+        let b = DestinationKey::route("b.test", 25);
+        r.push(a.clone(), 1u32).unwrap();
+        let (dest, work) = r.next_connection(now).unwrap();
+        assert_eq!((dest, work), (a.clone(), vec![1]));
+        r.done(&a, 1);
+        assert!(!r.starved(), "nothing waits");
+        r.push(b.clone(), 2).unwrap();
+        assert!(r.next_connection(now).is_none(), "the one slot is a's");
+        assert!(r.starved(), "b waits for a's idle slot");
+        r.connection_closed(&a);
+        assert!(!r.starved());
+        assert_eq!(r.next_connection(now).unwrap().0, b);
     }
 
     #[test]

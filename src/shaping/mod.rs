@@ -10,4 +10,4 @@ mod rate;
 mod rules;
 
 pub use rate::{BadRate, Rate, TokenBucket};
-pub use rules::{Backoff, Limits, Shaping, ShapingError, SiteLimits, SHIPPED};
+pub use rules::{Backoff, Limits, Shaping, ShapingError, SiteLimits, ThrottleStep, SHIPPED};

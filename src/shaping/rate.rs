@@ -92,6 +92,16 @@ impl TokenBucket {
         }
     }
 
+    /// Changes the rate (a throttle): the tokens in hand are kept, up to
+    /// the new capacity, so neither a step down nor a step up bursts.
+    pub fn set_rate(&mut self, rate: Rate, share: usize, now: Instant) {
+        self.refill(now);
+        let count = f64::from(rate.count) / share.max(1) as f64;
+        self.capacity = count.max(1.0);
+        self.tokens = self.tokens.min(self.capacity);
+        self.refill = count / rate.per.as_secs_f64();
+    }
+
     fn refill(&mut self, now: Instant) {
         let gained = now.saturating_duration_since(self.last).as_secs_f64() * self.refill;
         self.tokens = (self.tokens + gained).min(self.capacity);
@@ -180,5 +190,19 @@ mod tests {
         assert_eq!(slow.available(t0), 1);
         slow.take(t0, 1);
         assert_eq!(slow.next_token(t0), t0 + Duration::from_secs(120));
+    }
+
+    #[test]
+    fn a_new_rate_keeps_the_tokens_in_hand_without_a_burst() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new("20/s".parse().unwrap(), 1, t0);
+        b.take(t0, 5);
+        b.set_rate("10/s".parse().unwrap(), 1, t0);
+        assert_eq!(b.available(t0), 10, "capped at the new capacity");
+        b.take(t0, 10);
+        assert_eq!(b.next_token(t0), t0 + Duration::from_millis(100));
+        b.set_rate("20/s".parse().unwrap(), 1, t0);
+        assert_eq!(b.available(t0), 0, "a step up gives no tokens at once");
+        assert_eq!(b.next_token(t0), t0 + Duration::from_millis(50));
     }
 }

@@ -152,30 +152,153 @@ struct File {
     backoff: Vec<BackoffEntry>,
 }
 
-/// A `[[backoff]]` entry as written.
-#[derive(Debug, Clone, Deserialize)]
+/// A `[[backoff]]` entry as written: what it matches (every matcher
+/// given must match) and what it does (at least one action).
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BackoffEntry {
     /// A regular expression searched in the receiver's whole reply
     /// (code, enhanced code and text).
-    reply: String,
+    reply: Option<String>,
+    /// The reply code (`421`), or its class (`4` for any 4xx).
+    code: Option<u16>,
+    /// The enhanced status code (RFC 3463), or its start (`"5.7."`).
+    enhanced: Option<String>,
     /// Suspend the site for this long.
-    #[serde(with = "humantime_serde")]
-    suspend: Duration,
+    #[serde(default, with = "humantime_serde")]
+    suspend: Option<Duration>,
+    /// Multiply the site's limits by this factor (0 < f < 1) ...
+    throttle: Option<f64>,
+    /// ... and undo one such step after this many deliveries to the site
+    /// without a matching reply in between (default 100).
+    recover_after: Option<u32>,
+    /// Bounce the mail queued for the site, and what comes for it, for
+    /// this long (the site is suspended meanwhile).
+    #[serde(default, with = "humantime_serde")]
+    bounce: Option<Duration>,
+    /// The recipient fails for good, even on a 4xx reply.
+    #[serde(default)]
+    fail: bool,
 }
+
+/// How much a `throttle` rule lowers a site, and how it climbs back.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ThrottleStep {
+    /// The factor each matching reply multiplies the limits by.
+    pub factor: f64,
+    /// Deliveries without a matching reply that undo one step.
+    pub recover_after: u32,
+}
+
+/// The default of `recover_after`.
+pub const RECOVER_AFTER: u32 = 100;
 
 /// A back-off rule: a receiver's reply it matches and what it does.
 #[derive(Debug, Clone)]
 pub struct Backoff {
-    pattern: regex::Regex,
+    pattern: Option<regex::Regex>,
+    code: Option<u16>,
+    enhanced: Option<String>,
     /// Suspend the site this long.
-    pub suspend: Duration,
+    pub suspend: Option<Duration>,
+    pub throttle: Option<ThrottleStep>,
+    /// Bounce the site's mail this long.
+    pub bounce: Option<Duration>,
+    /// The recipient fails for good.
+    pub fail: bool,
+    /// The matchers as written (for logs).
+    description: String,
 }
 
 impl Backoff {
-    /// The pattern as written (for logs).
+    fn compile(entry: &BackoffEntry) -> Result<Backoff, ShapingError> {
+        let invalid = |what: &str| ShapingError::Invalid(format!("[[backoff]] {entry:?}: {what}"));
+        let pattern = match &entry.reply {
+            Some(text) => Some(
+                regex::RegexBuilder::new(text)
+                    .size_limit(1 << 20)
+                    .build()
+                    .map_err(|e| ShapingError::Invalid(format!("[[backoff]] reply: {e}")))?,
+            ),
+            None => None,
+        };
+        if pattern.is_none() && entry.code.is_none() && entry.enhanced.is_none() {
+            return Err(invalid("needs reply, code or enhanced"));
+        }
+        if entry
+            .code
+            .is_some_and(|c| !(2..=5).contains(&c) && !(200..=599).contains(&c))
+        {
+            return Err(invalid("code must be a reply code (421) or class (4)"));
+        }
+        if [entry.suspend, entry.bounce]
+            .into_iter()
+            .flatten()
+            .any(|d| d.is_zero())
+        {
+            return Err(invalid("suspend and bounce must be more than 0"));
+        }
+        if entry.throttle.is_some_and(|f| !(f > 0.0 && f < 1.0)) {
+            return Err(invalid("throttle must be between 0 and 1"));
+        }
+        if entry.recover_after == Some(0)
+            || (entry.recover_after.is_some() && entry.throttle.is_none())
+        {
+            return Err(invalid("recover_after must be at least 1, with throttle"));
+        }
+        let acts = entry.suspend.is_some()
+            || entry.throttle.is_some()
+            || entry.bounce.is_some()
+            || entry.fail;
+        if !acts {
+            return Err(invalid(
+                "needs an action: suspend, throttle, bounce or fail",
+            ));
+        }
+        let description = [
+            entry.code.map(|c| format!("code {c}")),
+            entry.enhanced.as_ref().map(|e| format!("enhanced {e}")),
+            entry.reply.as_ref().map(|r| format!("reply {r:?}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(", ");
+        Ok(Backoff {
+            pattern,
+            code: entry.code,
+            enhanced: entry.enhanced.clone(),
+            suspend: entry.suspend,
+            throttle: entry.throttle.map(|factor| ThrottleStep {
+                factor,
+                recover_after: entry.recover_after.unwrap_or(RECOVER_AFTER),
+            }),
+            bounce: entry.bounce,
+            fail: entry.fail,
+            description,
+        })
+    }
+
+    /// What the rule matches, as written (for logs).
     pub fn pattern(&self) -> &str {
-        self.pattern.as_str()
+        &self.description
+    }
+
+    /// Whether a receiver's reply (`421 4.7.0 text`, or a multi-line
+    /// reply's lines joined) matches every matcher of the rule.
+    pub fn matches(&self, reply: &str) -> bool {
+        let code = reply.get(..3).and_then(|c| c.parse::<u16>().ok());
+        let code_ok = match (self.code, code) {
+            (None, _) => true,
+            (Some(want), Some(got)) if want < 10 => got / 100 == want,
+            (Some(want), Some(got)) => got == want,
+            (Some(_), None) => false,
+        };
+        let enhanced_ok = self.enhanced.as_deref().is_none_or(|want| {
+            crate::delivery::dsn::status_of(reply)
+                .is_some_and(|got| got == want || (want.ends_with('.') && got.starts_with(want)))
+        });
+        code_ok && enhanced_ok && self.pattern.as_ref().is_none_or(|p| p.is_match(reply))
     }
 }
 
@@ -212,6 +335,36 @@ impl SiteLimits {
             connection_rate: slower(self.connection_rate, rule.connection_rate),
             idle: rule.idle.map_or(self.idle, |i| self.idle.min(i)),
             rule: format!("{}+source:{source}", self.rule),
+        }
+    }
+
+    /// These limits lowered by a back-off throttle (`factor` in (0, 1]):
+    /// fewer connections (at least one), rates with fewer messages per
+    /// period (and, below one, a longer period: 1/min still lowers).
+    pub fn scaled(&self, factor: f64) -> SiteLimits {
+        if factor >= 1.0 {
+            return self.clone();
+        }
+        let factor = factor.max(1.0 / 1024.0);
+        let slow = |rate: Rate| {
+            let count = f64::from(rate.count) * factor;
+            if count >= 1.0 {
+                Rate {
+                    count: count as u32,
+                    per: rate.per,
+                }
+            } else {
+                Rate {
+                    count: 1,
+                    per: rate.per.div_f64(count),
+                }
+            }
+        };
+        SiteLimits {
+            connections: ((self.connections as f64 * factor) as usize).max(1),
+            message_rate: self.message_rate.map(slow),
+            connection_rate: self.connection_rate.map(slow),
+            ..self.clone()
         }
     }
 }
@@ -261,23 +414,11 @@ impl Shaping {
         for (name, rule) in &file.source {
             rule.check(&format!("[source.{name}]"))?;
         }
-        let mut backoff = Vec::new();
-        for entry in &file.backoff {
-            let pattern = regex::RegexBuilder::new(&entry.reply)
-                .size_limit(1 << 20)
-                .build()
-                .map_err(|e| ShapingError::Invalid(format!("[[backoff]] reply: {e}")))?;
-            if entry.suspend.is_zero() {
-                return Err(ShapingError::Invalid(format!(
-                    "[[backoff]] {:?}: suspend must be more than 0",
-                    entry.reply
-                )));
-            }
-            backoff.push(Backoff {
-                pattern,
-                suspend: entry.suspend,
-            });
-        }
+        let backoff = file
+            .backoff
+            .iter()
+            .map(Backoff::compile)
+            .collect::<Result<Vec<_>, _>>()?;
         let domain = file
             .domain
             .into_iter()
@@ -327,7 +468,7 @@ impl Shaping {
 
     /// The first back-off rule matching a receiver's reply.
     pub fn backoff_for(&self, reply: &str) -> Option<&Backoff> {
-        self.backoff.iter().find(|b| b.pattern.is_match(reply))
+        self.backoff.iter().find(|b| b.matches(reply))
     }
 
     /// The limits of a site reached through egress source `source` (see
@@ -493,7 +634,7 @@ mod tests {
         let yahoo = "421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred";
         assert_eq!(
             s.backoff_for(yahoo).unwrap().suspend,
-            Duration::from_secs(2 * 3600)
+            Some(Duration::from_secs(2 * 3600))
         );
         let gmail = "421-4.7.28 Our system has detected an unusual rate of unsolicited mail";
         assert!(s.backoff_for(gmail).is_some());
@@ -506,7 +647,80 @@ mod tests {
             .over(Shaping::shipped());
         assert_eq!(
             mine.backoff_for(yahoo).unwrap().suspend,
-            Duration::from_secs(300)
+            Some(Duration::from_secs(300))
+        );
+    }
+
+    #[test]
+    fn a_throttle_scales_connections_and_rates_down_to_a_floor() {
+        let limits = SiteLimits {
+            connections: 10,
+            deliveries_per_connection: 100,
+            message_rate: Some("20/s".parse().unwrap()),
+            connection_rate: Some("1/min".parse().unwrap()),
+            idle: Duration::from_secs(2),
+            rule: "default".into(),
+        };
+        let half = limits.scaled(0.5);
+        assert_eq!(half.connections, 5);
+        assert_eq!(half.message_rate, Some("10/s".parse().unwrap()));
+        assert_eq!(half.connection_rate.unwrap().per, Duration::from_secs(120));
+        assert_eq!(half.deliveries_per_connection, 100);
+        let floor = limits.scaled(0.01);
+        assert_eq!(floor.connections, 1);
+        assert_eq!(floor.message_rate.unwrap().count, 1);
+        assert_eq!(floor.message_rate.unwrap().per, Duration::from_secs(5));
+        assert_eq!(limits.scaled(1.0), limits);
+    }
+
+    #[test]
+    fn backoff_rules_match_code_and_enhanced_code_and_carry_their_actions() {
+        let s = Shaping::parse(
+            r#"
+            [[backoff]]
+            code = 421
+            enhanced = "4.7."
+            throttle = 0.5
+            recover_after = 20
+            [[backoff]]
+            code = 4
+            reply = "(?i)no such user"
+            fail = true
+            [[backoff]]
+            enhanced = "5.7.606"
+            bounce = "10m"
+            suspend = "10m"
+            "#,
+        )
+        .unwrap();
+        let slow = s
+            .backoff_for("421 4.7.0 Try again later, closing connection")
+            .unwrap();
+        assert_eq!(
+            slow.throttle,
+            Some(ThrottleStep {
+                factor: 0.5,
+                recover_after: 20
+            })
+        );
+        assert_eq!((slow.suspend, slow.bounce, slow.fail), (None, None, false));
+        assert_eq!(slow.pattern(), "code 421, enhanced 4.7.");
+        // Every matcher must match.
+        assert!(s.backoff_for("421 4.4.2 timeout").is_none());
+        assert!(s.backoff_for("450 4.7.0 greylisted").is_none());
+        let unknown = s.backoff_for("450 4.1.1 No such user here").unwrap();
+        assert!(unknown.fail);
+        assert!(
+            s.backoff_for("550 5.1.1 no such user here").is_none(),
+            "class 4 only"
+        );
+        let blocked = s
+            .backoff_for("550 5.7.606 Access denied, banned sending IP [192.0.2.1]")
+            .unwrap();
+        assert_eq!(blocked.bounce, Some(Duration::from_secs(600)));
+        assert!(
+            s.backoff_for("550 5.7.6 other").is_none(),
+            "a whole code matches exactly"
         );
     }
 
@@ -521,6 +735,14 @@ mod tests {
             "[domain.\"a.test\"]\nidle = \"soon\"\n",
             "[[backoff]]\nreply = \"(\"\nsuspend = \"1h\"\n",
             "[[backoff]]\nreply = \"x\"\nsuspend = \"0s\"\n",
+            "[[backoff]]\nreply = \"x\"\n",
+            "[[backoff]]\nsuspend = \"1h\"\n",
+            "[[backoff]]\ncode = 42\nsuspend = \"1h\"\n",
+            "[[backoff]]\ncode = 421\nthrottle = 1.5\n",
+            "[[backoff]]\ncode = 421\nthrottle = 0\n",
+            "[[backoff]]\ncode = 421\nsuspend = \"1h\"\nrecover_after = 5\n",
+            "[[backoff]]\ncode = 421\nthrottle = 0.5\nrecover_after = 0\n",
+            "[[backoff]]\ncode = 421\nbounce = \"0s\"\n",
         ] {
             assert!(Shaping::parse(bad).is_err(), "{bad}");
         }
