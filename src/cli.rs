@@ -267,7 +267,8 @@ pub enum QueueAction {
     },
     /// Stop sending to a destination site for a while: SITE as the
     /// server names it (`mx:HOST[,HOST...]` or `[HOST]:PORT`, see
-    /// `suspensions` and the log); its mail waits, uncounted.
+    /// `suspensions` and the log), with `@SOURCE` for one egress source
+    /// only (without it, every source); its mail waits, uncounted.
     Suspend {
         site: crate::queue::DestinationKey,
         /// How long, e.g. `30m`, `2h`.

@@ -239,6 +239,18 @@ fn a_warmup_holds_a_new_sources_daily_volume_without_counting_attempts() {
     assert!(!log.contains("deferred"), "a held message was deferred");
 }
 
+/// Polls `done` every 100 ms; panics with `what` after [`WAIT`].
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// `spate queue ARGS`; its output.
 fn queue(server: &TestServer, args: &[&str]) -> String {
     let mut all = vec!["queue"];
@@ -279,4 +291,48 @@ fn a_source_suspended_for_a_site_gives_way_to_the_others_and_a_site_suspension_s
     queue(&server, &["resume", &site]);
     let counters = sink.wait_for(12, WAIT);
     assert_eq!(from(&counters, ips[0]) + from(&counters, ips[1]), 12);
+}
+
+#[test]
+fn a_slow_down_reply_over_one_source_suspends_the_site_for_that_source_only() {
+    let ips = addresses();
+    let sink = SpateSink::start(
+        unique_loopback(),
+        &[
+            "--cores",
+            "1",
+            "--reply",
+            "rcpt:1:421 4.7.0 [TSS04] Messages from you temporarily deferred",
+        ],
+    );
+    let server = TestServer::start(
+        Tweaks::default()
+            .cores(1)
+            .extra(&sink.route("far.example"))
+            .extra(&egress(&ips, "")),
+    );
+    let site = format!("[{}]:{}", sink.addr.ip(), sink.addr.port());
+    send(&server, "rcpt@far.example", "deferred", "", 1);
+    let suspended_one = || {
+        let list = queue(&server, &["suspensions"]);
+        [1, 2]
+            .iter()
+            .filter(|n| list.contains(&format!("{site}@ip{n}")))
+            .count()
+    };
+    wait_until("one source suspended", || suspended_one() == 1);
+    // Retried at once: the other source takes it, and is told the same.
+    queue(&server, &["flush"]);
+    wait_until("both sources suspended", || suspended_one() == 2);
+    let list = queue(&server, &["suspensions"]);
+    eprintln!("{list}");
+    assert!(
+        !list.contains(&format!("{site} ")),
+        "not the whole site: {list}"
+    );
+    let counters = sink.counters();
+    for ip in &ips[..2] {
+        let source = &counters["sources"][ip.to_string()];
+        assert_eq!(source["connections"], 1, "{counters:#}");
+    }
 }
