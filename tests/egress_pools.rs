@@ -336,3 +336,28 @@ fn a_slow_down_reply_over_one_source_suspends_the_site_for_that_source_only() {
         assert_eq!(source["connections"], 1, "{counters:#}");
     }
 }
+
+#[test]
+fn a_reload_moves_a_pool_to_other_sources() {
+    let ips = addresses();
+    let sink = SpateSink::start(unique_loopback(), &["--cores", "1"]);
+    let server = TestServer::start(
+        Tweaks::default()
+            .extra(&sink.route("far.example"))
+            .extra(&egress(&ips, "")),
+    );
+    send(&server, "rcpt@far.example", "before", "", 4);
+    let counters = sink.wait_for(4, WAIT);
+    assert_eq!(from(&counters, ips[2]), 0);
+    let moved = server
+        .config_text()
+        .replace("sources = { ip1 = 3, ip2 = 1 }", "sources = { ip3 = 1 }");
+    std::fs::write(&server.config_path, moved).unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_stdout_line("reloaded", WAIT);
+    send(&server, "rcpt@far.example", "after", "", 4);
+    let counters = sink.wait_for(8, WAIT);
+    assert_eq!(from(&counters, ips[2]), 4, "{counters:#}");
+    let helo = &counters["sources"][ips[2].to_string()]["helo"];
+    assert!(helo["mta3.egress.test"].as_u64() >= Some(1), "{helo}");
+}
