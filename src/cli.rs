@@ -886,7 +886,33 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let mut reload_inboxes = Vec::with_capacity(count);
     let mut snapshot_inboxes = Vec::with_capacity(count);
     let mut handles = Vec::with_capacity(count);
-    let suspensions = Arc::new(crate::delivery::suspensions::Suspensions::default());
+    // Limits shared with other hosts: the client and subscriber threads,
+    // and a link per core; the table's own changes go out through them.
+    let (suspensions, mut cluster) = match &config.cluster {
+        None => (
+            Arc::new(crate::delivery::suspensions::Suspensions::default()),
+            None,
+        ),
+        Some(settings) => {
+            let (feed_tx, feed) = crossbeam_channel::unbounded();
+            let suspensions = Arc::new(crate::delivery::suspensions::Suspensions::with_feed(
+                feed_tx,
+            ));
+            let cluster = crate::cluster::Cluster::start(
+                crate::cluster::Settings::from_config(settings, &config.hostname),
+                count,
+                Arc::clone(&suspensions),
+                feed,
+                Arc::clone(&stop),
+            )?;
+            (suspensions, Some(cluster))
+        }
+    };
+    let mut links = cluster
+        .as_mut()
+        .map(|c| c.take_links())
+        .unwrap_or_default()
+        .into_iter();
     let throttles = Arc::new(crate::delivery::throttles::Throttles::default());
     for index in 0..count {
         let (inbox, control) = async_channel::unbounded();
@@ -917,6 +943,7 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
             outbound_tls: Arc::clone(&outbound_tls),
             smarthost_tls: smarthost_tls.clone(),
             suspensions: Arc::clone(&suspensions),
+            cluster: links.next(),
             throttles: Arc::clone(&throttles),
             control,
             snapshots,
@@ -958,10 +985,12 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
             let address = listener.local_addr()?;
             let resolver = resolver.handle();
             let spool_dir = config.spool_dir.clone();
+            let cluster_figures = cluster.as_ref().map(|c| c.figures_handle());
             let complete: crate::metrics::endpoint::Complete = Box::new(move |snapshot| {
                 let dns = resolver.stats();
                 snapshot.dns_queries = dns.queries;
                 snapshot.dns_cache_hits = dns.cache_hits;
+                snapshot.cluster = cluster_figures.as_ref().map(|figures| figures());
                 match crate::spool::disk_usage(&spool_dir) {
                     Ok(bytes) => snapshot.spool_bytes = bytes,
                     Err(e) => tracing::warn!(error = %e, "cannot measure the spool"),

@@ -14,6 +14,7 @@
 //! | queue | [`queue`] | per-core scheduler: retry timing, backoff, expiry, ready queues per destination with windows and connection limits |
 //! | shaping | [`shaping`] | traffic shaping rules per destination site (defaults, providers by MX suffix, domains) and the token bucket the ready queues enforce rates with |
 //! | resolver | [`resolver`] | batched MX resolution on one resolver thread: RFC 5321 5.1 order, null MX, TTL cache, de-duplicated lookups |
+//! | beyond one host | [`cluster`] | limits shared with other hosts through Redis (`[cluster]`): a GCRA limiter in Redis whose tokens each core leases in batches, each host's share of connections, suspensions published to every host, a fallback to this host's share when Redis is away |
 //! | delivery | [`delivery`] | routing (local, route, smarthost, MX), outbound SMTP, local delivery to the mailbox tier, DSN bounces (RFC 3464) |
 //! | egress | [`egress`] | egress sources (bind address, EHLO name, rate, warm-up) and weighted pools; a message's pool (route, user, tenant, default); the per-core chooser of a source for a site; the tenant header read and removed at receipt |
 //! | mailbox store | [`mailbox`] | Maildir++ per user with a per-folder UID index: durable delivery, flags, folders, subscriptions, POP3 session lock, usage |
@@ -33,6 +34,7 @@ pub mod blast;
 pub mod blocking;
 pub mod claim;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod crash;

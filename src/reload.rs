@@ -164,6 +164,7 @@ pub fn restart_only_changes(effective: &Config, reread: &Config) -> Vec<&'static
         egress => "[egress]",
         auth => "[auth]",
         pop3 => "[pop3]",
+        cluster => "[cluster]",
     );
     if changed.is_empty() && format!("{effective:?}") != format!("{reread:?}") {
         changed.push("other settings");

@@ -166,6 +166,9 @@ pub struct ShardPlan {
     pub snapshots: async_channel::Receiver<SnapshotRequest>,
     /// Suspended sites, shared by every shard.
     pub suspensions: Arc<crate::delivery::suspensions::Suspensions>,
+    /// This shard's link to the limits shared with other hosts
+    /// (`[cluster]`), if any.
+    pub cluster: Option<crate::cluster::CoreLink>,
     /// Throttled sites, shared by every shard.
     pub throttles: Arc<crate::delivery::throttles::Throttles>,
     /// The shard's thread joins these as it starts: its panic ends the
@@ -300,6 +303,14 @@ async fn start<S: SegmentStore + 'static>(
         shutdown: Rc::new(Shutdown::new()),
         delivery_wake: Notify::new(),
     });
+    let (shared, cluster_task) = match plan.cluster {
+        Some(link) => {
+            let woken = Rc::clone(&ctx);
+            let (budget, task) = link.attach(move || woken.delivery_wake.notify());
+            (Some(budget), Some(task))
+        }
+        None => (None, None),
+    };
     let engine = Engine::new(
         Rc::clone(&ctx),
         plan.resolver,
@@ -310,8 +321,12 @@ async fn start<S: SegmentStore + 'static>(
             suspensions: plan.suspensions,
             throttles: plan.throttles,
         },
+        shared,
     )
     .map_err(|e| format!("delivery: {e}"))?;
+    if let Some(task) = cluster_task {
+        glommio::spawn_local(task).detach();
+    }
     glommio::spawn_local(Rc::clone(&engine).run()).detach();
     glommio::spawn_local(serve_control(
         engine,

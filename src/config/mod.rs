@@ -75,6 +75,52 @@ pub struct Config {
     pub metrics: MetricsEndpoint,
     #[serde(default)]
     pub log: Log,
+    /// Limits shared with other hosts through Redis; absent: none.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: relay hosts that share their shaping limits and
+/// suspensions through one Redis (see `cluster`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `redis://[:password@]host[:port][/db]` or `unix:///path`.
+    pub redis: String,
+    /// This host in Redis and in other hosts' logs; default
+    /// `<hostname>/<pid>`. Each running instance gets a nonce appended.
+    pub name: Option<String>,
+    /// The fewest hosts sharing the limits: while Redis is away each host
+    /// takes the limit divided by this or by the hosts last heard from,
+    /// whichever is more.
+    #[serde(default = "default_cluster_hosts")]
+    pub hosts: usize,
+    /// How much of a site's rate one lease holds (tokens per grant: this
+    /// long's worth of the rate, at least one).
+    #[serde(default = "default_cluster_lease", with = "humantime_serde")]
+    pub lease: Duration,
+    /// Connecting to Redis and each call to it; past it Redis counts as
+    /// away and every limit falls back to this host's share.
+    #[serde(default = "default_cluster_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Prefix of every key and channel spate uses in Redis.
+    #[serde(default = "default_cluster_prefix")]
+    pub key_prefix: String,
+}
+
+fn default_cluster_hosts() -> usize {
+    1
+}
+
+fn default_cluster_lease() -> Duration {
+    Duration::from_millis(100)
+}
+
+fn default_cluster_timeout() -> Duration {
+    Duration::from_millis(500)
+}
+
+fn default_cluster_prefix() -> String {
+    "spate:".to_owned()
 }
 
 /// The Prometheus endpoint (`[metrics]`).
@@ -660,6 +706,24 @@ impl Config {
         if self.local.max_connections_per_ip < 1 {
             return invalid("local.max_connections_per_ip must be at least 1".into());
         }
+        if let Some(cluster) = &self.cluster {
+            let schemes = ["redis://", "unix://", "redis+unix://"];
+            if !schemes.iter().any(|s| cluster.redis.starts_with(s)) {
+                return invalid(format!(
+                    "cluster.redis {:?}: want redis://host:port or unix:///path",
+                    cluster.redis
+                ));
+            }
+            if cluster.hosts < 1 {
+                return invalid("cluster.hosts must be at least 1".into());
+            }
+            if cluster.lease < Duration::from_millis(1) || cluster.lease > Duration::from_secs(10) {
+                return invalid("cluster.lease must be between 1ms and 10s".into());
+            }
+            if cluster.timeout.is_zero() {
+                return invalid("cluster.timeout must be more than 0".into());
+            }
+        }
         if self.local.write_timeout.is_zero() {
             return invalid("local.write_timeout must be more than 0".into());
         }
@@ -769,6 +833,31 @@ mod tests {
             "[metrics]\nport = 1\n",
             "[log]\nformat = \"xml\"\n",
             "[log]\nlevel = \"loud\"\n",
+        ] {
+            assert!(Config::parse(&format!("{base}{bad}")).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_cluster_section_is_optional_and_checked() {
+        let base = "spool_dir = \"/tmp/s\"\n[[listener]]\naddress = \"127.0.0.1:25\"\nprotocol = \"smtp\"\n";
+        assert_eq!(Config::parse(base).unwrap().cluster, None, "no cluster");
+        let c = Config::parse(&format!(
+            "{base}[cluster]\nredis = \"redis://10.0.0.9:6379\"\nhosts = 3\n"
+        ))
+        .unwrap();
+        let cluster = c.cluster.expect("a cluster");
+        assert_eq!(cluster.hosts, 3);
+        assert_eq!(cluster.lease, Duration::from_millis(100));
+        assert_eq!(cluster.timeout, Duration::from_millis(500));
+        assert_eq!(cluster.key_prefix, "spate:");
+        assert_eq!(cluster.name, None);
+        for bad in [
+            "[cluster]\nhosts = 2\n",
+            "[cluster]\nredis = \"http://10.0.0.9\"\n",
+            "[cluster]\nredis = \"redis://h\"\nhosts = 0\n",
+            "[cluster]\nredis = \"redis://h\"\nlease = \"1h\"\n",
+            "[cluster]\nredis = \"redis://h\"\nport = 1\n",
         ] {
             assert!(Config::parse(&format!("{base}{bad}")).is_err(), "{bad}");
         }

@@ -27,7 +27,8 @@ use crate::delivery::scheduler::{self, Hop, MessageSource, Placement, Refused, S
 use crate::delivery::suspensions::Suspensions;
 use crate::delivery::throttles::{Change, Throttles};
 use crate::queue::{
-    AttemptId, DestinationKey, Dispatch, MessageState, QueueError, ReadyLimits, UnixTime,
+    AttemptId, DestinationKey, Dispatch, MessageState, QueueError, ReadyLimits, SharedBudget,
+    UnixTime,
 };
 use crate::resolver::{MxHost, MxResolver, ResolverHandle};
 use crate::shard::ShardContext;
@@ -108,6 +109,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
         smarthost_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
         limits: ReadyLimits,
         sites: SiteTables,
+        shared: Option<Box<dyn SharedBudget>>,
     ) -> Result<Rc<Self>, QueueError> {
         let d = &ctx.config.delivery;
         let client = ClientConfig {
@@ -129,7 +131,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
             verified_smarthost,
             client: Rc::new(client),
             tls: futures_rustls::TlsConnector::from(tls),
-            scheduler: RefCell::new(Scheduler::for_core(limits, ctx.index)?),
+            scheduler: RefCell::new(Scheduler::with_shared(limits, shared, ctx.index)?),
             recorder: Recorder::new(Rc::clone(&ctx)),
             work_arrived: event_listener::Event::new(),
             suspensions: sites.suspensions,

@@ -21,8 +21,8 @@ use crate::delivery::router::{HostPort, NextHop, Route, Router};
 use crate::egress::{Choice, Chooser, Clock, EgressPlan, PoolInputs, Source};
 use crate::envelope::Envelope;
 use crate::queue::{
-    AttemptId, DestinationKey, Dispatch, Queue, QueueError, ReadyLimits, ReadyQueues, Task,
-    UnixTime,
+    AttemptId, DestinationKey, Dispatch, Queue, QueueError, ReadyLimits, ReadyQueues, SharedBudget,
+    Task, UnixTime,
 };
 use crate::resolver::{MxHost, MxResolver};
 use crate::shaping::SiteLimits;
@@ -349,13 +349,18 @@ impl<M> Scheduler<M> {
     /// splits egress budgets as it splits rates), without egress sources
     /// until [`Scheduler::set_egress`].
     pub fn new(limits: ReadyLimits) -> Result<Self, QueueError> {
-        Self::for_core(limits, 0)
+        Self::with_shared(limits, None, 0)
     }
 
-    /// [`Scheduler::new`] for core `core`.
-    pub fn for_core(limits: ReadyLimits, core: usize) -> Result<Self, QueueError> {
+    /// A scheduler for core `core` whose sites' host-wide limits are also
+    /// held to `shared` (limits shared with other hosts, `cluster`).
+    pub fn with_shared(
+        limits: ReadyLimits,
+        shared: Option<Box<dyn SharedBudget>>,
+        core: usize,
+    ) -> Result<Self, QueueError> {
         Ok(Scheduler {
-            ready: ReadyQueues::new(limits)?,
+            ready: ReadyQueues::with_shared(limits, shared)?,
             held: HashMap::new(),
             egress: Arc::new(EgressPlan::default()),
             chooser: Chooser::new(core, limits.share),

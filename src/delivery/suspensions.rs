@@ -4,7 +4,9 @@
 //! no connection opens to it and its mail waits in the queue, uncounted.
 //! Each core's engine copies the table into its ready queues when the
 //! version moves (changes are rare; reads are per connection, not per
-//! message).
+//! message). With `[cluster]`, changes made here are fed to the cluster
+//! client, which publishes them to the other hosts; theirs come back
+//! through the `_from_peer` methods, which feed nothing (no echo).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,11 +26,25 @@ pub struct Suspension {
     pub bounce: bool,
 }
 
+/// A change made on this host, for the other hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Suspended {
+        site: DestinationKey,
+        suspension: Suspension,
+    },
+    Resumed {
+        site: DestinationKey,
+    },
+}
+
 /// See the module header.
 #[derive(Debug, Default)]
 pub struct Suspensions {
     table: Mutex<HashMap<DestinationKey, Suspension>>,
     version: AtomicU64,
+    /// Where this host's own changes go (the cluster client), if any.
+    feed: Option<crossbeam_channel::Sender<Change>>,
 }
 
 impl Suspensions {
@@ -36,10 +52,18 @@ impl Suspensions {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// A table whose own changes are also sent to `feed`.
+    pub fn with_feed(feed: crossbeam_channel::Sender<Change>) -> Suspensions {
+        Suspensions {
+            feed: Some(feed),
+            ..Suspensions::default()
+        }
+    }
+
     /// Suspends `site` until `until` (a longer suspension already in
     /// force stays). Returns whether anything changed.
     pub fn suspend(&self, site: DestinationKey, until: SystemTime, reason: String) -> bool {
-        self.put(
+        self.put_own(
             site,
             Suspension {
                 until,
@@ -52,7 +76,7 @@ impl Suspensions {
     /// Suspends `site` until `until` and bounces its mail meanwhile (over
     /// any plain suspension). Returns whether anything changed.
     pub fn bounce(&self, site: DestinationKey, until: SystemTime, reason: String) -> bool {
-        self.put(
+        self.put_own(
             site,
             Suspension {
                 until,
@@ -60,6 +84,32 @@ impl Suspensions {
                 bounce: true,
             },
         )
+    }
+
+    /// Ends `site`'s suspension; false when it had none.
+    pub fn resume(&self, site: &DestinationKey) -> bool {
+        let removed = self.resume_from_peer(site);
+        if removed {
+            self.tell(Change::Resumed { site: site.clone() });
+        }
+        removed
+    }
+
+    /// A change of this host's: put, and fed to the other hosts.
+    fn put_own(&self, site: DestinationKey, new: Suspension) -> bool {
+        let changed = self.put(site.clone(), new.clone());
+        if changed {
+            self.tell(Change::Suspended {
+                site,
+                suspension: new,
+            });
+        }
+        changed
+    }
+
+    /// A suspension another host made: put, not fed back.
+    pub fn suspend_from_peer(&self, site: DestinationKey, suspension: Suspension) -> bool {
+        self.put(site, suspension)
     }
 
     fn put(&self, site: DestinationKey, new: Suspension) -> bool {
@@ -75,13 +125,21 @@ impl Suspensions {
         true
     }
 
-    /// Ends `site`'s suspension; false when it had none.
-    pub fn resume(&self, site: &DestinationKey) -> bool {
+    /// [`Suspensions::resume`] for a change another host made: not fed
+    /// back.
+    pub fn resume_from_peer(&self, site: &DestinationKey) -> bool {
         let removed = self.table().remove(site).is_some();
         if removed {
             self.version.fetch_add(1, Ordering::Release);
         }
         removed
+    }
+
+    fn tell(&self, change: Change) {
+        if let Some(feed) = &self.feed {
+            // Unbounded; the receiver lives as long as the process.
+            let _ = feed.send(change);
+        }
     }
 
     /// Moves on every change: a core copies the table when it does.
@@ -126,6 +184,29 @@ mod tests {
         assert!(!s.resume(&site));
         assert!(s.version() > v);
         assert!(s.active(t0).is_empty());
+    }
+
+    #[test]
+    fn own_changes_are_fed_and_peers_are_not() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let s = Suspensions::with_feed(tx);
+        let t0 = SystemTime::now() + Duration::from_secs(600);
+        let site = DestinationKey::route("smarthost.test", 25);
+        assert!(s.suspend(site.clone(), t0, "421 x".into()));
+        assert!(!s.suspend(site.clone(), t0, "421 x".into()), "no change");
+        assert!(matches!(rx.try_recv(), Ok(Change::Suspended { .. })));
+        assert!(rx.try_recv().is_err(), "one change, one message");
+        let other = DestinationKey::route("other.test", 25);
+        let peer = Suspension {
+            until: t0,
+            reason: "peer".into(),
+            bounce: false,
+        };
+        assert!(s.suspend_from_peer(other.clone(), peer));
+        assert!(s.resume_from_peer(&other));
+        assert!(rx.try_recv().is_err(), "a peer's change is not fed back");
+        assert!(s.resume(&site));
+        assert_eq!(rx.try_recv().ok(), Some(Change::Resumed { site }));
     }
 
     #[test]

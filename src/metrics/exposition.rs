@@ -184,6 +184,44 @@ pub fn render(s: &Snapshot) -> String {
         "Domains answered from the resolver cache.",
         s.dns_cache_hits,
     );
+    if let Some(cluster) = &s.cluster {
+        out.single(
+            "spate_cluster_redis_up",
+            "gauge",
+            "1 while the limits are shared through Redis, 0 while this host uses its own share.",
+            u64::from(cluster.up),
+        );
+        out.single(
+            "spate_cluster_hosts",
+            "gauge",
+            "Hosts the shared limits are divided by when Redis is away (and connections always).",
+            cluster.hosts,
+        );
+        out.single(
+            "spate_cluster_fallbacks_total",
+            "counter",
+            "Times Redis was lost and this host fell back to its own share.",
+            cluster.fallbacks,
+        );
+        out.single(
+            "spate_cluster_round_trips_total",
+            "counter",
+            "Round trips to Redis (leases, heartbeats, suspensions).",
+            cluster.round_trips,
+        );
+        out.single(
+            "spate_cluster_leases_total",
+            "counter",
+            "Lease requests Redis answered.",
+            cluster.leases,
+        );
+        out.single(
+            "spate_cluster_leased_tokens_total",
+            "counter",
+            "Tokens (messages, new connections) Redis granted.",
+            cluster.tokens,
+        );
+    }
     out.header(
         "spate_queue_messages",
         "gauge",

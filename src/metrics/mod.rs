@@ -346,6 +346,9 @@ pub struct Snapshot {
     pub dns_cache_hits: u64,
     /// Bytes of the spool's segment files (filled in by the scraper).
     pub spool_bytes: u64,
+    /// The limits shared with other hosts, with `[cluster]` (filled in by
+    /// the scraper).
+    pub cluster: Option<crate::cluster::ClusterFigures>,
 }
 
 impl Snapshot {
@@ -360,6 +363,7 @@ impl Snapshot {
         self.dns_queries += o.dns_queries;
         self.dns_cache_hits += o.dns_cache_hits;
         self.spool_bytes += o.spool_bytes;
+        self.cluster = self.cluster.or(o.cluster);
     }
 }
 

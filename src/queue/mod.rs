@@ -9,12 +9,14 @@
 //! - `policy`: backoff, lifetime and jitter (`RetryPolicy`, `Jitter`)
 //! - `schedule`: `Queue`, each message's state and deadline
 //! - `ready`: `ReadyQueues` per `DestinationKey`, windows and connection limits
+//! - `shared`: `SharedBudget`, the seam to limits shared with other hosts
 //! - `error`: `QueueError`
 
 mod error;
 mod policy;
 mod ready;
 mod schedule;
+mod shared;
 mod time;
 
 pub use error::QueueError;
@@ -23,4 +25,5 @@ pub use ready::{BadSite, DestinationKey, ReadyFull, ReadyLimits, ReadyQueues};
 pub use schedule::{
     AttemptId, Deferral, Dispatch, MessageState, Queue, QueueEntry, StateCounts, Task,
 };
+pub use shared::{RateKind, SharedBudget};
 pub use time::UnixTime;

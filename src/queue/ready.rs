@@ -3,14 +3,17 @@
 //! site's shaping limits (connections at once, new connections and
 //! messages per period: see `shaping`) and a total outbound connection
 //! limit, served round-robin so one busy destination cannot starve the
-//! others. Sans-IO (time is passed in) and generic over the work item; it
-//! refuses to resolve names, open sockets or decide what a failure means.
+//! others; host-wide rates and connections shared with other hosts are
+//! asked of a `SharedBudget` when there is one. Sans-IO (time is passed
+//! in) and generic over the work item; it refuses to resolve names, open
+//! sockets or decide what a failure means.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 
 use super::error::QueueError;
+use super::shared::{RateKind, SharedBudget};
 use crate::shaping::{SiteLimits, TokenBucket};
 
 /// Where a connection goes. Messages with equal keys share connections:
@@ -285,32 +288,99 @@ impl<W> Site<W> {
         }
     }
 
-    /// Messages the message rate lets out now.
-    fn messages_allowed(&mut self, now: Instant) -> usize {
-        self.messages
+    /// Messages the message rate lets out now (this core's bucket, and
+    /// the shared budget when the rate is shared).
+    fn messages_allowed(
+        &mut self,
+        dest: &DestinationKey,
+        shared: Shared<'_>,
+        now: Instant,
+    ) -> usize {
+        let local = self
+            .messages
             .as_mut()
-            .map_or(usize::MAX, |b| b.available(now))
+            .map_or(usize::MAX, |b| b.available(now));
+        match (shared, self.limits.message_rate) {
+            (Some(budget), Some(rate)) if local > 0 => {
+                local.min(budget.available(dest, RateKind::Messages, rate, now))
+            }
+            _ => local,
+        }
+    }
+
+    /// Spends `n` of the message rate.
+    fn take_messages(&mut self, dest: &DestinationKey, shared: Shared<'_>, n: usize, now: Instant) {
+        if let Some(b) = self.messages.as_mut() {
+            b.take(now, n);
+        }
+        if let (Some(budget), Some(_)) = (shared, self.limits.message_rate) {
+            budget.take(dest, RateKind::Messages, n, now);
+        }
     }
 
     /// A new connection may open now (its rate, and a message to send).
-    fn may_connect(&mut self, now: Instant) -> bool {
-        self.new_connections
+    fn may_connect(&mut self, dest: &DestinationKey, mut shared: Shared<'_>, now: Instant) -> bool {
+        let local = self
+            .new_connections
             .as_mut()
-            .is_none_or(|b| b.available(now) >= 1)
-            && self.messages_allowed(now) >= 1
+            .is_none_or(|b| b.available(now) >= 1);
+        let across = match (shared.as_deref_mut(), self.limits.connection_rate) {
+            (Some(budget), Some(rate)) if local => {
+                budget.available(dest, RateKind::Connections, rate, now) >= 1
+            }
+            _ => true,
+        };
+        local && across && self.messages_allowed(dest, shared, now) >= 1
+    }
+
+    /// Spends one of the new-connection rate.
+    fn take_connection(&mut self, dest: &DestinationKey, shared: Shared<'_>, now: Instant) {
+        if let Some(b) = self.new_connections.as_mut() {
+            b.take(now, 1);
+        }
+        if let (Some(budget), Some(_)) = (shared, self.limits.connection_rate) {
+            budget.take(dest, RateKind::Connections, 1, now);
+        }
+    }
+
+    /// Connections at once this core may have open to the site.
+    fn connection_limit(&self, shared: Option<&dyn SharedBudget>) -> usize {
+        shared.map_or(self.limits.connections, |budget| {
+            budget.connections(self.limits.connections)
+        })
     }
 
     /// When a rate that holds queued work back lets it go (`None` when no
     /// rate holds it).
-    fn rate_wakeup(&mut self, now: Instant) -> Option<Instant> {
+    fn rate_wakeup(
+        &mut self,
+        dest: &DestinationKey,
+        shared: Shared<'_>,
+        now: Instant,
+    ) -> Option<Instant> {
         let mut at: Option<Instant> = None;
+        let mut later = |next: Instant| {
+            if next > now {
+                at = Some(at.map_or(next, |a| a.max(next)));
+            }
+        };
         for bucket in [self.messages.as_mut(), self.new_connections.as_mut()]
             .into_iter()
             .flatten()
         {
-            let next = bucket.next_token(now);
-            if next > now {
-                at = Some(at.map_or(next, |a| a.max(next)));
+            later(bucket.next_token(now));
+        }
+        if let Some(budget) = shared {
+            let kinds = [
+                (RateKind::Messages, self.limits.message_rate),
+                (RateKind::Connections, self.limits.connection_rate),
+            ];
+            for (kind, rate) in kinds {
+                if rate.is_some() {
+                    if let Some(next) = budget.next_available(dest, kind, now) {
+                        later(next);
+                    }
+                }
             }
         }
         at
@@ -346,6 +416,9 @@ fn suspension_end(
     own.max(site)
 }
 
+/// The shared budget as the site methods take it.
+type Shared<'a> = Option<&'a mut (dyn SharedBudget + 'static)>;
+
 /// The ready queues of one core.
 #[derive(Debug)]
 pub struct ReadyQueues<W> {
@@ -360,12 +433,23 @@ pub struct ReadyQueues<W> {
     clock: Option<Instant>,
     /// Suspended sites and until when: no connection, no work taken.
     suspended: HashMap<DestinationKey, Instant>,
+    /// Host-wide limits shared with other hosts (`[cluster]`), if any.
+    shared: Option<Box<dyn SharedBudget>>,
     /// Throttled sites and the factor their limits are multiplied by.
     throttled: HashMap<DestinationKey, f64>,
 }
 
 impl<W> ReadyQueues<W> {
     pub fn new(limits: ReadyLimits) -> Result<Self, QueueError> {
+        Self::with_shared(limits, None)
+    }
+
+    /// Ready queues whose sites' host-wide rates and connections are
+    /// also held to `shared` (limits shared with other hosts).
+    pub fn with_shared(
+        limits: ReadyLimits,
+        shared: Option<Box<dyn SharedBudget>>,
+    ) -> Result<Self, QueueError> {
         limits.validate()?;
         Ok(ReadyQueues {
             limits,
@@ -375,6 +459,7 @@ impl<W> ReadyQueues<W> {
             queued: 0,
             clock: None,
             suspended: HashMap::new(),
+            shared,
             throttled: HashMap::new(),
         })
     }
@@ -507,15 +592,13 @@ impl<W> ReadyQueues<W> {
             site.buckets(now, share);
             let suspended = suspension_end(&self.suspended, &dest).is_some_and(|until| until > now);
             let open = !suspended
-                && site.connections < site.limits.connections
+                && site.connections < site.connection_limit(self.shared.as_deref())
                 && site.in_flight < self.limits.window_per_destination
-                && site.may_connect(now);
+                && site.may_connect(&dest, self.shared.as_deref_mut(), now);
             if open {
                 site.connections += 1;
                 self.connections += 1;
-                if let Some(b) = site.new_connections.as_mut() {
-                    b.take(now, 1);
-                }
+                site.take_connection(&dest, self.shared.as_deref_mut(), now);
             }
             let batch = if open {
                 self.take(&dest, now)
@@ -559,14 +642,13 @@ impl<W> ReadyQueues<W> {
         };
         site.buckets(now, limits.share);
         let room = limits.window_per_destination.saturating_sub(site.in_flight);
-        let n = limits
-            .batch_per_connection
-            .min(room)
-            .min(site.queue.len())
-            .min(site.messages_allowed(now));
-        if let Some(b) = site.messages.as_mut() {
-            b.take(now, n);
-        }
+        let n = limits.batch_per_connection.min(room).min(site.queue.len());
+        let n = if n == 0 {
+            0
+        } else {
+            n.min(site.messages_allowed(dest, self.shared.as_deref_mut(), now))
+        };
+        site.take_messages(dest, self.shared.as_deref_mut(), n, now);
         site.in_flight += n;
         self.queued -= n;
         let batch = site.queue.drain(..n).collect();
@@ -608,6 +690,9 @@ impl<W> ReadyQueues<W> {
             .is_some_and(|s| s.is_forgettable(clock))
         {
             self.sites.remove(dest);
+            if let Some(budget) = self.shared.as_deref_mut() {
+                budget.forget(dest);
+            }
         }
     }
 
@@ -617,15 +702,23 @@ impl<W> ReadyQueues<W> {
     pub fn next_wakeup(&mut self, now: Instant) -> Option<Instant> {
         self.tick(now);
         let clock = self.clock;
-        self.sites.retain(|_, s| !s.is_forgettable(clock));
+        let shared = &mut self.shared;
+        self.sites.retain(|dest, s| {
+            let forget = s.is_forgettable(clock);
+            if let (true, Some(budget)) = (forget, shared.as_deref_mut()) {
+                budget.forget(dest);
+            }
+            !forget
+        });
         self.suspended.retain(|_, until| *until > now);
         let suspended = &self.suspended;
+        let mut shared = self.shared.as_deref_mut();
         self.sites
             .iter_mut()
             .filter(|(_, s)| !s.queue.is_empty())
             .filter_map(|(dest, s)| match suspension_end(suspended, dest) {
                 Some(until) => Some(until),
-                None => s.rate_wakeup(now),
+                None => s.rate_wakeup(dest, shared.as_deref_mut(), now),
             })
             .min()
     }
@@ -639,7 +732,7 @@ impl<W> ReadyQueues<W> {
         if site.queue.is_empty() {
             return None;
         }
-        site.rate_wakeup(now)
+        site.rate_wakeup(dest, self.shared.as_deref_mut(), now)
     }
 
     /// The shaping limits `dest` runs under, while it is active.
@@ -944,6 +1037,107 @@ mod tests {
             ..ReadyLimits::default()
         })
         .is_err());
+    }
+
+    /// A shared budget that holds a fixed number of messages and knows
+    /// when more come; two hosts' worth of connections. The test keeps a
+    /// handle on its state.
+    #[derive(Debug, Default)]
+    struct FakeState {
+        messages: usize,
+        more_at: Option<Instant>,
+        forgotten: Vec<DestinationKey>,
+    }
+
+    #[derive(Debug)]
+    struct FakeShared(std::rc::Rc<std::cell::RefCell<FakeState>>);
+
+    impl SharedBudget for FakeShared {
+        fn available(
+            &mut self,
+            _: &DestinationKey,
+            kind: RateKind,
+            _: crate::shaping::Rate,
+            _: Instant,
+        ) -> usize {
+            match kind {
+                RateKind::Messages => self.0.borrow().messages,
+                RateKind::Connections => usize::MAX,
+            }
+        }
+        fn take(&mut self, _: &DestinationKey, kind: RateKind, n: usize, _: Instant) {
+            if kind == RateKind::Messages {
+                self.0.borrow_mut().messages -= n;
+            }
+        }
+        fn next_available(
+            &mut self,
+            _: &DestinationKey,
+            _: RateKind,
+            _: Instant,
+        ) -> Option<Instant> {
+            let state = self.0.borrow();
+            (state.messages == 0).then_some(state.more_at).flatten()
+        }
+        fn connections(&self, per_core: usize) -> usize {
+            (per_core / 2).max(1)
+        }
+        fn forget(&mut self, site: &DestinationKey) {
+            self.0.borrow_mut().forgotten.push(site.clone());
+        }
+    }
+
+    #[test]
+    fn a_shared_budget_holds_a_rated_site_beside_its_own_bucket() {
+        let t0 = now();
+        let state = std::rc::Rc::new(std::cell::RefCell::new(FakeState {
+            messages: 3,
+            more_at: Some(t0 + Duration::from_millis(250)),
+            ..FakeState::default()
+        }));
+        let budget = FakeShared(std::rc::Rc::clone(&state));
+        let mut r = ReadyQueues::with_shared(limits(10, 4, 100, 2), Some(Box::new(budget)))
+            .expect("limits");
+        let (rated, plain) = (mx("rated"), mx("plain"));
+        let shaped = SiteLimits {
+            message_rate: Some("1000/s".parse().expect("rate")),
+            ..ReadyQueues::<u32>::plain_site(r.limits())
+        };
+        for i in 0..10 {
+            r.push_shaped(rated.clone(), i, || shaped.clone())
+                .expect("room");
+            r.push(plain.clone(), 100 + i).expect("room");
+        }
+        let mut got = HashMap::new();
+        while let Some((dest, batch)) = r.next_connection(t0) {
+            *got.entry(dest).or_insert(0) += batch.len();
+        }
+        // The site's own bucket would let 10 go; the shared budget 3.
+        assert_eq!(got.get(&rated), Some(&3));
+        // A site without a rate never asks; two hosts: 4 connections per
+        // core become 2.
+        assert_eq!(got.get(&plain), Some(&4));
+        assert_eq!(r.connections_to(&plain), 2);
+        assert_eq!(
+            r.wakeup_for(&rated, t0),
+            Some(t0 + Duration::from_millis(250))
+        );
+        assert_eq!(r.next_wakeup(t0), Some(t0 + Duration::from_millis(250)));
+        // More granted: an open connection takes it.
+        state.borrow_mut().messages = 5;
+        assert_eq!(r.next_batch(&rated, t0).len(), 2);
+        // A site forgotten is forgotten by the budget too.
+        r.done(&plain, 4);
+        loop {
+            let more = r.next_batch(&plain, t0);
+            if more.is_empty() {
+                break;
+            }
+            r.done(&plain, more.len());
+        }
+        r.connection_closed(&plain);
+        r.connection_closed(&plain);
+        assert_eq!(state.borrow().forgotten, vec![plain]);
     }
 
     /// Property: under random pushes, hand-outs, completions and closes,
