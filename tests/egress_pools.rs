@@ -361,3 +361,25 @@ fn a_reload_moves_a_pool_to_other_sources() {
     let helo = &counters["sources"][ips[2].to_string()]["helo"];
     assert!(helo["mta3.egress.test"].as_u64() >= Some(1), "{helo}");
 }
+
+#[test]
+fn mail_waiting_for_a_source_that_gets_suspended_leaves_through_another() {
+    let ips = addresses();
+    let sink = SpateSink::start(unique_loopback(), &["--cores", "1", "--delay", "dot:200ms"]);
+    let server = TestServer::start(
+        Tweaks::default()
+            .cores(1)
+            .extra(&sink.route("far.example"))
+            .extra("[delivery]\nmax_connections_per_destination = 1\n")
+            .extra(&egress(&ips, "")),
+    );
+    // 3:1 and one connection each at 200 ms a message: ip1's queue backs up.
+    send(&server, "rcpt@far.example", "backlog", "", 16);
+    let site = format!("[{}]:{}", sink.addr.ip(), sink.addr.port());
+    queue(&server, &["suspend", &format!("{site}@ip1"), "--for", "2h"]);
+    let counters = sink.wait_for(16, Duration::from_secs(30));
+    let (one, two) = (from(&counters, ips[0]), from(&counters, ips[1]));
+    eprintln!("ip1 {one} (suspended early on), ip2 {two}");
+    assert_eq!(one + two, 16, "{counters:#}");
+    assert!(two > 4, "ip2 took ip1's backlog: {counters:#}");
+}

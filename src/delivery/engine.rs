@@ -152,6 +152,13 @@ impl<S: SegmentStore + 'static> Engine<S> {
             for (work, reply) in bounced {
                 self.bounce(work, &reply).await;
             }
+            // Work of a source suspended for its site: held, then placed
+            // again through another source.
+            let rerouted = self.scheduler.borrow_mut().take_rerouted();
+            for (work, dest) in rerouted {
+                let hold = self.recorder.held(work.id, work.attempt, dest, false).await;
+                self.hold(hold);
+            }
             self.scheduler.borrow_mut().release_held(
                 &mut self.ctx.queue.borrow_mut(),
                 now,

@@ -33,6 +33,9 @@ use crate::spool::{SpoolId, StoredMessage};
 /// ready queue) waits before it is handed out again, if no room was made
 /// for it earlier.
 pub const HOLD_RECHECK: Duration = Duration::from_secs(60);
+/// How long a message held for a source suspended at its site waits
+/// before it is placed again, while another source of its pool is open.
+pub const REROUTE_WAIT: Duration = Duration::from_secs(1);
 
 /// A message as the scheduler needs it: its envelope.
 pub trait Addressed {
@@ -342,6 +345,9 @@ pub struct Scheduler<M> {
     bouncing: HashMap<DestinationKey, String>,
     /// Work drained from a site that began to bounce, to be bounced.
     to_bounce: Vec<(Work<M>, String)>,
+    /// Work drained from a (site, source) that was suspended, to be held
+    /// and placed again (through another source).
+    to_reroute: Vec<(Work<M>, DestinationKey)>,
 }
 
 impl<M> Scheduler<M> {
@@ -366,6 +372,7 @@ impl<M> Scheduler<M> {
             chooser: Chooser::new(core, limits.share),
             bouncing: HashMap::new(),
             to_bounce: Vec::new(),
+            to_reroute: Vec::new(),
         })
     }
 
@@ -515,6 +522,23 @@ impl<M> Scheduler<M> {
                 budget_spent: true,
             });
         }
+        // No source can take it now (each suspended for the site): held in
+        // the queue, for the one whose suspension ends first, rather than
+        // waiting in a suspended one's ready queue.
+        if self.ready.suspended_until(&dest, clock.now).is_some() {
+            let members = egress.pool(pool).map_or(&[][..], |p| &p.members[..]);
+            let soonest = members
+                .iter()
+                .filter_map(|m| sources.get(m.source))
+                .map(|s| key.with_source(&s.name))
+                .min_by_key(|d| self.ready.suspended_until(d, clock.now))
+                .unwrap_or(dest);
+            return Err(Refused::Held {
+                work,
+                dest: soonest,
+                budget_spent: false,
+            });
+        }
         let shaped = shape(&dest);
         let queued = self.queue_for(dest, work, || shaped);
         if queued.is_ok() {
@@ -584,9 +608,30 @@ impl<M> Scheduler<M> {
         self.ready.site_limits(dest)
     }
 
-    /// Replaces the suspended sites (a copy of the shared table).
+    /// Replaces the suspended sites (a copy of the shared table). Work
+    /// waiting for a (site, source) that the table suspends (itself or its
+    /// whole site) is set aside for [`Scheduler::take_rerouted`]: held,
+    /// uncounted, it comes back to be placed again, and another source of
+    /// its pool takes it.
     pub fn set_suspended(&mut self, suspended: HashMap<DestinationKey, Instant>) {
         self.ready.set_suspended(suspended);
+        let stopped: Vec<DestinationKey> = self
+            .ready
+            .waiting()
+            .filter(|dest| dest.source().is_some() && self.ready.is_suspended(dest))
+            .cloned()
+            .collect();
+        for dest in stopped {
+            for work in self.ready.drain(&dest) {
+                self.to_reroute.push((work, dest.clone()));
+            }
+        }
+    }
+
+    /// The work that [`Scheduler::set_suspended`] set aside, with the key
+    /// it waited for: the caller holds each group.
+    pub fn take_rerouted(&mut self) -> Vec<(Work<M>, DestinationKey)> {
+        std::mem::take(&mut self.to_reroute)
     }
 
     pub fn suspended_until(&self, dest: &DestinationKey, now: Instant) -> Option<Instant> {
@@ -594,8 +639,10 @@ impl<M> Scheduler<M> {
     }
 
     /// Holds message `id` back for `dest` in `queue`: until the site's
-    /// suspension ends, or [`HOLD_RECHECK`] at the soonest, unless room
-    /// is made for it first. False when the queue no longer had the
+    /// suspension ends (a suspension of its source alone, while another
+    /// source is open: [`REROUTE_WAIT`], to go through that one) or its
+    /// source's budget returns, [`HOLD_RECHECK`] at the soonest, unless
+    /// room is made for it first. False when the queue no longer had the
     /// attempt.
     pub fn hold(
         &mut self,
@@ -617,17 +664,57 @@ impl<M> Scheduler<M> {
             }
             None => Duration::ZERO,
         };
-        let wait = self
-            .suspended_until(&dest, clock)
-            .map_or(HOLD_RECHECK, |until| {
-                until.saturating_duration_since(clock).max(HOLD_RECHECK)
-            })
-            .max(budget);
+        // Suspended for its source only, while another source is not:
+        // placed again at once, through another source of its pool.
+        let rerouted =
+            self.suspended_until(&dest, clock).is_some() && self.another_source_open(&dest, clock);
+        let wait = if rerouted {
+            REROUTE_WAIT
+        } else {
+            self.suspended_until(&dest, clock)
+                .map_or(HOLD_RECHECK, |until| {
+                    until.saturating_duration_since(clock).max(HOLD_RECHECK)
+                })
+        }
+        .max(budget);
         if queue.hold(id, attempt, now.plus(wait)).is_err() {
             return false;
         }
         self.held.entry(dest).or_default().insert(id);
         true
+    }
+
+    /// Whether `dest` names a source and another source of a pool it is
+    /// in is not suspended for its site (which pool the message took is
+    /// not known here: if that one has no open source, the message is
+    /// held again at its next turn).
+    fn another_source_open(&self, dest: &DestinationKey, clock: Instant) -> bool {
+        let Some(own) = self.egress.source(dest.source().unwrap_or_default()) else {
+            return false;
+        };
+        let site = dest.site();
+        if self.ready.suspended_until(&site, clock).is_some() {
+            return false;
+        }
+        let sources = self.egress.sources();
+        let open = |index: usize| {
+            sources.get(index).is_some_and(|s| {
+                s.name != own.name
+                    && self
+                        .ready
+                        .suspended_until(&site.with_source(&s.name), clock)
+                        .is_none()
+            })
+        };
+        self.egress
+            .pools()
+            .iter()
+            .filter(|pool| {
+                pool.members
+                    .iter()
+                    .any(|m| sources[m.source].name == own.name)
+            })
+            .any(|pool| pool.members.iter().any(|m| open(m.source)))
     }
 
     /// Hands held messages back to the queue, due now, as far as their
@@ -1264,6 +1351,67 @@ pool = "warming"
         scheduler.release_held(&mut queue, tomorrow, clock);
         assert_eq!(queue.due(tomorrow).len(), 2);
         assert_eq!(scheduler.held_count(), 0);
+    }
+
+    #[test]
+    fn a_suspended_sources_work_goes_through_another_and_waits_when_none_is_open() {
+        let mut scheduler = Scheduler::new(ReadyLimits::default()).unwrap();
+        scheduler.set_egress(egress(POOLS));
+        let site: DestinationKey = "mx:mx.other.test".parse().unwrap();
+        let clock = Instant::now();
+        let at = Clock {
+            now: clock,
+            unix: NOON,
+        };
+        let place = |s: &mut Scheduler<FakeMessage>, n| {
+            s.place_work(placement(&site, None, work_of(n, None, None)), at, |_| {
+                plain_site()
+            })
+        };
+        for n in 0..4 {
+            place(&mut scheduler, n).unwrap();
+        }
+        let (ip1, ip2) = (site.with_source("ip1"), site.with_source("ip2"));
+        let long = clock + Duration::from_secs(7200);
+        scheduler.set_suspended(HashMap::from([(ip1.clone(), long)]));
+        let rerouted = scheduler.take_rerouted();
+        assert_eq!(rerouted.len(), 3, "ip1's three (3:1) are taken back");
+        assert!(rerouted.iter().all(|(_, dest)| *dest == ip1));
+        assert_eq!(
+            place(&mut scheduler, 10).unwrap(),
+            ip2,
+            "new work avoids ip1"
+        );
+        // Held for ip1 while ip2 is open: placed again at once.
+        let mut queue = Queue::new();
+        let attempt = queued(&mut queue, 20);
+        let id = SpoolId::from_u64(20);
+        assert!(scheduler.hold(&mut queue, id, attempt, ip1.clone(), UnixTime(1_000), clock));
+        assert_eq!(queue.due(UnixTime(1_000 + 1)).len(), 1);
+        // Both suspended: work is held, not queued, until the first end.
+        let short = clock + Duration::from_secs(600);
+        scheduler.set_suspended(HashMap::from([(ip1.clone(), long), (ip2.clone(), short)]));
+        assert_eq!(scheduler.take_rerouted().len(), 2, "ip2's two");
+        let Err(Refused::Held {
+            dest, budget_spent, ..
+        }) = place(&mut scheduler, 11)
+        else {
+            panic!("held when no source is open");
+        };
+        assert!(!budget_spent);
+        let attempt = queued(&mut queue, 21);
+        let id = SpoolId::from_u64(21);
+        assert!(scheduler.hold(
+            &mut queue,
+            id,
+            attempt,
+            dest.clone(),
+            UnixTime(2_000),
+            clock
+        ));
+        assert_eq!(dest, ip2, "the suspension that ends first");
+        assert!(queue.due(UnixTime(2_000 + 599)).is_empty());
+        assert_eq!(queue.due(UnixTime(2_000 + 600)).len(), 1);
     }
 
     /// Where the seeded schedules below believe a message is.

@@ -232,6 +232,10 @@ impl EgressPlan {
         self.source_by_name.get(name).map(|&i| &self.sources[i])
     }
 
+    pub fn pools(&self) -> &[Pool] {
+        &self.pools
+    }
+
     /// A pool by name.
     pub fn pool_named(&self, name: &str) -> Option<PoolId> {
         self.pool_by_name.get(name).copied()

@@ -476,6 +476,20 @@ impl<W> ReadyQueues<W> {
         !self.suspended.is_empty()
     }
 
+    /// Whether the table in force suspends `dest` (itself or its whole
+    /// site), whatever the time.
+    pub fn is_suspended(&self, dest: &DestinationKey) -> bool {
+        suspension_end(&self.suspended, dest).is_some()
+    }
+
+    /// The destinations with work waiting in their queues.
+    pub fn waiting(&self) -> impl Iterator<Item = &DestinationKey> {
+        self.sites
+            .iter()
+            .filter(|(_, site)| !site.queue.is_empty())
+            .map(|(dest, _)| dest)
+    }
+
     /// Replaces the throttled sites (the engine's copy of the shared
     /// table); active sites take their new limits at once.
     pub fn set_throttled(&mut self, throttled: HashMap<DestinationKey, f64>, now: Instant) {
