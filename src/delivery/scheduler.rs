@@ -351,15 +351,16 @@ pub struct Scheduler<M> {
 }
 
 impl<M> Scheduler<M> {
-    /// The scheduler of core `core` among `limits.share` cores (the share
-    /// splits egress budgets as it splits rates), without egress sources
-    /// until [`Scheduler::set_egress`].
+    /// The scheduler of the first core, with no limits shared with other
+    /// hosts and no egress sources until [`Scheduler::set_egress`].
     pub fn new(limits: ReadyLimits) -> Result<Self, QueueError> {
         Self::with_shared(limits, None, 0)
     }
 
-    /// A scheduler for core `core` whose sites' host-wide limits are also
-    /// held to `shared` (limits shared with other hosts, `cluster`).
+    /// A scheduler for core `core` of `limits.share` (the share splits
+    /// egress budgets as it splits rates) whose sites' host-wide limits
+    /// are also held to `shared` (limits shared with other hosts,
+    /// `cluster`).
     pub fn with_shared(
         limits: ReadyLimits,
         shared: Option<Box<dyn SharedBudget>>,
