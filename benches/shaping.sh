@@ -70,7 +70,7 @@ RULES_FILE=$WORK/rules.toml
 
 # relay_once RUN WITH_RULES: sets RESULT to "end-to-end-rate cpu-us-per-message"
 relay_once() {
-    local n=$1 rules=$2 dir=$WORK/relay-$1-$2 sink_pid sink_port pid port t0 t1 i left ticks cpu_us shaping=""
+    local n=$1 rules=$2 dir=$WORK/relay-$1-$2 deferred sink_pid sink_port pid port t0 t1 i left ticks cpu_us shaping=""
     mkdir -p "$dir"
     sink_port=$(free_port)
     "$SMTP_SINK" "${USER_FLAG[@]}" "$IP:$sink_port" 1024 >"$dir/sink.out" 2>&1 &
@@ -97,6 +97,9 @@ nameservers = ["$IP:$DNS_PORT"]
 [delivery]
 mx_port = $sink_port
 max_connections = 500
+# A lookup dnsmasq drops under the burst is retried in seconds, not minutes.
+minimal_backoff = "2s"
+maximal_backoff = "4s"
 $shaping
 
 [smtp]
@@ -123,7 +126,8 @@ EOF
     kill -TERM "$pid" "$sink_pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     wait "$sink_pid" 2>/dev/null || true
-    grep -q "deferred" "$dir/stderr" && log "run $n: some deliveries were deferred (see $dir/stderr)"
+    deferred=$(grep -c '"deferred"\|deferred id=' "$dir/stderr" || true)
+    [[ $deferred -gt 0 ]] && log "run $n: $deferred deliveries deferred (retried after 2 s)"
     RESULT="$(rate "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')") $cpu_us"
     rm -rf "$dir/spool"
 }

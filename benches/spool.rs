@@ -33,6 +33,8 @@ fn envelope() -> Envelope {
         received_at: 1_700_000_000,
         client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         helo: "bench.example.test".into(),
+        auth_user: None,
+        tenant: None,
     }
 }
 

@@ -169,7 +169,8 @@ pub struct SinkArgs {
     /// Our name in the greeting and EHLO.
     #[arg(long, default_value = "sink.test", value_name = "NAME")]
     pub hostname: String,
-    /// Write every accepted message to DIR (envelope as X-Sink-From/To lines).
+    /// Write every accepted message to DIR (client and envelope as
+    /// X-Sink-Peer/Helo/From/To lines).
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
     /// Count accepted recipients per domain.
@@ -180,6 +181,12 @@ pub struct SinkArgs {
     /// code; FRACTION 0.1 or 10% (every 10th fails). Repeatable.
     #[arg(long, value_name = "RULE", value_parser = parse_fault)]
     pub fail: Vec<crate::sink::fault::Fault>,
+    /// Answer a fraction of a stage's commands with a reply text of your
+    /// own: STAGE:FRACTION:TEXT, e.g. 'rcpt:0.3:421 4.7.0 [TSS04]
+    /// Messages temporarily deferred' (STAGE as for --fail; ehlo and
+    /// end-of-data also name helo and dot). Repeatable.
+    #[arg(long, value_name = "RULE", value_parser = parse_reply)]
+    pub reply: Vec<crate::sink::fault::Fault>,
     /// Wait before replying at a stage: STAGE:DURATION. Repeatable.
     #[arg(long, value_name = "STAGE:DURATION", value_parser = parse_delay)]
     pub delay: Vec<(crate::sink::fault::Stage, std::time::Duration)>,
@@ -224,6 +231,9 @@ fn parse_credentials(s: &str) -> Result<(String, String), String> {
 fn parse_fault(s: &str) -> Result<crate::sink::fault::Fault, String> {
     crate::sink::fault::Fault::parse(s).map_err(|e| e.to_string())
 }
+fn parse_reply(s: &str) -> Result<crate::sink::fault::Fault, String> {
+    crate::sink::fault::Fault::parse_reply(s).map_err(|e| e.to_string())
+}
 fn parse_delay(s: &str) -> Result<(crate::sink::fault::Stage, std::time::Duration), String> {
     crate::sink::fault::parse_delay(s).map_err(|e| e.to_string())
 }
@@ -257,7 +267,8 @@ pub enum QueueAction {
     },
     /// Stop sending to a destination site for a while: SITE as the
     /// server names it (`mx:HOST[,HOST...]` or `[HOST]:PORT`, see
-    /// `suspensions` and the log); its mail waits, uncounted.
+    /// `suspensions` and the log), with `@SOURCE` for one egress source
+    /// only (without it, every source); its mail waits, uncounted.
     Suspend {
         site: crate::queue::DestinationKey,
         /// How long, e.g. `30m`, `2h`.
@@ -526,7 +537,7 @@ fn blast(args: BlastArgs) -> anyhow::Result<()> {
 fn sink(args: SinkArgs) -> anyhow::Result<()> {
     use crate::sink::fault::{FaultPlan, Stage};
     let mut plan = FaultPlan {
-        faults: args.fail.clone(),
+        faults: args.fail.iter().chain(&args.reply).cloned().collect(),
         tarpit: args.tarpit.unwrap_or_default(),
         ..FaultPlan::default()
     };

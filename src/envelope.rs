@@ -82,4 +82,10 @@ pub struct Envelope {
     /// The client's address and the name it gave in HELO/EHLO.
     pub client_ip: IpAddr,
     pub helo: String,
+    /// The user the client authenticated as (SMTP AUTH), if it did: a
+    /// user's mail may leave from a pool of its own (`[egress.user]`).
+    pub auth_user: Option<String>,
+    /// The tenant named by `[egress] tenant_header`, read at receipt from
+    /// a client that may relay (the header itself is not stored).
+    pub tenant: Option<String>,
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::account::{AccountError, Directory};
 use crate::config::Config;
 use crate::delivery::router::Router;
+use crate::egress::{EgressError, EgressPlan};
 use crate::shaping::{Shaping, ShapingError};
 use crate::tls::TlsError;
 
@@ -24,6 +25,9 @@ pub struct LiveSettings {
     /// The shaping rules (shipped, with `[delivery] shaping_file` over
     /// them): sites that become active after a reload take the new ones.
     pub shaping: Arc<Shaping>,
+    /// Egress sources and pools: work placed after a reload takes them
+    /// (budgets spent so far are kept by source name).
+    pub egress: Arc<EgressPlan>,
 }
 
 impl LiveSettings {
@@ -41,6 +45,7 @@ impl LiveSettings {
             tls,
             router: config.router(),
             shaping: Arc::new(Shaping::load(config.delivery.shaping_file.as_deref())?),
+            egress: Arc::new(EgressPlan::build(config)?),
         })
     }
 }
@@ -54,6 +59,8 @@ pub enum ReloadError {
     Directory(#[from] AccountError),
     #[error("{0}")]
     Shaping(#[from] ShapingError),
+    #[error("{0}")]
+    Egress(#[from] EgressError),
 }
 
 /// A reload ready to be applied.
@@ -98,7 +105,8 @@ pub fn prepare(running: &Config, reread: &Config) -> Result<Reload, ReloadError>
 /// The running configuration with what a reload may change taken from
 /// `reread`: the certificate files (when TLS stays on), the users and
 /// aliases files, the catch-all and quota (all held by the directory),
-/// the `[[route]]`s and the smarthost. Everything else stays.
+/// the `[[route]]`s and the smarthost, `[egress]` but its tenant header
+/// (read by the SMTP sessions, set at start). Everything else stays.
 pub fn merge_reloadable(running: &Config, reread: &Config) -> Config {
     let mut effective = running.clone();
     if let (Some(tls), Some(new)) = (&mut effective.tls, &reread.tls) {
@@ -118,6 +126,9 @@ pub fn merge_reloadable(running: &Config, reread: &Config) -> Config {
         .relay
         .smarthost
         .clone_from(&reread.relay.smarthost);
+    let tenant_header = effective.egress.tenant_header.take();
+    effective.egress.clone_from(&reread.egress);
+    effective.egress.tenant_header = tenant_header;
     effective
 }
 
@@ -150,6 +161,7 @@ pub fn restart_only_changes(effective: &Config, reread: &Config) -> Vec<&'static
         smtp => "[smtp]",
         spool => "[spool]",
         delivery => "[delivery]",
+        egress => "[egress]",
         auth => "[auth]",
         pop3 => "[pop3]",
         cluster => "[cluster]",
@@ -196,6 +208,25 @@ users_file = "/etc/spate/users"
         assert_eq!(
             effective.local.users_file.as_deref(),
             Some(std::path::Path::new("/etc/spate/users.new"))
+        );
+    }
+
+    #[test]
+    fn egress_reloads_but_its_tenant_header_needs_a_restart() {
+        let egress = "[[egress.source]]\nname = \"ip1\"\nbind = \"127.0.0.31\"\n[egress.pool.p]\nsources = { ip1 = 1 }\n[egress]\ndefault_pool = \"p\"\n";
+        let running = parse(BASE);
+        let reread = parse(&format!("{BASE}{egress}"));
+        let effective = merge_reloadable(&running, &reread);
+        assert!(restart_only_changes(&effective, &reread).is_empty());
+        assert_eq!(effective.egress.sources.len(), 1);
+        let settings = LiveSettings::load(&effective).expect("loads");
+        assert!(settings.egress.source("ip1").is_some());
+        let with_header = parse(&format!("{BASE}{egress}tenant_header = \"X-Tenant\"\n"));
+        let effective = merge_reloadable(&running, &with_header);
+        assert_eq!(effective.egress.tenant_header, None);
+        assert_eq!(
+            restart_only_changes(&effective, &with_header),
+            vec!["[egress]"]
         );
     }
 

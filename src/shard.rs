@@ -94,6 +94,7 @@ struct Live {
     tls: Option<futures_rustls::TlsAcceptor>,
     router: Rc<Router>,
     shaping: Arc<crate::shaping::Shaping>,
+    egress: Arc<crate::egress::EgressPlan>,
 }
 
 impl Live {
@@ -102,6 +103,7 @@ impl Live {
             tls: settings.tls.clone().map(futures_rustls::TlsAcceptor::from),
             router: Rc::new(settings.router.clone()),
             shaping: Arc::clone(&settings.shaping),
+            egress: Arc::clone(&settings.egress),
         }
     }
 }
@@ -121,6 +123,11 @@ impl<S: SegmentStore> ShardContext<S> {
     /// The shaping rules for a site that becomes active now.
     pub fn shaping(&self) -> Arc<crate::shaping::Shaping> {
         Arc::clone(&self.live.borrow().shaping)
+    }
+
+    /// Egress sources and pools for work placed now.
+    pub fn egress(&self) -> Arc<crate::egress::EgressPlan> {
+        Arc::clone(&self.live.borrow().egress)
     }
 
     /// Takes new settings (a reload): connections already open keep
@@ -376,6 +383,7 @@ pub fn smtp_server_config(config: &Config) -> ServerConfig {
         trust_loopback: config.auth.trust_loopback,
         sender_must_match_login: config.auth.sender_must_match_login,
         allow_address_literals: config.relay.allow_address_literals,
+        tenant_header: config.egress.tenant_header.clone(),
     }
 }
 

@@ -5,108 +5,17 @@
 //! 127.x address and a port picked by the kernel.
 
 mod common;
+#[path = "common/spate_sink.rs"]
+mod spate_sink;
 
-use std::io::{BufRead, BufReader};
-use std::net::{Ipv4Addr, SocketAddr};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{run_with_timeout, unique_loopback, COMMAND_TIMEOUT, SPATE};
+use spate_sink::SpateSink as Sink;
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A running `spate sink`; killed when dropped.
-struct Sink {
-    child: Child,
-    lines: Receiver<String>,
-    addr: SocketAddr,
-}
-
-impl Sink {
-    fn start(ip: Ipv4Addr, args: &[&str]) -> Sink {
-        let mut child = Command::new(SPATE)
-            .arg("sink")
-            .arg("--listen")
-            .arg(format!("{ip}:0"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn spate sink");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let deadline = Instant::now() + START_TIMEOUT;
-        let mut addr = None;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = lines.recv_timeout(left).expect("sink never printed ready");
-            if let Some(a) = line.strip_prefix("listening smtp ") {
-                addr = Some(a.parse().expect("listen address"));
-            }
-            if line == "ready" {
-                break;
-            }
-        }
-        Sink {
-            child,
-            lines,
-            addr: addr.expect("a listening line"),
-        }
-    }
-
-    fn signal(&self, signal: i32) {
-        // The pid is our own child's.
-        unsafe { libc::kill(self.child.id() as i32, signal) };
-    }
-
-    /// The next `counters {json}` line.
-    fn next_counters(&self) -> serde_json::Value {
-        let deadline = Instant::now() + COMMAND_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.lines.recv_timeout(left).expect("no counters line");
-            if let Some(json) = line.strip_prefix("counters ") {
-                return serde_json::from_str(json).expect("counters JSON");
-            }
-        }
-    }
-
-    /// SIGTERM, then the final counters and a clean exit.
-    fn stop(mut self) -> serde_json::Value {
-        self.signal(libc::SIGTERM);
-        let counters = self.next_counters();
-        self.wait_exit();
-        counters
-    }
-
-    fn wait_exit(&mut self) {
-        let deadline = Instant::now() + COMMAND_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                assert!(status.success(), "sink exited with {status}");
-                return;
-            }
-            assert!(Instant::now() < deadline, "sink did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Runs `spate blast --to addr --json ARGS`; its JSON report.
 fn blast_json(addr: SocketAddr, args: &[&str]) -> serde_json::Value {
@@ -255,6 +164,55 @@ fn faults_are_reported(mode: &[&str]) {
         n(&counters, &["recipients"])
     );
     assert_eq!(n(&counters, &["protocol_errors"]), 0, "{counters}");
+}
+
+/// A receiver's own reply texts (`--reply`) at a fraction of a stage, and
+/// the client's address counted with its EHLO name.
+#[test]
+fn reply_texts_reach_the_client_and_each_source_is_counted() {
+    let ip = unique_loopback();
+    let sink = Sink::start(
+        ip,
+        &[
+            "--cores",
+            "1",
+            "--reply",
+            "rcpt:0.25:450 4.7.28 Our system has detected an unusual rate of mail",
+            "--reply",
+            "end-of-data:0.5:451 4.7.0 [TSS04] Messages from you temporarily deferred",
+        ],
+    );
+    let report = blast_json(
+        sink.addr,
+        &[
+            "-n",
+            "40",
+            "-c",
+            "1",
+            "--cores",
+            "1",
+            "--helo",
+            "mta7.blast.test",
+        ],
+    );
+    let counters = sink.stop();
+    // Every 4th RCPT fails (10 of 40); every 2nd end of data of the 30 left.
+    assert_eq!(n(&counters, &["faults", "rcpt:450"]), 10, "{counters}");
+    assert_eq!(n(&counters, &["faults", "dot:451"]), 15, "{counters}");
+    assert_eq!(n(&report, &["errors", "450"]), 10, "{report}");
+    assert_eq!(n(&report, &["errors", "451"]), 15, "{report}");
+    assert_eq!(n(&report, &["delivered"]), 15);
+    let client = n(&report, &["connections"]);
+    // blast connects from the kernel's choice of address: 127.0.0.1.
+    let sources = counters["sources"].as_object().expect("sources");
+    assert_eq!(sources.len(), 1, "{counters}");
+    let only = &sources["127.0.0.1"];
+    assert_eq!(only["messages"], 15);
+    assert_eq!(only["connections"].as_u64(), Some(client));
+    assert!(
+        only["helo"]["mta7.blast.test"].as_u64() >= Some(1),
+        "{counters}"
+    );
 }
 
 #[test]
@@ -410,7 +368,10 @@ fn blast_with_starttls_and_auth_and_sink_keeps_messages() {
     assert_eq!(files.len(), 20);
     let one = std::fs::read_to_string(files[0].as_ref().unwrap().path()).unwrap();
     assert!(
-        one.starts_with("X-Sink-From: <blast@example.test>\r\nX-Sink-To: <user"),
+        one.starts_with(
+            "X-Sink-Peer: 127.0.0.1\r\nX-Sink-Helo: blast.example.test\r\n\
+             X-Sink-From: <blast@example.test>\r\nX-Sink-To: <user"
+        ),
         "{one}"
     );
     assert!(one.contains("Subject: spate blast"), "{one}");

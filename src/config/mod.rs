@@ -64,6 +64,9 @@ pub struct Config {
     pub spool: SpoolTuning,
     #[serde(default)]
     pub delivery: Delivery,
+    /// Egress sources and pools (`[egress]`).
+    #[serde(default)]
+    pub egress: Egress,
     #[serde(default)]
     pub auth: Auth,
     #[serde(default)]
@@ -325,6 +328,70 @@ pub struct RouteEntry {
     pub domain: String,
     /// `host`, `host:port`, `ip:port` or `[ipv6]:port`.
     pub to: String,
+    /// The egress pool (`[egress.pool.NAME]`) mail on this route leaves
+    /// from, before any user's, tenant's or the default pool.
+    pub pool: Option<String>,
+}
+
+/// Where outbound mail leaves from (`[egress]`): named sources (a local
+/// address to bind, an EHLO name, a budget), weighted pools of them, and
+/// which pool a message takes (by route, authenticated user, tenant
+/// header, or the default). Without sources, mail leaves as before: the
+/// kernel's choice of address, `hostname` in EHLO.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Egress {
+    /// The pool of mail that no route, user or tenant assigns.
+    pub default_pool: Option<String>,
+    /// A header naming the message's tenant (e.g. `X-Tenant`): read at
+    /// receipt from clients that may relay, removed from every message
+    /// before it is stored, so it never leaves.
+    pub tenant_header: Option<String>,
+    #[serde(default, rename = "source")]
+    pub sources: Vec<EgressSource>,
+    #[serde(default, rename = "pool")]
+    pub pools: std::collections::BTreeMap<String, EgressPool>,
+    /// Tenants by name (as the header gives it, any case) and their pool.
+    #[serde(default, rename = "tenant")]
+    pub tenants: std::collections::BTreeMap<String, PoolChoice>,
+    /// Users by login name and their pool.
+    #[serde(default, rename = "user")]
+    pub users: std::collections::BTreeMap<String, PoolChoice>,
+}
+
+/// One `[[egress.source]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressSource {
+    pub name: String,
+    /// The local address connections from this source are bound to.
+    pub bind: Option<IpAddr>,
+    /// The name said in EHLO (default: `hostname`); it should match the
+    /// address's reverse DNS.
+    pub ehlo: Option<String>,
+    /// Messages per period through this source, all sites together.
+    pub message_rate: Option<crate::shaping::Rate>,
+    /// The first day of the warm-up (UTC), `2025-12-06` or a string.
+    pub warmup_start: Option<crate::egress::Day>,
+    /// Daily volumes from `warmup_start` on, one step per day
+    /// (`["1000/day", "5000/day"]`); warm after the last.
+    #[serde(default)]
+    pub warmup: Vec<crate::shaping::Rate>,
+}
+
+/// One `[egress.pool.NAME]`: its sources with their weights.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressPool {
+    /// Source name = weight (`{ ip1 = 3, ip2 = 1 }`).
+    pub sources: std::collections::BTreeMap<String, u32>,
+}
+
+/// `[egress.tenant.NAME]` or `[egress.user.NAME]`: the pool to use.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolChoice {
+    pub pool: String,
 }
 
 /// DNS for MX resolution.
@@ -679,6 +746,9 @@ impl Config {
                 return invalid(format!("[[route]] for {}: {e}", route.domain));
             }
         }
+        if let Err(e) = crate::egress::EgressPlan::build(self) {
+            return invalid(e.to_string());
+        }
         let d = &self.delivery;
         if d.minimal_backoff.is_zero()
             || d.maximal_backoff < d.minimal_backoff
@@ -723,7 +793,12 @@ impl Config {
             .filter_map(|r| Some((r.domain.clone(), parse(&r.to)?)))
             .collect();
         let smarthost = self.relay.smarthost.as_deref().and_then(parse);
-        Router::new(self.local.domains.clone(), routes, smarthost)
+        let pools = self
+            .routes
+            .iter()
+            .filter_map(|r| Some((r.domain.clone(), r.pool.clone()?)))
+            .collect();
+        Router::new(self.local.domains.clone(), routes, smarthost).with_pools(pools)
     }
 
     /// The number of executors to run: `cores`, or one per available CPU.

@@ -446,6 +446,8 @@ pub fn build_dsn(
         received_at: now.timestamp().max(0) as u64,
         client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         helo: mta,
+        auth_user: None,
+        tenant: None,
     };
     Some(Dsn {
         envelope,
@@ -612,6 +614,8 @@ mod tests {
             received_at: ARRIVAL,
             client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
             helo: "client.example.test".into(),
+            auth_user: None,
+            tenant: None,
         }
     }
 

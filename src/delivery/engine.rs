@@ -135,7 +135,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
             verified_smarthost,
             client: Rc::new(client),
             tls: futures_rustls::TlsConnector::from(tls),
-            scheduler: RefCell::new(Scheduler::with_shared(limits, shared)?),
+            scheduler: RefCell::new(Scheduler::with_shared(limits, shared, ctx.index)?),
             recorder: Recorder::new(Rc::clone(&ctx)),
             work_arrived: event_listener::Event::new(),
             suspensions: sites.suspensions,
@@ -151,14 +151,16 @@ impl<S: SegmentStore + 'static> Engine<S> {
         while !self.ctx.shutdown.is_fired() {
             let now = unix_now();
             self.sync_tables();
+            self.scheduler.borrow_mut().set_egress(self.ctx.egress());
             let bounced = self.scheduler.borrow_mut().take_bounced();
             for (work, reply) in bounced {
                 self.bounce(work, &reply).await;
             }
-            // Work a suspension caught in a ready queue waits held.
-            let suspended = self.scheduler.borrow_mut().take_suspended();
-            for (dest, work) in suspended {
-                let hold = self.recorder.held(work.id, work.attempt, dest).await;
+            // Work of a source suspended for its site: held, then placed
+            // again through another source; of a suspended site: held.
+            let rerouted = self.scheduler.borrow_mut().take_rerouted();
+            for (work, dest) in rerouted {
+                let hold = self.recorder.held(work.id, work.attempt, dest, false).await;
                 self.hold(hold);
             }
             let due = {
@@ -179,9 +181,17 @@ impl<S: SegmentStore + 'static> Engine<S> {
             let mut idle = next.map_or(MAX_IDLE, |at| {
                 Duration::from_secs(at.0.saturating_sub(unix_now().0)).min(MAX_IDLE)
             });
-            // Work that a site's rate holds back: look again when it may go.
+            // Work that a site's rate or a source's budget holds back:
+            // look again when it may go.
             let clock = Instant::now();
-            if let Some(at) = self.scheduler.borrow_mut().next_wakeup(clock) {
+            let wakeups = {
+                let mut scheduler = self.scheduler.borrow_mut();
+                [
+                    scheduler.next_wakeup(clock),
+                    scheduler.budget_wakeup(unix_now(), clock),
+                ]
+            };
+            for at in wakeups.into_iter().flatten() {
                 idle = idle.min(
                     at.saturating_duration_since(clock)
                         .max(Duration::from_millis(1)),
@@ -223,24 +233,37 @@ impl<S: SegmentStore + 'static> Engine<S> {
         }
     }
 
-    /// Queues work for its site; a site becoming active takes its shaping
-    /// limits from the rules in force.
+    /// Queues work for its site (from an egress source, when its message
+    /// has a pool); a site becoming active takes its shaping limits from
+    /// the rules in force.
     async fn place(&self, placement: Placement<StoredMessage>) {
-        let Placement { key, domain, work } = placement;
-        let hop = Rc::clone(&work.hop);
-        let shape = || self.site_limits(domain.as_deref(), &hop);
+        let domain = placement.domain.clone();
+        let hop = Rc::clone(&placement.work.hop);
+        let shape = |dest: &DestinationKey| self.site_limits(domain.as_deref(), &hop, dest);
+        let clock = crate::egress::Clock {
+            now: Instant::now(),
+            unix: unix_now().0,
+        };
         let placed = self
             .scheduler
             .borrow_mut()
-            .place(key.clone(), work, shape, Instant::now());
+            .place_work(placement, clock, shape);
         match placed {
-            Ok(()) => {
+            Ok(_) => {
                 self.work_arrived.notify(usize::MAX);
             }
             // Not an attempt: nothing was tried. The message waits in the
-            // queue, uncounted, until the destination makes room.
-            Err(Refused::Full(work)) => {
-                let hold = self.recorder.held(work.id, work.attempt, key).await;
+            // queue, uncounted, until the destination makes room (or its
+            // source's budget returns).
+            Err(Refused::Held {
+                work,
+                dest,
+                budget_spent,
+            }) => {
+                let hold = self
+                    .recorder
+                    .held(work.id, work.attempt, dest, budget_spent)
+                    .await;
                 self.hold(hold);
             }
             Err(Refused::Bounce(work, reply)) => self.bounce(work, &reply).await,
@@ -299,7 +322,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
             .collect();
         let mut scheduler = self.scheduler.borrow_mut();
         scheduler.set_bouncing(bouncing, &mut self.ctx.queue.borrow_mut(), unix_now());
-        scheduler.set_suspended(table, clock);
+        scheduler.set_suspended(table);
     }
 
     /// Fails a piece of work for good: its site's mail is being bounced by
@@ -380,9 +403,15 @@ impl<S: SegmentStore + 'static> Engine<S> {
         self.sync_tables();
     }
 
-    /// The shaping limits of a site reached through `hop` for `domain`,
-    /// with `[delivery]` as the fallback.
-    fn site_limits(&self, domain: Option<&str>, hop: &Hop) -> crate::shaping::SiteLimits {
+    /// The shaping limits of a site reached through `hop` for `domain`
+    /// (and from `dest`'s egress source), with `[delivery]` as the
+    /// fallback.
+    fn site_limits(
+        &self,
+        domain: Option<&str>,
+        hop: &Hop,
+        dest: &DestinationKey,
+    ) -> crate::shaping::SiteLimits {
         let d = &self.ctx.config.delivery;
         let cores = self.ctx.config.executor_count();
         let fallback = crate::shaping::Limits {
@@ -391,10 +420,13 @@ impl<S: SegmentStore + 'static> Engine<S> {
             deliveries_per_connection: Some(d.max_messages_per_connection),
             ..crate::shaping::Limits::default()
         };
-        let limits = self
-            .ctx
-            .shaping()
-            .site_limits(domain, &hop.host_names(), &fallback, cores);
+        let limits = self.ctx.shaping().site_limits_from(
+            domain,
+            &hop.host_names(),
+            &fallback,
+            cores,
+            dest.source(),
+        );
         tracing::debug!(domain, rule = %limits.rule, connections = limits.connections, "site shaped");
         limits
     }
@@ -428,6 +460,14 @@ impl<S: SegmentStore + 'static> Engine<S> {
                 return;
             }
         };
+        // The egress source's address and EHLO name, if the key has one.
+        let source = self
+            .scheduler
+            .borrow()
+            .source_of(&dest)
+            .map(|s| (s.bind, s.ehlo.clone()));
+        let bind = source.as_ref().and_then(|(bind, _)| *bind);
+        let ehlo = source.map(|(_, ehlo)| ehlo);
         let mut last_failure: Option<HostFailed> = None;
         for (name, addr) in self.addresses(&hop).await {
             // A connection that carried its maximum of messages is replaced
@@ -435,17 +475,17 @@ impl<S: SegmentStore + 'static> Engine<S> {
             // moves the rest of the work on to the next host.
             while !queue.is_empty() {
                 let (tls, client) = self.tls_for(&hop);
-                let client = self.shaped_client(&dest, client);
+                let client = self.shaped_client(&dest, client, ehlo.as_deref());
                 let timeout = self.ctx.config.delivery.connect_timeout;
-                let connection = match Outbound::open(addr, &name, client, Some(tls), timeout).await
-                {
-                    Ok(out) => out,
-                    Err(failed) => {
-                        tracing::debug!(%dest, %addr, reply = %failed.reply, "next hop failed");
-                        last_failure = Some(failed);
-                        break;
-                    }
-                };
+                let connection =
+                    match Outbound::open(addr, &name, client, Some(tls), timeout, bind).await {
+                        Ok(out) => out,
+                        Err(failed) => {
+                            tracing::debug!(%dest, %addr, reply = %failed.reply, "next hop failed");
+                            last_failure = Some(failed);
+                            break;
+                        }
+                    };
                 let mut agent = SmtpAgent { connection };
                 let spent = self.deliver_over(&mut agent, &dest, &mut queue).await;
                 agent.connection.quit().await;
@@ -514,7 +554,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
             if suspended {
                 let hold = self
                     .recorder
-                    .held(work.id, work.attempt, dest.clone())
+                    .held(work.id, work.attempt, dest.clone(), false)
                     .await;
                 self.hold(hold);
                 self.scheduler.borrow_mut().done(dest, 1);
@@ -636,20 +676,29 @@ impl<S: SegmentStore + 'static> Engine<S> {
         (self.tls.clone(), Rc::clone(&self.client))
     }
 
-    /// The client policy with the site's deliveries per connection.
-    fn shaped_client(&self, dest: &DestinationKey, client: Rc<ClientConfig>) -> Rc<ClientConfig> {
+    /// The client policy with the site's deliveries per connection and
+    /// the egress source's EHLO name.
+    fn shaped_client(
+        &self,
+        dest: &DestinationKey,
+        client: Rc<ClientConfig>,
+        ehlo: Option<&str>,
+    ) -> Rc<ClientConfig> {
         let limit = self
             .scheduler
             .borrow()
             .site_limits(dest)
-            .map(|l| l.deliveries_per_connection);
-        match limit {
-            Some(n) if n != client.max_messages_per_connection => Rc::new(ClientConfig {
-                max_messages_per_connection: n,
-                ..(*client).clone()
-            }),
-            _ => client,
+            .map(|l| l.deliveries_per_connection)
+            .filter(|&n| n != client.max_messages_per_connection);
+        let ehlo = ehlo.filter(|&name| name != client.helo_name);
+        if limit.is_none() && ehlo.is_none() {
+            return client;
         }
+        Rc::new(ClientConfig {
+            max_messages_per_connection: limit.unwrap_or(client.max_messages_per_connection),
+            helo_name: ehlo.map_or_else(|| client.helo_name.clone(), str::to_owned),
+            ..(*client).clone()
+        })
     }
 
     /// Fills `queue` with more work for `dest`, waiting for it as long as

@@ -1,11 +1,13 @@
-//! One outbound SMTP connection: drives the sans-IO `ClientSession` over a
-//! glommio socket (STARTTLS through rustls when offered), and sends each
-//! body straight from the spool's memory map through `DotStuffer`, without
+//! One outbound SMTP connection: connects (from an egress source's
+//! address when given), drives the sans-IO `ClientSession` over a glommio
+//! socket (STARTTLS through rustls when offered), and sends each body
+//! straight from the spool's memory map through `DotStuffer`, without
 //! copying it. It reports per-recipient results; what they mean for the
 //! queue is the engine's business.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -54,6 +56,51 @@ pub struct Outbound {
     pub remote: String,
 }
 
+/// Connects to `addr` from local address `local` (an egress source):
+/// glommio 0.9 connects only sockets it makes itself, so the socket is
+/// made here, bound, and connected without blocking; glommio's write path
+/// then waits for it to become writable (a zero-length write returns
+/// once the connection is up, or its error).
+async fn connect_from(local: IpAddr, addr: SocketAddr) -> glommio::Result<TcpStream, ()> {
+    use socket2::{Domain, Socket, Type};
+    if local.is_ipv4() != addr.is_ipv4() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrNotAvailable,
+            format!("source address {local} cannot reach {addr}"),
+        )
+        .into());
+    }
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // Take the port at connect time, by the whole 4-tuple: many
+    // connections from one source address to many hosts share ports.
+    let no_port: libc::c_int = 1;
+    // SAFETY: a valid socket and a c_int option of the right size; a
+    // failure (an older kernel) only means ports are picked at bind.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&no_port as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    socket.bind(&SocketAddr::new(local, 0).into())?;
+    socket.set_nonblocking(true)?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e.into()),
+    }
+    // glommio links socket2 0.4, so the socket goes over as a descriptor.
+    // SAFETY: `into_raw_fd` hands over the only owner of an open socket.
+    let mut stream = unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
+    stream.write(&[]).await?;
+    // Connected: a failed connect reports its error on the write above.
+    stream.peer_addr()?;
+    Ok(stream)
+}
+
 /// What the driver waits for.
 enum Want {
     Ready,
@@ -62,18 +109,26 @@ enum Want {
 }
 
 impl Outbound {
-    /// Connects, reads the greeting, says EHLO and does STARTTLS when the
-    /// server offers it (and `tls` is given), until the session is ready
-    /// for a transaction.
+    /// Connects (from local address `bind` when given: an egress
+    /// source), reads the greeting, says EHLO (with `config`'s name) and
+    /// does STARTTLS when the server offers it (and `tls` is given), until
+    /// the session is ready for a transaction.
     pub async fn open(
         addr: SocketAddr,
         host_name: &str,
         config: Rc<ClientConfig>,
         tls: Option<futures_rustls::TlsConnector>,
         connect_timeout: Duration,
+        bind: Option<IpAddr>,
     ) -> Result<Outbound, HostFailed> {
         let remote = format!("{host_name}[{}]:{}", addr.ip(), addr.port());
-        let connected = glommio::timer::timeout(connect_timeout, TcpStream::connect(addr)).await;
+        let connecting = async {
+            match bind {
+                Some(local) => connect_from(local, addr).await,
+                None => Ok(TcpStream::connect(addr).await?),
+            }
+        };
+        let connected = glommio::timer::timeout(connect_timeout, connecting).await;
         let stream = connected.map_err(|e| HostFailed {
             reply: ReplyText::local(
                 421,
@@ -356,5 +411,46 @@ impl Outbound {
                 self.client.handle_tls_failed(Instant::now());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .make()
+            .expect("glommio executor (needs io_uring and locked memory)")
+            .run(f)
+    }
+
+    #[test]
+    fn a_connection_leaves_from_the_source_address() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let source: IpAddr = "127.0.0.33".parse().unwrap();
+        let peer = std::thread::spawn(move || listener.accept().unwrap().1);
+        let local = run(async move {
+            let stream = connect_from(source, addr).await.expect("connects");
+            stream.local_addr().unwrap()
+        });
+        assert_eq!(local.ip(), source);
+        assert_eq!(peer.join().unwrap(), local, "the server sees the source");
+    }
+
+    #[test]
+    fn a_refused_or_impossible_connection_is_an_error() {
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let source: IpAddr = "127.0.0.34".parse().unwrap();
+        let refused = run(async move { connect_from(source, closed).await.map(|_| ()) });
+        let e = refused.expect_err("nothing listens");
+        assert!(e.to_string().to_lowercase().contains("refused"), "{e}");
+        let v6: SocketAddr = "[::1]:25".parse().unwrap();
+        let mismatch = run(async move { connect_from(source, v6).await.map(|_| ()) });
+        assert!(mismatch.is_err());
     }
 }

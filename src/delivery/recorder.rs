@@ -114,15 +114,21 @@ impl<S: SegmentStore + 'static> Recorder<S> {
         self.group_done(id, attempt).await
     }
 
-    /// One group was held back by a full ready queue at `dest`: not an
-    /// attempt; counted, and the group is over.
+    /// One group was held back by a full ready queue at `dest` (or, with
+    /// `budget_spent`, by its egress pool's budgets): not an attempt;
+    /// counted, and the group is over.
     pub async fn held(
         &self,
         id: SpoolId,
         attempt: AttemptId,
         dest: DestinationKey,
+        budget_spent: bool,
     ) -> Option<Hold> {
-        tracing::debug!(%id, %dest, "held: the destination's ready queue is full");
+        if budget_spent {
+            tracing::debug!(%id, %dest, "held: the egress pool's budget is spent");
+        } else {
+            tracing::debug!(%id, %dest, "held: the destination's ready queue is full");
+        }
         self.ctx.metrics.borrow_mut().counters.held_by_limits += 1;
         self.attempts.borrow_mut().held(id, dest);
         self.group_done(id, attempt).await

@@ -92,6 +92,8 @@ pub struct Router {
     local_domains: Vec<String>,
     routes: HashMap<String, HostPort>,
     smarthost: Option<HostPort>,
+    /// The egress pool of a `[[route]]`, by its domain.
+    pools: HashMap<String, String>,
 }
 
 impl Router {
@@ -106,6 +108,50 @@ impl Router {
             local_domains,
             routes,
             smarthost,
+            pools: HashMap::new(),
+        }
+    }
+
+    /// The same table with an egress pool for some `[[route]]`s, by route
+    /// domain (as in `routes`).
+    pub fn with_pools(mut self, pools: HashMap<String, String>) -> Self {
+        self.pools = pools;
+        self
+    }
+
+    /// The egress pool of the `[[route]]` that routes `address`, if that
+    /// route names one (none for local, smarthost and MX delivery).
+    pub fn route_pool(&self, address: &str) -> Option<&str> {
+        if self.pools.is_empty() {
+            return None;
+        }
+        let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
+        if domain.starts_with('[') {
+            return self
+                .pools
+                .get(&domain.to_ascii_lowercase())
+                .map(String::as_str);
+        }
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        if self.local_domains.contains(&domain) {
+            return None;
+        }
+        let (route, _) = self.route_for(&domain)?;
+        self.pools.get(route).map(String::as_str)
+    }
+
+    /// The `[[route]]` for a (lowercase) domain: its own, else the
+    /// nearest parent domain's.
+    fn route_for<'a>(&'a self, domain: &'a str) -> Option<(&'a str, &'a HostPort)> {
+        let mut candidate = domain;
+        loop {
+            if let Some(hop) = self.routes.get(candidate) {
+                return Some((candidate, hop));
+            }
+            match candidate.split_once('.') {
+                Some((_, parent)) if !parent.is_empty() => candidate = parent,
+                _ => return None,
+            }
         }
     }
 
@@ -142,15 +188,8 @@ impl Router {
             // `<Postmaster>` without a domain is ours too (RFC 5321 4.5.1).
             return Route::Local;
         }
-        let mut candidate = domain.as_str();
-        loop {
-            if let Some(hop) = self.routes.get(candidate) {
-                return Route::Relay(NextHop::Fixed(hop.clone()));
-            }
-            match candidate.split_once('.') {
-                Some((_, parent)) if !parent.is_empty() => candidate = parent,
-                _ => break,
-            }
+        if let Some((_, hop)) = self.route_for(&domain) {
+            return Route::Relay(NextHop::Fixed(hop.clone()));
         }
         match &self.smarthost {
             Some(hop) => Route::Relay(NextHop::Fixed(hop.clone())),
@@ -249,5 +288,30 @@ mod tests {
             routed.route("d@[192.0.2.5]"),
             Route::Relay(NextHop::Fixed(hp("10.2.2.2:25")))
         );
+    }
+
+    #[test]
+    fn a_route_names_its_pool() {
+        let mut routes = HashMap::new();
+        routes.insert("partner.example".to_string(), hp("10.1.1.1:2525"));
+        routes.insert("other.example".to_string(), hp("10.1.1.2"));
+        routes.insert("[192.0.2.5]".to_string(), hp("10.2.2.2:25"));
+        let pools = HashMap::from([
+            ("partner.example".to_string(), "partners".to_string()),
+            ("[192.0.2.5]".to_string(), "literal".to_string()),
+        ]);
+        let router = Router::new(vec!["example.test".into()], routes, None).with_pools(pools);
+        assert_eq!(
+            router.route_pool("a@Mail.Partner.Example."),
+            Some("partners")
+        );
+        assert_eq!(
+            router.route_pool("a@other.example"),
+            None,
+            "a route without a pool"
+        );
+        assert_eq!(router.route_pool("a@elsewhere.example"), None, "MX");
+        assert_eq!(router.route_pool("a@example.test"), None, "local");
+        assert_eq!(router.route_pool("d@[192.0.2.5]"), Some("literal"));
     }
 }

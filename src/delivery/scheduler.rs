@@ -3,18 +3,22 @@
 //! recipients by where they go (the mailbox tier, a fixed next hop, the
 //! MX hosts of a domain: one batched resolver call for every domain) and
 //! reads each message once for the whole attempt; [`Scheduler`] keeps the
-//! per-site ready queues under the shaping limits and suspensions, holds
-//! what a full ready queue cannot take (by id only: memory-light), and
-//! says which connection may open next. The engine feeds it and carries
-//! out what it decides; the tests feed it a fake spool and the fake
-//! resolver.
+//! per-site ready queues under the shaping limits and suspensions, picks
+//! the egress source of work whose message has a pool (by route, user,
+//! tenant or default: the ready queues are then per site and source),
+//! holds what a full ready queue or a spent source budget cannot take (by
+//! id only: memory-light), and says which connection may open next. The
+//! engine feeds it and carries out what it decides; the tests feed it a
+//! fake spool and the fake resolver.
 
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::delivery::report::{same_result, transient, RecipientReport};
 use crate::delivery::router::{HostPort, NextHop, Route, Router};
+use crate::egress::{Choice, Chooser, Clock, EgressPlan, PoolInputs, Source};
 use crate::envelope::Envelope;
 use crate::queue::{
     AttemptId, DestinationKey, Dispatch, HeldMessages, Queue, QueueError, ReadyLimits, ReadyQueues,
@@ -29,6 +33,9 @@ use crate::spool::{SpoolId, StoredMessage};
 /// ready queue) waits before it is handed out again, if no room was made
 /// for it earlier.
 pub const HOLD_RECHECK: Duration = Duration::from_secs(60);
+/// How long a message held for a source suspended at its site waits
+/// before it is placed again, while another source of its pool is open.
+pub const REROUTE_WAIT: Duration = Duration::from_secs(1);
 
 /// A message as the scheduler needs it: its envelope.
 pub trait Addressed {
@@ -88,6 +95,9 @@ pub struct Placement<M> {
     pub key: DestinationKey,
     /// The recipient domain of MX delivery, for domain shaping rules.
     pub domain: Option<String>,
+    /// The egress pool of the `[[route]]` the recipients take, if it
+    /// names one.
+    pub route_pool: Option<String>,
     pub work: Work<M>,
 }
 
@@ -180,7 +190,8 @@ pub async fn plan<M: Addressed>(
             }
         };
         let mut local = Vec::new();
-        let mut fixed: HashMap<HostPort, Vec<u32>> = HashMap::new();
+        // By next hop and the route's egress pool.
+        let mut fixed: HashMap<(HostPort, Option<String>), Vec<u32>> = HashMap::new();
         let mut mx: HashMap<String, Vec<u32>> = HashMap::new();
         for index in pending {
             let Some(recipient) = message.envelope().recipients.get(index as usize) else {
@@ -188,7 +199,10 @@ pub async fn plan<M: Addressed>(
             };
             match router.route(&recipient.address) {
                 Route::Local => local.push(index),
-                Route::Relay(NextHop::Fixed(hop)) => fixed.entry(hop).or_default().push(index),
+                Route::Relay(NextHop::Fixed(hop)) => {
+                    let pool = router.route_pool(&recipient.address).map(str::to_owned);
+                    fixed.entry((hop, pool)).or_default().push(index);
+                }
                 Route::Relay(NextHop::Mx(domain)) => mx.entry(domain).or_default().push(index),
             }
         }
@@ -205,10 +219,11 @@ pub async fn plan<M: Addressed>(
             hop,
             message: Rc::clone(&message),
         };
-        for (hop, recipients) in fixed {
+        for ((hop, route_pool), recipients) in fixed {
             plan.remote.push(Placement {
                 key: DestinationKey::route(&hop.host, hop.port),
                 domain: None,
+                route_pool,
                 work: work(recipients, Rc::new(Hop::Fixed(hop))),
             });
         }
@@ -240,6 +255,7 @@ pub async fn plan<M: Addressed>(
                         plan.remote.push(Placement {
                             key: key.clone(),
                             domain: Some(domain.clone()),
+                            route_pool: None,
                             work: Work {
                                 id: g.id,
                                 attempt: g.attempt,
@@ -277,12 +293,37 @@ pub async fn plan<M: Addressed>(
     plan
 }
 
-/// Why [`Scheduler::place`] gave work back.
+/// The reply `dest`'s mail bounces with: its own, or its whole site's (a
+/// bounce without a source covers every source).
+fn bouncing_for<'a>(
+    bouncing: &'a HashMap<DestinationKey, String>,
+    dest: &DestinationKey,
+) -> Option<&'a String> {
+    if bouncing.is_empty() {
+        return None;
+    }
+    bouncing.get(dest).or_else(|| match dest.source() {
+        Some(_) => bouncing.get(&dest.site()),
+        None => None,
+    })
+}
+
+/// The egress source a destination key names, in `plan`.
+fn source_for<'a>(plan: &'a EgressPlan, dest: &DestinationKey) -> Option<&'a Source> {
+    plan.source(dest.source()?)
+}
+
+/// Why the scheduler gave work back.
 #[derive(Debug)]
 pub enum Refused<M> {
-    /// The site's ready queue is full, or the site is suspended: the group
-    /// is held (not an attempt).
-    Full(Work<M>),
+    /// The ready queue of `dest` is full or (`budget_spent`) every egress
+    /// source of the message's pool is out of budget: the group is held
+    /// for `dest` (not an attempt).
+    Held {
+        work: Work<M>,
+        dest: DestinationKey,
+        budget_spent: bool,
+    },
     /// The site's mail is being bounced (a back-off rule): the reply to
     /// fail the recipients with.
     Bounce(Work<M>, String),
@@ -292,16 +333,22 @@ pub enum Refused<M> {
 /// header).
 pub struct Scheduler<M> {
     ready: ReadyQueues<Work<M>>,
-    /// Messages held back per destination whose ready queue was full (or
-    /// whose site is suspended), released as it makes room (ids only:
-    /// memory-light).
+    /// Messages held back per destination whose ready queue was full,
+    /// whose site is suspended or whose egress source is out of budget,
+    /// released as it makes room (and, with a source, as its budget
+    /// allows): ids only, memory-light.
     held: HeldMessages,
+    /// The egress sources and pools in force, and this core's chooser.
+    egress: Arc<EgressPlan>,
+    chooser: Chooser<DestinationKey>,
     /// Sites whose mail is returned to its senders, with the reply.
     bouncing: HashMap<DestinationKey, String>,
     /// Work drained from a site that began to bounce, to be bounced.
     to_bounce: Vec<(Work<M>, String)>,
-    /// Work drained from a suspended site's ready queue, to be held.
-    to_hold: Vec<(DestinationKey, Work<M>)>,
+    /// Work drained from a (site, source) that was suspended, to be held
+    /// and placed again (through another source); and from a suspended
+    /// site, to be held until the suspension ends.
+    to_reroute: Vec<(Work<M>, DestinationKey)>,
 }
 
 /// Past this many sites with held messages, due messages are not checked
@@ -310,30 +357,50 @@ pub struct Scheduler<M> {
 const RECHECK_SITES: usize = 64;
 
 impl<M> Scheduler<M> {
+    /// The scheduler of the first core, with no limits shared with other
+    /// hosts and no egress sources until [`Scheduler::set_egress`].
     pub fn new(limits: ReadyLimits) -> Result<Self, QueueError> {
-        Self::with_shared(limits, None)
+        Self::with_shared(limits, None, 0)
     }
 
-    /// A scheduler whose sites' host-wide limits are also held to
-    /// `shared` (limits shared with other hosts, `cluster`).
+    /// A scheduler for core `core` of `limits.share` (the share splits
+    /// egress budgets as it splits rates) whose sites' host-wide limits
+    /// are also held to `shared` (limits shared with other hosts,
+    /// `cluster`).
     pub fn with_shared(
         limits: ReadyLimits,
         shared: Option<Box<dyn SharedBudget>>,
+        core: usize,
     ) -> Result<Self, QueueError> {
         Ok(Scheduler {
             ready: ReadyQueues::with_shared(limits, shared)?,
             held: HeldMessages::new(),
+            egress: Arc::new(EgressPlan::default()),
+            chooser: Chooser::new(core, limits.share),
             bouncing: HashMap::new(),
             to_bounce: Vec::new(),
-            to_hold: Vec::new(),
+            to_reroute: Vec::new(),
         })
+    }
+
+    /// The egress sources and pools for work placed from now on (a
+    /// reload); budgets already spent are kept by source name.
+    pub fn set_egress(&mut self, plan: Arc<EgressPlan>) {
+        if !Arc::ptr_eq(&self.egress, &plan) {
+            self.egress = plan;
+        }
+    }
+
+    /// The egress source work for `dest` leaves from, if any (its bind
+    /// address and EHLO name); `None` also when a reload removed it.
+    pub fn source_of(&self, dest: &DestinationKey) -> Option<&Source> {
+        source_for(&self.egress, dest)
     }
 
     /// Queues work for its site; a site becoming active takes the limits
     /// `shape` gives. Gives the work back when the site's ready queue is
     /// full or the site is suspended at `clock` (the caller counts that
-    /// group as held, not an attempt: a suspended site's mail waits by id
-    /// only, not read in a ready queue) or its mail is being bounced.
+    /// group as held, not an attempt) or its mail is being bounced.
     pub fn place(
         &mut self,
         key: DestinationKey,
@@ -341,15 +408,7 @@ impl<M> Scheduler<M> {
         shape: impl FnOnce() -> SiteLimits,
         clock: Instant,
     ) -> Result<(), Refused<M>> {
-        if let Some(reply) = self.bouncing.get(&key) {
-            return Err(Refused::Bounce(work, reply.clone()));
-        }
-        if self.suspended_until(&key, clock).is_some() {
-            return Err(Refused::Full(work));
-        }
-        self.ready
-            .push_shaped(key, work, shape)
-            .map_err(|full| Refused::Full(full.0))
+        self.queue_for(key, work, shape, clock).map(|_| ())
     }
 
     /// Replaces the sites whose mail bounces (from the shared suspension
@@ -375,9 +434,10 @@ impl<M> Scheduler<M> {
         self.bouncing = bouncing;
     }
 
-    /// The reply `dest`'s mail is bounced with, while it is.
+    /// The reply `dest`'s mail is bounced with, while it is (its own
+    /// bounce, or its whole site's).
     pub fn bouncing_reply(&self, dest: &DestinationKey) -> Option<String> {
-        self.bouncing.get(dest).cloned()
+        bouncing_for(&self.bouncing, dest).cloned()
     }
 
     /// The work to bounce that [`Scheduler::set_bouncing`] set aside.
@@ -393,6 +453,136 @@ impl<M> Scheduler<M> {
     /// Whether `dest` is throttled: its deliveries count toward easing.
     pub fn is_throttled(&self, dest: &DestinationKey) -> bool {
         self.ready.is_throttled(dest)
+    }
+
+    /// Queues `placement`'s work for its site, from an egress source when
+    /// its message has a pool (the route's, the authenticated user's, the
+    /// tenant's or the default; see `egress::plan`): the chooser picks the
+    /// source, preferring those not suspended for the site and with room
+    /// in their queue, and the work goes to that (site, source) queue. A
+    /// site (and source) becoming active takes the limits `shape` gives
+    /// for its key. Returns the key used; refused work (a full queue, or
+    /// every source of the pool out of budget) comes back with the key to
+    /// hold its message for.
+    pub fn place_work(
+        &mut self,
+        placement: Placement<M>,
+        clock: Clock,
+        shape: impl FnOnce(&DestinationKey) -> SiteLimits,
+    ) -> Result<DestinationKey, Refused<M>>
+    where
+        M: Addressed,
+    {
+        let Placement {
+            key,
+            route_pool,
+            work,
+            ..
+        } = placement;
+        let envelope = work.message.envelope();
+        // The plan in force for this decision (a reload may swap it).
+        let egress = Arc::clone(&self.egress);
+        let pool = egress.pool_for(PoolInputs {
+            route_pool: route_pool.as_deref(),
+            user: envelope.auth_user.as_deref(),
+            tenant: envelope.tenant.as_deref(),
+        });
+        let Some(pool) = pool else {
+            let shaped = shape(&key);
+            return self.queue_for(key, work, || shaped, clock.now);
+        };
+        let ready = &self.ready;
+        let limit = ready.limits().max_queued_per_destination;
+        // Cheap when nothing is suspended and no queue can be full.
+        let all_usable = !ready.has_suspensions() && ready.queued() < limit;
+        let bouncing = &self.bouncing;
+        let all_usable = all_usable && bouncing.is_empty();
+        let use_now = |s: &Source| {
+            if all_usable {
+                return true;
+            }
+            let dest = key.with_source(&s.name);
+            ready.suspended_until(&dest, clock.now).is_none()
+                && ready.queued_for(&dest) < limit
+                && bouncing_for(bouncing, &dest).is_none()
+        };
+        let choice = self.chooser.choose(&egress, pool, &key, clock, use_now);
+        let sources = egress.sources();
+        let (index, exhausted) = match choice {
+            Some(Choice::Send(index)) => (index, false),
+            Some(Choice::Exhausted { source, .. }) => (source, true),
+            // A pool of another plan (cannot happen: the plan is read once
+            // above); the work leaves without a source.
+            None => {
+                let shaped = shape(&key);
+                return self.queue_for(key, work, || shaped, clock.now);
+            }
+        };
+        let Some(source) = sources.get(index) else {
+            let shaped = shape(&key);
+            return self.queue_for(key, work, || shaped, clock.now);
+        };
+        let dest = key.with_source(&source.name);
+        if exhausted {
+            return Err(Refused::Held {
+                work,
+                dest,
+                budget_spent: true,
+            });
+        }
+        // No source can take it now (each suspended for the site): held in
+        // the queue, for the one whose suspension ends first, rather than
+        // waiting in a suspended one's ready queue.
+        if self.ready.suspended_until(&dest, clock.now).is_some() {
+            let members = egress.pool(pool).map_or(&[][..], |p| &p.members[..]);
+            let soonest = members
+                .iter()
+                .filter_map(|m| sources.get(m.source))
+                .map(|s| key.with_source(&s.name))
+                .min_by_key(|d| self.ready.suspended_until(d, clock.now))
+                .unwrap_or(dest);
+            return Err(Refused::Held {
+                work,
+                dest: soonest,
+                budget_spent: false,
+            });
+        }
+        let shaped = shape(&dest);
+        let queued = self.queue_for(dest, work, || shaped, clock.now);
+        if queued.is_ok() {
+            self.chooser.spend(source, clock);
+        }
+        queued
+    }
+
+    /// Queues work for `dest`; a full queue or a suspension gives it back
+    /// to be held (a suspended site's mail waits by id only, not read in
+    /// a ready queue), a bouncing site to be bounced.
+    fn queue_for(
+        &mut self,
+        dest: DestinationKey,
+        work: Work<M>,
+        shape: impl FnOnce() -> SiteLimits,
+        clock: Instant,
+    ) -> Result<DestinationKey, Refused<M>> {
+        if let Some(reply) = bouncing_for(&self.bouncing, &dest) {
+            return Err(Refused::Bounce(work, reply.clone()));
+        }
+        if self.ready.suspended_until(&dest, clock).is_some() {
+            return Err(Refused::Held {
+                work,
+                dest,
+                budget_spent: false,
+            });
+        }
+        match self.ready.push_shaped(dest.clone(), work, shape) {
+            Ok(()) => Ok(dest),
+            Err(full) => Err(Refused::Held {
+                work: full.0,
+                dest,
+                budget_spent: false,
+            }),
+        }
     }
 
     /// The next connection's worth of work, if any may open now.
@@ -436,57 +626,48 @@ impl<M> Scheduler<M> {
     }
 
     /// Replaces the suspended sites (a copy of the shared table; call it
-    /// after [`Scheduler::set_bouncing`]). The work waiting in a suspended
-    /// site's ready queue is set aside for [`Scheduler::take_suspended`],
-    /// to be held until the suspension ends: waiting there it would stay
-    /// read and active, and count as a failed attempt once the attempt's
-    /// deadline passed (an hour, shorter than many suspensions). A
-    /// bouncing site's work is left to [`Scheduler::set_bouncing`].
-    pub fn set_suspended(&mut self, suspended: HashMap<DestinationKey, Instant>, clock: Instant) {
-        for (site, until) in &suspended {
-            if *until <= clock || self.bouncing.contains_key(site) {
-                continue;
-            }
-            for work in self.ready.drain(site) {
-                self.to_hold.push((site.clone(), work));
-            }
-        }
+    /// after [`Scheduler::set_bouncing`]). Work waiting for a (site,
+    /// source) that the table suspends (itself or its whole site) is set
+    /// aside for [`Scheduler::take_rerouted`]: held, uncounted, it comes
+    /// back to be placed again, and another source of its pool takes it.
+    /// So is work waiting for a suspended site without a source: held
+    /// until the suspension ends, by id, rather than read and active in a
+    /// ready queue, where it would count as a failed attempt once the
+    /// attempt's deadline passed (an hour, shorter than many suspensions).
+    /// A bouncing site's own work is left to [`Scheduler::set_bouncing`].
+    pub fn set_suspended(&mut self, suspended: HashMap<DestinationKey, Instant>) {
         self.ready.set_suspended(suspended);
-    }
-
-    /// The work to hold that [`Scheduler::set_suspended`] set aside, with
-    /// its site.
-    pub fn take_suspended(&mut self) -> Vec<(DestinationKey, Work<M>)> {
-        std::mem::take(&mut self.to_hold)
-    }
-
-    /// Room for more work in `dest`'s ready queue: what the cap leaves,
-    /// and none while the site is suspended (its mail waits held). A
-    /// bouncing site has room: its mail is bounced as it is placed.
-    fn room(&self, dest: &DestinationKey, clock: Instant) -> usize {
-        if self.suspended_until(dest, clock).is_some() && !self.bouncing.contains_key(dest) {
-            return 0;
+        let stopped: Vec<DestinationKey> = self
+            .ready
+            .waiting()
+            .filter(|dest| {
+                self.ready.is_suspended(dest)
+                    && (dest.source().is_some() || bouncing_for(&self.bouncing, dest).is_none())
+            })
+            .cloned()
+            .collect();
+        for dest in stopped {
+            for work in self.ready.drain(&dest) {
+                self.to_reroute.push((work, dest.clone()));
+            }
         }
-        let limit = self.ready.limits().max_queued_per_destination;
-        limit.saturating_sub(self.ready.queued_for(dest))
+    }
+
+    /// The work that [`Scheduler::set_suspended`] set aside, with the key
+    /// it waited for: the caller holds each group.
+    pub fn take_rerouted(&mut self) -> Vec<(Work<M>, DestinationKey)> {
+        std::mem::take(&mut self.to_reroute)
     }
 
     pub fn suspended_until(&self, dest: &DestinationKey, now: Instant) -> Option<Instant> {
         self.ready.suspended_until(dest, now)
     }
 
-    /// How long a message held for `dest` waits unless room is made for
-    /// it first: until the site's suspension ends, [`HOLD_RECHECK`] at the
-    /// soonest.
-    fn hold_wait(&self, dest: &DestinationKey, clock: Instant) -> Duration {
-        self.suspended_until(dest, clock)
-            .map_or(HOLD_RECHECK, |until| {
-                until.saturating_duration_since(clock).max(HOLD_RECHECK)
-            })
-    }
-
-    /// Holds message `id` back for `dest` in `queue` (see
-    /// [`Scheduler::hold_wait`]). False when the queue no longer had the
+    /// Holds message `id` back for `dest` in `queue`: until the site's
+    /// suspension ends (a suspension of its source alone, while another
+    /// source is open: [`REROUTE_WAIT`], to go through that one) or its
+    /// source's budget returns, [`HOLD_RECHECK`] at the soonest, unless
+    /// room is made for it first. False when the queue no longer had the
     /// attempt.
     pub fn hold(
         &mut self,
@@ -497,7 +678,30 @@ impl<M> Scheduler<M> {
         now: UnixTime,
         clock: Instant,
     ) -> bool {
-        let wait = self.hold_wait(&dest, clock);
+        // A spent source budget: until it returns (the warm-up's next day).
+        let budget = match source_for(&self.egress, &dest) {
+            Some(source) => {
+                let clock = Clock {
+                    now: clock,
+                    unix: now.0,
+                };
+                self.chooser.wait(source, clock)
+            }
+            None => Duration::ZERO,
+        };
+        // Suspended for its source only, while another source is not:
+        // placed again at once, through another source of its pool.
+        let rerouted =
+            self.suspended_until(&dest, clock).is_some() && self.another_source_open(&dest, clock);
+        let wait = if rerouted {
+            REROUTE_WAIT
+        } else {
+            self.suspended_until(&dest, clock)
+                .map_or(HOLD_RECHECK, |until| {
+                    until.saturating_duration_since(clock).max(HOLD_RECHECK)
+                })
+        }
+        .max(budget);
         if queue.hold(id, attempt, now.plus(wait)).is_err() {
             return false;
         }
@@ -505,22 +709,91 @@ impl<M> Scheduler<M> {
         true
     }
 
+    /// How long a message held for `dest`, a site without a source, waits
+    /// unless room is made for it first: until the site's suspension
+    /// ends, [`HOLD_RECHECK`] at the soonest (as [`Scheduler::hold`]).
+    fn plain_hold_wait(&self, dest: &DestinationKey, clock: Instant) -> Duration {
+        self.suspended_until(dest, clock)
+            .map_or(HOLD_RECHECK, |until| {
+                until.saturating_duration_since(clock).max(HOLD_RECHECK)
+            })
+    }
+
+    /// Whether `dest` names a source and another source of a pool it is
+    /// in is not suspended for its site (which pool the message took is
+    /// not known here: if that one has no open source, the message is
+    /// held again at its next turn).
+    fn another_source_open(&self, dest: &DestinationKey, clock: Instant) -> bool {
+        let Some(own) = self.egress.source(dest.source().unwrap_or_default()) else {
+            return false;
+        };
+        let site = dest.site();
+        if self.ready.suspended_until(&site, clock).is_some() {
+            return false;
+        }
+        let sources = self.egress.sources();
+        let open = |index: usize| {
+            sources.get(index).is_some_and(|s| {
+                s.name != own.name
+                    && self
+                        .ready
+                        .suspended_until(&site.with_source(&s.name), clock)
+                        .is_none()
+            })
+        };
+        self.egress
+            .pools()
+            .iter()
+            .filter(|pool| {
+                pool.members
+                    .iter()
+                    .any(|m| sources[m.source].name == own.name)
+            })
+            .any(|pool| pool.members.iter().any(|m| open(m.source)))
+    }
+
     /// Hands held messages back to the queue, due now, as far as their
-    /// destinations have room in their ready queues.
+    /// destinations have room in their ready queues and, for a
+    /// destination with an egress source, as its budget allows.
     pub fn release_held(&mut self, queue: &mut Queue, now: UnixTime, clock: Instant) {
         if self.held.is_empty() {
             return;
         }
-        let mut held = std::mem::take(&mut self.held);
-        held.release(|dest| self.room(dest, clock), |id| queue.release(id, now));
-        self.held = held;
+        let limit = self.ready.limits().max_queued_per_destination;
+        let (ready, bouncing) = (&self.ready, &self.bouncing);
+        let (egress, chooser) = (&self.egress, &mut self.chooser);
+        let at = Clock {
+            now: clock,
+            unix: now.0,
+        };
+        self.held.release(
+            |dest| {
+                // A suspended site has no room, however empty its queue
+                // (a bouncing one has: its mail is bounced as placed).
+                if ready.suspended_until(dest, clock).is_some()
+                    && bouncing_for(bouncing, dest).is_none()
+                {
+                    return 0;
+                }
+                let room = limit.saturating_sub(ready.queued_for(dest));
+                match source_for(egress, dest) {
+                    Some(source) => {
+                        let spare = chooser.spare(source, at);
+                        room.min(usize::try_from(spare).unwrap_or(usize::MAX))
+                    }
+                    None => room,
+                }
+            },
+            |id| queue.release(id, now),
+        );
     }
 
-    /// Due messages held for a site that still has no room (its ready
-    /// queue full, or suspended) are held again at once, unread: a
-    /// million held for a slow site then cost a timer each per
+    /// Due messages held for a site without a source that still has no
+    /// room (its ready queue full, or suspended) are held again at once,
+    /// unread: a million held for a slow site then cost a timer each per
     /// [`HOLD_RECHECK`], not a read and a plan. The rest leave the held
-    /// sets and come back, to be planned.
+    /// sets and come back, to be planned; so does work held for an egress
+    /// source (placing it again is what may reroute it).
     pub fn recheck_held(
         &mut self,
         queue: &mut Queue,
@@ -528,30 +801,37 @@ impl<M> Scheduler<M> {
         now: UnixTime,
         clock: Instant,
     ) -> Vec<Dispatch> {
-        if self.held.is_empty() || self.held.sites() > RECHECK_SITES {
+        if self.held.is_empty() || self.held.site_count() > RECHECK_SITES {
             return due;
         }
+        let limit = self.ready.limits().max_queued_per_destination;
         let mut room: HashMap<DestinationKey, usize> = HashMap::new();
         let mut out = Vec::with_capacity(due.len());
         for d in due {
             let site = match (d.task, self.held.site_of(d.id)) {
-                (Task::Deliver, Some(site)) => site.clone(),
+                (Task::Deliver, Some(site)) if site.source().is_none() => site.clone(),
                 _ => {
                     out.push(d);
                     continue;
                 }
             };
-            let left = room
-                .entry(site.clone())
-                .or_insert_with(|| self.room(&site, clock));
+            let left = room.entry(site.clone()).or_insert_with(|| {
+                let suspended = self.ready.suspended_until(&site, clock).is_some()
+                    && bouncing_for(&self.bouncing, &site).is_none();
+                if suspended {
+                    0
+                } else {
+                    limit.saturating_sub(self.ready.queued_for(&site))
+                }
+            });
             if *left > 0 {
                 *left -= 1;
                 self.held.forget(&site, d.id);
                 out.push(d);
-            } else if queue
-                .hold(d.id, d.attempt, now.plus(self.hold_wait(&site, clock)))
-                .is_err()
-            {
+                continue;
+            }
+            let until = now.plus(self.plain_hold_wait(&site, clock));
+            if queue.hold(d.id, d.attempt, until).is_err() {
                 out.push(d);
             }
         }
@@ -584,6 +864,28 @@ impl<M> Scheduler<M> {
     /// Messages held, over every destination.
     pub fn held_count(&self) -> usize {
         self.held.len()
+    }
+
+    /// When a spent egress budget that holds messages back lets one go
+    /// (`None`: no held message waits for a budget).
+    pub fn budget_wakeup(&mut self, now: UnixTime, clock: Instant) -> Option<Instant> {
+        let clock = Clock {
+            now: clock,
+            unix: now.0,
+        };
+        let mut soonest: Option<Instant> = None;
+        for dest in self.held.sites() {
+            let Some(source) = source_for(&self.egress, dest) else {
+                continue;
+            };
+            let wait = self.chooser.wait(source, clock);
+            if wait.is_zero() {
+                continue; // not held for its budget
+            }
+            let at = clock.now + wait;
+            soonest = Some(soonest.map_or(at, |s| s.min(at)));
+        }
+        soonest
     }
 }
 
@@ -639,6 +941,8 @@ mod tests {
                 received_at: 0,
                 client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
                 helo: "client.test".into(),
+                auth_user: None,
+                tenant: None,
             };
             self.messages.insert(id, Rc::new(FakeMessage(envelope)));
             let count = u32::try_from(recipients.len()).unwrap();
@@ -890,7 +1194,7 @@ mod tests {
         assert!(scheduler
             .place(site.clone(), work(2), plain_site, Instant::now())
             .is_ok());
-        let Err(Refused::Full(refused)) =
+        let Err(Refused::Held { work: refused, .. }) =
             scheduler.place(site.clone(), work(3), plain_site, Instant::now())
         else {
             panic!("the third should be given back");
@@ -960,10 +1264,10 @@ mod tests {
         let mut scheduler: Scheduler<FakeMessage> = Scheduler::new(ReadyLimits::default()).unwrap();
         let site: DestinationKey = "[relay.routed.test]:2525".parse().unwrap();
         let clock = Instant::now();
-        scheduler.set_suspended(
-            HashMap::from([(site.clone(), clock + Duration::from_secs(7200))]),
-            clock,
-        );
+        scheduler.set_suspended(HashMap::from([(
+            site.clone(),
+            clock + Duration::from_secs(7200),
+        )]));
         let mut queue = Queue::new();
         let attempt = queued(&mut queue, 1);
         assert!(scheduler.hold(
@@ -982,64 +1286,233 @@ mod tests {
         );
     }
 
+    /// An egress plan from `[egress]` TOML (and routes).
+    fn egress(extra: &str) -> Arc<EgressPlan> {
+        let text = format!(
+            "hostname = \"relay.test\"\nspool_dir = \"/tmp/s\"\n[[listener]]\naddress = \"127.0.0.1:25\"\nprotocol = \"smtp\"\n{extra}"
+        );
+        let config = crate::config::Config::parse(&text).expect("valid configuration");
+        Arc::new(EgressPlan::build(&config).expect("valid egress"))
+    }
+
+    const POOLS: &str = r#"
+[[egress.source]]
+name = "ip1"
+bind = "127.0.0.31"
+ehlo = "mta1.test"
+[[egress.source]]
+name = "ip2"
+bind = "127.0.0.32"
+[[egress.source]]
+name = "new"
+warmup_start = 2025-12-06
+warmup = ["2/day"]
+[egress]
+default_pool = "main"
+[egress.pool.main]
+sources = { ip1 = 3, ip2 = 1 }
+[egress.pool.bulk]
+sources = { ip2 = 1 }
+[egress.pool.warming]
+sources = { new = 1 }
+[egress.tenant.acme]
+pool = "bulk"
+[egress.user.carol]
+pool = "warming"
+"#;
+
+    /// 2025-12-06 at noon, UTC.
+    const NOON: u64 = 1_765_022_400;
+
+    /// Work for message `n` with the given AUTH user and tenant.
+    fn work_of(n: u64, user: Option<&str>, tenant: Option<&str>) -> Work<FakeMessage> {
+        let mut w = work(n);
+        let mut envelope = w.message.0.clone();
+        envelope.auth_user = user.map(str::to_owned);
+        envelope.tenant = tenant.map(str::to_owned);
+        w.message = Rc::new(FakeMessage(envelope));
+        w
+    }
+
+    fn placement(
+        key: &DestinationKey,
+        route_pool: Option<&str>,
+        w: Work<FakeMessage>,
+    ) -> Placement<FakeMessage> {
+        Placement {
+            key: key.clone(),
+            domain: None,
+            route_pool: route_pool.map(str::to_owned),
+            work: w,
+        }
+    }
+
     #[test]
-    fn a_suspended_sites_mail_waits_held_by_id_and_is_rechecked_unread() {
-        let limits = ReadyLimits {
-            max_queued_per_destination: 2,
-            ..ReadyLimits::default()
+    fn work_goes_to_its_pools_sources_by_weight() {
+        let mut scheduler = Scheduler::new(ReadyLimits::default()).unwrap();
+        scheduler.set_egress(egress(POOLS));
+        let site: DestinationKey = "mx:mx.other.test".parse().unwrap();
+        let clock = Clock {
+            now: Instant::now(),
+            unix: NOON,
         };
-        let mut scheduler = Scheduler::new(limits).unwrap();
+        let mut keys = Vec::new();
+        for n in 0..8 {
+            let placed = scheduler.place_work(
+                placement(&site, None, work_of(n, None, None)),
+                clock,
+                |_| plain_site(),
+            );
+            keys.push(placed.unwrap().to_string());
+        }
+        let ip1 = keys.iter().filter(|k| k.ends_with("@ip1")).count();
+        assert_eq!(
+            (ip1, keys.len() - ip1),
+            (6, 2),
+            "3:1 by the default pool: {keys:?}"
+        );
+        assert!(keys.iter().all(|k| k.starts_with("mx:mx.other.test@")));
+        let source = scheduler.source_of(&site.with_source("ip1")).unwrap();
+        assert_eq!(
+            (source.bind, source.ehlo.as_str()),
+            (Some("127.0.0.31".parse().unwrap()), "mta1.test")
+        );
+        assert!(scheduler.source_of(&site).is_none());
+        // A tenant's pool; a user's pool before the tenant's; the route's first.
+        let place = |s: &mut Scheduler<FakeMessage>, n, route: Option<&str>, user, tenant| {
+            s.place_work(
+                placement(&site, route, work_of(n, user, tenant)),
+                clock,
+                |_| plain_site(),
+            )
+            .unwrap()
+            .to_string()
+        };
+        assert!(place(&mut scheduler, 20, None, None, Some("ACME")).ends_with("@ip2"));
+        assert!(place(&mut scheduler, 21, None, Some("carol"), Some("acme")).ends_with("@new"));
+        assert!(place(&mut scheduler, 22, Some("bulk"), Some("carol"), None).ends_with("@ip2"));
+        // Without any pool, the site alone.
+        scheduler.set_egress(egress(""));
+        assert_eq!(
+            place(&mut scheduler, 23, None, None, None),
+            site.to_string()
+        );
+    }
+
+    #[test]
+    fn a_spent_warmup_holds_work_until_the_next_day_and_releases_by_budget() {
+        let mut scheduler = Scheduler::new(ReadyLimits::default()).unwrap();
+        scheduler.set_egress(egress(POOLS));
         let site: DestinationKey = "[relay.routed.test]:2525".parse().unwrap();
         let clock = Instant::now();
-        assert!(scheduler
-            .place(site.clone(), work(1), plain_site, clock)
-            .is_ok());
-        // Suspended: what waited in its ready queue is set aside to be
-        // held, and nothing more is taken.
-        let until = clock + Duration::from_secs(7200);
-        scheduler.set_suspended(HashMap::from([(site.clone(), until)]), clock);
-        let set_aside = scheduler.take_suspended();
-        assert_eq!(set_aside.len(), 1);
-        assert_eq!((&set_aside[0].0, set_aside[0].1.id.to_u64()), (&site, 1));
-        assert!(matches!(
-            scheduler.place(site.clone(), work(2), plain_site, clock),
-            Err(Refused::Full(w)) if w.id.to_u64() == 2
-        ));
+        let at = |unix| Clock { now: clock, unix };
         let mut queue = Queue::new();
-        for n in [1, 2, 3] {
+        let mut refused = Vec::new();
+        for n in 1..=4 {
+            let w = work_of(n, Some("carol"), None);
+            match scheduler.place_work(placement(&site, None, w), at(NOON), |_| plain_site()) {
+                Ok(dest) => assert_eq!(dest.source(), Some("new")),
+                Err(r) => refused.push(r),
+            }
+        }
+        assert_eq!(refused.len(), 2, "two a day");
+        for (i, r) in refused.into_iter().enumerate() {
+            let Refused::Held {
+                dest, budget_spent, ..
+            } = r
+            else {
+                panic!("held, not bounced");
+            };
+            assert!(budget_spent);
+            assert_eq!(dest, site.with_source("new"));
+            let n = 10 + i as u64;
             let attempt = queued(&mut queue, n);
-            let id = SpoolId::from_u64(n);
             assert!(scheduler.hold(
                 &mut queue,
-                id,
+                SpoolId::from_u64(n),
                 attempt,
-                site.clone(),
-                UnixTime(1_000),
+                dest,
+                UnixTime(NOON),
                 clock
             ));
         }
-        // Its ready queue is empty, but a suspended site has no room.
-        scheduler.release_held(&mut queue, UnixTime(1_001), clock);
-        assert!(queue.due(UnixTime(1_001)).is_empty());
-        assert_eq!(scheduler.held_count(), 3);
-        // Due (a flush): held again at once for the suspension, unread.
-        queue.flush(UnixTime(1_002));
-        let due = queue.due(UnixTime(1_002));
-        assert_eq!(due.len(), 3);
-        let due = scheduler.recheck_held(&mut queue, due, UnixTime(1_002), clock);
-        assert!(due.is_empty(), "{due:?}");
-        assert_eq!(scheduler.held_count(), 3);
-        assert!(queue.due(UnixTime(1_002 + 7_199)).is_empty());
-        // Suspension over: as many as there is room for come back.
-        scheduler.set_suspended(HashMap::new(), clock);
-        queue.flush(UnixTime(1_003));
-        let due = queue.due(UnixTime(1_003));
-        let due = scheduler.recheck_held(&mut queue, due, UnixTime(1_003), clock);
-        let back: Vec<u64> = due.iter().map(|d| d.id.to_u64()).collect();
-        assert_eq!(back, vec![1, 2], "room for two");
-        assert_eq!(scheduler.held_count(), 1);
-        assert!(queue.due(UnixTime(1_003 + 59)).is_empty());
-        assert_eq!(queue.due(UnixTime(1_003 + 60)).len(), 1, "rechecked later");
+        // Held until midnight UTC, twelve hours on; nothing released before.
+        assert!(queue.due(UnixTime(NOON + 12 * 3600 - 1)).is_empty());
+        scheduler.release_held(&mut queue, UnixTime(NOON + 60), clock);
+        assert!(
+            queue.due(UnixTime(NOON + 60)).is_empty(),
+            "no budget: none released"
+        );
+        assert_eq!(
+            scheduler.budget_wakeup(UnixTime(NOON), clock),
+            Some(clock + Duration::from_secs(12 * 3600))
+        );
+        // The next day (warm: the schedule had one step) lets them go.
+        let tomorrow = UnixTime(NOON + 86_400);
+        scheduler.release_held(&mut queue, tomorrow, clock);
+        assert_eq!(queue.due(tomorrow).len(), 2);
+        assert_eq!(scheduler.held_count(), 0);
+    }
+
+    #[test]
+    fn a_suspended_sources_work_goes_through_another_and_waits_when_none_is_open() {
+        let mut scheduler = Scheduler::new(ReadyLimits::default()).unwrap();
+        scheduler.set_egress(egress(POOLS));
+        let site: DestinationKey = "mx:mx.other.test".parse().unwrap();
+        let clock = Instant::now();
+        let at = Clock {
+            now: clock,
+            unix: NOON,
+        };
+        let place = |s: &mut Scheduler<FakeMessage>, n| {
+            s.place_work(placement(&site, None, work_of(n, None, None)), at, |_| {
+                plain_site()
+            })
+        };
+        for n in 0..4 {
+            place(&mut scheduler, n).unwrap();
+        }
+        let (ip1, ip2) = (site.with_source("ip1"), site.with_source("ip2"));
+        let long = clock + Duration::from_secs(7200);
+        scheduler.set_suspended(HashMap::from([(ip1.clone(), long)]));
+        let rerouted = scheduler.take_rerouted();
+        assert_eq!(rerouted.len(), 3, "ip1's three (3:1) are taken back");
+        assert!(rerouted.iter().all(|(_, dest)| *dest == ip1));
+        assert_eq!(
+            place(&mut scheduler, 10).unwrap(),
+            ip2,
+            "new work avoids ip1"
+        );
+        // Held for ip1 while ip2 is open: placed again at once.
+        let mut queue = Queue::new();
+        let attempt = queued(&mut queue, 20);
+        let id = SpoolId::from_u64(20);
+        assert!(scheduler.hold(&mut queue, id, attempt, ip1.clone(), UnixTime(1_000), clock));
+        assert_eq!(queue.due(UnixTime(1_000 + 1)).len(), 1);
+        // Both suspended: work is held, not queued, until the first end.
+        let short = clock + Duration::from_secs(600);
+        scheduler.set_suspended(HashMap::from([(ip1.clone(), long), (ip2.clone(), short)]));
+        assert_eq!(scheduler.take_rerouted().len(), 2, "ip2's two");
+        let Err(Refused::Held {
+            dest, budget_spent, ..
+        }) = place(&mut scheduler, 11)
+        else {
+            panic!("held when no source is open");
+        };
+        assert!(!budget_spent);
+        let attempt = queued(&mut queue, 21);
+        let id = SpoolId::from_u64(21);
+        assert!(scheduler.hold(
+            &mut queue,
+            id,
+            attempt,
+            dest.clone(),
+            UnixTime(2_000),
+            clock
+        ));
+        assert_eq!(dest, ip2, "the suspension that ends first");
+        assert!(queue.due(UnixTime(2_000 + 599)).is_empty());
+        assert_eq!(queue.due(UnixTime(2_000 + 600)).len(), 1);
     }
 
     /// Where the seeded schedules below believe a message is.
@@ -1122,7 +1595,7 @@ mod tests {
                 };
                 match scheduler.place(sites[site].clone(), work, site_limits, t) {
                     Ok(()) => Place::Ready(site),
-                    Err(Refused::Full(w)) => {
+                    Err(Refused::Held { work: w, .. }) => {
                         assert!(scheduler.hold(
                             queue,
                             id,
@@ -1248,10 +1721,10 @@ mod tests {
                         } else {
                             scheduler.release_site(&mut queue, &dest, UnixTime(now));
                         }
-                        scheduler.set_suspended(suspended.clone(), t);
+                        scheduler.set_suspended(suspended.clone());
                         // What waited in a suspended site's ready queue is
                         // held (the engine does it through the recorder).
-                        for (dest, w) in scheduler.take_suspended() {
+                        for (w, dest) in scheduler.take_rerouted() {
                             let n = w.id.to_u64();
                             let site = sites.iter().position(|s| *s == dest).unwrap();
                             assert_eq!(places[&n], Place::Ready(site), "seed {seed}");
@@ -1358,7 +1831,8 @@ mod tests {
             }
 
             // Everything lifted: the rest drains, nothing is lost.
-            scheduler.set_suspended(HashMap::new(), clock);
+            scheduler.set_suspended(HashMap::new());
+            assert!(scheduler.take_rerouted().is_empty());
             scheduler.set_bouncing(HashMap::new(), &mut queue, UnixTime(now));
             for _ in 0..10_000 {
                 for o in open.drain(..) {

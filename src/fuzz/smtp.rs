@@ -303,6 +303,7 @@ pub fn smtp_session(data: &[u8]) {
         trust_loopback: bits & 0x08 == 0,
         sender_must_match_login: bits & 0x04 != 0,
         allow_address_literals: bits & 0x02 != 0,
+        tenant_header: (ctl[4] & 0x80 != 0).then(|| "X-Tenant".to_owned()),
     };
     let loopback = ctl[4] & 0x10 != 0;
     let peer = PeerInfo {

@@ -183,6 +183,8 @@ impl Material<'_> {
                 IpAddr::V4(Ipv4Addr::from(self.number() as u32))
             },
             helo: self.string(64),
+            auth_user: self.opt_string(32),
+            tenant: self.opt_string(32),
         }
     }
 
@@ -337,6 +339,8 @@ pub fn sample_segments() -> Vec<(&'static str, Vec<u8>)> {
         received_at: 1_700_000_000,
         client_ip: "2001:db8::7".parse().expect("an IPv6 literal"),
         helo: "client.example".into(),
+        auth_user: Some("alice".into()),
+        tenant: Some("acme".into()),
     };
     let null_sender = Envelope {
         sender: String::new(),
@@ -352,6 +356,8 @@ pub fn sample_segments() -> Vec<(&'static str, Vec<u8>)> {
         received_at: 0,
         client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
         helo: "[192.0.2.7]".into(),
+        auth_user: None,
+        tenant: None,
     };
     let body = b"Received: from client.example\r\nSubject: hi\r\n\r\nHello\r\n".to_vec();
     let message = |e: &Envelope, body: &[u8]| {

@@ -61,7 +61,12 @@ impl HeldMessages {
     }
 
     /// Sites with messages held.
-    pub fn sites(&self) -> usize {
+    pub fn sites(&self) -> impl Iterator<Item = &DestinationKey> + '_ {
+        self.by_site.keys()
+    }
+
+    /// How many sites have messages held.
+    pub fn site_count(&self) -> usize {
         self.by_site.len()
     }
 
@@ -134,7 +139,8 @@ mod tests {
         );
         assert_eq!(held.site_of(id(99)), None);
         assert!(held.contains(&a, id(3)) && !held.contains(&b, id(3)));
-        assert_eq!(held.sites(), 2);
+        assert_eq!(held.site_count(), 2);
+        assert_eq!(held.sites().count(), 2);
         let mut out = Vec::new();
         // a has room for 2; id 2 no longer waits (costs no room); b none.
         held.release(

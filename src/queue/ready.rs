@@ -19,9 +19,16 @@ use crate::shaping::{SiteLimits, TokenBucket};
 /// Where a connection goes. Messages with equal keys share connections:
 /// that is what makes a destination "site" (Postfix's nexthop), so the key
 /// is normalised on construction (lowercase names, no trailing dot, MX
-/// sets sorted and de-duplicated) and has no public fields.
+/// sets sorted and de-duplicated) and has no public fields. With egress
+/// sources the key is a site and the source its connections leave from:
+/// limits, connections and suspensions then hold per (site, source), and
+/// a suspension of the site alone covers every source.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DestinationKey(Dest);
+pub struct DestinationKey {
+    dest: Dest,
+    /// The egress source's name (`[[egress.source]]`), if any.
+    source: Option<String>,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Dest {
@@ -40,10 +47,13 @@ fn normalise(host: &str) -> String {
 impl DestinationKey {
     /// A smarthost or `[[route]]` target.
     pub fn route(host: &str, port: u16) -> Self {
-        DestinationKey(Dest::Route {
-            host: normalise(host),
-            port,
-        })
+        DestinationKey {
+            dest: Dest::Route {
+                host: normalise(host),
+                port,
+            },
+            source: None,
+        }
     }
 
     /// The MX host names of a resolution, in any order (the glue passes
@@ -64,13 +74,47 @@ impl DestinationKey {
         if v.is_empty() {
             return Err(QueueError::NoHosts);
         }
-        Ok(DestinationKey(Dest::Mx(v)))
+        Ok(DestinationKey {
+            dest: Dest::Mx(v),
+            source: None,
+        })
+    }
+
+    /// The same site reached from egress source `source`.
+    pub fn with_source(&self, source: &str) -> Self {
+        DestinationKey {
+            dest: self.dest.clone(),
+            source: Some(source.to_owned()),
+        }
+    }
+
+    /// The egress source, if the key names one.
+    pub fn source(&self) -> Option<&str> {
+        self.source.as_deref()
+    }
+
+    /// The site alone (without its source).
+    pub fn site(&self) -> Self {
+        DestinationKey {
+            dest: self.dest.clone(),
+            source: None,
+        }
     }
 }
 
-/// A site name that is not `mx:HOST[,HOST...]` or `[HOST]:PORT`.
+/// An egress source's name as keys carry it (as `[[egress.source]]`
+/// allows them).
+fn is_source_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A site name that is not `mx:HOST[,HOST...]` or `[HOST]:PORT`, each
+/// optionally followed by `@SOURCE`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("bad site {0:?}: want mx:HOST[,HOST...] or [HOST]:PORT, as `spate queue suspensions` shows them")]
+#[error("bad site {0:?}: want mx:HOST[,HOST...] or [HOST]:PORT, optionally @SOURCE, as `spate queue suspensions` shows them")]
 pub struct BadSite(pub String);
 
 /// Reads a site as [`DestinationKey`]'s `Display` writes it.
@@ -79,6 +123,16 @@ impl std::str::FromStr for DestinationKey {
 
     fn from_str(text: &str) -> Result<Self, BadSite> {
         let bad = || BadSite(text.chars().take(200).collect());
+        if let Some((site, source)) = text.rsplit_once('@') {
+            if !is_source_name(source) {
+                return Err(bad());
+            }
+            if site.contains('@') {
+                return Err(bad());
+            }
+            let site: DestinationKey = site.parse().map_err(|_| bad())?;
+            return Ok(site.with_source(source));
+        }
         if let Some(hosts) = text.strip_prefix("mx:") {
             return DestinationKey::mx_set(hosts.split(',')).map_err(|_| bad());
         }
@@ -96,9 +150,13 @@ impl std::str::FromStr for DestinationKey {
 
 impl fmt::Display for DestinationKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0 {
-            Dest::Route { host, port } => write!(f, "[{host}]:{port}"),
-            Dest::Mx(hosts) => write!(f, "mx:{}", hosts.join(",")),
+        match &self.dest {
+            Dest::Route { host, port } => write!(f, "[{host}]:{port}")?,
+            Dest::Mx(hosts) => write!(f, "mx:{}", hosts.join(","))?,
+        }
+        match &self.source {
+            Some(source) => write!(f, "@{source}"),
+            None => Ok(()),
         }
     }
 }
@@ -341,6 +399,23 @@ impl<W> Site<W> {
     }
 }
 
+/// When the suspension covering `dest` ends, if any: its own, or its
+/// site's (a suspension without a source covers every source).
+fn suspension_end(
+    suspended: &HashMap<DestinationKey, Instant>,
+    dest: &DestinationKey,
+) -> Option<Instant> {
+    if suspended.is_empty() {
+        return None;
+    }
+    let own = suspended.get(dest).copied();
+    let site = match dest.source {
+        Some(_) => suspended.get(&dest.site()).copied(),
+        None => None,
+    };
+    own.max(site)
+}
+
 /// The shared budget as the site methods take it.
 type Shared<'a> = Option<&'a mut (dyn SharedBudget + 'static)>;
 
@@ -395,6 +470,26 @@ impl<W> ReadyQueues<W> {
         self.suspended = suspended;
     }
 
+    /// Whether any site is suspended (or was, until the next wakeup
+    /// forgets it).
+    pub fn has_suspensions(&self) -> bool {
+        !self.suspended.is_empty()
+    }
+
+    /// Whether the table in force suspends `dest` (itself or its whole
+    /// site), whatever the time.
+    pub fn is_suspended(&self, dest: &DestinationKey) -> bool {
+        suspension_end(&self.suspended, dest).is_some()
+    }
+
+    /// The destinations with work waiting in their queues.
+    pub fn waiting(&self) -> impl Iterator<Item = &DestinationKey> {
+        self.sites
+            .iter()
+            .filter(|(_, site)| !site.queue.is_empty())
+            .map(|(dest, _)| dest)
+    }
+
     /// Replaces the throttled sites (the engine's copy of the shared
     /// table); active sites take their new limits at once.
     pub fn set_throttled(&mut self, throttled: HashMap<DestinationKey, f64>, now: Instant) {
@@ -426,12 +521,10 @@ impl<W> ReadyQueues<W> {
         work
     }
 
-    /// Until when `dest` is suspended, if it is at `now`.
+    /// Until when `dest` is suspended (itself or its whole site), if it
+    /// is at `now`.
     pub fn suspended_until(&self, dest: &DestinationKey, now: Instant) -> Option<Instant> {
-        self.suspended
-            .get(dest)
-            .copied()
-            .filter(|&until| until > now)
+        suspension_end(&self.suspended, dest).filter(|&until| until > now)
     }
 
     /// The limits of a site without shaping rules: the per-destination
@@ -511,7 +604,7 @@ impl<W> ReadyQueues<W> {
                 continue;
             }
             site.buckets(now, share);
-            let suspended = self.suspended.get(&dest).is_some_and(|&until| until > now);
+            let suspended = suspension_end(&self.suspended, &dest).is_some_and(|until| until > now);
             let open = !suspended
                 && site.connections < site.connection_limit(self.shared.as_deref())
                 && site.in_flight < self.limits.window_per_destination
@@ -637,8 +730,8 @@ impl<W> ReadyQueues<W> {
         self.sites
             .iter_mut()
             .filter(|(_, s)| !s.queue.is_empty())
-            .filter_map(|(dest, s)| match suspended.get(dest) {
-                Some(&until) => Some(until),
+            .filter_map(|(dest, s)| match suspension_end(suspended, dest) {
+                Some(until) => Some(until),
                 None => s.rate_wakeup(dest, shared.as_deref_mut(), now),
             })
             .min()
@@ -789,6 +882,48 @@ mod tests {
         ] {
             assert!(bad.parse::<DestinationKey>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn keys_with_a_source_read_back_and_differ_by_source() {
+        let site = DestinationKey::mx_set(["mx2.example.test", "mx1.example.test"]).unwrap();
+        let ip1 = site.with_source("ip1");
+        assert_eq!(ip1.to_string(), "mx:mx1.example.test,mx2.example.test@ip1");
+        assert_eq!(ip1.source(), Some("ip1"));
+        assert_eq!(ip1.site(), site);
+        assert_ne!(ip1, site.with_source("ip2"));
+        assert_ne!(ip1, site);
+        let route = DestinationKey::route("127.0.0.9", 2526).with_source("s-2.a");
+        for key in [ip1, route] {
+            assert_eq!(key.to_string().parse::<DestinationKey>(), Ok(key));
+        }
+        for bad in ["mx:a@", "mx:a@b c", "@ip1", "[a]:25@x@y", "relay@ip1"] {
+            assert!(bad.parse::<DestinationKey>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_site_suspension_covers_every_source_and_a_source_one_only_its_own() {
+        let mut r = ReadyQueues::new(limits(10, 2, 100, 5)).expect("limits");
+        let site = mx("a");
+        let (ip1, ip2) = (site.with_source("ip1"), site.with_source("ip2"));
+        for i in 0..5 {
+            r.push(ip1.clone(), i).expect("room");
+            r.push(ip2.clone(), 10 + i).expect("room");
+        }
+        let t0 = now();
+        let until = t0 + Duration::from_secs(600);
+        r.set_suspended(HashMap::from([(ip1.clone(), until)]));
+        assert_eq!(r.suspended_until(&ip1, t0), Some(until));
+        assert_eq!(r.suspended_until(&ip2, t0), None);
+        let (dest, _) = r.next_connection(t0).expect("ip2 goes on");
+        assert_eq!(dest, ip2);
+        assert!(r.next_batch(&ip1, t0).is_empty());
+        r.set_suspended(HashMap::from([(site.clone(), until)]));
+        assert_eq!(r.suspended_until(&ip1, t0), Some(until));
+        assert_eq!(r.suspended_until(&ip2, t0), Some(until));
+        assert!(r.next_connection(t0).is_none(), "the whole site waits");
+        assert_eq!(r.next_wakeup(t0), Some(until));
     }
 
     #[test]

@@ -20,11 +20,18 @@
 //!
 //! [domain."comcast.net"]
 //! connections = 25
+//!
+//! [source.ip2]                   # an egress source, every site through it
+//! connections = 2
+//! message_rate = "10/min"
 //! ```
 //! A site takes the fields its domain rule sets, then its provider's,
 //! then the defaults, then the `[delivery]` settings. Host-wide counts
 //! are split between the cores (connections rounded down, at least one
-//! per core).
+//! per core). With egress sources a site's limits hold per source, and a
+//! `[source.NAME]` rule tightens them for that source: each field it sets
+//! caps the site's (both the receiver's limits and the source's
+//! reputation hold).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -137,6 +144,10 @@ struct File {
     provider: BTreeMap<String, ProviderRule>,
     #[serde(default)]
     domain: BTreeMap<String, Limits>,
+    /// Per egress source (`[[egress.source]]` name): caps on every site
+    /// reached through it.
+    #[serde(default)]
+    source: BTreeMap<String, Limits>,
     #[serde(default)]
     backoff: Vec<BackoffEntry>,
 }
@@ -307,6 +318,26 @@ pub struct SiteLimits {
 }
 
 impl SiteLimits {
+    /// These limits with each field `rule` sets as a ceiling (a source's
+    /// rule over a site's limits), on one of `cores` cores.
+    fn capped_by(self, rule: &Limits, source: &str, cores: usize) -> SiteLimits {
+        let cap = |have: usize, rule: Option<usize>| rule.map_or(have, |r| have.min(r));
+        SiteLimits {
+            connections: cap(
+                self.connections,
+                rule.connections.map(|c| (c / cores.max(1)).max(1)),
+            ),
+            deliveries_per_connection: cap(
+                self.deliveries_per_connection,
+                rule.deliveries_per_connection,
+            ),
+            message_rate: slower(self.message_rate, rule.message_rate),
+            connection_rate: slower(self.connection_rate, rule.connection_rate),
+            idle: rule.idle.map_or(self.idle, |i| self.idle.min(i)),
+            rule: format!("{}+source:{source}", self.rule),
+        }
+    }
+
     /// These limits lowered by a back-off throttle (`factor` in (0, 1]):
     /// fewer connections (at least one), rates with fewer messages per
     /// period (and, below one, a longer period: 1/min still lowers).
@@ -338,6 +369,19 @@ impl SiteLimits {
     }
 }
 
+/// The slower of two rates (`None`: no limit).
+fn slower(a: Option<Rate>, b: Option<Rate>) -> Option<Rate> {
+    match (a, b) {
+        (Some(a), Some(b)) => {
+            // a.count / a.per <= b.count / b.per, in integers.
+            let a_slower =
+                u128::from(a.count) * b.per.as_millis() <= u128::from(b.count) * a.per.as_millis();
+            Some(if a_slower { a } else { b })
+        }
+        (a, b) => a.or(b),
+    }
+}
+
 /// The rules in force (shipped, with the user's file over them).
 #[derive(Debug, Clone, Default)]
 pub struct Shaping {
@@ -366,6 +410,9 @@ impl Shaping {
         }
         for (name, rule) in &file.domain {
             rule.check(&format!("[domain.{name:?}]"))?;
+        }
+        for (name, rule) in &file.source {
+            rule.check(&format!("[source.{name}]"))?;
         }
         let backoff = file
             .backoff
@@ -403,6 +450,8 @@ impl Shaping {
         provider.extend(self.file.provider);
         let mut domain = base.file.domain;
         domain.extend(self.file.domain);
+        let mut source = base.file.source;
+        source.extend(self.file.source);
         let mut backoff = self.backoff;
         backoff.extend(base.backoff);
         Shaping {
@@ -410,6 +459,7 @@ impl Shaping {
                 default: self.file.default.over(&base.file.default),
                 provider,
                 domain,
+                source,
                 backoff: Vec::new(),
             },
             backoff,
@@ -419,6 +469,24 @@ impl Shaping {
     /// The first back-off rule matching a receiver's reply.
     pub fn backoff_for(&self, reply: &str) -> Option<&Backoff> {
         self.backoff.iter().find(|b| b.matches(reply))
+    }
+
+    /// The limits of a site reached through egress source `source` (see
+    /// [`Shaping::site_limits`]), tightened by the source's
+    /// `[source.NAME]` rule when there is one.
+    pub fn site_limits_from(
+        &self,
+        domain: Option<&str>,
+        hosts: &[&str],
+        fallback: &Limits,
+        cores: usize,
+        source: Option<&str>,
+    ) -> SiteLimits {
+        let site = self.site_limits(domain, hosts, fallback, cores);
+        match source.and_then(|name| self.file.source.get_key_value(name)) {
+            Some((name, rule)) => site.capped_by(rule, name, cores),
+            None => site,
+        }
     }
 
     /// The limits of a site reached for `domain` (none for a route)
@@ -530,6 +598,34 @@ mod tests {
         assert_eq!(yahoo.rule, "provider:yahoo", "shipped providers stay");
         let plain = s.site_limits(None, &["mx.small.test"], &fallback(), 1);
         assert_eq!(plain.connections, 4);
+    }
+
+    #[test]
+    fn a_source_rule_caps_every_site_through_that_source() {
+        let s = Shaping::parse(
+            "[source.ip2]\nconnections = 2\nmessage_rate = \"10/min\"\ndeliveries_per_connection = 500\n",
+        )
+        .unwrap()
+        .over(Shaping::shipped());
+        let google = s.site_limits_from(None, &["aspmx.l.google.com"], &fallback(), 1, Some("ip2"));
+        assert_eq!(google.rule, "provider:google+source:ip2");
+        assert_eq!(google.connections, 2);
+        assert_eq!(google.deliveries_per_connection, 50, "only ever tightened");
+        assert_eq!(google.message_rate, Some("10/min".parse().unwrap()));
+        let other = s.site_limits_from(None, &["aspmx.l.google.com"], &fallback(), 1, Some("ip1"));
+        assert_eq!(other.rule, "provider:google");
+        assert_eq!(other.connections, 10);
+        let rated = Shaping::parse(
+            "[default]\nmessage_rate = \"1/s\"\n[source.a]\nmessage_rate = \"100/min\"\n",
+        )
+        .unwrap();
+        let l = rated.site_limits_from(None, &["mx.test"], &fallback(), 1, Some("a"));
+        assert_eq!(
+            l.message_rate,
+            Some("1/s".parse().unwrap()),
+            "the slower holds"
+        );
+        assert!(Shaping::parse("[source.x]\nconnections = 0\n").is_err());
     }
 
     #[test]

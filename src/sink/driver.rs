@@ -360,8 +360,9 @@ async fn serve(stream: TcpStream, ctx: Rc<CoreContext>) {
     };
     ctx.open.set(ctx.open.get() + 1);
     let _open = OpenGuard(Rc::clone(&ctx));
+    let peer = stream.peer_addr().ok().map(|a| a.ip());
     let mut conn: ServerConnection = Connection::Plain(stream);
-    let mut session = ctx.with(|core| SinkSession::new(Rc::clone(&ctx.config), core));
+    let mut session = ctx.with(|core| SinkSession::new(Rc::clone(&ctx.config), peer, core));
     let mut input = ReadBuffer::new(READ_BUFFER, MAX_READ_BUFFER);
     loop {
         let mut close = false;
@@ -439,7 +440,9 @@ async fn keep(ctx: &CoreContext, message: KeptMessage) {
     let n = ctx.kept.get();
     ctx.kept.set(n + 1);
     let path = dir.join(format!("{}-{n}.eml", ctx.core));
-    let mut bytes = Vec::with_capacity(message.content.len() + 128);
+    let mut bytes = Vec::with_capacity(message.content.len() + 256);
+    bytes.extend_from_slice(format!("X-Sink-Peer: {}\r\n", message.peer).as_bytes());
+    bytes.extend_from_slice(format!("X-Sink-Helo: {}\r\n", message.helo).as_bytes());
     bytes.extend_from_slice(format!("X-Sink-From: <{}>\r\n", message.from).as_bytes());
     for rcpt in &message.recipients {
         bytes.extend_from_slice(format!("X-Sink-To: <{rcpt}>\r\n").as_bytes());

@@ -6,6 +6,7 @@
 //! or keep time: the glue sleeps, writes and stores.
 
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -100,6 +101,9 @@ pub struct CoreState<'a> {
 /// A message to write out (`--dir`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeptMessage {
+    /// The client's address and the name its last EHLO or HELO gave.
+    pub peer: String,
+    pub helo: String,
     pub from: String,
     pub recipients: Vec<String>,
     /// The content as received: dot-stuffing undone, CRLF line endings.
@@ -248,13 +252,18 @@ enum State {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Answer {
     Text(&'static [u8]),
-    Fault(Stage, u16),
+    /// A fault rule of the plan, by index.
+    Fault(usize),
 }
 
 /// One connection of the sink, sans-IO.
 #[derive(Debug)]
 pub struct SinkSession {
     config: Rc<SinkConfig>,
+    /// The client's address as counted (`Counters::sources`).
+    peer: String,
+    /// The name of the last EHLO or HELO.
+    helo: String,
     state: State,
     greeted: bool,
     tls: bool,
@@ -267,11 +276,15 @@ pub struct SinkSession {
 }
 
 impl SinkSession {
-    /// A connection was accepted: the greeting (or an injected refusal)
-    /// is in the output.
-    pub fn new(config: Rc<SinkConfig>, core: &mut CoreState<'_>) -> Self {
+    /// A connection from `peer` was accepted: the greeting (or an
+    /// injected refusal) is in the output.
+    pub fn new(config: Rc<SinkConfig>, peer: Option<IpAddr>, core: &mut CoreState<'_>) -> Self {
+        let peer = peer.map_or_else(|| "(unknown)".to_owned(), |ip| ip.to_string());
+        core.counters.source(&peer).connections += 1;
         let mut session = SinkSession {
             config,
+            peer,
+            helo: String::new(),
             state: State::Command,
             greeted: false,
             tls: false,
@@ -283,8 +296,8 @@ impl SinkSession {
         };
         core.counters.connections += 1;
         match core.injector.decide(Stage::Connect) {
-            Some(code) => {
-                session.fault(Stage::Connect, code, core);
+            Some(rule) => {
+                session.fault(rule, core);
                 session.close();
             }
             None => {
@@ -333,13 +346,13 @@ impl SinkSession {
         self.output.extend_from_slice(text);
     }
 
-    fn fault(&mut self, stage: Stage, code: u16, core: &mut CoreState<'_>) {
+    /// Answers with the plan's fault rule `rule` (an index).
+    fn fault(&mut self, rule: usize, core: &mut CoreState<'_>) {
+        let Some(fault) = self.config.plan.faults.get(rule) else {
+            return;
+        };
+        let (stage, code, text) = (fault.stage, fault.code, fault.reply());
         core.counters.record_fault(stage, code);
-        let text = format!(
-            "{code} {}.7.0 Injected failure at {}\r\n",
-            code / 100,
-            stage.name()
-        );
         self.reply(Some(stage), text.as_bytes());
         if code == 421 {
             self.close();
@@ -349,7 +362,7 @@ impl SinkSession {
     fn answer(&mut self, answer: Answer, core: &mut CoreState<'_>) {
         match answer {
             Answer::Text(text) => self.reply(None, text),
-            Answer::Fault(stage, code) => self.fault(stage, code, core),
+            Answer::Fault(rule) => self.fault(rule, core),
         }
     }
 
@@ -464,9 +477,11 @@ impl SinkSession {
             Err(_) => return self.protocol_error(text::SYNTAX, core),
         };
         match command {
-            Command::Ehlo(_) | Command::Helo(_) => {
-                if let Some(code) = core.injector.decide(Stage::Helo) {
-                    return self.fault(Stage::Helo, code, core);
+            Command::Ehlo(name) | Command::Helo(name) => {
+                self.helo = name.to_owned();
+                core.counters.source(&self.peer).record_helo(name);
+                if let Some(rule) = core.injector.decide(Stage::Helo) {
+                    return self.fault(rule, core);
                 }
                 self.greeted = true;
                 self.tx = None;
@@ -492,8 +507,8 @@ impl SinkSession {
                 if !self.greeted || self.tx.is_some() {
                     return self.reply(None, text::BAD_SEQUENCE);
                 }
-                if let Some(code) = core.injector.decide(Stage::Mail) {
-                    return self.fault(Stage::Mail, code, core);
+                if let Some(rule) = core.injector.decide(Stage::Mail) {
+                    return self.fault(rule, core);
                 }
                 let mut tx = Transaction::default();
                 if self.config.keep_messages {
@@ -511,8 +526,8 @@ impl SinkSession {
                 if tx.recipients >= self.config.max_recipients {
                     return self.reply(Some(Stage::Rcpt), text::TOO_MANY_RECIPIENTS);
                 }
-                if let Some(code) = core.injector.decide(Stage::Rcpt) {
-                    return self.fault(Stage::Rcpt, code, core);
+                if let Some(rule) = core.injector.decide(Stage::Rcpt) {
+                    return self.fault(rule, core);
                 }
                 let (address, domain) = match to {
                     ForwardPath::Mailbox(m) => (m.address, m.domain.as_str()),
@@ -534,9 +549,9 @@ impl SinkSession {
                 None => self.reply(None, text::BAD_SEQUENCE),
                 Some(0) => self.reply(Some(Stage::Data), text::NO_RECIPIENTS),
                 Some(_) => {
-                    if let Some(code) = core.injector.decide(Stage::Data) {
+                    if let Some(rule) = core.injector.decide(Stage::Data) {
                         self.tx = None;
-                        return self.fault(Stage::Data, code, core);
+                        return self.fault(rule, core);
                     }
                     self.state = State::Data(EndOfData::new());
                     self.reply(Some(Stage::Data), text::GO_AHEAD);
@@ -552,10 +567,9 @@ impl SinkSession {
                     {
                         Some(Answer::Text(text::TOO_BIG))
                     }
-                    Some(tx) if tx.chunks == 0 => core
-                        .injector
-                        .decide(Stage::Data)
-                        .map(|code| Answer::Fault(Stage::Data, code)),
+                    Some(tx) if tx.chunks == 0 => {
+                        core.injector.decide(Stage::Data).map(Answer::Fault)
+                    }
                     Some(_) => None,
                 };
                 if let Some(tx) = self.tx.as_mut() {
@@ -622,8 +636,8 @@ impl SinkSession {
         if self.config.max_message_size > 0 && tx.size > self.config.max_message_size {
             return self.reply(Some(Stage::Dot), text::TOO_BIG);
         }
-        if let Some(code) = core.injector.decide(Stage::Dot) {
-            return self.fault(Stage::Dot, code, core);
+        if let Some(rule) = core.injector.decide(Stage::Dot) {
+            return self.fault(rule, core);
         }
         if !core.quota.take() {
             core.counters.over_limit += 1;
@@ -631,6 +645,9 @@ impl SinkSession {
             return self.close();
         }
         let counters = &mut *core.counters;
+        let source = counters.source(&self.peer);
+        source.messages += 1;
+        source.recipients += u64::from(tx.recipients);
         counters.messages += 1;
         counters.recipients += u64::from(tx.recipients);
         counters.bytes += tx.size;
@@ -650,6 +667,8 @@ impl SinkSession {
                 unstuff(&tx.content)
             };
             self.events.push_back(SinkEvent::Keep(KeptMessage {
+                peer: self.peer.clone(),
+                helo: self.helo.clone(),
                 from: tx.from,
                 recipients: tx.kept_recipients,
                 content,
@@ -678,6 +697,7 @@ mod tests {
             let quota = Quota::new(limit);
             let session = SinkSession::new(
                 Rc::new(config),
+                Some(IpAddr::from([127, 0, 0, 31])),
                 &mut CoreState {
                     injector: &mut injector,
                     counters: &mut counters,
@@ -844,6 +864,45 @@ mod tests {
     }
 
     #[test]
+    fn reply_texts_and_the_source_are_counted() {
+        let plan = FaultPlan {
+            faults: vec![Fault::parse_reply(
+                "rcpt:0.5:421 4.7.0 [TSS04] Messages from 127.0.0.31 temporarily deferred",
+            )
+            .unwrap()],
+            ..FaultPlan::default()
+        };
+        let mut h = Harness::new(
+            SinkConfig {
+                plan,
+                ..SinkConfig::default()
+            },
+            0,
+        );
+        h.take();
+        h.send(b"EHLO mta1.example.test\r\n");
+        let r = h.send(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<x@d.test>\r\nBDAT 1 LAST\r\nx");
+        assert_eq!(codes(&r), ["250", "250", "250"]);
+        let r = h.send(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<x@d.test>\r\n");
+        assert!(
+            r.ends_with("421 4.7.0 [TSS04] Messages from 127.0.0.31 temporarily deferred\r\n"),
+            "{r}"
+        );
+        assert_eq!(
+            h.session.poll_event(),
+            Some(SinkEvent::Close),
+            "a 421 closes"
+        );
+        assert_eq!(h.counters.faults["rcpt:421"], 1);
+        let source = &h.counters.sources["127.0.0.31"];
+        assert_eq!(
+            (source.connections, source.messages, source.recipients),
+            (1, 1, 1)
+        );
+        assert_eq!(source.helo["mta1.example.test"], 1);
+    }
+
+    #[test]
     fn connect_fault_delays_and_quota() {
         let plan = FaultPlan {
             faults: vec![Fault::parse("connect:421:1").unwrap()],
@@ -892,6 +951,8 @@ mod tests {
         assert_eq!(
             h.session.poll_event(),
             Some(SinkEvent::Keep(KeptMessage {
+                peer: "127.0.0.31".into(),
+                helo: "c".into(),
                 from: "a@b.test".into(),
                 recipients: vec!["x@d.test".into()],
                 content: b".x\r\n".to_vec(),

@@ -1412,6 +1412,8 @@ mod tests {
             received_at: 0,
             client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             helo: "h".to_owned(),
+            auth_user: None,
+            tenant: None,
         }
     }
 

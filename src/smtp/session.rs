@@ -102,6 +102,9 @@ pub struct ServerConfig {
     /// Off by default: a literal names a host directly, so a stranger's
     /// bounce or relay could reach internal addresses.
     pub allow_address_literals: bool,
+    /// `[egress] tenant_header`: removed from every message at receipt;
+    /// its value, from a client that may relay, is the envelope's tenant.
+    pub tenant_header: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -122,6 +125,7 @@ impl Default for ServerConfig {
             trust_loopback: true,
             sender_must_match_login: true,
             allow_address_literals: false,
+            tenant_header: None,
         }
     }
 }
@@ -965,7 +969,7 @@ impl ServerSession {
     /// The body ended: hand a good message to the glue, or refuse it.
     fn finish_message(&mut self, helo: Helo, tx: Transaction, rx: BodyReceiver, wall: SystemTime) {
         match rx.finish() {
-            Ok(body) => {
+            Ok(mut body) => {
                 // RFC 1870 6.3: a message larger than a local recipient's
                 // whole quota is refused now rather than bounced later
                 // (a bounce would carry a stranger's message to whoever
@@ -980,6 +984,14 @@ impl ServerSession {
                         address: &over.address,
                     });
                 }
+                // The tenant header never leaves; only a client that may
+                // relay chooses a tenant (and so an egress pool) with it.
+                let tenant = self
+                    .config
+                    .tenant_header
+                    .as_deref()
+                    .and_then(|name| crate::egress::tenant::take_header(&mut body, name))
+                    .filter(|_| self.peer.may_relay || self.authenticated.is_some());
                 let envelope = Envelope {
                     sender: tx.sender,
                     recipients: tx.recipients,
@@ -990,6 +1002,8 @@ impl ServerSession {
                     received_at: unix_seconds(wall),
                     client_ip: self.client_ip(),
                     helo: helo.name.clone(),
+                    auth_user: self.authenticated.clone(),
+                    tenant,
                 };
                 self.state = State::AwaitingStore { helo };
                 self.events
@@ -2398,6 +2412,54 @@ mod tests {
             ["220", "250", "235", "250", "503", "250", "220", "250", "530", "221"],
             "{}",
             t.output
+        );
+    }
+
+    #[test]
+    fn the_tenant_header_is_removed_and_names_a_tenant_only_for_relay_clients() {
+        let cfg = ServerConfig {
+            tenant_header: Some("X-Tenant".to_owned()),
+            ..config()
+        };
+        let input = "EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@local.test>\r\nDATA\r\n\
+                     Subject: s\r\nx-tenant: Acme\r\n\r\nX-Tenant: body\r\n.\r\nQUIT\r\n";
+        for may_relay in [true, false] {
+            let t = drive_cfg(cfg.clone(), may_relay, input.as_bytes());
+            let m = &t.messages[0];
+            let body = String::from_utf8_lossy(&m.body);
+            assert!(!body.contains("x-tenant"), "{body}");
+            assert!(
+                body.ends_with("Subject: s\r\n\r\nX-Tenant: body\r\n"),
+                "{body}"
+            );
+            let tenant = may_relay.then(|| "Acme".to_owned());
+            assert_eq!(m.envelope.tenant, tenant, "may relay: {may_relay}");
+            assert_eq!(m.envelope.auth_user, None);
+        }
+        // Without the setting, the header is an ordinary one.
+        let t = drive_cfg(config(), true, input.as_bytes());
+        assert!(String::from_utf8_lossy(&t.messages[0].body).contains("x-tenant: Acme"));
+        assert_eq!(t.messages[0].envelope.tenant, None);
+    }
+
+    #[test]
+    fn the_envelope_names_the_authenticated_user() {
+        let input = format!(
+            "EHLO c\r\nAUTH PLAIN {}\r\nMAIL FROM:<alice@local.test>\r\nRCPT TO:<x@elsewhere.example>\r\n\
+             DATA\r\nX-Tenant: t1\r\n\r\nhi\r\n.\r\nQUIT\r\n",
+            plain("alice", "right")
+        );
+        let cfg = ServerConfig {
+            tenant_header: Some("X-Tenant".to_owned()),
+            ..submission()
+        };
+        let t = drive_auth(cfg, peer_at([127, 0, 0, 1], false), &input);
+        let envelope = &t.messages[0].envelope;
+        assert_eq!(envelope.auth_user.as_deref(), Some("alice"));
+        assert_eq!(
+            envelope.tenant.as_deref(),
+            Some("t1"),
+            "an authenticated client may name one"
         );
     }
 

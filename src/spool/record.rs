@@ -26,7 +26,13 @@
 //! Envelope (little endian, strings as `u32 length | UTF-8 bytes`):
 //! `sender | u32 recipient count | recipients | body type u8 | smtputf8 u8 |
 //! dsn_return u8 (0 none, 1 full, 2 headers) | envid (u8 present | string) |
-//! received_at u64 | client ip (u8 4 or 6 | 4 or 16 bytes) | helo | 0xE5`.
+//! received_at u64 | client ip (u8 4 or 6 | 4 or 16 bytes) | helo |
+//! extensions | 0xE5`. Extensions, each `u8 tag | string`, are written
+//! only when set (so an envelope without them is encoded exactly as
+//! before they existed): tag 1 the authenticated user, 2 the tenant.
+//! Readers skip tags they do not know; a reader older than the
+//! extensions refuses an envelope that has one (the record is then
+//! quarantined, not lost).
 //! Recipient: `address | notify (u8 present | u8 bits) | orcpt (u8 present |
 //! string)`. The final 0xE5 guarantees a non-zero last byte, which the
 //! scanner uses to tell a torn tail from a damaged record.
@@ -59,6 +65,9 @@ pub(crate) const MAGIC: [u8; 4] = *b"SPRC";
 pub(crate) const VERSION: u8 = 1;
 pub(crate) const HEADER_LEN: usize = 24;
 const ENVELOPE_END: u8 = 0xE5;
+/// Envelope extension tags (see the module header).
+const EXT_AUTH_USER: u8 = 1;
+const EXT_TENANT: u8 = 2;
 const FINISHED_END: u8 = 0xF1;
 const FINISHED_LEN: usize = 16;
 const OUTCOME_END: u8 = 0xD3;
@@ -450,6 +459,12 @@ fn encode_envelope(e: &Envelope, out: &mut Vec<u8>) {
         }
     }
     put_str(out, &e.helo);
+    for (tag, value) in [(EXT_AUTH_USER, &e.auth_user), (EXT_TENANT, &e.tenant)] {
+        if let Some(value) = value {
+            out.push(tag);
+            put_str(out, value);
+        }
+    }
     out.push(ENVELOPE_END);
 }
 
@@ -546,8 +561,17 @@ fn decode_envelope(r: &mut Reader<'_>) -> Result<Envelope, DecodeError> {
         _ => return Err(DecodeError("bad ip family")),
     };
     let helo = r.string()?;
-    if r.u8()? != ENVELOPE_END {
-        return Err(DecodeError("missing envelope end mark"));
+    let (mut auth_user, mut tenant) = (None, None);
+    loop {
+        match r.u8()? {
+            ENVELOPE_END => break,
+            EXT_AUTH_USER => auth_user = Some(r.string()?),
+            EXT_TENANT => tenant = Some(r.string()?),
+            // A later version's extension: skipped.
+            _ => {
+                r.string()?;
+            }
+        }
     }
     Ok(Envelope {
         sender,
@@ -559,6 +583,8 @@ fn decode_envelope(r: &mut Reader<'_>) -> Result<Envelope, DecodeError> {
         received_at,
         client_ip,
         helo,
+        auth_user,
+        tenant,
     })
 }
 
@@ -582,6 +608,8 @@ pub(crate) mod tests {
             received_at: 1_700_000_000,
             client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
             helo: "client.example.test".into(),
+            auth_user: None,
+            tenant: None,
         };
         let mut all = vec![base.clone()];
         all.push(Envelope {
@@ -618,6 +646,8 @@ pub(crate) mod tests {
             received_at: u64::MAX,
             client_ip: "2001:db8::1".parse().expect("literal v6 address"),
             helo: "[IPv6:2001:db8::1]".into(),
+            auth_user: Some("alice".into()),
+            tenant: Some("Acme Corp".into()),
         });
         all.push(Envelope {
             body_type: BodyType::BinaryMime,
@@ -625,9 +655,51 @@ pub(crate) mod tests {
             recipients: Vec::new(),
             sender: "josé@exämple.test".into(),
             client_ip: "::ffff:10.0.0.1".parse().expect("literal mapped address"),
+            tenant: Some("t".into()),
             ..base
         });
         all
+    }
+
+    #[test]
+    fn envelope_extensions_are_optional_and_skippable() {
+        let base = sample_envelopes()[0].clone();
+        // Without extensions the encoding is the one older spools hold:
+        // the end mark right after the HELO name.
+        let rec = encode_message(&base, Vec::new());
+        let mut old = rec.head.clone();
+        old.extend_from_slice(&rec.body);
+        let (decoded, _) = decode_message(&old[HEADER_LEN..]).expect("decodes");
+        assert_eq!(decoded, base);
+        let mut env = Vec::new();
+        encode_envelope(&base, &mut env);
+        let tail = [
+            &(base.helo.len() as u32).to_le_bytes()[..],
+            base.helo.as_bytes(),
+            &[0xE5],
+        ]
+        .concat();
+        assert!(env.ends_with(&tail));
+        // An unknown tag (a later version's) is skipped.
+        let mut with_unknown = env[..env.len() - 1].to_vec();
+        with_unknown.push(9);
+        put_str(&mut with_unknown, "future");
+        with_unknown.push(EXT_TENANT);
+        put_str(&mut with_unknown, "acme");
+        with_unknown.push(ENVELOPE_END);
+        let mut r = Reader {
+            buf: &with_unknown,
+            pos: 0,
+        };
+        let decoded = decode_envelope(&mut r).expect("decodes");
+        assert_eq!(decoded.tenant.as_deref(), Some("acme"));
+        assert_eq!(decoded.auth_user, None);
+        // A truncated extension is refused.
+        let mut r = Reader {
+            buf: &with_unknown[..env.len() + 2],
+            pos: 0,
+        };
+        assert!(decode_envelope(&mut r).is_err());
     }
 
     #[test]

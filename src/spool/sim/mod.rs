@@ -666,6 +666,8 @@ fn new_message(
         received_at: now,
         client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         helo: format!("sim-{serial}"),
+        auth_user: None,
+        tenant: None,
     };
     let mut body = format!("Serial: {serial}\r\n\r\n").into_bytes();
     while body.len() < len {
