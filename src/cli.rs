@@ -890,14 +890,18 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     // and a link per core; the table's own changes go out through them.
     let (suspensions, mut cluster) = match &config.cluster {
         None => (
-            Arc::new(crate::delivery::suspensions::Suspensions::default()),
+            Arc::new(
+                crate::delivery::suspensions::Suspensions::default()
+                    .kept_in(&config.spool_dir, std::time::SystemTime::now()),
+            ),
             None,
         ),
         Some(settings) => {
             let (feed_tx, feed) = crossbeam_channel::unbounded();
-            let suspensions = Arc::new(crate::delivery::suspensions::Suspensions::with_feed(
-                feed_tx,
-            ));
+            let suspensions = Arc::new(
+                crate::delivery::suspensions::Suspensions::with_feed(feed_tx)
+                    .kept_in(&config.spool_dir, std::time::SystemTime::now()),
+            );
             let cluster = crate::cluster::Cluster::start(
                 crate::cluster::Settings::from_config(settings, &config.hostname),
                 count,
@@ -914,6 +918,11 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         .unwrap_or_default()
         .into_iter();
     let throttles = Arc::new(crate::delivery::throttles::Throttles::default());
+    let warmup = Arc::new(crate::egress::WarmupLedger::kept_in(
+        &config.spool_dir,
+        count,
+        crate::egress::Day::of_unix(crate::delivery::engine::unix_now().0),
+    ));
     for index in 0..count {
         let (inbox, control) = async_channel::unbounded();
         inboxes.push(inbox);
@@ -942,9 +951,12 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
             resolver: resolver.handle(),
             outbound_tls: Arc::clone(&outbound_tls),
             smarthost_tls: smarthost_tls.clone(),
-            suspensions: Arc::clone(&suspensions),
+            sites: crate::delivery::engine::SiteTables {
+                suspensions: Arc::clone(&suspensions),
+                throttles: Arc::clone(&throttles),
+                warmup: Arc::clone(&warmup),
+            },
             cluster: links.next(),
-            throttles: Arc::clone(&throttles),
             control,
             snapshots,
             fatal: fatal.clone(),

@@ -164,13 +164,12 @@ pub struct ShardPlan {
     pub control: async_channel::Receiver<ShardCommand>,
     /// Scrapes of the metrics endpoint asking for this shard's figures.
     pub snapshots: async_channel::Receiver<SnapshotRequest>,
-    /// Suspended sites, shared by every shard.
-    pub suspensions: Arc<crate::delivery::suspensions::Suspensions>,
+    /// Suspended and throttled sites and the egress sources' counts of
+    /// the day, shared by every shard.
+    pub sites: crate::delivery::engine::SiteTables,
     /// This shard's link to the limits shared with other hosts
     /// (`[cluster]`), if any.
     pub cluster: Option<crate::cluster::CoreLink>,
-    /// Throttled sites, shared by every shard.
-    pub throttles: Arc<crate::delivery::throttles::Throttles>,
     /// The shard's thread joins these as it starts: its panic ends the
     /// process (see `crash`).
     pub fatal: FatalThreads,
@@ -317,10 +316,7 @@ async fn start<S: SegmentStore + 'static>(
         plan.outbound_tls,
         plan.smarthost_tls,
         ready,
-        crate::delivery::engine::SiteTables {
-            suspensions: plan.suspensions,
-            throttles: plan.throttles,
-        },
+        plan.sites,
         shared,
     )
     .map_err(|e| format!("delivery: {e}"))?;

@@ -144,9 +144,8 @@ impl Shard {
             control: control_requests,
             // No metrics endpoint: a closed inbox ends the shard's scrape task.
             snapshots: async_channel::bounded(1).1,
-            suspensions: Default::default(),
+            sites: Default::default(),
             cluster: None,
-            throttles: Default::default(),
             // No panic hook is installed in this process: inert.
             fatal: Default::default(),
         };

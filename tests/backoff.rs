@@ -1,8 +1,8 @@
 //! Back-off on what receivers say, over real sockets: a reply that a
 //! shipped back-off rule knows (Gmail's `4.7.28`) suspends the site, its
 //! other mail waits in the queue without an attempt counted, `spate queue
-//! suspensions` lists it, and `spate queue resume` lets the mail go at
-//! once; `spate queue suspend` does the same by hand. Rules of a shaping
+//! suspensions` lists it, a `kill -9` and restart keep it, and `spate
+//! queue resume` lets the mail go at once; `spate queue suspend` does the same by hand. Rules of a shaping
 //! file throttle a site (its rate halves, then climbs back after
 //! deliveries, judged from the receiver's timestamps), bounce its queued
 //! mail (DSNs reach the sender's own receiver, nothing more reaches the
@@ -72,7 +72,7 @@ fn a_slow_down_reply_suspends_the_site_until_resumed() {
         "--tempfail-text",
         "421 4.7.28 Our system has detected an unusual rate of unsolicited mail",
     ]);
-    let server = server_for(&sink);
+    let mut server = server_for(&sink);
     let site = format!("[{}]:{}", sink.addr.ip(), sink.addr.port());
     common::send_numbered(&server, "rcpt@far.example", "first", 1);
     wait_until("the site suspended", Duration::from_secs(30), || {
@@ -91,6 +91,17 @@ fn a_slow_down_reply_suspends_the_site_until_resumed() {
         .filter(|m| m.raw["attempts"].as_u64() == Some(0))
         .count();
     assert_eq!(untried, 10, "held mail has no attempt: {queued:#?}");
+    // A crash and a restart do not lift it: the receiver said stop.
+    server.kill9();
+    server.restart();
+    let listed = spate(&server, &["queue", "suspensions"]);
+    assert!(
+        listed.contains(&site) && listed.contains("4.7.28"),
+        "{listed}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(sink.messages().is_empty(), "sent after a restart: {listed}");
+    assert_eq!(server.queue_list().len(), 11);
     // Resumed: the held mail goes at once; the tried one after a flush.
     let resumed = spate(&server, &["queue", "resume", &site]);
     assert!(resumed.contains("resumed"), "{resumed}");

@@ -156,24 +156,6 @@ fn now_secs() -> f64 {
         .as_secs_f64()
 }
 
-/// Every sample of a scrape of `addr`'s `/metrics`.
-fn scrape(addr: SocketAddr) -> std::collections::HashMap<String, f64> {
-    use std::io::{Read, Write};
-    let mut c = std::net::TcpStream::connect(addr).expect("metrics endpoint");
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(c, "GET /metrics HTTP/1.1\r\nHost: spate\r\n\r\n").unwrap();
-    let mut text = String::new();
-    c.read_to_string(&mut text).expect("a response");
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            Some((name.to_owned(), value.parse().ok()?))
-        })
-        .collect()
-}
-
 fn wait_for_log(server: &TestServer, needle: &str) {
     wait_until(needle, Duration::from_secs(20), || {
         server.stderr_text().contains(needle)
@@ -241,7 +223,7 @@ fn two_hosts_share_one_rate_through_redis() {
     assert!(from_a >= 100 && from_b >= 100, "a {from_a}, b {from_b}");
     // What it cost in Redis.
     for (name, server) in [("a", &a), ("b", &b)] {
-        let m = scrape(server.listener("metrics"));
+        let m = common::scrape_metrics(server.listener("metrics"));
         let trips = m["spate_cluster_round_trips_total"];
         let leases = m["spate_cluster_leases_total"];
         let tokens = m["spate_cluster_leased_tokens_total"];
@@ -276,7 +258,7 @@ fn a_rate_with_room_costs_a_few_leases() {
     queue_then_release(&sink, &[(&a, "a"), (&b, "b")], EACH);
     sink.wait_for(2 * EACH, Duration::from_secs(40));
     for (name, server) in [("a", &a), ("b", &b)] {
-        let m = scrape(server.listener("metrics"));
+        let m = common::scrape_metrics(server.listener("metrics"));
         let leases = m["spate_cluster_leases_total"];
         let delivered = m["spate_delivery_messages_total{result=\"delivered\"}"];
         eprintln!(
@@ -369,7 +351,7 @@ fn hosts_keep_delivering_at_their_share_while_redis_is_down() {
             "{text}"
         );
         assert_eq!(text.matches("cluster: redis reachable again").count(), 1);
-        let m = scrape(server.listener("metrics"));
+        let m = common::scrape_metrics(server.listener("metrics"));
         assert_eq!(m["spate_cluster_fallbacks_total"], 1.0);
         assert_eq!(m["spate_cluster_redis_up"], 1.0);
     }

@@ -2,8 +2,10 @@
 //! counters per client address: mail leaves from each source's address
 //! with its EHLO name, in the pool's weights; a tenant header, a route and
 //! an authenticated user each choose a pool (the header never reaches
-//! the receiver); a new source's warm-up holds its daily volume, and what
-//! it holds back waits in the queue without counting an attempt.
+//! the receiver); a new source's warm-up holds its daily volume, also
+//! across a `kill -9` and restart, and what it holds back waits in the
+//! queue without counting an attempt; the delivery log and the metrics
+//! name the source.
 
 mod common;
 #[path = "common/spate_sink.rs"]
@@ -198,11 +200,12 @@ fn a_warmup_holds_a_new_sources_daily_volume_without_counting_attempts() {
     let fresh = unique_loopback();
     let sink = SpateSink::start(unique_loopback(), &["--cores", "1"]);
     let today = chrono::Utc::now().format("%Y-%m-%d");
-    let server = TestServer::start(
+    let mut server = TestServer::start(
         Tweaks::default()
             .cores(1)
             .extra(&sink.route("far.example"))
             .extra("[delivery]\nminimal_backoff = \"1h\"\nmaximal_backoff = \"2h\"\n")
+            .extra("[metrics]\naddress = \"127.0.0.1:0\"\n")
             .extra(&egress(
                 &ips,
                 &format!(
@@ -237,6 +240,22 @@ fn a_warmup_holds_a_new_sources_daily_volume_without_counting_attempts() {
     }
     let log = server.stderr_text();
     assert!(!log.contains("deferred"), "a held message was deferred");
+    let delivered = server.stderr_lines_with("delivered");
+    assert_eq!(delivered.len(), 5, "{delivered:#?}");
+    assert!(
+        delivered.iter().all(|l| l.contains("source=\"new\"")),
+        "{delivered:#?}"
+    );
+    let metrics = common::scrape_metrics(server.listener("metrics"));
+    let sample = "spate_delivery_source_recipients_total{source=\"new\",outcome=\"delivered\"}";
+    assert_eq!(metrics.get(sample), Some(&5.0), "{metrics:#?}");
+    // A crash and a restart on the same day do not give the source its
+    // day's volume again.
+    server.kill9();
+    server.restart();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(sink.counters()["messages"], 5, "{:#}", sink.counters());
+    assert_eq!(server.queue_list().len(), 7);
 }
 
 /// Polls `done` every 100 ms; panics with `what` after [`WAIT`].

@@ -26,6 +26,7 @@ use crate::delivery::report::{same_result, transient, RecipientReport};
 use crate::delivery::scheduler::{self, Hop, MessageSource, Placement, Refused, Scheduler, Work};
 use crate::delivery::suspensions::Suspensions;
 use crate::delivery::throttles::{Change, Throttles};
+use crate::egress::WarmupLedger;
 use crate::queue::{
     AttemptId, DestinationKey, Dispatch, MessageState, QueueError, ReadyLimits, SharedBudget,
     UnixTime,
@@ -70,14 +71,25 @@ pub struct Engine<S: SegmentStore> {
     suspensions_seen: Cell<u64>,
     throttles: Arc<Throttles>,
     throttles_seen: Cell<u64>,
+    /// Today's messages per egress source, host-wide, kept across
+    /// restarts; the chooser's spends last handed in, and when.
+    warmup: Arc<WarmupLedger>,
+    warmup_handed: Cell<(u64, Instant)>,
 }
 
-/// The host-wide tables of sites under a back-off action.
+/// The host-wide tables of sites under a back-off action, and the egress
+/// sources' counts of the day.
 #[derive(Debug, Default, Clone)]
 pub struct SiteTables {
     pub suspensions: Arc<Suspensions>,
     pub throttles: Arc<Throttles>,
+    pub warmup: Arc<WarmupLedger>,
 }
+
+/// The most often a core hands its egress counts in (each hand-in that
+/// changes them rewrites a small file); a crash loses at most this much
+/// of a warm-up day's count.
+const WARMUP_HAND_IN: Duration = Duration::from_secs(1);
 
 /// Seconds since the epoch, as the queue counts time.
 pub fn unix_now() -> UnixTime {
@@ -130,18 +142,23 @@ impl<S: SegmentStore + 'static> Engine<S> {
             };
             (futures_rustls::TlsConnector::from(tls), Rc::new(required))
         });
+        let mut scheduler = Scheduler::with_shared(limits, shared, ctx.index)?;
+        let (day, counts) = sites.warmup.start_of(ctx.index);
+        scheduler.seed_egress_counts(day, &counts, unix_now(), Instant::now());
         Ok(Rc::new(Engine {
             resolver,
             verified_smarthost,
             client: Rc::new(client),
             tls: futures_rustls::TlsConnector::from(tls),
-            scheduler: RefCell::new(Scheduler::with_shared(limits, shared, ctx.index)?),
+            warmup_handed: Cell::new((scheduler.egress_spends(), Instant::now())),
+            scheduler: RefCell::new(scheduler),
             recorder: Recorder::new(Rc::clone(&ctx)),
             work_arrived: event_listener::Event::new(),
             suspensions: sites.suspensions,
             suspensions_seen: Cell::new(u64::MAX),
             throttles: sites.throttles,
             throttles_seen: Cell::new(u64::MAX),
+            warmup: sites.warmup,
             ctx,
         }))
     }
@@ -191,6 +208,9 @@ impl<S: SegmentStore + 'static> Engine<S> {
                     scheduler.budget_wakeup(unix_now(), clock),
                 ]
             };
+            if !self.hand_in_warmup(false) {
+                idle = idle.min(WARMUP_HAND_IN);
+            }
             for at in wakeups.into_iter().flatten() {
                 idle = idle.min(
                     at.saturating_duration_since(clock)
@@ -204,6 +224,26 @@ impl<S: SegmentStore + 'static> Engine<S> {
             };
             or(wake, self.ctx.shutdown.wait()).await;
         }
+        self.hand_in_warmup(true);
+    }
+
+    /// Hands this core's egress counts to the host's ledger when they
+    /// moved, at most every [`WARMUP_HAND_IN`] unless `now_anyway`.
+    /// Returns false when counts wait to be handed in.
+    fn hand_in_warmup(&self, now_anyway: bool) -> bool {
+        let spends = self.scheduler.borrow().egress_spends();
+        let (handed, at) = self.warmup_handed.get();
+        if spends == handed {
+            return true;
+        }
+        if !now_anyway && at.elapsed() < WARMUP_HAND_IN {
+            return false;
+        }
+        if let Some((day, counts)) = self.scheduler.borrow().egress_day_counts() {
+            self.warmup.hand_in(self.ctx.index, day, counts);
+        }
+        self.warmup_handed.set((spends, Instant::now()));
+        true
     }
 
     /// Hands out due messages as the scheduler plans them: expiries,
@@ -222,7 +262,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
             self.hold(hold);
         }
         for f in plan.failed {
-            self.report(f.id, f.attempt, f.reports, None).await;
+            self.report(f.id, f.attempt, f.reports, None, None).await;
         }
         for placement in plan.remote {
             self.place(placement).await;
@@ -277,8 +317,12 @@ impl<S: SegmentStore + 'static> Engine<S> {
         attempt: AttemptId,
         results: Vec<RecipientReport>,
         remote: Option<&str>,
+        source: Option<&str>,
     ) {
-        let hold = self.recorder.report(id, attempt, results, remote).await;
+        let hold = self
+            .recorder
+            .report(id, attempt, results, remote, source)
+            .await;
         self.hold(hold);
     }
 
@@ -334,7 +378,8 @@ impl<S: SegmentStore + 'static> Engine<S> {
             format!("550 5.0.0 returned after the receiver said: {reply}")
         };
         let reports = same_result(&work.recipients, Outcome::PermanentFailure, &reply);
-        self.report(work.id, work.attempt, reports, None).await;
+        self.report(work.id, work.attempt, reports, None, None)
+            .await;
     }
 
     /// A receiver's reply for `dest` matched a back-off rule: its actions
@@ -512,7 +557,8 @@ impl<S: SegmentStore + 'static> Engine<S> {
         };
         for work in queue.drain(..) {
             let results = same_result(&work.recipients, outcome, &reply);
-            self.report(work.id, work.attempt, results, None).await;
+            self.report(work.id, work.attempt, results, None, dest.source())
+                .await;
             self.scheduler.borrow_mut().done(&dest, 1);
         }
         self.scheduler.borrow_mut().connection_closed(&dest);
@@ -591,6 +637,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
                 work.attempt,
                 delivery.reports,
                 Some(agent.remote()),
+                dest.source(),
             )
             .await;
             self.scheduler.borrow_mut().done(dest, 1);
@@ -635,7 +682,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
         }
         let Some(tier) = self.ctx.local.clone() else {
             let reports = transient(&recipients, NO_MAILBOX_TIER);
-            return self.report(id, attempt, reports, None).await;
+            return self.report(id, attempt, reports, None, None).await;
         };
         let mut agent = LocalAgent {
             tier,
@@ -662,7 +709,8 @@ impl<S: SegmentStore + 'static> Engine<S> {
             reports.extend(same_result(&forward.recipients, outcome, &reply));
         }
         drop(message);
-        self.report(id, attempt, reports, Some(LOCAL_MTA)).await;
+        self.report(id, attempt, reports, Some(LOCAL_MTA), None)
+            .await;
     }
 
     /// The TLS connector and client policy for a next hop: verifying and

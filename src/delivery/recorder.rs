@@ -28,6 +28,8 @@ use super::engine::unix_now;
 /// The next hop in log lines when no host was reached (resolution or
 /// connection failed, expiry).
 const NO_RELAY: &str = "none";
+/// The `source` of a log line for mail sent without a named egress source.
+const NO_SOURCE: &str = "none";
 
 /// An attempt that ended held back by a limit of spate's own: the
 /// scheduler keeps the message's id for `dest` until it has room.
@@ -86,8 +88,9 @@ impl<S: SegmentStore + 'static> Recorder<S> {
         attempt: AttemptId,
         results: Vec<RecipientReport>,
         remote: Option<&str>,
+        source: Option<&str>,
     ) -> Option<Hold> {
-        self.log_outcomes(id, &results, remote);
+        self.log_outcomes(id, &results, remote, source);
         for r in results {
             let kind = match r.outcome {
                 Outcome::Delivered => OutcomeKind::Delivered,
@@ -150,13 +153,21 @@ impl<S: SegmentStore + 'static> Recorder<S> {
     }
 
     /// One log line and one count per recipient result: the message's
-    /// life as operators follow it (`delivered`, `deferred`, `bounced`).
-    fn log_outcomes(&self, id: SpoolId, results: &[RecipientReport], relay: Option<&str>) {
+    /// life as operators follow it (`delivered`, `deferred`, `bounced`),
+    /// with the egress source the mail left through (`none` without one).
+    fn log_outcomes(
+        &self,
+        id: SpoolId,
+        results: &[RecipientReport],
+        relay: Option<&str>,
+        via: Option<&str>,
+    ) {
         let attempts = self.ctx.queue.borrow().attempts(id).unwrap_or(0) + 1;
         let message = self.message(id);
         let envelope = message.as_deref().map(StoredMessage::envelope);
         let from = envelope.map_or("", |e| e.sender.as_str());
         let relay = relay.unwrap_or(NO_RELAY);
+        let source = via.unwrap_or(NO_SOURCE);
         let mut metrics = self.ctx.metrics.borrow_mut();
         for r in results {
             let to = envelope
@@ -165,16 +176,16 @@ impl<S: SegmentStore + 'static> Recorder<S> {
             let reply = r.reply.as_str();
             match r.outcome {
                 Outcome::Delivered => {
-                    metrics.count_recipient(RecipientResult::Delivered);
-                    tracing::info!(%id, from, to, relay, reply, attempts, "delivered");
+                    metrics.count_recipient_via(RecipientResult::Delivered, via);
+                    tracing::info!(%id, from, to, relay, source, reply, attempts, "delivered");
                 }
                 Outcome::TransientFailure => {
-                    metrics.count_recipient(RecipientResult::Deferred);
-                    tracing::info!(%id, from, to, relay, reply, attempts, "deferred");
+                    metrics.count_recipient_via(RecipientResult::Deferred, via);
+                    tracing::info!(%id, from, to, relay, source, reply, attempts, "deferred");
                 }
                 Outcome::PermanentFailure => {
-                    metrics.count_recipient(RecipientResult::Bounced);
-                    tracing::info!(%id, from, to, relay, reply, attempts, "bounced");
+                    metrics.count_recipient_via(RecipientResult::Bounced, via);
+                    tracing::info!(%id, from, to, relay, source, reply, attempts, "bounced");
                 }
             }
         }

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use crate::delivery::report::{same_result, transient, RecipientReport};
 use crate::delivery::router::{HostPort, NextHop, Route, Router};
-use crate::egress::{Choice, Chooser, Clock, EgressPlan, PoolInputs, Source};
+use crate::egress::ledger::DayCounts;
+use crate::egress::{Choice, Chooser, Clock, Day, EgressPlan, PoolInputs, Source};
 use crate::envelope::Envelope;
 use crate::queue::{
     AttemptId, DestinationKey, Dispatch, HeldMessages, Queue, QueueError, ReadyLimits, ReadyQueues,
@@ -389,6 +390,32 @@ impl<M> Scheduler<M> {
         if !Arc::ptr_eq(&self.egress, &plan) {
             self.egress = plan;
         }
+    }
+
+    /// Starts this core's egress counts of `day` from what the host sent
+    /// before a restart (see `egress::ledger`).
+    pub fn seed_egress_counts(
+        &mut self,
+        day: Day,
+        counts: &DayCounts,
+        now: UnixTime,
+        clock: Instant,
+    ) {
+        let clock = Clock {
+            now: clock,
+            unix: now.0,
+        };
+        self.chooser.seed(day, counts, clock);
+    }
+
+    /// Messages sent through egress sources so far (moves on each).
+    pub fn egress_spends(&self) -> u64 {
+        self.chooser.spends()
+    }
+
+    /// This core's egress counts of the latest day, per source.
+    pub fn egress_day_counts(&self) -> Option<(Day, DayCounts)> {
+        self.chooser.day_counts()
     }
 
     /// The egress source work for `dest` leaves from, if any (its bind

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
+use super::ledger::DayCounts;
 use super::plan::{EgressPlan, PoolId, Source};
 use super::warmup::{core_share, DailyLimit, Day};
 use crate::shaping::{Rate, TokenBucket};
@@ -140,6 +141,9 @@ pub struct Chooser<K> {
     /// pool and site.
     rotations: HashMap<PoolId, HashMap<K, Vec<i64>>>,
     rotation_count: usize,
+    /// Messages spent through any source since this chooser began (tells
+    /// whether the day's counts moved).
+    spends: u64,
 }
 
 impl<K: Hash + Eq + Clone> Chooser<K> {
@@ -151,7 +155,41 @@ impl<K: Hash + Eq + Clone> Chooser<K> {
             budgets: HashMap::new(),
             rotations: HashMap::new(),
             rotation_count: 0,
+            spends: 0,
         }
+    }
+
+    /// Starts the counts of `day` from `counts` (this core's share of what
+    /// the host sent before a restart); counts of another day than the
+    /// clock's are over and ignored.
+    pub fn seed(&mut self, day: Day, counts: &DayCounts, clock: Clock) {
+        if day != Day::of_unix(clock.unix) {
+            return;
+        }
+        for (name, &sent) in counts {
+            let budget = self
+                .budgets
+                .entry(name.clone())
+                .or_insert_with(|| Budget::new(clock));
+            budget.sent = budget.sent.max(sent);
+        }
+    }
+
+    /// Messages spent through any source so far (moves on every spend).
+    pub fn spends(&self) -> u64 {
+        self.spends
+    }
+
+    /// This core's counts of the latest day it counted, per source.
+    pub fn day_counts(&self) -> Option<(Day, DayCounts)> {
+        let day = self.budgets.values().map(|b| b.day).max()?;
+        let counts = self
+            .budgets
+            .iter()
+            .filter(|(_, b)| b.day == day && b.sent > 0)
+            .map(|(name, b)| (name.clone(), b.sent))
+            .collect();
+        Some((day, counts))
     }
 
     fn budget(&mut self, source: &Source, clock: Clock) -> &mut Budget {
@@ -178,6 +216,7 @@ impl<K: Hash + Eq + Clone> Chooser<K> {
     /// One message was queued for `source`: it counts against its budget.
     pub fn spend(&mut self, source: &Source, clock: Clock) {
         let cores = self.cores;
+        self.spends += 1;
         self.budget(source, clock).spend(source, clock, cores);
     }
 

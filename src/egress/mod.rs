@@ -8,14 +8,17 @@
 //! Map: [`plan`] the `[egress]` configuration compiled and checked, and a
 //! message's pool; [`chooser`] the source for work bound to a site
 //! (weighted rotation, budgets, per core); [`warmup`] calendar days and
-//! the warm-up schedule; [`tenant`] the tenant header, read and removed
-//! at receipt.
+//! the warm-up schedule; [`ledger`] the day's counts per source kept
+//! across restarts; [`tenant`] the tenant header, read and removed at
+//! receipt.
 
 pub mod chooser;
+pub mod ledger;
 pub mod plan;
 pub mod tenant;
 pub mod warmup;
 
 pub use chooser::{Choice, Chooser, Clock};
+pub use ledger::WarmupLedger;
 pub use plan::{EgressError, EgressPlan, Member, Pool, PoolId, PoolInputs, Source};
 pub use warmup::{Day, Warmup};

@@ -40,7 +40,7 @@
 //! - `error`: `MailboxError`
 
 mod cache;
-mod durable;
+pub(crate) mod durable;
 mod error;
 mod filename;
 mod flag;

@@ -172,6 +172,26 @@ pub fn render(s: &Snapshot) -> String {
         "Sites whose queued mail a back-off rule's bounce returned to the senders.",
         c.site_bounces,
     );
+    if !s.recipients_by_source.is_empty() {
+        let name = "spate_delivery_source_recipients_total";
+        out.header(
+            name,
+            "counter",
+            "Recipient outcomes of delivery attempts, by egress source.",
+        );
+        // Source names are checked at config load: letters, digits, '.',
+        // '_', '-' (no escaping needed).
+        for (source, counts) in &s.recipients_by_source {
+            for r in RecipientResult::ALL {
+                let _ = writeln!(
+                    out.0,
+                    "{name}{{source=\"{source}\",outcome=\"{}\"}} {}",
+                    r.label(),
+                    counts[r as usize]
+                );
+            }
+        }
+    }
     out.single(
         "spate_dns_queries_total",
         "counter",

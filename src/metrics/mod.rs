@@ -306,6 +306,21 @@ pub struct Metrics {
     /// One delivery attempt of one message to one destination: an SMTP
     /// transaction on an open connection, or a local delivery.
     pub attempt_latency: Latency,
+    /// Recipient outcomes by egress source (only mail sent through a
+    /// named source; as many keys as `[[egress.source]]` entries).
+    pub recipients_by_source: BySource,
+}
+
+/// Recipient outcomes, by [`RecipientResult`], per egress source name.
+pub type BySource = std::collections::BTreeMap<String, [u64; 4]>;
+
+fn merge_by_source(into: &mut BySource, from: &BySource) {
+    for (source, counts) in from {
+        let sum = into.entry(source.clone()).or_default();
+        for (x, y) in sum.iter_mut().zip(counts) {
+            *x += y;
+        }
+    }
 }
 
 /// Queued messages by state, as a scrape sees them.
@@ -332,7 +347,7 @@ impl QueueDepth {
 
 /// One core's figures at one moment (and, merged, the process's), plus
 /// what the scraping thread adds: DNS and spool disk usage.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
     pub counters: Counters,
     pub queue: QueueDepth,
@@ -349,6 +364,7 @@ pub struct Snapshot {
     /// The limits shared with other hosts, with `[cluster]` (filled in by
     /// the scraper).
     pub cluster: Option<crate::cluster::ClusterFigures>,
+    pub recipients_by_source: BySource,
 }
 
 impl Snapshot {
@@ -364,6 +380,7 @@ impl Snapshot {
         self.dns_cache_hits += o.dns_cache_hits;
         self.spool_bytes += o.spool_bytes;
         self.cluster = self.cluster.or(o.cluster);
+        merge_by_source(&mut self.recipients_by_source, &o.recipients_by_source);
     }
 }
 
@@ -437,12 +454,28 @@ impl Metrics {
         self.counters.recipients[result as usize] += 1;
     }
 
+    /// Counts a recipient's result, also under the egress source it went
+    /// through (if any).
+    pub fn count_recipient_via(&mut self, result: RecipientResult, source: Option<&str>) {
+        self.count_recipient(result);
+        if let Some(source) = source {
+            if let Some(counts) = self.recipients_by_source.get_mut(source) {
+                counts[result as usize] += 1;
+            } else {
+                let mut counts = [0; 4];
+                counts[result as usize] = 1;
+                self.recipients_by_source.insert(source.to_owned(), counts);
+            }
+        }
+    }
+
     /// Adds another core's figures to these.
     pub fn merge(&mut self, other: &Metrics) {
         self.counters.merge(&other.counters);
         self.ack_latency.merge(&other.ack_latency);
         self.delivery_latency.merge(&other.delivery_latency);
         self.attempt_latency.merge(&other.attempt_latency);
+        merge_by_source(&mut self.recipients_by_source, &other.recipients_by_source);
     }
 
     /// This core's part of a scrape; the caller adds what the core's
@@ -453,6 +486,7 @@ impl Metrics {
             ack_latency: self.ack_latency.buckets(),
             queue_residence: self.delivery_latency.buckets(),
             attempt_latency: self.attempt_latency.buckets(),
+            recipients_by_source: self.recipients_by_source.clone(),
             ..Snapshot::default()
         }
     }

@@ -1003,3 +1003,21 @@ pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
 /// The Received header spate prepends is at most this long; used to check
 /// that stored sizes are plausible.
 pub const MAX_TRACE_HEADER: u64 = 1024;
+
+/// Every sample of a scrape of `addr`'s `/metrics`.
+pub fn scrape_metrics(addr: SocketAddr) -> std::collections::HashMap<String, f64> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).expect("metrics endpoint");
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(c, "GET /metrics HTTP/1.1\r\nHost: spate\r\n\r\n").unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).expect("a response");
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
