@@ -133,6 +133,11 @@ struct Message {
     /// The current hand-out while active, `None` while waiting.
     attempt: Option<AttemptId>,
     task: Task,
+    /// Waiting because a limit of spate's own held it ([`Queue::hold`]),
+    /// not for a retry: only such a message may be released early. (The
+    /// delivery engine's held sets can name a message that has moved on
+    /// since; this keeps them from releasing a deferred retry.)
+    held: bool,
     recipients: u32,
     attempts: u32,
     last_error: Option<Rc<str>>,
@@ -155,6 +160,7 @@ impl Message {
     }
 
     fn set_state(&mut self, state: MessageState) {
+        self.held = false;
         match state {
             MessageState::Waiting { at } => {
                 self.at = at;
@@ -326,6 +332,7 @@ impl<J: Jitter> Queue<J> {
             at: UnixTime(entry.received_at),
             attempt: None,
             task: Task::Deliver,
+            held: false,
             recipients: u32::try_from(entry.recipients).unwrap_or(u32::MAX),
             attempts: 0,
             last_error: None,
@@ -547,16 +554,19 @@ impl<J: Jitter> Queue<J> {
     ) -> Result<(), QueueError> {
         self.current(id, attempt)?;
         self.set_state(id, MessageState::Waiting { at: until });
+        if let Some(m) = self.messages.get_mut(&id) {
+            m.held = true;
+        }
         Ok(())
     }
 
-    /// Makes a waiting message due at `now` (room opened for a held
-    /// message); false when it is not waiting for a later time.
+    /// Makes a held message due at `now` (room opened for it); false when
+    /// it is not held (waiting for a retry, active, gone) or already due.
     pub fn release(&mut self, id: SpoolId, now: UnixTime) -> bool {
         let waiting_later = self
             .messages
             .get(&id)
-            .is_some_and(|m| m.attempt.is_none() && m.at > now);
+            .is_some_and(|m| m.held && m.attempt.is_none() && m.at > now);
         if waiting_later {
             self.set_state(id, MessageState::Waiting { at: now });
         }
@@ -743,6 +753,11 @@ mod tests {
             "active messages stay with their holder"
         );
         assert!(!q.release(id(9), t(302)), "unknown");
+        // Deferred by a real failure: a release (a stale held entry) does
+        // not cut its backoff short.
+        q.defer(d.id, d.attempt, t(302), "421 busy").expect("defer");
+        assert!(!q.release(id(1), t(303)), "a retry is not held");
+        assert!(q.due(t(303)).is_empty());
         check(&q);
     }
 
