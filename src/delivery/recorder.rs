@@ -130,7 +130,7 @@ impl<S: SegmentStore + 'static> Recorder<S> {
         if budget_spent {
             tracing::debug!(%id, %dest, "held: the egress pool's budget is spent");
         } else {
-            tracing::debug!(%id, %dest, "held: the destination's ready queue is full");
+            tracing::debug!(%id, %dest, "held: the destination has no room now (its ready queue is full, or it is suspended)");
         }
         self.ctx.metrics.borrow_mut().counters.held_by_limits += 1;
         self.attempts.borrow_mut().held(id, dest);
