@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use crate::blocking::{BlockingPool, Lane};
+use crate::delivery::dsn::DsnAction;
 use crate::delivery::outbound::Outbound;
 use crate::delivery::report::{transient, RecipientReport};
 use crate::local::{LocalOutcome, LocalTier};
@@ -47,6 +48,12 @@ pub trait DeliveryAgent {
 
     /// The MTA reached, as logs and DSNs name it.
     fn remote(&self) -> &str;
+
+    /// The DSN a successful delivery through this agent owes a recipient
+    /// that asked for NOTIFY=SUCCESS: `delivered` into a mailbox,
+    /// `relayed` to a next hop without DSN (RFC 3461 5.2.2 (b)); none
+    /// when the next hop offers DSN, which then carries the request on.
+    fn success_action(&self) -> Option<DsnAction>;
 }
 
 /// One open outbound SMTP connection.
@@ -74,6 +81,10 @@ impl DeliveryAgent for SmtpAgent {
             reusable: tx.reusable,
             forward: None,
         }
+    }
+
+    fn success_action(&self) -> Option<DsnAction> {
+        (!self.connection.offers_dsn()).then_some(DsnAction::Relayed)
     }
 
     fn remote(&self) -> &str {
@@ -152,6 +163,10 @@ impl DeliveryAgent for LocalAgent {
 
     fn remote(&self) -> &str {
         LOCAL_MTA
+    }
+
+    fn success_action(&self) -> Option<DsnAction> {
+        Some(DsnAction::Delivered)
     }
 }
 

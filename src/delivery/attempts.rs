@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 
+use crate::delivery::dsn::DsnAction;
 use crate::queue::DestinationKey;
 use crate::spool::{FinishReason, RecipientOutcome, SpoolId};
 
@@ -23,6 +24,10 @@ pub struct Attempt {
     /// spooled, so a crash or a full disk in between retries them (a
     /// duplicate DSN at worst) instead of losing the DSN.
     pub bounced: Vec<(u32, RecipientOutcome)>,
+    /// Recipients delivered in this attempt that asked for a success DSN
+    /// (NOTIFY=SUCCESS, owed as `delivered` or `relayed`): recorded, like
+    /// the bounced, once that DSN is spooled.
+    pub succeeded: Vec<(u32, RecipientOutcome, DsnAction)>,
     /// A group was held back by a full ready queue of this destination:
     /// without a real failure, the attempt is not counted.
     pub held: Option<DestinationKey>,
@@ -58,6 +63,20 @@ impl Attempts {
     pub fn bounced(&mut self, id: SpoolId, index: u32, outcome: RecipientOutcome) {
         if let Some(a) = self.by_message.get_mut(&id) {
             a.bounced.push((index, outcome));
+        }
+    }
+
+    /// A recipient was delivered and is owed a success DSN: recorded after
+    /// the DSN is spooled.
+    pub fn succeeded(
+        &mut self,
+        id: SpoolId,
+        index: u32,
+        outcome: RecipientOutcome,
+        action: DsnAction,
+    ) {
+        if let Some(a) = self.by_message.get_mut(&id) {
+            a.succeeded.push((index, outcome, action));
         }
     }
 

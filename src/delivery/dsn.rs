@@ -40,14 +40,20 @@ pub const DEFAULT_RETURN_LIMIT: usize = 50_000;
 /// must not make every bounce huge.
 const MAX_DIAGNOSTIC: usize = 1000;
 
-/// The DSN Action of a recipient. `delivered`, `relayed` and `expanded`
-/// (NOTIFY=SUCCESS) are not produced by spate yet.
+/// The DSN Action of a recipient (RFC 3464 2.3.3). `expanded` is not
+/// produced: a local alias that forwards is reported `delivered`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DsnAction {
     /// Permanently undeliverable (5xx, or the queue lifetime ran out).
     Failed,
     /// Still being retried; reported only to senders who asked (DELAY).
     Delayed,
+    /// Put in the recipient's mailbox (RFC 3461 5.2.3: owed to
+    /// NOTIFY=SUCCESS).
+    Delivered,
+    /// Accepted by a next hop that does not offer DSN, so no further
+    /// notice will come (RFC 3461 5.2.2 (b): owed to NOTIFY=SUCCESS).
+    Relayed,
 }
 
 impl DsnAction {
@@ -55,13 +61,19 @@ impl DsnAction {
         match self {
             DsnAction::Failed => "failed",
             DsnAction::Delayed => "delayed",
+            DsnAction::Delivered => "delivered",
+            DsnAction::Relayed => "relayed",
         }
+    }
+
+    fn is_success(self) -> bool {
+        matches!(self, DsnAction::Delivered | DsnAction::Relayed)
     }
 }
 
 /// One recipient to report on.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FailedRecipient {
+pub struct ReportedRecipient {
     /// Position in the original envelope's recipients: gives the address,
     /// NOTIFY and ORCPT, so they cannot disagree with the envelope.
     pub index: u32,
@@ -75,7 +87,7 @@ pub struct FailedRecipient {
     pub action: DsnAction,
 }
 
-impl FailedRecipient {
+impl ReportedRecipient {
     /// What a recorded outcome calls for: bounced and expired recipients
     /// are reported as failed (an expiry keeps its last temporary status,
     /// as Postfix does, or 4.4.7 "delivery time expired"); `None` for a
@@ -86,13 +98,27 @@ impl FailedRecipient {
             OutcomeKind::Bounced => "5.0.0",
             OutcomeKind::Expired => "4.4.7",
         };
-        Some(FailedRecipient {
+        Some(ReportedRecipient {
             index,
             status: status_of(&outcome.reply).unwrap_or_else(|| fallback.to_owned()),
             diagnostic: outcome.reply.clone(),
             remote_mta: outcome.remote_mta.clone(),
             action: DsnAction::Failed,
         })
+    }
+
+    /// A successful delivery reported as `action` (delivered, relayed),
+    /// with the reply that accepted it.
+    pub fn success(index: u32, outcome: &RecipientOutcome, action: DsnAction) -> Self {
+        ReportedRecipient {
+            index,
+            status: status_of(&outcome.reply)
+                .filter(|s| s.starts_with('2'))
+                .unwrap_or_else(|| "2.0.0".to_owned()),
+            diagnostic: outcome.reply.clone(),
+            remote_mta: outcome.remote_mta.clone(),
+            action,
+        }
     }
 }
 
@@ -141,14 +167,16 @@ fn is_status(s: &str) -> bool {
 }
 
 /// Whether this recipient asked for a DSN of this kind. No NOTIFY means
-/// FAILURE,DELAY (RFC 3461 4.1); NEVER means none at all.
-fn wants(notify: Option<Notify>, action: DsnAction) -> bool {
+/// FAILURE,DELAY (RFC 3461 4.1) and never SUCCESS (5.2.2 (e), 5.2.3
+/// (c)); NEVER means none at all.
+pub fn wants(notify: Option<Notify>, action: DsnAction) -> bool {
     match notify {
-        None => true,
+        None => !action.is_success(),
         Some(n) if n.never => false,
         Some(n) => match action {
             DsnAction::Failed => n.failure,
             DsnAction::Delayed => n.delay,
+            DsnAction::Delivered | DsnAction::Relayed => n.success,
         },
     }
 }
@@ -272,7 +300,7 @@ fn rfc5322_date(t: DateTime<Utc>) -> String {
 /// One recipient kept for the report.
 struct Reported<'a> {
     rcpt: &'a Recipient,
-    failed: &'a FailedRecipient,
+    failed: &'a ReportedRecipient,
 }
 
 /// What of the original goes into the third part.
@@ -290,7 +318,7 @@ enum Returned<'a> {
 pub fn build_dsn(
     original: &Envelope,
     original_body: &[u8],
-    failed: &[FailedRecipient],
+    failed: &[ReportedRecipient],
     reporting_mta: &str,
     arrival_date: u64,
     now_wall: SystemTime,
@@ -353,10 +381,15 @@ pub fn build_dsn(
         &format!("Mail Delivery System <MAILER-DAEMON@{mta}>"),
     );
     push_field(&mut out, "To", &format!("<{}>", one_line(&original.sender)));
+    let any_delayed = reported
+        .iter()
+        .any(|r| r.failed.action == DsnAction::Delayed);
     let subject = if any_failed {
         "Undelivered Mail Returned to Sender"
-    } else {
+    } else if any_delayed {
         "Delayed Mail (still being retried)"
+    } else {
+        "Successful Mail Delivery Report"
     };
     push_field(&mut out, "Subject", subject);
     push_field(&mut out, "Date", &rfc5322_date(now));
@@ -504,6 +537,28 @@ fn human_part(reported: &[Reported<'_>], mta: &str, any_failed: bool) -> Vec<u8>
               system will keep trying; there is no need to send the message again.\r\n\r\n",
         );
         list(&mut t, DsnAction::Delayed);
+        t.extend_from_slice(b"\r\n");
+    }
+    if reported
+        .iter()
+        .any(|r| r.failed.action == DsnAction::Delivered)
+    {
+        t.extend_from_slice(
+            b"Your message was delivered to the mailbox of the following\r\n\
+              recipients.\r\n\r\n",
+        );
+        list(&mut t, DsnAction::Delivered);
+        t.extend_from_slice(b"\r\n");
+    }
+    if reported
+        .iter()
+        .any(|r| r.failed.action == DsnAction::Relayed)
+    {
+        t.extend_from_slice(
+            b"Your message was handed on for the following recipients to a\r\n\
+              system that does not report delivery: no further notice will come.\r\n\r\n",
+        );
+        list(&mut t, DsnAction::Relayed);
     }
     t
 }
@@ -553,10 +608,11 @@ fn status_part(
             match r.failed.action {
                 DsnAction::Failed => "5.0.0".to_owned(),
                 DsnAction::Delayed => "4.0.0".to_owned(),
+                DsnAction::Delivered | DsnAction::Relayed => "2.0.0".to_owned(),
             }
         };
         push_field(&mut s, "Status", &status);
-        if let Some(remote) = &r.failed.remote_mta {
+        if let Some(remote) = r.failed.remote_mta.as_deref().and_then(remote_mta_name) {
             push_field(&mut s, "Remote-MTA", &format!("dns; {}", one_line(remote)));
         }
         let diag = diagnostic_line(&r.failed.diagnostic);
@@ -570,6 +626,23 @@ fn status_part(
         }
     }
     s
+}
+
+/// The remote MTA as RFC 3464 2.3.5 names it: the host name the
+/// connection went to (`mx.example.test[192.0.2.1]:25`, as logs write it,
+/// gives `mx.example.test`; a host known only by address keeps its
+/// literal, `[192.0.2.1]`). `None` for local delivery: no remote MTA was
+/// involved, and then the field MUST NOT be included.
+fn remote_mta_name(remote: &str) -> Option<&str> {
+    if remote == crate::delivery::agent::LOCAL_MTA {
+        return None;
+    }
+    let name = match remote.find('[') {
+        Some(0) => remote.find(']').map_or(remote, |end| &remote[..=end]),
+        Some(at) => &remote[..at],
+        None => remote,
+    };
+    (!name.is_empty()).then_some(name)
 }
 
 #[cfg(test)]
@@ -621,8 +694,8 @@ mod tests {
 
     const BODY: &[u8] = b"From: alice@example.test\r\nTo: bob@example.test\r\nSubject: hello\r\n\r\nHi Bob,\r\nsee you.\r\n";
 
-    fn failed(index: u32, action: DsnAction) -> FailedRecipient {
-        FailedRecipient {
+    fn failed(index: u32, action: DsnAction) -> ReportedRecipient {
+        ReportedRecipient {
             index,
             status: if action == DsnAction::Failed {
                 "5.1.1".into()
@@ -630,12 +703,13 @@ mod tests {
                 "4.4.1".into()
             },
             diagnostic: format!("550 5.1.1 <r{index}>: user unknown"),
-            remote_mta: Some("mx.example.test".into()),
+            // As the SMTP agent names it in logs: host[address]:port.
+            remote_mta: Some("mx.example.test[192.0.2.25]:25".into()),
             action,
         }
     }
 
-    fn build(env: &Envelope, body: &[u8], f: &[FailedRecipient]) -> Option<Dsn> {
+    fn build(env: &Envelope, body: &[u8], f: &[ReportedRecipient]) -> Option<Dsn> {
         build_dsn(
             env,
             body,
@@ -907,7 +981,7 @@ mod tests {
                 None,
             ),
         ];
-        let reported = |f: &[FailedRecipient]| -> Vec<String> {
+        let reported = |f: &[ReportedRecipient]| -> Vec<String> {
             let Some(d) = build(&env, BODY, f) else {
                 return Vec::new();
             };
@@ -933,6 +1007,11 @@ mod tests {
             reported(&all_delayed),
             ["rfc822; delay@x.test", "rfc822; default@x.test"]
         );
+        // SUCCESS only to those who asked for it (RFC 3461 5.2.2, 5.2.3).
+        for action in [DsnAction::Delivered, DsnAction::Relayed] {
+            let all: Vec<_> = (0..5).map(|i| failed(i, action)).collect();
+            assert_eq!(reported(&all), ["rfc822; success@x.test"], "{action:?}");
+        }
         // nothing left: no DSN at all
         assert!(build(&env, BODY, &[failed(0, DsnAction::Failed)]).is_none());
         assert!(build(&env, BODY, &[failed(1, DsnAction::Delayed)]).is_none());
@@ -1053,6 +1132,80 @@ mod tests {
     }
 
     #[test]
+    fn a_success_report_says_delivered_or_relayed_and_returns_headers_only() {
+        let mut env = envelope();
+        env.dsn_return = Some(DsnReturn::Full);
+        let success = Some(Notify {
+            success: true,
+            ..Notify::default()
+        });
+        env.recipients = vec![
+            rcpt("bob@example.test", success, Some("rfc822;bob@example.test")),
+            rcpt("carol@example.test", success, None),
+        ];
+        let outcome = |reply: &str, remote: &str| RecipientOutcome {
+            kind: OutcomeKind::Delivered,
+            reply: reply.into(),
+            remote_mta: Some(remote.into()),
+        };
+        let delivered = ReportedRecipient::success(
+            0,
+            &outcome(
+                "250 2.0.0 delivered to mailbox",
+                crate::delivery::agent::LOCAL_MTA,
+            ),
+            DsnAction::Delivered,
+        );
+        let relayed = ReportedRecipient::success(
+            1,
+            &outcome("250 Ok", "old.example.test[192.0.2.7]:25"),
+            DsnAction::Relayed,
+        );
+        let dsn = build(&env, BODY, &[delivered, relayed]).expect("owed");
+        let msg = MessageParser::default().parse(&dsn.body).expect("parses");
+        assert_eq!(msg.subject(), Some("Successful Mail Delivery Report"));
+        let PartType::Multipart(ch) = &msg.parts[0].body else {
+            panic!("multipart");
+        };
+        let status = std::str::from_utf8(msg.parts[ch[1] as usize].contents()).unwrap();
+        let blocks = field_blocks(status);
+        assert_eq!(blocks[1]["Action"], "delivered");
+        assert_eq!(blocks[1]["Status"], "2.0.0");
+        assert!(
+            !blocks[1].contains_key("Remote-MTA"),
+            "local: no remote MTA"
+        );
+        assert_eq!(blocks[2]["Action"], "relayed");
+        assert_eq!(blocks[2]["Status"], "2.0.0", "a bare 250 is 2.0.0");
+        assert_eq!(blocks[2]["Remote-MTA"], "dns; old.example.test");
+        // RET=FULL applies to failures only (RFC 3461 4.3): headers here.
+        let third = &msg.parts[ch[2] as usize];
+        let ct = third.content_type().expect("ct");
+        assert_eq!((ct.ctype(), ct.subtype()), ("text", Some("rfc822-headers")));
+        assert!(!String::from_utf8_lossy(&dsn.body).contains("Hi Bob"));
+        check_lines(&dsn.body);
+    }
+
+    #[test]
+    fn the_remote_mta_is_a_host_name_and_absent_for_local_delivery() {
+        assert_eq!(
+            remote_mta_name("mx.example.test[192.0.2.25]:25"),
+            Some("mx.example.test")
+        );
+        assert_eq!(remote_mta_name("[192.0.2.25]:2525"), Some("[192.0.2.25]"));
+        assert_eq!(remote_mta_name("[2001:db8::1]:25"), Some("[2001:db8::1]"));
+        assert_eq!(remote_mta_name("smarthost.test"), Some("smarthost.test"));
+        assert_eq!(remote_mta_name(crate::delivery::agent::LOCAL_MTA), None);
+        assert_eq!(remote_mta_name(""), None);
+        let env = envelope();
+        let mut f = failed(0, DsnAction::Failed);
+        f.remote_mta = Some(crate::delivery::agent::LOCAL_MTA.into());
+        let dsn = build(&env, BODY, &[f]).expect("a dsn");
+        let text = String::from_utf8_lossy(&dsn.body);
+        assert!(!text.contains("Remote-MTA"), "{text}");
+    }
+
+    #[test]
     fn status_and_outcome_helpers() {
         assert_eq!(status_of("550 5.1.1 no").as_deref(), Some("5.1.1"));
         assert_eq!(status_of("550-5.1.1 no").as_deref(), Some("5.1.1"));
@@ -1065,18 +1218,18 @@ mod tests {
             reply: reply.into(),
             remote_mta: Some("mx".into()),
         };
-        assert!(FailedRecipient::from_outcome(0, &o(OutcomeKind::Delivered, "250 ok")).is_none());
-        let b = FailedRecipient::from_outcome(2, &o(OutcomeKind::Bounced, "550 5.2.2 full"))
+        assert!(ReportedRecipient::from_outcome(0, &o(OutcomeKind::Delivered, "250 ok")).is_none());
+        let b = ReportedRecipient::from_outcome(2, &o(OutcomeKind::Bounced, "550 5.2.2 full"))
             .expect("bounce");
         assert_eq!(
             (b.index, b.status.as_str(), b.action),
             (2, "5.2.2", DsnAction::Failed)
         );
         assert_eq!(b.remote_mta.as_deref(), Some("mx"));
-        let e = FailedRecipient::from_outcome(1, &o(OutcomeKind::Expired, "connect timeout"))
+        let e = ReportedRecipient::from_outcome(1, &o(OutcomeKind::Expired, "connect timeout"))
             .expect("expiry");
         assert_eq!((e.status.as_str(), e.action), ("4.4.7", DsnAction::Failed));
-        let e = FailedRecipient::from_outcome(1, &o(OutcomeKind::Expired, "421 4.4.2 gone"))
+        let e = ReportedRecipient::from_outcome(1, &o(OutcomeKind::Expired, "421 4.4.2 gone"))
             .expect("expiry");
         assert_eq!(e.status, "4.4.2");
     }

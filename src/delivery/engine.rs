@@ -19,9 +19,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures_lite::future::or;
 
 use crate::control::{Reply, Request};
-use crate::delivery::agent::{DeliveryAgent, LocalAgent, SmtpAgent, LOCAL_MTA};
+use crate::delivery::agent::{DeliveryAgent, LocalAgent, SmtpAgent};
 use crate::delivery::outbound::{HostFailed, Outbound};
-use crate::delivery::recorder::{Hold, Recorder};
+use crate::delivery::recorder::{Hold, Recorder, Via};
 use crate::delivery::report::{same_result, transient, RecipientReport};
 use crate::delivery::scheduler::{self, Hop, MessageSource, Placement, Refused, Scheduler, Work};
 use crate::delivery::suspensions::Suspensions;
@@ -262,7 +262,8 @@ impl<S: SegmentStore + 'static> Engine<S> {
             self.hold(hold);
         }
         for f in plan.failed {
-            self.report(f.id, f.attempt, f.reports, None, None).await;
+            self.report(f.id, f.attempt, f.reports, Via::default())
+                .await;
         }
         for placement in plan.remote {
             self.place(placement).await;
@@ -316,13 +317,9 @@ impl<S: SegmentStore + 'static> Engine<S> {
         id: SpoolId,
         attempt: AttemptId,
         results: Vec<RecipientReport>,
-        remote: Option<&str>,
-        source: Option<&str>,
+        via: Via<'_>,
     ) {
-        let hold = self
-            .recorder
-            .report(id, attempt, results, remote, source)
-            .await;
+        let hold = self.recorder.report(id, attempt, results, via).await;
         self.hold(hold);
     }
 
@@ -378,7 +375,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
             format!("550 5.0.0 returned after the receiver said: {reply}")
         };
         let reports = same_result(&work.recipients, Outcome::PermanentFailure, &reply);
-        self.report(work.id, work.attempt, reports, None, None)
+        self.report(work.id, work.attempt, reports, Via::default())
             .await;
     }
 
@@ -557,8 +554,11 @@ impl<S: SegmentStore + 'static> Engine<S> {
         };
         for work in queue.drain(..) {
             let results = same_result(&work.recipients, outcome, &reply);
-            self.report(work.id, work.attempt, results, None, dest.source())
-                .await;
+            let via = Via {
+                source: dest.source(),
+                ..Via::default()
+            };
+            self.report(work.id, work.attempt, results, via).await;
             self.scheduler.borrow_mut().done(&dest, 1);
         }
         self.scheduler.borrow_mut().connection_closed(&dest);
@@ -636,8 +636,11 @@ impl<S: SegmentStore + 'static> Engine<S> {
                 work.id,
                 work.attempt,
                 delivery.reports,
-                Some(agent.remote()),
-                dest.source(),
+                Via {
+                    relay: Some(agent.remote()),
+                    source: dest.source(),
+                    success: agent.success_action(),
+                },
             )
             .await;
             self.scheduler.borrow_mut().done(dest, 1);
@@ -682,7 +685,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
         }
         let Some(tier) = self.ctx.local.clone() else {
             let reports = transient(&recipients, NO_MAILBOX_TIER);
-            return self.report(id, attempt, reports, None, None).await;
+            return self.report(id, attempt, reports, Via::default()).await;
         };
         let mut agent = LocalAgent {
             tier,
@@ -709,8 +712,12 @@ impl<S: SegmentStore + 'static> Engine<S> {
             reports.extend(same_result(&forward.recipients, outcome, &reply));
         }
         drop(message);
-        self.report(id, attempt, reports, Some(LOCAL_MTA), None)
-            .await;
+        let via = Via {
+            relay: Some(agent.remote()),
+            source: None,
+            success: agent.success_action(),
+        };
+        self.report(id, attempt, reports, via).await;
     }
 
     /// The TLS connector and client policy for a next hop: verifying and

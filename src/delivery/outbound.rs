@@ -109,6 +109,12 @@ enum Want {
 }
 
 impl Outbound {
+    /// Whether the server announced DSN (RFC 3461) in its EHLO reply:
+    /// then it takes the NOTIFY, RET, ENVID and ORCPT parameters on.
+    pub fn offers_dsn(&self) -> bool {
+        self.client.capabilities().dsn
+    }
+
     /// Connects (from local address `bind` when given: an egress
     /// source), reads the greeting, says EHLO (with `config`'s name) and
     /// does STARTTLS when the server offers it (and `tls` is given), until

@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::time::SystemTime;
 
 use crate::delivery::attempts::{next_step, Attempt, Attempts, NextStep};
-use crate::delivery::dsn::{build_dsn, FailedRecipient};
+use crate::delivery::dsn::{build_dsn, wants, DsnAction, ReportedRecipient};
 use crate::delivery::report::RecipientReport;
 use crate::envelope::{Envelope, Recipient};
 use crate::metrics::{MessageResult, RecipientResult};
@@ -28,6 +28,20 @@ use super::engine::unix_now;
 /// The next hop in log lines when no host was reached (resolution or
 /// connection failed, expiry).
 const NO_RELAY: &str = "none";
+/// Where a group's results came from: for the log lines, the metrics and
+/// the success DSNs they may owe.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Via<'a> {
+    /// The MTA reached (`host[ip]:port`, or `local`); `None` when the
+    /// results came without reaching one.
+    pub relay: Option<&'a str>,
+    /// The egress source the mail left through.
+    pub source: Option<&'a str>,
+    /// What a delivery owes a recipient that asked NOTIFY=SUCCESS (see
+    /// `DeliveryAgent::success_action`).
+    pub success: Option<DsnAction>,
+}
+
 /// The `source` of a log line for mail sent without a named egress source.
 const NO_SOURCE: &str = "none";
 
@@ -87,10 +101,27 @@ impl<S: SegmentStore + 'static> Recorder<S> {
         id: SpoolId,
         attempt: AttemptId,
         results: Vec<RecipientReport>,
-        remote: Option<&str>,
-        source: Option<&str>,
+        via: Via<'_>,
     ) -> Option<Hold> {
-        self.log_outcomes(id, &results, remote, source);
+        let remote = via.relay;
+        self.log_outcomes(id, &results, remote, via.source);
+        // Who asked for a success DSN, if this delivery owes any.
+        let wants_success: Vec<(u32, DsnAction)> = match via.success {
+            None => Vec::new(),
+            Some(action) => self.message(id).map_or_else(Vec::new, |m| {
+                results
+                    .iter()
+                    .filter(|r| r.outcome == Outcome::Delivered)
+                    .filter(|r| {
+                        m.envelope()
+                            .recipients
+                            .get(r.index as usize)
+                            .is_some_and(|rcpt| wants(rcpt.notify, action))
+                    })
+                    .map(|r| (r.index, action))
+                    .collect()
+            }),
+        };
         for r in results {
             let kind = match r.outcome {
                 Outcome::Delivered => OutcomeKind::Delivered,
@@ -108,6 +139,13 @@ impl<S: SegmentStore + 'static> Recorder<S> {
             if kind == OutcomeKind::Bounced {
                 // Recorded in complete(), after the DSN is spooled.
                 self.attempts.borrow_mut().bounced(id, r.index, outcome);
+                continue;
+            }
+            if let Some(&(_, action)) = wants_success.iter().find(|(i, _)| *i == r.index) {
+                // Likewise once its success DSN is spooled.
+                self.attempts
+                    .borrow_mut()
+                    .succeeded(id, r.index, outcome, action);
                 continue;
             }
             if let Err(reply) = self.record_outcome(id, r.index, &outcome).await {
@@ -197,23 +235,36 @@ impl<S: SegmentStore + 'static> Recorder<S> {
     async fn complete(&self, id: SpoolId, attempt: AttemptId, mut done: Attempt) -> Option<Hold> {
         let message = self.messages.borrow_mut().remove(&id);
         let mut bounced_any = false;
-        if !done.bounced.is_empty() {
-            let failed: Vec<FailedRecipient> = done
+        if !done.bounced.is_empty() || !done.succeeded.is_empty() {
+            // One DSN for the attempt: the failures and the successes owed.
+            let mut reported: Vec<ReportedRecipient> = done
                 .bounced
                 .iter()
-                .filter_map(|(index, outcome)| FailedRecipient::from_outcome(*index, outcome))
+                .filter_map(|(index, outcome)| ReportedRecipient::from_outcome(*index, outcome))
                 .collect();
-            match self.send_dsn(id, message.as_deref(), &failed).await {
-                Ok(()) => {
-                    for (index, outcome) in &done.bounced {
-                        match self.record_outcome(id, *index, outcome).await {
-                            Ok(()) => bounced_any = true,
-                            Err(reply) => done.transient = Some(reply),
-                        }
+            reported.extend(done.succeeded.iter().map(|(index, outcome, action)| {
+                ReportedRecipient::success(*index, outcome, *action)
+            }));
+            let sent = self.send_dsn(id, message.as_deref(), &reported).await;
+            if let Err(e) = &sent {
+                done.transient = Some(format!("451 4.3.0 cannot spool a DSN: {e}"));
+                if !done.succeeded.is_empty() {
+                    // Delivered is delivered: trying again would deliver
+                    // twice. The success notice is what is lost.
+                    tracing::error!(%id, error = %e, "success DSN lost: cannot spool it");
+                }
+            }
+            if sent.is_ok() {
+                for (index, outcome) in &done.bounced {
+                    match self.record_outcome(id, *index, outcome).await {
+                        Ok(()) => bounced_any = true,
+                        Err(reply) => done.transient = Some(reply),
                     }
                 }
-                Err(e) => {
-                    done.transient = Some(format!("451 4.3.0 cannot spool a DSN: {e}"));
+            }
+            for (index, outcome, _) in &done.succeeded {
+                if let Err(reply) = self.record_outcome(id, *index, outcome).await {
+                    done.transient = Some(reply);
                 }
             }
         }
@@ -268,9 +319,9 @@ impl<S: SegmentStore + 'static> Recorder<S> {
             reply: reply.clone(),
             remote_mta: None,
         };
-        let failed: Vec<FailedRecipient> = pending
+        let failed: Vec<ReportedRecipient> = pending
             .iter()
-            .filter_map(|&index| FailedRecipient::from_outcome(index, &outcome))
+            .filter_map(|&index| ReportedRecipient::from_outcome(index, &outcome))
             .collect();
         let message = self.message(id);
         if let Err(e) = self.send_dsn(id, message.as_deref(), &failed).await {
@@ -302,10 +353,10 @@ impl<S: SegmentStore + 'static> Recorder<S> {
     /// Returns a waiting message to its sender by hand: a DSN for every
     /// pending recipient, then the message is finished.
     pub async fn bounce_by_hand(&self, id: SpoolId) -> Result<(), String> {
-        let failed: Vec<FailedRecipient> = self
+        let failed: Vec<ReportedRecipient> = self
             .pending(id)
             .into_iter()
-            .map(|index| FailedRecipient {
+            .map(|index| ReportedRecipient {
                 index,
                 status: "5.0.0".into(),
                 diagnostic: "550 5.0.0 message returned by the postmaster".into(),
@@ -355,7 +406,7 @@ impl<S: SegmentStore + 'static> Recorder<S> {
         &self,
         id: SpoolId,
         message: Option<&StoredMessage>,
-        failed: &[FailedRecipient],
+        failed: &[ReportedRecipient],
     ) -> Result<(), SpoolError> {
         if failed.is_empty() {
             return Ok(());

@@ -5,7 +5,10 @@ chosen recipients with 550 and answers 451 to the first N end-of-data.
 Records each connection with the number open at that moment. Standard
 library only. Prints "ready" once listening; stops on SIGTERM.
 
-usage: capture_sink.py IP PORT OUT [--reject ADDR]... [--tempfail N] [--tempfail-text REPLY] [--delay-ms MS]
+With --dsn it announces DSN (RFC 3461) and records the MAIL and RCPT
+command lines as received, parameters included.
+
+usage: capture_sink.py IP PORT OUT [--reject ADDR]... [--tempfail N] [--tempfail-text REPLY] [--delay-ms MS] [--dsn]
 """
 import argparse
 import json
@@ -21,6 +24,7 @@ ap.add_argument("--reject", action="append", default=[])
 ap.add_argument("--tempfail", type=int, default=0)
 ap.add_argument("--tempfail-text", default="451 4.3.0 Error: try again later", help="the reply to a tempfailed end-of-data")
 ap.add_argument("--delay-ms", type=int, default=0, help="pause before each end-of-data reply")
+ap.add_argument("--dsn", action="store_true", help="announce DSN")
 args = ap.parse_args()
 
 lock = threading.Lock()
@@ -51,7 +55,7 @@ class Handler(socketserver.StreamRequestHandler):
 
     def session(self):
         self.send("220 sink.test ESMTP")
-        sender, rcpts = None, []
+        sender, rcpts, lines = None, [], []
         while True:
             line = self.rfile.readline(4096)
             if not line:
@@ -61,11 +65,13 @@ class Handler(socketserver.StreamRequestHandler):
             if verb == "EHLO":
                 self.send("250-sink.test")
                 self.send("250-8BITMIME")
+                if args.dsn:
+                    self.send("250-DSN")
                 self.send("250 ENHANCEDSTATUSCODES")
             elif verb == "HELO":
                 self.send("250 sink.test")
             elif verb == "MAIL":
-                sender, rcpts = cmd[cmd.index("<") + 1 : cmd.index(">")], []
+                sender, rcpts, lines = cmd[cmd.index("<") + 1 : cmd.index(">")], [], [cmd]
                 self.send("250 2.1.0 Ok")
             elif verb == "RCPT":
                 addr = cmd[cmd.index("<") + 1 : cmd.index(">")]
@@ -73,6 +79,7 @@ class Handler(socketserver.StreamRequestHandler):
                     self.send(f"550 5.1.1 <{addr}>: Recipient address rejected: no such user")
                 else:
                     rcpts.append(addr)
+                    lines.append(cmd)
                     self.send("250 2.1.5 Ok")
             elif verb == "DATA":
                 if not rcpts:
@@ -95,7 +102,7 @@ class Handler(socketserver.StreamRequestHandler):
                 if fail:
                     self.send(args.tempfail_text)
                 else:
-                    record({"event": "message", "from": sender, "to": rcpts, "data": data.decode("latin-1"), "at": time.time()})
+                    record({"event": "message", "from": sender, "to": rcpts, "data": data.decode("latin-1"), "at": time.time(), "commands": lines})
                     self.send("250 2.0.0 Ok: queued")
                 sender, rcpts = None, []
             elif verb == "RSET":

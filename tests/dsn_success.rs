@@ -1,0 +1,174 @@
+//! Success DSNs as RFC 3461 requires them, over real sockets: a recipient
+//! that asked NOTIFY=SUCCESS gets a "delivered" DSN when its mail is put
+//! in a local mailbox (5.2.3 (a)) and a "relayed" DSN when the next hop
+//! does not offer DSN (5.2.2 (b)); when the next hop offers DSN the
+//! request travels on (NOTIFY and ORCPT on its RCPT) and spate sends none
+//! (5.2.1); recipients without SUCCESS get nothing (5.2.2 (e), 5.2.3 (b),
+//! (c)). DSNs reach the sender's own receiver (a capture sink).
+
+#[path = "common/capture.rs"]
+mod capture;
+mod common;
+
+use std::time::Duration;
+
+use capture::Sink;
+use common::{Client, TestServer, Tweaks};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Sends one message command by command (RCPT lines as given, with their
+/// parameters); panics unless it is accepted.
+fn send(server: &TestServer, rcpts: &[&str], marker: &str) {
+    let mut c = Client::connect(server.smtp);
+    assert_eq!(c.read_reply().code, 220);
+    c.ehlo("client.test");
+    let r = c.cmd("MAIL FROM:<sender@client.test> ENVID=env-1");
+    assert_eq!(r.code, 250, "{r:?}");
+    for rcpt in rcpts {
+        let r = c.cmd(&format!("RCPT TO:{rcpt}"));
+        assert_eq!(r.code, 250, "{rcpt}: {r:?}");
+    }
+    assert_eq!(c.cmd("DATA").code, 354);
+    c.send(&common::dot_stuff(&common::message(marker, 200)));
+    let r = c.read_reply();
+    assert_eq!(r.code, 250, "{r:?}");
+    c.quit();
+}
+
+/// The DSN's `Name: value` fields (the per-recipient blocks merged: each
+/// test reports one recipient).
+fn field(dsn: &str, name: &str) -> Option<String> {
+    dsn.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .map(str::to_owned)
+}
+
+/// Nothing more than `n` messages reaches `sink` within a few seconds.
+fn no_more_than(sink: &Sink, n: usize) {
+    std::thread::sleep(Duration::from_secs(3));
+    let got = sink.messages();
+    assert!(got.len() <= n, "unexpected: {got:#?}");
+}
+
+#[test]
+fn a_local_delivery_reports_delivered_to_those_who_asked() {
+    let senders = Sink::start();
+    let server = TestServer::start(
+        Tweaks::default()
+            .user("alice", "pw")
+            .user("carol", "pw")
+            .extra(&senders.route("client.test")),
+    );
+    send(
+        &server,
+        &[
+            "<alice@example.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Alice@example.test",
+            "<carol@example.test>",
+        ],
+        "local-success",
+    );
+    let dsns = senders.wait_for(1, WAIT);
+    no_more_than(&senders, 1);
+    let dsn = &dsns[0];
+    assert_eq!(dsn["from"], "", "a DSN comes from the null sender");
+    assert_eq!(dsn["to"][0], "sender@client.test");
+    let text = dsn["data"].as_str().unwrap();
+    assert!(
+        text.contains("Subject: Successful Mail Delivery Report"),
+        "{text}"
+    );
+    assert_eq!(
+        field(text, "Action").as_deref(),
+        Some("delivered"),
+        "{text}"
+    );
+    assert_eq!(field(text, "Status").as_deref(), Some("2.0.0"));
+    assert_eq!(
+        field(text, "Final-Recipient").as_deref(),
+        Some("rfc822; alice@example.test")
+    );
+    assert_eq!(
+        field(text, "Original-Recipient").as_deref(),
+        Some("rfc822;Alice@example.test")
+    );
+    assert_eq!(
+        field(text, "Original-Envelope-Id").as_deref(),
+        Some("env-1")
+    );
+    assert!(field(text, "Remote-MTA").is_none(), "no remote MTA: {text}");
+    assert!(!text.contains("carol@"), "carol did not ask: {text}");
+    assert!(!text.contains("local-success\r\n\r\n"), "headers only");
+}
+
+#[test]
+fn a_next_hop_without_dsn_makes_spate_report_relayed() {
+    let receiver = Sink::start();
+    let senders = Sink::start();
+    let server = TestServer::start(
+        Tweaks::default()
+            .extra(&receiver.route("far.example"))
+            .extra(&senders.route("client.test")),
+    );
+    send(
+        &server,
+        &[
+            "<bob@far.example> NOTIFY=SUCCESS",
+            "<dan@far.example> NOTIFY=FAILURE,DELAY",
+            "<eve@far.example>",
+        ],
+        "relayed",
+    );
+    receiver.wait_for(1, WAIT);
+    let dsns = senders.wait_for(1, WAIT);
+    no_more_than(&senders, 1);
+    let text = dsns[0]["data"].as_str().unwrap();
+    assert_eq!(field(text, "Action").as_deref(), Some("relayed"), "{text}");
+    assert_eq!(
+        field(text, "Final-Recipient").as_deref(),
+        Some("rfc822; bob@far.example")
+    );
+    let remote = field(text, "Remote-MTA").expect("a remote MTA");
+    assert_eq!(
+        remote,
+        format!("dns; {}", receiver.addr.ip()),
+        "the host, not host[ip]:port"
+    );
+    assert!(!text.contains("dan@") && !text.contains("eve@"), "{text}");
+    // The receiver offers no DSN: nothing of it reached the wire.
+    let commands = receiver.messages()[0]["commands"].to_string();
+    assert!(
+        !commands.contains("NOTIFY") && !commands.contains("ENVID"),
+        "{commands}"
+    );
+}
+
+#[test]
+fn a_next_hop_with_dsn_carries_the_request_on_and_spate_sends_none() {
+    let receiver = Sink::start_with(&["--dsn"]);
+    let senders = Sink::start();
+    let server = TestServer::start(
+        Tweaks::default()
+            .extra(&receiver.route("far.example"))
+            .extra(&senders.route("client.test")),
+    );
+    send(
+        &server,
+        &["<bob@far.example> NOTIFY=SUCCESS ORCPT=rfc822;bob@far.example"],
+        "passed-on",
+    );
+    let got = receiver.wait_for(1, WAIT);
+    let commands: Vec<String> = got[0]["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    assert!(commands[0].contains("ENVID=env-1"), "{commands:?}");
+    assert!(
+        commands[1].contains("NOTIFY=SUCCESS")
+            && commands[1].contains("ORCPT=rfc822;bob@far.example"),
+        "{commands:?}"
+    );
+    no_more_than(&senders, 0);
+}
