@@ -400,10 +400,17 @@ pub fn build_dsn(
     );
     push_field(&mut out, "Auto-Submitted", "auto-replied");
     push_field(&mut out, "MIME-Version", "1.0");
+    let report_type = if global {
+        "global-delivery-status"
+    } else {
+        "delivery-status"
+    };
     push_field(
         &mut out,
         "Content-Type",
-        &format!("multipart/report; report-type=delivery-status; boundary=\"{boundary}\""),
+        // The report-type is the subtype of the second part (RFC 6522
+        // section 3), so a global report says `global-delivery-status`.
+        &format!("multipart/report; report-type={report_type}; boundary=\"{boundary}\""),
     );
     out.extend_from_slice(b"\r\nThis is a MIME-encapsulated delivery status notification.\r\n");
 
@@ -1109,6 +1116,9 @@ mod tests {
         let dsn = build(&env, BODY, &[failed(0, DsnAction::Failed)]).expect("dsn");
         assert!(dsn.envelope.smtputf8);
         let msg = MessageParser::default().parse(&dsn.body).expect("parses");
+        // RFC 6522 section 3: the report-type names the second part.
+        let top = msg.parts[0].content_type().expect("ct");
+        assert_eq!(top.attribute("report-type"), Some("global-delivery-status"));
         let PartType::Multipart(ch) = &msg.parts[0].body else {
             panic!()
         };
