@@ -195,3 +195,43 @@ mod tests {
         assert!(client_config(true, Some(&dir.path().join("missing"))).is_err());
     }
 }
+
+/// What a server-side handshake agreed, named as the Received header
+/// writes it: `TLSv1.3`, the IANA cipher suite name (rustls says
+/// `TLS13_AES_256_GCM_SHA384` for the registry's `TLS_AES_256_GCM_SHA384`)
+/// and the key exchange group.
+pub fn agreed(conn: &rustls::ServerConnection) -> crate::smtp::session::TlsDetails {
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_owned(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_owned(),
+        Some(other) => format!("{other:?}"),
+        None => "TLS".to_owned(),
+    };
+    let cipher = conn.negotiated_cipher_suite().map_or_else(
+        || "unknown".to_owned(),
+        |suite| {
+            let suite = suite.suite();
+            match suite.as_str() {
+                Some(name) => match name.strip_prefix("TLS13_") {
+                    Some(rest) => format!("TLS_{rest}"),
+                    None => name.to_owned(),
+                },
+                // RFC 8314 4.3: the four-digit hex form when unnamed.
+                None => format!("0x{:04X}", u16::from(suite)),
+            }
+        },
+    );
+    let group = conn
+        .negotiated_key_exchange_group()
+        .and_then(|kx| kx.name().as_str())
+        .map(|name| match name {
+            "X25519" => "x25519".to_owned(),
+            "X448" => "x448".to_owned(),
+            other => other.to_owned(),
+        });
+    crate::smtp::session::TlsDetails {
+        version,
+        cipher,
+        group,
+    }
+}

@@ -90,6 +90,8 @@ fn smtplib_auth_over_starttls_relays_plain_and_login() {
     let sink = Sink::start();
     let server = submission_server(&sink, "");
     let sub = server.listener("submission");
+    // Each message's queue id, from the reply to its DATA.
+    let mut v_data_texts = std::collections::HashMap::new();
     for mech in ["PLAIN", "LOGIN"] {
         let marker = format!("starttls-{mech}");
         let v = submit(
@@ -128,6 +130,10 @@ fn smtplib_auth_over_starttls_relays_plain_and_login() {
             "relay after AUTH: {v:#}"
         );
         assert_eq!(v["data"]["code"], 250, "{v:#}");
+        let text = v["data"]["text"].as_str().unwrap_or("").to_owned();
+        let id = text.rsplit(' ').next().unwrap_or("").to_owned();
+        assert!(common::is_queue_id(&id), "{v:#}");
+        v_data_texts.insert(mech, id);
     }
     let got = sink.wait_for(2, Duration::from_secs(30));
     for mech in ["PLAIN", "LOGIN"] {
@@ -149,6 +155,15 @@ fn smtplib_auth_over_starttls_relays_plain_and_login() {
             "RFC 3848: authenticated over TLS is ESMTPSA:\n{trace}"
         );
         assert!(!trace.contains("alice-pw"), "no password in the trace");
+        // Postfix's smtpd_tls_received_header comment, RFC 8314 4.3's
+        // tls clause, and the queue id the client was given.
+        assert!(trace.contains("(using TLSv1.3 with cipher TLS_"), "{trace}");
+        assert!(trace.contains("\ttls TLS_"), "RFC 8314 4.3: {trace}");
+        let queued = v_data_texts[mech].clone();
+        assert!(
+            trace.contains(&format!(" id {queued}")),
+            "{queued}: {trace}"
+        );
     }
     wait_until("an empty queue", Duration::from_secs(20), || {
         server.queue_list().is_empty()
@@ -481,7 +496,7 @@ fn authenticated_sender_must_be_the_users_own() {
         }
         false
     });
-    assert!(stored.contains("with ESMTPA\r\n"), "{stored}");
+    assert!(stored.contains("with ESMTPA id "), "{stored}");
     assert!(!stored.contains("with ESMTPSA"), "{stored}");
 
     // With sender_must_match_login = false anyone authenticated may use

@@ -111,6 +111,9 @@ pub async fn serve<S: SegmentStore>(
         Some(local) => session.with_policy(Rc::new(SharedTier(Arc::clone(local)))),
         None => session.with_policy(Rc::new(NoMailboxes)),
     };
+    if let Connection::Tls(stream) = &conn {
+        session.set_tls_details(crate::tls::agreed(stream.get_ref().1));
+    }
     let mut driver = Driver {
         ctx,
         kind,
@@ -206,9 +209,17 @@ impl<S: SegmentStore> Driver<S> {
 
     async fn store(&mut self, message: Message) {
         let data_ended = Instant::now();
-        let Message { envelope, body } = message;
+        let Message {
+            envelope,
+            body,
+            trace_id_at,
+        } = message;
         let size = body.len() as u64;
-        let result = self.ctx.spool.store(&envelope, body).await;
+        let result = self
+            .ctx
+            .spool
+            .store_traced(&envelope, body, trace_id_at)
+            .await;
         let now = Instant::now();
         match result {
             Ok(id) => {
@@ -302,6 +313,10 @@ impl<S: SegmentStore> Driver<S> {
         {
             Ok(conn) => {
                 tracing::debug!(%peer, "starttls");
+                if let Connection::Tls(stream) = &conn {
+                    self.session
+                        .set_tls_details(crate::tls::agreed(stream.get_ref().1));
+                }
                 self.conn = conn;
                 self.session.handle_tls_established(Instant::now());
                 Ok(true)

@@ -175,6 +175,10 @@ pub struct Message {
     pub envelope: Envelope,
     /// Our Received header, then the message: CRLF lines, dot-unstuffed.
     pub body: Vec<u8>,
+    /// Where in `body` the Received header's `id` clause leaves 16 bytes
+    /// for the queue id, which the spool writes there as it stores the
+    /// message (`Spool::store_traced`).
+    pub trace_id_at: Option<usize>,
 }
 
 /// Why the spool did not take a message; the client may retry later.
@@ -203,6 +207,8 @@ struct Transaction {
     envid: Option<String>,
     declared_size: Option<u64>,
     recipients: Vec<Recipient>,
+    /// Where the queue id goes in the body (see [`Message::trace_id_at`]).
+    trace_id_at: Option<usize>,
 }
 
 /// The session's state; each state carries exactly the data it needs, so
@@ -276,7 +282,24 @@ pub struct ServerSession {
     authenticated: Option<String>,
     policy: Rc<dyn LocalPolicy>,
     counters: SessionCounters,
+    /// What the TLS handshake agreed, for the Received header.
+    tls: Option<TlsDetails>,
 }
+
+/// What a TLS handshake agreed, as the glue reads it from the TLS library:
+/// for the Received header's comment and `tls` clause.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsDetails {
+    /// `TLSv1.3`, `TLSv1.2`.
+    pub version: String,
+    /// The IANA name of the cipher suite (`TLS_AES_256_GCM_SHA384`).
+    pub cipher: String,
+    /// The IANA name of the key exchange group (`x25519`), if known.
+    pub group: Option<String>,
+}
+
+/// The `id` clause's placeholder: as long as a queue id (16 hex digits).
+const TRACE_ID_PLACEHOLDER: &str = "0000000000000000";
 
 /// What a session counted since the driver last took the figures
 /// ([`ServerSession::take_counters`]).
@@ -304,6 +327,7 @@ impl ServerSession {
             authenticated: None,
             policy: Rc::new(AcceptAll),
             counters: SessionCounters::default(),
+            tls: None,
         };
         let config = Rc::clone(&session.config);
         session.reply(Reply::Greeting {
@@ -454,6 +478,12 @@ impl ServerSession {
         if self.shutdown_pending && !self.is_closed() {
             self.shut_down();
         }
+    }
+
+    /// What the TLS handshake agreed (implicit TLS or STARTTLS), for the
+    /// Received header.
+    pub fn set_tls_details(&mut self, details: TlsDetails) {
+        self.tls = Some(details);
     }
 
     /// TLS is up: RFC 3207 4.2 says to forget everything learnt before it,
@@ -818,6 +848,7 @@ impl ServerSession {
                 envid: params.envid.map(str::to_owned),
                 declared_size: params.size,
                 recipients: Vec::new(),
+                trace_id_at: None,
             },
         };
         self.reply(Reply::SenderOk);
@@ -936,16 +967,13 @@ impl ServerSession {
         if let Some(reply) = refusal {
             return self.error(reply);
         }
-        let State::ExpectRcptOrData { helo, tx } =
+        let State::ExpectRcptOrData { helo, mut tx } =
             std::mem::replace(&mut self.state, State::ExpectHelo)
         else {
             return; // checked above
         };
-        let rx = BodyReceiver::new(
-            Framing::Dot,
-            self.body_limits(),
-            self.trace_header(&helo, &tx, wall),
-        );
+        let header = self.trace_header(&helo, &mut tx, wall);
+        let rx = BodyReceiver::new(Framing::Dot, self.body_limits(), header);
         self.state = State::ReceivingData { helo, tx, rx };
         self.reply(Reply::StartData);
     }
@@ -1006,8 +1034,11 @@ impl ServerSession {
                     tenant,
                 };
                 self.state = State::AwaitingStore { helo };
-                self.events
-                    .push_back(Event::Message(Message { envelope, body }));
+                self.events.push_back(Event::Message(Message {
+                    envelope,
+                    body,
+                    trace_id_at: tx.trace_id_at,
+                }));
             }
             Err(e) => {
                 self.state = State::ExpectMail { helo };
@@ -1031,8 +1062,8 @@ impl ServerSession {
             return self.discard_chunk(size, reply, state);
         }
         let (helo, tx, rx) = match std::mem::replace(&mut self.state, State::ExpectHelo) {
-            State::ExpectRcptOrData { helo, tx } => {
-                let header = self.trace_header(&helo, &tx, wall);
+            State::ExpectRcptOrData { helo, mut tx } => {
+                let header = self.trace_header(&helo, &mut tx, wall);
                 let rx = BodyReceiver::new(Framing::Chunked, self.body_limits(), header);
                 (helo, tx, rx)
             }
@@ -1159,9 +1190,13 @@ impl ServerSession {
     }
 
     /// Our trace header (RFC 5321 4.4), written first into the body buffer:
-    /// `Received: from HELO ([ip]) by HOST (spate) with PROTO for <rcpt>; DATE`.
-    /// We do no reverse DNS, so the TCP-info is the address literal alone.
-    fn trace_header(&self, helo: &Helo, tx: &Transaction, wall: SystemTime) -> Vec<u8> {
+    /// `Received: from HELO ([ip]) (using TLS...) by HOST (spate) with PROTO
+    /// id QUEUEID [tls CIPHER] for <rcpt>; DATE`. We do no reverse DNS, so
+    /// the TCP-info is the address literal alone. Over TLS a comment says
+    /// the version and cipher (Postfix's `smtpd_tls_received_header`), and
+    /// on submission the RFC 8314 4.3 `tls` clause names the cipher suite.
+    /// The `id` is a placeholder the spool fills in (`tx.trace_id_at`).
+    fn trace_header(&self, helo: &Helo, tx: &mut Transaction, wall: SystemTime) -> Vec<u8> {
         let literal = match self.client_ip() {
             IpAddr::V4(a) => format!("[{a}]"),
             IpAddr::V6(a) => format!("[IPv6:{a}]"),
@@ -1184,10 +1219,29 @@ impl ServerSession {
         header.push_str(&helo.name);
         header.push_str(" (");
         header.push_str(&literal);
-        header.push_str(")\r\n\tby ");
+        header.push(')');
+        if let (true, Some(tls)) = (self.peer.tls, &self.tls) {
+            header.push_str("\r\n\t(using ");
+            header.push_str(&tls.version);
+            header.push_str(" with cipher ");
+            header.push_str(&tls.cipher);
+            header.push(')');
+        }
+        header.push_str("\r\n\tby ");
         header.push_str(&self.config.hostname);
         header.push_str(" (spate) with ");
         header.push_str(protocol);
+        header.push_str(" id ");
+        tx.trace_id_at = Some(header.len());
+        header.push_str(TRACE_ID_PLACEHOLDER);
+        if let (true, true, Some(tls)) = (self.config.submission, self.peer.tls, &self.tls) {
+            header.push_str("\r\n\ttls ");
+            header.push_str(&tls.cipher);
+            if let Some(group) = &tls.group {
+                header.push_str(" group ");
+                header.push_str(group);
+            }
+        }
         if let [only] = tx.recipients.as_slice() {
             header.push_str("\r\n\tfor <");
             header.push_str(&only.address);
@@ -1307,6 +1361,14 @@ mod tests {
 
     /// `drive_with` under a local policy. Credentials are judged by their
     /// password: "right" succeeds, "down" is a temporary failure.
+    fn test_tls() -> TlsDetails {
+        TlsDetails {
+            version: "TLSv1.3".into(),
+            cipher: "TLS_AES_128_GCM_SHA256".into(),
+            group: Some("x25519".into()),
+        }
+    }
+
     fn drive_policy(
         cfg: ServerConfig,
         peer: PeerInfo,
@@ -1318,6 +1380,10 @@ mod tests {
         let max_line = cfg.max_line_length;
         let max_body = cfg.max_message_size + 512;
         let mut s = ServerSession::new(Rc::new(cfg), peer, t0).with_policy(policy);
+        // As the glue does after a handshake (here: implicit TLS).
+        if peer.tls {
+            s.set_tls_details(test_tls());
+        }
         let mut t = Transcript::default();
         let mut out = Vec::new();
         let mut pending: Vec<u8> = Vec::new();
@@ -1343,6 +1409,7 @@ mod tests {
                         Event::StartTls => {
                             pending.clear();
                             t.tls += 1;
+                            s.set_tls_details(test_tls());
                             s.handle_tls_established(t0);
                         }
                         Event::Authenticate(c) => {
@@ -1408,7 +1475,7 @@ mod tests {
     fn header(with: &str, rcpt: Option<&str>) -> String {
         let for_clause = rcpt.map_or(String::new(), |r| format!("\r\n\tfor <{r}>"));
         format!(
-            "Received: from client.example ([192.0.2.7])\r\n\tby mx.test (spate) with {with}{for_clause};\r\n\t{DATE}\r\n"
+            "Received: from client.example ([192.0.2.7])\r\n\tby mx.test (spate) with {with} id 0000000000000000{for_clause};\r\n\t{DATE}\r\n"
         )
     }
 
@@ -2310,6 +2377,55 @@ mod tests {
 
     fn drive_auth(cfg: ServerConfig, peer: PeerInfo, input: &str) -> Transcript {
         drive_policy(cfg, peer, Rc::new(OneUser), input.as_bytes(), || usize::MAX)
+    }
+
+    #[test]
+    fn the_trace_header_has_the_queue_id_slot_and_the_tls_agreed() {
+        let input = format!(
+            "EHLO c\r\nAUTH PLAIN {}\r\n\
+             MAIL FROM:<alice@local.test>\r\nRCPT TO:<x@elsewhere.example>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n",
+            plain("alice", "right")
+        );
+        let t = drive_auth(submission(), peer_at([192, 0, 2, 1], true), &input);
+        let m = &t.messages[0];
+        let body = String::from_utf8_lossy(&m.body);
+        assert!(
+            body.starts_with(
+                "Received: from c ([192.0.2.1])\r\n\t(using TLSv1.3 with cipher TLS_AES_128_GCM_SHA256)\r\n\
+                 \tby mx.test (spate) with ESMTPSA id 0000000000000000\r\n\
+                 \ttls TLS_AES_128_GCM_SHA256 group x25519\r\n\tfor <x@elsewhere.example>;"
+            ),
+            "{body}"
+        );
+        let at = m.trace_id_at.expect("an id slot");
+        assert_eq!(&m.body[at - 4..at + 16], b" id 0000000000000000");
+        // A relay client over STARTTLS: the comment, no RFC 8314 clause
+        // (that is for submission); in plain text, neither.
+        let cfg = ServerConfig {
+            starttls: true,
+            ..config()
+        };
+        let t = drive_with(
+            cfg,
+            peer(true),
+            format!("EHLO client.example\r\nSTARTTLS\r\n{PROLOGUE}DATA\r\nhi\r\n.\r\n").as_bytes(),
+            // A byte at a time: what follows STARTTLS is not pipelined
+            // into the handshake (it would be discarded).
+            || 1,
+        );
+        let body = String::from_utf8_lossy(&t.messages[0].body);
+        assert!(
+            body.contains("\t(using TLSv1.3 with cipher TLS_AES_128_GCM_SHA256)\r\n"),
+            "{body}"
+        );
+        assert!(body.contains("with ESMTPS id "), "{body}");
+        assert!(!body.contains("\ttls "), "{body}");
+        let t = drive(&format!("{PROLOGUE}DATA\r\nhi\r\n.\r\n"));
+        let body = String::from_utf8_lossy(&t.messages[0].body);
+        assert!(
+            !body.contains("using") && !body.contains("\ttls "),
+            "{body}"
+        );
     }
 
     #[test]

@@ -76,6 +76,9 @@ impl SpoolId {
     }
 }
 
+/// How long a [`SpoolId`] is as text (16 hex digits).
+pub const TRACE_ID_LEN: usize = 16;
+
 impl fmt::Display for SpoolId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:016x}", self.0)

@@ -46,7 +46,7 @@ mod sim;
 mod tests;
 
 pub use error::{ParseSpoolIdError, SpoolError};
-pub use id::{SegmentId, SpoolId};
+pub use id::{SegmentId, SpoolId, TRACE_ID_LEN};
 pub use io::{GlommioSegmentFile, GlommioStore, SegmentFile, SegmentStore};
 pub use layout::disk_usage;
 pub use lock::{SpoolLock, SpoolLockError};

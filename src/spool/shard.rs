@@ -29,7 +29,7 @@ use crate::metrics::Latency;
 
 use super::commit::{Gate, Signal};
 use super::error::SpoolError;
-use super::id::{SegmentId, SpoolId};
+use super::id::{SegmentId, SpoolId, TRACE_ID_LEN};
 use super::io::{GlommioStore, SegmentStore};
 use super::layout;
 use super::ledger::Ledger;
@@ -311,19 +311,41 @@ impl<S: SegmentStore> Spool<S> {
     /// the session may answer 250. The body is written without a copy.
     /// Many tasks may call this at once: they share syncs.
     pub async fn store(&self, envelope: &Envelope, body: Vec<u8>) -> Result<SpoolId, SpoolError> {
+        self.store_traced(envelope, body, None).await
+    }
+
+    /// [`Spool::store`], writing the id the message gets (16 hex digits,
+    /// as it is shown) into `body` at `trace_id_at` first: the `id` clause
+    /// of the session's Received header, so a reader of the message can
+    /// find it in the logs. The id is where the record goes, known only
+    /// once its space is reserved; the 16 bytes there are replaced.
+    pub async fn store_traced(
+        &self,
+        envelope: &Envelope,
+        body: Vec<u8>,
+        trace_id_at: Option<usize>,
+    ) -> Result<SpoolId, SpoolError> {
         let _busy = self.enter()?;
         self.discard_abandoned().await;
-        let rec = record::encode_message(envelope, body);
-        let crc = rec.crc;
+        let mut rec = record::encode_message(envelope, body);
         let (seg, offset, rolled) = self.reserve(rec.len).await?;
+        // roll() refuses sequence numbers past 24 bits, so this holds.
+        let id = SpoolId::new(seg.id, offset).ok_or(SpoolError::SequenceExhausted(self.shard))?;
+        if let Some(at) = trace_id_at {
+            let mut body = std::mem::take(&mut rec.body);
+            if let Some(slot) = body.get_mut(at..at + TRACE_ID_LEN) {
+                slot.copy_from_slice(format!("{id}").as_bytes());
+            }
+            // Same length, new checksum.
+            rec = record::encode_message(envelope, body);
+        }
+        let crc = rec.crc;
         let mut in_flight = InFlight {
             ledger: &self.ledger,
             abandoned: &self.abandoned,
             seg: seg.id,
             message: None,
         };
-        // roll() refuses sequence numbers past 24 bits, so this holds.
-        let id = SpoolId::new(seg.id, offset).ok_or(SpoolError::SequenceExhausted(self.shard))?;
         self.ledger.borrow_mut().add_live(id, crc);
         in_flight.message = Some((id, crc));
         let head_len = rec.head.len() as u64;
