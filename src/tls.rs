@@ -166,36 +166,6 @@ fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn loads_a_generated_certificate() {
-        let dir = tempfile::tempdir().unwrap();
-        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-        let cert_path = dir.path().join("cert.pem");
-        let key_path = dir.path().join("key.pem");
-        std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-        std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
-        assert!(server_config(&cert_path, &key_path).is_ok());
-        // Swapped files: a clear error, not a panic.
-        assert!(server_config(&key_path, &cert_path).is_err());
-        assert!(server_config(&dir.path().join("missing"), &key_path).is_err());
-    }
-
-    #[test]
-    fn client_configs_build() {
-        let dir = tempfile::tempdir().unwrap();
-        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-        let ca = dir.path().join("ca.pem");
-        std::fs::write(&ca, cert.cert.pem()).unwrap();
-        assert!(client_config(false, None).is_ok());
-        assert!(client_config(true, Some(&ca)).is_ok());
-        assert!(client_config(true, Some(&dir.path().join("missing"))).is_err());
-    }
-}
-
 /// What a server-side handshake agreed, named as the Received header
 /// writes it: `TLSv1.3`, the IANA cipher suite name (rustls says
 /// `TLS13_AES_256_GCM_SHA384` for the registry's `TLS_AES_256_GCM_SHA384`)
@@ -233,5 +203,35 @@ pub fn agreed(conn: &rustls::ServerConnection) -> crate::smtp::session::TlsDetai
         version,
         cipher,
         group,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loads_a_generated_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let cert_path = dir.path().join("cert.pem");
+        let key_path = dir.path().join("key.pem");
+        std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+        std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+        assert!(server_config(&cert_path, &key_path).is_ok());
+        // Swapped files: a clear error, not a panic.
+        assert!(server_config(&key_path, &cert_path).is_err());
+        assert!(server_config(&dir.path().join("missing"), &key_path).is_err());
+    }
+
+    #[test]
+    fn client_configs_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, cert.cert.pem()).unwrap();
+        assert!(client_config(false, None).is_ok());
+        assert!(client_config(true, Some(&ca)).is_ok());
+        assert!(client_config(true, Some(&dir.path().join("missing"))).is_err());
     }
 }
