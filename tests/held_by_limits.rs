@@ -73,7 +73,7 @@ fn messages_over_a_destination_cap_are_held_not_deferred() {
     assert!(!log.contains("deferred"), "a message was deferred");
     let held = log
         .lines()
-        .filter(|l| l.contains("held: the destination's ready queue is full"))
+        .filter(|l| l.contains("held: the destination has no room now"))
         .count();
     eprintln!("{MESSAGES} messages, {held} holds by the cap of 5");
     assert!(
@@ -182,7 +182,7 @@ fn thousands_held_for_a_suspended_site_wait_uncounted_while_another_site_is_serv
     let log = server.stderr_text();
     let holds = log
         .lines()
-        .filter(|l| l.contains("held: the destination's ready queue is full"))
+        .filter(|l| l.contains("held: the destination has no room now"))
         .count();
     // At most 50 per core wait in the ready queues; the rest are held.
     assert!(
