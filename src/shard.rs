@@ -368,6 +368,7 @@ pub fn smtp_server_config(config: &Config) -> ServerConfig {
         max_errors: s.max_errors,
         max_hops: s.max_hops,
         bare_line_endings: s.bare_line_endings,
+        body_line_limit: (s.body_line_limit > 0).then_some(s.body_line_limit),
         local_domains: config.local.domains.clone(),
         starttls: config.tls.is_some(),
         timeouts: crate::smtp::Timeouts {

@@ -510,6 +510,10 @@ pub struct Smtp {
     pub max_hops: usize,
     /// A bare CR or LF inside message data: `reject` or `normalize`.
     pub bare_line_endings: BareLineEndings,
+    /// Longest line of message content kept as it is, CRLF excluded; a
+    /// longer one is folded at receipt (RFC 5321 4.5.3.1.6 allows 998 on
+    /// the wire; Postfix's `smtp_line_length_limit`). 0 keeps every line.
+    pub body_line_limit: usize,
     /// Time allowed to wait for the next command (RFC 5321 4.5.3.2.7).
     #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
@@ -535,6 +539,7 @@ impl Default for Smtp {
             max_errors: 20,
             max_hops: 50,
             bare_line_endings: BareLineEndings::Reject,
+            body_line_limit: 998,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
             max_connections: 10_000,
@@ -559,6 +564,11 @@ pub struct Delivery {
     /// to its sender.
     #[serde(with = "humantime_serde")]
     pub maximal_queue_lifetime: Duration,
+    /// After this long in the queue, a message still being retried gets
+    /// its sender one "delayed" DSN (Postfix's `delay_warning_time`);
+    /// zero (the default) sends none.
+    #[serde(with = "humantime_serde")]
+    pub delay_warning_time: Duration,
     /// Outbound connections per core, all destinations together.
     pub max_connections: usize,
     /// Outbound connections per core to one destination.
@@ -591,6 +601,7 @@ impl Default for Delivery {
             minimal_backoff: Duration::from_secs(300),
             maximal_backoff: Duration::from_secs(4000),
             maximal_queue_lifetime: Duration::from_secs(5 * 24 * 3600),
+            delay_warning_time: Duration::ZERO,
             max_connections: 100,
             max_connections_per_destination: 20,
             max_messages_per_connection: 100,
@@ -692,6 +703,9 @@ impl Config {
             return invalid(
                 "smtp.max_line_length must be at least 512 (RFC 5321 4.5.3.1.4)".into(),
             );
+        }
+        if s.body_line_limit != 0 && s.body_line_limit < 78 {
+            return invalid("smtp.body_line_limit must be 0 (no folding) or at least 78".into());
         }
         if s.max_recipients < 1 || s.max_errors < 1 || s.max_hops < 1 {
             return invalid(

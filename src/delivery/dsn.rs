@@ -85,6 +85,9 @@ pub struct ReportedRecipient {
     /// The host that gave the reply, when one did.
     pub remote_mta: Option<String>,
     pub action: DsnAction,
+    /// The failure's bounce class (`shaping::BounceClass`), reported in
+    /// the `X-Spate-Class` extension field (RFC 3464 "X-" fields).
+    pub class: Option<&'static str>,
 }
 
 impl ReportedRecipient {
@@ -104,6 +107,7 @@ impl ReportedRecipient {
             diagnostic: outcome.reply.clone(),
             remote_mta: outcome.remote_mta.clone(),
             action: DsnAction::Failed,
+            class: None,
         })
     }
 
@@ -118,6 +122,7 @@ impl ReportedRecipient {
             diagnostic: outcome.reply.clone(),
             remote_mta: outcome.remote_mta.clone(),
             action,
+            class: None,
         }
     }
 }
@@ -622,6 +627,9 @@ fn status_part(
         if let Some(remote) = r.failed.remote_mta.as_deref().and_then(remote_mta_name) {
             push_field(&mut s, "Remote-MTA", &format!("dns; {}", one_line(remote)));
         }
+        if let Some(class) = r.failed.class {
+            push_field(&mut s, "X-Spate-Class", class);
+        }
         let diag = diagnostic_line(&r.failed.diagnostic);
         if !diag.is_empty() {
             let kind = if status_of(&diag).is_some() {
@@ -713,6 +721,7 @@ mod tests {
             // As the SMTP agent names it in logs: host[address]:port.
             remote_mta: Some("mx.example.test[192.0.2.25]:25".into()),
             action,
+            class: None,
         }
     }
 

@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::time::SystemTime;
 
 use crate::delivery::attempts::{next_step, Attempt, Attempts, NextStep};
-use crate::delivery::dsn::{build_dsn, wants, DsnAction, ReportedRecipient};
+use crate::delivery::dsn::{build_dsn, status_of, wants, DsnAction, ReportedRecipient};
 use crate::delivery::report::RecipientReport;
 use crate::envelope::{Envelope, Recipient};
 use crate::metrics::{MessageResult, RecipientResult};
@@ -206,6 +206,7 @@ impl<S: SegmentStore + 'static> Recorder<S> {
         let from = envelope.map_or("", |e| e.sender.as_str());
         let relay = relay.unwrap_or(NO_RELAY);
         let source = via.unwrap_or(NO_SOURCE);
+        let shaping = self.ctx.shaping();
         let mut metrics = self.ctx.metrics.borrow_mut();
         for r in results {
             let to = envelope
@@ -218,12 +219,16 @@ impl<S: SegmentStore + 'static> Recorder<S> {
                     tracing::info!(%id, from, to, relay, source, reply, attempts, "delivered");
                 }
                 Outcome::TransientFailure => {
+                    let class = shaping.classify(reply);
                     metrics.count_recipient_via(RecipientResult::Deferred, via);
-                    tracing::info!(%id, from, to, relay, source, reply, attempts, "deferred");
+                    metrics.count_failure(class, RecipientResult::Deferred);
+                    tracing::info!(%id, from, to, relay, source, reply, %class, attempts, "deferred");
                 }
                 Outcome::PermanentFailure => {
+                    let class = shaping.classify(reply);
                     metrics.count_recipient_via(RecipientResult::Bounced, via);
-                    tracing::info!(%id, from, to, relay, source, reply, attempts, "bounced");
+                    metrics.count_failure(class, RecipientResult::Bounced);
+                    tracing::info!(%id, from, to, relay, source, reply, %class, attempts, "bounced");
                 }
             }
         }
@@ -294,11 +299,57 @@ impl<S: SegmentStore + 'static> Recorder<S> {
                     tracing::warn!(%id, error = %e, "cannot record a deferral");
                 }
                 tracing::debug!(%id, attempts = deferred.attempts, next = deferred.next_attempt_unix, error = %error, "retry scheduled");
+                self.warn_of_delay(id, &error).await;
             }
             Ok(Deferral::Expired(dispatch)) => Box::pin(self.expire(dispatch)).await,
             Err(e) => tracing::debug!(%id, error = %e, "stale delivery report"),
         }
         None
+    }
+
+    /// Past `[delivery] delay_warning_time` in the queue, a message still
+    /// being retried gets its sender one "delayed" DSN (Postfix's
+    /// `delay_warning_time`) for the pending recipients whose NOTIFY asks
+    /// for DELAY (no NOTIFY does, NEVER and FAILURE alone do not: RFC 3461
+    /// 4.1). Once per message: the notice is recorded in the spool, so a
+    /// restart does not send another; a DSN that cannot be spooled is
+    /// tried again at the next deferral.
+    async fn warn_of_delay(&self, id: SpoolId, error: &str) {
+        let after = self.ctx.config.delivery.delay_warning_time;
+        if after.is_zero() || self.ctx.queue.borrow().delay_noticed(id) {
+            return;
+        }
+        let Some(message) = self.message(id) else {
+            return;
+        };
+        let in_queue = unix_now().0.saturating_sub(message.envelope().received_at);
+        if in_queue < after.as_secs() {
+            return;
+        }
+        let status = status_of(error)
+            .filter(|s| s.starts_with('4'))
+            .unwrap_or_else(|| "4.0.0".to_owned());
+        let delayed: Vec<ReportedRecipient> = self
+            .pending(id)
+            .into_iter()
+            .map(|index| ReportedRecipient {
+                index,
+                status: status.clone(),
+                diagnostic: error.to_owned(),
+                remote_mta: None,
+                action: DsnAction::Delayed,
+                class: None,
+            })
+            .collect();
+        if let Err(e) = self.send_dsn(id, Some(&message), &delayed).await {
+            tracing::warn!(%id, error = %e, "delay notice postponed: cannot spool its DSN");
+            return;
+        }
+        drop(message);
+        if let Err(e) = self.ctx.spool.record_delay_notice(id).await {
+            tracing::warn!(%id, error = %e, "cannot record the delay notice: a restart may send another");
+        }
+        self.ctx.queue.borrow_mut().note_delay_notice(id);
     }
 
     /// The lifetime is over: every pending recipient expires, with a DSN.
@@ -335,11 +386,11 @@ impl<S: SegmentStore + 'static> Recorder<S> {
             let to = envelope
                 .and_then(|e| e.recipients.get(index as usize))
                 .map_or("", |x| x.address.as_str());
-            tracing::info!(%id, from, to, relay = NO_RELAY, reply = %reply, attempts, "expired");
-            self.ctx
-                .metrics
-                .borrow_mut()
-                .count_recipient(RecipientResult::Expired);
+            let class = self.ctx.shaping().classify(&reply);
+            tracing::info!(%id, from, to, relay = NO_RELAY, reply = %reply, %class, attempts, "expired");
+            let mut metrics = self.ctx.metrics.borrow_mut();
+            metrics.count_recipient(RecipientResult::Expired);
+            metrics.count_failure(class, RecipientResult::Expired);
         }
         drop(message);
         for index in pending {
@@ -362,6 +413,7 @@ impl<S: SegmentStore + 'static> Recorder<S> {
                 diagnostic: "550 5.0.0 message returned by the postmaster".into(),
                 remote_mta: None,
                 action: crate::delivery::dsn::DsnAction::Failed,
+                class: None,
             })
             .collect();
         let message = self.message(id);
@@ -415,10 +467,20 @@ impl<S: SegmentStore + 'static> Recorder<S> {
             tracing::error!(%id, "cannot read a message to bounce it");
             return Ok(());
         };
+        // Each failure with its bounce class.
+        let shaping = self.ctx.shaping();
+        let reported: Vec<ReportedRecipient> = failed
+            .iter()
+            .map(|r| ReportedRecipient {
+                class: (!matches!(r.action, DsnAction::Delivered | DsnAction::Relayed))
+                    .then(|| shaping.classify(&r.diagnostic).label()),
+                ..r.clone()
+            })
+            .collect();
         let dsn = build_dsn(
             message.envelope(),
             message.body(),
-            failed,
+            &reported,
             &self.ctx.config.hostname,
             message.envelope().received_at,
             SystemTime::now(),

@@ -295,6 +295,8 @@ pub fn smtp_session(data: &[u8]) {
         } else {
             BareLineEndings::Normalize
         },
+        // Folding at a small limit half the time: long lines cross it.
+        body_line_limit: (ctl[4] & 0x80 != 0).then_some(8 + usize::from(ctl[4] & 0x3f)),
         local_domains: vec!["local.test".to_owned(), "例子.测试".to_owned()],
         starttls: bits & 0x40 != 0,
         timeouts: Timeouts::default(),

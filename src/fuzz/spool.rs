@@ -102,7 +102,11 @@ fn check_payload(payload: &[u8]) {
         assert_eq!(again, envelope, "message envelope changed by encode+decode");
         assert_eq!(&bytes[HEADER_LEN..][again_body], &payload[body]);
     }
-    for kind in [RecordKind::RecipientOutcome, RecordKind::Deferred] {
+    for kind in [
+        RecordKind::RecipientOutcome,
+        RecordKind::Deferred,
+        RecordKind::DelayNotice,
+    ] {
         if let Ok(state) = decode_state(kind, payload) {
             let bytes = encode_state(&state);
             let again = decode_state(kind, state_payload(&bytes)).expect("a re-encoded state");

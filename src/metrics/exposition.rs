@@ -172,6 +172,22 @@ pub fn render(s: &Snapshot) -> String {
         "Sites whose queued mail a back-off rule's bounce returned to the senders.",
         c.site_bounces,
     );
+    let name = "spate_delivery_failures_total";
+    out.header(
+        name,
+        "counter",
+        "Recipient failures by bounce class and outcome (deferred, bounced, expired).",
+    );
+    for class in crate::shaping::BounceClass::ALL {
+        for (column, outcome) in ["deferred", "bounced", "expired"].iter().enumerate() {
+            let _ = writeln!(
+                out.0,
+                "{name}{{class=\"{}\",outcome=\"{outcome}\"}} {}",
+                class.label(),
+                c.failures_by_class[class as usize][column]
+            );
+        }
+    }
     if !s.recipients_by_source.is_empty() {
         let name = "spate_delivery_source_recipients_total";
         out.header(

@@ -136,6 +136,9 @@ pub struct Counters {
     pub throttles: u64,
     /// Sites whose mail a back-off rule's `bounce` returned.
     pub site_bounces: u64,
+    /// Recipient failures by bounce class (`shaping::BounceClass`) and
+    /// outcome: deferred, bounced, expired.
+    pub failures_by_class: [[u64; 3]; 9],
 }
 
 impl Counters {
@@ -166,6 +169,9 @@ impl Counters {
         self.suspensions += o.suspensions;
         self.throttles += o.throttles;
         self.site_bounces += o.site_bounces;
+        for (mine, theirs) in self.failures_by_class.iter_mut().zip(&o.failures_by_class) {
+            add(mine, theirs);
+        }
     }
 }
 
@@ -452,6 +458,17 @@ impl Metrics {
 
     pub fn count_recipient(&mut self, result: RecipientResult) {
         self.counters.recipients[result as usize] += 1;
+    }
+
+    /// Counts a failed recipient under its bounce class.
+    pub fn count_failure(&mut self, class: crate::shaping::BounceClass, result: RecipientResult) {
+        let column = match result {
+            RecipientResult::Delivered => return,
+            RecipientResult::Deferred => 0,
+            RecipientResult::Bounced => 1,
+            RecipientResult::Expired => 2,
+        };
+        self.counters.failures_by_class[class as usize][column] += 1;
     }
 
     /// Counts a recipient's result, also under the egress source it went

@@ -138,6 +138,8 @@ struct Message {
     /// delivery engine's held sets can name a message that has moved on
     /// since; this keeps them from releasing a deferred retry.)
     held: bool,
+    /// The sender was sent its "delayed" DSN: never a second.
+    delay_noticed: bool,
     recipients: u32,
     attempts: u32,
     last_error: Option<Rc<str>>,
@@ -311,6 +313,7 @@ impl<J: Jitter> Queue<J> {
         message.at = UnixTime(delivery.next_attempt_unix().unwrap_or(entry.received_at));
         message.attempts = delivery.attempts();
         message.last_error = delivery.last_error().map(|e| self.errors.intern(e));
+        message.delay_noticed = delivery.delay_noticed;
         let finished: BTreeSet<u32> = delivery
             .outcomes
             .keys()
@@ -333,6 +336,7 @@ impl<J: Jitter> Queue<J> {
             attempt: None,
             task: Task::Deliver,
             held: false,
+            delay_noticed: false,
             recipients: u32::try_from(entry.recipients).unwrap_or(u32::MAX),
             attempts: 0,
             last_error: None,
@@ -571,6 +575,18 @@ impl<J: Jitter> Queue<J> {
             self.set_state(id, MessageState::Waiting { at: now });
         }
         waiting_later
+    }
+
+    /// Whether the sender of `id` was sent its "delayed" DSN.
+    pub fn delay_noticed(&self, id: SpoolId) -> bool {
+        self.messages.get(&id).is_some_and(|m| m.delay_noticed)
+    }
+
+    /// Notes that the sender of `id` was sent its "delayed" DSN.
+    pub fn note_delay_notice(&mut self, id: SpoolId) {
+        if let Some(m) = self.messages.get_mut(&id) {
+            m.delay_noticed = true;
+        }
     }
 
     /// Notes that a recipient needs no more attempts (its outcome was

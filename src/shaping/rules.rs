@@ -39,7 +39,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::class::{BounceClass, ClassEntry, ClassRule};
 use super::rate::Rate;
+use super::reply_match::{ReplyMatch, ReplyMatchEntry};
 
 /// The rules spate ships, from the big receivers' published sender
 /// guidance; users extend them with `[delivery] shaping_file`.
@@ -150,6 +152,8 @@ struct File {
     source: BTreeMap<String, Limits>,
     #[serde(default)]
     backoff: Vec<BackoffEntry>,
+    #[serde(default)]
+    class: Vec<ClassEntry>,
 }
 
 /// A `[[backoff]]` entry as written: what it matches (every matcher
@@ -196,9 +200,7 @@ pub const RECOVER_AFTER: u32 = 100;
 /// A back-off rule: a receiver's reply it matches and what it does.
 #[derive(Debug, Clone)]
 pub struct Backoff {
-    pattern: Option<regex::Regex>,
-    code: Option<u16>,
-    enhanced: Option<String>,
+    matcher: ReplyMatch,
     /// Suspend the site this long.
     pub suspend: Option<Duration>,
     pub throttle: Option<ThrottleStep>,
@@ -206,31 +208,19 @@ pub struct Backoff {
     pub bounce: Option<Duration>,
     /// The recipient fails for good.
     pub fail: bool,
-    /// The matchers as written (for logs).
-    description: String,
 }
 
 impl Backoff {
     fn compile(entry: &BackoffEntry) -> Result<Backoff, ShapingError> {
         let invalid = |what: &str| ShapingError::Invalid(format!("[[backoff]] {entry:?}: {what}"));
-        let pattern = match &entry.reply {
-            Some(text) => Some(
-                regex::RegexBuilder::new(text)
-                    .size_limit(1 << 20)
-                    .build()
-                    .map_err(|e| ShapingError::Invalid(format!("[[backoff]] reply: {e}")))?,
-            ),
-            None => None,
-        };
-        if pattern.is_none() && entry.code.is_none() && entry.enhanced.is_none() {
-            return Err(invalid("needs reply, code or enhanced"));
-        }
-        if entry
-            .code
-            .is_some_and(|c| !(2..=5).contains(&c) && !(200..=599).contains(&c))
-        {
-            return Err(invalid("code must be a reply code (421) or class (4)"));
-        }
+        let matcher = ReplyMatch::compile(
+            ReplyMatchEntry {
+                reply: entry.reply.as_deref(),
+                code: entry.code,
+                enhanced: entry.enhanced.as_deref(),
+            },
+            "[[backoff]]",
+        )?;
         if [entry.suspend, entry.bounce]
             .into_iter()
             .flatten()
@@ -255,19 +245,8 @@ impl Backoff {
                 "needs an action: suspend, throttle, bounce or fail",
             ));
         }
-        let description = [
-            entry.code.map(|c| format!("code {c}")),
-            entry.enhanced.as_ref().map(|e| format!("enhanced {e}")),
-            entry.reply.as_ref().map(|r| format!("reply {r:?}")),
-        ]
-        .into_iter()
-        .flatten()
-        .collect::<Vec<_>>()
-        .join(", ");
         Ok(Backoff {
-            pattern,
-            code: entry.code,
-            enhanced: entry.enhanced.clone(),
+            matcher,
             suspend: entry.suspend,
             throttle: entry.throttle.map(|factor| ThrottleStep {
                 factor,
@@ -275,30 +254,18 @@ impl Backoff {
             }),
             bounce: entry.bounce,
             fail: entry.fail,
-            description,
         })
     }
 
     /// What the rule matches, as written (for logs).
     pub fn pattern(&self) -> &str {
-        &self.description
+        self.matcher.description()
     }
 
     /// Whether a receiver's reply (`421 4.7.0 text`, or a multi-line
     /// reply's lines joined) matches every matcher of the rule.
     pub fn matches(&self, reply: &str) -> bool {
-        let code = reply.get(..3).and_then(|c| c.parse::<u16>().ok());
-        let code_ok = match (self.code, code) {
-            (None, _) => true,
-            (Some(want), Some(got)) if want < 10 => got / 100 == want,
-            (Some(want), Some(got)) => got == want,
-            (Some(_), None) => false,
-        };
-        let enhanced_ok = self.enhanced.as_deref().is_none_or(|want| {
-            crate::delivery::dsn::status_of(reply)
-                .is_some_and(|got| got == want || (want.ends_with('.') && got.starts_with(want)))
-        });
-        code_ok && enhanced_ok && self.pattern.as_ref().is_none_or(|p| p.is_match(reply))
+        self.matcher.matches(reply)
     }
 }
 
@@ -388,6 +355,8 @@ pub struct Shaping {
     file: File,
     /// The back-off rules, compiled, the user's before the shipped ones.
     backoff: Vec<Backoff>,
+    /// The bounce classes' rules, compiled, the user's first.
+    classes: Vec<ClassRule>,
 }
 
 impl Shaping {
@@ -419,14 +388,24 @@ impl Shaping {
             .iter()
             .map(Backoff::compile)
             .collect::<Result<Vec<_>, _>>()?;
+        let classes = file
+            .class
+            .iter()
+            .map(ClassRule::compile)
+            .collect::<Result<Vec<_>, _>>()?;
         let domain = file
             .domain
             .into_iter()
             .map(|(name, limits)| (name.trim_end_matches('.').to_ascii_lowercase(), limits))
             .collect();
         Ok(Shaping {
-            file: File { domain, ..file },
+            file: File {
+                domain,
+                class: Vec::new(),
+                ..file
+            },
             backoff,
+            classes,
         })
     }
 
@@ -454,6 +433,8 @@ impl Shaping {
         source.extend(self.file.source);
         let mut backoff = self.backoff;
         backoff.extend(base.backoff);
+        let mut classes = self.classes;
+        classes.extend(base.classes);
         Shaping {
             file: File {
                 default: self.file.default.over(&base.file.default),
@@ -461,9 +442,21 @@ impl Shaping {
                 domain,
                 source,
                 backoff: Vec::new(),
+                class: Vec::new(),
             },
             backoff,
+            classes,
         }
+    }
+
+    /// The class of a failure's reply (a receiver's, or spate's own): the
+    /// first `[[class]]` rule that matches (the user's, then the shipped
+    /// ones), else what its enhanced status code says (RFC 3463).
+    pub fn classify(&self, reply: &str) -> BounceClass {
+        self.classes
+            .iter()
+            .find(|c| c.matches(reply))
+            .map_or_else(|| BounceClass::of_status(reply), |c| c.class)
     }
 
     /// The first back-off rule matching a receiver's reply.

@@ -24,6 +24,13 @@ pub struct BodyLimits {
     pub max_hops: usize,
     /// Convert bare CR / bare LF to CRLF instead of rejecting the message.
     pub normalize: bool,
+    /// Longest line (octets before its CRLF) stored as it is: a longer
+    /// one is folded by inserting CRLF SPACE after this many octets, as
+    /// Postfix's `smtp_line_length_limit` does on output, so that no line
+    /// relayed is over RFC 5321 4.5.3.1.6's 998 octets (a strict receiver
+    /// refuses such mail). In the header section that is a continuation
+    /// line. `None` keeps every line (and binary content).
+    pub fold_at: Option<usize>,
 }
 
 /// Why a received body is refused. All are permanent (5xx): the same bytes
@@ -82,6 +89,8 @@ pub struct BodyReceiver {
     header_pos: usize,
     headers_done: bool,
     hops: usize,
+    /// Octets of the line being stored since its start (for folding).
+    line_len: usize,
 }
 
 impl BodyReceiver {
@@ -99,6 +108,7 @@ impl BodyReceiver {
             header_pos,
             headers_done: false,
             hops: 0,
+            line_len: 0,
         }
     }
 
@@ -255,11 +265,43 @@ impl BodyReceiver {
         }
     }
 
+    /// Appends content, folding a line that grows past `fold_at`.
+    fn emit(&mut self, bytes: &[u8]) {
+        let Some(limit) = self.limits.fold_at else {
+            return self.store(bytes);
+        };
+        // A CR reaches here only with its LF (bare ones are judged before),
+        // so lines end at each LF and a fold never splits a CRLF.
+        let mut rest = bytes;
+        while !rest.is_empty() && self.failure.is_none() {
+            let room = limit.saturating_sub(self.line_len);
+            let (line, ends) = match memchr(b'\n', rest) {
+                Some(k) => (&rest[..=k], true),
+                None => (rest, false),
+            };
+            let content = if ends {
+                line.len().saturating_sub(2)
+            } else {
+                line.len()
+            };
+            if content <= room {
+                self.store(line);
+                self.line_len = if ends { 0 } else { self.line_len + line.len() };
+                rest = &rest[line.len()..];
+            } else {
+                self.store(&rest[..room]);
+                self.store(b"\r\n ");
+                self.line_len = 1;
+                rest = &rest[room..];
+            }
+        }
+    }
+
     /// Appends content, unless the body already failed or would grow past
     /// the limit: then what fits is kept (so that a rule broken before the
     /// limit is judged first, as it would be had the bytes come in smaller
     /// reads), and the body fails and its memory is released.
-    fn emit(&mut self, bytes: &[u8]) {
+    fn store(&mut self, bytes: &[u8]) {
         if self.failure.is_some() || bytes.is_empty() {
             return;
         }
@@ -324,6 +366,7 @@ mod tests {
         max_size: 1000,
         max_hops: 2,
         normalize: false,
+        fold_at: None,
     };
 
     /// Feeds `input` in pieces of `step` bytes; returns the result and the
@@ -431,6 +474,73 @@ mod tests {
                 String::from_utf8_lossy(case)
             );
             assert!(rest.is_empty());
+        }
+    }
+
+    /// Folding at a small limit (10), as at 998.
+    const FOLDING: BodyLimits = BodyLimits {
+        max_size: 100_000,
+        max_hops: 50,
+        normalize: false,
+        fold_at: Some(10),
+    };
+
+    #[test]
+    fn long_lines_are_folded_and_short_ones_kept_whatever_the_reads() {
+        let input = b"Subject: 0123456789abcde\r\n\r\n0123456789\r\n0123456789a\r\n\
+                      ..23456789abcdefghijklmnopqrstuvwxyz\r\n\r\n.\r\n";
+        let want: &[u8] = b"Subject: 0\r\n 123456789\r\n abcde\r\n\r\n0123456789\r\n\
+                      0123456789\r\n a\r\n.23456789a\r\n bcdefghij\r\n klmnopqrs\r\n tuvwxyz\r\n\r\n";
+        for step in 1..input.len() {
+            let (body, _) = data(input, FOLDING, step);
+            assert_eq!(
+                String::from_utf8_lossy(&body.unwrap()),
+                String::from_utf8_lossy(want),
+                "step {step}"
+            );
+        }
+    }
+
+    #[test]
+    fn folding_keeps_every_line_within_the_limit_and_adds_only_the_folds() {
+        use rand::{Rng, SeedableRng};
+        for seed in 0..200u64 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let limit = rng.gen_range(78..=120);
+            let mut original = Vec::new();
+            for _ in 0..rng.gen_range(1..30) {
+                let len = rng.gen_range(0..400);
+                original.extend((0..len).map(|_| rng.gen_range(b'a'..=b'z')));
+                original.extend_from_slice(b"\r\n");
+            }
+            let mut input = original.clone();
+            input.extend_from_slice(b".\r\n");
+            let limits = BodyLimits {
+                fold_at: Some(limit),
+                ..FOLDING
+            };
+            let step = rng.gen_range(1..500);
+            let body = data(&input, limits, step).0.expect("accepted");
+            for line in body.split(|b| *b == b'\n') {
+                let content = line.strip_suffix(b"\r").unwrap_or(line);
+                assert!(
+                    content.len() <= limit,
+                    "seed {seed}: {} > {limit}",
+                    content.len()
+                );
+            }
+            // Taking every fold out gives the original back.
+            let mut unfolded = Vec::new();
+            let mut i = 0;
+            while i < body.len() {
+                if body[i..].starts_with(b"\r\n ") {
+                    i += 3;
+                } else {
+                    unfolded.push(body[i]);
+                    i += 1;
+                }
+            }
+            assert_eq!(unfolded, original, "seed {seed}");
         }
     }
 

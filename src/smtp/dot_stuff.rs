@@ -220,6 +220,7 @@ mod tests {
             max_size: 1 << 24,
             max_hops: 1000,
             normalize: false,
+            fold_at: None,
         }
     }
 

@@ -81,6 +81,10 @@ pub struct ServerConfig {
     /// Received headers tolerated before a message counts as looping.
     pub max_hops: usize,
     pub bare_line_endings: BareLineEndings,
+    /// Longest line of message content kept as it is (CRLF excluded); a
+    /// longer one is folded with CRLF SPACE (see `BodyLimits::fold_at`).
+    /// `None` keeps every line.
+    pub body_line_limit: Option<usize>,
     /// ASCII-lowercased domains we accept mail for from anyone.
     pub local_domains: Vec<String>,
     /// A certificate is configured, so STARTTLS is offered.
@@ -117,6 +121,7 @@ impl Default for ServerConfig {
             max_errors: 20,
             max_hops: 50,
             bare_line_endings: BareLineEndings::Reject,
+            body_line_limit: Some(998),
             local_domains: Vec::new(),
             starttls: false,
             timeouts: Timeouts::default(),
@@ -618,11 +623,16 @@ impl ServerSession {
         self.close();
     }
 
-    fn body_limits(&self) -> BodyLimits {
+    fn body_limits(&self, tx: &Transaction) -> BodyLimits {
         BodyLimits {
             max_size: self.config.max_message_size,
             max_hops: self.config.max_hops,
             normalize: self.config.bare_line_endings == BareLineEndings::Normalize,
+            // Binary content (RFC 3030) has no lines to fold.
+            fold_at: self
+                .config
+                .body_line_limit
+                .filter(|_| tx.body_type != BodyType::BinaryMime),
         }
     }
 
@@ -973,7 +983,7 @@ impl ServerSession {
             return; // checked above
         };
         let header = self.trace_header(&helo, &mut tx, wall);
-        let rx = BodyReceiver::new(Framing::Dot, self.body_limits(), header);
+        let rx = BodyReceiver::new(Framing::Dot, self.body_limits(&tx), header);
         self.state = State::ReceivingData { helo, tx, rx };
         self.reply(Reply::StartData);
     }
@@ -1064,7 +1074,7 @@ impl ServerSession {
         let (helo, tx, rx) = match std::mem::replace(&mut self.state, State::ExpectHelo) {
             State::ExpectRcptOrData { helo, mut tx } => {
                 let header = self.trace_header(&helo, &mut tx, wall);
-                let rx = BodyReceiver::new(Framing::Chunked, self.body_limits(), header);
+                let rx = BodyReceiver::new(Framing::Chunked, self.body_limits(&tx), header);
                 (helo, tx, rx)
             }
             State::BdatPending { helo, tx, rx } => (helo, tx, rx),

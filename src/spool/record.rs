@@ -11,7 +11,7 @@
 //!  0      4   magic "SPRC"
 //!  4      1   format version (1)
 //!  5      1   record kind (1 Message, 2 Finished, 3 RecipientOutcome,
-//!             4 Deferred; others skipped by readers)
+//!             4 Deferred, 5 DelayNotice; others skipped by readers)
 //!  6      2   flags, zero for now
 //!  8      8   payload length in bytes, little endian (padding excluded)
 //! 16      4   crc32c over bytes 0..16 and then the payload
@@ -50,6 +50,8 @@
 //!   string | 0xD3`.
 //! - Deferred (4): `u32 attempts | u64 next attempt, Unix seconds | last
 //!   error string | 0xD4`.
+//! - DelayNotice (5, added like 3 and 4): `0xD5` alone: the sender was
+//!   sent its "delayed" DSN (`[delivery] delay_warning_time`), once.
 //!
 //! Both are padded with zeros to a multiple of 8 bytes like any record.
 
@@ -72,6 +74,7 @@ const FINISHED_END: u8 = 0xF1;
 const FINISHED_LEN: usize = 16;
 const OUTCOME_END: u8 = 0xD3;
 const DEFERRED_END: u8 = 0xD4;
+const DELAY_NOTICE_END: u8 = 0xD5;
 
 /// Record kinds this version writes. Readers skip other kinds whose
 /// checksum is valid, so later versions can add kinds without a format
@@ -82,6 +85,7 @@ pub(crate) enum RecordKind {
     Finished = 2,
     RecipientOutcome = 3,
     Deferred = 4,
+    DelayNotice = 5,
 }
 
 impl RecordKind {
@@ -91,6 +95,7 @@ impl RecordKind {
             2 => Some(RecordKind::Finished),
             3 => Some(RecordKind::RecipientOutcome),
             4 => Some(RecordKind::Deferred),
+            5 => Some(RecordKind::DelayNotice),
             _ => None,
         }
     }
@@ -101,7 +106,12 @@ impl RecordKind {
     pub(crate) fn is_reference(code: u8) -> bool {
         matches!(
             Self::from_code(code),
-            Some(RecordKind::Finished | RecordKind::RecipientOutcome | RecordKind::Deferred)
+            Some(
+                RecordKind::Finished
+                    | RecordKind::RecipientOutcome
+                    | RecordKind::Deferred
+                    | RecordKind::DelayNotice
+            )
         )
     }
 }
@@ -302,6 +312,8 @@ pub(crate) enum StateChange {
         outcome: RecipientOutcome,
     },
     Deferred(Deferred),
+    /// The "delayed" DSN was sent.
+    DelayNotice,
 }
 
 /// Builds a whole state record, padded to a multiple of 8 bytes.
@@ -325,6 +337,10 @@ pub(crate) fn encode_state(rec: &StateRecord) -> Vec<u8> {
             payload.push(DEFERRED_END);
             RecordKind::Deferred
         }
+        StateChange::DelayNotice => {
+            payload.push(DELAY_NOTICE_END);
+            RecordKind::DelayNotice
+        }
     };
     let fields = header_fields(kind, payload.len() as u64);
     let crc = crc32c::crc32c_append(crc32c::crc32c(&fields), &payload);
@@ -335,7 +351,7 @@ pub(crate) fn encode_state(rec: &StateRecord) -> Vec<u8> {
     out
 }
 
-/// Decodes the payload of a kind 3 or 4 record.
+/// Decodes the payload of a kind 3, 4 or 5 record.
 pub(crate) fn decode_state(kind: RecordKind, payload: &[u8]) -> Result<StateRecord, DecodeError> {
     let mut r = Reader {
         buf: payload,
@@ -367,6 +383,7 @@ pub(crate) fn decode_state(kind: RecordKind, payload: &[u8]) -> Result<StateReco
             };
             (StateChange::Deferred(d), DEFERRED_END)
         }
+        RecordKind::DelayNotice => (StateChange::DelayNotice, DELAY_NOTICE_END),
         RecordKind::Message | RecordKind::Finished => {
             return Err(DecodeError("not a state record"))
         }
@@ -814,6 +831,11 @@ pub(crate) mod tests {
                 }),
             });
         }
+        out.push(StateRecord {
+            target,
+            target_crc: 9,
+            change: StateChange::DelayNotice,
+        });
         out
     }
 
@@ -834,12 +856,18 @@ pub(crate) mod tests {
             for cut in 0..payload.len() {
                 assert!(decode_state(kind, &payload[..cut]).is_err());
             }
-            let other = if kind == RecordKind::Deferred {
-                RecordKind::RecipientOutcome
-            } else {
-                RecordKind::Deferred
-            };
-            assert!(decode_state(other, payload).is_err());
+            for other in [
+                RecordKind::RecipientOutcome,
+                RecordKind::Deferred,
+                RecordKind::DelayNotice,
+            ] {
+                if other != kind {
+                    assert!(
+                        decode_state(other, payload).is_err(),
+                        "{kind:?} as {other:?}"
+                    );
+                }
+            }
         }
     }
 }

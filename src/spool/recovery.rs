@@ -99,6 +99,7 @@ impl Survey {
                     state.add_outcome(*index, outcome.clone());
                 }
                 StateChange::Deferred(d) => state.add_deferral(d.clone()),
+                StateChange::DelayNotice => state.delay_noticed = true,
             }
         }
         self.live().map(move |(id, f)| {
@@ -239,13 +240,18 @@ pub(crate) fn survey_segment(out: &mut Survey, seg: SegmentId, bytes: &[u8], in_
                         Err(e) => tracing::warn!(%seg, offset, error = e.0,
                             "ignoring undecodable Finished marker"),
                     },
-                    (Some(kind @ (RecordKind::RecipientOutcome | RecordKind::Deferred)), _) => {
-                        match record::decode_state(kind, payload) {
-                            Ok(rec) => out.states.push((rec, seg)),
-                            Err(e) => tracing::warn!(%seg, offset, error = e.0,
+                    (
+                        Some(
+                            kind @ (RecordKind::RecipientOutcome
+                            | RecordKind::Deferred
+                            | RecordKind::DelayNotice),
+                        ),
+                        _,
+                    ) => match record::decode_state(kind, payload) {
+                        Ok(rec) => out.states.push((rec, seg)),
+                        Err(e) => tracing::warn!(%seg, offset, error = e.0,
                                 "ignoring undecodable delivery state record"),
-                        }
-                    }
+                    },
                     (None, _) => {
                         if in_full {
                             tracing::info!(%seg, offset, kind = header.kind,

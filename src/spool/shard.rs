@@ -435,6 +435,12 @@ impl<S: SegmentStore> Spool<S> {
             .await
     }
 
+    /// Records that the sender was sent its "delayed" DSN, durably (so a
+    /// restart does not send another).
+    pub async fn record_delay_notice(&self, id: SpoolId) -> Result<(), SpoolError> {
+        self.append_state(id, StateChange::DelayNotice, true).await
+    }
+
     async fn append_state(
         &self,
         id: SpoolId,

@@ -75,6 +75,8 @@ pub struct DeliveryState {
     /// The latest deferral (most attempts; on a tie the later retry time),
     /// `None` if the message was never deferred.
     pub deferred: Option<Deferred>,
+    /// The sender was sent its "delayed" DSN (once per message).
+    pub delay_noticed: bool,
 }
 
 impl DeliveryState {

@@ -4,7 +4,11 @@
 //! does not offer DSN (5.2.2 (b)); when the next hop offers DSN the
 //! request travels on (NOTIFY and ORCPT on its RCPT) and spate sends none
 //! (5.2.1); recipients without SUCCESS get nothing (5.2.2 (e), 5.2.3 (b),
-//! (c)). DSNs reach the sender's own receiver (a capture sink).
+//! (c)). With `[delivery] delay_warning_time`, a message still retried
+//! past it gets one "delayed" DSN if its NOTIFY asks for DELAY (no NOTIFY
+//! does), and a `kill -9` and restart do not send a second. A failure's
+//! bounce class is in its DSN (`X-Spate-Class`), its log line and the
+//! metrics. DSNs reach the sender's own receiver (a capture sink).
 
 #[path = "common/capture.rs"]
 mod capture;
@@ -171,4 +175,82 @@ fn a_next_hop_with_dsn_carries_the_request_on_and_spate_sends_none() {
         "{commands:?}"
     );
     no_more_than(&senders, 0);
+}
+
+#[test]
+fn a_message_retried_past_the_warning_time_gets_one_delayed_dsn() {
+    let receiver = Sink::start_with(&["--tempfail", "100000"]);
+    let senders = Sink::start();
+    let mut server = TestServer::start(
+        Tweaks::default()
+            .cores(1)
+            .extra(&receiver.route("far.example"))
+            .extra(&senders.route("client.test"))
+            .extra(
+                "[delivery]\nminimal_backoff = \"1s\"\nmaximal_backoff = \"1s\"\n\
+                 delay_warning_time = \"2s\"\n",
+            ),
+    );
+    send(&server, &["<ann@far.example>"], "delay-default");
+    send(
+        &server,
+        &["<bea@far.example> NOTIFY=FAILURE"],
+        "delay-failure",
+    );
+    send(&server, &["<cid@far.example> NOTIFY=NEVER"], "delay-never");
+    let dsns = senders.wait_for(1, WAIT);
+    let text = dsns[0]["data"].as_str().unwrap().to_owned();
+    assert!(
+        text.contains("Subject: Delayed Mail (still being retried)"),
+        "{text}"
+    );
+    assert_eq!(field(&text, "Action").as_deref(), Some("delayed"), "{text}");
+    assert_eq!(field(&text, "Status").as_deref(), Some("4.3.0"), "{text}");
+    assert_eq!(
+        field(&text, "Final-Recipient").as_deref(),
+        Some("rfc822; ann@far.example")
+    );
+    assert!(
+        field(&text, "Diagnostic-Code").is_some_and(|d| d.contains("451")),
+        "{text}"
+    );
+    // More retries, a crash and a restart: still the one notice.
+    std::thread::sleep(Duration::from_secs(3));
+    server.kill9();
+    server.restart();
+    std::thread::sleep(Duration::from_secs(4));
+    let all = senders.messages();
+    assert_eq!(all.len(), 1, "one notice per message: {all:#?}");
+    assert_eq!(server.queue_list().len(), 3, "all still being retried");
+}
+
+#[test]
+fn a_failure_carries_its_bounce_class_in_the_dsn_the_log_and_the_metrics() {
+    let receiver = Sink::start_with(&["--reject", "gone@far.example"]);
+    let senders = Sink::start();
+    let server = TestServer::start(
+        Tweaks::default()
+            .extra(&receiver.route("far.example"))
+            .extra(&senders.route("client.test"))
+            .extra("[metrics]\naddress = \"127.0.0.1:0\"\n"),
+    );
+    send(&server, &["<gone@far.example>"], "classed");
+    let dsns = senders.wait_for(1, WAIT);
+    let text = dsns[0]["data"].as_str().unwrap();
+    assert_eq!(field(text, "Action").as_deref(), Some("failed"), "{text}");
+    assert_eq!(
+        field(text, "X-Spate-Class").as_deref(),
+        Some("invalid-recipient"),
+        "{text}"
+    );
+    let bounced = server.stderr_lines_with("bounced");
+    assert!(
+        bounced
+            .iter()
+            .any(|l| l.contains("class=invalid-recipient") && l.contains("gone@far.example")),
+        "{bounced:#?}"
+    );
+    let metrics = common::scrape_metrics(server.listener("metrics"));
+    let sample = "spate_delivery_failures_total{class=\"invalid-recipient\",outcome=\"bounced\"}";
+    assert_eq!(metrics.get(sample), Some(&1.0), "{metrics:#?}");
 }
