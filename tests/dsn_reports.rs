@@ -40,6 +40,16 @@ fn send(server: &TestServer, rcpts: &[&str], marker: &str) {
     c.quit();
 }
 
+/// A server relaying `far.example` to `receiver` and the senders' domain
+/// (`client.test`, where DSNs go) to `senders`, with `tweaks` besides.
+fn relay_server(receiver: &Sink, senders: &Sink, tweaks: Tweaks) -> TestServer {
+    TestServer::start(
+        tweaks
+            .extra(&receiver.route("far.example"))
+            .extra(&senders.route("client.test")),
+    )
+}
+
 /// The DSN's `Name: value` fields (the per-recipient blocks merged: each
 /// test reports one recipient).
 fn field(dsn: &str, name: &str) -> Option<String> {
@@ -109,11 +119,7 @@ fn a_local_delivery_reports_delivered_to_those_who_asked() {
 fn a_next_hop_without_dsn_makes_spate_report_relayed() {
     let receiver = Sink::start();
     let senders = Sink::start();
-    let server = TestServer::start(
-        Tweaks::default()
-            .extra(&receiver.route("far.example"))
-            .extra(&senders.route("client.test")),
-    );
+    let server = relay_server(&receiver, &senders, Tweaks::default());
     send(
         &server,
         &[
@@ -151,11 +157,7 @@ fn a_next_hop_without_dsn_makes_spate_report_relayed() {
 fn a_next_hop_with_dsn_carries_the_request_on_and_spate_sends_none() {
     let receiver = Sink::start_with(&["--dsn"]);
     let senders = Sink::start();
-    let server = TestServer::start(
-        Tweaks::default()
-            .extra(&receiver.route("far.example"))
-            .extra(&senders.route("client.test")),
-    );
+    let server = relay_server(&receiver, &senders, Tweaks::default());
     send(
         &server,
         &["<bob@far.example> NOTIFY=SUCCESS ORCPT=rfc822;bob@far.example"],
@@ -181,15 +183,13 @@ fn a_next_hop_with_dsn_carries_the_request_on_and_spate_sends_none() {
 fn a_message_retried_past_the_warning_time_gets_one_delayed_dsn() {
     let receiver = Sink::start_with(&["--tempfail", "100000"]);
     let senders = Sink::start();
-    let mut server = TestServer::start(
-        Tweaks::default()
-            .cores(1)
-            .extra(&receiver.route("far.example"))
-            .extra(&senders.route("client.test"))
-            .extra(
-                "[delivery]\nminimal_backoff = \"1s\"\nmaximal_backoff = \"1s\"\n\
+    let mut server = relay_server(
+        &receiver,
+        &senders,
+        Tweaks::default().cores(1).extra(
+            "[delivery]\nminimal_backoff = \"1s\"\nmaximal_backoff = \"1s\"\n\
                  delay_warning_time = \"2s\"\n",
-            ),
+        ),
     );
     send(&server, &["<ann@far.example>"], "delay-default");
     send(
@@ -228,11 +228,10 @@ fn a_message_retried_past_the_warning_time_gets_one_delayed_dsn() {
 fn a_failure_carries_its_bounce_class_in_the_dsn_the_log_and_the_metrics() {
     let receiver = Sink::start_with(&["--reject", "gone@far.example"]);
     let senders = Sink::start();
-    let server = TestServer::start(
-        Tweaks::default()
-            .extra(&receiver.route("far.example"))
-            .extra(&senders.route("client.test"))
-            .extra("[metrics]\naddress = \"127.0.0.1:0\"\n"),
+    let server = relay_server(
+        &receiver,
+        &senders,
+        Tweaks::default().extra("[metrics]\naddress = \"127.0.0.1:0\"\n"),
     );
     send(&server, &["<gone@far.example>"], "classed");
     let dsns = senders.wait_for(1, WAIT);
