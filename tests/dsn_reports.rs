@@ -214,6 +214,8 @@ fn a_message_retried_past_the_warning_time_gets_one_delayed_dsn() {
         field(&text, "Diagnostic-Code").is_some_and(|d| d.contains("451")),
         "{text}"
     );
+    // RFC 3464 2.3.9: when spate gives up (received + 5 days, the default).
+    assert!(field(&text, "Will-Retry-Until").is_some(), "{text}");
     // More retries, a crash and a restart: still the one notice.
     std::thread::sleep(Duration::from_secs(3));
     server.kill9();

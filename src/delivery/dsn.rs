@@ -88,6 +88,9 @@ pub struct ReportedRecipient {
     /// The failure's bounce class (`shaping::BounceClass`), reported in
     /// the `X-Spate-Class` extension field (RFC 3464 "X-" fields).
     pub class: Option<&'static str>,
+    /// For a `delayed` report: when spate gives up (Unix seconds), the
+    /// `Will-Retry-Until` field (RFC 3464 2.3.9; in no other report).
+    pub retry_until: Option<u64>,
 }
 
 impl ReportedRecipient {
@@ -108,6 +111,7 @@ impl ReportedRecipient {
             remote_mta: outcome.remote_mta.clone(),
             action: DsnAction::Failed,
             class: None,
+            retry_until: None,
         })
     }
 
@@ -123,6 +127,7 @@ impl ReportedRecipient {
             remote_mta: outcome.remote_mta.clone(),
             action,
             class: None,
+            retry_until: None,
         }
     }
 }
@@ -624,6 +629,15 @@ fn status_part(
             }
         };
         push_field(&mut s, "Status", &status);
+        let retry_until = r
+            .failed
+            .retry_until
+            .filter(|_| r.failed.action == DsnAction::Delayed);
+        if let Some(until) = retry_until {
+            let until = DateTime::<Utc>::from_timestamp(i64::try_from(until).unwrap_or(0), 0)
+                .unwrap_or_default();
+            push_field(&mut s, "Will-Retry-Until", &rfc5322_date(until));
+        }
         if let Some(remote) = r.failed.remote_mta.as_deref().and_then(remote_mta_name) {
             push_field(&mut s, "Remote-MTA", &format!("dns; {}", one_line(remote)));
         }
@@ -722,6 +736,7 @@ mod tests {
             remote_mta: Some("mx.example.test[192.0.2.25]:25".into()),
             action,
             class: None,
+            retry_until: None,
         }
     }
 
@@ -1203,6 +1218,24 @@ mod tests {
         assert_eq!((ct.ctype(), ct.subtype()), ("text", Some("rfc822-headers")));
         assert!(!String::from_utf8_lossy(&dsn.body).contains("Hi Bob"));
         check_lines(&dsn.body);
+    }
+
+    #[test]
+    fn will_retry_until_only_in_a_delayed_report() {
+        let env = envelope();
+        let until = ARRIVAL + 5 * 86_400;
+        let mut delayed = failed(2, DsnAction::Delayed);
+        delayed.retry_until = Some(until);
+        let dsn = build(&env, BODY, &[delayed]).expect("dave has no NOTIFY: DELAY");
+        let text = String::from_utf8_lossy(&dsn.body);
+        assert!(
+            text.contains("Will-Retry-Until: Sun, 19 Nov 2023 22:13:20 +0000"),
+            "{text}"
+        );
+        let mut gave_up = failed(2, DsnAction::Failed);
+        gave_up.retry_until = Some(until);
+        let dsn = build(&env, BODY, &[gave_up]).expect("a failure");
+        assert!(!String::from_utf8_lossy(&dsn.body).contains("Will-Retry-Until"));
     }
 
     #[test]

@@ -329,6 +329,8 @@ impl<S: SegmentStore + 'static> Recorder<S> {
         let status = status_of(error)
             .filter(|s| s.starts_with('4'))
             .unwrap_or_else(|| "4.0.0".to_owned());
+        let lifetime = self.ctx.config.delivery.maximal_queue_lifetime.as_secs();
+        let retry_until = message.envelope().received_at.saturating_add(lifetime);
         let delayed: Vec<ReportedRecipient> = self
             .pending(id)
             .into_iter()
@@ -339,6 +341,7 @@ impl<S: SegmentStore + 'static> Recorder<S> {
                 remote_mta: None,
                 action: DsnAction::Delayed,
                 class: None,
+                retry_until: Some(retry_until),
             })
             .collect();
         if let Err(e) = self.send_dsn(id, Some(&message), &delayed).await {
@@ -414,6 +417,7 @@ impl<S: SegmentStore + 'static> Recorder<S> {
                 remote_mta: None,
                 action: crate::delivery::dsn::DsnAction::Failed,
                 class: None,
+                retry_until: None,
             })
             .collect();
         let message = self.message(id);
