@@ -77,6 +77,89 @@ pub struct Config {
     pub log: Log,
     /// Limits shared with other hosts through Redis; absent: none.
     pub cluster: Option<ClusterConfig>,
+    /// DKIM signing of mail from clients that may relay (`[dkim]`).
+    #[serde(default)]
+    pub dkim: DkimConfig,
+}
+
+/// `[dkim]`: which header fields are signed and how, and
+/// `[dkim.domain.NAME]`, each signing domain's selector and key. Mail is
+/// signed with the key of its RFC5322.From domain (or of its closest
+/// parent domain that has one): the domain DMARC aligns with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimConfig {
+    /// Header fields to sign (`h=`); every instance present is signed,
+    /// and the absence of those missing (see `dkim::DEFAULT_HEADERS`).
+    /// Must name From (RFC 6376 5.4).
+    #[serde(default = "default_dkim_headers")]
+    pub headers: Vec<String>,
+    /// Fields named once more in `h=` than present, so none can be added
+    /// (RFC 6376 8.15).
+    #[serde(default = "default_dkim_over_sign")]
+    pub over_sign: Vec<String>,
+    /// `header/body`: `relaxed` or `simple` each (RFC 6376 3.4).
+    #[serde(default)]
+    pub canonicalization: crate::dkim::Canonicalization,
+    /// Signing domain (`d=`) -> its selector and key.
+    #[serde(default)]
+    pub domain: std::collections::BTreeMap<String, DkimDomain>,
+}
+
+impl Default for DkimConfig {
+    fn default() -> Self {
+        DkimConfig {
+            headers: default_dkim_headers(),
+            over_sign: default_dkim_over_sign(),
+            canonicalization: crate::dkim::Canonicalization::default(),
+            domain: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+/// `[dkim.domain.NAME]`: one signing domain.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimDomain {
+    /// `s=`: the key is published at `<selector>._domainkey.<domain>`.
+    pub selector: String,
+    /// PEM private key: RSA (2048 to 4096 bits) or Ed25519 (PKCS#8).
+    pub private_key: PathBuf,
+}
+
+fn default_dkim_headers() -> Vec<String> {
+    crate::dkim::DEFAULT_HEADERS
+        .iter()
+        .map(|h| (*h).to_owned())
+        .collect()
+}
+
+fn default_dkim_over_sign() -> Vec<String> {
+    crate::dkim::DEFAULT_OVER_SIGN
+        .iter()
+        .map(|h| (*h).to_owned())
+        .collect()
+}
+
+/// RFC 6376 3.1: a selector is dot-separated sub-domains (letters,
+/// digits, hyphens inside).
+fn valid_selector(selector: &str) -> bool {
+    !selector.is_empty()
+        && selector.len() <= 253
+        && selector.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// RFC 5322 2.2: a field name is printable ASCII but the colon.
+fn valid_field_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| (33..=126).contains(&b) && b != b':')
 }
 
 /// `[cluster]`: relay hosts that share their shaping limits and
@@ -749,6 +832,7 @@ impl Config {
         if let Err(e) = crate::egress::EgressPlan::build(self) {
             return invalid(e.to_string());
         }
+        self.validate_dkim()?;
         let d = &self.delivery;
         if d.minimal_backoff.is_zero()
             || d.maximal_backoff < d.minimal_backoff
@@ -781,6 +865,40 @@ impl Config {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// `[dkim]`: domains made lower-case A-labels, selectors and field
+    /// names checked, From among the signed fields.
+    fn validate_dkim(&mut self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        let dkim = &mut self.dkim;
+        if !dkim.headers.iter().any(|h| h.eq_ignore_ascii_case("From")) {
+            return invalid("dkim.headers must name From (RFC 6376 5.4)".into());
+        }
+        for name in dkim.headers.iter().chain(&dkim.over_sign) {
+            if !valid_field_name(name) {
+                return invalid(format!("dkim: {name:?} is not a header field name"));
+            }
+        }
+        let mut domains = std::collections::BTreeMap::new();
+        for (name, entry) in std::mem::take(&mut dkim.domain) {
+            let trimmed = name.trim_end_matches('.');
+            let domain = match idna::domain_to_ascii(trimmed) {
+                Ok(d) if !d.is_empty() && d.contains('.') => d,
+                _ => return invalid(format!("[dkim.domain.{name:?}]: not a domain name")),
+            };
+            if !valid_selector(&entry.selector) {
+                return invalid(format!(
+                    "[dkim.domain.{name:?}] selector {:?}: letters, digits, hyphens and dots only (RFC 6376 3.1)",
+                    entry.selector
+                ));
+            }
+            if domains.insert(domain.clone(), entry).is_some() {
+                return invalid(format!("[dkim.domain] {domain} appears twice"));
+            }
+        }
+        dkim.domain = domains;
         Ok(())
     }
 

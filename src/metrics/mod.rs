@@ -136,6 +136,11 @@ pub struct Counters {
     pub throttles: u64,
     /// Sites whose mail a back-off rule's `bounce` returned.
     pub site_bounces: u64,
+    /// Messages given a DKIM signature at receipt.
+    pub dkim_signed: u64,
+    /// Messages of a signing domain that could not be signed (accepted
+    /// unsigned).
+    pub dkim_failures: u64,
 }
 
 impl Counters {
@@ -166,6 +171,8 @@ impl Counters {
         self.suspensions += o.suspensions;
         self.throttles += o.throttles;
         self.site_bounces += o.site_bounces;
+        self.dkim_signed += o.dkim_signed;
+        self.dkim_failures += o.dkim_failures;
     }
 }
 
