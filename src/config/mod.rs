@@ -1154,4 +1154,50 @@ bare_line_endings = "normalize"
         let text = EMBEDDED_DEFAULT.replace("[smtp]", "[smtp]\nmax_line_length = 100");
         assert!(matches!(Config::parse(&text), Err(ConfigError::Invalid(_))));
     }
+
+    #[test]
+    fn dkim_defaults_and_domains_parse() {
+        let c = Config::embedded();
+        assert!(c.dkim.domain.is_empty());
+        assert_eq!(c.dkim.headers.len(), crate::dkim::DEFAULT_HEADERS.len());
+        assert_eq!(c.dkim.over_sign, vec!["From".to_owned()]);
+        assert_eq!(c.dkim.canonicalization.to_string(), "relaxed/relaxed");
+        let text = format!(
+            "{EMBEDDED_DEFAULT}\n[dkim]\nheaders = [\"From\", \"Subject\"]\nover_sign = []\n\
+             canonicalization = \"simple/relaxed\"\n\
+             [dkim.domain.\"Example.COM.\"]\nselector = \"s2026\"\nprivate_key = \"/k.pem\"\n\
+             [dkim.domain.\"b\u{fc}cher.example\"]\nselector = \"ed.v2\"\nprivate_key = \"k2.pem\"\n"
+        );
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.dkim.headers, ["From", "Subject"]);
+        assert!(c.dkim.over_sign.is_empty());
+        assert_eq!(c.dkim.canonicalization.to_string(), "simple/relaxed");
+        let domains: Vec<&str> = c.dkim.domain.keys().map(String::as_str).collect();
+        assert_eq!(domains, ["example.com", "xn--bcher-kva.example"]);
+        assert_eq!(c.dkim.domain["example.com"].selector, "s2026");
+        assert_eq!(
+            c.dkim.domain["example.com"].private_key,
+            Path::new("/k.pem")
+        );
+    }
+
+    #[test]
+    fn bad_dkim_settings_are_refused() {
+        let domain = "[dkim.domain.\"example.com\"]\nselector = \"s\"\nprivate_key = \"/k.pem\"\n";
+        for bad in [
+            "[dkim]\nheaders = [\"Subject\"]\n".to_owned(),
+            "[dkim]\nheaders = [\"From\", \"Bad:Name\"]\n".to_owned(),
+            "[dkim]\ncanonicalization = \"nowsp\"\n".to_owned(),
+            "[dkim]\nunknown = 1\n".to_owned(),
+            domain.replace("selector = \"s\"", "selector = \"bad_selector\""),
+            domain.replace("selector = \"s\"", "selector = \"\""),
+            domain.replace("example.com", "localhost"),
+            domain.replace("private_key = \"/k.pem\"\n", ""),
+            format!("{domain}extra = true\n"),
+            format!("{domain}[dkim.domain.\"EXAMPLE.com\"]\nselector = \"t\"\nprivate_key = \"/k\"\n"),
+        ] {
+            let text = format!("{EMBEDDED_DEFAULT}\n{bad}");
+            assert!(Config::parse(&text).is_err(), "{bad}");
+        }
+    }
 }
