@@ -1194,7 +1194,9 @@ bare_line_endings = "normalize"
             domain.replace("example.com", "localhost"),
             domain.replace("private_key = \"/k.pem\"\n", ""),
             format!("{domain}extra = true\n"),
-            format!("{domain}[dkim.domain.\"EXAMPLE.com\"]\nselector = \"t\"\nprivate_key = \"/k\"\n"),
+            format!(
+                "{domain}[dkim.domain.\"EXAMPLE.com\"]\nselector = \"t\"\nprivate_key = \"/k\"\n"
+            ),
         ] {
             let text = format!("{EMBEDDED_DEFAULT}\n{bad}");
             assert!(Config::parse(&text).is_err(), "{bad}");
