@@ -273,7 +273,8 @@ fn mail_from_an_authenticated_user_is_signed_and_verifies_rsa_and_ed25519() {
             .extra(&dkim_section(&[
                 ("signed.test", "rsa2048", &rsa.path),
                 ("ed.test", "ed1", &ed.path),
-            ])),
+            ]))
+            .extra("[metrics]\naddress = \"127.0.0.1:0\"\n"),
     );
     let mut c = Client::connect(server.listener("submission"));
     assert_eq!(c.read_reply().code, 220);
@@ -337,6 +338,34 @@ fn mail_from_an_authenticated_user_is_signed_and_verifies_rsa_and_ed25519() {
     assert!(one.windows(tricky_body().len()).any(|w| w == tricky_body()));
     let nokey = verify(&dns, &[kept["nokey"].clone()]);
     assert!(!nokey[0].signed, "{:?}", nokey[0]);
+    // The verifier is strict: one changed octet of the body fails it.
+    let mut tampered = kept["data-ed.test"].clone();
+    let at = tampered.len() - 10;
+    tampered[at] ^= 1;
+    let v = verify(&dns, &[tampered]);
+    assert!(
+        v[0].signed && !v[0].ok,
+        "a tampered message verified: {:?}",
+        v[0]
+    );
+    let metrics = metric_lines(server.listener("metrics"));
+    assert!(
+        metrics.contains(&format!("spate_dkim_signed_total {}", sent.len())),
+        "{metrics}"
+    );
+    assert!(metrics.contains("spate_dkim_failures_total 0"), "{metrics}");
+}
+
+/// The Prometheus text of the metrics endpoint.
+fn metric_lines(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("metrics endpoint");
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .expect("request");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("response");
+    text
 }
 
 #[test]
