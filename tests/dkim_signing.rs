@@ -383,14 +383,22 @@ fn mail_from_an_allowed_network_is_signed_a_strangers_is_not_and_sighup_brings_a
     let server = TestServer::start(
         Tweaks::default()
             .extra(&sink.route("far.example"))
+            .extra("[egress]\ntenant_header = \"X-Tenant\"\n")
             .extra(&dkim("old", &old.path)),
     );
-    // 127.0.0.0/8 may relay: the test's own address is in it.
+    // 127.0.0.0/8 may relay: the test's own address is in it. The tenant
+    // header is removed at receipt, before signing: it never leaves, and
+    // the signature holds without it.
     let mut c = server.session();
     send_data(
         &mut c,
         "app@client.test",
-        &message("a@signed.test", "net-data", "", &tricky_body()),
+        &message(
+            "a@signed.test",
+            "net-data",
+            "X-Tenant: acme\r\n",
+            &tricky_body(),
+        ),
     );
     send_bdat(
         &mut c,
@@ -474,6 +482,10 @@ fn mail_from_an_allowed_network_is_signed_a_strangers_is_not_and_sighup_brings_a
 
     sink.wait_for(4, WAIT);
     let kept = kept_by_marker(&sink);
+    assert!(
+        !String::from_utf8_lossy(&kept["net-data"]).contains("X-Tenant"),
+        "the tenant header left"
+    );
     let markers = ["net-data", "net-bdat", "after-reload", "after-refusal"];
     let messages: Vec<Vec<u8>> = markers.iter().map(|m| kept[*m].clone()).collect();
     let verdicts = verify(&dns, &messages);
