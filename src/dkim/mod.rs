@@ -166,6 +166,12 @@ impl DomainKey {
         })?;
         Ok(signature.to_header().into_bytes())
     }
+
+    /// An RSA signature costs hundreds of microseconds (an Ed25519 one
+    /// tens): the glue signs those on the blocking pool, not on the core.
+    pub fn is_slow(&self) -> bool {
+        matches!(self.kind, KeyKind::Rsa(_))
+    }
 }
 
 /// Every signing domain's key; built from `[dkim]` at start and on each

@@ -69,6 +69,7 @@ fn an_ed25519_signature_verifies_and_carries_the_rfc_tags() {
     let signer = Signer::load(&config(&[("example.com", "sel1", &path)])).unwrap();
     let key = signer.key_for(MESSAGE).expect("a key for example.com");
     assert_eq!(key.kind, KeyKind::Ed25519);
+    assert!(!key.is_slow());
     let header = key.sign(MESSAGE).unwrap();
     assert!(header.ends_with(b"\r\n"));
     // Folded: within RFC 5322 2.1.1's 998 (mail-auth folds the tag list
@@ -236,6 +237,7 @@ fn an_rsa_key_in_pkcs1_or_pkcs8_loads_with_its_size() {
         let signer = Signer::load(&config(&[("example.com", "s", path)])).unwrap();
         let key = signer.key_for(MESSAGE).unwrap();
         assert_eq!(key.kind, KeyKind::Rsa(2048));
+        assert!(key.is_slow());
         let t = tags(&key.sign(MESSAGE).unwrap());
         assert_eq!(t["a"], "rsa-sha256");
         assert_eq!(

@@ -270,31 +270,34 @@ impl<S: SegmentStore> Driver<S> {
     /// every delivery attempt sends them as they are. The body is as it
     /// will be relayed (dot-unstuffed DATA or BDAT chunks joined, CRLF
     /// lines, the tenant header already gone, our `Received:` on top,
-    /// which is not signed). The signature is made on the blocking pool
-    /// (RSA-2048 costs about a millisecond here, Ed25519 tens of
-    /// microseconds: measured, the relay keeps more of its rate with both
-    /// off the core) while the core serves other sessions; the 250 still
-    /// waits for the signed bytes to be durable. A failure is logged and
-    /// counted, and the message goes unsigned. Returns the signing domain.
+    /// which is not signed). An RSA signature (hundreds of microseconds)
+    /// is made on the blocking pool so the core serves other sessions
+    /// meanwhile; the 250 still waits for the signed bytes to be durable.
+    /// A failure is logged and counted, and the message goes unsigned.
+    /// Returns the signing domain (`d=`).
     async fn sign(&mut self, body: &mut Vec<u8>) -> Option<String> {
         let key = self.ctx.dkim().key_for(body)?;
-        let message = Arc::new(std::mem::take(body));
-        let (job_key, job_message) = (Arc::clone(&key), Arc::clone(&message));
-        let result = self
-            .ctx
-            .blocking
-            .run(Lane::Urgent, move || job_key.sign(&job_message))
-            .await;
-        // The job's clone is dropped before its result is sent (or while
-        // it unwinds), so this is the only one left; cloning is the
-        // fallback that cannot lose the message.
-        *body = Arc::try_unwrap(message).unwrap_or_else(|shared| (*shared).clone());
-        let signed = result.unwrap_or_else(|JobFailed| {
-            Err(SignError {
-                domain: key.domain.clone(),
-                why: "the signing job failed".to_owned(),
+        let signed = if key.is_slow() {
+            let message = Arc::new(std::mem::take(body));
+            let (job_key, job_message) = (Arc::clone(&key), Arc::clone(&message));
+            let result = self
+                .ctx
+                .blocking
+                .run(Lane::Urgent, move || job_key.sign(&job_message))
+                .await;
+            // The job's clone is dropped before its result is sent (or
+            // while it unwinds), so this is the only one left; cloning is
+            // the fallback that cannot lose the message.
+            *body = Arc::try_unwrap(message).unwrap_or_else(|shared| (*shared).clone());
+            result.unwrap_or_else(|JobFailed| {
+                Err(SignError {
+                    domain: key.domain.clone(),
+                    why: "the signing job failed".to_owned(),
+                })
             })
-        });
+        } else {
+            key.sign(body)
+        };
         match signed {
             Ok(header) => {
                 body.splice(0..0, header);
