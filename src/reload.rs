@@ -66,7 +66,7 @@ pub enum ReloadError {
     Shaping(#[from] ShapingError),
     #[error("{0}")]
     Egress(#[from] EgressError),
-    #[error("{0}")]
+    #[error(transparent)]
     Dkim(#[from] DkimError),
 }
 
