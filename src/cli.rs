@@ -637,6 +637,11 @@ fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
         *path =
             std::path::absolute(&*path).with_context(|| format!("resolving {}", path.display()))?;
     }
+    for entry in config.dkim.domain.values_mut() {
+        let path = &mut entry.private_key;
+        *path =
+            std::path::absolute(&*path).with_context(|| format!("resolving {}", path.display()))?;
+    }
     Ok(config)
 }
 
@@ -811,8 +816,11 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         .context("starting the blocking-work threads")?;
     let live = Arc::new(
         crate::reload::LiveSettings::load(&config)
-            .context("loading the certificate and shaping rules")?,
+            .context("loading the certificate, shaping rules and DKIM keys")?,
     );
+    for key in live.dkim.keys() {
+        tracing::info!(domain = %key.domain, selector = %key.selector, kind = ?key.kind, "dkim key loaded");
+    }
     let (reservations, addresses) = reserve_ports(&config)?;
     // No other process serves these addresses (SO_REUSEPORT is for our own
     // cores only); the claims are held until this function returns.

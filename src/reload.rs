@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::account::{AccountError, Directory};
 use crate::config::Config;
 use crate::delivery::router::Router;
+use crate::dkim::{DkimError, Signer};
 use crate::egress::{EgressError, EgressPlan};
 use crate::shaping::{Shaping, ShapingError};
 use crate::tls::TlsError;
@@ -28,11 +29,14 @@ pub struct LiveSettings {
     /// Egress sources and pools: work placed after a reload takes them
     /// (budgets spent so far are kept by source name).
     pub egress: Arc<EgressPlan>,
+    /// The DKIM keys (`[dkim]`): messages whose data ends after a reload
+    /// are signed with the new ones.
+    pub dkim: Arc<Signer>,
 }
 
 impl LiveSettings {
-    /// The settings `config` asks for; reads the certificate and shaping
-    /// files.
+    /// The settings `config` asks for; reads the certificate, shaping and
+    /// DKIM key files.
     pub fn load(config: &Config) -> Result<LiveSettings, ReloadError> {
         let tls = match &config.tls {
             Some(tls) => Some(crate::tls::server_config(
@@ -46,6 +50,7 @@ impl LiveSettings {
             router: config.router(),
             shaping: Arc::new(Shaping::load(config.delivery.shaping_file.as_deref())?),
             egress: Arc::new(EgressPlan::build(config)?),
+            dkim: Arc::new(Signer::load(&config.dkim)?),
         })
     }
 }
@@ -61,6 +66,8 @@ pub enum ReloadError {
     Shaping(#[from] ShapingError),
     #[error("{0}")]
     Egress(#[from] EgressError),
+    #[error(transparent)]
+    Dkim(#[from] DkimError),
 }
 
 /// A reload ready to be applied.
@@ -106,7 +113,8 @@ pub fn prepare(running: &Config, reread: &Config) -> Result<Reload, ReloadError>
 /// `reread`: the certificate files (when TLS stays on), the users and
 /// aliases files, the catch-all and quota (all held by the directory),
 /// the `[[route]]`s and the smarthost, `[egress]` but its tenant header
-/// (read by the SMTP sessions, set at start). Everything else stays.
+/// (read by the SMTP sessions, set at start), `[dkim]` (keys, selectors,
+/// signed fields). Everything else stays.
 pub fn merge_reloadable(running: &Config, reread: &Config) -> Config {
     let mut effective = running.clone();
     if let (Some(tls), Some(new)) = (&mut effective.tls, &reread.tls) {
@@ -129,6 +137,7 @@ pub fn merge_reloadable(running: &Config, reread: &Config) -> Config {
     let tenant_header = effective.egress.tenant_header.take();
     effective.egress.clone_from(&reread.egress);
     effective.egress.tenant_header = tenant_header;
+    effective.dkim.clone_from(&reread.dkim);
     effective
 }
 
@@ -165,6 +174,7 @@ pub fn restart_only_changes(effective: &Config, reread: &Config) -> Vec<&'static
         auth => "[auth]",
         pop3 => "[pop3]",
         cluster => "[cluster]",
+        dkim => "[dkim]",
     );
     if changed.is_empty() && format!("{effective:?}") != format!("{reread:?}") {
         changed.push("other settings");

@@ -95,6 +95,7 @@ struct Live {
     router: Rc<Router>,
     shaping: Arc<crate::shaping::Shaping>,
     egress: Arc<crate::egress::EgressPlan>,
+    dkim: Arc<crate::dkim::Signer>,
 }
 
 impl Live {
@@ -104,6 +105,7 @@ impl Live {
             router: Rc::new(settings.router.clone()),
             shaping: Arc::clone(&settings.shaping),
             egress: Arc::clone(&settings.egress),
+            dkim: Arc::clone(&settings.dkim),
         }
     }
 }
@@ -128,6 +130,11 @@ impl<S: SegmentStore> ShardContext<S> {
     /// Egress sources and pools for work placed now.
     pub fn egress(&self) -> Arc<crate::egress::EgressPlan> {
         Arc::clone(&self.live.borrow().egress)
+    }
+
+    /// The DKIM keys for a message whose data ends now.
+    pub fn dkim(&self) -> Arc<crate::dkim::Signer> {
+        Arc::clone(&self.live.borrow().dkim)
     }
 
     /// Takes new settings (a reload): connections already open keep

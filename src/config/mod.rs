@@ -77,6 +77,89 @@ pub struct Config {
     pub log: Log,
     /// Limits shared with other hosts through Redis; absent: none.
     pub cluster: Option<ClusterConfig>,
+    /// DKIM signing of mail from clients that may relay (`[dkim]`).
+    #[serde(default)]
+    pub dkim: DkimConfig,
+}
+
+/// `[dkim]`: which header fields are signed and how, and
+/// `[dkim.domain.NAME]`, each signing domain's selector and key. Mail is
+/// signed with the key of its RFC5322.From domain (or of its closest
+/// parent domain that has one): the domain DMARC aligns with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimConfig {
+    /// Header fields to sign (`h=`); every instance present is signed,
+    /// and the absence of those missing (see `dkim::DEFAULT_HEADERS`).
+    /// Must name From (RFC 6376 5.4).
+    #[serde(default = "default_dkim_headers")]
+    pub headers: Vec<String>,
+    /// Fields named once more in `h=` than present, so none can be added
+    /// (RFC 6376 8.15).
+    #[serde(default = "default_dkim_over_sign")]
+    pub over_sign: Vec<String>,
+    /// `header/body`: `relaxed` or `simple` each (RFC 6376 3.4).
+    #[serde(default)]
+    pub canonicalization: crate::dkim::Canonicalization,
+    /// Signing domain (`d=`) -> its selector and key.
+    #[serde(default)]
+    pub domain: std::collections::BTreeMap<String, DkimDomain>,
+}
+
+impl Default for DkimConfig {
+    fn default() -> Self {
+        DkimConfig {
+            headers: default_dkim_headers(),
+            over_sign: default_dkim_over_sign(),
+            canonicalization: crate::dkim::Canonicalization::default(),
+            domain: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+/// `[dkim.domain.NAME]`: one signing domain.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimDomain {
+    /// `s=`: the key is published at `<selector>._domainkey.<domain>`.
+    pub selector: String,
+    /// PEM private key: RSA (2048 to 4096 bits) or Ed25519 (PKCS#8).
+    pub private_key: PathBuf,
+}
+
+fn default_dkim_headers() -> Vec<String> {
+    crate::dkim::DEFAULT_HEADERS
+        .iter()
+        .map(|h| (*h).to_owned())
+        .collect()
+}
+
+fn default_dkim_over_sign() -> Vec<String> {
+    crate::dkim::DEFAULT_OVER_SIGN
+        .iter()
+        .map(|h| (*h).to_owned())
+        .collect()
+}
+
+/// RFC 6376 3.1: a selector is dot-separated sub-domains (letters,
+/// digits, hyphens inside).
+fn valid_selector(selector: &str) -> bool {
+    !selector.is_empty()
+        && selector.len() <= 253
+        && selector.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// RFC 5322 2.2: a field name is printable ASCII but the colon.
+fn valid_field_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| (33..=126).contains(&b) && b != b':')
 }
 
 /// `[cluster]`: relay hosts that share their shaping limits and
@@ -763,6 +846,7 @@ impl Config {
         if let Err(e) = crate::egress::EgressPlan::build(self) {
             return invalid(e.to_string());
         }
+        self.validate_dkim()?;
         let d = &self.delivery;
         if d.minimal_backoff.is_zero()
             || d.maximal_backoff < d.minimal_backoff
@@ -795,6 +879,40 @@ impl Config {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// `[dkim]`: domains made lower-case A-labels, selectors and field
+    /// names checked, From among the signed fields.
+    fn validate_dkim(&mut self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        let dkim = &mut self.dkim;
+        if !dkim.headers.iter().any(|h| h.eq_ignore_ascii_case("From")) {
+            return invalid("dkim.headers must name From (RFC 6376 5.4)".into());
+        }
+        for name in dkim.headers.iter().chain(&dkim.over_sign) {
+            if !valid_field_name(name) {
+                return invalid(format!("dkim: {name:?} is not a header field name"));
+            }
+        }
+        let mut domains = std::collections::BTreeMap::new();
+        for (name, entry) in std::mem::take(&mut dkim.domain) {
+            let trimmed = name.trim_end_matches('.');
+            let domain = match idna::domain_to_ascii(trimmed) {
+                Ok(d) if !d.is_empty() && d.contains('.') => d,
+                _ => return invalid(format!("[dkim.domain.{name:?}]: not a domain name")),
+            };
+            if !valid_selector(&entry.selector) {
+                return invalid(format!(
+                    "[dkim.domain.{name:?}] selector {:?}: letters, digits, hyphens and dots only (RFC 6376 3.1)",
+                    entry.selector
+                ));
+            }
+            if domains.insert(domain.clone(), entry).is_some() {
+                return invalid(format!("[dkim.domain] {domain} appears twice"));
+            }
+        }
+        dkim.domain = domains;
         Ok(())
     }
 
@@ -1049,5 +1167,53 @@ bare_line_endings = "normalize"
     fn bad_limits_are_refused() {
         let text = EMBEDDED_DEFAULT.replace("[smtp]", "[smtp]\nmax_line_length = 100");
         assert!(matches!(Config::parse(&text), Err(ConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn dkim_defaults_and_domains_parse() {
+        let c = Config::embedded();
+        assert!(c.dkim.domain.is_empty());
+        assert_eq!(c.dkim.headers.len(), crate::dkim::DEFAULT_HEADERS.len());
+        assert_eq!(c.dkim.over_sign, vec!["From".to_owned()]);
+        assert_eq!(c.dkim.canonicalization.to_string(), "relaxed/relaxed");
+        let text = format!(
+            "{EMBEDDED_DEFAULT}\n[dkim]\nheaders = [\"From\", \"Subject\"]\nover_sign = []\n\
+             canonicalization = \"simple/relaxed\"\n\
+             [dkim.domain.\"Example.COM.\"]\nselector = \"s2026\"\nprivate_key = \"/k.pem\"\n\
+             [dkim.domain.\"b\u{fc}cher.example\"]\nselector = \"ed.v2\"\nprivate_key = \"k2.pem\"\n"
+        );
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.dkim.headers, ["From", "Subject"]);
+        assert!(c.dkim.over_sign.is_empty());
+        assert_eq!(c.dkim.canonicalization.to_string(), "simple/relaxed");
+        let domains: Vec<&str> = c.dkim.domain.keys().map(String::as_str).collect();
+        assert_eq!(domains, ["example.com", "xn--bcher-kva.example"]);
+        assert_eq!(c.dkim.domain["example.com"].selector, "s2026");
+        assert_eq!(
+            c.dkim.domain["example.com"].private_key,
+            Path::new("/k.pem")
+        );
+    }
+
+    #[test]
+    fn bad_dkim_settings_are_refused() {
+        let domain = "[dkim.domain.\"example.com\"]\nselector = \"s\"\nprivate_key = \"/k.pem\"\n";
+        for bad in [
+            "[dkim]\nheaders = [\"Subject\"]\n".to_owned(),
+            "[dkim]\nheaders = [\"From\", \"Bad:Name\"]\n".to_owned(),
+            "[dkim]\ncanonicalization = \"nowsp\"\n".to_owned(),
+            "[dkim]\nunknown = 1\n".to_owned(),
+            domain.replace("selector = \"s\"", "selector = \"bad_selector\""),
+            domain.replace("selector = \"s\"", "selector = \"\""),
+            domain.replace("example.com", "localhost"),
+            domain.replace("private_key = \"/k.pem\"\n", ""),
+            format!("{domain}extra = true\n"),
+            format!(
+                "{domain}[dkim.domain.\"EXAMPLE.com\"]\nselector = \"t\"\nprivate_key = \"/k\"\n"
+            ),
+        ] {
+            let text = format!("{EMBEDDED_DEFAULT}\n{bad}");
+            assert!(Config::parse(&text).is_err(), "{bad}");
+        }
     }
 }

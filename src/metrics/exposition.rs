@@ -209,6 +209,18 @@ pub fn render(s: &Snapshot) -> String {
         }
     }
     out.single(
+        "spate_dkim_signed_total",
+        "counter",
+        "Messages given a DKIM signature at receipt.",
+        c.dkim_signed,
+    );
+    out.single(
+        "spate_dkim_failures_total",
+        "counter",
+        "Messages of a signing domain that could not be signed (accepted unsigned).",
+        c.dkim_failures,
+    );
+    out.single(
         "spate_dns_queries_total",
         "counter",
         "DNS queries sent (MX, A and AAAA).",

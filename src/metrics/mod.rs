@@ -139,6 +139,11 @@ pub struct Counters {
     /// Recipient failures by bounce class (`shaping::BounceClass`) and
     /// outcome: deferred, bounced, expired.
     pub failures_by_class: [[u64; 3]; 9],
+    /// Messages given a DKIM signature at receipt.
+    pub dkim_signed: u64,
+    /// Messages of a signing domain that could not be signed (accepted
+    /// unsigned).
+    pub dkim_failures: u64,
 }
 
 impl Counters {
@@ -172,6 +177,8 @@ impl Counters {
         for (mine, theirs) in self.failures_by_class.iter_mut().zip(&o.failures_by_class) {
             add(mine, theirs);
         }
+        self.dkim_signed += o.dkim_signed;
+        self.dkim_failures += o.dkim_failures;
     }
 }
 

@@ -14,6 +14,8 @@ use std::time::{Instant, SystemTime};
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
+use crate::blocking::{JobFailed, Lane};
+use crate::dkim::SignError;
 use crate::local::Login;
 use crate::metrics::ConnectionKind;
 use crate::queue::QueueEntry;
@@ -122,6 +124,7 @@ pub async fn serve<S: SegmentStore>(
         input: ReadBuffer::new(INITIAL_READ_BUFFER, MAX_READ_BUFFER),
         acks_pending: Vec::new(),
         shutdown_seen: false,
+        may_relay: peer_info.may_relay,
     };
     match driver.run(peer).await {
         Ok(()) => tracing::debug!(%peer, "disconnect"),
@@ -141,6 +144,9 @@ struct Driver<S: SegmentStore> {
     /// recorded once the reply that acknowledges it has been written.
     acks_pending: Vec<Instant>,
     shutdown_seen: bool,
+    /// The client's address is in `[relay] allow_networks` (relay port):
+    /// with AUTH, what makes its mail ours to sign.
+    may_relay: bool,
 }
 
 impl<S: SegmentStore> Driver<S> {
@@ -211,9 +217,20 @@ impl<S: SegmentStore> Driver<S> {
         let data_ended = Instant::now();
         let Message {
             envelope,
-            body,
+            mut body,
             trace_id_at,
         } = message;
+        // Mail we relay for our own clients (allowed networks, AUTH) is
+        // signed; mail from the open internet to our domains is not.
+        let unsigned_len = body.len();
+        let dkim = if self.may_relay || self.session.authenticated_user().is_some() {
+            self.sign(&mut body).await
+        } else {
+            None
+        };
+        // The DKIM-Signature field goes first: our Received header, and
+        // the slot for its queue id, move down by its length.
+        let trace_id_at = trace_id_at.map(|at| at + body.len().saturating_sub(unsigned_len));
         let size = body.len() as u64;
         let result = self
             .ctx
@@ -243,6 +260,7 @@ impl<S: SegmentStore> Driver<S> {
                     size,
                     client = %envelope.client_ip,
                     user = self.session.authenticated_user(),
+                    dkim = dkim.as_deref(),
                     "received"
                 );
                 self.ctx.delivery_wake.notify();
@@ -258,6 +276,53 @@ impl<S: SegmentStore> Driver<S> {
                     StoreFailure::Temporary
                 };
                 self.session.handle_stored(Err(failure), now);
+            }
+        }
+    }
+
+    /// Signs the message with the key of its From domain, once, before it
+    /// is stored: the spooled bytes carry the `DKIM-Signature:` field, so
+    /// every delivery attempt sends them as they are. The body is as it
+    /// will be relayed (dot-unstuffed DATA or BDAT chunks joined, CRLF
+    /// lines, the tenant header already gone, our `Received:` on top,
+    /// which is not signed). An RSA signature (hundreds of microseconds)
+    /// is made on the blocking pool so the core serves other sessions
+    /// meanwhile; the 250 still waits for the signed bytes to be durable.
+    /// A failure is logged and counted, and the message goes unsigned.
+    /// Returns the signing domain (`d=`).
+    async fn sign(&mut self, body: &mut Vec<u8>) -> Option<String> {
+        let key = self.ctx.dkim().key_for(body)?;
+        let signed = if key.is_slow() {
+            let message = Arc::new(std::mem::take(body));
+            let (job_key, job_message) = (Arc::clone(&key), Arc::clone(&message));
+            let result = self
+                .ctx
+                .blocking
+                .run(Lane::Urgent, move || job_key.sign(&job_message))
+                .await;
+            // The job's clone is dropped before its result is sent (or
+            // while it unwinds), so this is the only one left; cloning is
+            // the fallback that cannot lose the message.
+            *body = Arc::try_unwrap(message).unwrap_or_else(|shared| (*shared).clone());
+            result.unwrap_or_else(|JobFailed| {
+                Err(SignError {
+                    domain: key.domain.clone(),
+                    why: "the signing job failed".to_owned(),
+                })
+            })
+        } else {
+            key.sign(body)
+        };
+        match signed {
+            Ok(header) => {
+                body.splice(0..0, header);
+                self.ctx.metrics.borrow_mut().counters.dkim_signed += 1;
+                Some(key.domain.clone())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "message accepted unsigned");
+                self.ctx.metrics.borrow_mut().counters.dkim_failures += 1;
+                None
             }
         }
     }

@@ -1,5 +1,5 @@
 //! A test DNS server: hickory-server in-process, authoritative for zones
-//! built from Rust data (MX, A, AAAA, null MX, names that answer
+//! built from Rust data (MX, A, AAAA, TXT, null MX, names that answer
 //! SERVFAIL), on a private 127.a.b.c address with the same port over UDP
 //! and TCP. It runs on its own thread with its own tokio runtime, counts
 //! every query it receives, and stops when dropped. It never forwards or
@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::ResponseCode;
-use hickory_server::proto::rr::rdata::{A, AAAA, MX, SOA};
+use hickory_server::proto::rr::rdata::{A, AAAA, MX, SOA, TXT};
 use hickory_server::proto::rr::{LowerName, Name, RData, Record};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
@@ -118,6 +118,20 @@ impl Records {
     pub fn aaaa(self, host: &str, ip: &str) -> Self {
         let ip: std::net::Ipv6Addr = ip.parse().unwrap_or_else(|e| panic!("{ip:?}: {e}"));
         self.addr(host, IpAddr::V6(ip))
+    }
+
+    /// A TXT record; text longer than 255 octets is split into several
+    /// character-strings, which readers join (RFC 6376 3.6.2.2).
+    pub fn txt(mut self, name_: &str, text: &str) -> Self {
+        let parts = text
+            .as_bytes()
+            .chunks(255)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect();
+        let rdata = RData::TXT(TXT::new(parts));
+        self.records
+            .push(Record::from_rdata(name(name_), self.ttl, rdata));
+        self
     }
 
     /// Every query for `name` (any type) answers SERVFAIL.

@@ -164,6 +164,25 @@ impl SpateSink {
         out
     }
 
+    /// The messages accepted so far (with `keeping`) byte for byte, 8-bit
+    /// octets included, without the sink's `X-Sink-*` lines.
+    pub fn kept_bytes(&self) -> Vec<Vec<u8>> {
+        let dir = self.dir.as_ref().expect("a sink started with keeping()");
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir.path()).expect("sink directory") {
+            let bytes = std::fs::read(entry.expect("entry").path()).unwrap_or_default();
+            let mut rest = &bytes[..];
+            while rest.starts_with(b"X-Sink-") {
+                match rest.windows(2).position(|w| w == b"\r\n") {
+                    Some(end) => rest = &rest[end + 2..],
+                    None => break,
+                }
+            }
+            out.push(rest.to_vec());
+        }
+        out
+    }
+
     /// SIGTERM, then the final counters and a clean exit.
     pub fn stop(mut self) -> serde_json::Value {
         self.signal(libc::SIGTERM);
