@@ -1779,27 +1779,12 @@ pool = "warming"
                             scheduler.release_site(&mut queue, &dest, UnixTime(now));
                         }
                         scheduler.set_suspended(suspended.clone());
-                        for (w, held_for) in scheduler.take_rerouted() {
-                            let n = w.id.to_u64();
-                            assert!(
-                                matches!(places[&n], At::Ready(_)),
-                                "seed {seed}: {:?}",
-                                places[&n]
-                            );
-                            assert!(scheduler.hold(
-                                &mut queue,
-                                w.id,
-                                w.attempt,
-                                held_for.clone(),
-                                UnixTime(now),
-                                t
-                            ));
-                            places.insert(n, At::Held(held_for));
-                            *seen
-                                .borrow_mut()
-                                .entry("taken back from a suspended key")
-                                .or_default() += 1;
-                        }
+                        let held =
+                            hold_rerouted(&mut scheduler, &mut queue, &mut places, now, t, seed);
+                        *seen
+                            .borrow_mut()
+                            .entry("taken back from a suspended key")
+                            .or_default() += held;
                     }
                     // A site starts or stops bouncing.
                     7 => {
@@ -1814,19 +1799,7 @@ pool = "warming"
                         }
                         scheduler.set_bouncing(bouncing.clone(), &mut queue, UnixTime(now));
                         scheduler.set_suspended(suspended.clone());
-                        for (w, held_for) in scheduler.take_rerouted() {
-                            let n = w.id.to_u64();
-                            assert!(matches!(places[&n], At::Ready(_)), "seed {seed}");
-                            assert!(scheduler.hold(
-                                &mut queue,
-                                w.id,
-                                w.attempt,
-                                held_for.clone(),
-                                UnixTime(now),
-                                t
-                            ));
-                            places.insert(n, At::Held(held_for));
-                        }
+                        hold_rerouted(&mut scheduler, &mut queue, &mut places, now, t, seed);
                         for (w, _) in scheduler.take_bounced() {
                             let n = w.id.to_u64();
                             assert!(
@@ -1984,6 +1957,31 @@ pool = "warming"
             assert!(places.len() > 20, "seed {seed}: too few messages");
         }
         seen.into_inner()
+    }
+
+    /// Holds the work a new suspension took back from the ready queues,
+    /// as the engine does through the recorder; how many.
+    fn hold_rerouted(
+        scheduler: &mut Scheduler<FakeMessage>,
+        queue: &mut Queue,
+        places: &mut HashMap<u64, At>,
+        now: u64,
+        t: Instant,
+        seed: u64,
+    ) -> usize {
+        let rerouted = scheduler.take_rerouted();
+        let count = rerouted.len();
+        for (w, held_for) in rerouted {
+            let n = w.id.to_u64();
+            assert!(
+                matches!(places[&n], At::Ready(_)),
+                "seed {seed}: {:?}",
+                places[&n]
+            );
+            assert!(scheduler.hold(queue, w.id, w.attempt, held_for.clone(), UnixTime(now), t));
+            places.insert(n, At::Held(held_for));
+        }
+        count
     }
 
     /// Each path in `paths` was taken more than 20 times over the seeds:
