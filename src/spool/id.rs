@@ -79,6 +79,20 @@ impl SpoolId {
 /// How long a [`SpoolId`] is as text (16 hex digits).
 pub const TRACE_ID_LEN: usize = 16;
 
+impl SpoolId {
+    /// The id as it is shown (16 lowercase hex digits), without allocating:
+    /// written into each `Received:` header as the message is stored.
+    pub fn hex(self) -> [u8; TRACE_ID_LEN] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; TRACE_ID_LEN];
+        for (i, digit) in out.iter_mut().enumerate() {
+            let shift = 4 * (TRACE_ID_LEN - 1 - i);
+            *digit = DIGITS[((self.0 >> shift) & 0xf) as usize];
+        }
+        out
+    }
+}
+
 impl fmt::Display for SpoolId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:016x}", self.0)
@@ -101,6 +115,14 @@ impl FromStr for SpoolId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_is_the_display_form() {
+        for n in [0, 1, 0x0003_0000_0000_0040, u64::MAX, 0xab12_3456_dead_beef] {
+            let id = SpoolId::from_u64(n);
+            assert_eq!(id.hex().as_slice(), id.to_string().as_bytes());
+        }
+    }
 
     #[test]
     fn packs_and_prints() {

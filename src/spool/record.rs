@@ -237,25 +237,61 @@ pub(crate) struct MessageRecord {
 
 /// Builds the two write buffers of a Message record.
 pub(crate) fn encode_message(envelope: &Envelope, body: Vec<u8>) -> MessageRecord {
-    let mut env = Vec::with_capacity(128);
-    encode_envelope(envelope, &mut env);
-    let payload_len = 4 + env.len() as u64 + body.len() as u64;
-    let fields = header_fields(RecordKind::Message, payload_len);
-    let mut head = Vec::with_capacity(HEADER_LEN + 4 + env.len());
-    head.extend_from_slice(&[0u8; HEADER_LEN]);
-    // env is bounded by SMTP limits far below 4 GiB; saturate rather than wrap
-    // so an absurd envelope fails its decode instead of aliasing.
-    head.extend_from_slice(&u32::try_from(env.len()).unwrap_or(u32::MAX).to_le_bytes());
-    head.extend_from_slice(&env);
-    let mut crc = crc32c::crc32c(&fields);
-    crc = crc32c::crc32c_append(crc, &head[HEADER_LEN..]);
-    crc = crc32c::crc32c_append(crc, &body);
-    head[0..HEADER_LEN].copy_from_slice(&header_bytes(fields, crc));
-    MessageRecord {
-        head,
-        body,
-        len: record_len(payload_len),
-        crc,
+    MessageDraft::new(envelope, body.len()).seal(body)
+}
+
+/// A Message record whose length is known before its body is final: the
+/// spool reserves its place, may write the id that place gives into the
+/// body, then seals it (one checksum pass over the body).
+pub(crate) struct MessageDraft {
+    /// Header (zeros until sealed) and envelope.
+    head: Vec<u8>,
+    body_len: usize,
+    payload_len: u64,
+}
+
+impl MessageDraft {
+    pub(crate) fn new(envelope: &Envelope, body_len: usize) -> MessageDraft {
+        let mut env = Vec::with_capacity(128);
+        encode_envelope(envelope, &mut env);
+        let payload_len = 4 + env.len() as u64 + body_len as u64;
+        let mut head = Vec::with_capacity(HEADER_LEN + 4 + env.len());
+        head.extend_from_slice(&[0u8; HEADER_LEN]);
+        // env is bounded by SMTP limits far below 4 GiB; saturate rather than
+        // wrap so an absurd envelope fails its decode instead of aliasing.
+        head.extend_from_slice(&u32::try_from(env.len()).unwrap_or(u32::MAX).to_le_bytes());
+        head.extend_from_slice(&env);
+        MessageDraft {
+            head,
+            body_len,
+            payload_len,
+        }
+    }
+
+    /// Padded on-disk length of the whole record.
+    pub(crate) fn len(&self) -> u64 {
+        record_len(self.payload_len)
+    }
+
+    /// The record, with `body` (of the length the draft was made for).
+    pub(crate) fn seal(self, body: Vec<u8>) -> MessageRecord {
+        debug_assert_eq!(body.len(), self.body_len, "the body changed length");
+        let MessageDraft {
+            mut head,
+            payload_len,
+            ..
+        } = self;
+        let fields = header_fields(RecordKind::Message, payload_len);
+        let mut crc = crc32c::crc32c(&fields);
+        crc = crc32c::crc32c_append(crc, &head[HEADER_LEN..]);
+        crc = crc32c::crc32c_append(crc, &body);
+        head[0..HEADER_LEN].copy_from_slice(&header_bytes(fields, crc));
+        MessageRecord {
+            head,
+            body,
+            len: record_len(payload_len),
+            crc,
+        }
     }
 }
 

@@ -327,18 +327,15 @@ impl<S: SegmentStore> Spool<S> {
     ) -> Result<SpoolId, SpoolError> {
         let _busy = self.enter()?;
         self.discard_abandoned().await;
-        let mut rec = record::encode_message(envelope, body);
-        let (seg, offset, rolled) = self.reserve(rec.len).await?;
+        let mut body = body;
+        let draft = record::MessageDraft::new(envelope, body.len());
+        let (seg, offset, rolled) = self.reserve(draft.len()).await?;
         // roll() refuses sequence numbers past 24 bits, so this holds.
         let id = SpoolId::new(seg.id, offset).ok_or(SpoolError::SequenceExhausted(self.shard))?;
-        if let Some(at) = trace_id_at {
-            let mut body = std::mem::take(&mut rec.body);
-            if let Some(slot) = body.get_mut(at..at + TRACE_ID_LEN) {
-                slot.copy_from_slice(format!("{id}").as_bytes());
-            }
-            // Same length, new checksum.
-            rec = record::encode_message(envelope, body);
+        if let Some(slot) = trace_id_at.and_then(|at| body.get_mut(at..at + TRACE_ID_LEN)) {
+            slot.copy_from_slice(&id.hex());
         }
+        let rec = draft.seal(body);
         let crc = rec.crc;
         let mut in_flight = InFlight {
             ledger: &self.ledger,
