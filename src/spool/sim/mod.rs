@@ -854,6 +854,14 @@ async fn complete(ctx: &Ctx, d: Dispatch, serial: u64, transient: Option<String>
             if let Err(e) = ctx.spool.record_deferral(d.id, &deferred).await {
                 expect_transient(ctx, serial, &e);
             }
+            // A "delayed" DSN at the second deferral, then its record (as
+            // the recorder's delay_warning_time does): one more kind of
+            // state record crossing segments, reclaims and restarts.
+            if deferred.attempts == 2 && send_dsn(ctx).await {
+                if let Err(e) = ctx.spool.record_delay_notice(d.id).await {
+                    expect_transient(ctx, serial, &e);
+                }
+            }
         }
         Ok(Deferral::Expired(dispatch)) => Box::pin(expire(ctx, dispatch, serial)).await,
         Err(_) => {} // stale: the queue gave this attempt up already
