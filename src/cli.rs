@@ -253,22 +253,50 @@ pub enum QueueAction {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
-    /// Drop a queued message without notice (asks the running server).
-    Delete {
-        id: crate::spool::SpoolId,
+    /// Retry the selected waiting messages now (asks the running server).
+    Retry {
+        #[command(flatten)]
+        selection: SelectionArgs,
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
-    /// Return a queued message to its sender now (asks the running server).
+    /// Drop queued messages without notice: one by ID, or every one the
+    /// options select (asks the running server).
+    Delete {
+        #[command(flatten)]
+        selection: SelectionArgs,
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Return queued messages to their senders now: one by ID, or every
+    /// one the options select (asks the running server).
     Bounce {
-        id: crate::spool::SpoolId,
+        #[command(flatten)]
+        selection: SelectionArgs,
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// The queue by state, recipient domain, tenant, site and egress
+    /// source (asks the running server; no message is read).
+    Summary {
+        /// The JSON the HTTP API answers.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Suspensions, throttles and the active sites' limits, as JSON (asks
+    /// the running server).
+    Shaping {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
     /// Stop sending to a destination site for a while: SITE as the
     /// server names it (`mx:HOST[,HOST...]` or `[HOST]:PORT`, see
     /// `suspensions` and the log), with `@SOURCE` for one egress source
-    /// only (without it, every source); its mail waits, uncounted.
+    /// only (without it, every source); or a recipient domain
+    /// (`domain:NAME`), or an egress source at every site (`*@SOURCE`).
+    /// Its mail waits, uncounted.
     Suspend {
         site: crate::queue::DestinationKey,
         /// How long, e.g. `30m`, `2h`.
@@ -288,6 +316,41 @@ pub enum QueueAction {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+}
+
+/// Which messages `retry`, `delete` and `bounce` act on.
+#[derive(Debug, clap::Args)]
+pub struct SelectionArgs {
+    /// One message, by queue id.
+    id: Option<crate::spool::SpoolId>,
+    /// Messages with a pending recipient in this domain.
+    #[arg(long)]
+    domain: Option<String>,
+    /// Messages of this tenant.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Messages from this sender (`""` for the null sender).
+    #[arg(long)]
+    sender: Option<String>,
+    /// Every queued message (no other option needed).
+    #[arg(long)]
+    all: bool,
+}
+
+impl SelectionArgs {
+    fn selection(self) -> anyhow::Result<crate::control::Selection> {
+        let selection = crate::control::Selection {
+            id: self.id,
+            domain: self.domain,
+            tenant: self.tenant,
+            sender: self.sender,
+            all: self.all,
+        };
+        if selection.is_empty() {
+            bail!("say which messages: an ID, --domain, --tenant, --sender or --all");
+        }
+        Ok(selection)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -372,11 +435,29 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             action: QueueAction::Flush { config },
         } => control(&load(config.as_ref())?, crate::control::Request::Flush),
         Command::Queue {
-            action: QueueAction::Delete { id, config },
-        } => control(&load(config.as_ref())?, crate::control::Request::Delete(id)),
+            action: QueueAction::Retry { selection, config },
+        } => control(
+            &load(config.as_ref())?,
+            crate::control::Request::Retry(selection.selection()?),
+        ),
         Command::Queue {
-            action: QueueAction::Bounce { id, config },
-        } => control(&load(config.as_ref())?, crate::control::Request::Bounce(id)),
+            action: QueueAction::Delete { selection, config },
+        } => control(
+            &load(config.as_ref())?,
+            crate::control::Request::Delete(selection.selection()?),
+        ),
+        Command::Queue {
+            action: QueueAction::Bounce { selection, config },
+        } => control(
+            &load(config.as_ref())?,
+            crate::control::Request::Bounce(selection.selection()?),
+        ),
+        Command::Queue {
+            action: QueueAction::Summary { json, config },
+        } => queue_summary(&load(config.as_ref())?, json),
+        Command::Queue {
+            action: QueueAction::Shaping { config },
+        } => control(&load(config.as_ref())?, crate::control::Request::Shaping),
         Command::Queue {
             action:
                 QueueAction::Suspend {
@@ -733,8 +814,29 @@ fn control(config: &Config, request: crate::control::Request) -> anyhow::Result<
             println!("{text}");
             Ok(())
         }
+        crate::control::Reply::Data(value) => {
+            println!("{}", serde_json::to_string_pretty(&value)?);
+            Ok(())
+        }
         crate::control::Reply::Failed(text) => bail!(text),
     }
+}
+
+/// `spate queue summary`: the summary as tables (or its JSON).
+fn queue_summary(config: &Config, json: bool) -> anyhow::Result<()> {
+    let value = match crate::control::request(&config.spool_dir, crate::control::Request::Summary)?
+    {
+        crate::control::Reply::Data(value) => value,
+        crate::control::Reply::Done(text) => bail!("unexpected answer: {text}"),
+        crate::control::Reply::Failed(text) => bail!(text),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    let summary: crate::api::summary::QueueSummary = serde_json::from_value(value)?;
+    print!("{}", summary.to_table());
+    Ok(())
 }
 
 /// `spate debug panic`: the server answers by exiting, so a connection
@@ -750,6 +852,7 @@ fn debug_panic(config: &Config, shard: usize) -> anyhow::Result<()> {
         }
         Ok(crate::control::Reply::Failed(text)) => bail!(text),
         Ok(crate::control::Reply::Done(text)) => bail!("the server did not panic: {text}"),
+        Ok(crate::control::Reply::Data(value)) => bail!("the server did not panic: {value}"),
         Err(e) => Err(e.into()),
     }
 }
@@ -834,6 +937,13 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on {address} for metrics"))?,
         ),
         None => None,
+    };
+    let api_listener = match (config.api.address, &config.api.token_file) {
+        (Some(address), Some(token_file)) => Some((
+            crate::api::server::bind(address)?,
+            crate::api::server::read_token(token_file)?,
+        )),
+        _ => None,
     };
     let count = config.executor_count();
     // The CPUs this process may run on (taskset, CPUAffinity=, cpusets):
@@ -993,6 +1103,23 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
             Err(_) => failure = Some("every shard stopped while starting".into()),
         }
     }
+    let api = match (failure.is_none(), api_listener) {
+        (true, Some((listener, token))) => {
+            let address = listener.local_addr()?;
+            let tls = match &config.tls {
+                Some(tls) => Some(crate::tls::server_config(
+                    &tls.certificate,
+                    &tls.private_key,
+                )?),
+                None => None,
+            };
+            let thread =
+                crate::api::server::serve(listener, token, tls, inboxes.clone(), Arc::clone(&stop))
+                    .context("starting the management API")?;
+            Some((address, thread))
+        }
+        _ => None,
+    };
     let control = match failure {
         None => Some(
             crate::control::serve(&config.spool_dir, inboxes, Arc::clone(&stop))
@@ -1035,6 +1162,9 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         }
         if let Some((address, _)) = &metrics_endpoint {
             writeln!(out, "listening metrics {address}")?;
+        }
+        if let Some((address, _)) = &api {
+            writeln!(out, "listening api {address}")?;
         }
         writeln!(out, "ready")?;
         out.flush()?;
@@ -1127,6 +1257,11 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     }
     if let Some((_, endpoint)) = metrics_endpoint {
         let _ = endpoint.join();
+    }
+    // The accept loop stops; a connection thread still waiting for a
+    // shard gets "the server is stopping" and ends by itself.
+    if let Some((_, thread)) = api {
+        let _ = thread.join();
     }
     let mut metrics = Metrics::default();
     for (index, handle) in handles.into_iter().enumerate() {

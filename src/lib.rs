@@ -32,6 +32,7 @@
 //! picture.
 
 pub mod account;
+pub mod api;
 pub mod blast;
 pub mod blocking;
 pub mod chunked;

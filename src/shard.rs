@@ -30,7 +30,7 @@ use crate::metrics::endpoint::SnapshotRequest;
 use crate::metrics::{Metrics, QueueDepth, Snapshot};
 use crate::notify::Notify;
 use crate::pop3::Pop3Config;
-use crate::queue::{NoJitter, Queue, QueueEntry, ReadyLimits, RetryPolicy};
+use crate::queue::{NoJitter, Queue, QueueEntry, ReadyLimits, RetryPolicy, Shape};
 use crate::reload::LiveSettings;
 use crate::resolver::ResolverHandle;
 use crate::session::limits::ConnectionLimits;
@@ -270,6 +270,10 @@ async fn start<S: SegmentStore + 'static>(
                 recipients: message.recipients,
                 received_at: message.received_at,
                 acknowledged_at: None,
+                shape: Rc::new(Shape {
+                    tenant: message.tenant.as_deref().map(Rc::from),
+                    domains: message.domains.iter().map(|d| Rc::from(&**d)).collect(),
+                }),
             },
             &message.delivery,
         );

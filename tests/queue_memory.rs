@@ -80,12 +80,18 @@ fn arrival_order(n: u64) -> impl Iterator<Item = u64> {
         .flat_map(move |g| WOKE.iter().map(move |k| g * 20 + k).filter(move |&i| i < n))
 }
 
+/// A message of a bulk sender: one recipient at one domain, shaped like
+/// every other (the queue keeps one copy of the shape for them all).
 fn entry() -> QueueEntry {
     QueueEntry {
         size: 600,
         recipients: 1,
         received_at: T0,
         acknowledged_at: Some(std::time::Instant::now()),
+        shape: std::rc::Rc::new(spate::queue::Shape::new(
+            Some("acme"),
+            ["someone@bulk.example"],
+        )),
     }
 }
 

@@ -73,6 +73,9 @@ pub struct Config {
     pub pop3: Pop3,
     #[serde(default)]
     pub metrics: MetricsEndpoint,
+    /// The HTTP management API; absent `address`: none.
+    #[serde(default)]
+    pub api: ApiEndpoint,
     #[serde(default)]
     pub log: Log,
     /// Limits shared with other hosts through Redis; absent: none.
@@ -213,6 +216,19 @@ pub struct MetricsEndpoint {
     /// `ip:port` serving `GET /metrics`; absent: no endpoint. Port 0 picks
     /// a free port (printed as `listening metrics ADDR`).
     pub address: Option<SocketAddr>,
+}
+
+/// The HTTP management API (`[api]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiEndpoint {
+    /// `ip:port` it listens on; absent: no API. Port 0 picks a free port
+    /// (printed as `listening api ADDR`). Served over TLS when `[tls]` is
+    /// configured.
+    pub address: Option<SocketAddr>,
+    /// A file holding the bearer token every request must carry (at least
+    /// 16 characters; surrounding blanks ignored). Required with `address`.
+    pub token_file: Option<PathBuf>,
 }
 
 /// Logging (`[log]`), on standard error.
@@ -780,6 +796,12 @@ impl Config {
                     "local.postmaster {postmaster:?} is not a user name or an address"
                 ));
             }
+        }
+        if self.api.address.is_some() && self.api.token_file.is_none() {
+            return invalid(
+                "api.address needs api.token_file: the API refuses every request without its token"
+                    .into(),
+            );
         }
         let s = &self.smtp;
         if s.max_line_length < 512 {

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_lite::future::or;
 
-use crate::control::{Reply, Request};
 use crate::delivery::agent::{DeliveryAgent, LocalAgent, SmtpAgent};
 use crate::delivery::outbound::{HostFailed, Outbound};
 use crate::delivery::recorder::{Hold, Recorder, Via};
@@ -28,13 +27,12 @@ use crate::delivery::suspensions::Suspensions;
 use crate::delivery::throttles::{Change, Throttles};
 use crate::egress::WarmupLedger;
 use crate::queue::{
-    AttemptId, DestinationKey, Dispatch, MessageState, QueueError, ReadyLimits, SharedBudget,
-    UnixTime,
+    AttemptId, DestinationKey, Dispatch, QueueError, ReadyLimits, SharedBudget, UnixTime,
 };
 use crate::resolver::{MxHost, MxResolver, ResolverHandle};
 use crate::shard::ShardContext;
 use crate::smtp::client::{ClientConfig, Outcome, StartTlsPolicy};
-use crate::spool::{FinishReason, SegmentStore, SpoolId, StoredMessage};
+use crate::spool::{SegmentStore, SpoolId, StoredMessage};
 
 /// The longest the engine sleeps without looking at the queue.
 const MAX_IDLE: Duration = Duration::from_secs(60);
@@ -837,93 +835,6 @@ impl<S: SegmentStore + 'static> Engine<S> {
             Hop::Mx(hosts) => flatten(hosts, self.ctx.config.delivery.mx_port),
         }
     }
-
-    /// Answers a control request for this shard.
-    pub async fn control(self: &Rc<Self>, request: Request) -> Reply {
-        let index = self.ctx.index;
-        match request {
-            Request::Flush => {
-                let n = self.ctx.queue.borrow_mut().flush(unix_now());
-                self.ctx.delivery_wake.notify();
-                Reply::Done(format!("shard {index}: {n} message(s) due now"))
-            }
-            Request::Delete(id) | Request::Bounce(id) => {
-                match self.ctx.queue.borrow().state(id) {
-                    None => return Reply::Failed(format!("no queued message {id}")),
-                    Some(MessageState::Active { .. }) => {
-                        return Reply::Failed(format!(
-                            "{id} is being delivered; try again in a moment"
-                        ))
-                    }
-                    Some(MessageState::Waiting { .. }) => {}
-                }
-                if matches!(request, Request::Bounce(_)) {
-                    match self.recorder.bounce_by_hand(id).await {
-                        Ok(()) => Reply::Done(format!("bounced {id}")),
-                        Err(e) => Reply::Failed(e),
-                    }
-                } else if self.recorder.finish(id, FinishReason::Deleted).await {
-                    Reply::Done(format!("deleted {id}"))
-                } else {
-                    Reply::Failed(format!("{id} kept: the spool cannot finish it"))
-                }
-            }
-            Request::Suspend(site, seconds) => {
-                let until = SystemTime::now() + Duration::from_secs(seconds);
-                self.suspensions
-                    .suspend(site.clone(), until, "suspended by hand".into());
-                self.sync_tables();
-                self.ctx.delivery_wake.notify();
-                Reply::Done(format!("shard {index}: {site} suspended for {seconds} s"))
-            }
-            Request::Resume(site) => {
-                let resumed = self.suspensions.resume(&site);
-                let lifted = self.throttles.lift(&site);
-                self.sync_tables();
-                let released = self.scheduler.borrow_mut().release_site(
-                    &mut self.ctx.queue.borrow_mut(),
-                    &site,
-                    unix_now(),
-                );
-                self.ctx.delivery_wake.notify();
-                if resumed || lifted {
-                    tracing::info!(%site, "site resumed by hand");
-                }
-                let state = match (resumed, lifted) {
-                    (true, true) => "resumed and its throttle lifted",
-                    (true, false) => "resumed",
-                    (false, true) => "throttle lifted",
-                    (false, false) => "was not suspended",
-                };
-                Reply::Done(format!(
-                    "shard {index}: {site} {state}; {released} held message(s) due now"
-                ))
-            }
-            Request::Suspensions => {
-                let wall = SystemTime::now();
-                let suspended = self.suspensions.active(wall).into_iter().map(|(site, s)| {
-                    let left = s.until.duration_since(wall).unwrap_or_default().as_secs();
-                    let what = if s.bounce { "bouncing" } else { "suspended" };
-                    format!("{site} {what} for {left} s: {}", s.reason)
-                });
-                let throttled = self.throttles.active().into_iter().map(|(site, t)| {
-                    format!(
-                        "{site} throttled to {:.3} of its limits ({} of {} deliveries to the next step up): {}",
-                        t.factor, t.successes, t.step.recover_after, t.reason
-                    )
-                });
-                let lines: Vec<String> = suspended.chain(throttled).collect();
-                if lines.is_empty() {
-                    Reply::Done("no site is suspended or throttled".into())
-                } else {
-                    Reply::Done(lines.join("; "))
-                }
-            }
-            // The crash drill is the shard's (`shard::serve_control`), not
-            // delivery's.
-            Request::Panic(_) => Reply::Failed("panic is not a delivery request".into()),
-        }
-    }
 }
 
 /// A temporary failure that a back-off rule's `fail` made permanent:
@@ -945,6 +856,8 @@ fn flatten(hosts: &[MxHost], port: u16) -> Vec<(String, SocketAddr)> {
         })
         .collect()
 }
+
+mod operations;
 
 #[cfg(test)]
 mod tests {

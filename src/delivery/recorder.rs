@@ -16,7 +16,7 @@ use crate::delivery::dsn::{build_dsn, status_of, wants, DsnAction, ReportedRecip
 use crate::delivery::report::RecipientReport;
 use crate::envelope::{Envelope, Recipient};
 use crate::metrics::{MessageResult, RecipientResult};
-use crate::queue::{AttemptId, Deferral, DestinationKey, Dispatch, QueueEntry};
+use crate::queue::{AttemptId, Deferral, DestinationKey, Dispatch, QueueEntry, Shape};
 use crate::shard::ShardContext;
 use crate::smtp::client::Outcome;
 use crate::spool::{
@@ -543,6 +543,7 @@ impl<S: SegmentStore + 'static> Recorder<S> {
                 recipients: envelope.recipients.len(),
                 received_at: envelope.received_at,
                 acknowledged_at: None,
+                shape: Rc::new(Shape::of(&envelope)),
             },
         );
         self.ctx.delivery_wake.notify();

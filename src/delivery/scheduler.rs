@@ -23,7 +23,7 @@ use crate::egress::{Choice, Chooser, Clock, Day, EgressPlan, PoolInputs, Source}
 use crate::envelope::Envelope;
 use crate::queue::{
     AttemptId, DestinationKey, Dispatch, HeldMessages, Queue, QueueError, ReadyLimits, ReadyQueues,
-    SharedBudget, Task, UnixTime,
+    SharedBudget, SiteState, Task, UnixTime,
 };
 use crate::resolver::{MxHost, MxResolver};
 use crate::shaping::SiteLimits;
@@ -502,11 +502,33 @@ impl<M> Scheduler<M> {
     {
         let Placement {
             key,
+            domain,
             route_pool,
             work,
-            ..
         } = placement;
         let envelope = work.message.envelope();
+        // A suspended recipient domain (`domain:NAME`): held before any
+        // site or source is chosen, until the suspension ends or is lifted.
+        // A route's group may mix domains: one suspended holds the group.
+        if self.ready.has_suspensions() {
+            let recipient_domains = work.recipients.iter().filter_map(|&i| {
+                let address = &envelope.recipients.get(i as usize)?.address;
+                address.rsplit_once('@').map(|(_, d)| d)
+            });
+            let held_for = domain
+                .as_deref()
+                .into_iter()
+                .chain(recipient_domains)
+                .map(DestinationKey::domain)
+                .find(|key| self.ready.suspended_until(key, clock.now).is_some());
+            if let Some(held_for) = held_for {
+                return Err(Refused::Held {
+                    work,
+                    dest: held_for,
+                    budget_spent: false,
+                });
+            }
+        }
         // The plan in force for this decision (a reload may swap it).
         let egress = Arc::clone(&self.egress);
         let pool = egress.pool_for(PoolInputs {
@@ -877,6 +899,17 @@ impl<M> Scheduler<M> {
         ids.into_iter().filter(|&id| queue.release(id, now)).count()
     }
 
+    /// The active destinations, their counts and limits.
+    pub fn site_states(&self) -> impl Iterator<Item = (&DestinationKey, SiteState<'_>)> + '_ {
+        self.ready.site_states()
+    }
+
+    /// Messages held per destination (a site, a site and source, or a
+    /// suspended domain).
+    pub fn held_counts(&self) -> impl Iterator<Item = (&DestinationKey, usize)> + '_ {
+        self.held.counts()
+    }
+
     /// Whether messages wait for room at `dest` (work leaving its ready
     /// queue should wake the engine).
     pub fn awaits_room(&self, dest: &DestinationKey) -> bool {
@@ -1200,6 +1233,7 @@ mod tests {
                 recipients: 1,
                 received_at: 1_000,
                 acknowledged_at: None,
+                shape: Default::default(),
             },
         );
         let due = queue.due(UnixTime(1_000));
@@ -1543,6 +1577,51 @@ pool = "warming"
         assert_eq!(queue.due(UnixTime(2_000 + 600)).len(), 1);
     }
 
+    #[test]
+    fn a_suspended_domain_holds_its_mail_before_any_site_and_resume_releases_it() {
+        let mut scheduler = Scheduler::new(ReadyLimits::default()).unwrap();
+        let site: DestinationKey = "mx:mx.shared.test".parse().unwrap();
+        let clock = Instant::now();
+        let at = Clock {
+            now: clock,
+            unix: NOON,
+        };
+        let for_domain = |domain: &str, n| Placement {
+            domain: Some(domain.to_owned()),
+            ..placement(&site, None, work_of(n, None, None))
+        };
+        let held_for = DestinationKey::domain("held.test");
+        let hour = clock + Duration::from_secs(3600);
+        scheduler.set_suspended(HashMap::from([(held_for.clone(), hour)]));
+        let Err(Refused::Held { dest, .. }) =
+            scheduler.place_work(for_domain("Held.Test", 1), at, |_| plain_site())
+        else {
+            panic!("the suspended domain's mail is held");
+        };
+        assert_eq!(dest, held_for);
+        assert_eq!(
+            scheduler
+                .place_work(for_domain("open.test", 2), at, |_| plain_site())
+                .unwrap(),
+            site,
+            "another domain on the same site goes on"
+        );
+        let mut queue = Queue::new();
+        let attempt = queued(&mut queue, 30);
+        let id = SpoolId::from_u64(30);
+        assert!(scheduler.hold(&mut queue, id, attempt, dest, UnixTime(1_000), clock));
+        assert!(
+            queue.due(UnixTime(1_000 + 3599)).is_empty(),
+            "waits for the suspension's end"
+        );
+        scheduler.set_suspended(HashMap::new());
+        assert_eq!(
+            scheduler.release_site(&mut queue, &held_for, UnixTime(1_010)),
+            1
+        );
+        assert_eq!(queue.due(UnixTime(1_010)).len(), 1, "due once resumed");
+    }
+
     /// Where the seeded schedules below believe a message is: the key is
     /// a site, or a (site, source) with egress.
     #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1679,6 +1758,7 @@ pool = "warming"
                                 recipients: 1,
                                 received_at: now,
                                 acknowledged_at: None,
+                                shape: Default::default(),
                             },
                         );
                         let due = queue.due(UnixTime(now));

@@ -65,6 +65,11 @@ impl HeldMessages {
         self.by_site.keys()
     }
 
+    /// Messages held per site.
+    pub fn counts(&self) -> impl Iterator<Item = (&DestinationKey, usize)> + '_ {
+        self.by_site.iter().map(|(site, ids)| (site, ids.len()))
+    }
+
     /// How many sites have messages held.
     pub fn site_count(&self) -> usize {
         self.by_site.len()

@@ -11,8 +11,10 @@
 //! - `ready`: `ReadyQueues` per `DestinationKey`, windows and connection limits
 //! - `held`: `HeldMessages`, the ids held back per site until it has room
 //! - `shared`: `SharedBudget`, the seam to limits shared with other hosts
+//! - `census`: `Census`, queued recipients per domain and tenant
 //! - `error`: `QueueError`
 
+mod census;
 mod error;
 mod held;
 mod policy;
@@ -21,10 +23,11 @@ mod schedule;
 mod shared;
 mod time;
 
+pub use census::{Census, Shape, TenantCount};
 pub use error::QueueError;
 pub use held::HeldMessages;
 pub use policy::{Jitter, NoJitter, RetryPolicy, SpreadJitter};
-pub use ready::{BadSite, DestinationKey, ReadyFull, ReadyLimits, ReadyQueues};
+pub use ready::{BadSite, DestinationKey, ReadyFull, ReadyLimits, ReadyQueues, SiteState};
 pub use schedule::{
     AttemptId, Deferral, Dispatch, MessageState, Queue, QueueEntry, StateCounts, Task,
 };

@@ -38,6 +38,13 @@ enum Dest {
     /// the domain itself for an implicit MX). Preferences are left out on
     /// purpose: domains served by the same hosts share connections.
     Mx(Vec<String>),
+    /// Not a site: a recipient domain, as a suspension names it (`spate
+    /// queue suspend domain:NAME`). Its mail is held before any site is
+    /// chosen; no ready queue ever has this key.
+    Domain(String),
+    /// Not a site: every site, as a suspension of one egress source names
+    /// it (`*@SOURCE`): a suspension of the source wherever it sends.
+    EverySite,
 }
 
 fn normalise(host: &str) -> String {
@@ -88,6 +95,38 @@ impl DestinationKey {
         }
     }
 
+    /// A recipient domain as a suspension names it (not a site: see
+    /// [`Dest::Domain`]).
+    pub fn domain(domain: &str) -> Self {
+        DestinationKey {
+            dest: Dest::Domain(normalise(domain)),
+            source: None,
+        }
+    }
+
+    /// Every site reached from egress source `source`: what a suspension
+    /// of the source names.
+    pub fn every_site(source: &str) -> Self {
+        DestinationKey {
+            dest: Dest::EverySite,
+            source: Some(source.to_owned()),
+        }
+    }
+
+    /// The recipient domain, when the key names one rather than a site.
+    pub fn as_domain(&self) -> Option<&str> {
+        match &self.dest {
+            Dest::Domain(domain) => Some(domain),
+            _ => None,
+        }
+    }
+
+    /// Whether the key names a site one can connect to (not a domain or
+    /// every site of a source).
+    pub fn is_site(&self) -> bool {
+        matches!(self.dest, Dest::Route { .. } | Dest::Mx(_))
+    }
+
     /// The egress source, if the key names one.
     pub fn source(&self) -> Option<&str> {
         self.source.as_deref()
@@ -112,9 +151,9 @@ fn is_source_name(name: &str) -> bool {
 }
 
 /// A site name that is not `mx:HOST[,HOST...]` or `[HOST]:PORT`, each
-/// optionally followed by `@SOURCE`.
+/// optionally followed by `@SOURCE`, nor `domain:NAME` or `*@SOURCE`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("bad site {0:?}: want mx:HOST[,HOST...] or [HOST]:PORT, optionally @SOURCE, as `spate queue suspensions` shows them")]
+#[error("bad site {0:?}: want mx:HOST[,HOST...] or [HOST]:PORT, optionally @SOURCE, or domain:NAME, or *@SOURCE, as `spate queue suspensions` shows them")]
 pub struct BadSite(pub String);
 
 /// Reads a site as [`DestinationKey`]'s `Display` writes it.
@@ -130,8 +169,27 @@ impl std::str::FromStr for DestinationKey {
             if site.contains('@') {
                 return Err(bad());
             }
+            if site == "*" {
+                return Ok(DestinationKey::every_site(source));
+            }
             let site: DestinationKey = site.parse().map_err(|_| bad())?;
+            if !site.is_site() {
+                return Err(bad());
+            }
             return Ok(site.with_source(source));
+        }
+        if let Some(domain) = text.strip_prefix("domain:") {
+            let domain = normalise(domain);
+            let valid = !domain.is_empty()
+                && domain.len() <= 255
+                && domain
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+            return if valid {
+                Ok(DestinationKey::domain(&domain))
+            } else {
+                Err(bad())
+            };
         }
         if let Some(hosts) = text.strip_prefix("mx:") {
             return DestinationKey::mx_set(hosts.split(',')).map_err(|_| bad());
@@ -153,6 +211,8 @@ impl fmt::Display for DestinationKey {
         match &self.dest {
             Dest::Route { host, port } => write!(f, "[{host}]:{port}")?,
             Dest::Mx(hosts) => write!(f, "mx:{}", hosts.join(","))?,
+            Dest::Domain(domain) => write!(f, "domain:{domain}")?,
+            Dest::EverySite => write!(f, "*")?,
         }
         match &self.source {
             Some(source) => write!(f, "@{source}"),
@@ -409,11 +469,14 @@ fn suspension_end(
         return None;
     }
     let own = suspended.get(dest).copied();
-    let site = match dest.source {
-        Some(_) => suspended.get(&dest.site()).copied(),
-        None => None,
+    let (site, source) = match &dest.source {
+        Some(source) => (
+            suspended.get(&dest.site()).copied(),
+            suspended.get(&DestinationKey::every_site(source)).copied(),
+        ),
+        None => (None, None),
     };
-    own.max(site)
+    own.max(site).max(source)
 }
 
 /// The shared budget as the site methods take it.
@@ -784,6 +847,36 @@ impl<W> ReadyQueues<W> {
     pub fn connections(&self) -> usize {
         self.connections
     }
+
+    /// Each active destination as the management API shows it.
+    pub fn site_states(&self) -> impl Iterator<Item = (&DestinationKey, SiteState<'_>)> + '_ {
+        self.sites.iter().map(|(dest, site)| {
+            (
+                dest,
+                SiteState {
+                    queued: site.queue.len(),
+                    in_flight: site.in_flight,
+                    connections: site.connections,
+                    limits: &site.limits,
+                    factor: site.factor,
+                },
+            )
+        })
+    }
+}
+
+/// One active destination's counts and the limits it runs under now.
+#[derive(Debug, Clone, Copy)]
+pub struct SiteState<'a> {
+    /// Messages waiting for a connection.
+    pub queued: usize,
+    /// Messages handed out and not done.
+    pub in_flight: usize,
+    pub connections: usize,
+    /// Its shaping limits, a back-off throttle applied.
+    pub limits: &'a SiteLimits,
+    /// The throttle's factor (1 when not throttled).
+    pub factor: f64,
 }
 
 #[cfg(test)]
@@ -924,6 +1017,49 @@ mod tests {
         assert_eq!(r.suspended_until(&ip2, t0), Some(until));
         assert!(r.next_connection(t0).is_none(), "the whole site waits");
         assert_eq!(r.next_wakeup(t0), Some(until));
+    }
+
+    #[test]
+    fn domain_and_every_site_keys_read_back_and_are_not_sites() {
+        let domain = DestinationKey::domain("Example.COM.");
+        assert_eq!(domain.to_string(), "domain:example.com");
+        assert_eq!(domain.as_domain(), Some("example.com"));
+        assert!(!domain.is_site());
+        let every = DestinationKey::every_site("ip1");
+        assert_eq!(every.to_string(), "*@ip1");
+        assert!(!every.is_site());
+        assert!(mx("a").is_site());
+        for key in [domain, every] {
+            assert_eq!(key.to_string().parse::<DestinationKey>(), Ok(key));
+        }
+        for bad in [
+            "domain:",
+            "domain:a b",
+            "domain:a@b",
+            "*",
+            "*@",
+            "domain:x@ip1",
+        ] {
+            assert!(bad.parse::<DestinationKey>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_source_suspended_everywhere_covers_that_source_at_every_site() {
+        let mut r: ReadyQueues<u32> = ReadyQueues::new(limits(10, 2, 100, 5)).expect("limits");
+        let t0 = now();
+        let until = t0 + Duration::from_secs(600);
+        r.set_suspended(HashMap::from([(DestinationKey::every_site("ip1"), until)]));
+        assert_eq!(
+            r.suspended_until(&mx("a").with_source("ip1"), t0),
+            Some(until)
+        );
+        assert_eq!(
+            r.suspended_until(&mx("b").with_source("ip1"), t0),
+            Some(until)
+        );
+        assert_eq!(r.suspended_until(&mx("a").with_source("ip2"), t0), None);
+        assert_eq!(r.suspended_until(&mx("a"), t0), None);
     }
 
     #[test]

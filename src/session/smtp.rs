@@ -18,7 +18,7 @@ use crate::blocking::{JobFailed, Lane};
 use crate::dkim::SignError;
 use crate::local::Login;
 use crate::metrics::ConnectionKind;
-use crate::queue::QueueEntry;
+use crate::queue::{QueueEntry, Shape};
 use crate::session::counted::CountedConnection;
 use crate::session::limits::{Family, Refusal};
 use crate::session::login::check_login;
@@ -247,6 +247,7 @@ impl<S: SegmentStore> Driver<S> {
                         recipients: envelope.recipients.len(),
                         received_at: envelope.received_at,
                         acknowledged_at: Some(now),
+                        shape: Rc::new(Shape::of(&envelope)),
                     },
                 );
                 let mut metrics = self.ctx.metrics.borrow_mut();

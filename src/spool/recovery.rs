@@ -22,9 +22,12 @@ use super::state::DeliveryState;
 /// envelope is decoded (so a record that does not decode is damage) and
 /// dropped: a million recovered messages must not hold a million
 /// envelopes (issue 13); whoever needs one reads it from the segment.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Found {
     pub recipients: usize,
+    /// Each recipient's domain and the tenant, for the queue's census.
+    pub domains: Box<[Box<str>]>,
+    pub tenant: Option<Box<str>>,
     /// The envelope's `received_at`.
     pub received_at: u64,
     pub body_len: u64,
@@ -206,6 +209,16 @@ pub(crate) fn survey_segment(out: &mut Survey, seg: SegmentId, bytes: &[u8], in_
                                     id,
                                     Found {
                                         recipients: envelope.recipients.len(),
+                                        domains: envelope
+                                            .recipients
+                                            .iter()
+                                            .map(|r| {
+                                                let a = r.address.as_str();
+                                                let d = a.rsplit_once('@').map_or(a, |(_, d)| d);
+                                                d.to_ascii_lowercase().into_boxed_str()
+                                            })
+                                            .collect(),
+                                        tenant: envelope.tenant.map(String::into_boxed_str),
                                         received_at: envelope.received_at,
                                         body_len: body.len() as u64,
                                         crc: header.crc,

@@ -68,6 +68,10 @@ pub struct RecoveredMessage {
     pub id: SpoolId,
     /// Recipients in the envelope.
     pub recipients: usize,
+    /// Each recipient's domain (lower case), in envelope order, and the
+    /// tenant: for the queue's census.
+    pub domains: Box<[Box<str>]>,
+    pub tenant: Option<Box<str>>,
     /// The envelope's `received_at` (seconds since the Unix epoch).
     pub received_at: u64,
     pub body_len: u64,
@@ -218,6 +222,8 @@ impl<S: SegmentStore> Spool<S> {
             recovered.push(RecoveredMessage {
                 id,
                 recipients: found.recipients,
+                domains: found.domains.clone(),
+                tenant: found.tenant.clone(),
                 received_at: found.received_at,
                 body_len: found.body_len,
                 delivery,

@@ -463,6 +463,7 @@ impl Sim {
                                 recipients: r.recipients,
                                 received_at: r.received_at,
                                 acknowledged_at: None,
+                                shape: Default::default(),
                             },
                             &r.delivery,
                         );
@@ -703,6 +704,7 @@ async fn store_task(ctx: Ctx, message: Rc<Message>) {
                     recipients: message.envelope.recipients.len(),
                     received_at: message.envelope.received_at,
                     acknowledged_at: None,
+                    shape: Default::default(),
                 },
             );
         }
