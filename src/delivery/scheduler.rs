@@ -1578,6 +1578,36 @@ pool = "warming"
     }
 
     #[test]
+    fn a_source_suspended_everywhere_is_avoided_at_every_site() {
+        let mut scheduler = Scheduler::new(ReadyLimits::default()).unwrap();
+        scheduler.set_egress(egress(POOLS));
+        let clock = Instant::now();
+        let at = Clock {
+            now: clock,
+            unix: NOON,
+        };
+        let long = clock + Duration::from_secs(7200);
+        scheduler.set_suspended(HashMap::from([(DestinationKey::every_site("ip1"), long)]));
+        for (n, site) in ["mx:mx.one.test", "mx:mx.two.test"].into_iter().enumerate() {
+            let site: DestinationKey = site.parse().unwrap();
+            for k in 0..4 {
+                let placed = scheduler
+                    .place_work(
+                        placement(&site, None, work_of(n as u64 * 10 + k, None, None)),
+                        at,
+                        |_| plain_site(),
+                    )
+                    .unwrap();
+                assert_eq!(
+                    placed,
+                    site.with_source("ip2"),
+                    "ip1 is suspended everywhere"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn a_suspended_domain_holds_its_mail_before_any_site_and_resume_releases_it() {
         let mut scheduler = Scheduler::new(ReadyLimits::default()).unwrap();
         let site: DestinationKey = "mx:mx.shared.test".parse().unwrap();
