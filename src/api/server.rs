@@ -94,7 +94,7 @@ pub fn serve(
                 match listener.accept() {
                     Ok((stream, _)) => admit(stream, &shared),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(STOP_POLL);
+                        wait_readable(&listener, STOP_POLL);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "API accept failed");
@@ -103,6 +103,23 @@ pub fn serve(
                 }
             }
         })
+}
+
+/// Waits until a connection is waiting to be accepted, or `at_most`: a
+/// caller is answered at once, and the stop flag is still seen.
+fn wait_readable(listener: &TcpListener, at_most: Duration) {
+    use std::os::fd::AsRawFd;
+    let mut fd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let millis = libc::c_int::try_from(at_most.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one valid pollfd for the duration of the call; an error
+    // (EINTR) only means the loop tries accept again.
+    unsafe {
+        libc::poll(&mut fd, 1, millis);
+    }
 }
 
 /// Gives the connection a thread, or a 503 when too many are open.
