@@ -52,6 +52,7 @@ pub mod logging;
 pub mod mailbox;
 pub mod metrics;
 pub mod notify;
+pub mod outbound_tls;
 pub mod peer;
 pub mod pop3;
 pub mod queue;
