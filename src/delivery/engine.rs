@@ -27,13 +27,13 @@ use crate::delivery::scheduler::{self, Hop, MessageSource, Placement, Refused, S
 use crate::delivery::suspensions::Suspensions;
 use crate::delivery::throttles::{Change, Throttles};
 use crate::egress::WarmupLedger;
+use crate::outbound_tls::{DomainTls, HostTls, TlsOutcome, TlsPolicies};
 use crate::queue::{
     AttemptId, DestinationKey, Dispatch, MessageState, QueueError, ReadyLimits, SharedBudget,
     UnixTime,
 };
 use crate::resolver::{MxHost, MxResolver, ResolverHandle};
 use crate::shard::ShardContext;
-use crate::outbound_tls::{DomainTls, HostTls, TlsOutcome, TlsPolicies};
 use crate::smtp::client::{ClientConfig, EnhancedCode, Outcome, ReplyText, StartTlsPolicy};
 use crate::spool::{FinishReason, SegmentStore, SpoolId, StoredMessage};
 
@@ -577,7 +577,9 @@ impl<S: SegmentStore + 'static> Engine<S> {
                     };
                 let link = self.link_tls(&hop, &name, &host_tls, &connection, &report);
                 let mut agent = SmtpAgent { connection };
-                let spent = self.deliver_over(&mut agent, &dest, &mut queue, &link).await;
+                let spent = self
+                    .deliver_over(&mut agent, &dest, &mut queue, &link)
+                    .await;
                 agent.connection.quit().await;
                 if !spent {
                     break;
@@ -826,9 +828,10 @@ impl<S: SegmentStore + 'static> Engine<S> {
             })
         };
         match host_tls {
-            HostTls::Dane(config) | HostTls::MtaSts(config) => {
-                (futures_rustls::TlsConnector::from(Arc::clone(config)), required())
-            }
+            HostTls::Dane(config) | HostTls::MtaSts(config) => (
+                futures_rustls::TlsConnector::from(Arc::clone(config)),
+                required(),
+            ),
             HostTls::EncryptOnly => (self.tls.clone(), required()),
             HostTls::MtaStsTesting { .. } => {
                 match self.tls_policies.testing_config(Arc::clone(report)) {
@@ -867,11 +870,17 @@ impl<S: SegmentStore + 'static> Engine<S> {
             HostTls::MtaStsTesting { .. } if !connection.is_tls() => {
                 Some("STARTTLS not offered".to_owned())
             }
-            HostTls::MtaStsTesting { .. } => report.lock().unwrap_or_else(|p| p.into_inner()).take(),
+            HostTls::MtaStsTesting { .. } => {
+                report.lock().unwrap_or_else(|p| p.into_inner()).take()
+            }
             _ => None,
         };
         if let Some(failure) = &testing_failure {
-            self.ctx.metrics.borrow_mut().counters.mta_sts_testing_failures += 1;
+            self.ctx
+                .metrics
+                .borrow_mut()
+                .counters
+                .mta_sts_testing_failures += 1;
             tracing::warn!(
                 domain = domain.as_deref().unwrap_or(""),
                 remote = %connection.remote,
@@ -903,7 +912,11 @@ impl<S: SegmentStore + 'static> Engine<S> {
             return None;
         }
         let names = hosts.iter().map(|h| h.name.clone()).collect();
-        let needed = self.tls_policies.domain(domain, names).await.host(&link.host);
+        let needed = self
+            .tls_policies
+            .domain(domain, names)
+            .await
+            .host(&link.host);
         if needed.met_by(link.outcome) {
             return None;
         }

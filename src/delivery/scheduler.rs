@@ -67,7 +67,10 @@ pub enum Hop {
     Fixed(HostPort),
     /// Delivery by MX: the recipient domain (whose TLS policy applies)
     /// and its MX hosts.
-    Mx { domain: String, hosts: Vec<MxHost> },
+    Mx {
+        domain: String,
+        hosts: Vec<MxHost>,
+    },
 }
 
 impl Hop {

@@ -279,7 +279,10 @@ mod tests {
         assert!(record(3, 0, 1, sha256(&cert)).matches(&cert));
         let sha512 = digest::digest(&digest::SHA512, &spki).as_ref().to_vec();
         assert!(record(3, 1, 2, sha512).matches(&cert));
-        assert!(!record(3, 1, 1, sha256(&cert)).matches(&cert), "selector counts");
+        assert!(
+            !record(3, 1, 1, sha256(&cert)).matches(&cert),
+            "selector counts"
+        );
         // Unusable: PKIX usages, unknown selector or matching, bad length.
         assert!(!record(1, 1, 1, sha256(&spki)).is_usable());
         assert!(!record(0, 1, 1, sha256(&spki)).is_usable());

@@ -131,7 +131,9 @@ impl DnsClient {
             let n = socket.recv(&mut buf).map_err(io)?;
             // A stray or spoofed datagram: keep waiting for ours.
             if let Ok(response) = Message::from_vec(&buf[..n]) {
-                if response.metadata.id == id && response.metadata.message_type == MessageType::Response {
+                if response.metadata.id == id
+                    && response.metadata.message_type == MessageType::Response
+                {
                     return Ok(response);
                 }
             }

@@ -51,9 +51,11 @@ pub fn fetch_policy(
         match fetch_from(&host, SocketAddr::new(*ip, port), tls, deadline) {
             Ok(body) => return Ok(body),
             // An answer was received: another address will not differ.
-            Err(e @ (FetchError::Status { .. } | FetchError::NotText { .. } | FetchError::TooLarge(_))) => {
-                return Err(e)
-            }
+            Err(
+                e @ (FetchError::Status { .. }
+                | FetchError::NotText { .. }
+                | FetchError::TooLarge(_)),
+            ) => return Err(e),
             Err(e) => last = e,
         }
         if Instant::now() >= deadline {
@@ -70,7 +72,10 @@ fn fetch_from(
     deadline: Instant,
 ) -> Result<String, FetchError> {
     let io = |e: std::io::Error| {
-        if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
             FetchError::Timeout(host.to_owned())
         } else {
             FetchError::Io {
@@ -88,10 +93,11 @@ fn fetch_from(
     let _ = tcp.set_nodelay(true);
     let name = rustls::pki_types::ServerName::try_from(host.to_owned())
         .map_err(|_| FetchError::NoAddress(host.to_owned()))?;
-    let mut conn = rustls::ClientConnection::new(Arc::clone(tls), name).map_err(|e| FetchError::Io {
-        host: host.to_owned(),
-        error: e.to_string(),
-    })?;
+    let mut conn =
+        rustls::ClientConnection::new(Arc::clone(tls), name).map_err(|e| FetchError::Io {
+            host: host.to_owned(),
+            error: e.to_string(),
+        })?;
     let request = format!(
         "GET /.well-known/mta-sts.txt HTTP/1.1\r\nHost: {host}\r\nUser-Agent: spate\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
     );
@@ -137,7 +143,10 @@ pub fn parse_response(host: &str, raw: &[u8]) -> Result<String, FetchError> {
     if !parts.next().is_some_and(|v| v.starts_with("HTTP/1.")) {
         return Err(malformed());
     }
-    let status: u16 = parts.next().and_then(|s| s.parse().ok()).ok_or_else(malformed)?;
+    let status: u16 = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(malformed)?;
     if status != 200 {
         return Err(FetchError::Status {
             host: host.to_owned(),
@@ -212,9 +221,18 @@ mod tests {
         let closed = b"HTTP/1.0 200 OK\r\n\r\nbody";
         assert_eq!(parse_response("h", closed).unwrap(), "body");
         let redirect = b"HTTP/1.1 301 Moved\r\nLocation: https://x/\r\n\r\n";
-        assert!(matches!(parse_response("h", redirect), Err(FetchError::Status { status: 301, .. })));
+        assert!(matches!(
+            parse_response("h", redirect),
+            Err(FetchError::Status { status: 301, .. })
+        ));
         let html = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n<p>";
-        assert!(matches!(parse_response("h", html), Err(FetchError::NotText { .. })));
-        assert!(matches!(parse_response("h", b"garbage"), Err(FetchError::Malformed(_))));
+        assert!(matches!(
+            parse_response("h", html),
+            Err(FetchError::NotText { .. })
+        ));
+        assert!(matches!(
+            parse_response("h", b"garbage"),
+            Err(FetchError::Malformed(_))
+        ));
     }
 }

@@ -50,7 +50,8 @@ pub fn parse_record(text: &str) -> Result<StsRecord, StsError> {
     }
     for field in fields {
         if let Some(("id", id)) = field {
-            let valid = (1..=32).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric());
+            let valid =
+                (1..=32).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric());
             return if valid {
                 Ok(StsRecord { id: id.to_owned() })
             } else {
@@ -63,7 +64,9 @@ pub fn parse_record(text: &str) -> Result<StsRecord, StsError> {
 
 /// Picks the one STSv1 record among a name's TXT records. RFC 8461 3.1:
 /// several STSv1 records (or none) mean no policy is announced.
-pub fn pick_record<'a>(texts: impl IntoIterator<Item = &'a str>) -> Option<Result<StsRecord, StsError>> {
+pub fn pick_record<'a>(
+    texts: impl IntoIterator<Item = &'a str>,
+) -> Option<Result<StsRecord, StsError>> {
     let mut sts = texts
         .into_iter()
         .filter(|t| t.trim_start().starts_with("v=STSv1"));
@@ -211,7 +214,10 @@ mod tests {
                 id: "20160831085700Z".into()
             })
         );
-        assert_eq!(parse_record("v=STSv1;id=abc").map(|r| r.id), Ok("abc".into()));
+        assert_eq!(
+            parse_record("v=STSv1;id=abc").map(|r| r.id),
+            Ok("abc".into())
+        );
         assert_eq!(
             parse_record("v=STSv1; ext=1; id=x1").map(|r| r.id),
             Ok("x1".into())
@@ -243,13 +249,17 @@ mod tests {
         assert_eq!(p.mx, vec!["mail.example.com", "*.example.net"]);
         assert_eq!(p.max_age, Duration::from_secs(604_800));
         // LF endings, extra keys, trailing blank line, tabs after ':'.
-        let p = parse_policy("version: STSv1\nmode:\ttesting\nmx: MX.Example.COM.\nmax_age: 86400\nfoo: bar\n\n")
-            .unwrap();
+        let p = parse_policy(
+            "version: STSv1\nmode:\ttesting\nmx: MX.Example.COM.\nmax_age: 86400\nfoo: bar\n\n",
+        )
+        .unwrap();
         assert_eq!(p.mode, Mode::Testing);
         assert_eq!(p.mx, vec!["mx.example.com"]);
         // none needs no mx.
         assert_eq!(
-            parse_policy("version: STSv1\nmode: none\nmax_age: 1\n").unwrap().mode,
+            parse_policy("version: STSv1\nmode: none\nmax_age: 1\n")
+                .unwrap()
+                .mode,
             Mode::None
         );
         // max_age is capped.
@@ -264,17 +274,44 @@ mod tests {
     #[test]
     fn bad_policy_files() {
         let e = |s: &str| parse_policy(s).unwrap_err();
-        assert_eq!(e("mode: enforce\nmx: a.b\nmax_age: 1\n"), StsError::Missing("version"));
-        assert_eq!(e("version: STSv2\nmode: enforce\nmx: a.b\nmax_age: 1\n"), StsError::BadVersion);
-        assert!(matches!(e("version: STSv1\nmode: strict\nmx: a.b\nmax_age: 1\n"), StsError::BadMode(_)));
-        assert!(matches!(e("version: STSv1\nmode: enforce\nmx: a.b\nmax_age: -1\n"), StsError::BadMaxAge(_)));
-        assert!(matches!(e("version: STSv1\nmode: enforce\nmx: a.b\nmax_age: 12345678901\n"), StsError::BadMaxAge(_)));
-        assert_eq!(e("version: STSv1\nmode: enforce\nmax_age: 1\n"), StsError::Missing("mx"));
-        assert!(matches!(e("version: STSv1\nmode: enforce\nmx: a..b\nmax_age: 1\n"), StsError::BadMx(_)));
-        assert!(matches!(e("version: STSv1\nmode: enforce\nmx: a.*.b\nmax_age: 1\n"), StsError::BadMx(_)));
+        assert_eq!(
+            e("mode: enforce\nmx: a.b\nmax_age: 1\n"),
+            StsError::Missing("version")
+        );
+        assert_eq!(
+            e("version: STSv2\nmode: enforce\nmx: a.b\nmax_age: 1\n"),
+            StsError::BadVersion
+        );
+        assert!(matches!(
+            e("version: STSv1\nmode: strict\nmx: a.b\nmax_age: 1\n"),
+            StsError::BadMode(_)
+        ));
+        assert!(matches!(
+            e("version: STSv1\nmode: enforce\nmx: a.b\nmax_age: -1\n"),
+            StsError::BadMaxAge(_)
+        ));
+        assert!(matches!(
+            e("version: STSv1\nmode: enforce\nmx: a.b\nmax_age: 12345678901\n"),
+            StsError::BadMaxAge(_)
+        ));
+        assert_eq!(
+            e("version: STSv1\nmode: enforce\nmax_age: 1\n"),
+            StsError::Missing("mx")
+        );
+        assert!(matches!(
+            e("version: STSv1\nmode: enforce\nmx: a..b\nmax_age: 1\n"),
+            StsError::BadMx(_)
+        ));
+        assert!(matches!(
+            e("version: STSv1\nmode: enforce\nmx: a.*.b\nmax_age: 1\n"),
+            StsError::BadMx(_)
+        ));
         assert!(matches!(e("<html>oops</html>\n"), StsError::BadLine(_)));
         // Keys are case sensitive: "Mode" is an unknown key.
-        assert_eq!(e("version: STSv1\nMode: enforce\nmx: a.b\nmax_age: 1\n"), StsError::Missing("mode"));
+        assert_eq!(
+            e("version: STSv1\nMode: enforce\nmx: a.b\nmax_age: 1\n"),
+            StsError::Missing("mode")
+        );
     }
 
     #[test]
@@ -287,7 +324,9 @@ mod tests {
         assert!(!mx_matches("*.example.com", "a.mx1.example.com"));
         assert!(!mx_matches("*.example.com", "example.com"));
         assert!(!mx_matches("*.example.com", "mx1.example.org"));
-        let p = parse_policy("version: STSv1\nmode: enforce\nmx: a.test\nmx: *.b.test\nmax_age: 9\n").unwrap();
+        let p =
+            parse_policy("version: STSv1\nmode: enforce\nmx: a.test\nmx: *.b.test\nmax_age: 9\n")
+                .unwrap();
         assert!(p.allows_mx("a.test") && p.allows_mx("x.b.test"));
         assert!(!p.allows_mx("evil.test"));
     }

@@ -74,9 +74,10 @@ pub fn reporting_config(
     report: TestingReport,
 ) -> Result<Arc<rustls::ClientConfig>, PkixError> {
     let provider = provider();
-    let inner = WebPkiServerVerifier::builder_with_provider(Arc::clone(roots), Arc::clone(&provider))
-        .build()
-        .map_err(|e| PkixError::Verifier(e.to_string()))?;
+    let inner =
+        WebPkiServerVerifier::builder_with_provider(Arc::clone(roots), Arc::clone(&provider))
+            .build()
+            .map_err(|e| PkixError::Verifier(e.to_string()))?;
     let verifier = Arc::new(ReportingVerifier { inner, report });
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -101,12 +102,15 @@ impl ServerCertVerifier for ReportingVerifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Err(e) = self
-            .inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        if let Err(e) =
+            self.inner
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
         {
             let mut report = self.report.lock().unwrap_or_else(|p| p.into_inner());
-            *report = Some(format!("certificate not valid for {}: {e}", server_name.to_str()));
+            *report = Some(format!(
+                "certificate not valid for {}: {e}",
+                server_name.to_str()
+            ));
         }
         Ok(ServerCertVerified::assertion())
     }

@@ -16,9 +16,9 @@ use hickory_proto::rr::{RData, RecordType};
 
 use crate::outbound_tls::dane::{DaneVerifier, Tlsa};
 use crate::outbound_tls::dns::DnsClient;
+use crate::outbound_tls::https;
 use crate::outbound_tls::mta_sts::{self, Mode, Policy};
 use crate::outbound_tls::pkix::{self, PkixError, TestingReport};
-use crate::outbound_tls::https;
 
 /// The shortest and longest a domain's requirements are cached (the DNS
 /// TTLs in between decide).
@@ -252,9 +252,12 @@ impl TlsPolicies {
             };
             // RFC 8461 2: where DANE applies it takes precedence.
             if tls.is_none() {
-                tls = sts.as_ref().map(|policy| enabled.sts_for(domain, &host, policy));
+                tls = sts
+                    .as_ref()
+                    .map(|policy| enabled.sts_for(domain, &host, policy));
             }
-            plan.hosts.insert(host, tls.unwrap_or(HostTls::Opportunistic));
+            plan.hosts
+                .insert(host, tls.unwrap_or(HostTls::Opportunistic));
         }
         tracing::debug!(domain, ?plan, "outbound TLS policy");
         let plan = Arc::new(plan);
@@ -348,7 +351,10 @@ impl Enabled {
     /// id fetches the policy again; a fetch that fails, or a TXT record
     /// that went away, leaves an unexpired cached policy in force.
     fn sts_policy(&self, domain: &str, ttl: &mut Duration) -> Option<Policy> {
-        let record = match self.dns.query(&format!("_mta-sts.{domain}"), RecordType::TXT) {
+        let record = match self
+            .dns
+            .query(&format!("_mta-sts.{domain}"), RecordType::TXT)
+        {
             Ok(answer) => {
                 lower_ttl(ttl, answer.ttl);
                 let texts: Vec<String> = answer
