@@ -617,6 +617,48 @@ fn dane_ee_match_delivers_and_a_mismatch_defers() {
 }
 
 #[test]
+fn dane_ta_pins_the_ca_and_checks_the_mx_name() {
+    let ca = Ca::new();
+    let ca_sha256 = ring::digest::digest(&ring::digest::SHA256, ca.cert.der())
+        .as_ref()
+        .to_vec();
+    // DANE-TA servers send their TA certificate in the chain (RFC 7672
+    // 3.1.2); the CA is not in any trusted root store.
+    let with_ca = |mut leaf: Leaf| {
+        leaf.chain.push(ca.cert.der().clone());
+        leaf.server_config()
+    };
+    let rx_good = Receiver::start(Some(with_ca(ca.leaf(&["mx.ta-ok.test"]))));
+    let rx_bad = Receiver::start(Some(with_ca(ca.leaf(&["mx.somewhere.test"]))));
+    let mut records = Records::new();
+    for (domain, rx) in [("ta-ok.test", &rx_good), ("ta-bad.test", &rx_bad)] {
+        let tlsa = format!("_{MX_PORT}._tcp.mx.{domain}");
+        records = records
+            .mx(domain, 10, &format!("mx.{domain}"))
+            .a(&format!("mx.{domain}"), &rx.ip.to_string())
+            .tlsa(&tlsa, 2, 0, 1, &ca_sha256)
+            .secure(domain)
+            .secure(&tlsa);
+    }
+    let dns = TestDns::start(records);
+    let server = relay(&dns, None, None);
+    let id = send(&server, "u@ta-ok.test");
+    let line = outcome(&server, &id);
+    assert_eq!(text(&line, "message"), "delivered", "{line}");
+    assert_eq!(text(&line, "tls"), "dane", "{line}");
+    // The pinned CA signed it, but for another name: refused.
+    let id = send(&server, "u@ta-bad.test");
+    let line = outcome(&server, &id);
+    assert_eq!(text(&line, "message"), "deferred", "{line}");
+    assert!(text(&line, "reply").contains("DANE"), "{line}");
+    assert!(
+        !rx_bad.seen().iter().any(|s| s.ends_with("MAIL")),
+        "{:?}",
+        rx_bad.seen()
+    );
+}
+
+#[test]
 fn dane_defers_when_the_tlsa_lookup_fails_for_a_signed_domain() {
     let rx = Receiver::start(Some(self_signed("mx.broken.test").server_config()));
     let dns = TestDns::start(
@@ -658,6 +700,75 @@ fn tlsa_records_without_the_ad_bit_are_ignored() {
     let line = outcome(&server, &id);
     assert_eq!(text(&line, "message"), "delivered", "{line}");
     assert_eq!(text(&line, "tls"), "opportunistic", "{line}");
+}
+
+// ---- domains sharing an MX host ------------------------------------------
+
+#[test]
+fn domains_sharing_an_mx_get_the_strictest_policy_or_wait_for_their_own() {
+    let ca = Ca::new();
+    let rx = Receiver::start(Some(ca.leaf(&["mx.shared.test"]).server_config()));
+    let policy = PolicyServer::start(
+        &ca,
+        &[
+            ("strict.test", &enforce("mx.shared.test")),
+            ("picky.test", &enforce("mx.other-provider.test")),
+        ],
+    );
+    let mut records = Records::new().a("mx.shared.test", &rx.ip.to_string());
+    for domain in ["strict.test", "lax.test", "picky.test"] {
+        records = records.mx(domain, 10, "mx.shared.test");
+    }
+    for domain in ["strict.test", "picky.test"] {
+        records = records
+            .txt(&format!("_mta-sts.{domain}"), "v=STSv1; id=7;")
+            .a(&format!("mta-sts.{domain}"), &policy.ip.to_string());
+    }
+    let dns = TestDns::start(records);
+    let server = relay(&dns, Some(&ca), Some(&policy));
+    // One message, three domains, one MX set: one connection, opened
+    // under strict.test's enforce policy, carries lax.test too; picky.test
+    // does not list this MX host, so its recipient waits.
+    let mut client = server.session();
+    let id = client
+        .send_message(
+            "s@relay.test",
+            &["a@lax.test", "b@strict.test", "c@picky.test"],
+            &common::message("shared", 200),
+        )
+        .expect("message accepted");
+    client.quit();
+    let deadline = Instant::now() + WAIT;
+    let lines = loop {
+        let lines: Vec<Value> = server
+            .stderr_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|l| l["id"] == id.as_str())
+            .filter(|l| matches!(l["message"].as_str(), Some("delivered" | "deferred")))
+            .collect();
+        if lines.len() == 3 {
+            break lines;
+        }
+        assert!(Instant::now() < deadline, "{}", server.stderr_text());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let of = |to: &str| {
+        lines
+            .iter()
+            .find(|l| l["to"] == to)
+            .unwrap_or_else(|| panic!("no line for {to}: {lines:?}"))
+            .clone()
+    };
+    for to in ["a@lax.test", "b@strict.test"] {
+        let line = of(to);
+        assert_eq!(text(&line, "message"), "delivered", "{line}");
+        assert_eq!(text(&line, "tls"), "mta-sts", "{line}");
+    }
+    let line = of("c@picky.test");
+    assert_eq!(text(&line, "message"), "deferred", "{line}");
+    assert!(text(&line, "reply").contains("not listed"), "{line}");
+    assert!(!rx.saw("plain MAIL"), "{:?}", rx.seen());
 }
 
 // ---- no policy ------------------------------------------------------------

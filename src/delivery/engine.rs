@@ -530,12 +530,11 @@ impl<S: SegmentStore + 'static> Engine<S> {
         let bind = source.as_ref().and_then(|(bind, _)| *bind);
         let ehlo = source.map(|(_, ehlo)| ehlo);
         let mut last_failure: Option<HostFailed> = None;
-        // The TLS the hosts of the (first work's) domain must show.
-        let domain_tls = self.domain_tls(&hop).await;
+        // The TLS policies of the domains this work is for: one, unless
+        // several domains share this MX set.
+        let domain_plans = self.domain_plans(&queue).await;
         for (name, addr) in self.addresses(&hop).await {
-            let host_tls = domain_tls
-                .as_ref()
-                .map_or(HostTls::Opportunistic, |d| d.host(&name));
+            let (governing, host_tls) = strictest(&domain_plans, &name);
             if let HostTls::Refused(why) = &host_tls {
                 tracing::info!(%dest, host = %name, reason = %why, "next hop refused by TLS policy");
                 self.count_policy_failure(why.starts_with("DANE"));
@@ -559,7 +558,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
                         Err(mut failed) => {
                             if let Some(policy) = required_policy(&host_tls) {
                                 self.count_policy_failure(matches!(host_tls, HostTls::Dane(_)));
-                                let domain = domain_of(&hop).unwrap_or_default();
+                                let domain = governing.as_deref().unwrap_or_default();
                                 failed.reply = ReplyText::local(
                                     451,
                                     EnhancedCode::new(4, 7, 5),
@@ -575,7 +574,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
                             break;
                         }
                     };
-                let link = self.link_tls(&hop, &name, &host_tls, &connection, &report);
+                let link = self.link_tls(governing.clone(), &name, &host_tls, &connection, &report);
                 let mut agent = SmtpAgent { connection };
                 let spent = self
                     .deliver_over(&mut agent, &dest, &mut queue, &link)
@@ -799,16 +798,28 @@ impl<S: SegmentStore + 'static> Engine<S> {
         (self.tls.clone(), Rc::clone(&self.client))
     }
 
-    /// The TLS requirements of an MX hop's domain, when policies apply.
-    async fn domain_tls(&self, hop: &Hop) -> Option<Arc<DomainTls>> {
-        let Hop::Mx { domain, hosts } = hop else {
-            return None;
-        };
+    /// The TLS requirements of the MX domains `queue`'s work is for,
+    /// when policies apply.
+    async fn domain_plans(
+        &self,
+        queue: &VecDeque<Work<StoredMessage>>,
+    ) -> Vec<(String, Arc<DomainTls>)> {
+        let mut plans: Vec<(String, Arc<DomainTls>)> = Vec::new();
         if !self.tls_policies.is_enabled() {
-            return None;
+            return plans;
         }
-        let names = hosts.iter().map(|h| h.name.clone()).collect();
-        Some(self.tls_policies.domain(domain, names).await)
+        for work in queue {
+            let Hop::Mx { domain, hosts } = &*work.hop else {
+                continue;
+            };
+            if plans.iter().any(|(d, _)| d == domain) {
+                continue;
+            }
+            let names = hosts.iter().map(|h| h.name.clone()).collect();
+            let plan = self.tls_policies.domain(domain, names).await;
+            plans.push((domain.clone(), plan));
+        }
+        plans
     }
 
     /// The TLS connector and client for one host under `host_tls`:
@@ -850,7 +861,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
     /// and counts what an MTA-STS `testing` policy would have refused.
     fn link_tls(
         &self,
-        hop: &Hop,
+        domain: Option<String>,
         host: &str,
         host_tls: &HostTls,
         connection: &Outbound,
@@ -862,7 +873,6 @@ impl<S: SegmentStore + 'static> Engine<S> {
             _ if connection.is_tls() => TlsOutcome::Opportunistic,
             _ => TlsOutcome::None,
         };
-        let domain = domain_of(hop);
         let testing_failure = match host_tls {
             HostTls::MtaStsTesting { mx_listed: false } => {
                 Some(format!("MX host {host} is not listed in the policy"))
@@ -919,6 +929,9 @@ impl<S: SegmentStore + 'static> Engine<S> {
             .host(&link.host);
         if needed.met_by(link.outcome) {
             return None;
+        }
+        if let HostTls::Refused(why) = &needed {
+            return Some(format!("451 4.7.5 {why}"));
         }
         Some(format!(
             "451 4.7.5 the connection to {remote} (tls={}) does not meet the {} policy of {domain}; it waits for a connection of its own",
@@ -1135,12 +1148,26 @@ fn made_permanent(reply: &str) -> String {
     format!("550 5.{detail} failed for good by a back-off rule: {reply}")
 }
 
-/// The recipient domain of an MX hop.
-fn domain_of(hop: &Hop) -> Option<String> {
-    match hop {
-        Hop::Mx { domain, .. } => Some(domain.clone()),
-        _ => None,
-    }
+/// The requirement a connection to `host` is opened under, and the
+/// domain it comes from: the strictest of the domains' (DANE, MTA-STS
+/// `enforce`, encryption only, `testing`, none), so that one connection
+/// serves every domain it can. A domain that refuses the host ranks
+/// last: its work is deferred by the per-work check while the others'
+/// goes; when every domain refuses it, the host is skipped.
+fn strictest(plans: &[(String, Arc<DomainTls>)], host: &str) -> (Option<String>, HostTls) {
+    let rank = |tls: &HostTls| match tls {
+        HostTls::Refused(_) => 0,
+        HostTls::Opportunistic => 1,
+        HostTls::MtaStsTesting { .. } => 2,
+        HostTls::EncryptOnly => 3,
+        HostTls::MtaSts(_) => 4,
+        HostTls::Dane(_) => 5,
+    };
+    plans
+        .iter()
+        .map(|(domain, plan)| (Some(domain.clone()), plan.host(host)))
+        .max_by_key(|(_, tls)| rank(tls))
+        .unwrap_or((None, HostTls::Opportunistic))
 }
 
 /// The policy a requirement enforces (its failures defer), if any.
