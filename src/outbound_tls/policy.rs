@@ -99,6 +99,9 @@ impl HostTls {
 #[derive(Debug, Clone, Default)]
 pub struct DomainTls {
     hosts: HashMap<String, HostTls>,
+    /// For hosts not looked up: none (opportunistic), or a refusal when
+    /// the lookup itself could not run.
+    otherwise: Option<HostTls>,
 }
 
 impl DomainTls {
@@ -106,8 +109,18 @@ impl DomainTls {
     pub fn host(&self, host: &str) -> HostTls {
         self.hosts
             .get(&normalise(host))
+            .or(self.otherwise.as_ref())
             .cloned()
             .unwrap_or(HostTls::Opportunistic)
+    }
+
+    /// The lookup did not run: not knowing whether a policy asks for
+    /// more, nothing goes (a transient deferral, as for a failed lookup).
+    fn unknown(why: String) -> Self {
+        DomainTls {
+            hosts: HashMap::new(),
+            otherwise: Some(HostTls::Refused(why)),
+        }
     }
 }
 
@@ -130,7 +143,12 @@ struct Enabled {
     verifying: Arc<rustls::ClientConfig>,
     policies: Mutex<HashMap<String, CachedPolicy>>,
     plans: Mutex<HashMap<String, (Arc<DomainTls>, Instant)>>,
+    /// Lookups under way, and who else waits for each: a burst of
+    /// connections to a new domain from every core costs one lookup.
+    inflight: Mutex<HashMap<String, Vec<Waiter>>>,
 }
+
+type Waiter = futures_channel::oneshot::Sender<Arc<DomainTls>>;
 
 /// See the module header. The default applies no policy at all.
 #[derive(Default)]
@@ -175,6 +193,7 @@ impl TlsPolicies {
                 verifying,
                 policies: Mutex::default(),
                 plans: Mutex::default(),
+                inflight: Mutex::default(),
             }),
         })
     }
@@ -198,23 +217,58 @@ impl TlsPolicies {
             }
         }
         let (tx, rx) = futures_channel::oneshot::channel();
-        let this = Arc::clone(self);
-        let lookup_domain = key.clone();
-        let spawned = std::thread::Builder::new()
-            .name("spate-tls-policy".into())
-            .spawn(move || {
-                let _ = tx.send(this.look_up(&lookup_domain, &hosts));
-            });
-        let looked_up = match spawned {
-            Ok(_) => rx.await.ok(),
-            Err(e) => {
-                tracing::warn!(domain, error = %e, "cannot start a TLS policy lookup");
-                None
+        let first = {
+            let mut inflight = lock(&enabled.inflight);
+            match inflight.get_mut(&key) {
+                Some(waiters) => {
+                    waiters.push(tx);
+                    false
+                }
+                None => {
+                    inflight.insert(key.clone(), vec![tx]);
+                    true
+                }
             }
         };
-        // Without an answer nothing is known to require more: as before
-        // any policy existed (RFC 8461 5.1 does the same without a policy).
-        looked_up.unwrap_or_default()
+        if first {
+            let this = Arc::clone(self);
+            let lookup_domain = key.clone();
+            let spawned = std::thread::Builder::new()
+                .name("spate-tls-policy".into())
+                .spawn(move || {
+                    // Every waiter gets an answer, even if the lookup panics.
+                    let looked_up = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        this.look_up(&lookup_domain, &hosts)
+                    }));
+                    let plan = looked_up.unwrap_or_else(|_| {
+                        Arc::new(DomainTls::unknown(format!(
+                            "TLS policy lookup for {lookup_domain} failed"
+                        )))
+                    });
+                    this.answer_waiters(&lookup_domain, &plan);
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(domain, error = %e, "cannot start a TLS policy lookup");
+                let plan = Arc::new(DomainTls::unknown(format!(
+                    "TLS policy lookup for {domain} could not start: {e}"
+                )));
+                self.answer_waiters(&key, &plan);
+            }
+        }
+        match rx.await {
+            Ok(plan) => plan,
+            Err(_) => Arc::new(DomainTls::unknown(format!(
+                "TLS policy lookup for {domain} failed"
+            ))),
+        }
+    }
+
+    fn answer_waiters(&self, domain: &str, plan: &Arc<DomainTls>) {
+        let Some(enabled) = &self.enabled else { return };
+        let waiters = lock(&enabled.inflight).remove(domain).unwrap_or_default();
+        for waiter in waiters {
+            let _ = waiter.send(Arc::clone(plan));
+        }
     }
 
     /// A client configuration for one MTA-STS `testing` connection: any
