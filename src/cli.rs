@@ -900,6 +900,7 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
             https_port: d.mta_sts_port,
             smtp_port: d.mx_port,
             timeout: d.tls_policy_timeout,
+            cache_dir: Some(config.spool_dir.join("mta-sts")),
         })
         .context("setting up MTA-STS / DANE")?,
     );

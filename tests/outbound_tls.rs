@@ -452,6 +452,15 @@ fn mta_sts_enforce_with_a_good_certificate_delivers_verified() {
     let id = send(&server, "v@good.test");
     assert_eq!(text(&outcome(&server, &id), "tls"), "mta-sts");
     assert_eq!(policy.fetches().len(), 1, "the policy is cached");
+
+    // After a restart too: the policy was kept in the spool directory.
+    let mut server = server;
+    server.terminate();
+    server.restart();
+    assert!(server.spool_dir.join("mta-sts/good.test").is_file());
+    let id = send(&server, "w@good.test");
+    assert_eq!(text(&outcome(&server, &id), "tls"), "mta-sts");
+    assert_eq!(policy.fetches().len(), 1, "the policy is kept on disk");
 }
 
 #[test]

@@ -4,7 +4,8 @@
 //! destination domain (`policy`), and enforced by the certificate
 //! verifier of the connection (`dane`, `pkix`) with STARTTLS required.
 //! The protocol pieces are sans-IO (`mta_sts`, TLSA matching in
-//! `dane`); the I/O (`dns`, `https`) is blocking and runs off the cores.
+//! `dane`); the I/O (`dns`, `https`, `store`: fetched policies kept on
+//! disk) is blocking and runs off the cores.
 
 pub mod dane;
 pub mod dns;
@@ -12,6 +13,7 @@ pub mod https;
 pub mod mta_sts;
 pub mod pkix;
 pub mod policy;
+pub mod store;
 
 pub use policy::{DomainTls, HostTls, TlsPolicies, TlsPolicySettings};
 

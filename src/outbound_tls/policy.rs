@@ -19,6 +19,7 @@ use crate::outbound_tls::dns::DnsClient;
 use crate::outbound_tls::https;
 use crate::outbound_tls::mta_sts::{self, Mode, Policy};
 use crate::outbound_tls::pkix::{self, PkixError, TestingReport};
+use crate::outbound_tls::store::{PolicyStore, StoredPolicy};
 
 /// The shortest and longest a domain's requirements are cached (the DNS
 /// TTLs in between decide).
@@ -45,6 +46,9 @@ pub struct TlsPolicySettings {
     pub smtp_port: u16,
     /// Time allowed for each DNS question and for the policy fetch.
     pub timeout: Duration,
+    /// Where fetched MTA-STS policies are kept across restarts
+    /// (`<spool_dir>/mta-sts`); none: memory only.
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// What a connection to one MX host must show.
@@ -146,6 +150,7 @@ struct Enabled {
     /// Lookups under way, and who else waits for each: a burst of
     /// connections to a new domain from every core costs one lookup.
     inflight: Mutex<HashMap<String, Vec<Waiter>>>,
+    store: Option<PolicyStore>,
 }
 
 type Waiter = futures_channel::oneshot::Sender<Arc<DomainTls>>;
@@ -185,6 +190,7 @@ impl TlsPolicies {
             Arc::new(rustls::RootCertStore::empty())
         };
         let verifying = pkix::verifying_config(&roots)?;
+        let store = settings.cache_dir.clone().map(PolicyStore::new);
         Ok(TlsPolicies {
             enabled: Some(Enabled {
                 dns: DnsClient::new(servers, settings.timeout),
@@ -194,6 +200,7 @@ impl TlsPolicies {
                 policies: Mutex::default(),
                 plans: Mutex::default(),
                 inflight: Mutex::default(),
+                store,
             }),
         })
     }
@@ -438,10 +445,10 @@ impl Enabled {
             }
         };
         let now = Instant::now();
-        let cached = lock(&self.policies)
-            .get(domain)
-            .filter(|c| c.expires > now)
-            .cloned();
+        let in_memory = lock(&self.policies).get(domain).cloned();
+        let cached = in_memory
+            .or_else(|| self.load_stored(domain))
+            .filter(|c| c.expires > now);
         let Some(record) = record else {
             return cached.map(|c| c.policy);
         };
@@ -451,7 +458,17 @@ impl Enabled {
             }
         }
         match self.fetch(domain) {
-            Ok(policy) => {
+            Ok((policy, body)) => {
+                if let Some(store) = &self.store {
+                    let stored = StoredPolicy {
+                        id: record.id.clone(),
+                        expires: std::time::SystemTime::now() + policy.max_age,
+                        body,
+                    };
+                    if let Err(e) = store.save(domain, &stored) {
+                        tracing::warn!(domain, error = %e, "cannot keep the MTA-STS policy on disk");
+                    }
+                }
                 let entry = CachedPolicy {
                     id: record.id,
                     expires: now + policy.max_age,
@@ -472,7 +489,26 @@ impl Enabled {
         }
     }
 
-    fn fetch(&self, domain: &str) -> Result<Policy, String> {
+    /// A policy kept on disk by an earlier run, if still valid, now also
+    /// in memory.
+    fn load_stored(&self, domain: &str) -> Option<CachedPolicy> {
+        let stored = self.store.as_ref()?.load(domain)?;
+        let left = stored
+            .expires
+            .duration_since(std::time::SystemTime::now())
+            .ok()?;
+        let policy = mta_sts::parse_policy(&stored.body).ok()?;
+        let cached = CachedPolicy {
+            id: stored.id,
+            policy,
+            expires: Instant::now() + left,
+        };
+        lock(&self.policies).insert(domain.to_owned(), cached.clone());
+        Some(cached)
+    }
+
+    /// Fetches and parses the policy: the policy and its text.
+    fn fetch(&self, domain: &str) -> Result<(Policy, String), String> {
         let host = format!("mta-sts.{domain}");
         let mut addresses: Vec<IpAddr> = Vec::new();
         for rtype in [RecordType::A, RecordType::AAAA] {
@@ -492,7 +528,8 @@ impl Enabled {
             self.settings.timeout,
         )
         .map_err(|e| e.to_string())?;
-        mta_sts::parse_policy(&body).map_err(|e| e.to_string())
+        let policy = mta_sts::parse_policy(&body).map_err(|e| e.to_string())?;
+        Ok((policy, body))
     }
 }
 
