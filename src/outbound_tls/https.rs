@@ -117,6 +117,11 @@ fn fetch_from(
                     if raw.len() > MAX_POLICY + MAX_HEADERS {
                         return Err(FetchError::TooLarge(host.to_owned()));
                     }
+                    // A server that keeps the connection open after the
+                    // whole body: no need to wait for its close.
+                    if has_whole_body(&raw) {
+                        break;
+                    }
                 }
                 // A server that closes without close_notify: the body is
                 // still checked against its length below.
@@ -188,6 +193,23 @@ pub fn parse_response(host: &str, raw: &[u8]) -> Result<String, FetchError> {
     String::from_utf8(body).map_err(|_| malformed())
 }
 
+/// Whether `raw` holds a whole response with a Content-Length body.
+fn has_whole_body(raw: &[u8]) -> bool {
+    let Some(split) = memchr::memmem::find(raw, b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let length = head.split("\r\n").skip(1).find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        if name.trim().eq_ignore_ascii_case("content-length") {
+            value.trim().parse::<usize>().ok()
+        } else {
+            None
+        }
+    });
+    length.is_some_and(|n| raw.len() - (split + 4) >= n)
+}
+
 /// A chunked body (RFC 9112 7.1), extensions and trailers ignored.
 fn dechunk(mut input: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
@@ -234,5 +256,12 @@ mod tests {
             parse_response("h", b"garbage"),
             Err(FetchError::Malformed(_))
         ));
+        assert!(has_whole_body(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nab"
+        ));
+        assert!(!has_whole_body(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nab"
+        ));
+        assert!(!has_whole_body(b"HTTP/1.1 200 OK\r\n\r\nab"));
     }
 }
