@@ -93,7 +93,12 @@ impl HostTls {
             HostTls::Opportunistic | HostTls::MtaStsTesting { .. } => true,
             HostTls::Dane(_) => achieved == TlsOutcome::Dane,
             HostTls::EncryptOnly => achieved != TlsOutcome::None,
-            HostTls::MtaSts(_) => achieved == TlsOutcome::MtaSts,
+            // A DANE-authenticated connection to a host the policy lists
+            // (else the requirement would be `Refused`) is taken as
+            // meeting it: the host is authenticated more strongly than
+            // the Web PKI would, and a domain sharing the host with a
+            // DANE domain is not kept waiting for ever.
+            HostTls::MtaSts(_) => matches!(achieved, TlsOutcome::MtaSts | TlsOutcome::Dane),
             HostTls::Refused(_) => false,
         }
     }
@@ -536,5 +541,46 @@ impl Enabled {
 fn lower_ttl(ttl: &mut Duration, seen: Option<u32>) {
     if let Some(seconds) = seen {
         *ttl = (*ttl).min(Duration::from_secs(u64::from(seconds)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbound_tls::TlsOutcome;
+
+    #[test]
+    fn which_connections_meet_which_requirements() {
+        let config = pkix::verifying_config(&Arc::new(rustls::RootCertStore::empty())).unwrap();
+        let all = TlsOutcome::ALL;
+        let met = |tls: HostTls| -> Vec<&str> {
+            all.iter()
+                .filter(|o| tls.met_by(**o))
+                .map(|o| o.label())
+                .collect()
+        };
+        assert_eq!(
+            met(HostTls::Opportunistic),
+            vec!["none", "opportunistic", "mta-sts", "dane"]
+        );
+        assert_eq!(met(HostTls::MtaStsTesting { mx_listed: false }).len(), 4);
+        assert_eq!(
+            met(HostTls::EncryptOnly),
+            vec!["opportunistic", "mta-sts", "dane"]
+        );
+        assert_eq!(
+            met(HostTls::MtaSts(Arc::clone(&config))),
+            vec!["mta-sts", "dane"]
+        );
+        assert_eq!(met(HostTls::Dane(config)), vec!["dane"]);
+        assert!(met(HostTls::Refused("no".into())).is_empty());
+    }
+
+    #[test]
+    fn hosts_not_looked_up() {
+        let plan = DomainTls::default();
+        assert!(matches!(plan.host("mx.example"), HostTls::Opportunistic));
+        let plan = DomainTls::unknown("lookup failed".into());
+        assert!(matches!(plan.host("mx.example"), HostTls::Refused(_)));
     }
 }
