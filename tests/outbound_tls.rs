@@ -778,6 +778,10 @@ fn domains_sharing_an_mx_get_the_strictest_policy_or_wait_for_their_own() {
     assert_eq!(text(&line, "message"), "deferred", "{line}");
     assert!(text(&line, "reply").contains("not listed"), "{line}");
     assert!(!rx.saw("plain MAIL"), "{:?}", rx.seen());
+    // The message stays queued for its one waiting recipient.
+    let queued = server.queue_list();
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert_eq!(queued[0].id, id);
 }
 
 // ---- no policy ------------------------------------------------------------
