@@ -1000,6 +1000,20 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         )?),
         crate::config::SmarthostTls::May => None,
     };
+    let d = &config.delivery;
+    let tls_policies = Arc::new(
+        crate::outbound_tls::TlsPolicies::new(crate::outbound_tls::TlsPolicySettings {
+            mta_sts: d.mta_sts,
+            dane: d.dane,
+            nameservers: config.dns.nameservers.clone(),
+            ca_file: d.mta_sts_ca_file.clone(),
+            https_port: d.mta_sts_port,
+            smtp_port: d.mx_port,
+            timeout: d.tls_policy_timeout,
+            cache_dir: Some(config.spool_dir.join("mta-sts")),
+        })
+        .context("setting up MTA-STS / DANE")?,
+    );
     let mut inboxes = Vec::with_capacity(count);
     let mut reload_inboxes = Vec::with_capacity(count);
     let mut snapshot_inboxes = Vec::with_capacity(count);
@@ -1073,6 +1087,7 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
                 suspensions: Arc::clone(&suspensions),
                 throttles: Arc::clone(&throttles),
                 warmup: Arc::clone(&warmup),
+                tls_policies: Arc::clone(&tls_policies),
             },
             cluster: links.next(),
             control,

@@ -17,6 +17,7 @@
 //! | resolver | [`resolver`] | batched MX resolution on one resolver thread: RFC 5321 5.1 order, null MX, TTL cache, de-duplicated lookups |
 //! | beyond one host | [`cluster`] | limits shared with other hosts through Redis (`[cluster]`): a GCRA limiter in Redis whose tokens each core leases in batches, each host's share of connections, suspensions published to every host, a fallback to this host's share when Redis is away |
 //! | delivery | [`delivery`] | routing (local, route, smarthost, MX), outbound SMTP, local delivery to the mailbox tier, DSN bounces (RFC 3464) |
+//! | outbound TLS policy | [`outbound_tls`] | MTA-STS (RFC 8461) and DANE (RFC 7672) for outbound STARTTLS: the policy grammar and TLSA matching (sans-IO), certificate verifiers for rustls, blocking DNS (AD bit) and HTTPS lookups off the cores, per-domain requirements cached host-wide |
 //! | signing | [`dkim`] | DKIM signing (RFC 6376, RFC 8463 Ed25519) of mail from clients that may relay, once per message at receipt: each From domain's key loaded from `[dkim]`, the `DKIM-Signature:` header for a message (sans-IO, on mail-auth's ring backend) |
 //! | egress | [`egress`] | egress sources (bind address, EHLO name, rate, warm-up) and weighted pools; a message's pool (route, user, tenant, default); the per-core chooser of a source for a site; the tenant header read and removed at receipt |
 //! | mailbox store | [`mailbox`] | Maildir++ per user with a per-folder UID index: durable delivery, flags, folders, subscriptions, POP3 session lock, usage |
@@ -53,6 +54,7 @@ pub mod logging;
 pub mod mailbox;
 pub mod metrics;
 pub mod notify;
+pub mod outbound_tls;
 pub mod peer;
 pub mod pop3;
 pub mod queue;

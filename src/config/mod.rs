@@ -692,6 +692,27 @@ pub struct Delivery {
     /// its sender asked with RET=FULL and it fits, otherwise its headers,
     /// cut to this size.
     pub bounce_size_limit: usize,
+    /// MTA-STS (RFC 8461): look up each destination domain's policy (TXT
+    /// `_mta-sts.<domain>`, then the policy over HTTPS) and enforce it:
+    /// `enforce` sends only to listed MX hosts with a verified
+    /// certificate, else defers; `testing` only reports. Off by default:
+    /// it costs a DNS question per domain and HTTPS fetches.
+    pub mta_sts: bool,
+    /// DANE (RFC 7672): TLSA records of DNSSEC-signed MX hosts make TLS
+    /// mandatory and pin the certificate. Trusts the AD bit of
+    /// `[dns] nameservers`, so turn it on only with a validating resolver
+    /// on this host (e.g. unbound on 127.0.0.1). Off by default.
+    pub dane: bool,
+    /// Extra CA certificates (PEM) trusted, besides the system's, for
+    /// MTA-STS: the policy host's and the MX hosts' certificates.
+    pub mta_sts_ca_file: Option<PathBuf>,
+    /// The HTTPS port of `mta-sts.<domain>` (443; another only in test
+    /// labs).
+    pub mta_sts_port: u16,
+    /// Time allowed for each DNS question and HTTPS policy fetch of the
+    /// TLS policy lookups.
+    #[serde(with = "humantime_serde")]
+    pub tls_policy_timeout: Duration,
 }
 
 impl Default for Delivery {
@@ -709,6 +730,11 @@ impl Default for Delivery {
             connect_timeout: Duration::from_secs(30),
             mx_port: 25,
             bounce_size_limit: crate::delivery::dsn::DEFAULT_RETURN_LIMIT,
+            mta_sts: false,
+            dane: false,
+            mta_sts_ca_file: None,
+            mta_sts_port: 443,
+            tls_policy_timeout: Duration::from_secs(10),
         }
     }
 }

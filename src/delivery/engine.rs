@@ -26,12 +26,13 @@ use crate::delivery::scheduler::{self, Hop, MessageSource, Placement, Refused, S
 use crate::delivery::suspensions::Suspensions;
 use crate::delivery::throttles::{Change, Throttles};
 use crate::egress::WarmupLedger;
+use crate::outbound_tls::{DomainTls, HostTls, TlsOutcome, TlsPolicies};
 use crate::queue::{
     AttemptId, DestinationKey, Dispatch, QueueError, ReadyLimits, SharedBudget, UnixTime,
 };
 use crate::resolver::{MxHost, MxResolver, ResolverHandle};
 use crate::shard::ShardContext;
-use crate::smtp::client::{ClientConfig, Outcome, StartTlsPolicy};
+use crate::smtp::client::{ClientConfig, EnhancedCode, Outcome, ReplyText, StartTlsPolicy};
 use crate::spool::{SegmentStore, SpoolId, StoredMessage};
 
 /// The longest the engine sleeps without looking at the queue.
@@ -73,6 +74,20 @@ pub struct Engine<S: SegmentStore> {
     /// restarts; the chooser's spends last handed in, and when.
     warmup: Arc<WarmupLedger>,
     warmup_handed: Cell<(u64, Instant)>,
+    tls_policies: Arc<TlsPolicies>,
+}
+
+/// What protected one outbound connection, for its deliveries' log lines
+/// and for checking other domains' work against it.
+#[derive(Debug, Default)]
+struct LinkTls {
+    /// The MX host connected to.
+    host: String,
+    /// The domain whose policy the connection was opened under.
+    domain: Option<String>,
+    outcome: TlsOutcome,
+    /// What an MTA-STS `testing` policy would have refused.
+    testing_failure: Option<String>,
 }
 
 /// The host-wide tables of sites under a back-off action, and the egress
@@ -82,6 +97,9 @@ pub struct SiteTables {
     pub suspensions: Arc<Suspensions>,
     pub throttles: Arc<Throttles>,
     pub warmup: Arc<WarmupLedger>,
+    /// The destination domains' outbound TLS policies (MTA-STS, DANE)
+    /// and their caches.
+    pub tls_policies: Arc<TlsPolicies>,
 }
 
 /// The most often a core hands its egress counts in (each hand-in that
@@ -157,6 +175,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
             throttles: sites.throttles,
             throttles_seen: Cell::new(u64::MAX),
             warmup: sites.warmup,
+            tls_policies: sites.tls_policies,
             ctx,
         }))
     }
@@ -509,25 +528,55 @@ impl<S: SegmentStore + 'static> Engine<S> {
         let bind = source.as_ref().and_then(|(bind, _)| *bind);
         let ehlo = source.map(|(_, ehlo)| ehlo);
         let mut last_failure: Option<HostFailed> = None;
+        // The TLS policies of the domains this work is for: one, unless
+        // several domains share this MX set.
+        let domain_plans = self.domain_plans(&queue).await;
         for (name, addr) in self.addresses(&hop).await {
+            let (governing, host_tls) = strictest(&domain_plans, &name);
+            if let HostTls::Refused(why) = &host_tls {
+                tracing::info!(%dest, host = %name, reason = %why, "next hop refused by TLS policy");
+                self.count_policy_failure(why.starts_with("DANE"));
+                last_failure = Some(HostFailed {
+                    reply: ReplyText::local(451, EnhancedCode::new(4, 7, 5), why.clone()),
+                    transient: true,
+                });
+                continue;
+            }
             // A connection that carried its maximum of messages is replaced
             // by a new one to the same host; any other end (a failure)
             // moves the rest of the work on to the next host.
             while !queue.is_empty() {
-                let (tls, client) = self.tls_for(&hop);
+                let report = crate::outbound_tls::pkix::TestingReport::default();
+                let (tls, client) = self.tls_for_host(&hop, &host_tls, &report);
                 let client = self.shaped_client(&dest, client, ehlo.as_deref());
                 let timeout = self.ctx.config.delivery.connect_timeout;
                 let connection =
                     match Outbound::open(addr, &name, client, Some(tls), timeout, bind).await {
                         Ok(out) => out,
-                        Err(failed) => {
+                        Err(mut failed) => {
+                            if let Some(policy) = required_policy(&host_tls) {
+                                self.count_policy_failure(matches!(host_tls, HostTls::Dane(_)));
+                                let domain = governing.as_deref().unwrap_or_default();
+                                failed.reply = ReplyText::local(
+                                    451,
+                                    EnhancedCode::new(4, 7, 5),
+                                    format!(
+                                        "{policy} policy of {domain} not met by {name}: {}",
+                                        failed.reply.text
+                                    ),
+                                );
+                                failed.transient = true;
+                            }
                             tracing::debug!(%dest, %addr, reply = %failed.reply, "next hop failed");
                             last_failure = Some(failed);
                             break;
                         }
                     };
+                let link = self.link_tls(governing.clone(), &name, &host_tls, &connection, &report);
                 let mut agent = SmtpAgent { connection };
-                let spent = self.deliver_over(&mut agent, &dest, &mut queue).await;
+                let spent = self
+                    .deliver_over(&mut agent, &dest, &mut queue, &link)
+                    .await;
                 agent.connection.quit().await;
                 if !spent {
                     break;
@@ -571,6 +620,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
         agent: &mut SmtpAgent,
         dest: &DestinationKey,
         queue: &mut VecDeque<Work<StoredMessage>>,
+        link: &LinkTls,
     ) -> bool {
         loop {
             if queue.is_empty() && agent.connection.messages_left() > 0 {
@@ -601,6 +651,20 @@ impl<S: SegmentStore + 'static> Engine<S> {
                     .held(work.id, work.attempt, dest.clone(), false)
                     .await;
                 self.hold(hold);
+                self.scheduler.borrow_mut().done(dest, 1);
+                continue;
+            }
+            // Another domain of the same MX set may need more TLS than
+            // this connection has: it waits for a connection of its own.
+            if let Some(reply) = self.tls_mismatch(&work, link, agent.remote()).await {
+                let via = Via {
+                    relay: Some(agent.remote()),
+                    source: dest.source(),
+                    tls: Some(link.outcome),
+                    ..Via::default()
+                };
+                let results = same_result(&work.recipients, Outcome::TransientFailure, &reply);
+                self.report(work.id, work.attempt, results, via).await;
                 self.scheduler.borrow_mut().done(dest, 1);
                 continue;
             }
@@ -638,6 +702,8 @@ impl<S: SegmentStore + 'static> Engine<S> {
                     relay: Some(agent.remote()),
                     source: dest.source(),
                     success: agent.success_action(),
+                    tls: Some(link.outcome),
+                    tls_testing_failure: link.testing_failure.as_deref(),
                 },
             )
             .await;
@@ -714,6 +780,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
             relay: Some(agent.remote()),
             source: None,
             success: agent.success_action(),
+            ..Via::default()
         };
         self.report(id, attempt, reports, via).await;
     }
@@ -727,6 +794,152 @@ impl<S: SegmentStore + 'static> Engine<S> {
             }
         }
         (self.tls.clone(), Rc::clone(&self.client))
+    }
+
+    /// The TLS requirements of the MX domains `queue`'s work is for,
+    /// when policies apply.
+    async fn domain_plans(
+        &self,
+        queue: &VecDeque<Work<StoredMessage>>,
+    ) -> Vec<(String, Arc<DomainTls>)> {
+        let mut plans: Vec<(String, Arc<DomainTls>)> = Vec::new();
+        if !self.tls_policies.is_enabled() {
+            return plans;
+        }
+        for work in queue {
+            let Hop::Mx { domain, hosts } = &*work.hop else {
+                continue;
+            };
+            if plans.iter().any(|(d, _)| d == domain) {
+                continue;
+            }
+            let names = hosts.iter().map(|h| h.name.clone()).collect();
+            let plan = self.tls_policies.domain(domain, names).await;
+            plans.push((domain.clone(), plan));
+        }
+        plans
+    }
+
+    /// The TLS connector and client for one host under `host_tls`:
+    /// STARTTLS required and the policy's verifier for DANE and MTA-STS
+    /// `enforce`; a verifier that writes to `report` for `testing`; as
+    /// [`Self::tls_for`] otherwise.
+    fn tls_for_host(
+        &self,
+        hop: &Hop,
+        host_tls: &HostTls,
+        report: &crate::outbound_tls::pkix::TestingReport,
+    ) -> (futures_rustls::TlsConnector, Rc<ClientConfig>) {
+        let required = || {
+            Rc::new(ClientConfig {
+                starttls: StartTlsPolicy::Required,
+                ..(*self.client).clone()
+            })
+        };
+        match host_tls {
+            HostTls::Dane(config) | HostTls::MtaSts(config) => (
+                futures_rustls::TlsConnector::from(Arc::clone(config)),
+                required(),
+            ),
+            HostTls::EncryptOnly => (self.tls.clone(), required()),
+            HostTls::MtaStsTesting { .. } => {
+                match self.tls_policies.testing_config(Arc::clone(report)) {
+                    Some(config) => (
+                        futures_rustls::TlsConnector::from(config),
+                        Rc::clone(&self.client),
+                    ),
+                    None => self.tls_for(hop),
+                }
+            }
+            HostTls::Opportunistic | HostTls::Refused(_) => self.tls_for(hop),
+        }
+    }
+
+    /// What protected a connection just opened under `host_tls`; logs
+    /// and counts what an MTA-STS `testing` policy would have refused.
+    fn link_tls(
+        &self,
+        domain: Option<String>,
+        host: &str,
+        host_tls: &HostTls,
+        connection: &Outbound,
+        report: &crate::outbound_tls::pkix::TestingReport,
+    ) -> LinkTls {
+        let outcome = match host_tls {
+            HostTls::Dane(_) => TlsOutcome::Dane,
+            HostTls::MtaSts(_) => TlsOutcome::MtaSts,
+            _ if connection.is_tls() => TlsOutcome::Opportunistic,
+            _ => TlsOutcome::None,
+        };
+        let testing_failure = match host_tls {
+            HostTls::MtaStsTesting { mx_listed: false } => {
+                Some(format!("MX host {host} is not listed in the policy"))
+            }
+            HostTls::MtaStsTesting { .. } if !connection.is_tls() => {
+                Some("STARTTLS not offered".to_owned())
+            }
+            HostTls::MtaStsTesting { .. } => {
+                report.lock().unwrap_or_else(|p| p.into_inner()).take()
+            }
+            _ => None,
+        };
+        if let Some(failure) = &testing_failure {
+            self.ctx
+                .metrics
+                .borrow_mut()
+                .counters
+                .mta_sts_testing_failures += 1;
+            tracing::warn!(
+                domain = domain.as_deref().unwrap_or(""),
+                remote = %connection.remote,
+                failure = %failure,
+                "MTA-STS testing policy would refuse this connection"
+            );
+        }
+        LinkTls {
+            host: host.to_owned(),
+            domain,
+            outcome,
+            testing_failure,
+        }
+    }
+
+    /// Why `work` must not go over a connection opened for another
+    /// domain (`link`), if its own domain's policy needs more TLS than
+    /// that connection has: a 4.7.5 deferral reply.
+    async fn tls_mismatch(
+        &self,
+        work: &Work<StoredMessage>,
+        link: &LinkTls,
+        remote: &str,
+    ) -> Option<String> {
+        let Hop::Mx { domain, hosts } = &*work.hop else {
+            return None;
+        };
+        if !self.tls_policies.is_enabled() || link.domain.as_deref() == Some(domain.as_str()) {
+            return None;
+        }
+        let names = hosts.iter().map(|h| h.name.clone()).collect();
+        let needed = self
+            .tls_policies
+            .domain(domain, names)
+            .await
+            .host(&link.host);
+        if needed.met_by(link.outcome) {
+            return None;
+        }
+        if let HostTls::Refused(why) = &needed {
+            return Some(format!("451 4.7.5 {why}"));
+        }
+        Some(format!(
+            "451 4.7.5 the connection to {remote} (tls={}) does not meet the {} policy of {domain}; it waits for a connection of its own",
+            link.outcome.label(),
+            needed.policy_name(),
+        ))
+    }
+
+    fn count_policy_failure(&self, dane: bool) {
+        self.ctx.metrics.borrow_mut().counters.tls_policy_failures[usize::from(dane)] += 1;
     }
 
     /// The client policy with the site's deliveries per connection and
@@ -832,7 +1045,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
                     }
                 }
             }
-            Hop::Mx(hosts) => flatten(hosts, self.ctx.config.delivery.mx_port),
+            Hop::Mx { hosts, .. } => flatten(hosts, self.ctx.config.delivery.mx_port),
         }
     }
 }
@@ -844,6 +1057,37 @@ fn made_permanent(reply: &str) -> String {
     let status = crate::delivery::dsn::status_of(reply).unwrap_or_else(|| "4.0.0".into());
     let detail = status.split_once('.').map_or("0.0", |(_, rest)| rest);
     format!("550 5.{detail} failed for good by a back-off rule: {reply}")
+}
+
+/// The requirement a connection to `host` is opened under, and the
+/// domain it comes from: the strictest of the domains' (DANE, MTA-STS
+/// `enforce`, encryption only, `testing`, none), so that one connection
+/// serves every domain it can. A domain that refuses the host ranks
+/// last: its work is deferred by the per-work check while the others'
+/// goes; when every domain refuses it, the host is skipped.
+fn strictest(plans: &[(String, Arc<DomainTls>)], host: &str) -> (Option<String>, HostTls) {
+    let rank = |tls: &HostTls| match tls {
+        HostTls::Refused(_) => 0,
+        HostTls::Opportunistic => 1,
+        HostTls::MtaStsTesting { .. } => 2,
+        HostTls::EncryptOnly => 3,
+        HostTls::MtaSts(_) => 4,
+        HostTls::Dane(_) => 5,
+    };
+    plans
+        .iter()
+        .map(|(domain, plan)| (Some(domain.clone()), plan.host(host)))
+        .max_by_key(|(_, tls)| rank(tls))
+        .unwrap_or((None, HostTls::Opportunistic))
+}
+
+/// The policy a requirement enforces (its failures defer), if any.
+fn required_policy(host_tls: &HostTls) -> Option<&'static str> {
+    match host_tls {
+        HostTls::Dane(_) | HostTls::EncryptOnly => Some("DANE"),
+        HostTls::MtaSts(_) => Some("MTA-STS"),
+        _ => None,
+    }
 }
 
 fn flatten(hosts: &[MxHost], port: u16) -> Vec<(String, SocketAddr)> {

@@ -54,6 +54,9 @@ pub struct Outbound {
     )>,
     /// A name for logs and DSNs: `host[ip]:port`.
     pub remote: String,
+    /// Why the TLS handshake failed, if it did (a certificate refused by
+    /// a DANE or MTA-STS verifier says so here).
+    tls_error: Option<String>,
 }
 
 /// Connects to `addr` from local address `local` (an egress source):
@@ -153,11 +156,22 @@ impl Outbound {
             input: ReadBuffer::new(READ_BUFFER, MAX_READ_BUFFER),
             tls: tls.map(|connector| (connector, server_name)),
             remote,
+            tls_error: None,
         };
         match outbound.run(Want::Ready, None).await {
             Ok(_) => Ok(outbound),
-            Err(failed) => {
+            Err(mut failed) => {
                 outbound.close().await;
+                if let Some(error) = outbound.tls_error.take() {
+                    failed.reply = ReplyText::local(
+                        failed.reply.code,
+                        failed
+                            .reply
+                            .enhanced
+                            .unwrap_or(crate::smtp::client::EnhancedCode::new(4, 7, 5)),
+                        format!("TLS handshake with {} failed: {error}", outbound.remote),
+                    );
+                }
                 Err(failed)
             }
         }
@@ -222,6 +236,11 @@ impl Outbound {
                 reusable: false,
             },
         }
+    }
+
+    /// Whether the session runs under TLS (STARTTLS succeeded).
+    pub fn is_tls(&self) -> bool {
+        self.client.is_tls()
     }
 
     /// How many more transactions this connection may carry.
@@ -414,6 +433,7 @@ impl Outbound {
             }
             Err(e) => {
                 tracing::debug!(remote = %self.remote, error = %e, "outbound TLS handshake failed");
+                self.tls_error = Some(e.to_string());
                 self.client.handle_tls_failed(Instant::now());
             }
         }

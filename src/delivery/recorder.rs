@@ -16,6 +16,7 @@ use crate::delivery::dsn::{build_dsn, status_of, wants, DsnAction, ReportedRecip
 use crate::delivery::report::RecipientReport;
 use crate::envelope::{Envelope, Recipient};
 use crate::metrics::{MessageResult, RecipientResult};
+use crate::outbound_tls::TlsOutcome;
 use crate::queue::{AttemptId, Deferral, DestinationKey, Dispatch, QueueEntry, Shape};
 use crate::shard::ShardContext;
 use crate::smtp::client::Outcome;
@@ -40,6 +41,11 @@ pub struct Via<'a> {
     /// What a delivery owes a recipient that asked NOTIFY=SUCCESS (see
     /// `DeliveryAgent::success_action`).
     pub success: Option<DsnAction>,
+    /// What protected the connection (outbound SMTP only).
+    pub tls: Option<TlsOutcome>,
+    /// What an MTA-STS `testing` policy would have refused about the
+    /// connection (RFC 8461 5: reported, not enforced).
+    pub tls_testing_failure: Option<&'a str>,
 }
 
 /// The `source` of a log line for mail sent without a named egress source.
@@ -103,8 +109,7 @@ impl<S: SegmentStore + 'static> Recorder<S> {
         results: Vec<RecipientReport>,
         via: Via<'_>,
     ) -> Option<Hold> {
-        let remote = via.relay;
-        self.log_outcomes(id, &results, remote, via.source);
+        self.log_outcomes(id, &results, &via);
         // Who asked for a success DSN, if this delivery owes any.
         let wants_success: Vec<(u32, DsnAction)> = match via.success {
             None => Vec::new(),
@@ -134,7 +139,7 @@ impl<S: SegmentStore + 'static> Recorder<S> {
             let outcome = RecipientOutcome {
                 kind,
                 reply: r.reply,
-                remote_mta: remote.map(str::to_owned),
+                remote_mta: via.relay.map(str::to_owned),
             };
             if kind == OutcomeKind::Bounced {
                 // Recorded in complete(), after the DSN is spooled.
@@ -193,19 +198,17 @@ impl<S: SegmentStore + 'static> Recorder<S> {
     /// One log line and one count per recipient result: the message's
     /// life as operators follow it (`delivered`, `deferred`, `bounced`),
     /// with the egress source the mail left through (`none` without one).
-    fn log_outcomes(
-        &self,
-        id: SpoolId,
-        results: &[RecipientReport],
-        relay: Option<&str>,
-        via: Option<&str>,
-    ) {
+    fn log_outcomes(&self, id: SpoolId, results: &[RecipientReport], via: &Via<'_>) {
         let attempts = self.ctx.queue.borrow().attempts(id).unwrap_or(0) + 1;
         let message = self.message(id);
         let envelope = message.as_deref().map(StoredMessage::envelope);
         let from = envelope.map_or("", |e| e.sender.as_str());
-        let relay = relay.unwrap_or(NO_RELAY);
-        let source = via.unwrap_or(NO_SOURCE);
+        let relay = via.relay.unwrap_or(NO_RELAY);
+        let source = via.source.unwrap_or(NO_SOURCE);
+        // Outbound SMTP only: local deliveries and failures before any
+        // connection have no TLS to speak of.
+        let tls = via.tls.map(TlsOutcome::label);
+        let tls_testing_failure = via.tls_testing_failure;
         let shaping = self.ctx.shaping();
         let mut metrics = self.ctx.metrics.borrow_mut();
         for r in results {
@@ -215,20 +218,23 @@ impl<S: SegmentStore + 'static> Recorder<S> {
             let reply = r.reply.as_str();
             match r.outcome {
                 Outcome::Delivered => {
-                    metrics.count_recipient_via(RecipientResult::Delivered, via);
-                    tracing::info!(%id, from, to, relay, source, reply, attempts, "delivered");
+                    metrics.count_recipient_via(RecipientResult::Delivered, via.source);
+                    if let Some(outcome) = via.tls {
+                        metrics.count_tls(outcome);
+                    }
+                    tracing::info!(%id, from, to, relay, source, tls, tls_testing_failure, reply, attempts, "delivered");
                 }
                 Outcome::TransientFailure => {
                     let class = shaping.classify(reply);
-                    metrics.count_recipient_via(RecipientResult::Deferred, via);
+                    metrics.count_recipient_via(RecipientResult::Deferred, via.source);
                     metrics.count_failure(class, RecipientResult::Deferred);
-                    tracing::info!(%id, from, to, relay, source, reply, %class, attempts, "deferred");
+                    tracing::info!(%id, from, to, relay, source, tls, tls_testing_failure, reply, %class, attempts, "deferred");
                 }
                 Outcome::PermanentFailure => {
                     let class = shaping.classify(reply);
-                    metrics.count_recipient_via(RecipientResult::Bounced, via);
+                    metrics.count_recipient_via(RecipientResult::Bounced, via.source);
                     metrics.count_failure(class, RecipientResult::Bounced);
-                    tracing::info!(%id, from, to, relay, source, reply, %class, attempts, "bounced");
+                    tracing::info!(%id, from, to, relay, source, tls, tls_testing_failure, reply, %class, attempts, "bounced");
                 }
             }
         }

@@ -65,7 +65,12 @@ pub enum Hop {
     /// The mailbox tier of this host.
     Local,
     Fixed(HostPort),
-    Mx(Vec<MxHost>),
+    /// Delivery by MX: the recipient domain (whose TLS policy applies)
+    /// and its MX hosts.
+    Mx {
+        domain: String,
+        hosts: Vec<MxHost>,
+    },
 }
 
 impl Hop {
@@ -74,7 +79,7 @@ impl Hop {
         match self {
             Hop::Local => Vec::new(),
             Hop::Fixed(hp) => vec![hp.host.as_str()],
-            Hop::Mx(hosts) => hosts.iter().map(|h| h.name.as_str()).collect(),
+            Hop::Mx { hosts, .. } => hosts.iter().map(|h| h.name.as_str()).collect(),
         }
     }
 }
@@ -251,7 +256,10 @@ pub async fn plan<M: Addressed>(
         let failure = match resolution.into_hosts() {
             Ok(hosts) => match DestinationKey::mx_set(hosts.iter().map(|h| h.name.as_str())) {
                 Ok(key) => {
-                    let hop = Rc::new(Hop::Mx(hosts));
+                    let hop = Rc::new(Hop::Mx {
+                        domain: domain.clone(),
+                        hosts,
+                    });
                     for g in groups {
                         plan.remote.push(Placement {
                             key: key.clone(),

@@ -172,6 +172,39 @@ pub fn render(s: &Snapshot) -> String {
         "Sites whose queued mail a back-off rule's bounce returned to the senders.",
         c.site_bounces,
     );
+    let name = "spate_delivery_tls_total";
+    out.header(
+        name,
+        "counter",
+        "Recipients delivered over outbound SMTP, by what protected the connection.",
+    );
+    for outcome in crate::outbound_tls::TlsOutcome::ALL {
+        let _ = writeln!(
+            out.0,
+            "{name}{{outcome=\"{}\"}} {}",
+            outcome.label(),
+            c.tls_outcomes[outcome as usize]
+        );
+    }
+    let name = "spate_delivery_tls_policy_failures_total";
+    out.header(
+        name,
+        "counter",
+        "Next hops not used because they failed an MTA-STS enforce or DANE policy.",
+    );
+    for (column, policy) in ["mta-sts", "dane"].iter().enumerate() {
+        let _ = writeln!(
+            out.0,
+            "{name}{{policy=\"{policy}\"}} {}",
+            c.tls_policy_failures[column]
+        );
+    }
+    out.single(
+        "spate_delivery_mta_sts_testing_failures_total",
+        "counter",
+        "Connections an MTA-STS testing policy would have refused (reported only).",
+        c.mta_sts_testing_failures,
+    );
     let name = "spate_delivery_failures_total";
     out.header(
         name,

@@ -144,6 +144,15 @@ pub struct Counters {
     /// Messages of a signing domain that could not be signed (accepted
     /// unsigned).
     pub dkim_failures: u64,
+    /// Recipients delivered over outbound SMTP, by what protected the
+    /// connection (`outbound_tls::TlsOutcome`: none, opportunistic,
+    /// mta-sts, dane).
+    pub tls_outcomes: [u64; 4],
+    /// Next hops not used because they failed a TLS policy, by policy:
+    /// MTA-STS `enforce`, DANE.
+    pub tls_policy_failures: [u64; 2],
+    /// Connections an MTA-STS `testing` policy would have refused.
+    pub mta_sts_testing_failures: u64,
 }
 
 impl Counters {
@@ -179,6 +188,9 @@ impl Counters {
         }
         self.dkim_signed += o.dkim_signed;
         self.dkim_failures += o.dkim_failures;
+        add(&mut self.tls_outcomes, &o.tls_outcomes);
+        add(&mut self.tls_policy_failures, &o.tls_policy_failures);
+        self.mta_sts_testing_failures += o.mta_sts_testing_failures;
     }
 }
 
@@ -491,6 +503,11 @@ impl Metrics {
                 self.recipients_by_source.insert(source.to_owned(), counts);
             }
         }
+    }
+
+    /// A recipient delivered under `outcome`.
+    pub fn count_tls(&mut self, outcome: crate::outbound_tls::TlsOutcome) {
+        self.counters.tls_outcomes[outcome as usize] += 1;
     }
 
     /// Adds another core's figures to these.

@@ -1,7 +1,9 @@
 //! A test DNS server: hickory-server in-process, authoritative for zones
-//! built from Rust data (MX, A, AAAA, TXT, null MX, names that answer
-//! SERVFAIL), on a private 127.a.b.c address with the same port over UDP
-//! and TCP. It runs on its own thread with its own tokio runtime, counts
+//! built from Rust data (MX, A, AAAA, TXT, TLSA, null MX, names that
+//! answer SERVFAIL), on a private 127.a.b.c address with the same port
+//! over UDP and TCP. Names marked `secure` are answered with the AD bit
+//! set, as a validating resolver answers DNSSEC-signed data: that is how
+//! tests model a validating resolver for DANE. It runs on its own thread with its own tokio runtime, counts
 //! every query it receives, and stops when dropped. It never forwards or
 //! recurses: a name outside its zones is REFUSED.
 //!
@@ -24,12 +26,16 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use hickory_server::net::runtime::Time;
+use hickory_server::net::NetError;
 use hickory_server::proto::op::ResponseCode;
-use hickory_server::proto::rr::rdata::{A, AAAA, MX, SOA, TXT};
+use hickory_server::proto::rr::rdata::tlsa::{CertUsage, Matching, Selector};
+use hickory_server::proto::rr::rdata::{A, AAAA, MX, SOA, TLSA, TXT};
 use hickory_server::proto::rr::{LowerName, Name, RData, Record};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
-use hickory_server::zone_handler::{AxfrPolicy, Catalog, MessageResponseBuilder, ZoneType};
+use hickory_server::zone_handler::{
+    AxfrPolicy, Catalog, MessageResponse, MessageResponseBuilder, ZoneType,
+};
 use hickory_server::Server;
 
 /// Default TTL of records (seconds): long enough that no test sees one
@@ -47,6 +53,7 @@ pub struct Records {
     negative_ttl: u32,
     records: Vec<Record>,
     servfail: Vec<String>,
+    secure: Vec<String>,
 }
 
 impl Default for Records {
@@ -56,6 +63,7 @@ impl Default for Records {
             negative_ttl: 60,
             records: Vec::new(),
             servfail: Vec::new(),
+            secure: Vec::new(),
         }
     }
 }
@@ -134,6 +142,26 @@ impl Records {
         self
     }
 
+    /// A TLSA record (RFC 6698): usage, selector, matching type, data.
+    pub fn tlsa(mut self, name_: &str, usage: u8, selector: u8, matching: u8, data: &[u8]) -> Self {
+        let rdata = RData::TLSA(TLSA::new(
+            CertUsage::from(usage),
+            Selector::from(selector),
+            Matching::from(matching),
+            data.to_vec(),
+        ));
+        self.records
+            .push(Record::from_rdata(name(name_), self.ttl, rdata));
+        self
+    }
+
+    /// Answers about `name` (any type) carry the AD bit: "DNSSEC-secure",
+    /// as a validating resolver would say.
+    pub fn secure(mut self, name: &str) -> Self {
+        self.secure.push(normalize(name));
+        self
+    }
+
     /// Every query for `name` (any type) answers SERVFAIL.
     pub fn servfail(mut self, name: &str) -> Self {
         self.servfail.push(normalize(name));
@@ -201,6 +229,34 @@ struct Counting {
     catalog: Catalog,
     counts: Counts,
     servfail: Vec<String>,
+    secure: Vec<String>,
+}
+
+/// Sends the catalog's answer with the AD bit set when `secure`.
+#[derive(Clone)]
+struct Authenticating<R> {
+    inner: R,
+    secure: bool,
+}
+
+#[async_trait::async_trait]
+impl<R: ResponseHandler> ResponseHandler for Authenticating<R> {
+    async fn send_response<'a>(
+        &mut self,
+        mut response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        if self.secure {
+            response.metadata_mut().authentic_data = true;
+        }
+        self.inner.send_response(response).await
+    }
 }
 
 #[async_trait::async_trait]
@@ -211,10 +267,12 @@ impl RequestHandler for Counting {
         mut response_handle: R,
     ) -> ResponseInfo {
         let mut fail = false;
+        let mut secure = false;
         if let Ok(info) = request.request_info() {
             let qname = normalize(&info.query.name().to_string());
             let qtype = info.query.query_type().to_string();
             fail = self.servfail.contains(&qname);
+            secure = self.secure.contains(&qname);
             let mut counts = self.counts.lock().unwrap();
             let asked = counts.entry((qname, qtype)).or_default();
             asked.packets += 1;
@@ -228,8 +286,12 @@ impl RequestHandler for Counting {
                 Err(e) => panic!("test DNS cannot send SERVFAIL: {e}"),
             };
         }
+        let response_handle = Authenticating {
+            inner: response_handle,
+            secure,
+        };
         self.catalog
-            .handle_request::<R, T>(request, response_handle)
+            .handle_request::<Authenticating<R>, T>(request, response_handle)
             .await
     }
 }
@@ -253,6 +315,7 @@ impl TestDns {
             catalog: records.catalog(),
             counts: Arc::clone(&counts),
             servfail: records.servfail.clone(),
+            secure: records.secure.clone(),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
