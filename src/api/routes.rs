@@ -95,7 +95,7 @@ pub enum Received {
 
 /// Judges the bytes received so far on a connection.
 pub fn read_request(received: &[u8]) -> Received {
-    let Some(head_end) = head_end(received) else {
+    let Some(head_end) = crate::metrics::http::find_head_end(received) else {
         return if received.len() > MAX_HEAD {
             Received::Refused(Answer::error(431, "request head too large"))
         } else {
@@ -151,23 +151,6 @@ pub fn read_request(received: &[u8]) -> Received {
         authorization,
         body: body[..length].to_vec(),
     })
-}
-
-/// Where the head ends (after its empty line), accepting bare LF too.
-fn head_end(bytes: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while let Some(k) = memchr::memchr(b'\n', &bytes[i..]) {
-        let nl = i + k;
-        let rest = &bytes[nl + 1..];
-        if rest.starts_with(b"\r\n") {
-            return Some(nl + 3);
-        }
-        if rest.starts_with(b"\n") {
-            return Some(nl + 2);
-        }
-        i = nl + 1;
-    }
-    None
 }
 
 /// Whether the request carries the token, compared in constant time.

@@ -85,8 +85,9 @@ pub fn handle_request(received: &[u8]) -> Verdict {
     }
 }
 
-/// Where the head ends (after its empty line), accepting bare LF too.
-fn find_head_end(bytes: &[u8]) -> Option<usize> {
+/// Where the head ends (after its empty line), accepting bare LF too
+/// (also read by the management API, `api::routes`).
+pub fn find_head_end(bytes: &[u8]) -> Option<usize> {
     let mut i = 0;
     while let Some(k) = memchr::memchr(b'\n', &bytes[i..]) {
         let nl = i + k;
