@@ -45,6 +45,7 @@ pub mod delivery;
 pub mod dkim;
 pub mod egress;
 pub mod envelope;
+pub mod events;
 pub mod fuzz;
 pub mod imap;
 pub mod local;

@@ -87,6 +87,8 @@ pub struct ShardContext<S: SegmentStore = GlommioStore> {
     /// Set when there is new work for delivery (a message stored, a
     /// connection slot freed, a flush).
     pub delivery_wake: Notify,
+    /// Where message-life events go, with `[[events.webhook]]`.
+    pub events: Option<crate::events::EventSink>,
 }
 
 /// This shard's copy of the reloadable settings.
@@ -111,6 +113,14 @@ impl Live {
 }
 
 impl<S: SegmentStore> ShardContext<S> {
+    /// Hands a message-life event to the events service; `make` runs
+    /// only when webhooks are configured.
+    pub fn emit(&self, make: impl FnOnce() -> crate::events::Event) {
+        if let Some(events) = &self.events {
+            events.send(make());
+        }
+    }
+
     /// The TLS acceptor for a handshake starting now (`None` without
     /// `[tls]`).
     pub fn tls(&self) -> Option<futures_rustls::TlsAcceptor> {
@@ -180,6 +190,8 @@ pub struct ShardPlan {
     /// The shard's thread joins these as it starts: its panic ends the
     /// process (see `crash`).
     pub fatal: FatalThreads,
+    /// Where message-life events go, with `[[events.webhook]]`.
+    pub events: Option<crate::events::EventSink>,
 }
 
 /// Starts the executor of one shard, pinned to `cpu`. Its join handle
@@ -308,6 +320,7 @@ async fn start<S: SegmentStore + 'static>(
         live: RefCell::new(Live::from_settings(&plan.live)),
         shutdown: Rc::new(Shutdown::new()),
         delivery_wake: Notify::new(),
+        events: plan.events,
     });
     let (shared, cluster_task) = match plan.cluster {
         Some(link) => {

@@ -15,8 +15,10 @@ use crate::delivery::attempts::{next_step, Attempt, Attempts, NextStep};
 use crate::delivery::dsn::{build_dsn, status_of, wants, DsnAction, ReportedRecipient};
 use crate::delivery::report::RecipientReport;
 use crate::envelope::{Envelope, Recipient};
+use crate::events::{Event, EventKind};
 use crate::metrics::{MessageResult, RecipientResult};
 use crate::queue::{AttemptId, Deferral, DestinationKey, Dispatch, QueueEntry};
+use crate::shaping::BounceClass;
 use crate::shard::ShardContext;
 use crate::smtp::client::Outcome;
 use crate::spool::{
@@ -37,6 +39,8 @@ pub struct Via<'a> {
     pub relay: Option<&'a str>,
     /// The egress source the mail left through.
     pub source: Option<&'a str>,
+    /// The destination site, when the results are of one.
+    pub site: Option<&'a DestinationKey>,
     /// What a delivery owes a recipient that asked NOTIFY=SUCCESS (see
     /// `DeliveryAgent::success_action`).
     pub success: Option<DsnAction>,
@@ -104,7 +108,7 @@ impl<S: SegmentStore + 'static> Recorder<S> {
         via: Via<'_>,
     ) -> Option<Hold> {
         let remote = via.relay;
-        self.log_outcomes(id, &results, remote, via.source);
+        self.log_outcomes(id, &results, via);
         // Who asked for a success DSN, if this delivery owes any.
         let wants_success: Vec<(u32, DsnAction)> = match via.success {
             None => Vec::new(),
@@ -193,19 +197,14 @@ impl<S: SegmentStore + 'static> Recorder<S> {
     /// One log line and one count per recipient result: the message's
     /// life as operators follow it (`delivered`, `deferred`, `bounced`),
     /// with the egress source the mail left through (`none` without one).
-    fn log_outcomes(
-        &self,
-        id: SpoolId,
-        results: &[RecipientReport],
-        relay: Option<&str>,
-        via: Option<&str>,
-    ) {
+    fn log_outcomes(&self, id: SpoolId, results: &[RecipientReport], via: Via<'_>) {
         let attempts = self.ctx.queue.borrow().attempts(id).unwrap_or(0) + 1;
         let message = self.message(id);
         let envelope = message.as_deref().map(StoredMessage::envelope);
         let from = envelope.map_or("", |e| e.sender.as_str());
-        let relay = relay.unwrap_or(NO_RELAY);
-        let source = via.unwrap_or(NO_SOURCE);
+        let relay = via.relay.unwrap_or(NO_RELAY);
+        let site = via.site.map(|dest| dest.site().to_string());
+        let (via, source) = (via.source, via.source.unwrap_or(NO_SOURCE));
         let shaping = self.ctx.shaping();
         let mut metrics = self.ctx.metrics.borrow_mut();
         for r in results {
@@ -213,24 +212,41 @@ impl<S: SegmentStore + 'static> Recorder<S> {
                 .and_then(|e| e.recipients.get(r.index as usize))
                 .map_or("", |x| x.address.as_str());
             let reply = r.reply.as_str();
-            match r.outcome {
+            let (kind, class) = match r.outcome {
                 Outcome::Delivered => {
                     metrics.count_recipient_via(RecipientResult::Delivered, via);
                     tracing::info!(%id, from, to, relay, source, reply, attempts, "delivered");
+                    (EventKind::Delivered, None)
                 }
                 Outcome::TransientFailure => {
                     let class = shaping.classify(reply);
                     metrics.count_recipient_via(RecipientResult::Deferred, via);
                     metrics.count_failure(class, RecipientResult::Deferred);
                     tracing::info!(%id, from, to, relay, source, reply, %class, attempts, "deferred");
+                    (EventKind::Deferred, Some(class))
                 }
                 Outcome::PermanentFailure => {
                     let class = shaping.classify(reply);
                     metrics.count_recipient_via(RecipientResult::Bounced, via);
                     metrics.count_failure(class, RecipientResult::Bounced);
                     tracing::info!(%id, from, to, relay, source, reply, %class, attempts, "bounced");
+                    (EventKind::Bounced, Some(class))
                 }
-            }
+            };
+            self.ctx.emit(|| {
+                Event {
+                    id: Some(id.to_string()),
+                    sender: Some(from.to_owned()),
+                    recipient: Some(to.to_owned()),
+                    site: site.clone(),
+                    source: via.map(str::to_owned),
+                    relay: Some(relay.to_owned()),
+                    attempt: Some(attempts),
+                    class: class.map(BounceClass::label),
+                    ..Event::new(kind, unix_now().0)
+                }
+                .with_reply(reply)
+            });
         }
     }
 
@@ -391,6 +407,17 @@ impl<S: SegmentStore + 'static> Recorder<S> {
                 .map_or("", |x| x.address.as_str());
             let class = self.ctx.shaping().classify(&reply);
             tracing::info!(%id, from, to, relay = NO_RELAY, reply = %reply, %class, attempts, "expired");
+            self.ctx.emit(|| {
+                Event {
+                    id: Some(id.to_string()),
+                    sender: Some(from.to_owned()),
+                    recipient: Some(to.to_owned()),
+                    attempt: Some(attempts),
+                    class: Some(class.label()),
+                    ..Event::new(EventKind::Expired, unix_now().0)
+                }
+                .with_reply(&reply)
+            });
             let mut metrics = self.ctx.metrics.borrow_mut();
             metrics.count_recipient(RecipientResult::Expired);
             metrics.count_failure(class, RecipientResult::Expired);
@@ -536,6 +563,19 @@ impl<S: SegmentStore + 'static> Recorder<S> {
     async fn queue_new(&self, envelope: Envelope, body: Vec<u8>) -> Result<SpoolId, SpoolError> {
         let size = body.len() as u64;
         let new_id = self.ctx.spool.store(&envelope, body).await?;
+        self.ctx.emit(|| Event {
+            id: Some(new_id.to_string()),
+            sender: Some(envelope.sender.clone()),
+            recipients: Some(
+                envelope
+                    .recipients
+                    .iter()
+                    .map(|r| r.address.clone())
+                    .collect(),
+            ),
+            size: Some(size),
+            ..Event::new(EventKind::Received, envelope.received_at)
+        });
         self.ctx.queue.borrow_mut().insert(
             new_id,
             QueueEntry {

@@ -16,6 +16,7 @@ use glommio::net::TcpStream;
 
 use crate::blocking::{JobFailed, Lane};
 use crate::dkim::SignError;
+use crate::events::{Event as LifeEvent, EventKind};
 use crate::local::Login;
 use crate::metrics::ConnectionKind;
 use crate::queue::QueueEntry;
@@ -263,6 +264,20 @@ impl<S: SegmentStore> Driver<S> {
                     dkim = dkim.as_deref(),
                     "received"
                 );
+                self.ctx.emit(|| LifeEvent {
+                    id: Some(id.to_string()),
+                    sender: Some(envelope.sender.clone()),
+                    recipients: Some(
+                        envelope
+                            .recipients
+                            .iter()
+                            .map(|r| r.address.clone())
+                            .collect(),
+                    ),
+                    size: Some(size),
+                    client: Some(envelope.client_ip.to_string()),
+                    ..LifeEvent::new(EventKind::Received, envelope.received_at)
+                });
                 self.ctx.delivery_wake.notify();
                 self.session.handle_stored(Ok(&id.to_string()), now);
                 self.acks_pending.push(data_ended);
