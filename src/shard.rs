@@ -121,6 +121,35 @@ impl<S: SegmentStore> ShardContext<S> {
         }
     }
 
+    /// [`emit`](Self::emit), then waits until the event is synced to the
+    /// event log, for `[events] received_sync_wait` at most (other
+    /// sessions are served meanwhile).
+    pub async fn emit_durable(&self, make: impl FnOnce() -> crate::events::Event) {
+        let Some(events) = &self.events else {
+            return;
+        };
+        let limit = events.received_sync_wait();
+        if limit.is_zero() {
+            events.send(make());
+            return;
+        }
+        let synced = events.send_durable(make());
+        let waited = async {
+            let _ = synced.await;
+            true
+        };
+        let timed_out = async {
+            glommio::timer::sleep(limit).await;
+            false
+        };
+        if !futures_lite::future::or(waited, timed_out).await {
+            tracing::debug!(
+                ?limit,
+                "the received event was not synced in time; answering anyway"
+            );
+        }
+    }
+
     /// The TLS acceptor for a handshake starting now (`None` without
     /// `[tls]`).
     pub fn tls(&self) -> Option<futures_rustls::TlsAcceptor> {

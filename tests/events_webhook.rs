@@ -649,6 +649,68 @@ fn a_full_event_log_drops_new_events_and_mail_flows_on() {
     assert_contiguous(&events);
     assert_eq!(*events.keys().next().unwrap(), 1);
     // Once acknowledged, the log has room again.
+    wait_until("every event acknowledged", Duration::from_secs(10), || {
+        metric(&server, "spate_events_queued") == 0.0
+    });
     common::send_numbered(&server, "rcpt@far.example", "after", 1);
     receiver.wait_for(written + 2, Duration::from_secs(30));
+}
+
+#[test]
+fn a_received_event_is_in_the_log_before_its_250() {
+    // The delivery side is left down (a route to a closed port), so the
+    // only events are the received ones; spate is killed right after the
+    // last 250, with the endpoint down.
+    let sink = Sink::start();
+    let senders = Sink::start();
+    let mut receiver = Receiver::start();
+    receiver.stop();
+    let mut server = server(
+        &sink,
+        &senders,
+        &receiver,
+        "[delivery]\nminimal_backoff = \"1h\"\nmaximal_backoff = \"1h\"\n",
+    );
+    let ids: Vec<String> = std::thread::scope(|scope| {
+        let smtp = server.smtp;
+        let sessions: Vec<_> = (0..4)
+            .map(|session| {
+                scope.spawn(move || {
+                    let mut c = common::smtp::Client::connect(smtp);
+                    assert_eq!(c.read_reply().code, 220);
+                    assert_eq!(c.cmd("EHLO client.test").code, 250);
+                    (0..25)
+                        .map(|i| {
+                            let marker = format!("k{session}-{i}");
+                            c.send_message(
+                                "sender@client.test",
+                                &["rcpt@nowhere.example"],
+                                &common::message(&marker, 200),
+                            )
+                            .unwrap_or_else(|r| panic!("refused: {r:?}"))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        sessions
+            .into_iter()
+            .flat_map(|s| s.join().unwrap())
+            .collect()
+    });
+    server.kill9();
+    server.restart();
+    receiver.restart();
+    wait_until(
+        "every acknowledged message's received event",
+        Duration::from_secs(30),
+        || {
+            let events = receiver.distinct();
+            ids.iter().all(|id| {
+                events
+                    .values()
+                    .any(|e| e["type"] == "received" && e["id"] == id.as_str())
+            })
+        },
+    );
 }

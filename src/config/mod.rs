@@ -104,6 +104,15 @@ pub struct EventsConfig {
     /// are dropped and counted.
     #[serde(default = "default_events_memory_queue")]
     pub memory_queue: usize,
+    /// How long a message's 250 may wait for its `received` event to be
+    /// synced to the event log (after the message's own spool sync);
+    /// zero: the 250 does not wait (a crash can then lose the events of
+    /// the last moments).
+    #[serde(
+        default = "default_events_received_sync_wait",
+        with = "humantime_serde"
+    )]
+    pub received_sync_wait: Duration,
     /// The endpoints; none: no events are made.
     #[serde(default, rename = "webhook")]
     pub webhooks: Vec<Webhook>,
@@ -115,6 +124,7 @@ impl Default for EventsConfig {
             dir: None,
             max_queue_bytes: default_events_max_queue_bytes(),
             memory_queue: default_events_memory_queue(),
+            received_sync_wait: default_events_received_sync_wait(),
             webhooks: Vec::new(),
         }
     }
@@ -165,6 +175,10 @@ fn default_events_max_queue_bytes() -> u64 {
 
 fn default_events_memory_queue() -> usize {
     65_536
+}
+
+fn default_events_received_sync_wait() -> Duration {
+    Duration::from_millis(100)
 }
 
 fn default_webhook_batch_size() -> usize {
@@ -998,6 +1012,9 @@ impl Config {
         }
         if events.memory_queue < 1 {
             return invalid("events.memory_queue must be at least 1".into());
+        }
+        if events.received_sync_wait > Duration::from_secs(10) {
+            return invalid("events.received_sync_wait must be at most 10s".into());
         }
         let mut names = std::collections::BTreeSet::new();
         for hook in &events.webhooks {

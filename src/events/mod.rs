@@ -22,6 +22,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use futures_channel::oneshot;
 
 use crate::config::EventsConfig;
 pub use event::{Event, EventKind};
@@ -46,10 +47,17 @@ pub enum EventsError {
     Thread(std::io::Error),
 }
 
+/// An event on its way to the writer, with whom to tell once it is
+/// durable.
+struct Submission {
+    event: Event,
+    durable: Option<oneshot::Sender<()>>,
+}
+
 /// The cores' end: cheap to clone, never blocks.
 #[derive(Clone)]
 pub struct EventSink {
-    sender: Sender<Event>,
+    sender: Sender<Submission>,
     shared: Arc<Shared>,
 }
 
@@ -57,12 +65,36 @@ impl EventSink {
     /// Hands `event` to the writer thread; when it is that far behind
     /// (the channel is full) the event is dropped and counted.
     pub fn send(&self, event: Event) {
-        match self.sender.try_send(event) {
+        self.submit(Submission {
+            event,
+            durable: None,
+        });
+    }
+
+    /// [`send`](Self::send), and a receiver that resolves once the event
+    /// is synced to the log (or is cancelled when it was dropped).
+    pub fn send_durable(&self, event: Event) -> oneshot::Receiver<()> {
+        let (durable, synced) = oneshot::channel();
+        self.submit(Submission {
+            event,
+            durable: Some(durable),
+        });
+        synced
+    }
+
+    fn submit(&self, submission: Submission) {
+        match self.sender.try_send(submission) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// How long the 250 of a message may wait for its `received` event
+    /// to be durable (`[events] received_sync_wait`; zero: no wait).
+    pub fn received_sync_wait(&self) -> Duration {
+        self.shared.received_sync_wait
     }
 }
 
@@ -86,6 +118,8 @@ pub(crate) struct Shared {
     /// Events dropped: channel full, log full or unwritable.
     dropped: AtomicU64,
     endpoints: Vec<Endpoint>,
+    /// See [`EventSink::received_sync_wait`].
+    received_sync_wait: Duration,
 }
 
 /// One endpoint's progress.
@@ -250,6 +284,7 @@ impl Events {
             written: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             endpoints,
+            received_sync_wait: config.received_sync_wait,
         });
         let (sender, receiver) = crossbeam_channel::bounded(config.memory_queue);
         let writer = Writer {
@@ -334,7 +369,7 @@ struct Writer {
     dir: PathBuf,
     segment_bytes: u64,
     max_bytes: u64,
-    receiver: Receiver<Event>,
+    receiver: Receiver<Submission>,
     shared: Arc<Shared>,
     /// `dropped` when last warned about.
     last_dropped: u64,
@@ -357,15 +392,17 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            if !batch.is_empty() {
-                self.write(&mut batch);
-            }
+            // Room first: what the endpoints acknowledged meanwhile no
+            // longer counts against the bound.
             let by_all = self.shared.acknowledged_by_all();
             if by_all > acknowledged {
                 acknowledged = by_all;
                 if let Err(e) = self.log.remove_acknowledged(by_all) {
                     tracing::warn!(error = %e, "event log: cannot delete an acknowledged segment");
                 }
+            }
+            if !batch.is_empty() {
+                self.write(&mut batch);
             }
             self.warn_of_drops();
             if stopping && self.receiver.is_empty() {
@@ -375,14 +412,16 @@ impl Writer {
     }
 
     /// Numbers, appends and syncs `batch` (emptied); what the log's bound
-    /// leaves no room for is dropped.
-    fn write(&mut self, batch: &mut Vec<Event>) {
+    /// leaves no room for is dropped. Whoever waits for an event is told
+    /// once it is synced (or, dropped, by the cancellation).
+    fn write(&mut self, batch: &mut Vec<Submission>) {
         let mut encoded = Vec::with_capacity(batch.len() * 400);
         let first = self.log.next_seq();
         let mut count = 0u64;
         let mut refused = 0u64;
         let mut json = Vec::with_capacity(512);
-        for event in batch.drain(..) {
+        let mut waiting = Vec::new();
+        for Submission { event, durable } in batch.drain(..) {
             json.clear();
             let numbered = event::Numbered {
                 seq: first + count,
@@ -399,6 +438,7 @@ impl Writer {
                 continue;
             }
             count += 1;
+            waiting.extend(durable);
         }
         let written = self
             .log
@@ -408,6 +448,9 @@ impl Writer {
             Ok(()) => {
                 self.shared.written.fetch_add(count, Ordering::Relaxed);
                 self.shared.publish(self.log.next_seq() - 1);
+                for durable in waiting {
+                    let _ = durable.send(());
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, events = count, "event log: cannot write; these events are dropped");

@@ -250,10 +250,11 @@ impl<S: SegmentStore> Driver<S> {
                         acknowledged_at: Some(now),
                     },
                 );
-                let mut metrics = self.ctx.metrics.borrow_mut();
-                metrics.counters.messages_received += 1;
-                metrics.counters.bytes_received += size;
-                drop(metrics);
+                {
+                    let mut metrics = self.ctx.metrics.borrow_mut();
+                    metrics.counters.messages_received += 1;
+                    metrics.counters.bytes_received += size;
+                }
                 tracing::info!(
                     %id,
                     from = %envelope.sender,
@@ -264,20 +265,24 @@ impl<S: SegmentStore> Driver<S> {
                     dkim = dkim.as_deref(),
                     "received"
                 );
-                self.ctx.emit(|| LifeEvent {
-                    id: Some(id.to_string()),
-                    sender: Some(envelope.sender.clone()),
-                    recipients: Some(
-                        envelope
-                            .recipients
-                            .iter()
-                            .map(|r| r.address.clone())
-                            .collect(),
-                    ),
-                    size: Some(size),
-                    client: Some(envelope.client_ip.to_string()),
-                    ..LifeEvent::new(EventKind::Received, envelope.received_at)
-                });
+                // Durable in the event log before the 250, unless that
+                // takes longer than `[events] received_sync_wait`.
+                self.ctx
+                    .emit_durable(|| LifeEvent {
+                        id: Some(id.to_string()),
+                        sender: Some(envelope.sender.clone()),
+                        recipients: Some(
+                            envelope
+                                .recipients
+                                .iter()
+                                .map(|r| r.address.clone())
+                                .collect(),
+                        ),
+                        size: Some(size),
+                        client: Some(envelope.client_ip.to_string()),
+                        ..LifeEvent::new(EventKind::Received, envelope.received_at)
+                    })
+                    .await;
                 self.ctx.delivery_wake.notify();
                 self.session.handle_stored(Ok(&id.to_string()), now);
                 self.acks_pending.push(data_ended);
