@@ -39,7 +39,8 @@
 # lag (seconds from the queue being empty until every event made was
 # acknowledged).
 #
-#   MESSAGES=20000 RUNS=3 EVENTS=1 benches/relay.sh Installs Debian's postfix package when missing
+#   MESSAGES=20000 RUNS=3 EVENTS=1 benches/relay.sh
+#   EVENTS_TOML='received_sync_wait = "0s"' EVENTS=1 benches/relay.sh  # more [events] keys Installs Debian's postfix package when missing
 # (debconf "No configuration": no system instance is set up or started).
 set -euo pipefail
 
@@ -53,6 +54,7 @@ BENCH_DIR=${BENCH_DIR:-/var/tmp}
 POSTFIX=${POSTFIX:-1}
 DKIM=${DKIM:-0}
 EVENTS=${EVENTS:-0}
+EVENTS_TOML=${EVENTS_TOML:-}
 [[ $DKIM == 1 || $EVENTS == 1 ]] && POSTFIX=0
 
 BENCH_NAME=relay
@@ -215,7 +217,8 @@ PY
 metric() {
     local addr
     addr=$(awk '$1 == "listening" && $2 == "metrics" {print $3; exit}' "$1/stdout")
-    curl -s "http://$addr/metrics" | awk -v n="$2" '$1 == n {print $2; exit}'
+    # awk reads to the end: an early exit would fail curl (pipefail).
+    curl -s "http://$addr/metrics" | awk -v n="$2" '$1 == n {v = $2} END {print v}'
 }
 
 # events_caught_up DIR T_EMPTY: waits until every event made was
@@ -249,7 +252,7 @@ events_mode() {
         base=$e2e
         mkdir -p "$WORK/events-$r"
         events_receiver "$WORK/events-$r"
-        relay_once "$r-events" "$(printf '[metrics]\naddress = "%s:0"\n[[events.webhook]]\nurl = "http://%s:%s/events"\n' "$IP" "$IP" "$EVENTS_PORT")"
+        relay_once "$r-events" "$(printf '[metrics]\naddress = "%s:0"\n[events]\n%s\n[[events.webhook]]\nurl = "http://%s:%s/events"\n' "$IP" "$EVENTS_TOML" "$IP" "$EVENTS_PORT")"
         read -r e2e ing p50 p99 count cpu <<<"$RESULT"
         read -r made posted dropped lag got <<<"$EVENT_FIGURES"
         kill "$EVENTS_PID" 2>/dev/null || true
