@@ -530,6 +530,11 @@ fn nothing_in_the_log_is_lost_across_a_kill_9_while_the_endpoint_is_down() {
     wait_until("every event in the log", Duration::from_secs(10), || {
         metric(&server, "spate_events_written_total") == 40.0
     });
+    // Outcomes recorded too: a delivery under way at a kill is made
+    // again after the restart, with events of its own.
+    wait_until("the queue empty", Duration::from_secs(10), || {
+        server.queue_list().is_empty()
+    });
     server.kill9();
     server.restart();
     common::send_numbered(&server, "rcpt@far.example", "after-restart", 5);
@@ -542,6 +547,11 @@ fn nothing_in_the_log_is_lost_across_a_kill_9_while_the_endpoint_is_down() {
     assert_each_message_received_then_delivered(&events, 25);
     // A graceful stop and start: everything was acknowledged, nothing is
     // posted again.
+    wait_until(
+        "every acknowledgement recorded",
+        Duration::from_secs(10),
+        || metric(&server, "spate_events_queued") == 0.0,
+    );
     let before = receiver.events().len();
     let shutdown = server.terminate();
     assert!(shutdown.status.success());
@@ -594,7 +604,11 @@ fn a_stalled_endpoint_does_not_slow_mail() {
         0,
         "a stalled endpoint acknowledged nothing"
     );
-    assert_eq!(metric(&server, "spate_events_written_total"), 400.0);
+    // The sink has the last messages a moment before their outcomes are
+    // recorded.
+    wait_until("every event written", Duration::from_secs(10), || {
+        metric(&server, "spate_events_written_total") == 400.0
+    });
     receiver.set_mode(Mode::Accept);
     receiver.wait_for(400, Duration::from_secs(30));
     let answering = relay_time(&server, &sink, 200, 200);
