@@ -507,3 +507,68 @@ impl Writer {
         self.last_warning = Some(Instant::now());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Arc<Shared> {
+        Arc::new(Shared {
+            durable: Mutex::new(0),
+            changed: Condvar::new(),
+            stop: AtomicBool::new(false),
+            written: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            endpoints: Vec::new(),
+            received_sync_wait: Duration::ZERO,
+        })
+    }
+
+    #[test]
+    fn a_batch_waits_to_fill_but_no_longer_than_its_wait() {
+        let shared = shared();
+        shared.publish(3);
+        let start = Instant::now();
+        let wait = Duration::from_millis(50);
+        assert_eq!(shared.wait_for_events(1, 10, wait), Some(3));
+        assert!(start.elapsed() >= wait, "a partial batch waited to fill");
+        // A full batch goes at once.
+        shared.publish(20);
+        let start = Instant::now();
+        assert_eq!(
+            shared.wait_for_events(4, 10, Duration::from_secs(10)),
+            Some(20)
+        );
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_poster_wakes_when_events_become_durable_and_at_stop() {
+        let shared = shared();
+        let publisher = Arc::clone(&shared);
+        let thread = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            publisher.publish(1);
+        });
+        assert_eq!(shared.wait_for_events(1, 1, Duration::ZERO), Some(1));
+        thread.join().expect("publisher");
+        shared.stop.store(true, Ordering::Release);
+        shared.changed.notify_all();
+        assert_eq!(shared.wait_for_events(2, 1, Duration::ZERO), None);
+    }
+
+    #[test]
+    fn a_full_channel_drops_and_counts_without_waiting() {
+        let shared = shared();
+        let (sender, _receiver) = crossbeam_channel::bounded(1);
+        let sink = EventSink {
+            sender,
+            shared: Arc::clone(&shared),
+        };
+        sink.send(Event::new(EventKind::Received, 1));
+        let mut synced = sink.send_durable(Event::new(EventKind::Received, 2));
+        assert_eq!(shared.dropped.load(Ordering::Relaxed), 1);
+        // Whoever waits for a dropped event is not left waiting.
+        assert!(synced.try_recv().is_err());
+    }
+}
