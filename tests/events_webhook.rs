@@ -45,6 +45,8 @@ struct Recorded {
     events: Vec<Value>,
     posts: usize,
     refused: usize,
+    /// The `Authorization` field of the last request.
+    authorization: Option<String>,
 }
 
 /// A local webhook endpoint; stopped when dropped.
@@ -181,9 +183,10 @@ fn serve(stream: TcpStream, stop: &AtomicBool, recorded: &Mutex<Recorded>, mode:
     let mut writer = stream.try_clone().unwrap();
     let mut reader = BufReader::new(stream);
     loop {
-        let Some(body) = read_request(&mut reader, stop) else {
+        let Some((body, authorization)) = read_request(&mut reader, stop) else {
             return;
         };
+        recorded.lock().unwrap().authorization = authorization;
         let mode = mode.load(Ordering::Acquire);
         if mode == Mode::Stall as u8 {
             while !stop.load(Ordering::Acquire) {
@@ -211,10 +214,14 @@ fn serve(stream: TcpStream, stop: &AtomicBool, recorded: &Mutex<Recorded>, mode:
     }
 }
 
-/// The body of the next request; `None` when the connection ends or the
-/// receiver stops.
-fn read_request(reader: &mut BufReader<TcpStream>, stop: &AtomicBool) -> Option<Vec<u8>> {
+/// The body and `Authorization` field of the next request; `None` when
+/// the connection ends or the receiver stops.
+fn read_request(
+    reader: &mut BufReader<TcpStream>,
+    stop: &AtomicBool,
+) -> Option<(Vec<u8>, Option<String>)> {
     let mut length = 0;
+    let mut authorization = None;
     let mut first = true;
     loop {
         let mut line = String::new();
@@ -244,6 +251,8 @@ fn read_request(reader: &mut BufReader<TcpStream>, stop: &AtomicBool) -> Option<
         if let Some((name, value)) = line.split_once(':') {
             if name.eq_ignore_ascii_case("content-length") {
                 length = value.trim().parse().unwrap();
+            } else if name.eq_ignore_ascii_case("authorization") {
+                authorization = Some(value.trim().to_owned());
             }
         }
     }
@@ -264,7 +273,7 @@ fn read_request(reader: &mut BufReader<TcpStream>, stop: &AtomicBool) -> Option<
             Err(_) => return None,
         }
     }
-    Some(body)
+    Some((body, authorization))
 }
 
 /// A `[[events.webhook]]` for `receiver`, fast to retry, with `extra`
@@ -286,7 +295,7 @@ fn server(sink: &Sink, senders: &Sink, receiver: &Receiver, extra: &str) -> Test
             .extra(&senders.route("client.test"))
             .extra("[metrics]\naddress = \"127.0.0.1:0\"\n")
             .extra(extra)
-            .extra(&webhook(receiver, "")),
+            .extra(&webhook(receiver, "bearer_token = \"test-token\"\n")),
     )
 }
 
@@ -387,6 +396,10 @@ fn every_kind_of_event_arrives_with_its_fields() {
         .find(|m| m[0]["sender"] == "")
         .expect("the DSN's events");
     assert_eq!(kinds(dsn), ["received", "delivered"]);
+    assert_eq!(
+        receiver.recorded.lock().unwrap().authorization.as_deref(),
+        Some("Bearer test-token")
+    );
     assert_eq!(
         metric(&server, "spate_events_written_total"),
         events.len() as f64

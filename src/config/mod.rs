@@ -156,10 +156,28 @@ pub struct Webhook {
     #[serde(default = "default_webhook_max_backoff", with = "humantime_serde")]
     pub max_backoff: Duration,
     /// Sent as `Authorization: Bearer <token>`.
-    pub bearer_token: Option<String>,
-    /// Extra request header fields.
+    pub bearer_token: Option<Secret>,
+    /// Extra request header fields (values kept out of `check-config`
+    /// output, as they often carry keys).
     #[serde(default)]
-    pub headers: std::collections::BTreeMap<String, String>,
+    pub headers: std::collections::BTreeMap<String, Secret>,
+}
+
+/// A configured secret (a token, a key): its `Debug` form, which
+/// `spate check-config` prints and reloads compare, shows a checksum of
+/// it instead of the value.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "<secret, crc32c {:08x}>",
+            crc32c::crc32c(self.0.as_bytes())
+        )
+    }
 }
 
 impl Webhook {
@@ -1057,7 +1075,7 @@ impl Config {
                         "[[events.webhook]] {name}: header {field:?} is not a field name spate lets you set"
                     ));
                 }
-                if value.chars().any(char::is_control) {
+                if value.0.chars().any(char::is_control) {
                     return invalid(format!(
                         "[[events.webhook]] {name}: header {field} has control characters"
                     ));
@@ -1065,8 +1083,8 @@ impl Config {
             }
             if hook
                 .bearer_token
-                .as_deref()
-                .is_some_and(|t| t.chars().any(char::is_control))
+                .as_ref()
+                .is_some_and(|t| t.0.chars().any(char::is_control))
             {
                 return invalid(format!(
                     "[[events.webhook]] {name}: bearer_token has control characters"
@@ -1178,6 +1196,8 @@ mod tests {
         assert_eq!(hook.batch_size, 100);
         assert_eq!(hook.batch_wait, Duration::from_millis(50));
         assert_eq!(c.events.max_queue_bytes, 1 << 20);
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("Secret(\"t\")") && shown.contains("<secret, crc32c"));
         for bad in [
             "[[events.webhook]]\nurl = \"https://a.example/\"\n",
             "[[events.webhook]]\nurl = \"http://a b/\"\n",

@@ -90,10 +90,10 @@ pub(super) fn run(index: usize, config: Webhook, dir: PathBuf, shared: Arc<Share
     let mut headers: Vec<(String, String)> = config
         .headers
         .iter()
-        .map(|(name, value)| (name.clone(), value.clone()))
+        .map(|(name, value)| (name.clone(), value.0.clone()))
         .collect();
     if let Some(token) = &config.bearer_token {
-        headers.push(("Authorization".into(), format!("Bearer {token}")));
+        headers.push(("Authorization".into(), format!("Bearer {}", token.0)));
     }
     let mut client = HttpClient::new(config.url.clone(), config.timeout, &headers);
     let seed = u64::from(std::process::id()) ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
