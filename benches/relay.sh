@@ -28,7 +28,19 @@
 # and as the median of each run's ratio, the runs being interleaved on a
 # noisy machine), and spate's CPU time per message (user + system, /proc).
 #
-#   MESSAGES=20000 RUNS=3 DKIM=1 benches/relay.sh Installs Debian's postfix package when missing
+#   MESSAGES=20000 RUNS=3 DKIM=1 benches/relay.sh
+#
+# EVENTS=1 measures message-life events instead (Postfix skipped): each
+# run relays the same load without events and with [[events.webhook]]
+# posting to a local endpoint (a small Python HTTP/1.1 server on the
+# bench address that counts the events of each batch), and reports both
+# rates, their ratio, and whether the endpoint kept up: events made
+# (spate_events_written_total), posted and acknowledged, dropped, and the
+# lag (seconds from the queue being empty until every event made was
+# acknowledged).
+#
+#   MESSAGES=20000 RUNS=3 EVENTS=1 benches/relay.sh
+#   EVENTS_TOML='received_sync_wait = "0s"' EVENTS=1 benches/relay.sh  # more [events] keys Installs Debian's postfix package when missing
 # (debconf "No configuration": no system instance is set up or started).
 set -euo pipefail
 
@@ -41,7 +53,9 @@ SOURCE_FLAGS=${SOURCE_FLAGS:-}
 BENCH_DIR=${BENCH_DIR:-/var/tmp}
 POSTFIX=${POSTFIX:-1}
 DKIM=${DKIM:-0}
-[[ $DKIM == 1 ]] && POSTFIX=0
+EVENTS=${EVENTS:-0}
+EVENTS_TOML=${EVENTS_TOML:-}
+[[ $DKIM == 1 || $EVENTS == 1 ]] && POSTFIX=0
 
 BENCH_NAME=relay
 # shellcheck source=benches/common.sh
@@ -96,6 +110,10 @@ EOF
     done
     t1=$(now)
     [[ $left -eq 0 ]] || die "$left messages still queued after 600 s (run $n)"
+    EVENT_FIGURES=""
+    if [[ $extra == *events.webhook* ]]; then
+        events_caught_up "$dir" "$t1"
+    fi
     # utime + stime (fields 14, 15 of /proc/PID/stat, in clock ticks).
     cpu=$(awk -v hz="$(getconf CLK_TCK)" -v m="$MESSAGES" '{ printf "%.0f", ($14 + $15) / hz * 1e6 / m }' "/proc/$pid/stat")
     kill -TERM "$pid" "$sink_pid" 2>/dev/null || true
@@ -149,6 +167,110 @@ dkim_mode() {
         # shellcheck disable=SC2086
         echo "| $mode | ${RATES[$mode]}| $m | $(awk -v a="$m" -v b="$base" 'BEGIN { printf "%.2f", a / b }') | ${RATIOS[$mode]}($(median ${RATIOS[$mode]})) | $c |"
     done
+}
+
+# events_receiver DIR: starts the bench's webhook endpoint; sets
+# EVENTS_PID and EVENTS_PORT. It answers 200 to each POST and counts the
+# events of the batch; GET answers the count so far.
+events_receiver() {
+    local dir=$1 i
+    cat >"$dir/receiver.py" <<'PY'
+import http.server, json, sys, threading
+count = 0
+lock = threading.Lock()
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        global count
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        n = len(json.loads(body))
+        with lock:
+            count += n
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def do_GET(self):
+        text = str(count).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(text)))
+        self.end_headers()
+        self.wfile.write(text)
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer((sys.argv[1], 0), Handler)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+PY
+    python3 "$dir/receiver.py" "$IP" >"$dir/receiver.port" 2>"$dir/receiver.err" &
+    EVENTS_PID=$!
+    PIDS+=("$EVENTS_PID")
+    for ((i = 0; i < 100; i++)); do
+        [[ -s $dir/receiver.port ]] && break
+        sleep 0.1
+    done
+    EVENTS_PORT=$(head -1 "$dir/receiver.port")
+    [[ -n $EVENTS_PORT ]] || die "the events receiver did not start"
+}
+
+# metric DIR NAME: one sample of spate's /metrics (its address from the
+# "listening metrics" line).
+metric() {
+    local addr
+    addr=$(awk '$1 == "listening" && $2 == "metrics" {print $3; exit}' "$1/stdout")
+    # awk reads to the end: an early exit would fail curl (pipefail).
+    curl -s "http://$addr/metrics" | awk -v n="$2" '$1 == n {v = $2} END {print v}'
+}
+
+# events_caught_up DIR T_EMPTY: waits until every event made was
+# acknowledged; sets EVENT_FIGURES to "made posted dropped lag-seconds
+# received-by-endpoint".
+events_caught_up() {
+    local dir=$1 t_empty=$2 i written posted dropped t
+    for ((i = 0; i < 600; i++)); do
+        written=$(metric "$dir" spate_events_written_total)
+        posted=$(metric "$dir" "spate_events_posted_total{endpoint=\"http://$IP:$EVENTS_PORT/events\"}")
+        [[ -n $written && $written == "$posted" ]] && break
+        sleep 0.1
+    done
+    t=$(now)
+    dropped=$(metric "$dir" spate_events_dropped_total)
+    EVENT_FIGURES="$written $posted $dropped $(awk -v a="$t_empty" -v b="$t" 'BEGIN { printf "%.2f", b - a }') $(curl -s "http://$IP:$EVENTS_PORT/")"
+}
+
+# events_mode: in each run the relay without events, then with events
+# posted to a local endpoint; prints the comparison.
+events_mode() {
+    local r e2e ing p50 p99 count cpu base made posted dropped lag got
+    local -a PLAIN=() WITH=() EV_RATIOS=() FIGURES=()
+    command -v curl >/dev/null || die "curl is needed to read spate's metrics"
+    log "smtp-source -s $SESSIONS -l $SIZE -m $MESSAGES $SOURCE_FLAGS -> relay (without, with events) -> smtp-sink on $IP, $RUNS runs"
+    for ((r = 1; r <= RUNS; r++)); do
+        relay_once "$r-plain"
+        read -r e2e ing p50 p99 count cpu <<<"$RESULT"
+        log "run $r, no events: end to end $e2e msg/s (ingress $ing msg/s), spate CPU $cpu us/message"
+        PLAIN+=("$e2e")
+        base=$e2e
+        mkdir -p "$WORK/events-$r"
+        events_receiver "$WORK/events-$r"
+        relay_once "$r-events" "$(printf '[metrics]\naddress = "%s:0"\n[events]\n%s\n[[events.webhook]]\nurl = "http://%s:%s/events"\n' "$IP" "$EVENTS_TOML" "$IP" "$EVENTS_PORT")"
+        read -r e2e ing p50 p99 count cpu <<<"$RESULT"
+        read -r made posted dropped lag got <<<"$EVENT_FIGURES"
+        kill "$EVENTS_PID" 2>/dev/null || true
+        wait "$EVENTS_PID" 2>/dev/null || true
+        log "run $r, events: end to end $e2e msg/s (ingress $ing msg/s), spate CPU $cpu us/message; events made $made, acknowledged $posted, received $got, dropped $dropped, lag ${lag}s after the queue emptied"
+        WITH+=("$e2e")
+        EV_RATIOS+=("$(awk -v a="$e2e" -v b="$base" 'BEGIN { printf "%.2f", a / b }')")
+        FIGURES+=("$made/$posted/$dropped/${lag}s")
+    done
+    cat <<EOF
+
+Events: smtp-source -s $SESSIONS -l $SIZE -m $MESSAGES $SOURCE_FLAGS -> spate (cores=$CORES) -> smtp-sink, events to a local HTTP endpoint, $RUNS runs, $(nproc) CPUs
+
+| relay | end-to-end runs (msg/s) | median | ratio in each run (median) | events made/acknowledged/dropped/lag after the queue emptied |
+| --- | --- | --- | --- | --- |
+| no events | ${PLAIN[*]} | $(median "${PLAIN[@]}") | | |
+| events to a webhook | ${WITH[*]} | $(median "${WITH[@]}") | ${EV_RATIOS[*]} ($(median "${EV_RATIOS[@]}")) | ${FIGURES[*]} |
+EOF
 }
 
 postfix_setup() {
@@ -234,6 +356,10 @@ stop_postfix() { [[ -n $PF_RUNNING ]] && postfix -c "$PF_RUNNING" stop >/dev/nul
 trap 'stop_postfix; cleanup' EXIT
 if [[ $DKIM == 1 ]]; then
     dkim_mode
+    exit 0
+fi
+if [[ $EVENTS == 1 ]]; then
+    events_mode
     exit 0
 fi
 [[ $POSTFIX == 1 ]] && postfix_setup

@@ -914,6 +914,9 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let _spool_lock = crate::spool::SpoolLock::acquire(&config.spool_dir)?;
     crate::spool::make_private(&config.spool_dir)?;
     let local = crate::local::LocalTier::load(&config).context("loading the user directory")?;
+    // Before the cores: they hand events to it from their first message.
+    let life_events = crate::events::Events::start(&config.events, &config.spool_dir)
+        .context("starting the events service")?;
     // Created here, on the unpinned main thread: workers inherit affinity.
     let blocking = crate::blocking::BlockingPool::new(config.local.io_threads)
         .context("starting the blocking-work threads")?;
@@ -1093,6 +1096,7 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
             control,
             snapshots,
             fatal: fatal.clone(),
+            events: life_events.as_ref().map(crate::events::Events::sink),
         };
         handles.push(shard::spawn(plan, cpus[index % cpus.len()]).context("starting an executor")?);
     }
@@ -1148,11 +1152,13 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
             let resolver = resolver.handle();
             let spool_dir = config.spool_dir.clone();
             let cluster_figures = cluster.as_ref().map(|c| c.figures_handle());
+            let event_figures = life_events.as_ref().map(|e| e.figures_handle());
             let complete: crate::metrics::endpoint::Complete = Box::new(move |snapshot| {
                 let dns = resolver.stats();
                 snapshot.dns_queries = dns.queries;
                 snapshot.dns_cache_hits = dns.cache_hits;
                 snapshot.cluster = cluster_figures.as_ref().map(|figures| figures());
+                snapshot.events = event_figures.as_ref().map(|figures| figures());
                 match crate::spool::disk_usage(&spool_dir) {
                     Ok(bytes) => snapshot.spool_bytes = bytes,
                     Err(e) => tracing::warn!(error = %e, "cannot measure the spool"),
@@ -1287,6 +1293,10 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
                 failure.get_or_insert_with(|| format!("shard {index} ended abnormally: {e}"));
             }
         }
+    }
+    // After the cores: every event they made is in the log when it stops.
+    if let Some(life_events) = life_events {
+        life_events.stop();
     }
     println!("stats {}", serde_json::to_string(&metrics.stats())?);
     if let Some(failure) = failure {

@@ -19,6 +19,7 @@
 //! | delivery | [`delivery`] | routing (local, route, smarthost, MX), outbound SMTP, local delivery to the mailbox tier, DSN bounces (RFC 3464) |
 //! | outbound TLS policy | [`outbound_tls`] | MTA-STS (RFC 8461) and DANE (RFC 7672) for outbound STARTTLS: the policy grammar and TLSA matching (sans-IO), certificate verifiers for rustls, blocking DNS (AD bit) and HTTPS lookups off the cores, per-domain requirements cached host-wide |
 //! | signing | [`dkim`] | DKIM signing (RFC 6376, RFC 8463 Ed25519) of mail from clients that may relay, once per message at receipt: each From domain's key loaded from `[dkim]`, the `DKIM-Signature:` header for a message (sans-IO, on mail-auth's ring backend) |
+//! | events | [`events`] | message-life events (received, delivered, deferred, bounced, expired, suspended) to webhooks: the cores' non-blocking sink, a writer thread appending numbered, checksummed records to a durable log, one poster thread per endpoint (JSON batches over HTTP/1.1, acknowledged offsets, backoff); at least once, in order |
 //! | egress | [`egress`] | egress sources (bind address, EHLO name, rate, warm-up) and weighted pools; a message's pool (route, user, tenant, default); the per-core chooser of a source for a site; the tenant header read and removed at receipt |
 //! | mailbox store | [`mailbox`] | Maildir++ per user with a per-folder UID index: durable delivery, flags, folders, subscriptions, POP3 session lock, usage |
 //! | accounts | [`account`] | users file (Dovecot passwd-file), password schemes, aliases, recipient directory, login throttle |
@@ -47,6 +48,7 @@ pub mod delivery;
 pub mod dkim;
 pub mod egress;
 pub mod envelope;
+pub mod events;
 pub mod fuzz;
 pub mod imap;
 pub mod local;

@@ -175,6 +175,7 @@ pub fn restart_only_changes(effective: &Config, reread: &Config) -> Vec<&'static
         pop3 => "[pop3]",
         cluster => "[cluster]",
         dkim => "[dkim]",
+        events => "[events]",
     );
     if changed.is_empty() && format!("{effective:?}") != format!("{reread:?}") {
         changed.push("other settings");

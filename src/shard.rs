@@ -87,6 +87,8 @@ pub struct ShardContext<S: SegmentStore = GlommioStore> {
     /// Set when there is new work for delivery (a message stored, a
     /// connection slot freed, a flush).
     pub delivery_wake: Notify,
+    /// Where message-life events go, with `[[events.webhook]]`.
+    pub events: Option<crate::events::EventSink>,
 }
 
 /// This shard's copy of the reloadable settings.
@@ -111,6 +113,43 @@ impl Live {
 }
 
 impl<S: SegmentStore> ShardContext<S> {
+    /// Hands a message-life event to the events service; `make` runs
+    /// only when webhooks are configured.
+    pub fn emit(&self, make: impl FnOnce() -> crate::events::Event) {
+        if let Some(events) = &self.events {
+            events.send(make());
+        }
+    }
+
+    /// [`emit`](Self::emit), then waits until the event is synced to the
+    /// event log, for `[events] received_sync_wait` at most (other
+    /// sessions are served meanwhile).
+    pub async fn emit_durable(&self, make: impl FnOnce() -> crate::events::Event) {
+        let Some(events) = &self.events else {
+            return;
+        };
+        let limit = events.received_sync_wait();
+        if limit.is_zero() {
+            events.send(make());
+            return;
+        }
+        let synced = events.send_durable(make());
+        let waited = async {
+            let _ = synced.await;
+            true
+        };
+        let timed_out = async {
+            glommio::timer::sleep(limit).await;
+            false
+        };
+        if !futures_lite::future::or(waited, timed_out).await {
+            tracing::debug!(
+                ?limit,
+                "the received event was not synced in time; answering anyway"
+            );
+        }
+    }
+
     /// The TLS acceptor for a handshake starting now (`None` without
     /// `[tls]`).
     pub fn tls(&self) -> Option<futures_rustls::TlsAcceptor> {
@@ -180,6 +219,8 @@ pub struct ShardPlan {
     /// The shard's thread joins these as it starts: its panic ends the
     /// process (see `crash`).
     pub fatal: FatalThreads,
+    /// Where message-life events go, with `[[events.webhook]]`.
+    pub events: Option<crate::events::EventSink>,
 }
 
 /// Starts the executor of one shard, pinned to `cpu`. Its join handle
@@ -312,6 +353,7 @@ async fn start<S: SegmentStore + 'static>(
         live: RefCell::new(Live::from_settings(&plan.live)),
         shutdown: Rc::new(Shutdown::new()),
         delivery_wake: Notify::new(),
+        events: plan.events,
     });
     let (shared, cluster_task) = match plan.cluster {
         Some(link) => {

@@ -148,6 +148,7 @@ impl Shard {
             cluster: None,
             // No panic hook is installed in this process: inert.
             fatal: Default::default(),
+            events: None,
         };
         let control_for_test = control.clone();
         let control = control.clone();

@@ -83,6 +83,143 @@ pub struct Config {
     /// DKIM signing of mail from clients that may relay (`[dkim]`).
     #[serde(default)]
     pub dkim: DkimConfig,
+    /// Message-life events posted to webhooks (`[events]`).
+    #[serde(default)]
+    pub events: EventsConfig,
+}
+
+/// `[events]` and `[[events.webhook]]`: message-life events (received,
+/// delivered, deferred, bounced, expired, suspended) kept in a durable
+/// log and posted in batches to each webhook (see `events`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Where the event log and each endpoint's acknowledged number live;
+    /// default `<spool_dir>/events`.
+    pub dir: Option<PathBuf>,
+    /// The most bytes the log may hold on disk (events not yet
+    /// acknowledged by every endpoint). When it is full, new events are
+    /// dropped and counted (`spate_events_dropped_total`): mail is never
+    /// held up for events.
+    #[serde(default = "default_events_max_queue_bytes")]
+    pub max_queue_bytes: u64,
+    /// Events waiting in memory for the log writer; past it new events
+    /// are dropped and counted.
+    #[serde(default = "default_events_memory_queue")]
+    pub memory_queue: usize,
+    /// How long a message's 250 may wait for its `received` event to be
+    /// synced to the event log (after the message's own spool sync);
+    /// zero: the 250 does not wait (a crash can then lose the events of
+    /// the last moments).
+    #[serde(
+        default = "default_events_received_sync_wait",
+        with = "humantime_serde"
+    )]
+    pub received_sync_wait: Duration,
+    /// The endpoints; none: no events are made.
+    #[serde(default, rename = "webhook")]
+    pub webhooks: Vec<Webhook>,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            dir: None,
+            max_queue_bytes: default_events_max_queue_bytes(),
+            memory_queue: default_events_memory_queue(),
+            received_sync_wait: default_events_received_sync_wait(),
+            webhooks: Vec::new(),
+        }
+    }
+}
+
+/// `[[events.webhook]]`: one endpoint events are POSTed to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// `http://host[:port][/path]`.
+    pub url: crate::events::http::HttpUrl,
+    /// Its name in logs, metrics and its acknowledgement file; default
+    /// the URL. Renaming an endpoint starts it over from the log's start.
+    pub name: Option<String>,
+    /// The most events in one POST.
+    #[serde(default = "default_webhook_batch_size")]
+    pub batch_size: usize,
+    /// How long a batch may wait to fill before it is posted.
+    #[serde(default = "default_webhook_batch_wait", with = "humantime_serde")]
+    pub batch_wait: Duration,
+    /// Connecting, sending and waiting for the answer; past it the post
+    /// failed.
+    #[serde(default = "default_webhook_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// The first wait after a failed post; it doubles up to `max_backoff`
+    /// (each wait drawn between half and all of it).
+    #[serde(default = "default_webhook_min_backoff", with = "humantime_serde")]
+    pub min_backoff: Duration,
+    #[serde(default = "default_webhook_max_backoff", with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Sent as `Authorization: Bearer <token>`.
+    pub bearer_token: Option<Secret>,
+    /// Extra request header fields (values kept out of `check-config`
+    /// output, as they often carry keys).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, Secret>,
+}
+
+/// A configured secret (a token, a key): its `Debug` form, which
+/// `spate check-config` prints and reloads compare, shows a checksum of
+/// it instead of the value.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "<secret, crc32c {:08x}>",
+            crc32c::crc32c(self.0.as_bytes())
+        )
+    }
+}
+
+impl Webhook {
+    /// Its name, or its URL.
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.url.text)
+    }
+}
+
+fn default_events_max_queue_bytes() -> u64 {
+    1 << 30
+}
+
+fn default_events_memory_queue() -> usize {
+    65_536
+}
+
+fn default_events_received_sync_wait() -> Duration {
+    Duration::from_millis(100)
+}
+
+fn default_webhook_batch_size() -> usize {
+    100
+}
+
+fn default_webhook_batch_wait() -> Duration {
+    Duration::from_millis(100)
+}
+
+fn default_webhook_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_webhook_min_backoff() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_webhook_max_backoff() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// `[dkim]`: which header fields are signed and how, and
@@ -895,6 +1032,7 @@ impl Config {
             return invalid(e.to_string());
         }
         self.validate_dkim()?;
+        self.validate_events()?;
         let d = &self.delivery;
         if d.minimal_backoff.is_zero()
             || d.maximal_backoff < d.minimal_backoff
@@ -924,6 +1062,80 @@ impl Config {
                 return invalid(format!(
                     "[[listener]] address {} appears twice: one listener per address",
                     l.address
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `[events]`: bounds, batch sizes, waits, and header fields that
+    /// cannot break a request.
+    fn validate_events(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        let events = &self.events;
+        if events.max_queue_bytes < 1 << 16 {
+            return invalid("events.max_queue_bytes must be at least 64 KiB".into());
+        }
+        if events.memory_queue < 1 {
+            return invalid("events.memory_queue must be at least 1".into());
+        }
+        if events.received_sync_wait > Duration::from_secs(10) {
+            return invalid("events.received_sync_wait must be at most 10s".into());
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for hook in &events.webhooks {
+            let name = hook.name();
+            if !names.insert(name) {
+                return invalid(format!(
+                    "[[events.webhook]] {name:?} appears twice: give each a distinct name"
+                ));
+            }
+            if name.is_empty() || name.chars().any(char::is_control) {
+                return invalid(format!(
+                    "[[events.webhook]] name {name:?} is empty or has control characters"
+                ));
+            }
+            if !(1..=10_000).contains(&hook.batch_size) {
+                return invalid(format!(
+                    "[[events.webhook]] {name}: batch_size must be 1 to 10000"
+                ));
+            }
+            if hook.timeout.is_zero()
+                || hook.min_backoff.is_zero()
+                || hook.max_backoff < hook.min_backoff
+            {
+                return invalid(format!(
+                    "[[events.webhook]] {name}: need timeout > 0 and 0 < min_backoff <= max_backoff"
+                ));
+            }
+            let reserved = [
+                "host",
+                "content-length",
+                "content-type",
+                "transfer-encoding",
+                "connection",
+            ];
+            for (field, value) in &hook.headers {
+                if !valid_field_name(field)
+                    || reserved.contains(&field.to_ascii_lowercase().as_str())
+                {
+                    return invalid(format!(
+                        "[[events.webhook]] {name}: header {field:?} is not a field name spate lets you set"
+                    ));
+                }
+                if value.0.chars().any(char::is_control) {
+                    return invalid(format!(
+                        "[[events.webhook]] {name}: header {field} has control characters"
+                    ));
+                }
+            }
+            if hook
+                .bearer_token
+                .as_ref()
+                .is_some_and(|t| t.0.chars().any(char::is_control))
+            {
+                return invalid(format!(
+                    "[[events.webhook]] {name}: bearer_token has control characters"
                 ));
             }
         }
@@ -1013,6 +1225,37 @@ mod tests {
             "[metrics]\nport = 1\n",
             "[log]\nformat = \"xml\"\n",
             "[log]\nlevel = \"loud\"\n",
+        ] {
+            assert!(Config::parse(&format!("{base}{bad}")).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_events_section_is_optional_and_checked() {
+        let base = "spool_dir = \"/tmp/s\"\n[[listener]]\naddress = \"127.0.0.1:25\"\nprotocol = \"smtp\"\n";
+        assert!(Config::parse(base).unwrap().events.webhooks.is_empty());
+        let c = Config::parse(&format!(
+            "{base}[events]\nmax_queue_bytes = 1048576\n[[events.webhook]]\nurl = \"http://127.0.0.1:8080/hook\"\nbatch_wait = \"50ms\"\nbearer_token = \"t\"\nheaders = {{ X-Key = \"k\" }}\n"
+        ))
+        .unwrap();
+        let hook = &c.events.webhooks[0];
+        assert_eq!(hook.name(), "http://127.0.0.1:8080/hook");
+        assert_eq!(hook.url.authority, "127.0.0.1:8080");
+        assert_eq!(hook.batch_size, 100);
+        assert_eq!(hook.batch_wait, Duration::from_millis(50));
+        assert_eq!(c.events.max_queue_bytes, 1 << 20);
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("Secret(\"t\")") && shown.contains("<secret, crc32c"));
+        for bad in [
+            "[[events.webhook]]\nurl = \"https://a.example/\"\n",
+            "[[events.webhook]]\nurl = \"http://a b/\"\n",
+            "[[events.webhook]]\nurl = \"http://a:0/\"\n",
+            "[[events.webhook]]\nurl = \"http://a/\"\nbatch_size = 0\n",
+            "[[events.webhook]]\nurl = \"http://a/\"\nmin_backoff = \"2s\"\nmax_backoff = \"1s\"\n",
+            "[[events.webhook]]\nurl = \"http://a/\"\nheaders = { Content-Length = \"1\" }\n",
+            "[[events.webhook]]\nurl = \"http://a/\"\n[[events.webhook]]\nurl = \"http://a/\"\n",
+            "[events]\nmax_queue_bytes = 1000\n",
+            "[[events.webhook]]\nurl = \"http://a/\"\nretries = 3\n",
         ] {
             assert!(Config::parse(&format!("{base}{bad}")).is_err(), "{bad}");
         }

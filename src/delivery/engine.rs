@@ -26,6 +26,7 @@ use crate::delivery::scheduler::{self, Hop, MessageSource, Placement, Refused, S
 use crate::delivery::suspensions::Suspensions;
 use crate::delivery::throttles::{Change, Throttles};
 use crate::egress::WarmupLedger;
+use crate::events::{Event, EventKind};
 use crate::outbound_tls::{DomainTls, HostTls, TlsOutcome, TlsPolicies};
 use crate::queue::{
     AttemptId, DestinationKey, Dispatch, QueueError, ReadyLimits, SharedBudget, UnixTime,
@@ -430,6 +431,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
             {
                 tracing::warn!(site = %dest, reply, rule = pattern, suspend = ?length, "site suspended");
                 self.ctx.metrics.borrow_mut().counters.suspensions += 1;
+                self.emit_suspended(dest, reply, until);
             }
         }
         if let Some(step) = rule.throttle {
@@ -444,6 +446,22 @@ impl<S: SegmentStore + 'static> Engine<S> {
         self.sync_tables();
         self.ctx.delivery_wake.notify();
         rule.fail
+    }
+
+    /// The `suspended` event of `dest` (a site, or a site through one
+    /// egress source) until `until`.
+    fn emit_suspended(&self, dest: &DestinationKey, reply: &str, until: SystemTime) {
+        let class = self.ctx.shaping().classify(reply);
+        self.ctx.emit(|| {
+            Event {
+                site: Some(dest.site().to_string()),
+                source: dest.source().map(str::to_owned),
+                class: Some(class.label()),
+                until: Some(crate::events::event::unix_seconds(until)),
+                ..Event::new(EventKind::Suspended, unix_now().0)
+            }
+            .with_reply(reply)
+        });
     }
 
     /// A message was delivered to `dest`: a throttled site climbs back
@@ -603,6 +621,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
             let results = same_result(&work.recipients, outcome, &reply);
             let via = Via {
                 source: dest.source(),
+                site: Some(&dest),
                 ..Via::default()
             };
             self.report(work.id, work.attempt, results, via).await;
@@ -701,6 +720,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
                 Via {
                     relay: Some(agent.remote()),
                     source: dest.source(),
+                    site: Some(dest),
                     success: agent.success_action(),
                     tls: Some(link.outcome),
                     tls_testing_failure: link.testing_failure.as_deref(),
@@ -779,6 +799,7 @@ impl<S: SegmentStore + 'static> Engine<S> {
         let via = Via {
             relay: Some(agent.remote()),
             source: None,
+            site: None,
             success: agent.success_action(),
             ..Via::default()
         };

@@ -15,9 +15,11 @@ use crate::delivery::attempts::{next_step, Attempt, Attempts, NextStep};
 use crate::delivery::dsn::{build_dsn, status_of, wants, DsnAction, ReportedRecipient};
 use crate::delivery::report::RecipientReport;
 use crate::envelope::{Envelope, Recipient};
+use crate::events::{Event, EventKind};
 use crate::metrics::{MessageResult, RecipientResult};
 use crate::outbound_tls::TlsOutcome;
 use crate::queue::{AttemptId, Deferral, DestinationKey, Dispatch, QueueEntry, Shape};
+use crate::shaping::BounceClass;
 use crate::shard::ShardContext;
 use crate::smtp::client::Outcome;
 use crate::spool::{
@@ -38,6 +40,8 @@ pub struct Via<'a> {
     pub relay: Option<&'a str>,
     /// The egress source the mail left through.
     pub source: Option<&'a str>,
+    /// The destination site, when the results are of one.
+    pub site: Option<&'a DestinationKey>,
     /// What a delivery owes a recipient that asked NOTIFY=SUCCESS (see
     /// `DeliveryAgent::success_action`).
     pub success: Option<DsnAction>,
@@ -209,6 +213,7 @@ impl<S: SegmentStore + 'static> Recorder<S> {
         // connection have no TLS to speak of.
         let tls = via.tls.map(TlsOutcome::label);
         let tls_testing_failure = via.tls_testing_failure;
+        let site = via.site.map(|dest| dest.site().to_string());
         let shaping = self.ctx.shaping();
         let mut metrics = self.ctx.metrics.borrow_mut();
         for r in results {
@@ -216,27 +221,44 @@ impl<S: SegmentStore + 'static> Recorder<S> {
                 .and_then(|e| e.recipients.get(r.index as usize))
                 .map_or("", |x| x.address.as_str());
             let reply = r.reply.as_str();
-            match r.outcome {
+            let (kind, class) = match r.outcome {
                 Outcome::Delivered => {
                     metrics.count_recipient_via(RecipientResult::Delivered, via.source);
                     if let Some(outcome) = via.tls {
                         metrics.count_tls(outcome);
                     }
                     tracing::info!(%id, from, to, relay, source, tls, tls_testing_failure, reply, attempts, "delivered");
+                    (EventKind::Delivered, None)
                 }
                 Outcome::TransientFailure => {
                     let class = shaping.classify(reply);
                     metrics.count_recipient_via(RecipientResult::Deferred, via.source);
                     metrics.count_failure(class, RecipientResult::Deferred);
                     tracing::info!(%id, from, to, relay, source, tls, tls_testing_failure, reply, %class, attempts, "deferred");
+                    (EventKind::Deferred, Some(class))
                 }
                 Outcome::PermanentFailure => {
                     let class = shaping.classify(reply);
                     metrics.count_recipient_via(RecipientResult::Bounced, via.source);
                     metrics.count_failure(class, RecipientResult::Bounced);
                     tracing::info!(%id, from, to, relay, source, tls, tls_testing_failure, reply, %class, attempts, "bounced");
+                    (EventKind::Bounced, Some(class))
                 }
-            }
+            };
+            self.ctx.emit(|| {
+                Event {
+                    id: Some(id.to_string()),
+                    sender: Some(from.to_owned()),
+                    recipient: Some(to.to_owned()),
+                    site: site.clone(),
+                    source: via.source.map(str::to_owned),
+                    relay: Some(relay.to_owned()),
+                    attempt: Some(attempts),
+                    class: class.map(BounceClass::label),
+                    ..Event::new(kind, unix_now().0)
+                }
+                .with_reply(reply)
+            });
         }
     }
 
@@ -397,6 +419,17 @@ impl<S: SegmentStore + 'static> Recorder<S> {
                 .map_or("", |x| x.address.as_str());
             let class = self.ctx.shaping().classify(&reply);
             tracing::info!(%id, from, to, relay = NO_RELAY, reply = %reply, %class, attempts, "expired");
+            self.ctx.emit(|| {
+                Event {
+                    id: Some(id.to_string()),
+                    sender: Some(from.to_owned()),
+                    recipient: Some(to.to_owned()),
+                    attempt: Some(attempts),
+                    class: Some(class.label()),
+                    ..Event::new(EventKind::Expired, unix_now().0)
+                }
+                .with_reply(&reply)
+            });
             let mut metrics = self.ctx.metrics.borrow_mut();
             metrics.count_recipient(RecipientResult::Expired);
             metrics.count_failure(class, RecipientResult::Expired);
@@ -542,6 +575,19 @@ impl<S: SegmentStore + 'static> Recorder<S> {
     async fn queue_new(&self, envelope: Envelope, body: Vec<u8>) -> Result<SpoolId, SpoolError> {
         let size = body.len() as u64;
         let new_id = self.ctx.spool.store(&envelope, body).await?;
+        self.ctx.emit(|| Event {
+            id: Some(new_id.to_string()),
+            sender: Some(envelope.sender.clone()),
+            recipients: Some(
+                envelope
+                    .recipients
+                    .iter()
+                    .map(|r| r.address.clone())
+                    .collect(),
+            ),
+            size: Some(size),
+            ..Event::new(EventKind::Received, envelope.received_at)
+        });
         self.ctx.queue.borrow_mut().insert(
             new_id,
             QueueEntry {

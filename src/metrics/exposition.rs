@@ -303,6 +303,9 @@ pub fn render(s: &Snapshot) -> String {
             cluster.tokens,
         );
     }
+    if let Some(events) = &s.events {
+        render_events(&mut out, events);
+    }
     out.header(
         "spate_queue_messages",
         "gauge",
@@ -348,6 +351,73 @@ pub fn render(s: &Snapshot) -> String {
         &s.fsync_latency,
     );
     out.0
+}
+
+/// The events service's figures (`[[events.webhook]]`).
+fn render_events(out: &mut Text, events: &crate::events::EventFigures) {
+    out.single(
+        "spate_events_written_total",
+        "counter",
+        "Message-life events made durable in the event log.",
+        events.written,
+    );
+    out.single(
+        "spate_events_dropped_total",
+        "counter",
+        "Events dropped: the event log full (max_queue_bytes) or the writer behind (memory_queue).",
+        events.dropped,
+    );
+    let backlog = events
+        .endpoints
+        .iter()
+        .map(|e| e.backlog)
+        .max()
+        .unwrap_or(0);
+    out.single(
+        "spate_events_queued",
+        "gauge",
+        "Events in the log not yet acknowledged by every endpoint.",
+        backlog,
+    );
+    for (name, kind, help, value) in [
+        (
+            "spate_events_posted_total",
+            "counter",
+            "Events posted and acknowledged (2xx), by endpoint.",
+            (|e: &crate::events::EndpointFigures| e.posted)
+                as fn(&crate::events::EndpointFigures) -> u64,
+        ),
+        (
+            "spate_events_post_failures_total",
+            "counter",
+            "Posts that failed (no connection, no answer, not 2xx), by endpoint.",
+            |e| e.failures,
+        ),
+        (
+            "spate_events_backlog",
+            "gauge",
+            "Events in the log not yet acknowledged, by endpoint.",
+            |e| e.backlog,
+        ),
+    ] {
+        out.header(name, kind, help);
+        for endpoint in &events.endpoints {
+            out.labelled(
+                name,
+                "endpoint",
+                &label_value(&endpoint.name),
+                value(endpoint),
+            );
+        }
+    }
+}
+
+/// A label value as the text format wants it: backslash, quote and
+/// newline escaped.
+fn label_value(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The text being written; writing to a `String` cannot fail.

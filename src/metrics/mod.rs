@@ -389,6 +389,9 @@ pub struct Snapshot {
     /// The limits shared with other hosts, with `[cluster]` (filled in by
     /// the scraper).
     pub cluster: Option<crate::cluster::ClusterFigures>,
+    /// Events posted to webhooks, with `[[events.webhook]]` (filled in
+    /// by the scraper).
+    pub events: Option<crate::events::EventFigures>,
     pub recipients_by_source: BySource,
 }
 
@@ -405,6 +408,9 @@ impl Snapshot {
         self.dns_cache_hits += o.dns_cache_hits;
         self.spool_bytes += o.spool_bytes;
         self.cluster = self.cluster.or(o.cluster);
+        if self.events.is_none() {
+            self.events.clone_from(&o.events);
+        }
         merge_by_source(&mut self.recipients_by_source, &o.recipients_by_source);
     }
 }

@@ -16,6 +16,7 @@ use glommio::net::TcpStream;
 
 use crate::blocking::{JobFailed, Lane};
 use crate::dkim::SignError;
+use crate::events::{Event as LifeEvent, EventKind};
 use crate::local::Login;
 use crate::metrics::ConnectionKind;
 use crate::queue::{QueueEntry, Shape};
@@ -250,10 +251,11 @@ impl<S: SegmentStore> Driver<S> {
                         shape: Rc::new(Shape::of(&envelope)),
                     },
                 );
-                let mut metrics = self.ctx.metrics.borrow_mut();
-                metrics.counters.messages_received += 1;
-                metrics.counters.bytes_received += size;
-                drop(metrics);
+                {
+                    let mut metrics = self.ctx.metrics.borrow_mut();
+                    metrics.counters.messages_received += 1;
+                    metrics.counters.bytes_received += size;
+                }
                 tracing::info!(
                     %id,
                     from = %envelope.sender,
@@ -264,6 +266,24 @@ impl<S: SegmentStore> Driver<S> {
                     dkim = dkim.as_deref(),
                     "received"
                 );
+                // Durable in the event log before the 250, unless that
+                // takes longer than `[events] received_sync_wait`.
+                self.ctx
+                    .emit_durable(|| LifeEvent {
+                        id: Some(id.to_string()),
+                        sender: Some(envelope.sender.clone()),
+                        recipients: Some(
+                            envelope
+                                .recipients
+                                .iter()
+                                .map(|r| r.address.clone())
+                                .collect(),
+                        ),
+                        size: Some(size),
+                        client: Some(envelope.client_ip.to_string()),
+                        ..LifeEvent::new(EventKind::Received, envelope.received_at)
+                    })
+                    .await;
                 self.ctx.delivery_wake.notify();
                 self.session.handle_stored(Ok(&id.to_string()), now);
                 self.acks_pending.push(data_ended);

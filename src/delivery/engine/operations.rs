@@ -62,8 +62,10 @@ impl<S: SegmentStore + 'static> Engine<S> {
             }
             Request::Suspend(site, seconds) => {
                 let until = SystemTime::now() + Duration::from_secs(seconds);
-                self.suspensions
-                    .suspend(site.clone(), until, "suspended by hand".into());
+                let reason = "suspended by hand";
+                if self.suspensions.suspend(site.clone(), until, reason.into()) {
+                    self.emit_suspended(&site, reason, until);
+                }
                 self.sync_tables();
                 self.ctx.delivery_wake.notify();
                 Reply::Done(format!("shard {index}: {site} suspended for {seconds} s"))
