@@ -207,7 +207,7 @@ trickle() {
     local before t0 took port sent i
     while [[ ! -e $WORK/trickle.stop ]]; do
         port=$(cat "$WORK/port" 2>/dev/null || true)
-        before=$(find "$WORK/live-mail" -type f | wc -l)
+        before=$(find "$WORK/live-mail" -type f -name "*.eml" | wc -l)
         t0=$(now)
         sent=$("$SPATE" blast --to "$IP:$port" -n 1 -c 1 --cores 1 -s 200 --domains live.test \
             --timeout 10s --json 2>/dev/null | jq -r .delivered 2>/dev/null || echo 0)
@@ -218,7 +218,7 @@ trickle() {
         fi
         took=timeout
         for ((i = 0; i < 3000; i++)); do
-            if (($(find "$WORK/live-mail" -type f | wc -l) > before)); then
+            if (($(find "$WORK/live-mail" -type f -name "*.eml" | wc -l) > before)); then
                 took=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }')
                 break
             fi

@@ -741,3 +741,51 @@ fn a_received_event_is_in_the_log_before_its_250() {
         },
     );
 }
+
+#[test]
+fn a_bounce_by_hand_is_a_bounced_event_and_a_hand_suspension_a_suspended_one() {
+    let sink = Sink::start();
+    let senders = Sink::start();
+    let receiver = Receiver::start();
+    let server = server(
+        &sink,
+        &senders,
+        &receiver,
+        "[delivery]\nminimal_backoff = \"1h\"\nmaximal_backoff = \"2h\"\n",
+    );
+    let site = format!("[{}]:{}", sink.addr.ip(), sink.addr.port());
+    let said = server.spate_command(&["queue", "suspend", &site, "--for", "1h"]);
+    assert!(said.status.success());
+    common::send_numbered(&server, "rcpt@far.example", "by-hand", 2);
+    wait_until("two received events", Duration::from_secs(30), || {
+        receiver
+            .distinct()
+            .values()
+            .filter(|e| e["type"] == "received")
+            .count()
+            == 2
+    });
+    let out = server.spate_command(&["queue", "bounce", "--domain", "far.example"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut events = BTreeMap::new();
+    wait_until("two bounced events", Duration::from_secs(30), || {
+        events = receiver.distinct();
+        events.values().filter(|e| e["type"] == "bounced").count() == 2
+    });
+    let suspended: Vec<_> = events
+        .values()
+        .filter(|e| e["type"] == "suspended")
+        .collect();
+    assert_eq!(suspended.len(), 1, "{events:?}");
+    assert_eq!(suspended[0]["site"], site.as_str());
+    for bounced in events.values().filter(|e| e["type"] == "bounced") {
+        assert_eq!(bounced["recipient"], "rcpt@far.example");
+        assert_eq!(bounced["code"], 550);
+        assert!(bounced["class"].is_string(), "{bounced}");
+    }
+    assert!(sink.messages().is_empty(), "bounced mail was delivered");
+}

@@ -52,6 +52,10 @@ pub struct Via<'a> {
     pub tls_testing_failure: Option<&'a str>,
 }
 
+/// The reply reported for a message returned by hand (`spate queue
+/// bounce`, the API's bounce).
+const BOUNCED_BY_HAND: &str = "550 5.0.0 message returned by the postmaster";
+
 /// The `source` of a log line for mail sent without a named egress source.
 const NO_SOURCE: &str = "none";
 
@@ -452,7 +456,7 @@ impl<S: SegmentStore + 'static> Recorder<S> {
             .map(|index| ReportedRecipient {
                 index,
                 status: "5.0.0".into(),
-                diagnostic: "550 5.0.0 message returned by the postmaster".into(),
+                diagnostic: BOUNCED_BY_HAND.into(),
                 remote_mta: None,
                 action: crate::delivery::dsn::DsnAction::Failed,
                 class: None,
@@ -463,9 +467,25 @@ impl<S: SegmentStore + 'static> Recorder<S> {
         if let Err(e) = self.send_dsn(id, message.as_deref(), &failed).await {
             return Err(format!("{id} kept: cannot spool its DSN: {e}"));
         }
-        drop(message);
         if !self.finish(id, FinishReason::Bounced).await {
             return Err(format!("{id} kept: the spool cannot finish it"));
+        }
+        // The webhooks hear of it as of any bounce, one per recipient.
+        let envelope = message.as_deref().map(StoredMessage::envelope);
+        let class = self.ctx.shaping().classify(BOUNCED_BY_HAND);
+        for f in &failed {
+            self.ctx.emit(|| {
+                Event {
+                    id: Some(id.to_string()),
+                    sender: envelope.map(|e| e.sender.clone()),
+                    recipient: envelope
+                        .and_then(|e| e.recipients.get(f.index as usize))
+                        .map(|r| r.address.clone()),
+                    class: Some(class.label()),
+                    ..Event::new(EventKind::Bounced, unix_now().0)
+                }
+                .with_reply(BOUNCED_BY_HAND)
+            });
         }
         Ok(())
     }

@@ -448,9 +448,13 @@ async fn keep(ctx: &CoreContext, message: KeptMessage) {
         bytes.extend_from_slice(format!("X-Sink-To: <{rcpt}>\r\n").as_bytes());
     }
     bytes.extend_from_slice(&message.content);
+    // Written under a hidden name, then renamed: whoever reads the
+    // directory never sees a half-written message.
+    let partial = dir.join(format!(".{}-{n}.partial", ctx.core));
     let written = async {
-        let file = glommio::io::BufferedFile::create(&path).await?;
+        let mut file = glommio::io::BufferedFile::create(&partial).await?;
         file.write_at(bytes, 0).await?;
+        file.rename(&path).await?;
         file.close().await
     }
     .await;

@@ -136,12 +136,25 @@ impl SpateSink {
         }
     }
 
+    /// The files of the messages kept so far, whole (one still being
+    /// written has a hidden name).
+    fn kept_files(&self) -> Vec<std::path::PathBuf> {
+        let dir = self.dir.as_ref().expect("a sink started with keeping()");
+        std::fs::read_dir(dir.path())
+            .expect("sink directory")
+            .map(|entry| entry.expect("entry").path())
+            .filter(|p| {
+                !p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
+            .collect()
+    }
+
     /// The messages accepted so far (with `keeping`).
     pub fn kept(&self) -> Vec<Kept> {
-        let dir = self.dir.as_ref().expect("a sink started with keeping()");
         let mut out = Vec::new();
-        for entry in std::fs::read_dir(dir.path()).expect("sink directory") {
-            let text = std::fs::read_to_string(entry.expect("entry").path()).unwrap_or_default();
+        for path in self.kept_files() {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
             let mut kept = Kept {
                 peer: String::new(),
                 helo: String::new(),
@@ -167,10 +180,9 @@ impl SpateSink {
     /// The messages accepted so far (with `keeping`) byte for byte, 8-bit
     /// octets included, without the sink's `X-Sink-*` lines.
     pub fn kept_bytes(&self) -> Vec<Vec<u8>> {
-        let dir = self.dir.as_ref().expect("a sink started with keeping()");
         let mut out = Vec::new();
-        for entry in std::fs::read_dir(dir.path()).expect("sink directory") {
-            let bytes = std::fs::read(entry.expect("entry").path()).unwrap_or_default();
+        for path in self.kept_files() {
+            let bytes = std::fs::read(path).unwrap_or_default();
             let mut rest = &bytes[..];
             while rest.starts_with(b"X-Sink-") {
                 match rest.windows(2).position(|w| w == b"\r\n") {
