@@ -119,12 +119,16 @@ impl SpateSink {
         self.next_counters()
     }
 
-    /// Waits until `n` messages were accepted; the counters then.
+    /// Waits until `n` messages were accepted (and, with `keeping`, their
+    /// files written whole); the counters then.
     pub fn wait_for(&self, n: u64, timeout: Duration) -> serde_json::Value {
         let deadline = Instant::now() + timeout;
         loop {
             let c = self.counters();
-            if c["messages"].as_u64().unwrap_or(0) >= n {
+            // A keeping sink counts a message before its file is whole:
+            // wait for the files too.
+            let kept = self.dir.is_none() || self.kept_files().len() as u64 >= n;
+            if c["messages"].as_u64().unwrap_or(0) >= n && kept {
                 return c;
             }
             assert!(
