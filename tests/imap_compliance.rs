@@ -183,3 +183,53 @@ fn fetching_a_body_keeps_another_sessions_flags() {
     );
     assert!(flag_set(&flags).contains(&"\\Seen".to_owned()), "{flags}");
 }
+
+// ------------------------------------------------------------ \Recent
+
+/// imaptest's `copy` and `append` groups: a message that arrives by COPY
+/// or by APPEND with flags is `\Recent` in the next session that selects
+/// its folder (RFC 3501 2.3.2), and keeps its flags.
+#[test]
+fn messages_copied_or_appended_with_flags_are_recent() {
+    let server = server();
+    let mut a = login(&server);
+    ok(&mut a, "c", "CREATE Box");
+    append(
+        &mut a,
+        "INBOX",
+        "(\\Flagged)",
+        &message("inbox", "x@example.test"),
+    );
+    append(
+        &mut a,
+        "Box",
+        "(\\Seen)",
+        &message("appended", "x@example.test"),
+    );
+    ok(&mut a, "s", "SELECT INBOX");
+    ok(&mut a, "cp", "COPY 1 Box");
+    ok(&mut a, "st", "STORE 1 +FLAGS (\\Answered)");
+    ok(&mut a, "cp2", "COPY 1 Box");
+
+    let mut b = login(&server);
+    let selected = ok(&mut b, "s", "SELECT Box");
+    assert!(
+        selected.iter().any(|l| l == "* 3 RECENT"),
+        "all three arrivals are \\Recent: {selected:?}"
+    );
+    let fetched = ok(&mut b, "f", "FETCH 1:3 FLAGS");
+    for (seq, want) in [
+        (1, "\\Recent \\Seen"),
+        (2, "\\Flagged \\Recent"),
+        (3, "\\Answered \\Flagged \\Recent"),
+    ] {
+        let flags = fetched_flags(&fetched, seq).expect("FETCH FLAGS");
+        let mut got: Vec<&str> = flags.split_whitespace().collect();
+        got.sort_unstable();
+        assert_eq!(got.join(" "), want, "message {seq}: {fetched:?}");
+    }
+    // Only one session holds \Recent.
+    let mut c = login(&server);
+    let again = ok(&mut c, "s", "SELECT Box");
+    assert!(again.iter().any(|l| l == "* 0 RECENT"), "{again:?}");
+}

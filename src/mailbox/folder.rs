@@ -66,16 +66,13 @@ impl Sub {
         }
     }
 
-    /// Where a message with `flags` is placed when it arrives: `new/` when
-    /// nobody touched it, `cur/` when it already carries flags (as Dovecot
-    /// does for APPEND and COPY).
-    fn for_arrival(flags: Flags) -> Sub {
-        if flags.is_empty() {
-            Sub::New
-        } else {
-            Sub::Cur
-        }
-    }
+    /// Where a message is placed when it arrives (delivery, APPEND, COPY,
+    /// MOVE): always `new/`, with its flags in the name if it has any, so
+    /// it is `\Recent` for the next reader whatever its flags (RFC 3501
+    /// 2.3.2: \Recent means first seen by this session, not "unflagged").
+    /// Readers (ours, Dovecot, mutt) take flags from the name in `new/`
+    /// too, and `take_recent` keeps them when it moves the file to `cur/`.
+    const ARRIVAL: Sub = Sub::New;
 }
 
 /// A message file as found on disk.
@@ -238,8 +235,7 @@ impl Folder {
     /// Stores a message with flags and an internal date (IMAP APPEND): the
     /// same durable path as [`Folder::deliver`], then the UID is assigned
     /// at once (APPENDUID needs it), by one record appended to the index.
-    /// With flags it goes to `cur/`, without to `new/` (so it is
-    /// `\Recent`).
+    /// It goes to `new/` (so it is `\Recent`), its flags in its name.
     pub fn append(
         &self,
         parts: &[&[u8]],
@@ -780,7 +776,7 @@ impl Folder {
         flags: Flags,
         write: impl Fn(&mut File) -> io::Result<()>,
     ) -> Result<(String, PathBuf)> {
-        let sub = Sub::for_arrival(flags);
+        let sub = Sub::ARRIVAL;
         for _ in 0..NAME_ATTEMPTS {
             let base = self.ctx.unique_base(size);
             let tmp = self.dir.join("tmp").join(&base);
@@ -825,7 +821,7 @@ impl Folder {
     /// Hard-links `src` in under a new name (copying the bytes when the
     /// filesystem cannot link). The caller fsyncs the directories.
     fn place_copy(&self, src: &Path, size: u64, flags: Flags) -> Result<(String, PathBuf)> {
-        let sub = Sub::for_arrival(flags);
+        let sub = Sub::ARRIVAL;
         for _ in 0..NAME_ATTEMPTS {
             let base = self.ctx.unique_base(size);
             let to = self.file_path(sub, &self.arrival_name(&base, flags));
@@ -856,9 +852,10 @@ impl Folder {
     }
 
     fn arrival_name(&self, base: &str, flags: Flags) -> String {
-        match Sub::for_arrival(flags) {
-            Sub::New => base.to_owned(),
-            Sub::Cur => filename::with_flags(base, flags),
+        if flags.is_empty() {
+            base.to_owned()
+        } else {
+            filename::with_flags(base, flags)
         }
     }
 
