@@ -233,3 +233,74 @@ fn messages_copied_or_appended_with_flags_are_recent() {
     let again = ok(&mut c, "s", "SELECT Box");
     assert!(again.iter().any(|l| l == "* 0 RECENT"), "{again:?}");
 }
+
+// ------------------------------------------------------- EXPUNGEISSUED
+
+/// imaptest's `expunge` checks: a FETCH whose messages another session
+/// expunges while the reply is being written completes with the rest and
+/// says so in words imaptest knows (`OK [EXPUNGEISSUED] ... no longer
+/// exist`, as Dovecot); the race is no I/O trouble, so nothing is logged
+/// as a warning.
+#[test]
+fn a_fetch_racing_an_expunge_says_expungeissued_without_a_warning() {
+    use std::io::Read;
+    let server = server();
+    let mut a = login(&server);
+    append(&mut a, "INBOX", "", &message("first", "x@example.test"));
+    let cur = server.mail_dir().join(USER).join("cur");
+    // Far more than the socket buffers hold (about 20 MB).
+    let count = 300usize;
+    let filler =
+        "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqr\r\n".repeat(1000);
+    for i in 0..count {
+        let msg = format!("Subject: bulk {i:03}\r\n\r\n{filler}");
+        std::fs::write(cur.join(format!("17000{i:05}.M1P1Q{i}.bulk:2,S")), msg).unwrap();
+    }
+    let selected = ok(&mut a, "s", "SELECT INBOX");
+    assert!(
+        selected
+            .iter()
+            .any(|l| l == &format!("* {} EXISTS", count + 1)),
+        "{selected:?}"
+    );
+    let mut b = login(&server);
+    ok(&mut b, "s", "SELECT INBOX");
+    // A asks for every body and does not read: the server blocks on it.
+    a.send(b"f FETCH 1:* BODY.PEEK[]\r\n");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    ok(
+        &mut b,
+        "d",
+        &format!("STORE {}:* +FLAGS.SILENT (\\Deleted)", count - 10),
+    );
+    ok(&mut b, "x", "EXPUNGE");
+    let mut bodies = 0;
+    let tagged = loop {
+        let l = a.line();
+        if l.starts_with("f ") {
+            break l;
+        }
+        if let Some((_, size)) = l.strip_suffix('}').and_then(|l| l.rsplit_once('{')) {
+            let mut body = vec![0; size.parse().unwrap()];
+            a.reader.read_exact(&mut body).unwrap();
+            bodies += 1;
+        }
+    };
+    assert!(
+        bodies < count + 1,
+        "some were expunged first: {bodies}\n{}",
+        b.transcript
+    );
+    assert!(
+        tagged.starts_with("f OK [EXPUNGEISSUED] ") && tagged.contains("no longer exist"),
+        "{tagged}"
+    );
+    let warnings: Vec<String> = server
+        .stderr_lines_with("WARN")
+        .into_iter()
+        .filter(|l| l.contains("imap") || l.contains("FETCH"))
+        .collect();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let noop = ok(&mut a, "n", "NOOP");
+    assert!(noop.iter().any(|l| l.ends_with(" EXPUNGE")), "{noop:?}");
+}

@@ -73,7 +73,7 @@ impl FetchCursor {
     }
 
     /// Every message could be read; false when some had gone (the caller
-    /// answers `NO [EXPUNGEISSUED]`).
+    /// answers `OK [EXPUNGEISSUED]`).
     pub fn complete(&self) -> bool {
         self.complete
     }

@@ -472,10 +472,20 @@ impl Folder {
             }
         }
         let mut locked = self.lock_index()?;
-        let file = self.locate_uid(&mut locked, uid)?;
+        // Opened under the lock: no session renames (STORE) or unlinks
+        // (EXPUNGE) it between finding and opening.
+        let opened = self
+            .locate_uid(&mut locked, uid)?
+            .map(|(_, path)| File::open(&path).map_err(|e| (path, e)));
         self.finish(locked)?;
-        let (_, path) = file.ok_or_else(|| self.no_such(uid))?;
-        File::open(&path).map_err(|e| MailboxError::io("opening", path, e))
+        match opened {
+            Some(Ok(file)) => Ok(file),
+            // Expunged, or removed by a program that does not take our
+            // lock: gone, not an I/O fault.
+            None => Err(self.no_such(uid)),
+            Some(Err((_, e))) if e.kind() == io::ErrorKind::NotFound => Err(self.no_such(uid)),
+            Some(Err((path, e))) => Err(MailboxError::io("opening", path, e)),
+        }
     }
 
     /// A message's bytes.
