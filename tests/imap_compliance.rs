@@ -304,3 +304,33 @@ fn a_fetch_racing_an_expunge_says_expungeissued_without_a_warning() {
     let noop = ok(&mut a, "n", "NOOP");
     assert!(noop.iter().any(|l| l.ends_with(" EXPUNGE")), "{noop:?}");
 }
+
+// --------------------------------------------------------------- SORT
+
+/// imaptest's `sort` group: SORT SUBJECT compares base subjects with
+/// i;ascii-casemap (RFC 5256 3, RFC 4790 9.2: a-z folded to A-Z), so `[`
+/// and `_` sort after the letters; FROM compares the same way.
+#[test]
+fn sort_subject_folds_to_upper_case() {
+    let server = server();
+    let mut a = login(&server);
+    for (subject, from) in [
+        ("_under", "_x@example.test"),
+        ("[bracket", "zed@example.test"),
+        ("beta", "Amy@example.test"),
+        ("Alpha", "bob@example.test"),
+    ] {
+        append(&mut a, "INBOX", "", &message(subject, from));
+    }
+    ok(&mut a, "s", "SELECT INBOX");
+    let sorted = ok(&mut a, "o", "SORT (SUBJECT) UTF-8 ALL");
+    assert!(
+        sorted.iter().any(|l| l == "* SORT 4 3 2 1"),
+        "Alpha beta [bracket _under: {sorted:?}"
+    );
+    let sorted = ok(&mut a, "o2", "SORT (FROM) UTF-8 ALL");
+    assert!(
+        sorted.iter().any(|l| l == "* SORT 3 4 2 1"),
+        "AMY BOB ZED _X: {sorted:?}"
+    );
+}
