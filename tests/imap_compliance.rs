@@ -334,3 +334,40 @@ fn sort_subject_folds_to_upper_case() {
         "AMY BOB ZED _X: {sorted:?}"
     );
 }
+
+// ------------------------------------------------ LSUB and LIST-EXTENDED
+
+/// Folders `Top/Sub` (subscribed, `Top` not) and `Lone` (subscribed).
+fn subscribed_children(server: &TestServer) -> Line {
+    let mut a = login(server);
+    ok(&mut a, "c1", "CREATE Top/Sub");
+    ok(&mut a, "c2", "CREATE Lone");
+    ok(&mut a, "u1", "SUBSCRIBE Top/Sub");
+    ok(&mut a, "u2", "SUBSCRIBE Lone");
+    a
+}
+
+/// imaptest's `lsub` group: LSUB with `%` returns the parent of a
+/// subscribed child, flagged `\Noselect` (RFC 3501 6.3.9), and not the
+/// child; with `*` only the subscribed names.
+#[test]
+fn lsub_percent_shows_the_parent_of_a_subscribed_child_as_noselect() {
+    let server = server();
+    let mut a = subscribed_children(&server);
+    let mut lsub = ok(&mut a, "l", "LSUB \"\" %");
+    lsub.pop();
+    lsub.sort();
+    assert_eq!(
+        lsub,
+        ["* LSUB () \"/\" Lone", "* LSUB (\\Noselect) \"/\" Top"],
+        "{}",
+        a.transcript
+    );
+    let mut lsub = ok(&mut a, "l2", "LSUB \"\" *");
+    lsub.pop();
+    lsub.sort();
+    assert_eq!(lsub, ["* LSUB () \"/\" Lone", "* LSUB () \"/\" Top/Sub",]);
+    let lsub = ok(&mut a, "l3", "LSUB \"\" Top/%");
+    assert_eq!(lsub[0], "* LSUB () \"/\" Top/Sub", "{lsub:?}");
+    assert_eq!(lsub.len(), 2, "{lsub:?}");
+}

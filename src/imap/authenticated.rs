@@ -199,7 +199,8 @@ impl User {
     }
 
     /// LSUB (RFC 3501 6.3.9): subscribed names; `\Noselect` for those
-    /// that do not exist.
+    /// that do not exist and for the parents `%` stops at (see
+    /// [`list::lsub`]).
     pub fn lsub(&mut self, out: &mut Vec<u8>, tag: &str, reference: &[u8], pattern: &[u8]) {
         let reference = name::decode(reference).unwrap_or_default();
         let Some(pattern) = name::decode(pattern) else {
@@ -210,11 +211,9 @@ impl User {
             Ok(e) => e,
             Err(e) => return write_mailbox_error(out, tag, &e),
         };
-        for entry in entries.iter().filter(|e| e.subscribed) {
-            if list::matches(&pattern, &entry.name) {
-                let attrs: &[&str] = if entry.exists { &[] } else { &["\\Noselect"] };
-                write_entry(out, "LSUB", attrs, &entry.name);
-            }
+        for (name, noselect) in list::lsub(&entries, &pattern) {
+            let attrs: &[&str] = if noselect { &["\\Noselect"] } else { &[] };
+            write_entry(out, "LSUB", attrs, name);
         }
         completed(out, tag, None, "LSUB")
     }
