@@ -371,3 +371,46 @@ fn lsub_percent_shows_the_parent_of_a_subscribed_child_as_noselect() {
     assert_eq!(lsub[0], "* LSUB () \"/\" Top/Sub", "{lsub:?}");
     assert_eq!(lsub.len(), 2, "{lsub:?}");
 }
+
+/// imaptest's `list-extended` group: LIST (SUBSCRIBED RECURSIVEMATCH)
+/// returns CHILDINFO ("SUBSCRIBED") for names with a subscribed
+/// descendant (RFC 5258 3.5, examples 8 and 9).
+#[test]
+fn list_recursivematch_returns_childinfo() {
+    let server = server();
+    let mut a = subscribed_children(&server);
+    let mut list = ok(&mut a, "l", "LIST (SUBSCRIBED RECURSIVEMATCH) \"\" %");
+    list.pop();
+    list.sort();
+    assert_eq!(
+        list,
+        [
+            "* LIST (\\HasNoChildren \\Subscribed) \"/\" Lone",
+            // RFC 5258 example 8 A2: Top is only implied by Top/Sub.
+            "* LIST (\\NonExistent \\HasChildren) \"/\" Top (\"CHILDINFO\" (\"SUBSCRIBED\"))",
+        ],
+        "{}",
+        a.transcript
+    );
+    // With "*" the children are listed too, and the parents still carry
+    // CHILDINFO (RFC 5258 example 9).
+    let list = ok(&mut a, "l2", "LIST (SUBSCRIBED RECURSIVEMATCH) \"\" *");
+    assert!(
+        list.iter().any(|l| l
+            == "* LIST (\\NonExistent \\HasChildren) \"/\" Top (\"CHILDINFO\" (\"SUBSCRIBED\"))"),
+        "{list:?}"
+    );
+    assert!(
+        list.iter()
+            .any(|l| l == "* LIST (\\HasNoChildren \\Subscribed) \"/\" Top/Sub"),
+        "{list:?}"
+    );
+    // Without RECURSIVEMATCH: no CHILDINFO, no unsubscribed parents.
+    let list = ok(&mut a, "l3", "LIST (SUBSCRIBED) \"\" %");
+    assert!(
+        !list
+            .iter()
+            .any(|l| l.contains("CHILDINFO") || l.contains("Top")),
+        "{list:?}"
+    );
+}

@@ -108,6 +108,18 @@ fn ancestors(name: &str) -> impl Iterator<Item = &str> {
         .map(move |(at, _)| &name[..at])
 }
 
+/// The names that have a subscribed name somewhere below them: those a
+/// LIST (SUBSCRIBED RECURSIVEMATCH) shows with `CHILDINFO ("SUBSCRIBED")`
+/// whether or not the descendant matches the pattern (RFC 5258 3.5 and
+/// section 5, example 9).
+pub fn parents_of_subscribed(entries: &[Entry]) -> HashSet<&str> {
+    entries
+        .iter()
+        .filter(|e| e.subscribed)
+        .flat_map(|e| ancestors(&e.name))
+        .collect()
+}
+
 /// What LSUB answers for `pattern` (RFC 3501 6.3.9), in `entries`' order:
 /// each name with whether it is `\Noselect`. The subscribed names that
 /// match, `\Noselect` when the folder does not exist; and, since `%`
@@ -261,6 +273,8 @@ mod tests {
             [("a/b/c", false), ("m/n", true), ("x", false)],
             "* reaches the subscribed names themselves"
         );
+        let parents = parents_of_subscribed(&e);
+        assert_eq!(parents, HashSet::from(["a", "a/b", "m"]));
     }
 
     #[test]
