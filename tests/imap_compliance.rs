@@ -414,3 +414,48 @@ fn list_recursivematch_returns_childinfo() {
         "{list:?}"
     );
 }
+
+// ------------------------------------------------------ SEARCH addresses
+
+/// imaptest's `search-addresses` group: SEARCH FROM/TO/CC with a whole
+/// address matches the address ENVELOPE parses, comments and white space
+/// in the header or not (RFC 3501 6.4.4 searches the structure's field).
+#[test]
+fn search_from_matches_the_parsed_address_despite_comments() {
+    let server = server();
+    let mut a = login(&server);
+    append(
+        &mut a,
+        "INBOX",
+        "",
+        &message(
+            "one",
+            "Some One <some.one (the first) @ (at home) example.org>",
+        ),
+    );
+    append(
+        &mut a,
+        "INBOX",
+        "",
+        &message("two", "user(x)@example.net (User Two)"),
+    );
+    append(&mut a, "INBOX", "", &message("three", "other@example.com"));
+    ok(&mut a, "s", "SELECT INBOX");
+    let envelope = ok(&mut a, "e", "FETCH 1 ENVELOPE");
+    assert!(
+        envelope[0].contains("((\"Some One\" NIL \"some.one\" \"example.org\"))"),
+        "{envelope:?}"
+    );
+    for (query, want) in [
+        ("FROM some.one@example.org", "* SEARCH 1"),
+        ("FROM user@example.net", "* SEARCH 2"),
+        ("FROM \"Some One <some.one@example.org>\"", "* SEARCH 1"),
+        ("FROM \"User Two\"", "* SEARCH 2"),
+        ("FROM example", "* SEARCH 1 2 3"),
+        ("FROM nobody@example.org", "* SEARCH"),
+        ("TO alice@example.test", "* SEARCH 1 2 3"),
+    ] {
+        let found = ok(&mut a, "f", &format!("SEARCH {query}"));
+        assert_eq!(found[0], want, "SEARCH {query}");
+    }
+}
