@@ -3,6 +3,7 @@
 //! It refuses to handle authentication, the selected state's message commands (see
 //! [`super::selected`]) or when updates are sent.
 
+use std::collections::HashSet;
 use std::time::SystemTime;
 
 use chrono::{DateTime, FixedOffset};
@@ -176,9 +177,20 @@ impl User {
         };
         let select = request.select;
         let show_subscribed = request.ret.subscribed || select.subscribed;
+        // RFC 5258 3.5: CHILDINFO only with RECURSIVEMATCH; SUBSCRIBED is
+        // the one selection option it can report here.
+        let with_child_info = if select.recursive_match && select.subscribed {
+            list::parents_of_subscribed(&entries)
+        } else {
+            HashSet::new()
+        };
         for entry in &entries {
+            let child_info = with_child_info.contains(entry.name.as_str());
             let listed = if select.subscribed {
-                entry.subscribed
+                // RFC 5258 3: a name that does not meet the selection
+                // itself is listed when RECURSIVEMATCH finds a
+                // descendant that does.
+                entry.subscribed || child_info
             } else {
                 entry.exists || entry.has_children
             };
@@ -194,12 +206,18 @@ impl User {
                 &entry.attributes(request.extended, show_subscribed),
                 &entry.name,
             );
+            if child_info {
+                // The extended data item goes before the line's CRLF.
+                out.truncate(out.len() - 2);
+                out.extend_from_slice(b" (\"CHILDINFO\" (\"SUBSCRIBED\"))\r\n");
+            }
         }
         completed(out, tag, None, "LIST")
     }
 
     /// LSUB (RFC 3501 6.3.9): subscribed names; `\Noselect` for those
-    /// that do not exist.
+    /// that do not exist and for the parents `%` stops at (see
+    /// [`list::lsub`]).
     pub fn lsub(&mut self, out: &mut Vec<u8>, tag: &str, reference: &[u8], pattern: &[u8]) {
         let reference = name::decode(reference).unwrap_or_default();
         let Some(pattern) = name::decode(pattern) else {
@@ -210,11 +228,9 @@ impl User {
             Ok(e) => e,
             Err(e) => return write_mailbox_error(out, tag, &e),
         };
-        for entry in entries.iter().filter(|e| e.subscribed) {
-            if list::matches(&pattern, &entry.name) {
-                let attrs: &[&str] = if entry.exists { &[] } else { &["\\Noselect"] };
-                write_entry(out, "LSUB", attrs, &entry.name);
-            }
+        for (name, noselect) in list::lsub(&entries, &pattern) {
+            let attrs: &[&str] = if noselect { &["\\Noselect"] } else { &[] };
+            write_entry(out, "LSUB", attrs, name);
         }
         completed(out, tag, None, "LSUB")
     }

@@ -76,6 +76,12 @@ pub fn entries(folders: &[FolderName], subscriptions: &[FolderName]) -> Vec<Entr
     }
     for sub in subscriptions {
         names.entry(sub.as_str().to_owned()).or_insert(false);
+        // The parents of a subscription to a missing folder: LSUB and
+        // RECURSIVEMATCH may have to show them (plain LIST shows only
+        // names with a real folder at or below them).
+        for parent in ancestors(sub.as_str()) {
+            names.entry(parent.to_owned()).or_insert(false);
+        }
     }
     let mut out: Vec<Entry> = names
         .iter()
@@ -94,6 +100,51 @@ pub fn entries(folders: &[FolderName], subscriptions: &[FolderName]) -> Vec<Entr
     // INBOX first, as clients expect.
     out.sort_by(|a, b| (a.name != "INBOX", &a.name).cmp(&(b.name != "INBOX", &b.name)));
     out
+}
+
+/// The names above `name`, nearest first: "a/b/c" gives "a/b", "a".
+fn ancestors(name: &str) -> impl Iterator<Item = &str> {
+    name.rmatch_indices(DELIMITER)
+        .map(move |(at, _)| &name[..at])
+}
+
+/// The names that have a subscribed name somewhere below them: those a
+/// LIST (SUBSCRIBED RECURSIVEMATCH) shows with `CHILDINFO ("SUBSCRIBED")`
+/// whether or not the descendant matches the pattern (RFC 5258 3.5 and
+/// section 5, example 9).
+pub fn parents_of_subscribed(entries: &[Entry]) -> HashSet<&str> {
+    entries
+        .iter()
+        .filter(|e| e.subscribed)
+        .flat_map(|e| ancestors(&e.name))
+        .collect()
+}
+
+/// What LSUB answers for `pattern` (RFC 3501 6.3.9), in `entries`' order:
+/// each name with whether it is `\Noselect`. The subscribed names that
+/// match, `\Noselect` when the folder does not exist; and, since `%`
+/// stops at the delimiter, an unsubscribed parent that matches when a
+/// subscribed name below it does not: "foo/bar" subscribed, "foo" not,
+/// `%` returns "foo" with `\Noselect`, not "foo/bar".
+pub fn lsub<'a>(entries: &'a [Entry], pattern: &str) -> Vec<(&'a str, bool)> {
+    let mut parents: HashSet<&str> = HashSet::new();
+    for entry in entries.iter().filter(|e| e.subscribed) {
+        if !matches(pattern, &entry.name) {
+            parents.extend(ancestors(&entry.name).filter(|p| matches(pattern, p)));
+        }
+    }
+    entries
+        .iter()
+        .filter_map(|e| {
+            if e.subscribed && matches(pattern, &e.name) {
+                Some((e.name.as_str(), !e.exists))
+            } else if !e.subscribed && parents.contains(e.name.as_str()) {
+                Some((e.name.as_str(), true))
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 fn has_real_below(name: &str, names: &BTreeMap<String, bool>) -> bool {
@@ -207,6 +258,23 @@ mod tests {
             ["\\HasNoChildren", "\\Subscribed", "\\Sent"]
         );
         assert!(!e[3].exists && e[3].subscribed);
+    }
+
+    #[test]
+    fn lsub_percent_returns_parents_of_subscribed_children() {
+        let e = entries(
+            &[f("INBOX"), f("a/b/c"), f("x")],
+            &[f("a/b/c"), f("x"), f("m/n")],
+        );
+        assert_eq!(lsub(&e, "%"), [("a", true), ("m", true), ("x", false)]);
+        assert_eq!(lsub(&e, "a/%"), [("a/b", true)]);
+        assert_eq!(
+            lsub(&e, "*"),
+            [("a/b/c", false), ("m/n", true), ("x", false)],
+            "* reaches the subscribed names themselves"
+        );
+        let parents = parents_of_subscribed(&e);
+        assert_eq!(parents, HashSet::from(["a", "a/b", "m"]));
     }
 
     #[test]

@@ -80,7 +80,7 @@ impl Say {
             Say::SavedResultUnsupported => "No saved search result ($)",
             Say::UnsupportedItem => "Unsupported data item",
             Say::BadCharset => "Unsupported charset (use UTF-8 or US-ASCII)",
-            Say::SomeExpunged => "Some messages were expunged meanwhile",
+            Say::SomeExpunged => "Some of the requested messages no longer exist",
             Say::IdleTerminated => "IDLE terminated",
             Say::Idling => "idling",
             Say::MessageTooBig => "Message too big",

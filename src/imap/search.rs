@@ -17,9 +17,10 @@ use memchr::memmem;
 
 use super::command::{Flag, SearchKey, SequenceSet};
 use super::flag::to_maildir;
+use super::mime::address::parse_list;
 use super::mime::header::{self, Fields};
 use super::mime::Span;
-use super::mime::{decode, MessageStructure};
+use super::mime::{decode, Address, MessageStructure};
 use crate::mailbox::{Flag as MaildirFlag, Flags, KeywordTable};
 
 /// What the session knows about one message without reading it.
@@ -160,10 +161,10 @@ fn matches(key: &SearchKey<'_>, m: &mut Message<'_>, largest: Largest) -> bool {
         K::Or(a, b) => matches(a, m, largest) || matches(b, m, largest),
         K::And(keys) => matches_all(keys, m, largest),
         K::ModSeq { modseq, .. } => m.candidate.modseq >= *modseq,
-        K::Bcc(s) => header_contains(m, "Bcc", s),
-        K::Cc(s) => header_contains(m, "Cc", s),
-        K::From(s) => header_contains(m, "From", s),
-        K::To(s) => header_contains(m, "To", s),
+        K::Bcc(s) => address_contains(m, "Bcc", s),
+        K::Cc(s) => address_contains(m, "Cc", s),
+        K::From(s) => address_contains(m, "From", s),
+        K::To(s) => address_contains(m, "To", s),
         K::Subject(s) => header_contains(m, "Subject", s),
         K::Header(name, s) => {
             let name = String::from_utf8_lossy(name);
@@ -207,6 +208,43 @@ fn header_contains(m: &mut Message<'_>, name: &str, needle: &[u8]) -> bool {
                 || contains_ci(&value, needle)
                 || decode::contains_text(&decode::header_text(&value), &needle_text(needle))
         })
+}
+
+/// RFC 3501 6.4.4 BCC, CC, FROM, TO: "the envelope structure's ... field
+/// contains the specified string", so besides the field's text the
+/// addresses ENVELOPE parses are searched, written plainly: `name
+/// <mailbox@host>`. A header with comments or folding white space inside
+/// the address (`a (x) @ (y) b.org`) then matches `a@b.org`, as Dovecot.
+fn address_contains(m: &mut Message<'_>, name: &str, needle: &[u8]) -> bool {
+    if header_contains(m, name, needle) {
+        return true;
+    }
+    let Some(raw) = m.content() else {
+        return false;
+    };
+    let needle = needle_text(needle);
+    Fields::new(raw, header_span(raw))
+        .filter(|f| f.name.eq_ignore_ascii_case(name.as_bytes()))
+        .flat_map(|f| parse_list(&header::unfold(f.value)))
+        .any(|address| decode::contains_text(&plain_address(&address), &needle))
+}
+
+/// One parsed address as `name <mailbox@host>` (the name's encoded words
+/// decoded), or just `mailbox@host` without a name.
+fn plain_address(address: &Address) -> String {
+    let text = |part: &Option<Vec<u8>>| {
+        part.as_deref()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default()
+    };
+    let spec = match (&address.mailbox, &address.host) {
+        (Some(_), Some(_)) => format!("{}@{}", text(&address.mailbox), text(&address.host)),
+        _ => text(&address.mailbox),
+    };
+    match &address.name {
+        Some(name) => format!("{} <{spec}>", decode::header_text(name)),
+        None => spec,
+    }
 }
 
 /// A search string as text (the session accepts only UTF-8 and US-ASCII
@@ -271,6 +309,12 @@ mod tests {
         );
         assert_eq!(parse_date("garbage"), None);
         assert!(contains_ci(b"Hello World", b"o w"));
+        let plain: Vec<String> = parse_list(b"Ann <ann (home) @ (x) a.org>, b(y)@b.org")
+            .iter()
+            .map(plain_address)
+            .collect();
+        // A comment beside a bare address is its name (as ENVELOPE has it).
+        assert_eq!(plain, ["Ann <ann@a.org>", "y <b@b.org>"]);
         assert!(!contains_ci(b"Hello", b"hex"));
     }
 }

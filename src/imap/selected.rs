@@ -73,7 +73,7 @@ impl FetchCursor {
     }
 
     /// Every message could be read; false when some had gone (the caller
-    /// answers `NO [EXPUNGEISSUED]`).
+    /// answers `OK [EXPUNGEISSUED]`).
     pub fn complete(&self) -> bool {
         self.complete
     }
@@ -403,20 +403,21 @@ impl Selected {
         // response then carries FLAGS.
         let mut marked: HashSet<Uid> = HashSet::new();
         if needs.sets_seen && !self.view.read_only {
-            let changes: Vec<(Uid, Flags)> = targets
+            let unseen: Vec<Uid> = targets
                 .iter()
                 .filter_map(|&(seq, _)| self.view.get(seq))
                 .filter(|e| !e.flags.contains(MaildirFlag::Seen))
-                .map(|e| (e.uid, e.flags.with(MaildirFlag::Seen)))
+                .map(|e| e.uid)
                 .collect();
-            if !changes.is_empty() {
-                let done = self.folder.set_flags_many(&changes)?;
-                let wanted: HashMap<Uid, Flags> = changes.into_iter().collect();
-                for (uid, modseq) in done {
-                    if let Some(&flags) = wanted.get(&uid) {
-                        self.view.set_flags(uid, flags, modseq);
-                        marked.insert(uid);
-                    }
+            if !unseen.is_empty() {
+                // Added to the flags on disk now, not to the view's copy
+                // (another session may have changed them since).
+                let done = self
+                    .folder
+                    .update_flags(&unseen, |_, now| now.with(MaildirFlag::Seen))?;
+                for update in done {
+                    self.view.set_flags(update.uid, update.flags, update.modseq);
+                    marked.insert(update.uid);
                 }
             }
         }
@@ -521,50 +522,55 @@ impl Selected {
             self.announce_keywords(out, Arc::new(table));
         }
         let given = flags_of(flags, &self.keywords);
-        let mut changes: Vec<(Uid, Flags)> = Vec::new();
-        let mut results: Vec<(u32, Uid, Flags)> = Vec::with_capacity(targets.len());
+        let keywords = Arc::clone(&self.keywords);
+        let apply = |old: Flags| match action {
+            StoreAction::Add => flag::add(old, given),
+            StoreAction::Remove => flag::remove(old, given),
+            StoreAction::Replace => flag::replace_visible(old, flags, &keywords),
+        };
+        // What the client expects each message to end with: the change
+        // applied to the flags it last saw.
+        let mut expected: HashMap<Uid, Flags> = HashMap::with_capacity(targets.len());
         for &(seq, uid) in &targets {
-            let Some(entry) = self.view.get(seq) else {
+            if let Some(entry) = self.view.get(seq) {
+                expected.insert(uid, apply(entry.flags));
+            }
+        }
+        let uids: Vec<Uid> = targets
+            .iter()
+            .map(|&(_, uid)| uid)
+            .filter(|uid| expected.contains_key(uid))
+            .collect();
+        // The change is applied to each message's flags as they are on
+        // disk now, under the folder's lock: another session's STORE since
+        // this view last synced must not be undone (RFC 3501 6.4.6 names
+        // the flags to add or remove, not the resulting set).
+        let done = if uids.is_empty() {
+            Vec::new()
+        } else {
+            self.folder.update_flags(&uids, |_, now| apply(now))?
+        };
+        for update in &done {
+            self.view.set_flags(update.uid, update.flags, update.modseq);
+        }
+        for update in done {
+            let Some(seq) = self.view.seq_of(update.uid) else {
                 continue;
             };
-            let old = entry.flags;
-            let new = match action {
-                StoreAction::Add => flag::add(old, given),
-                StoreAction::Remove => flag::remove(old, given),
-                StoreAction::Replace => flag::replace_visible(old, flags, &self.keywords),
-            };
-            if new != old {
-                changes.push((uid, new));
+            // .SILENT still reports flags that differ from what the
+            // client asked for: someone else changed them meanwhile.
+            if silent && expected.get(&update.uid) == Some(&update.flags) {
+                continue;
             }
-            results.push((seq, uid, new));
-        }
-        let mut stored: HashSet<Uid> = HashSet::new();
-        if !changes.is_empty() {
-            let done = self.folder.set_flags_many(&changes)?;
-            let wanted: HashMap<Uid, Flags> = changes.into_iter().collect();
-            for (uid, modseq) in done {
-                if let Some(&f) = wanted.get(&uid) {
-                    self.view.set_flags(uid, f, modseq);
-                    stored.insert(uid);
-                }
-            }
-        }
-        if !silent {
-            for (seq, uid, new) in results {
-                let unchanged = self.view.get(seq).is_some_and(|e| e.flags == new);
-                if !(stored.contains(&uid) || unchanged) {
-                    continue; // gone meanwhile
-                }
-                let recent = self.view.get(seq).is_some_and(|e| e.recent);
-                write_flags_fetch(
-                    out,
-                    seq,
-                    uid_command.then_some(uid),
-                    new,
-                    recent,
-                    &self.keywords,
-                );
-            }
+            let recent = self.view.get(seq).is_some_and(|e| e.recent);
+            write_flags_fetch(
+                out,
+                seq,
+                uid_command.then_some(update.uid),
+                update.flags,
+                recent,
+                &self.keywords,
+            );
         }
         Ok(())
     }

@@ -151,6 +151,8 @@ enum Done {
     /// The handler wrote its whole reply to the held buffer.
     Held,
     Ok,
+    /// OK with a response code that warns (`[EXPUNGEISSUED]`).
+    OkWarned(Code<'static>, Say),
     /// COPY's `[COPYUID validity source destination]` (RFC 4315 3).
     CopyUid(CopyUid),
     Failed(Failure),
@@ -828,10 +830,13 @@ impl Session {
             self.fetching = Some(pending);
             return Outcome::Partial;
         }
+        // RFC 5530 3 / RFC 9051 7.1: EXPUNGEISSUED is a warning that
+        // fits OK; the messages still there were sent. Dovecot answers the
+        // same, and imaptest knows its "no longer exist".
         let done = if pending.cursor.complete() {
             Done::Ok
         } else {
-            Failure::No(Code::ExpungeIssued, Say::SomeExpunged).into()
+            Done::OkWarned(Code::ExpungeIssued, Say::SomeExpunged)
         };
         let allow_expunge = pending.cursor.uid_command();
         self.conclude(&pending.tag, pending.name, done, allow_expunge, &[])
@@ -852,6 +857,7 @@ impl Session {
         match done {
             Done::Held => out.extend_from_slice(held),
             Done::Ok => completed(out, tag, None, name),
+            Done::OkWarned(code, say) => tagged(out, tag, Status::Ok, Some(&code), say),
             Done::CopyUid(copied) => {
                 let code = Code::CopyUid {
                     validity: copied.validity,

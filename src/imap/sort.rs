@@ -58,12 +58,12 @@ impl Values {
             values.date = date;
         }
         if let Some(subject) = field("Subject") {
-            values.subject = base_subject(&header_text(&subject));
+            values.subject = ascii_casemap(&base_subject(&header_text(&subject)));
         }
         let first_mailbox = |name: &str| {
             field(name)
                 .and_then(|v| parse_list(&v).into_iter().find_map(|a| a.mailbox))
-                .map(|m| String::from_utf8_lossy(&m).to_ascii_lowercase())
+                .map(|m| ascii_casemap(&String::from_utf8_lossy(&m)))
                 .unwrap_or_default()
         };
         values.from = first_mailbox("From");
@@ -108,9 +108,17 @@ fn parse_date(value: &str) -> Option<i64> {
         .map(|d| d.timestamp())
 }
 
+/// The sort key of a string under the i;ascii-casemap collation that RFC
+/// 5256 3 names for SORT: a-z folded to A-Z (RFC 4790 9.2), so `[`, `\\`,
+/// `]`, `^`, `_` and `` ` `` sort after the letters, not before them as
+/// lower-case folding would have them.
+fn ascii_casemap(s: &str) -> String {
+    s.to_ascii_uppercase()
+}
+
 /// RFC 5256 2.1: the subject without reply and forward markers, blobs
-/// and trailers, white space collapsed, compared case-insensitively
-/// (lowercased here).
+/// and trailers, white space collapsed; its case kept (see
+/// [`ascii_casemap`] for the comparison).
 pub fn base_subject(decoded: &str) -> String {
     let mut s: String = decoded.split_whitespace().collect::<Vec<_>>().join(" ");
     loop {
@@ -144,7 +152,7 @@ pub fn base_subject(decoded: &str) -> String {
             s = s["[fwd:".len()..s.len() - 1].trim().to_owned();
             continue;
         }
-        return s.to_lowercase();
+        return s;
     }
 }
 
@@ -191,12 +199,32 @@ mod tests {
         assert_eq!(base_subject("Re: hello"), "hello");
         assert_eq!(
             base_subject("RE: Fwd: [list] Re[2]: Hello  World (fwd)"),
-            "hello world"
+            "Hello World"
         );
         assert_eq!(base_subject("[fwd: re: party]"), "party");
         assert_eq!(base_subject("[only a blob]"), "[only a blob]");
-        assert_eq!(base_subject("Recent news"), "recent news");
+        assert_eq!(base_subject("Recent news"), "Recent news");
         assert_eq!(base_subject(""), "");
+    }
+
+    #[test]
+    fn subjects_collate_by_ascii_casemap() {
+        let t = SystemTime::UNIX_EPOCH;
+        let with = |subject: &str| {
+            Values::new(
+                1,
+                t,
+                Some(format!("Subject: {subject}\r\n\r\nx\r\n").as_bytes()),
+            )
+        };
+        let by = [SortKey {
+            reverse: false,
+            by: SortBy::Subject,
+        }];
+        let order = |a: &str, b: &str| compare(&by, &with(a), &with(b));
+        assert_eq!(order("beta", "_under"), Ordering::Less, "B < _");
+        assert_eq!(order("zed", "[x"), Ordering::Less, "Z < [");
+        assert_eq!(order("Alpha", "alpha"), Ordering::Equal);
     }
 
     #[test]

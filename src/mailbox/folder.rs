@@ -66,16 +66,13 @@ impl Sub {
         }
     }
 
-    /// Where a message with `flags` is placed when it arrives: `new/` when
-    /// nobody touched it, `cur/` when it already carries flags (as Dovecot
-    /// does for APPEND and COPY).
-    fn for_arrival(flags: Flags) -> Sub {
-        if flags.is_empty() {
-            Sub::New
-        } else {
-            Sub::Cur
-        }
-    }
+    /// Where a message is placed when it arrives (delivery, APPEND, COPY,
+    /// MOVE): always `new/`, with its flags in the name if it has any, so
+    /// it is `\Recent` for the next reader whatever its flags (RFC 3501
+    /// 2.3.2: \Recent means first seen by this session, not "unflagged").
+    /// Readers (ours, Dovecot, mutt) take flags from the name in `new/`
+    /// too, and `take_recent` keeps them when it moves the file to `cur/`.
+    const ARRIVAL: Sub = Sub::New;
 }
 
 /// A message file as found on disk.
@@ -118,6 +115,15 @@ pub struct Snapshot {
     pub messages: Vec<MessageInfo>,
     /// The folder's keyword names, for the keyword slots in `flags`.
     pub keywords: Arc<KeywordTable>,
+}
+
+/// One message's flags after [`Folder::update_flags`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlagUpdate {
+    pub uid: Uid,
+    /// The flags on disk now.
+    pub flags: Flags,
+    pub modseq: ModSeq,
 }
 
 /// The outcome of a delivery or APPEND: the message is durable.
@@ -229,8 +235,7 @@ impl Folder {
     /// Stores a message with flags and an internal date (IMAP APPEND): the
     /// same durable path as [`Folder::deliver`], then the UID is assigned
     /// at once (APPENDUID needs it), by one record appended to the index.
-    /// With flags it goes to `cur/`, without to `new/` (so it is
-    /// `\Recent`).
+    /// It goes to `new/` (so it is `\Recent`), its flags in its name.
     pub fn append(
         &self,
         parts: &[&[u8]],
@@ -467,10 +472,20 @@ impl Folder {
             }
         }
         let mut locked = self.lock_index()?;
-        let file = self.locate_uid(&mut locked, uid)?;
+        // Opened under the lock: no session renames (STORE) or unlinks
+        // (EXPUNGE) it between finding and opening.
+        let opened = self
+            .locate_uid(&mut locked, uid)?
+            .map(|(_, path)| File::open(&path).map_err(|e| (path, e)));
         self.finish(locked)?;
-        let (_, path) = file.ok_or_else(|| self.no_such(uid))?;
-        File::open(&path).map_err(|e| MailboxError::io("opening", path, e))
+        match opened {
+            Some(Ok(file)) => Ok(file),
+            // Expunged, or removed by a program that does not take our
+            // lock: gone, not an I/O fault.
+            None => Err(self.no_such(uid)),
+            Some(Err((_, e))) if e.kind() == io::ErrorKind::NotFound => Err(self.no_such(uid)),
+            Some(Err((path, e))) => Err(MailboxError::io("opening", path, e)),
+        }
     }
 
     /// A message's bytes.
@@ -491,14 +506,34 @@ impl Folder {
     }
 
     /// Replaces the flags of several messages under one lock and one index
-    /// write (IMAP STORE). UIDs that no longer exist are skipped, as STORE
-    /// requires; the result lists the others with their modseq, which
-    /// only changes when the flags did.
+    /// write. UIDs that no longer exist are skipped; the result lists the
+    /// others with their modseq, which only changes when the flags did.
     pub fn set_flags_many(&self, changes: &[(Uid, Flags)]) -> Result<Vec<(Uid, ModSeq)>> {
+        let wanted: HashMap<Uid, Flags> = changes.iter().copied().collect();
+        let uids: Vec<Uid> = changes.iter().map(|&(uid, _)| uid).collect();
+        let done = self.update_flags(&uids, |uid, current| {
+            wanted.get(&uid).copied().unwrap_or(current)
+        })?;
+        Ok(done.into_iter().map(|u| (u.uid, u.modseq)).collect())
+    }
+
+    /// Changes the flags of several messages (IMAP STORE, FETCH setting
+    /// `\Seen`) under the folder's lock: `change` is given each message's
+    /// flags as they are on disk now, never a session's older copy, so two
+    /// sessions changing different flags of one message both keep their
+    /// change. UIDs that no longer exist are skipped; the result lists the
+    /// others with the flags they now have and their modseq, which only
+    /// changes when the flags did.
+    pub fn update_flags(
+        &self,
+        uids: &[Uid],
+        mut change: impl FnMut(Uid, Flags) -> Flags,
+    ) -> Result<Vec<FlagUpdate>> {
         let mut locked = self.lock_index()?;
-        let mut out = Vec::with_capacity(changes.len());
+        let mut out = Vec::with_capacity(uids.len());
+        let mut touched_cur = false;
         let mut touched_new = false;
-        for &(uid, flags) in changes {
+        for &uid in uids {
             let Some(pos) = locked.index.position(uid) else {
                 continue;
             };
@@ -506,24 +541,30 @@ impl Folder {
                 continue;
             };
             let base = locked.index.entries()[pos].base.clone();
-            let new_name = filename::with_flags(&base, flags);
+            let mut flags = change(uid, file.flags);
+            let mut new_name = filename::with_flags(&base, flags);
             if file.sub != Sub::Cur || file.file_name != new_name {
-                let to = self.file_path(Sub::Cur, &new_name);
+                let mut to = self.file_path(Sub::Cur, &new_name);
                 let mut renamed = fs::rename(&path, &to);
                 if renamed
                     .as_ref()
                     .is_err_and(|e| e.kind() == io::ErrorKind::NotFound)
                 {
                     // Renamed meanwhile by a tool that does not take our
-                    // lock (mutt): find it again, once.
+                    // lock (mutt): find it again, once, and apply the
+                    // change to the flags it has now.
                     locked.disk = Some(self.scan()?);
                     let Some(found) = self.locate_uid(&mut locked, uid)? else {
                         continue;
                     };
                     (file, path) = found;
+                    flags = change(uid, file.flags);
+                    new_name = filename::with_flags(&base, flags);
+                    to = self.file_path(Sub::Cur, &new_name);
                     renamed = fs::rename(&path, &to);
                 }
                 renamed.map_err(|e| MailboxError::io("renaming", &path, e))?;
+                touched_cur = true;
                 touched_new |= file.sub == Sub::New;
                 let moved = DiskFile {
                     sub: Sub::Cur,
@@ -537,9 +578,9 @@ impl Folder {
             } else {
                 locked.index.entries()[pos].modseq
             };
-            out.push((uid, modseq));
+            out.push(FlagUpdate { uid, flags, modseq });
         }
-        if !out.is_empty() {
+        if touched_cur {
             durable::fsync_dir(&self.dir.join("cur"))?;
         }
         if touched_new {
@@ -745,7 +786,7 @@ impl Folder {
         flags: Flags,
         write: impl Fn(&mut File) -> io::Result<()>,
     ) -> Result<(String, PathBuf)> {
-        let sub = Sub::for_arrival(flags);
+        let sub = Sub::ARRIVAL;
         for _ in 0..NAME_ATTEMPTS {
             let base = self.ctx.unique_base(size);
             let tmp = self.dir.join("tmp").join(&base);
@@ -790,7 +831,7 @@ impl Folder {
     /// Hard-links `src` in under a new name (copying the bytes when the
     /// filesystem cannot link). The caller fsyncs the directories.
     fn place_copy(&self, src: &Path, size: u64, flags: Flags) -> Result<(String, PathBuf)> {
-        let sub = Sub::for_arrival(flags);
+        let sub = Sub::ARRIVAL;
         for _ in 0..NAME_ATTEMPTS {
             let base = self.ctx.unique_base(size);
             let to = self.file_path(sub, &self.arrival_name(&base, flags));
@@ -821,9 +862,10 @@ impl Folder {
     }
 
     fn arrival_name(&self, base: &str, flags: Flags) -> String {
-        match Sub::for_arrival(flags) {
-            Sub::New => base.to_owned(),
-            Sub::Cur => filename::with_flags(base, flags),
+        if flags.is_empty() {
+            base.to_owned()
+        } else {
+            filename::with_flags(base, flags)
         }
     }
 

@@ -65,7 +65,7 @@ mod tests;
 pub use cache::Stamp;
 pub use error::{MailboxError, NameKind};
 pub use flag::{Flag, Flags};
-pub use folder::{Delivered, Folder, MessageInfo, Snapshot};
+pub use folder::{Delivered, FlagUpdate, Folder, MessageInfo, Snapshot};
 pub use id::{ModSeq, Uid, UidValidity};
 pub use keywords::{valid_name as valid_keyword, KeywordTable, KEYWORD_SLOTS};
 pub use message_cache::CachedData;

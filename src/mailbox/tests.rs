@@ -565,7 +565,10 @@ fn append_sets_flags_and_date() {
     assert_eq!(Some(m.uid), d.uid);
     assert_eq!(m.flags, flags);
     assert_eq!(m.internal_date, date);
-    assert!(!m.recent);
+    assert!(m.recent, "in new/ with its flags until a reader takes it");
+    assert_eq!(inbox.take_recent().unwrap(), vec![m.uid]);
+    let taken = &inbox.snapshot().unwrap().messages[0];
+    assert_eq!((taken.flags, taken.recent), (flags, false));
 }
 
 #[test]
