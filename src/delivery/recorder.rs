@@ -595,19 +595,8 @@ impl<S: SegmentStore + 'static> Recorder<S> {
     async fn queue_new(&self, envelope: Envelope, body: Vec<u8>) -> Result<SpoolId, SpoolError> {
         let size = body.len() as u64;
         let new_id = self.ctx.spool.store(&envelope, body).await?;
-        self.ctx.emit(|| Event {
-            id: Some(new_id.to_string()),
-            sender: Some(envelope.sender.clone()),
-            recipients: Some(
-                envelope
-                    .recipients
-                    .iter()
-                    .map(|r| r.address.clone())
-                    .collect(),
-            ),
-            size: Some(size),
-            ..Event::new(EventKind::Received, envelope.received_at)
-        });
+        self.ctx
+            .emit(|| Event::received(new_id.to_string(), &envelope, size));
         self.ctx.queue.borrow_mut().insert(
             new_id,
             QueueEntry {

@@ -84,6 +84,23 @@ impl Event {
         }
     }
 
+    /// A message durably queued as `id`, with its envelope and size.
+    pub fn received(id: String, envelope: &crate::envelope::Envelope, size: u64) -> Event {
+        Event {
+            id: Some(id),
+            sender: Some(envelope.sender.clone()),
+            recipients: Some(
+                envelope
+                    .recipients
+                    .iter()
+                    .map(|r| r.address.clone())
+                    .collect(),
+            ),
+            size: Some(size),
+            ..Event::new(EventKind::Received, envelope.received_at)
+        }
+    }
+
     /// Sets `reply` and its `code`.
     pub fn with_reply(mut self, reply: &str) -> Event {
         self.code = reply_code(reply);

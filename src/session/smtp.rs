@@ -16,7 +16,7 @@ use glommio::net::TcpStream;
 
 use crate::blocking::{JobFailed, Lane};
 use crate::dkim::SignError;
-use crate::events::{Event as LifeEvent, EventKind};
+use crate::events::Event as LifeEvent;
 use crate::local::Login;
 use crate::metrics::ConnectionKind;
 use crate::queue::{QueueEntry, Shape};
@@ -270,18 +270,8 @@ impl<S: SegmentStore> Driver<S> {
                 // takes longer than `[events] received_sync_wait`.
                 self.ctx
                     .emit_durable(|| LifeEvent {
-                        id: Some(id.to_string()),
-                        sender: Some(envelope.sender.clone()),
-                        recipients: Some(
-                            envelope
-                                .recipients
-                                .iter()
-                                .map(|r| r.address.clone())
-                                .collect(),
-                        ),
-                        size: Some(size),
                         client: Some(envelope.client_ip.to_string()),
-                        ..LifeEvent::new(EventKind::Received, envelope.received_at)
+                        ..LifeEvent::received(id.to_string(), &envelope, size)
                     })
                     .await;
                 self.ctx.delivery_wake.notify();
