@@ -482,3 +482,39 @@ fn kill_9_after_acks_loses_nothing() {
         "at most the one interrupted write in tmp"
     );
 }
+
+/// RFC 6531/6532: with SMTPUTF8 announced, `jörg@` is deliverable to a
+/// user named so, whatever the case of the address (issue 15); an alias
+/// may be named in UTF-8 too.
+#[test]
+fn a_utf8_user_and_alias_receive_mail_over_smtputf8() {
+    let server = TestServer::start(
+        Tweaks::default()
+            .user("jörg", "pw")
+            .aliases("grüße: jörg\n"),
+    );
+    let mut c = server.session();
+    let ehlo = c.ehlo("client.example");
+    assert!(
+        ehlo.lines.iter().any(|l| l.contains("SMTPUTF8")),
+        "{ehlo:?}"
+    );
+    assert_eq!(
+        c.cmd("MAIL FROM:<sender@elsewhere.example> SMTPUTF8").code,
+        250
+    );
+    for rcpt in [
+        "RCPT TO:<Jörg@example.test>",
+        "RCPT TO:<Grüße@example.test>",
+    ] {
+        let r = c.cmd(rcpt);
+        assert_eq!(r.code, 250, "{rcpt}\n{}", c.transcript);
+    }
+    assert_eq!(c.cmd("DATA").code, 354, "{}", c.transcript);
+    c.send(b"Subject: utf8-user\r\n\r\nhallo\r\n.\r\n");
+    let r = c.read_reply();
+    assert_eq!(r.code, 250, "{}", c.transcript);
+    c.quit();
+    let stored = wait_for_mail(&server, "jörg", "utf8-user");
+    assert!(contains(&stored, b"hallo"));
+}

@@ -250,7 +250,9 @@ impl Directory {
     /// Step 2 of the resolution: the first alias or user name that
     /// `local_part@domain` can mean, without the catch-all.
     fn known_name(&self, local_part: &str, domain: &str) -> Option<UserName> {
-        let local = local_part.to_ascii_lowercase();
+        // As UserName::parse folds it (Unicode lowercase: RFC 6531 local
+        // parts).
+        let local = local_part.to_lowercase();
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
         let base = local
             .split_once('+')

@@ -26,11 +26,15 @@ pub enum NameError {
     BadDomain,
 }
 
-/// A user (or alias) name: lowercase ASCII letters, digits, `.`, `-`, `_`
-/// and `+`, not starting with `.`, `-` or `+`, at most 64 characters;
-/// optionally followed by `@domain` (for a name that belongs to one local
-/// domain only). Parsing lowercases, so names compare case-insensitively
-/// as RFC 5321 allows for local mailboxes and every MTA in practice does.
+/// A user (or alias) name: lowercase letters (UTF-8 ones too: RFC 6531/
+/// 6532 mailboxes such as `jörg`, since SMTPUTF8 is announced), digits,
+/// `.`, `-`, `_` and `+`, not starting with `.`, `-` or `+`, at most 64
+/// octets (RFC 6531 3.3 keeps RFC 5321's limit in octets); optionally
+/// followed by `@domain` (an ASCII domain, for a name that belongs to one
+/// local domain only). Parsing lowercases (Unicode lowercase in the local
+/// part), so names compare case-insensitively as RFC 5321 allows for local
+/// mailboxes and every MTA in practice does. Names are not normalised
+/// (NFC): a client that sends another form of `ö` names another user.
 ///
 /// Because of these rules a `UserName` is always one safe path component:
 /// no `/`, no NUL, never `.` or `..`, no leading dot (hidden file) and no
@@ -55,7 +59,10 @@ impl UserName {
         if let Some(domain) = domain {
             check_domain(domain)?;
         }
-        Ok(UserName(text.to_ascii_lowercase()))
+        Ok(UserName(match domain {
+            Some(domain) => format!("{}@{}", local.to_lowercase(), domain.to_ascii_lowercase()),
+            None => local.to_lowercase(),
+        }))
     }
 
     pub fn as_str(&self) -> &str {
@@ -81,10 +88,12 @@ fn check_local(local: &str) -> Result<(), NameError> {
     if matches!(first, '.' | '-' | '+') {
         return Err(NameError::BadStart);
     }
-    match local
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+')))
-    {
+    // Beyond ASCII only letters and digits: no spaces, punctuation,
+    // controls or direction marks, so the name stays one plain path
+    // component and reads as what it is.
+    let allowed =
+        |c: char| c.is_alphanumeric() || (c.is_ascii() && matches!(c, '.' | '-' | '_' | '+'));
+    match local.chars().find(|&c| !allowed(c)) {
         Some(c) => Err(NameError::BadChar(c)),
         None => Ok(()),
     }
@@ -149,6 +158,8 @@ mod tests {
             ("carol+lists", "carol+lists"),
             ("Dave@Example.TEST", "dave@example.test"),
             ("_svc", "_svc"),
+            ("Jörg", "jörg"),
+            ("ÄNNE@Example.TEST", "änne@example.test"),
         ] {
             assert_eq!(UserName::parse(text).unwrap().as_str(), want, "{text}");
         }
@@ -173,7 +184,9 @@ mod tests {
             "+tag",
             "a b",
             "a:b",
-            "ä",
+            "a\u{202e}b",
+            "ü\u{a0}x",
+            "j\u{f6}rg@b\u{fc}cher.example",
             "a@",
             "a@b/c",
             "a@.b",
