@@ -19,14 +19,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use common::mailbox::{
+    ca, deliver, have, maildir_files, output_text, stored_in_name_order, tree, SENDER, SETTLE,
+};
 use common::{python, run_with_timeout, TestServer, Tweaks, COMMAND_TIMEOUT, LOCAL_DOMAIN};
 use serde_json::Value;
 
 const USER: &str = "alice";
 const PASSWORD: &str = "pw-alice";
-const SENDER: &str = "sender@client.test";
-/// How long a delivery may take to show.
-const SETTLE: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------- helpers
 
@@ -41,30 +41,10 @@ fn tls_tweaks() -> Tweaks {
     mailbox_tweaks().listener("imaps").tls()
 }
 
-/// The files of `user`'s INBOX (new/ and cur/), sorted.
-fn maildir_files(server: &TestServer, user: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for sub in ["new", "cur"] {
-        let Ok(rd) = std::fs::read_dir(server.mail_dir().join(user).join(sub)) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            if e.path().is_file() {
-                out.push(e.path());
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 /// The stored messages' bytes, sorted by content (file names do not sort
 /// in arrival order: the Maildir `M` microseconds are not zero-padded).
 fn stored(server: &TestServer, user: &str) -> Vec<Vec<u8>> {
-    let mut all: Vec<Vec<u8>> = maildir_files(server, user)
-        .iter()
-        .map(|p| std::fs::read(p).expect("read stored message"))
-        .collect();
+    let mut all = stored_in_name_order(server, user);
     all.sort();
     all
 }
@@ -81,29 +61,6 @@ fn stored_in_order(server: &TestServer, originals: &[Vec<u8>]) -> Vec<Vec<u8>> {
             found[0].clone()
         })
         .collect()
-}
-
-/// Sends `msg` to `user` through SMTP and waits until the Maildir holds
-/// one more message (so UIDs follow the sending order).
-fn deliver(server: &TestServer, user: &str, msg: &[u8]) {
-    let before = maildir_files(server, user).len();
-    let mut c = server.session();
-    let to = format!("{user}@{LOCAL_DOMAIN}");
-    if let Err(r) = c.send_message(SENDER, &[&to], msg) {
-        panic!("SMTP refused: {r:?}\ntranscript:\n{}", c.transcript);
-    }
-    c.quit();
-    wait_for(&format!("delivery #{} to {user}", before + 1), || {
-        maildir_files(server, user).len() > before
-    });
-}
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + SETTLE;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn plain_message(subject: &str, body: &str) -> Vec<u8> {
@@ -140,52 +97,6 @@ fn test_messages() -> Vec<Vec<u8>> {
         plain_message("beta-two", &beta),
         multipart_message("gamma-three"),
     ]
-}
-
-/// Is `tool` an executable on PATH? Prints the skip note when not.
-fn have(tool: &str, package: &str) -> bool {
-    let found = std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|d| {
-            let p = d.join(tool);
-            std::fs::metadata(&p).is_ok_and(|m| m.is_file())
-        })
-    });
-    if !found {
-        eprintln!("SKIP: `{tool}` is not installed (Debian package `{package}`); test not run");
-    }
-    found
-}
-
-/// Every path under `dir` (for "nothing was created" checks).
-fn tree(dir: &Path) -> BTreeSet<PathBuf> {
-    let mut out = BTreeSet::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p.clone());
-            }
-            out.insert(p);
-        }
-    }
-    out
-}
-
-fn output_text(out: &std::process::Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn ca(server: &TestServer) -> String {
-    server.tls.as_ref().expect("tls").ca.display().to_string()
 }
 
 /// Runs one imap_client.py scenario against `addr`.

@@ -21,17 +21,19 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
+use common::mailbox::{
+    ca, deliver, have, maildir_files, output_text, stored_in_name_order as stored, tree, wait_for,
+    SENDER,
+};
 use common::{python, run_with_timeout, TestServer, Tweaks, COMMAND_TIMEOUT, LOCAL_DOMAIN};
 use serde_json::Value;
 
 const USER: &str = "alice";
 const PASSWORD: &str = "pw-alice";
-const SENDER: &str = "sender@client.test";
 /// How long a delivery or a lock release may take to show.
-const SETTLE: Duration = Duration::from_secs(30);
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------- helpers
@@ -189,54 +191,6 @@ fn pop3(server: &TestServer) -> SocketAddr {
     server.listener("pop3")
 }
 
-/// The files of `user`'s INBOX (new/ and cur/), sorted.
-fn maildir_files(server: &TestServer, user: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for sub in ["new", "cur"] {
-        let Ok(rd) = std::fs::read_dir(server.mail_dir().join(user).join(sub)) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            if e.path().is_file() {
-                out.push(e.path());
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-/// The stored messages' bytes, in file name order (not arrival order).
-fn stored(server: &TestServer, user: &str) -> Vec<Vec<u8>> {
-    maildir_files(server, user)
-        .iter()
-        .map(|p| std::fs::read(p).expect("read stored message"))
-        .collect()
-}
-
-/// Sends `msg` to `user` through SMTP and waits until the Maildir holds
-/// one more message (so messages are numbered in sending order).
-fn deliver(server: &TestServer, user: &str, msg: &[u8]) {
-    let before = maildir_files(server, user).len();
-    let mut c = server.session();
-    let to = format!("{user}@{LOCAL_DOMAIN}");
-    if let Err(r) = c.send_message(SENDER, &[&to], msg) {
-        panic!("SMTP refused: {r:?}\ntranscript:\n{}", c.transcript);
-    }
-    c.quit();
-    wait_for(&format!("delivery #{} to {user}", before + 1), || {
-        maildir_files(server, user).len() > before
-    });
-}
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + SETTLE;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// A message whose body has lines starting with "." (stuffed on both
 /// wires), a line that is a lone ".", and a last line without text.
 fn dotted_message(marker: &str) -> Vec<u8> {
@@ -332,20 +286,6 @@ fn check_lf_deliveries(got: &[Vec<u8>], originals: &[Vec<u8>], stored: &[Vec<u8>
     }
 }
 
-/// Is `tool` an executable on PATH? Prints the skip note when not.
-fn have(tool: &str, package: &str) -> bool {
-    let found = std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|d| {
-            let p = d.join(tool);
-            std::fs::metadata(&p).is_ok_and(|m| m.is_file())
-        })
-    });
-    if !found {
-        eprintln!("SKIP: `{tool}` is not installed (Debian package `{package}`); test not run");
-    }
-    found
-}
-
 /// The files written into `dir` by an MDA, sorted by name.
 fn files_in(dir: &Path) -> Vec<Vec<u8>> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -359,38 +299,6 @@ fn files_in(dir: &Path) -> Vec<Vec<u8>> {
         .iter()
         .map(|p| std::fs::read(p).expect("read"))
         .collect()
-}
-
-/// Every path under `dir` (for "nothing was created" checks).
-fn tree(dir: &Path) -> BTreeSet<PathBuf> {
-    let mut out = BTreeSet::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p.clone());
-            }
-            out.insert(p);
-        }
-    }
-    out
-}
-
-fn output_text(out: &std::process::Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn ca(server: &TestServer) -> String {
-    server.tls.as_ref().expect("tls").ca.display().to_string()
 }
 
 // ------------------------------------------------------ 1. end to end

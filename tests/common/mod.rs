@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod mailbox;
 pub mod smtp;
 
 use std::collections::hash_map::DefaultHasher;
