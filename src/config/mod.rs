@@ -1289,7 +1289,8 @@ mod tests {
     #[test]
     fn embedded_default_parses_and_listens_on_loopback() {
         let config = Config::embedded();
-        assert!(!config.listeners.is_empty());
+        let protocols: Vec<&str> = config.listeners.iter().map(|l| l.protocol.name()).collect();
+        assert_eq!(protocols, ["smtp", "imap", "pop3"], "the mailbox tier too");
         for l in &config.listeners {
             assert!(l.address.ip().is_loopback(), "{:?}", l.address);
         }
