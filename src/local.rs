@@ -7,7 +7,7 @@
 
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::account::{
@@ -51,6 +51,10 @@ pub struct LocalTier {
     /// Measures usage figures that RCPT checks lack (`None` if its thread
     /// could not start: then only deliveries measure).
     meter: Option<mailbox::UsageMeter>,
+    /// Wakes idling IMAP sessions when their folder changes; started at
+    /// the first IDLE (`None` inside if inotify is unavailable: sessions
+    /// then poll).
+    watcher: OnceLock<Option<mailbox::FolderWatcher>>,
 }
 
 impl LocalTier {
@@ -92,7 +96,25 @@ impl LocalTier {
             store,
             throttle: Mutex::new(LoginThrottle::new(ThrottleConfig::default())),
             meter,
+            watcher: OnceLock::new(),
         }
+    }
+
+    /// Watches the folder at `dir` for an idling session; `None` if
+    /// inotify cannot watch it (the session then polls).
+    pub fn watch_folder(&self, dir: &Path) -> Option<mailbox::Subscription> {
+        let watcher = self.watcher.get_or_init(|| {
+            mailbox::FolderWatcher::start()
+                .inspect_err(|e| tracing::warn!(error = %e, "cannot watch folders: IDLE polls"))
+                .ok()
+        });
+        watcher
+            .as_ref()?
+            .subscribe(dir)
+            .inspect_err(
+                |e| tracing::debug!(error = %e, dir = %dir.display(), "folder not watched"),
+            )
+            .ok()
     }
 
     /// The current directory (users, aliases, quota). A caller keeps the

@@ -605,6 +605,64 @@ fn idle_wakes_up_on_an_smtp_delivery() {
     assert_eq!(maildir_files(&server, USER).len(), 2);
 }
 
+/// The seconds of each round of an `idle_latency` answer.
+fn latencies(v: &Value, key: &str) -> Vec<f64> {
+    v[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("{key} missing: {v}"))
+        .iter()
+        .map(|x| {
+            x.as_f64()
+                .unwrap_or_else(|| panic!("a round of {key} saw no EXISTS: {v}"))
+        })
+        .collect()
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// Issue 15 item 4: IDLE learns of a delivery at once (the folder is
+/// watched, not polled every second), whether spate delivered it over
+/// SMTP or another program dropped it into the Maildir. The issue's
+/// target is 50 ms from the 250; the test allows 100 ms of median on a
+/// loaded machine (polling would give about 500).
+#[test]
+fn idle_reports_new_mail_at_once_from_smtp_and_from_other_programs() {
+    let server = TestServer::start(mailbox_tweaks());
+    deliver(&server, USER, &plain_message("before-idle", "x\r\n"));
+    let maildir = server.mail_dir().join(USER);
+    let v = imaplib(
+        &server,
+        "idle_latency",
+        "imap",
+        &[
+            "--smtp".into(),
+            server.smtp.to_string(),
+            "--rcpt".into(),
+            format!("{USER}@{LOCAL_DOMAIN}"),
+            "--rounds".into(),
+            "7".into(),
+            "--maildir".into(),
+            maildir.display().to_string(),
+        ],
+    );
+    assert!(
+        v["done"].as_str().is_some_and(|d| d.contains(" OK")),
+        "DONE: {v}"
+    );
+    let smtp = median(latencies(&v, "smtp"));
+    let external = median(latencies(&v, "external"));
+    eprintln!("IDLE latency medians: smtp {smtp:.4} s, external {external:.4} s: {v}");
+    assert!(smtp < 0.1, "EXISTS {smtp} s after the 250 (median): {v}");
+    assert!(
+        external < 0.1,
+        "EXISTS {external} s after the rename (median): {v}"
+    );
+    assert_eq!(maildir_files(&server, USER).len(), 15);
+}
+
 // ------------------------------------------------------ 4. bad input
 
 #[test]

@@ -873,6 +873,15 @@ impl Session {
         Outcome::Continue
     }
 
+    /// The selected folder's directory, for the driver to watch during
+    /// IDLE.
+    pub fn selected_dir(&self) -> Option<&std::path::Path> {
+        match &self.state {
+            State::Authenticated { user, .. } => Some(user.selected.as_ref()?.folder.path()),
+            _ => None,
+        }
+    }
+
     /// IDLE (RFC 2177): sends what changed in the selected mailbox.
     pub fn idle_poll(&mut self, _backend: &dyn Backend) {
         if let State::Authenticated { idle: Some(_), .. } = &self.state {

@@ -58,6 +58,7 @@ mod usage;
 mod user;
 pub mod utf7;
 mod validity;
+mod watch;
 
 #[cfg(test)]
 mod tests;
@@ -74,3 +75,4 @@ pub use name::{FolderName, UserName};
 pub use store::MailStore;
 pub use usage::KnownUsage;
 pub use user::{SessionLock, SpecialUse, Usage, UserMailbox};
+pub use watch::{FolderWatcher, Subscription};

@@ -4,7 +4,7 @@
 //! synchronously), writes the replies on the executor (a long FETCH reply
 //! part by part, each part's job ending before it is written, so a client
 //! that does not read holds no pool thread), and carries out what the
-//! session asks for: STARTTLS, IDLE (woken by polling the mailbox), the
+//! session asks for: STARTTLS, IDLE (woken by the folder's watch), the
 //! delay after a failed login, LOGOUT. Implicit TLS for imaps. It makes no
 //! protocol decision of its own.
 
@@ -22,7 +22,7 @@ use crate::imap::reader::{is_done, LineStep, CONTINUATION};
 use crate::imap::session::{Backend, Outcome, PeerInfo, Session};
 use crate::imap::{parse_command, CommandReader, ReaderConfig, Step};
 use crate::local::{LocalTier, Login};
-use crate::mailbox::{MailboxError, UserMailbox};
+use crate::mailbox::{MailboxError, Subscription, UserMailbox};
 use crate::metrics::ConnectionKind;
 use crate::session::counted::CountedConnection;
 use crate::session::limits::Family;
@@ -38,7 +38,8 @@ const INITIAL_READ_BUFFER: usize = 1024;
 const MAX_READ_BUFFER: usize = 64 * 1024;
 /// RFC 3501 5.4: the autologout timer is at least 30 minutes.
 const AUTOLOGOUT: Duration = Duration::from_secs(30 * 60);
-/// How often an idling session looks for changes in its mailbox.
+/// How often an idling session looks for changes in a folder that
+/// cannot be watched.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 const TOO_MANY_CONNECTIONS: &[u8] = b"* BYE Too many connections, try again later\r\n";
 const SHUTTING_DOWN: &[u8] = b"* BYE Server shutting down\r\n";
@@ -363,9 +364,22 @@ impl<S: SegmentStore> Driver<S> {
         Ok(outcome)
     }
 
-    /// RFC 2177: until DONE, report the mailbox's changes as they happen
-    /// (found by polling every `IDLE_POLL`).
+    /// RFC 2177: until DONE, report the mailbox's changes as they happen.
+    /// The selected folder is watched (inotify: spate's own deliveries and
+    /// other programs' changes alike), so an update goes out as soon as
+    /// the change is on disk and nothing runs meanwhile; a folder that
+    /// cannot be watched is polled every `IDLE_POLL`.
     async fn idle(&mut self) -> io::Result<Next> {
+        let mut watch = self.watch_selected()?;
+        if watch.is_some() {
+            // A change between the IDLE command's own sync and the watch
+            // starting would otherwise wait for the next one.
+            self.on_pool(Lane::Mailbox, |session, backend| {
+                session.idle_poll(backend);
+                Outcome::Continue
+            })
+            .await?;
+        }
         self.flush().await?;
         loop {
             if let LineStep::Line(line) = self.reader.next_line() {
@@ -381,20 +395,32 @@ impl<S: SegmentStore> Driver<S> {
                 // Anything else during IDLE is a protocol error: end it.
                 return Ok(Next::Close);
             }
-            match self.wait(Instant::now() + IDLE_POLL).await {
-                Wake::Read(Ok(0)) => return Ok(Next::Close),
-                Wake::Read(Ok(n)) => {
+            let wake = match watch.as_mut() {
+                Some(watch) => {
+                    let client = self.wait(self.last_activity + AUTOLOGOUT);
+                    let changed = async {
+                        watch.changed().await;
+                        None
+                    };
+                    futures_lite::future::or(async { Some(client.await) }, changed).await
+                }
+                None => Some(self.wait(Instant::now() + IDLE_POLL).await),
+            };
+            match wake {
+                Some(Wake::Read(Ok(0))) => return Ok(Next::Close),
+                Some(Wake::Read(Ok(n))) => {
                     self.input.commit(n);
                     let taken = self.reader.push(self.input.filled());
                     self.input.consume(taken);
                     self.last_activity = Instant::now();
                 }
-                Wake::Read(Err(e)) => return Err(e),
-                Wake::Deadline => {
-                    if self.last_activity.elapsed() > AUTOLOGOUT {
-                        self.session_mut()?.timeout();
-                        return Ok(Next::Close);
-                    }
+                Some(Wake::Read(Err(e))) => return Err(e),
+                Some(Wake::Deadline) if self.last_activity.elapsed() > AUTOLOGOUT => {
+                    self.session_mut()?.timeout();
+                    return Ok(Next::Close);
+                }
+                // The folder changed, or (unwatched) the poll is due.
+                None | Some(Wake::Deadline) => {
                     self.on_pool(Lane::Mailbox, |session, backend| {
                         session.idle_poll(backend);
                         Outcome::Continue
@@ -402,13 +428,25 @@ impl<S: SegmentStore> Driver<S> {
                     .await?;
                     self.flush().await?;
                 }
-                Wake::Shutdown => {
+                Some(Wake::Shutdown) => {
                     self.shutdown_seen = true;
                     self.write_raw(SHUTTING_DOWN).await?;
                     return Ok(Next::Close);
                 }
             }
         }
+    }
+
+    /// A watch on the selected folder, if there is one and it can be
+    /// watched.
+    fn watch_selected(&mut self) -> io::Result<Option<Subscription>> {
+        let Some(tier) = self.ctx.local.clone() else {
+            return Ok(None);
+        };
+        Ok(self
+            .session_mut()?
+            .selected_dir()
+            .and_then(|dir| tier.watch_folder(dir)))
     }
 
     /// RFC 3501 6.2.1: the OK is in the clear, pipelined input is dropped,

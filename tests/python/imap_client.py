@@ -32,6 +32,7 @@ import argparse
 import base64
 import imaplib
 import json
+import os
 import re
 import smtplib
 import socket
@@ -380,6 +381,50 @@ def idle(args):
     return out
 
 
+def idle_latency(args):
+    """One IDLE while `--rounds` messages arrive over SMTP (one connection)
+    and, with `--maildir`, as many dropped into the Maildir by another
+    program: the seconds from each 250 (or rename) to its EXISTS."""
+    out = {"smtp": [], "external": []}
+    m = login(args)
+    typ, data = m.select("INBOX")
+    count = int(text(data)[0])
+    tag = m._new_tag().decode()
+    m.send(f"{tag} IDLE\r\n".encode())
+    out["continuation"], _ = readline_until(m, lambda l: l.startswith("+"), 10)
+    host, port = args.smtp.rsplit(":", 1)
+    s = smtplib.SMTP(host, int(port), timeout=TIMEOUT)
+    for i in range(args.rounds):
+        msg = (
+            f"From: <idle-sender@client.test>\r\nTo: <{args.rcpt}>\r\n"
+            f"Subject: idle-{i}\r\nMessage-ID: <idle-{i}@client.test>\r\n\r\nwake up\r\n"
+        )
+        s.sendmail("idle-sender@client.test", [args.rcpt], msg.encode())
+        t0 = time.monotonic()
+        count += 1
+        want = f"* {count} EXISTS"
+        line, lines = readline_until(m, lambda l: l == want, 15)
+        out["smtp"].append(time.monotonic() - t0 if line else None)
+    s.quit()
+    if args.maildir:
+        for i in range(args.rounds):
+            name = f"{time.time_ns()}.external{i}.test"
+            tmp = os.path.join(args.maildir, "tmp", name)
+            with open(tmp, "wb") as f:
+                f.write(f"Subject: external-{i}\r\n\r\nbody\r\n".encode())
+            os.rename(tmp, os.path.join(args.maildir, "new", name))
+            t0 = time.monotonic()
+            count += 1
+            want = f"* {count} EXISTS"
+            line, lines = readline_until(m, lambda l: l == want, 15)
+            out["external"].append(time.monotonic() - t0 if line else None)
+    m.sock.settimeout(TIMEOUT)
+    m.send(b"DONE\r\n")
+    out["done"], _ = readline_until(m, lambda l: l.startswith(tag + " "), 10)
+    out["logout"] = attempt(m.logout)
+    return out
+
+
 def raw_line(m, line):
     """Sends a raw command line; returns the lines up to the tagged reply
     (or a continuation)."""
@@ -451,6 +496,7 @@ SCENARIOS = {
     "fetch": fetch,
     "multi": multi,
     "idle": idle,
+    "idle_latency": idle_latency,
     "bad": bad,
     "privacy": privacy,
 }
@@ -467,6 +513,8 @@ def main():
     ap.add_argument("--cafile")
     ap.add_argument("--smtp")
     ap.add_argument("--rcpt")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--maildir")
     args = ap.parse_args()
     try:
         out = SCENARIOS[args.scenario](args)
