@@ -914,6 +914,9 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let _spool_lock = crate::spool::SpoolLock::acquire(&config.spool_dir)?;
     crate::spool::make_private(&config.spool_dir)?;
     let local = crate::local::LocalTier::load(&config).context("loading the user directory")?;
+    if let Some(tier) = &local {
+        tier.watch_directory_files();
+    }
     // Before the cores: they hand events to it from their first message.
     let life_events = crate::events::Events::start(&config.events, &config.spool_dir)
         .context("starting the events service")?;
@@ -1337,6 +1340,7 @@ fn reload(
             tracing::warn!("{warning}");
         }
         tier.replace_directory(directory);
+        tier.set_source(&prepared.effective.local);
     }
     Ok((prepared.effective, prepared.settings))
 }

@@ -72,3 +72,4 @@ pub mod smtp;
 pub mod spool;
 pub mod tls;
 pub mod tune;
+pub mod watch_thread;

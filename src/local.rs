@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::account::watch::FilesWatch;
 use crate::account::{
     AccountError, Directory, LoginThrottle, Resolution, Target, ThrottleConfig, UserName,
 };
@@ -55,6 +56,11 @@ pub struct LocalTier {
     /// the first IDLE (`None` inside if inotify is unavailable: sessions
     /// then poll).
     watcher: OnceLock<Option<mailbox::FolderWatcher>>,
+    /// The `[local]` settings the directory was last loaded from (the
+    /// users file watch loads it again from them).
+    source: Mutex<Option<crate::config::Local>>,
+    /// Reloads the directory when the users or aliases file changes.
+    files_watch: Mutex<Option<FilesWatch>>,
 }
 
 impl LocalTier {
@@ -67,11 +73,75 @@ impl LocalTier {
         for warning in directory.warnings() {
             tracing::warn!("{warning}");
         }
-        Ok(Some(Arc::new(LocalTier::new(
-            directory,
-            dir,
-            &config.hostname,
-        ))))
+        let tier = Arc::new(LocalTier::new(directory, dir, &config.hostname));
+        tier.set_source(&config.local);
+        Ok(Some(tier))
+    }
+
+    /// From now on, reloads the directory whenever the users or aliases
+    /// file is rewritten (`spate user add` while the server runs), from
+    /// the `[local]` settings last loaded (a SIGHUP may change them; a
+    /// file moved to a new path by a reload is watched after a restart).
+    /// A file that does not load leaves the directory as it was.
+    pub fn watch_directory_files(self: &Arc<Self>) {
+        let Some(local) = self.source() else {
+            return;
+        };
+        let files: Vec<&Path> = [&local.users_file, &local.aliases_file]
+            .into_iter()
+            .flatten()
+            .map(|p| p.as_path())
+            .collect();
+        if files.is_empty() {
+            return;
+        }
+        let tier = Arc::downgrade(self);
+        let started = FilesWatch::start(&files, move || {
+            if let Some(tier) = tier.upgrade() {
+                tier.reload_directory_files();
+            }
+        });
+        match started {
+            Ok(watch) => *self.files_watch.lock().unwrap_or_else(|e| e.into_inner()) = Some(watch),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the users file: changes need a SIGHUP")
+            }
+        }
+    }
+
+    /// Loads the users and aliases files again (the watch saw a change).
+    fn reload_directory_files(&self) {
+        let Some(local) = self.source() else {
+            return;
+        };
+        match Directory::load(&local) {
+            Ok(directory) => {
+                for warning in directory.warnings() {
+                    tracing::warn!("{warning}");
+                }
+                tracing::info!(
+                    users = directory.users().len(),
+                    "users file changed: directory reloaded"
+                );
+                self.replace_directory(directory);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "users file changed but does not load: kept the users in force")
+            }
+        }
+    }
+
+    fn source(&self) -> Option<crate::config::Local> {
+        self.source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records the `[local]` settings the directory now comes from (at
+    /// start and at each SIGHUP reload).
+    pub fn set_source(&self, local: &crate::config::Local) {
+        *self.source.lock().unwrap_or_else(|e| e.into_inner()) = Some(local.clone());
     }
 
     /// The tier over `mailbox_dir`; starts the usage meter and asks it for
@@ -97,6 +167,8 @@ impl LocalTier {
             throttle: Mutex::new(LoginThrottle::new(ThrottleConfig::default())),
             meter,
             watcher: OnceLock::new(),
+            source: Mutex::new(None),
+            files_watch: Mutex::new(None),
         }
     }
 

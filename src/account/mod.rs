@@ -15,6 +15,7 @@
 //! | `quota.rs` | [`ByteSize`] and Dovecot quota rules |
 //! | `throttle.rs` | [`LoginThrottle`]: delay and block after failed logins, per client address and, within it, per login name |
 //! | `error.rs` | [`AccountError`] and its transient/permanent class |
+//! | `watch.rs` | [`watch::FilesWatch`]: calls back when the users or aliases file changes (no SIGHUP needed) |
 
 pub mod aliases;
 pub mod directory;
@@ -25,6 +26,7 @@ pub mod quota;
 pub mod scheme;
 pub mod throttle;
 pub mod users;
+pub mod watch;
 
 pub use aliases::Aliases;
 pub use directory::{Directory, Resolution, Target};

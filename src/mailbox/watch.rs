@@ -5,32 +5,27 @@
 //! other programs), each folder once however many sessions watch it.
 //! A change bumps the folder's generation and wakes its waiters (any
 //! thread's `Waker`: glommio queues foreign wakes to the task's core).
-//! Nothing runs while nothing changes: the thread sleeps in `poll`.
+//! Nothing runs while nothing changes (see `watch_thread`).
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
-use std::thread::JoinHandle;
 
-use inotify::{Inotify, WatchMask, Watches};
+use inotify::{EventMask, Inotify, WatchMask, Watches};
+
+use crate::watch_thread::WatchThread;
 
 /// The subdirectories watched besides the folder's own directory.
 const SUBDIRS: [&str; 2] = ["new", "cur"];
-/// Bytes read from the inotify descriptor at once (many events each).
-const EVENT_BUFFER: usize = 16 * 1024;
 
 /// Watches folders for idling sessions; dropping it stops its thread.
 pub struct FolderWatcher {
     shared: Arc<Shared>,
-    /// Written to (or dropped) to stop the thread.
-    stop: UnixStream,
-    thread: Option<JoinHandle<()>>,
+    _thread: WatchThread,
 }
 
 struct Shared {
@@ -60,15 +55,17 @@ impl FolderWatcher {
             watches: Mutex::new(inotify.watches()),
             registry: Mutex::new(Registry::default()),
         });
-        let (stop, stop_seen) = UnixStream::pair()?;
-        let thread_shared = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name("folder-watch".into())
-            .spawn(move || read_events(inotify, stop_seen, &thread_shared))?;
+        let events = Arc::clone(&shared);
+        let thread = WatchThread::spawn("folder-watch", inotify, move |event| {
+            if event.mask.contains(EventMask::Q_OVERFLOW) {
+                events.all_changed();
+            } else {
+                events.changed(event.wd.get_watch_descriptor_id());
+            }
+        })?;
         Ok(FolderWatcher {
             shared,
-            stop,
-            thread: Some(thread),
+            _thread: thread,
         })
     }
 
@@ -118,15 +115,6 @@ impl std::fmt::Debug for FolderWatcher {
         f.debug_struct("FolderWatcher")
             .field("watched_folders", &self.watched_folders())
             .finish()
-    }
-}
-
-impl Drop for FolderWatcher {
-    fn drop(&mut self) {
-        let _ = self.stop.write_all(b"x");
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
@@ -202,64 +190,6 @@ impl Shared {
             registry.owners.remove(&wd.get_watch_descriptor_id());
             // Fails harmlessly if the directory is already gone.
             let _ = watches.remove(wd);
-        }
-    }
-}
-
-/// The thread: sleeps in `poll` on the inotify descriptor and the stop
-/// socket, and turns each batch of events into wake-ups.
-fn read_events(mut inotify: Inotify, mut stop: UnixStream, shared: &Shared) {
-    let mut buffer = vec![0u8; EVENT_BUFFER];
-    loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: inotify.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: stop.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: `fds` is a valid array of two pollfd for the call.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if ready < 0 {
-            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            tracing::warn!(error = %io::Error::last_os_error(), "folder watch stopped");
-            return;
-        }
-        if fds[1].revents != 0 {
-            let mut byte = [0u8; 1];
-            let _ = stop.read(&mut byte);
-            return;
-        }
-        loop {
-            match inotify.read_events(&mut buffer) {
-                Ok(events) => {
-                    let mut any = false;
-                    for event in events {
-                        any = true;
-                        if event.mask.contains(inotify::EventMask::Q_OVERFLOW) {
-                            shared.all_changed();
-                        } else {
-                            shared.changed(event.wd.get_watch_descriptor_id());
-                        }
-                    }
-                    if !any {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, "folder watch stopped");
-                    return;
-                }
-            }
         }
     }
 }
