@@ -653,9 +653,60 @@ fn open_session_keeps_its_snapshot_and_a_new_session_sees_new_mail() {
     b.quit();
 }
 
+/// Issue 15 item 3: with Dovecot's default (`[pop3] lock_session`
+/// off) two sessions open one maildrop at once (a phone and a laptop);
+/// a message one of them removed is `-ERR` for the other, whose own
+/// DELE of it and QUIT still succeed, and nothing else is lost.
+#[test]
+fn two_sessions_share_a_maildrop_and_deletions_stay_safe() {
+    let server = TestServer::start(mailbox_tweaks());
+    let messages: Vec<Vec<u8>> = (0..3)
+        .map(|i| common::message(&format!("shared-{i}"), 300 + i * 100))
+        .collect();
+    for m in &messages {
+        deliver(&server, USER, m);
+    }
+    let mut phone = Pop::must_login(pop3(&server));
+    let mut laptop = Pop::must_login(pop3(&server));
+    assert_eq!(phone.stat().0, 3);
+    assert_eq!(laptop.stat().0, 3);
+    assert_eq!(phone.uidl(), laptop.uidl());
+
+    // The phone deletes message 1 and quits: it is removed at once.
+    let r = phone.cmd("DELE 1");
+    assert!(r.starts_with("+OK"), "{r}");
+    phone.quit();
+    assert_eq!(maildir_files(&server, USER).len(), 2);
+
+    // The laptop still lists it, but cannot fetch it: -ERR, and the
+    // session goes on (the other messages come whole).
+    let r = laptop.cmd("RETR 1");
+    assert_eq!(r.trim_end(), "-ERR Message was deleted by another session");
+    let r = laptop.cmd("TOP 1 0");
+    assert!(r.starts_with("-ERR Message was deleted"), "{r}");
+    let all = stored(&server, USER);
+    check_retrieved(&laptop.retr(2), &messages[1], &all, "laptop RETR 2");
+    check_retrieved(&laptop.retr(3), &messages[2], &all, "laptop RETR 3");
+    // Deleting the gone message and another one: QUIT succeeds.
+    for n in [1, 3] {
+        let r = laptop.cmd(&format!("DELE {n}"));
+        assert!(r.starts_with("+OK"), "DELE {n}: {r}");
+    }
+    let r = laptop.cmd("QUIT");
+    assert!(
+        r.starts_with("+OK"),
+        "QUIT after deleting a gone message: {r}"
+    );
+    let left = stored(&server, USER);
+    assert_eq!(left.len(), 1, "only message 2 is left");
+    assert!(left[0].ends_with(&messages[1]) || left[0] == messages[1]);
+}
+
+/// `[pop3] lock_session = true`: one session per maildrop, as before
+/// issue 15 (and Dovecot with `pop3_lock_session = yes`).
 #[test]
 fn a_second_session_on_the_same_mailbox_gets_in_use() {
-    let server = TestServer::start(mailbox_tweaks());
+    let server = TestServer::start(mailbox_tweaks().extra("[pop3]\nlock_session = true\n"));
     deliver(&server, USER, &common::message("locked", 300));
     let mut a = Pop::must_login(pop3(&server));
     assert_eq!(a.stat().0, 1);

@@ -454,6 +454,11 @@ pub struct Pop3 {
     pub idle_timeout: Duration,
     /// Bad commands before `-ERR` and the close.
     pub max_errors: usize,
+    /// One POP3 session per maildrop at a time (a second one gets
+    /// `-ERR [IN-USE]`). Off by default, as Dovecot's `pop3_lock_session`:
+    /// a phone and a laptop may poll one account at once; a message one
+    /// session removed is `-ERR` for the other, and its DELE+QUIT is fine.
+    pub lock_session: bool,
 }
 
 impl Default for Pop3 {
@@ -461,6 +466,7 @@ impl Default for Pop3 {
         Pop3 {
             idle_timeout: Duration::from_secs(600),
             max_errors: 10,
+            lock_session: false,
         }
     }
 }

@@ -117,6 +117,9 @@ pub enum Reply<'a> {
     SigningOff,
     /// RFC 1939 6: the UPDATE could not remove every deleted message.
     UpdateFailed,
+    /// RETR or TOP of a message another session removed meanwhile
+    /// (`[pop3] lock_session = false`; Dovecot says much the same).
+    MessageGone,
     /// RFC 2595 4.
     StlsOk,
     TlsActive,
@@ -256,6 +259,10 @@ impl Reply<'_> {
                 out,
                 &["-ERR [SYS/TEMP] Some deleted messages not removed"],
             ),
+            Reply::MessageGone => line(
+                out,
+                &["-ERR Message was deleted by another session"],
+            ),
             Reply::StlsOk => line(out, &["+OK Begin TLS negotiation"]),
             Reply::TlsActive => line(out, &["-ERR Command not permitted when TLS active"]),
             Reply::StlsUnavailable => line(out, &["-ERR TLS not available"]),
@@ -319,6 +326,7 @@ mod tests {
             },
             Reply::NoSuchMessage,
             Reply::UpdateFailed,
+            Reply::MessageGone,
             Reply::Syntax(Top),
             Reply::Syntax(NoArguments),
             Reply::TooManyErrors,

@@ -202,6 +202,9 @@ enum State {
     },
     AwaitingMessage {
         maildrop: Maildrop,
+        /// The "+OK" line waiting at the end of the output, taken back if
+        /// the message turns out to be gone.
+        ok_line: Vec<u8>,
     },
     AwaitingUpdate,
     AwaitingTls,
@@ -369,7 +372,7 @@ impl Session {
 
     /// The message of `Request::SendMessage` is out, terminator included.
     pub fn message_sent(&mut self, now: Instant) {
-        let State::AwaitingMessage { maildrop } =
+        let State::AwaitingMessage { maildrop, .. } =
             self.take_state_if(|s| matches!(s, State::AwaitingMessage { .. }))
         else {
             return;
@@ -378,6 +381,28 @@ impl Session {
             maildrop,
             listing: None,
         };
+        self.last_activity = now;
+        self.pump();
+    }
+
+    /// The message of `Request::SendMessage` no longer exists (another
+    /// session removed it: `[pop3] lock_session = false`). Call it before
+    /// writing anything of the output: the "+OK" is taken back and the
+    /// answer is `-ERR`; the session goes on.
+    pub fn message_missing(&mut self, now: Instant) {
+        let State::AwaitingMessage { maildrop, ok_line } =
+            self.take_state_if(|s| matches!(s, State::AwaitingMessage { .. }))
+        else {
+            return;
+        };
+        if self.output.ends_with(&ok_line) {
+            self.output.truncate(self.output.len() - ok_line.len());
+        }
+        self.state = State::Transaction {
+            maildrop,
+            listing: None,
+        };
+        self.reply(Reply::MessageGone);
         self.last_activity = now;
         self.pump();
     }
@@ -818,11 +843,14 @@ impl Session {
         else {
             return; // matched just above
         };
-        self.state = State::AwaitingMessage { maildrop };
-        self.reply(match top_lines {
+        let mut ok_line = Vec::new();
+        match top_lines {
             None => Reply::Retr { octets: size },
             Some(_) => Reply::Top,
-        });
+        }
+        .write_to(&mut ok_line);
+        self.output.extend_from_slice(&ok_line);
+        self.state = State::AwaitingMessage { maildrop, ok_line };
         self.requests
             .push_back(Request::SendMessage { index, top_lines });
     }

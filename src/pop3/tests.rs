@@ -978,3 +978,42 @@ fn shutdown_during_authentication() {
     );
     assert_eq!(fake.session.poll_request(), Some(Request::Close));
 }
+
+/// `[pop3] lock_session = false`: the driver finds the message gone
+/// (another session removed it) before writing anything; the "+OK" is
+/// taken back, the answer is -ERR and pipelined commands go on.
+#[test]
+fn a_message_gone_before_it_is_sent_takes_the_ok_back() {
+    let mut fake = Fake::secure();
+    fake.login();
+    fake.auto = false;
+    let n = fake
+        .session
+        .handle_input(b"RETR 1\r\nRETR 2\r\nSTAT\r\n", fake.now);
+    fake.pending
+        .extend_from_slice(&b"RETR 1\r\nRETR 2\r\nSTAT\r\n"[n..]);
+    assert_eq!(fake.session.output(), b"+OK 39 octets\r\n");
+    assert_eq!(
+        fake.session.poll_request(),
+        Some(Request::SendMessage {
+            index: 0,
+            top_lines: None
+        })
+    );
+    fake.session.message_missing(fake.now);
+    // Back in TRANSACTION: the buffered RETR 2 is taken at once.
+    assert_eq!(
+        fake.session.output(),
+        b"-ERR Message was deleted by another session\r\n+OK 34 octets\r\n"
+    );
+    fake.auto = true;
+    fake.transcript.push_str("-ERR gone\r\n+OK 34 octets\r\n");
+    let pending = fake.session.output().len();
+    fake.session.consume_output(pending);
+    let request = fake.session.poll_request().expect("RETR 2");
+    fake.answer(request);
+    fake.run();
+    let t = fake.take();
+    assert!(t.starts_with("-ERR gone\r\n+OK 34 octets\r\n"), "{t}");
+    assert!(t.ends_with("+OK 3 109\r\n"), "{t}");
+}

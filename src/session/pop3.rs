@@ -40,7 +40,8 @@ const TOO_MANY_CONNECTIONS: &[u8] = b"-ERR [SYS/TEMP] too many connections, try 
 /// The maildrop a session holds: the lock, the folder, and the UID of
 /// each message in the order the session numbers them.
 struct OpenMaildrop {
-    _lock: SessionLock,
+    /// Held for the session when `[pop3] lock_session` is on.
+    _lock: Option<SessionLock>,
     folder: Arc<Folder>,
     uids: Vec<Uid>,
 }
@@ -170,8 +171,11 @@ impl<S: SegmentStore> Driver<S> {
                 self.session.maildrop_opened(result, Instant::now());
             }
             Request::SendMessage { index, top_lines } => {
-                self.send_message(index, top_lines).await?;
-                self.session.message_sent(Instant::now());
+                if self.send_message(index, top_lines).await? {
+                    self.session.message_sent(Instant::now());
+                } else {
+                    self.session.message_missing(Instant::now());
+                }
             }
             Request::Update { deleted } => {
                 let result = self.update(deleted).await;
@@ -206,16 +210,22 @@ impl<S: SegmentStore> Driver<S> {
         }
     }
 
-    /// Locks the user's INBOX and lists it (UIDL ids are Dovecot's default
-    /// form, `%08Xu%08Xv`: UID then UIDVALIDITY in hex).
+    /// Lists the user's INBOX, locking it first when `[pop3]
+    /// lock_session` asks (UIDL ids are Dovecot's default form,
+    /// `%08Xu%08Xv`: UID then UIDVALIDITY in hex).
     async fn open_maildrop(&mut self, user: String) -> Result<Vec<MessageInfo>, MaildropError> {
         let tier = self.tier().ok_or(MaildropError::Temporary)?;
+        let lock_session = self.ctx.config.pop3.lock_session;
         let opened = self
             .ctx
             .blocking
             .run(Lane::Mailbox, move || -> Result<_, MailboxError> {
                 let mailbox = tier.mailbox(&user)?;
-                let lock = mailbox.lock_exclusive()?;
+                let lock = if lock_session {
+                    Some(mailbox.lock_exclusive()?)
+                } else {
+                    None
+                };
                 let folder = mailbox.inbox();
                 let snapshot = folder.snapshot()?;
                 Ok((lock, folder, snapshot))
@@ -247,9 +257,10 @@ impl<S: SegmentStore> Driver<S> {
         Ok(list)
     }
 
-    /// Streams one message, CRLF and dot-stuffed. A message that cannot be
-    /// read after the "+OK" went out ends the connection (see pop3::session).
-    async fn send_message(&mut self, index: usize, top_lines: Option<u32>) -> io::Result<()> {
+    /// Streams one message, CRLF and dot-stuffed; false (nothing
+    /// written) if another session removed it. A message that cannot be
+    /// read otherwise ends the connection (see pop3::session).
+    async fn send_message(&mut self, index: usize, top_lines: Option<u32>) -> io::Result<bool> {
         let Some(maildrop) = &self.maildrop else {
             return Err(io::Error::other("no maildrop open"));
         };
@@ -257,13 +268,17 @@ impl<S: SegmentStore> Driver<S> {
             return Err(io::Error::other("message index out of range"));
         };
         let folder = Arc::clone(&maildrop.folder);
-        let bytes = self
+        let read = self
             .ctx
             .blocking
             .run(Lane::Mailbox, move || folder.read(uid))
             .await
-            .map_err(io::Error::other)?
             .map_err(io::Error::other)?;
+        let bytes = match read {
+            Ok(bytes) => bytes,
+            Err(MailboxError::NoSuchMessage { .. }) => return Ok(false),
+            Err(e) => return Err(io::Error::other(e)),
+        };
         // The "+OK" line and the message in one write: one wake-up of the
         // client instead of two.
         let pending = self.session.output().len();
@@ -273,10 +288,13 @@ impl<S: SegmentStore> Driver<S> {
         let mut encoder = MessageEncoder::new(top_lines);
         encoder.encode(&bytes, &mut out);
         encoder.finish(&mut out);
-        self.write_all(&out).await
+        self.write_all(&out).await?;
+        Ok(true)
     }
 
-    /// RFC 1939 6: removes the messages marked deleted, then unlocks.
+    /// RFC 1939 6: removes the messages marked deleted, then unlocks. A
+    /// message already gone (another session removed it) counts as
+    /// removed: the user's wish holds.
     async fn update(&mut self, deleted: Vec<usize>) -> Result<(), UpdateError> {
         let Some(maildrop) = self.maildrop.take() else {
             return Err(UpdateError);
@@ -292,15 +310,12 @@ impl<S: SegmentStore> Driver<S> {
         let removed = self
             .ctx
             .blocking
-            .run(Lane::Mailbox, move || {
-                folder.expunge(&uids).map(|r| r.len() == uids.len())
-            })
+            .run(Lane::Mailbox, move || folder.expunge(&uids))
             .await
             .map_err(|_| UpdateError)?;
         drop(maildrop);
         match removed {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(UpdateError),
+            Ok(_) => Ok(()),
             Err(e) => {
                 tracing::warn!(peer = %self.peer, error = %e, "pop3 update failed");
                 Err(UpdateError)
