@@ -20,6 +20,7 @@
 #
 #   benches/imap.sh                      # 10 clients, 2000 x 4 KiB, 10 s, 3 runs
 #   SECONDS_PER_RUN=5 RUNS=1 SPATE_CORES=1 benches/imap.sh
+#   SHARED=1 benches/imap.sh             # every client as user1: one mailbox (issue 15 item 2)
 #
 # Environment:
 #   CLIENTS (10)  MESSAGES (2000 per mailbox)  SIZE (4096)  BODIES (20)
@@ -34,6 +35,13 @@ CLIENTS=${CLIENTS:-10}
 MESSAGES=${MESSAGES:-2000}
 SIZE=${SIZE:-4096}
 BODIES=${BODIES:-20}
+SHARED=${SHARED:-0}
+SHARED_ARGS=()
+WHO="own user each"
+if [[ $SHARED == 1 ]]; then
+    SHARED_ARGS=(--user user1)
+    WHO="all as user1, one mailbox"
+fi
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
 RUNS=${RUNS:-3}
 SPATE_CORES=${SPATE_CORES:-1 2}
@@ -144,7 +152,7 @@ load() {
     local s=$1 secs=$2 n=${3:-$CLIENTS} c0 c1
     c0=$(cpu_of "${CPU_PID[$s]}")
     RESULT=$( { /usr/bin/time -f '%U %S' -o "$WORK/time.$s" \
-        "$LOAD" "${ADDR[$s]}" "$secs" --clients "$n" --expect "$MESSAGES" --bodies "$BODIES"; } ) ||
+        "$LOAD" "${ADDR[$s]}" "$secs" --clients "$n" --expect "$MESSAGES" --bodies "$BODIES" "${SHARED_ARGS[@]}"; } ) ||
         die "load client failed against $s"
     c1=$(cpu_of "${CPU_PID[$s]}")
     CLIENT_CPU=$(awk '{printf "%.2f", $1 + $2}' "$WORK/time.$s")
@@ -200,7 +208,7 @@ for m in $DOVECOT_MODES; do [[ $m == performance ]] && DV=dovecot-performance; d
 [[ -z $DV && -n $DOVECOT_MODES ]] && DV=dovecot-${DOVECOT_MODES%% *}
 cat <<EOF
 
-IMAP: $CLIENTS clients (own user each) x [LOGIN, SELECT INBOX ($MESSAGES x $SIZE B), UID FETCH 1:* (FLAGS RFC822.SIZE), FETCH $BODIES random (BODY.PEEK[]), LOGOUT] for ${SECONDS_PER_RUN}s, $RUNS runs, $(nproc) CPUs, Maildir on $(stat -f -c %T "$WORK")
+IMAP: $CLIENTS clients ($WHO) x [LOGIN, SELECT INBOX ($MESSAGES x $SIZE B), UID FETCH 1:* (FLAGS RFC822.SIZE), FETCH $BODIES random (BODY.PEEK[]), LOGOUT] for ${SECONDS_PER_RUN}s, $RUNS runs, $(nproc) CPUs, Maildir on $(stat -f -c %T "$WORK")
 
 | server | runs (sessions/s) | median sessions/s | this / ${DV:-dovecot} | session p50 (ms) | session p99 (ms) | server CPU s | sessions per server CPU s | client CPU s |
 | --- | --- | --- | --- | --- | --- | --- | --- | --- |

@@ -18,7 +18,13 @@
 #
 #   benches/pop3.sh                      # 10 clients, 20 x 4 KiB, 10 s, 3 runs
 #   SECONDS_PER_RUN=5 RUNS=1 benches/pop3.sh
+#   MESSAGES=2000 SIZE=512-8192 benches/pop3.sh            # whole maildrops (issue 15 item 1)
+#   MESSAGES=2000 SIZE=512-8192 SHARED=1 benches/pop3.sh   # one maildrop, 10 sessions at once (item 3)
 #
+# SIZE may be a range LOW-HIGH: each message's size is drawn from it
+# (the same sizes for every server). SHARED=1: every client logs in as
+# user1 (no session lock: Dovecot's default, spate's `[pop3]
+# lock_session = false`).
 # Environment:
 #   CLIENTS (10)  MESSAGES (20 per mailbox)  SIZE (4096)  SECONDS_PER_RUN (10)
 #   RUNS (3)  CORES (1: the client needs the other core of a 2-core host)
@@ -36,6 +42,13 @@ SIZE=${SIZE:-4096}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
 RUNS=${RUNS:-3}
 CORES=${CORES:-1}
+SHARED=${SHARED:-0}
+SHARED_ARGS=()
+WHO="own user each"
+if [[ $SHARED == 1 ]]; then
+    SHARED_ARGS=(--user user1)
+    WHO="all as user1, one maildrop"
+fi
 DOVECOT_MODES=${DOVECOT_MODES-performance default}
 BENCH_DIR=${BENCH_DIR:-/var/tmp}
 
@@ -66,12 +79,17 @@ chmod 755 "$WORK" # mktemp made it 0700; Dovecot's mail processes run as nobody
 # new/, CRLF line ends, Dovecot-style names with ,S=size), copied per server.
 python3 - "$WORK/maildirs" "$CLIENTS" "$MESSAGES" "$SIZE" <<'EOF'
 import os, sys
-root, users, count, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+import random
+root, users, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+low, _, high = sys.argv[4].partition("-")
+low = int(low); high = int(high or low)
 line = b"0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstu\r\n"
 for u in range(1, users + 1):
     for sub in ("cur", "new", "tmp"):
         os.makedirs(os.path.join(root, f"user{u}", sub))
+    sizes = random.Random(u)
     for m in range(count):
+        size = sizes.randint(low, high)
         head = (f"Return-Path: <bench@example.test>\r\nDelivered-To: user{u}@bench.test\r\n"
                 f"From: bench@example.test\r\nTo: user{u}@bench.test\r\n"
                 f"Message-ID: <{u}.{m}@bench.test>\r\nSubject: message {m}\r\n\r\n").encode()
@@ -142,7 +160,7 @@ load() {
     local s=$1 secs=$2 c0 c1
     c0=$(cpu_of "${CPU_PID[$s]}")
     RESULT=$( { /usr/bin/time -f '%U %S' -o "$WORK/time.$s" \
-        "$LOAD" "${ADDR[$s]}" "$secs" --clients "$CLIENTS" --expect "$MESSAGES"; } ) ||
+        "$LOAD" "${ADDR[$s]}" "$secs" --clients "$CLIENTS" --expect "$MESSAGES" "${SHARED_ARGS[@]}"; } ) ||
         die "load client failed against $s"
     c1=$(cpu_of "${CPU_PID[$s]}")
     CLIENT_CPU=$(awk '{printf "%.2f", $1 + $2}' "$WORK/time.$s")
@@ -199,7 +217,7 @@ row() {
 read -r sp_s sp_m sp_50 sp_99 sp_sc sp_cc sp_eff <<<"$(row spate)"
 cat <<EOF
 
-POP3: $CLIENTS clients (own user each) x [USER/PASS, STAT, LIST, UIDL, RETR x $MESSAGES ($SIZE B), QUIT] for ${SECONDS_PER_RUN}s, $RUNS runs, spate cores=$CORES, $(nproc) CPUs, Maildir on $(stat -f -c %T "$WORK")
+POP3: $CLIENTS clients ($WHO) x [USER/PASS, STAT, LIST, UIDL, RETR x $MESSAGES ($SIZE B), QUIT] for ${SECONDS_PER_RUN}s, $RUNS runs, spate cores=$CORES, $(nproc) CPUs, Maildir on $(stat -f -c %T "$WORK")
 
 | server | runs (sessions/s) | median sessions/s | median msg/s | spate / this | session p50 (ms) | session p99 (ms) | server CPU s | sessions per server CPU s | spate / this per CPU s | client CPU s |
 | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |

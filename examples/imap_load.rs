@@ -12,7 +12,7 @@
 //! Every client runs at least one session: SECONDS 0 runs exactly one each.
 //!
 //! ```text
-//! imap_load ADDR SECONDS [--clients 10] [--prefix user] [--password x] [--expect N] [--bodies 20]
+//! imap_load ADDR SECONDS [--clients 10] [--prefix user] [--password x] [--expect N] [--bodies 20] [--user NAME]
 //! ```
 
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -26,6 +26,8 @@ struct Options {
     seconds: f64,
     clients: usize,
     prefix: String,
+    /// Every client logs in as this user (one shared mailbox).
+    same_user: Option<String>,
     password: String,
     expect: Option<usize>,
     bodies: usize,
@@ -33,7 +35,7 @@ struct Options {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: imap_load ADDR SECONDS [--clients N] [--prefix user] [--password x] [--expect N] [--bodies 20]"
+        "usage: imap_load ADDR SECONDS [--clients N] [--prefix user] [--password x] [--expect N] [--bodies 20] [--user NAME]"
     );
     std::process::exit(2)
 }
@@ -53,6 +55,7 @@ fn options() -> Options {
         seconds,
         clients: 10,
         prefix: "user".to_owned(),
+        same_user: None,
         password: "x".to_owned(),
         expect: None,
         bodies: 20,
@@ -62,6 +65,7 @@ fn options() -> Options {
         match flag.as_str() {
             "--clients" => o.clients = value.parse().unwrap_or_else(|_| usage()),
             "--prefix" => o.prefix = value,
+            "--user" => o.same_user = Some(value),
             "--password" => o.password = value,
             "--expect" => o.expect = Some(value.parse().unwrap_or_else(|_| usage())),
             "--bodies" => o.bodies = value.parse().unwrap_or_else(|_| usage()),
@@ -295,7 +299,10 @@ fn main() {
     let start = Instant::now();
     std::thread::scope(|s| {
         for i in 0..o.clients {
-            let user = format!("{}{}", o.prefix, i + 1);
+            let user = o
+                .same_user
+                .clone()
+                .unwrap_or_else(|| format!("{}{}", o.prefix, i + 1));
             let (o, stop, sessions, messages, bytes, errors) =
                 (&o, &stop, &sessions, &messages, &bytes, &errors);
             let (latencies, first_error) = (&latencies, &first_error);

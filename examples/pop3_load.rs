@@ -9,7 +9,7 @@
 //! done.
 //!
 //! ```text
-//! pop3_load ADDR SECONDS [--clients 10] [--prefix user] [--password x] [--expect N]
+//! pop3_load ADDR SECONDS [--clients 10] [--prefix user] [--password x] [--expect N] [--user NAME]
 //! ```
 
 use std::io::{self, BufRead, BufReader, Write};
@@ -23,13 +23,15 @@ struct Options {
     seconds: f64,
     clients: usize,
     prefix: String,
+    /// Every client logs in as this user (one shared mailbox).
+    same_user: Option<String>,
     password: String,
     expect: Option<usize>,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: pop3_load ADDR SECONDS [--clients N] [--prefix user] [--password x] [--expect N]"
+        "usage: pop3_load ADDR SECONDS [--clients N] [--prefix user] [--password x] [--expect N] [--user NAME]"
     );
     std::process::exit(2)
 }
@@ -49,6 +51,7 @@ fn options() -> Options {
         seconds,
         clients: 10,
         prefix: "user".to_owned(),
+        same_user: None,
         password: "x".to_owned(),
         expect: None,
     };
@@ -57,6 +60,7 @@ fn options() -> Options {
         match flag.as_str() {
             "--clients" => o.clients = value.parse().unwrap_or_else(|_| usage()),
             "--prefix" => o.prefix = value,
+            "--user" => o.same_user = Some(value),
             "--password" => o.password = value,
             "--expect" => o.expect = Some(value.parse().unwrap_or_else(|_| usage())),
             _ => usage(),
@@ -207,7 +211,10 @@ fn main() {
     let start = Instant::now();
     std::thread::scope(|s| {
         for i in 0..o.clients {
-            let user = format!("{}{}", o.prefix, i + 1);
+            let user = o
+                .same_user
+                .clone()
+                .unwrap_or_else(|| format!("{}{}", o.prefix, i + 1));
             let (o, stop, sessions, messages, bytes, errors) =
                 (&o, &stop, &sessions, &messages, &bytes, &errors);
             let (latencies, first_error) = (&latencies, &first_error);
