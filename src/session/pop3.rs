@@ -37,13 +37,94 @@ const MAX_READ_BUFFER: usize = 8 * 1024;
 /// Sent, without a session, to a client beyond the connection limits.
 const TOO_MANY_CONNECTIONS: &[u8] = b"-ERR [SYS/TEMP] too many connections, try again later\r\n";
 
-/// The maildrop a session holds: the lock, the folder, and the UID of
-/// each message in the order the session numbers them.
+/// Messages read from disk in one job of the blocking pool when a RETR
+/// or TOP finds its message not yet read: clients fetch in order, so one
+/// hand-off to a pool thread serves many messages (the hand-off, not the
+/// read, was most of a small message's cost).
+const READ_AHEAD_MESSAGES: usize = 32;
+/// Bytes of messages read ahead at most per session (the message asked
+/// for is read whatever its size).
+const READ_AHEAD_BYTES: u64 = 128 * 1024;
+
+/// The maildrop a session holds: the lock, the folder, the UID and stored
+/// size of each message in the order the session numbers them, and the
+/// messages read ahead.
 struct OpenMaildrop {
     /// Held for the session when `[pop3] lock_session` is on.
     _lock: Option<SessionLock>,
     folder: Arc<Folder>,
     uids: Vec<Uid>,
+    sizes: Vec<u64>,
+    /// Read but not yet sent, by 0-based index, ascending.
+    ahead: std::collections::VecDeque<ReadAhead>,
+}
+
+impl OpenMaildrop {
+    /// The bytes of message `index` if they were read ahead; drops what
+    /// was read for messages before it (skipped by the client).
+    fn take_ahead(&mut self, index: usize) -> Option<Vec<u8>> {
+        while let Some(&(first, _)) = self.ahead.front() {
+            if first < index {
+                self.ahead.pop_front();
+            } else {
+                break;
+            }
+        }
+        match self.ahead.front() {
+            Some(&(first, _)) if first == index => self.ahead.pop_front().map(|(_, b)| b),
+            _ => {
+                // Asked out of order (or again): start afresh from here.
+                self.ahead.clear();
+                None
+            }
+        }
+    }
+
+    /// Message `index` and those after it, within the read-ahead bounds.
+    fn read_plan(&self, index: usize) -> Vec<(usize, Uid)> {
+        let mut plan = Vec::new();
+        let mut bytes = 0u64;
+        for (i, &uid) in self.uids.iter().enumerate().skip(index) {
+            let size = self.sizes.get(i).copied().unwrap_or(0);
+            if !plan.is_empty()
+                && (plan.len() >= READ_AHEAD_MESSAGES || bytes + size > READ_AHEAD_BYTES)
+            {
+                break;
+            }
+            bytes += size;
+            plan.push((i, uid));
+        }
+        plan
+    }
+}
+
+/// A message read ahead: its 0-based index and its bytes.
+type ReadAhead = (usize, Vec<u8>);
+
+/// Reads the messages of `plan` (on a pool thread): the first one's
+/// result as it is, the others while they read cleanly (a message that
+/// fails to read is left for its own RETR to report).
+fn read_messages(
+    folder: &Folder,
+    plan: &[(usize, Uid)],
+) -> (Result<Vec<u8>, MailboxError>, Vec<ReadAhead>) {
+    let Some((&(_, first_uid), rest)) = plan.split_first() else {
+        return (
+            Err(MailboxError::NotPermitted("nothing to read")),
+            Vec::new(),
+        );
+    };
+    let first = folder.read(first_uid);
+    let mut ahead = Vec::with_capacity(rest.len());
+    if first.is_ok() {
+        for &(index, uid) in rest {
+            match folder.read(uid) {
+                Ok(bytes) => ahead.push((index, bytes)),
+                Err(_) => break,
+            }
+        }
+    }
+    (first, ahead)
 }
 
 /// Serves one accepted POP3 connection; `implicit_tls` for pop3s (995).
@@ -242,17 +323,21 @@ impl<S: SegmentStore> Driver<S> {
         let validity = snapshot.uid_validity.get();
         let mut list = Vec::with_capacity(snapshot.messages.len());
         let mut uids = Vec::with_capacity(snapshot.messages.len());
+        let mut sizes = Vec::with_capacity(snapshot.messages.len());
         for m in &snapshot.messages {
             let id = format!("{:08X}{:08X}", m.uid.get(), validity);
             // Hex digits only: always a valid unique-id.
             let uid = UniqueId::new(id).map_err(|_| MaildropError::Temporary)?;
             list.push(MessageInfo { size: m.size, uid });
             uids.push(m.uid);
+            sizes.push(m.size);
         }
         self.maildrop = Some(OpenMaildrop {
             _lock: lock,
             folder: Arc::new(folder),
             uids,
+            sizes,
+            ahead: std::collections::VecDeque::new(),
         });
         Ok(list)
     }
@@ -261,19 +346,29 @@ impl<S: SegmentStore> Driver<S> {
     /// written) if another session removed it. A message that cannot be
     /// read otherwise ends the connection (see pop3::session).
     async fn send_message(&mut self, index: usize, top_lines: Option<u32>) -> io::Result<bool> {
-        let Some(maildrop) = &self.maildrop else {
+        let Some(maildrop) = &mut self.maildrop else {
             return Err(io::Error::other("no maildrop open"));
         };
-        let Some(&uid) = maildrop.uids.get(index) else {
+        if index >= maildrop.uids.len() {
             return Err(io::Error::other("message index out of range"));
+        }
+        let read = match maildrop.take_ahead(index) {
+            Some(bytes) => Ok(bytes),
+            None => {
+                let folder = Arc::clone(&maildrop.folder);
+                let plan = maildrop.read_plan(index);
+                let (first, ahead) = self
+                    .ctx
+                    .blocking
+                    .run(Lane::Mailbox, move || read_messages(&folder, &plan))
+                    .await
+                    .map_err(io::Error::other)?;
+                if let Some(maildrop) = &mut self.maildrop {
+                    maildrop.ahead.extend(ahead);
+                }
+                first
+            }
         };
-        let folder = Arc::clone(&maildrop.folder);
-        let read = self
-            .ctx
-            .blocking
-            .run(Lane::Mailbox, move || folder.read(uid))
-            .await
-            .map_err(io::Error::other)?;
         let bytes = match read {
             Ok(bytes) => bytes,
             Err(MailboxError::NoSuchMessage { .. }) => return Ok(false),
