@@ -9,7 +9,7 @@ use chrono::Datelike;
 use super::{crlf_lines, Rng};
 use crate::imap::command::{
     EntryType, FetchAttribute, FetchItems, Flag, Partial, SearchKey, SearchReturn, Section,
-    SectionText, SortBy, StatusItem, StoreAction,
+    SectionText, SortBy, StatusItem, StoreAction, ThreadAlgorithm,
 };
 use crate::imap::reader::{CommandReader, Limit, LineStep, ReaderConfig, Step};
 use crate::imap::response::{
@@ -465,6 +465,46 @@ fn render(command: &Command<'_>) -> Vec<u8> {
                 o.push(b' ');
                 write_search_key(o, key);
             }
+        }
+        C::Thread {
+            uid,
+            algorithm,
+            charset,
+            criteria,
+        } => {
+            push(o, if *uid { "UID THREAD " } else { "THREAD " });
+            push(
+                o,
+                match algorithm {
+                    ThreadAlgorithm::OrderedSubject => "ORDEREDSUBJECT ",
+                    ThreadAlgorithm::References => "REFERENCES ",
+                },
+            );
+            write_astring(o, charset);
+            for key in criteria {
+                o.push(b' ');
+                write_search_key(o, key);
+            }
+        }
+        C::GetQuota(root) => {
+            push(o, "GETQUOTA ");
+            write_astring(o, root);
+        }
+        C::GetQuotaRoot(m) => {
+            push(o, "GETQUOTAROOT ");
+            write_astring(o, m.as_bytes());
+        }
+        C::SetQuota { root, limits } => {
+            push(o, "SETQUOTA ");
+            write_astring(o, root);
+            push(o, " (");
+            for (i, (resource, limit)) in limits.iter().enumerate() {
+                if i > 0 {
+                    o.push(b' ');
+                }
+                push(o, &format!("{resource} {limit}"));
+            }
+            o.push(b')');
         }
         C::Fetch {
             uid,

@@ -10,6 +10,7 @@ use std::time::SystemTime;
 
 use super::command::{
     FetchAttribute, FetchItems, Flag, SearchKey, SeqNumber, SequenceSet, SortKey, StoreAction,
+    ThreadAlgorithm,
 };
 use super::fetch::{self, Fetched};
 use super::flag::{self as flag, defined_flags, flags_of, imap_flags, keyword_names};
@@ -18,6 +19,7 @@ use super::reply::Say;
 use super::response::{write_code, write_flags, write_untagged_status, Code, Status};
 use super::search::{self, Candidate, Largest, Message};
 use super::sort;
+use super::thread::{self, ThreadMessage};
 use super::view::{SelectedView, Update};
 use crate::mailbox::{
     Flag as MaildirFlag, Flags, Folder, FolderName, KeywordTable, MailboxError, Stamp, Uid,
@@ -618,6 +620,32 @@ impl Selected {
                 .iter()
                 .map(|&(seq, uid, _)| if uid_command { uid.get() } else { seq }),
         );
+    }
+
+    /// THREAD / UID THREAD (RFC 5256 3): the matches as `* THREAD`.
+    pub fn thread(
+        &mut self,
+        out: &mut Vec<u8>,
+        uid_command: bool,
+        algorithm: ThreadAlgorithm,
+        criteria: &[SearchKey<'_>],
+    ) {
+        let messages: Vec<ThreadMessage> = self
+            .matching(criteria)
+            .into_iter()
+            .map(|(seq, uid)| {
+                let internal_date = self
+                    .info
+                    .get(&uid)
+                    .map_or(SystemTime::UNIX_EPOCH, |i| i.internal_date);
+                // A message that cannot be read threads as one with no
+                // header: alone, dated by its internal date.
+                let raw = self.folder.read(uid).unwrap_or_default();
+                let number = if uid_command { uid.get() } else { seq };
+                ThreadMessage::new(number, seq, internal_date, &raw)
+            })
+            .collect();
+        thread::thread(algorithm, &messages).write(out);
     }
 
     /// The messages matching `criteria`, as (sequence number, UID).
