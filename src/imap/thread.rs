@@ -673,6 +673,15 @@ mod tests {
             msg(3, 2, "re: q", "<3@x>", "<1@x>"),
         ];
         assert_eq!(refs(&messages), "* THREAD (1 (3)(2))\r\n");
+        // Two children of a missing message below the top: both promoted,
+        // siblings of 1's other child.
+        let messages = [
+            msg(1, 1, "q", "<1@x>", ""),
+            msg(2, 3, "re: q", "<2@x>", "<1@x> <gone@x>"),
+            msg(3, 4, "re: q", "<3@x>", "<1@x> <gone@x>"),
+            msg(4, 2, "re: q", "<4@x>", "<1@x>"),
+        ];
+        assert_eq!(refs(&messages), "* THREAD (1 (4)(2)(3))\r\n");
         // Truncated References: the parent comes from an earlier chain.
         let messages = [
             msg(1, 1, "a", "<1@x>", "<r@x> <s@x>"),
