@@ -43,6 +43,9 @@ pub const TOKENS: &[&[u8]] = &[
     b"AUTHENTICATE PLAIN =\r\n",
     b"IDLE\r\nDONE\r\n",
     b"SORT (REVERSE DATE) UTF-8 ALL",
+    b"THREAD REFERENCES UTF-8 ALL",
+    b"GETQUOTAROOT INBOX",
+    b"SETQUOTA \"\" (STORAGE 1)",
     b" (CHANGEDSINCE 1)",
     b"$",
     b"*",
@@ -856,6 +859,10 @@ mod tests {
             b"g STORE 2 (UNCHANGEDSINCE 0) -FLAGS.SILENT \\Answered x",
             b"h ID (\"a\" NIL \"b\" {1}\r\nc)",
             b"i SELECT INBOX (CONDSTORE)",
+            b"j UID THREAD orderedsubject \"UTF-8\" NOT DELETED",
+            b"k SETQUOTA \"\" (STORAGE 512 MESSAGE 10)",
+            b"l GETQUOTA \"\"",
+            b"m GETQUOTAROOT {5}\r\ninbox",
         ] {
             match parse_command(line) {
                 Ok(_) => {}
