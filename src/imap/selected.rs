@@ -5,6 +5,7 @@
 //! authentication: the session does.
 
 use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Read};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -640,7 +641,7 @@ impl Selected {
                     .map_or(SystemTime::UNIX_EPOCH, |i| i.internal_date);
                 // A message that cannot be read threads as one with no
                 // header: alone, dated by its internal date.
-                let raw = self.folder.read(uid).unwrap_or_default();
+                let raw = read_header(&self.folder, uid);
                 let number = if uid_command { uid.get() } else { seq };
                 ThreadMessage::new(number, seq, internal_date, &raw)
             })
@@ -752,6 +753,31 @@ impl Selected {
             destination: pairs.iter().map(|(_, d)| d.get()).collect(),
         }))
     }
+}
+
+/// The most of a message's header THREAD reads.
+const HEADER_MAX: u64 = 256 * 1024;
+
+/// The header block of a stored message, up to and with its blank line
+/// ([`HEADER_MAX`] at most; nothing when it cannot be read): threading
+/// needs no body, and attachments can be large.
+fn read_header(folder: &Folder, uid: Uid) -> Vec<u8> {
+    let Ok(file) = folder.open(uid) else {
+        return Vec::new();
+    };
+    let mut reader = BufReader::new(file.take(HEADER_MAX));
+    let mut header = Vec::new();
+    loop {
+        let start = header.len();
+        match reader.read_until(b'\n', &mut header) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        if matches!(&header[start..], b"\r\n" | b"\n") {
+            break;
+        }
+    }
+    header
 }
 
 /// `* n NAME`.
