@@ -1,7 +1,7 @@
 //! The IMAP4rev1 server session (RFC 3501 with LITERAL-, SASL-IR, ID, ENABLE, IDLE, NAMESPACE,
-//! UIDPLUS, MOVE, UNSELECT, CHILDREN, SPECIAL-USE, LIST-EXTENDED, SORT, THREAD, QUOTA):
-//! executes parsed commands against the mailbox store synchronously and collects the replies. It refuses to touch
-//! sockets, TLS, clocks or the command framing: the driver reads commands with
+//! UIDPLUS, MOVE, UNSELECT, CHILDREN, SPECIAL-USE, LIST-EXTENDED, SORT, THREAD, QUOTA): executes
+//! parsed commands against the mailbox store synchronously and collects the replies. It refuses to
+//! touch sockets, TLS, clocks or the command framing: the driver reads commands with
 //! [`super::CommandReader`], runs [`Session::execute`] on a blocking thread, and acts on the
 //! [`Outcome`].
 //!
