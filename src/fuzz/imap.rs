@@ -9,7 +9,7 @@ use chrono::Datelike;
 use super::{crlf_lines, Rng};
 use crate::imap::command::{
     EntryType, FetchAttribute, FetchItems, Flag, Partial, SearchKey, SearchReturn, Section,
-    SectionText, SortBy, StatusItem, StoreAction,
+    SectionText, SortBy, StatusItem, StoreAction, ThreadAlgorithm,
 };
 use crate::imap::reader::{CommandReader, Limit, LineStep, ReaderConfig, Step};
 use crate::imap::response::{
@@ -43,6 +43,9 @@ pub const TOKENS: &[&[u8]] = &[
     b"AUTHENTICATE PLAIN =\r\n",
     b"IDLE\r\nDONE\r\n",
     b"SORT (REVERSE DATE) UTF-8 ALL",
+    b"THREAD REFERENCES UTF-8 ALL",
+    b"GETQUOTAROOT INBOX",
+    b"SETQUOTA \"\" (STORAGE 1)",
     b" (CHANGEDSINCE 1)",
     b"$",
     b"*",
@@ -466,6 +469,46 @@ fn render(command: &Command<'_>) -> Vec<u8> {
                 write_search_key(o, key);
             }
         }
+        C::Thread {
+            uid,
+            algorithm,
+            charset,
+            criteria,
+        } => {
+            push(o, if *uid { "UID THREAD " } else { "THREAD " });
+            push(
+                o,
+                match algorithm {
+                    ThreadAlgorithm::OrderedSubject => "ORDEREDSUBJECT ",
+                    ThreadAlgorithm::References => "REFERENCES ",
+                },
+            );
+            write_astring(o, charset);
+            for key in criteria {
+                o.push(b' ');
+                write_search_key(o, key);
+            }
+        }
+        C::GetQuota(root) => {
+            push(o, "GETQUOTA ");
+            write_astring(o, root);
+        }
+        C::GetQuotaRoot(m) => {
+            push(o, "GETQUOTAROOT ");
+            write_astring(o, m.as_bytes());
+        }
+        C::SetQuota { root, limits } => {
+            push(o, "SETQUOTA ");
+            write_astring(o, root);
+            push(o, " (");
+            for (i, (resource, limit)) in limits.iter().enumerate() {
+                if i > 0 {
+                    o.push(b' ');
+                }
+                push(o, &format!("{resource} {limit}"));
+            }
+            o.push(b')');
+        }
         C::Fetch {
             uid,
             set,
@@ -816,6 +859,10 @@ mod tests {
             b"g STORE 2 (UNCHANGEDSINCE 0) -FLAGS.SILENT \\Answered x",
             b"h ID (\"a\" NIL \"b\" {1}\r\nc)",
             b"i SELECT INBOX (CONDSTORE)",
+            b"j UID THREAD orderedsubject \"UTF-8\" NOT DELETED",
+            b"k SETQUOTA \"\" (STORAGE 512 MESSAGE 10)",
+            b"l GETQUOTA \"\"",
+            b"m GETQUOTAROOT {5}\r\ninbox",
         ] {
             match parse_command(line) {
                 Ok(_) => {}

@@ -273,6 +273,14 @@ impl User {
                 StatusItem::Deleted => count(&|m| m.flags.contains(crate::mailbox::Flag::Trashed)),
                 StatusItem::Size => snap.messages.iter().map(|m| m.size).sum(),
                 StatusItem::HighestModSeq => snap.highest_modseq.get(),
+                // RFC 9208 4.1.4: what an EXPUNGE would free; our usage
+                // is the messages' sizes.
+                StatusItem::DeletedStorage => snap
+                    .messages
+                    .iter()
+                    .filter(|m| m.flags.contains(crate::mailbox::Flag::Trashed))
+                    .map(|m| m.size)
+                    .sum(),
             };
             out.extend_from_slice(item.name().as_bytes());
             out.push(b' ');

@@ -107,6 +107,23 @@ pub enum CommandBody<'a> {
         charset: IString<'a>,
         criteria: Vec<SearchKey<'a>>,
     },
+    /// RFC 5256 3: the matches of `criteria` as threads.
+    Thread {
+        uid: bool,
+        algorithm: ThreadAlgorithm,
+        charset: IString<'a>,
+        criteria: Vec<SearchKey<'a>>,
+    },
+    /// RFC 9208 4.1.1: a quota root's name.
+    GetQuota(IString<'a>),
+    /// RFC 9208 4.1.2.
+    GetQuotaRoot(Mailbox<'a>),
+    /// RFC 9208 4.1.3: a quota root and its new limits (resource name,
+    /// limit), which we refuse.
+    SetQuota {
+        root: IString<'a>,
+        limits: Vec<(&'a str, u64)>,
+    },
     /// RFC 3501 6.4.5; `changed_since` is RFC 7162 3.1.4.1.
     Fetch {
         uid: bool,
@@ -178,6 +195,11 @@ impl CommandBody<'_> {
             CommandBody::Search { uid: true, .. } => "UID SEARCH",
             CommandBody::Sort { uid: false, .. } => "SORT",
             CommandBody::Sort { uid: true, .. } => "UID SORT",
+            CommandBody::Thread { uid: false, .. } => "THREAD",
+            CommandBody::Thread { uid: true, .. } => "UID THREAD",
+            CommandBody::GetQuota(_) => "GETQUOTA",
+            CommandBody::GetQuotaRoot(_) => "GETQUOTAROOT",
+            CommandBody::SetQuota { .. } => "SETQUOTA",
             CommandBody::Fetch { uid: false, .. } => "FETCH",
             CommandBody::Fetch { uid: true, .. } => "UID FETCH",
             CommandBody::Store { uid: false, .. } => "STORE",
@@ -317,6 +339,8 @@ pub enum StatusItem {
     Deleted,
     Size,
     HighestModSeq,
+    /// RFC 9208 4.1.4.
+    DeletedStorage,
 }
 
 impl StatusItem {
@@ -330,6 +354,7 @@ impl StatusItem {
             StatusItem::Deleted => "DELETED",
             StatusItem::Size => "SIZE",
             StatusItem::HighestModSeq => "HIGHESTMODSEQ",
+            StatusItem::DeletedStorage => "DELETED-STORAGE",
         }
     }
 }
@@ -385,6 +410,13 @@ pub enum SortBy {
     Size,
     Subject,
     To,
+}
+
+/// The threading algorithms we offer (RFC 5256 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadAlgorithm {
+    OrderedSubject,
+    References,
 }
 
 /// RFC 4731 / RFC 9051 6.4.4 search result options; RFC 5182 SAVE.

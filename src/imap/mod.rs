@@ -14,7 +14,9 @@
 //! [`authenticated`] (mailbox commands), [`selected`] (message commands
 //! and view sync), [`fetch`], [`search`], [`list`] (LIST matching),
 //! [`flag`] (IMAP and Maildir flags), [`name`] (modified UTF-7 names) and
-//! [`reply`] (the session's texts, store errors as response codes).
+//! [`reply`] (the session's texts, store errors as response codes);
+//! [`sort`] and [`thread`] order search matches (RFC 5256), [`quota`]
+//! answers the RFC 9208 commands.
 
 // One module per line, sorted: parallel branches add their own lines.
 pub mod authenticated;
@@ -25,6 +27,7 @@ pub mod list;
 pub mod mime;
 pub mod name;
 pub mod parser;
+pub mod quota;
 pub mod reader;
 pub mod reply;
 pub mod response;
@@ -32,6 +35,7 @@ pub mod search;
 pub mod selected;
 pub mod session;
 pub mod sort;
+pub mod thread;
 pub mod view;
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use thiserror::Error;
 use super::command::{
     Command, CommandBody, EntryType, FetchAttribute, FetchItems, Flag, IString, List, ListReturn,
     ListSelect, Mailbox, Partial, SearchKey, SearchReturn, Section, SectionText, SeqNumber,
-    SeqRange, SequenceSet, SortBy, SortKey, StatusItem, StoreAction,
+    SeqRange, SequenceSet, SortBy, SortKey, StatusItem, StoreAction, ThreadAlgorithm,
 };
 
 /// Deepest nesting of search keys (parentheses, NOT, OR) we follow.
@@ -49,6 +49,10 @@ pub enum Usage {
     Append,
     Search,
     Sort,
+    Thread,
+    GetQuota,
+    GetQuotaRoot,
+    SetQuota,
     Fetch,
     Store,
     Copy,
@@ -80,13 +84,17 @@ impl Usage {
             Usage::Append => "APPEND mailbox [(flags)] [date-time] literal",
             Usage::Search => "SEARCH [RETURN (options)] [CHARSET charset] criteria",
             Usage::Sort => "SORT (criteria) charset search-criteria",
+            Usage::Thread => "THREAD ORDEREDSUBJECT|REFERENCES charset search-criteria",
+            Usage::GetQuota => "GETQUOTA quota-root",
+            Usage::GetQuotaRoot => "GETQUOTAROOT mailbox",
+            Usage::SetQuota => "SETQUOTA quota-root (resource limit ...)",
             Usage::Fetch => "FETCH sequence-set items [(CHANGEDSINCE modseq)]",
             Usage::Store => {
                 "STORE sequence-set [(UNCHANGEDSINCE modseq)] [+|-]FLAGS[.SILENT] (flags)"
             }
             Usage::Copy => "COPY sequence-set mailbox",
             Usage::Move => "MOVE sequence-set mailbox",
-            Usage::Uid => "UID COPY|MOVE|FETCH|SEARCH|STORE|EXPUNGE arguments",
+            Usage::Uid => "UID COPY|MOVE|FETCH|SEARCH|SORT|THREAD|STORE|EXPUNGE arguments",
             Usage::UidExpunge => "UID EXPUNGE sequence-set",
             Usage::Id => "ID (field value ...) or ID NIL",
         }
@@ -211,6 +219,10 @@ fn command_body<'a>(c: &mut Cursor<'a>, name: &[u8]) -> BodyResult<'a> {
         b"APPEND" => Usage::Append,
         b"SEARCH" => Usage::Search,
         b"SORT" => Usage::Sort,
+        b"THREAD" => Usage::Thread,
+        b"GETQUOTA" => Usage::GetQuota,
+        b"GETQUOTAROOT" => Usage::GetQuotaRoot,
+        b"SETQUOTA" => Usage::SetQuota,
         b"FETCH" => Usage::Fetch,
         b"STORE" => Usage::Store,
         b"COPY" => Usage::Copy,
@@ -255,6 +267,8 @@ fn uid_command<'a>(c: &mut Cursor<'a>) -> BodyResult<'a> {
         Usage::Search
     } else if name.eq_ignore_ascii_case(b"SORT") {
         Usage::Sort
+    } else if name.eq_ignore_ascii_case(b"THREAD") {
+        Usage::Thread
     } else if name.eq_ignore_ascii_case(b"STORE") {
         Usage::Store
     } else if name.eq_ignore_ascii_case(b"EXPUNGE") {
@@ -270,6 +284,7 @@ fn uid_command<'a>(c: &mut Cursor<'a>) -> BodyResult<'a> {
             | CommandBody::Fetch { uid, .. }
             | CommandBody::Search { uid, .. }
             | CommandBody::Sort { uid, .. }
+            | CommandBody::Thread { uid, .. }
             | CommandBody::Store { uid, .. } => *uid = true,
             _ => {}
         }
@@ -362,6 +377,10 @@ fn arguments<'a>(c: &mut Cursor<'a>, usage: Usage) -> R<CommandBody<'a>> {
         Usage::Append => append(c)?,
         Usage::Search => search(c)?,
         Usage::Sort => sort(c)?,
+        Usage::Thread => thread(c)?,
+        Usage::GetQuota => CommandBody::GetQuota(c.astring()?),
+        Usage::GetQuotaRoot => CommandBody::GetQuotaRoot(c.mailbox()?),
+        Usage::SetQuota => set_quota(c)?,
         Usage::Fetch => fetch(c)?,
         Usage::Store => store(c)?,
         Usage::Copy | Usage::Move => {
@@ -497,6 +516,7 @@ fn status_items(c: &mut Cursor<'_>) -> R<Vec<StatusItem>> {
             StatusItem::Deleted,
             StatusItem::Size,
             StatusItem::HighestModSeq,
+            StatusItem::DeletedStorage,
         ]
         .into_iter()
         .find(|i| name.eq_ignore_ascii_case(i.name().as_bytes()));
@@ -623,6 +643,59 @@ fn sort<'a>(c: &mut Cursor<'a>) -> R<CommandBody<'a>> {
         charset,
         criteria,
     })
+}
+
+/// RFC 5256 5: `thread-alg SP search-criteria`. An algorithm we do not
+/// offer is the client's error (BAD): CAPABILITY names ours.
+fn thread<'a>(c: &mut Cursor<'a>) -> R<CommandBody<'a>> {
+    let name = c.atom()?;
+    let algorithm = if name.eq_ignore_ascii_case("ORDEREDSUBJECT") {
+        ThreadAlgorithm::OrderedSubject
+    } else if name.eq_ignore_ascii_case("REFERENCES") {
+        ThreadAlgorithm::References
+    } else {
+        return Err(ParseError::UnknownOption);
+    };
+    c.sp()?;
+    let charset = c.astring()?;
+    let mut criteria = Vec::new();
+    while c.eat(b' ') {
+        criteria.push(c.search_key(0)?);
+    }
+    if criteria.is_empty() {
+        return Err(SYNTAX);
+    }
+    Ok(CommandBody::Thread {
+        uid: false,
+        algorithm,
+        charset,
+        criteria,
+    })
+}
+
+/// RFC 9208 7: `quota-root-name SP "(" [resource-name SP resource-limit
+/// *(SP ...)] ")"`.
+fn set_quota<'a>(c: &mut Cursor<'a>) -> R<CommandBody<'a>> {
+    let root = c.astring()?;
+    c.sp()?;
+    c.expect(b'(')?;
+    let mut limits = Vec::new();
+    if !c.eat(b')') {
+        loop {
+            let resource = c.atom()?;
+            c.sp()?;
+            let limit = c.number64()?;
+            if limits.len() >= 16 {
+                return Err(ParseError::TooMany);
+            }
+            limits.push((resource, limit));
+            if c.eat(b')') {
+                break;
+            }
+            c.sp()?;
+        }
+    }
+    Ok(CommandBody::SetQuota { root, limits })
 }
 
 /// `"(" [search-return-opt *(SP ...)] ")"`. RFC 4731 3.1: an empty list

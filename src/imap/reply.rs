@@ -48,6 +48,8 @@ pub enum Say {
     InvalidKeyword,
     TooManyKeywords,
     QuotaExceeded,
+    NoSuchQuotaRoot,
+    QuotaNotSettable,
 }
 
 impl Say {
@@ -93,6 +95,8 @@ impl Say {
             Say::InvalidKeyword => "Invalid keyword",
             Say::TooManyKeywords => "Too many keywords in this mailbox (26 at most)",
             Say::QuotaExceeded => "Quota exceeded (mailbox for user is full)",
+            Say::NoSuchQuotaRoot => "No such quota root (yours is \"\")",
+            Say::QuotaNotSettable => "Quotas are set by the administrator",
         }
     }
 }

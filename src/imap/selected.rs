@@ -5,11 +5,13 @@
 //! authentication: the session does.
 
 use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Read};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::command::{
     FetchAttribute, FetchItems, Flag, SearchKey, SeqNumber, SequenceSet, SortKey, StoreAction,
+    ThreadAlgorithm,
 };
 use super::fetch::{self, Fetched};
 use super::flag::{self as flag, defined_flags, flags_of, imap_flags, keyword_names};
@@ -18,6 +20,7 @@ use super::reply::Say;
 use super::response::{write_code, write_flags, write_untagged_status, Code, Status};
 use super::search::{self, Candidate, Largest, Message};
 use super::sort;
+use super::thread::{self, ThreadMessage};
 use super::view::{SelectedView, Update};
 use crate::mailbox::{
     Flag as MaildirFlag, Flags, Folder, FolderName, KeywordTable, MailboxError, Stamp, Uid,
@@ -620,6 +623,32 @@ impl Selected {
         );
     }
 
+    /// THREAD / UID THREAD (RFC 5256 3): the matches as `* THREAD`.
+    pub fn thread(
+        &mut self,
+        out: &mut Vec<u8>,
+        uid_command: bool,
+        algorithm: ThreadAlgorithm,
+        criteria: &[SearchKey<'_>],
+    ) {
+        let messages: Vec<ThreadMessage> = self
+            .matching(criteria)
+            .into_iter()
+            .map(|(seq, uid)| {
+                let internal_date = self
+                    .info
+                    .get(&uid)
+                    .map_or(SystemTime::UNIX_EPOCH, |i| i.internal_date);
+                // A message that cannot be read threads as one with no
+                // header: alone, dated by its internal date.
+                let raw = read_header(&self.folder, uid);
+                let number = if uid_command { uid.get() } else { seq };
+                ThreadMessage::new(number, seq, internal_date, &raw)
+            })
+            .collect();
+        thread::thread(algorithm, &messages).write(out);
+    }
+
     /// The messages matching `criteria`, as (sequence number, UID).
     fn matching(&self, criteria: &[SearchKey<'_>]) -> Vec<(u32, Uid)> {
         let largest = Largest {
@@ -724,6 +753,31 @@ impl Selected {
             destination: pairs.iter().map(|(_, d)| d.get()).collect(),
         }))
     }
+}
+
+/// The most of a message's header THREAD reads.
+const HEADER_MAX: u64 = 256 * 1024;
+
+/// The header block of a stored message, up to and with its blank line
+/// ([`HEADER_MAX`] at most; nothing when it cannot be read): threading
+/// needs no body, and attachments can be large.
+fn read_header(folder: &Folder, uid: Uid) -> Vec<u8> {
+    let Ok(file) = folder.open(uid) else {
+        return Vec::new();
+    };
+    let mut reader = BufReader::new(file.take(HEADER_MAX));
+    let mut header = Vec::new();
+    loop {
+        let start = header.len();
+        match reader.read_until(b'\n', &mut header) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        if matches!(&header[start..], b"\r\n" | b"\n") {
+            break;
+        }
+    }
+    header
 }
 
 /// `* n NAME`.

@@ -1,7 +1,7 @@
 //! The IMAP4rev1 server session (RFC 3501 with LITERAL-, SASL-IR, ID, ENABLE, IDLE, NAMESPACE,
-//! UIDPLUS, MOVE, UNSELECT, CHILDREN, SPECIAL-USE, LIST-EXTENDED): executes parsed commands
-//! against the mailbox store synchronously and collects the replies. It refuses to touch
-//! sockets, TLS, clocks or the command framing: the driver reads commands with
+//! UIDPLUS, MOVE, UNSELECT, CHILDREN, SPECIAL-USE, LIST-EXTENDED, SORT, THREAD, QUOTA): executes
+//! parsed commands against the mailbox store synchronously and collects the replies. It refuses to
+//! touch sockets, TLS, clocks or the command framing: the driver reads commands with
 //! [`super::CommandReader`], runs [`Session::execute`] on a blocking thread, and acts on the
 //! [`Outcome`].
 //!
@@ -32,6 +32,7 @@ use std::sync::Arc;
 use super::authenticated::{existing_folder, over_quota, User};
 use super::command::{Command, CommandBody};
 use super::parser::CommandError;
+use super::quota::{self, QUOTA_CAPABILITIES};
 use super::reader::Rejection;
 use super::reply::{completed, tagged, write_mailbox_error, Say};
 use super::response::{
@@ -199,6 +200,9 @@ fn needs(body: &CommandBody<'_>) -> Needs {
         | C::Namespace
         | C::Status { .. }
         | C::Append { .. }
+        | C::GetQuota(_)
+        | C::GetQuotaRoot(_)
+        | C::SetQuota { .. }
         | C::Idle => Needs::Authenticated,
         C::Check
         | C::Close
@@ -207,6 +211,7 @@ fn needs(body: &CommandBody<'_>) -> Needs {
         | C::UidExpunge(_)
         | C::Search { .. }
         | C::Sort { .. }
+        | C::Thread { .. }
         | C::Fetch { .. }
         | C::Store { .. }
         | C::Copy { .. }
@@ -264,6 +269,8 @@ impl Session {
             "LIST-EXTENDED",
             "SORT",
         ]);
+        caps.extend(["THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES"]);
+        caps.extend(QUOTA_CAPABILITIES);
         caps
     }
 
@@ -683,6 +690,18 @@ impl Session {
                 user.status(&mut held, tag, &mailbox, &items);
                 Done::Held
             }
+            CommandBody::GetQuota(root) => {
+                quota::get_quota(user, &mut held, tag, &root);
+                Done::Held
+            }
+            CommandBody::GetQuotaRoot(mailbox) => {
+                quota::get_quota_root(user, &mut held, tag, &mailbox);
+                Done::Held
+            }
+            CommandBody::SetQuota { .. } => {
+                quota::set_quota(&mut held, tag);
+                Done::Held
+            }
             CommandBody::Append {
                 mailbox,
                 flags,
@@ -769,6 +788,22 @@ impl Session {
                             || charset.eq_ignore_ascii_case(b"US-ASCII");
                         if known {
                             selected.sort(out, uid, &keys, &criteria);
+                            Done::Ok
+                        } else {
+                            Failure::No(Code::BadCharset, Say::BadCharset).into()
+                        }
+                    }
+                    CommandBody::Thread {
+                        uid,
+                        algorithm,
+                        charset,
+                        criteria,
+                    } => {
+                        allow_expunge = uid;
+                        let known = charset.eq_ignore_ascii_case(b"UTF-8")
+                            || charset.eq_ignore_ascii_case(b"US-ASCII");
+                        if known {
+                            selected.thread(out, uid, algorithm, &criteria);
                             Done::Ok
                         } else {
                             Failure::No(Code::BadCharset, Say::BadCharset).into()

@@ -15,6 +15,8 @@ use crate::mailbox::{MailStore, MailboxError, UserMailbox, UserName};
 
 struct TestBackend {
     store: MailStore,
+    /// What `Backend::quota` answers.
+    quota: Option<u64>,
     _dir: tempfile::TempDir,
 }
 
@@ -23,6 +25,7 @@ impl TestBackend {
         let dir = tempfile::tempdir().unwrap();
         TestBackend {
             store: MailStore::new(dir.path(), "test.example"),
+            quota: None,
             _dir: dir,
         }
     }
@@ -53,6 +56,10 @@ impl Backend for TestBackend {
 
     fn mailbox(&self, user: &str) -> Result<UserMailbox, MailboxError> {
         self.store.ensure_user(&UserName::new(user)?)
+    }
+
+    fn quota(&self, _user: &str) -> Option<u64> {
+        self.quota
     }
 }
 
@@ -201,7 +208,8 @@ fn greeting_and_capabilities_follow_the_connection() {
         lines(&r),
         [
             "* CAPABILITY IMAP4rev1 AUTH=PLAIN LITERAL- SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS \
-             MOVE UNSELECT CHILDREN SPECIAL-USE LIST-EXTENDED SORT",
+             MOVE UNSELECT CHILDREN SPECIAL-USE LIST-EXTENDED SORT THREAD=ORDEREDSUBJECT \
+             THREAD=REFERENCES QUOTA QUOTA=RES-STORAGE",
             "1 OK CAPABILITY completed"
         ]
     );
@@ -1179,6 +1187,130 @@ fn sort_orders_matches_by_the_keys_given() {
         "e SORT SIZE UTF-8 ALL\r\nf SORT (NAME) UTF-8 ALL\r\n",
     );
     assert!(r.starts_with("e BAD") && r.contains("f BAD"), "{r}");
+}
+
+#[test]
+fn thread_answers_both_algorithms_over_the_matches() {
+    let backend = TestBackend::new();
+    let inbox = backend.user("alice").inbox();
+    // seq: 1 root, 2 unrelated, 3 reply to 1, 4 reply to 3 by
+    // In-Reply-To only, 5 a reply to a message not in the mailbox, 6
+    // "Re: other" without references.
+    for (minute, subject, id, refs) in [
+        (0, "Topic", "<t1@x>", ""),
+        (1, "other", "<o1@x>", ""),
+        (2, "Re: Topic", "<t2@x>", "References: <t1@x>\r\n"),
+        (3, "Re: Re: Topic", "<t3@x>", "In-Reply-To: <t2@x>\r\n"),
+        (4, "Re: lost", "<l2@x>", "References: <lost@x>\r\n"),
+        (5, "Re: other", "<o2@x>", ""),
+    ] {
+        let msg = format!(
+            "Subject: {subject}\r\nDate: Mon, 1 Jan 2024 10:0{minute}:00 +0000\r\n\
+             Message-ID: {id}\r\n{refs}\r\nbody {minute}\r\n"
+        );
+        inbox.deliver(&[msg.as_bytes()]).unwrap();
+    }
+    let mut c = Client::selected(&backend);
+    let r = c.send(&backend, "a THREAD REFERENCES UTF-8 ALL\r\n");
+    assert_eq!(r, "* THREAD (1 3 4)(2 6)(5)\r\na OK THREAD completed\r\n");
+    let r = c.send(&backend, "b THREAD ORDEREDSUBJECT US-ASCII ALL\r\n");
+    assert_eq!(
+        r, "* THREAD (1 (3)(4))(2 6)(5)\r\nb OK THREAD completed\r\n",
+        "threads by the date of their first message"
+    );
+    // Only the matches: 3 threads alone once 1 is left out.
+    c.send(&backend, "s STORE 1 +FLAGS (\\Deleted)\r\n");
+    let r = c.send(&backend, "c UID THREAD REFERENCES UTF-8 UNDELETED\r\n");
+    assert_eq!(r, "* THREAD (2 6)(3 4)(5)\r\nc OK UID THREAD completed\r\n");
+    let r = c.send(&backend, "d THREAD REFERENCES UTF-8 SUBJECT nothing\r\n");
+    assert_eq!(r, "* THREAD\r\nd OK THREAD completed\r\n");
+    let r = c.send(&backend, "e THREAD REFERENCES KOI8-R ALL\r\n");
+    assert!(r.starts_with("e NO [BADCHARSET"), "{r}");
+    let r = c.send(
+        &backend,
+        "f THREAD SHUFFLE UTF-8 ALL\r\ng THREAD REFERENCES UTF-8\r\n",
+    );
+    assert!(r.starts_with("f BAD") && r.contains("g BAD"), "{r}");
+    // Not in the authenticated state.
+    let mut c = Client::logged_in(&backend);
+    let r = c.send(&backend, "h THREAD REFERENCES UTF-8 ALL\r\n");
+    assert!(r.starts_with("h BAD"), "{r}");
+}
+
+#[test]
+fn quota_root_and_usage_in_kib() {
+    let mut backend = TestBackend::new();
+    // Without a quota: the root, with no resources.
+    let mut c = Client::logged_in(&backend);
+    let r = c.send(&backend, "a GETQUOTAROOT INBOX\r\n");
+    assert_eq!(
+        r,
+        "* QUOTAROOT INBOX \"\"\r\n* QUOTA \"\" ()\r\na OK GETQUOTAROOT completed\r\n"
+    );
+    backend.quota = Some(8 * 1024);
+    backend.deliver("one", &"x".repeat(2000));
+    let used = backend.user("alice").stored_bytes().unwrap();
+    assert!(used > 2000, "{used}");
+    let kib = used.div_ceil(1024);
+    let mut c = Client::logged_in(&backend);
+    let r = c.send(&backend, "b GETQUOTAROOT \"Not there/yet\"\r\n");
+    assert_eq!(
+        r,
+        format!(
+            "* QUOTAROOT \"Not there/yet\" \"\"\r\n* QUOTA \"\" (STORAGE {kib} 8)\r\n\
+             b OK GETQUOTAROOT completed\r\n"
+        )
+    );
+    let r = c.send(&backend, "c GETQUOTA \"\"\r\n");
+    assert_eq!(
+        r,
+        format!("* QUOTA \"\" (STORAGE {kib} 8)\r\nc OK GETQUOTA completed\r\n")
+    );
+    // The figure follows an APPEND.
+    let msg = "y".repeat(3000);
+    let r = c.send(
+        &backend,
+        &format!("d APPEND INBOX {{{}+}}\r\n{msg}\r\n", msg.len()),
+    );
+    assert!(r.contains("d OK [APPENDUID"), "{r}");
+    let r = c.send(&backend, "e GETQUOTA \"\"\r\n");
+    let grown = (used + 3000).div_ceil(1024);
+    assert!(
+        r.starts_with(&format!("* QUOTA \"\" (STORAGE {grown} 8)")),
+        "{r}"
+    );
+    // Past the quota: NO [OVERQUOTA].
+    let msg = "z".repeat(4000);
+    let r = c.send(
+        &backend,
+        &format!("f APPEND INBOX {{{}+}}\r\n{msg}\r\n", msg.len()),
+    );
+    assert!(r.starts_with("f NO [OVERQUOTA]"), "{r}");
+    let r = c.send(&backend, "g GETQUOTA \"user/alice\"\r\n");
+    assert!(r.starts_with("g NO [NONEXISTENT]"), "{r}");
+    let r = c.send(&backend, "h SETQUOTA \"\" (STORAGE 100000)\r\n");
+    assert!(r.starts_with("h NO [NOPERM]"), "{r}");
+    let r = c.send(&backend, "i SETQUOTA \"\" (STORAGE)\r\nj GETQUOTA\r\n");
+    assert!(r.starts_with("i BAD") && r.contains("j BAD"), "{r}");
+    // DELETED-STORAGE (RFC 9208 4.1.4): the \Deleted messages' sizes.
+    let r = c.send(&backend, "k STATUS INBOX (DELETED DELETED-STORAGE)\r\n");
+    assert_eq!(
+        r,
+        "* STATUS INBOX (DELETED 0 DELETED-STORAGE 0)\r\nk OK STATUS completed\r\n"
+    );
+    c.send(
+        &backend,
+        "l SELECT INBOX\r\nm STORE 2 +FLAGS.SILENT (\\Deleted)\r\n",
+    );
+    let r = c.send(&backend, "n STATUS INBOX (DELETED-STORAGE DELETED)\r\n");
+    assert_eq!(
+        r,
+        "* STATUS INBOX (DELETED-STORAGE 3000 DELETED 1)\r\nn OK STATUS completed\r\n"
+    );
+    let mut c = Client::new();
+    c.take();
+    let r = c.send(&backend, "o GETQUOTAROOT INBOX\r\n");
+    assert!(r.starts_with("o BAD"), "{r}");
 }
 
 // ------------------------------------------------------------ long FETCH replies

@@ -94,14 +94,14 @@ pub fn compare(keys: &[SortKey], a: &Values, b: &Values) -> Ordering {
     Ordering::Equal
 }
 
-fn seconds(t: SystemTime) -> i64 {
+pub(super) fn seconds(t: SystemTime) -> i64 {
     match t.duration_since(SystemTime::UNIX_EPOCH) {
         Ok(d) => d.as_secs() as i64,
         Err(e) => -(e.duration().as_secs() as i64),
     }
 }
 
-fn parse_date(value: &str) -> Option<i64> {
+pub(super) fn parse_date(value: &str) -> Option<i64> {
     let value = value.split('(').next().unwrap_or(value).trim();
     DateTime::parse_from_rfc2822(value)
         .ok()
@@ -112,7 +112,7 @@ fn parse_date(value: &str) -> Option<i64> {
 /// 5256 3 names for SORT: a-z folded to A-Z (RFC 4790 9.2), so `[`, `\\`,
 /// `]`, `^`, `_` and `` ` `` sort after the letters, not before them as
 /// lower-case folding would have them.
-fn ascii_casemap(s: &str) -> String {
+pub(super) fn ascii_casemap(s: &str) -> String {
     s.to_ascii_uppercase()
 }
 
@@ -120,7 +120,15 @@ fn ascii_casemap(s: &str) -> String {
 /// and trailers, white space collapsed; its case kept (see
 /// [`ascii_casemap`] for the comparison).
 pub fn base_subject(decoded: &str) -> String {
+    base_subject_and_reply(decoded).0
+}
+
+/// [`base_subject`], and whether the extraction removed a `subj-refwd`,
+/// a `(fwd)` trailer or a `[fwd: ...]` wrapper: RFC 5256 3 (REFERENCES)
+/// calls such a message "a reply or forward".
+pub fn base_subject_and_reply(decoded: &str) -> (String, bool) {
     let mut s: String = decoded.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut reply = false;
     loop {
         // (2) subj-trailer: "(fwd)" and white space at the end.
         loop {
@@ -128,6 +136,7 @@ pub fn base_subject(decoded: &str) -> String {
             let lower = trimmed.to_lowercase();
             if lower.ends_with("(fwd)") {
                 s = trimmed[..trimmed.len() - "(fwd)".len()].to_owned();
+                reply = true;
             } else {
                 s = trimmed.to_owned();
                 break;
@@ -136,7 +145,9 @@ pub fn base_subject(decoded: &str) -> String {
         // (3)-(5) subj-leader and subj-blob at the start, repeatedly.
         loop {
             let before = s.clone();
-            s = strip_leader(&s);
+            let (rest, refwd) = strip_leader(&s);
+            s = rest;
+            reply |= refwd;
             if let Some(rest) = strip_blob(&s) {
                 if !rest.is_empty() {
                     s = rest;
@@ -150,9 +161,10 @@ pub fn base_subject(decoded: &str) -> String {
         let lower = s.to_lowercase();
         if lower.starts_with("[fwd:") && s.ends_with(']') {
             s = s["[fwd:".len()..s.len() - 1].trim().to_owned();
+            reply = true;
             continue;
         }
-        return s;
+        return (s, reply);
     }
 }
 
@@ -168,9 +180,9 @@ fn strip_blob(s: &str) -> Option<String> {
 }
 
 /// `subj-leader = (*subj-blob subj-refwd) / WSP`, `subj-refwd = ("re" /
-/// ("fw" ["d"])) *WSP [subj-blob] ":"`.
-fn strip_leader(s: &str) -> String {
-    let mut t = s.trim_start().to_owned();
+/// ("fw" ["d"])) *WSP [subj-blob] ":"`; whether a `subj-refwd` went.
+fn strip_leader(s: &str) -> (String, bool) {
+    let t = s.trim_start().to_owned();
     let mut blobs = t.clone();
     while let Some(rest) = strip_blob(&blobs) {
         blobs = rest;
@@ -184,10 +196,10 @@ fn strip_leader(s: &str) -> String {
         let after = after.trim_start();
         let after = strip_blob(after).unwrap_or_else(|| after.to_owned());
         if let Some(rest) = after.strip_prefix(':') {
-            t = rest.trim_start().to_owned();
+            return (rest.trim_start().to_owned(), true);
         }
     }
-    t
+    (t, false)
 }
 
 #[cfg(test)]
@@ -205,6 +217,25 @@ mod tests {
         assert_eq!(base_subject("[only a blob]"), "[only a blob]");
         assert_eq!(base_subject("Recent news"), "Recent news");
         assert_eq!(base_subject(""), "");
+    }
+
+    #[test]
+    fn replies_and_forwards_are_told_apart() {
+        for (subject, reply) in [
+            ("Re: hello", true),
+            ("FWD: hello", true),
+            ("fw[x]: hello", true),
+            ("hello (fwd)", true),
+            ("[fwd: hello]", true),
+            ("[list] hello", false),
+            ("Recent news", false),
+            ("hello", false),
+            ("re hello", false),
+        ] {
+            let (base, is_reply) = base_subject_and_reply(subject);
+            assert_eq!(base, base_subject(subject), "{subject}");
+            assert_eq!(is_reply, reply, "{subject}");
+        }
     }
 
     #[test]

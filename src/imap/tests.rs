@@ -1478,3 +1478,71 @@ fn random_input_never_panics() {
         assert!(reader.buffered() <= small().capacity());
     }
 }
+
+#[test]
+fn thread_and_quota_commands_parse() {
+    assert_eq!(
+        body("a THREAD references utf-8 UNSEEN 2:*"),
+        CommandBody::Thread {
+            uid: false,
+            algorithm: ThreadAlgorithm::References,
+            charset: b("utf-8"),
+            criteria: vec![
+                SearchKey::Unseen,
+                SearchKey::SequenceSet(set(&[(n(2), SeqNumber::Largest)]))
+            ],
+        }
+    );
+    assert_eq!(
+        body("a UID THREAD ORDEREDSUBJECT \"US-ASCII\" ALL"),
+        CommandBody::Thread {
+            uid: true,
+            algorithm: ThreadAlgorithm::OrderedSubject,
+            charset: b("US-ASCII"),
+            criteria: vec![SearchKey::All],
+        }
+    );
+    assert_eq!(err("a THREAD SHUFFLE UTF-8 ALL"), ParseError::UnknownOption);
+    assert_eq!(
+        err("a THREAD REFERENCES UTF-8"),
+        ParseError::Syntax(Usage::Thread)
+    );
+    assert_eq!(
+        err("a THREAD (REFERENCES) UTF-8 ALL"),
+        ParseError::Syntax(Usage::Thread)
+    );
+    assert_eq!(body("a GETQUOTA \"\""), CommandBody::GetQuota(b("")));
+    assert_eq!(
+        body("a getquotaroot inbox"),
+        CommandBody::GetQuotaRoot(mbox("INBOX"))
+    );
+    assert_eq!(
+        body("a SETQUOTA \"\" (STORAGE 512 MESSAGE 100)"),
+        CommandBody::SetQuota {
+            root: b(""),
+            limits: vec![("STORAGE", 512), ("MESSAGE", 100)],
+        }
+    );
+    assert_eq!(
+        body("a SETQUOTA root ()"),
+        CommandBody::SetQuota {
+            root: b("root"),
+            limits: vec![],
+        }
+    );
+    for bad in [
+        "a SETQUOTA \"\" (STORAGE)",
+        "a SETQUOTA \"\" STORAGE 1",
+        "a GETQUOTA",
+        "a GETQUOTAROOT",
+    ] {
+        assert!(matches!(err(bad), ParseError::Syntax(_)), "{bad}");
+    }
+    assert_eq!(
+        body("a STATUS INBOX (DELETED-STORAGE SIZE)"),
+        CommandBody::Status {
+            mailbox: mbox("INBOX"),
+            items: vec![StatusItem::DeletedStorage, StatusItem::Size],
+        }
+    );
+}
