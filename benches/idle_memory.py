@@ -17,7 +17,8 @@ With --protocol imap the server has an imap listener and a mailbox tier
 (Maildir++ under the work directory, USERS users userN:{PLAIN}x, each with
 an empty INBOX); the sessions read the `* OK` greeting and stay idle
 (not authenticated), then every session sends LOGIN (users in turn) and
-stays idle again (authenticated), and RSS is read after each step.
+stays idle again (authenticated), then SELECTs INBOX and enters IDLE
+(each watching its folder), and RSS is read after each step.
 
 Raises RLIMIT_NOFILE for itself and the server (root may raise the hard
 limit). Standard library only; only loopback addresses are used.
@@ -44,6 +45,13 @@ def rss_kib(pid, key="VmRSS"):
             if line.startswith(key + ":"):
                 return int(line.split()[1])
     raise RuntimeError(f"no {key} for {pid}")
+
+
+def cpu_seconds(pid):
+    """User plus system CPU seconds of process `pid` so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def raise_nofile(n):
@@ -93,6 +101,22 @@ def login_all(socks, users):
             raise ConnectionError(f"LOGIN: {line!r}")
 
 
+def idle_all(socks):
+    """SELECT INBOX then IDLE on every session (each now holds a selected
+    folder and a watch on it)."""
+    for s in socks:
+        s.sendall(b"b SELECT INBOX\r\nc IDLE\r\n")
+    for s in socks:
+        buf = b""
+        while not any(l.startswith(b"+ ") for l in buf.split(b"\r\n")):
+            chunk = s.recv(4096)
+            if not chunk:
+                raise ConnectionError("closed during SELECT/IDLE")
+            buf += chunk
+        if b"b OK" not in buf:
+            raise ConnectionError(f"SELECT: {buf!r}")
+
+
 def ehlo_all(socks):
     for s in socks:
         s.sendall(b"EHLO idle.test\r\n")
@@ -133,7 +157,8 @@ def main():
     imap_listener = mailbox_tier = ""
     if a.protocol == "imap":
         imap_listener = f'[[listener]]\naddress = "{ip}:0"\nprotocol = "imap"\n'
-        mailbox_tier = f'mailbox_dir = "{work}/mail"\nusers_file = "{work}/users"\n'
+        mailbox_tier = (f'mailbox_dir = "{work}/mail"\nusers_file = "{work}/users"\n'
+                        f'max_connections_per_ip = {a.connections * 2 + 1000}\n')
         with open(os.path.join(work, "users"), "w") as f:
             for u in range(1, a.users + 1):
                 f.write(f"user{u}:{{PLAIN}}x\n")
@@ -199,6 +224,13 @@ command_timeout = "3600s"
         else:
             ehlo_all(socks)
         after_ehlo = settle(server.pid)
+        after_idle = None
+        if a.protocol == "imap":
+            idle_all(fresh)
+            after_idle = settle(server.pid)
+            cpu0 = cpu_seconds(server.pid)
+            time.sleep(10)
+            idle_cpu = cpu_seconds(server.pid) - cpu0
         anon = rss_kib(server.pid, "RssAnon")
         n = a.connections
         step = "LOGIN" if a.protocol == "imap" else "EHLO"
@@ -216,6 +248,12 @@ command_timeout = "3600s"
         print(f"| protocol | idle sessions | VmRSS before (KiB) | VmRSS after (KiB) | KiB per idle session | after {step}: KiB per session | target < {target} KiB (idle / after {step}) |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
         print(f"| {a.protocol} | {n} | {base} | {after} | {per:.2f} | {per_ehlo:.2f} | {verdict} / {verdict_step} |")
+        if after_idle is not None:
+            per_idle = (after_idle - base) / n
+            print()
+            print(f"In IDLE (SELECT INBOX, IDLE; {a.users} users' INBOXes watched): VmRSS {after_idle} KiB, "
+                  f"{per_idle:.2f} KiB per session (target < {target} KiB: {'met' if per_idle < target else 'NOT met'}); "
+                  f"server CPU over the next 10 s with nothing happening: {idle_cpu:.2f} s")
     finally:
         for s in socks:
             s.close()
