@@ -629,6 +629,17 @@ fn sort<'a>(c: &mut Cursor<'a>) -> R<CommandBody<'a>> {
         c.sp()?;
     }
     c.sp()?;
+    let (charset, criteria) = charset_and_criteria(c)?;
+    Ok(CommandBody::Sort {
+        uid: false,
+        keys,
+        charset,
+        criteria,
+    })
+}
+
+/// RFC 5256 5: `charset 1*(SP search-key)`, the tail of SORT and THREAD.
+fn charset_and_criteria<'a>(c: &mut Cursor<'a>) -> R<(Cow<'a, [u8]>, Vec<SearchKey<'a>>)> {
     let charset = c.astring()?;
     let mut criteria = Vec::new();
     while c.eat(b' ') {
@@ -637,12 +648,7 @@ fn sort<'a>(c: &mut Cursor<'a>) -> R<CommandBody<'a>> {
     if criteria.is_empty() {
         return Err(SYNTAX);
     }
-    Ok(CommandBody::Sort {
-        uid: false,
-        keys,
-        charset,
-        criteria,
-    })
+    Ok((charset, criteria))
 }
 
 /// RFC 5256 5: `thread-alg SP search-criteria`. An algorithm we do not
@@ -657,14 +663,7 @@ fn thread<'a>(c: &mut Cursor<'a>) -> R<CommandBody<'a>> {
         return Err(ParseError::UnknownOption);
     };
     c.sp()?;
-    let charset = c.astring()?;
-    let mut criteria = Vec::new();
-    while c.eat(b' ') {
-        criteria.push(c.search_key(0)?);
-    }
-    if criteria.is_empty() {
-        return Err(SYNTAX);
-    }
+    let (charset, criteria) = charset_and_criteria(c)?;
     Ok(CommandBody::Thread {
         uid: false,
         algorithm,

@@ -784,9 +784,7 @@ impl Session {
                         criteria,
                     } => {
                         allow_expunge = uid;
-                        let known = charset.eq_ignore_ascii_case(b"UTF-8")
-                            || charset.eq_ignore_ascii_case(b"US-ASCII");
-                        if known {
+                        if searchable_charset(&charset) {
                             selected.sort(out, uid, &keys, &criteria);
                             Done::Ok
                         } else {
@@ -800,9 +798,7 @@ impl Session {
                         criteria,
                     } => {
                         allow_expunge = uid;
-                        let known = charset.eq_ignore_ascii_case(b"UTF-8")
-                            || charset.eq_ignore_ascii_case(b"US-ASCII");
-                        if known {
+                        if searchable_charset(&charset) {
                             selected.thread(out, uid, algorithm, &criteria);
                             Done::Ok
                         } else {
@@ -935,4 +931,10 @@ impl Session {
         self.sync(true);
         tagged(&mut self.out, &tag, Status::Ok, None, Say::IdleTerminated);
     }
+}
+
+/// RFC 5256 3 (SORT and THREAD): the charsets we search in; others get
+/// `NO [BADCHARSET]`.
+fn searchable_charset(charset: &[u8]) -> bool {
+    charset.eq_ignore_ascii_case(b"UTF-8") || charset.eq_ignore_ascii_case(b"US-ASCII")
 }
