@@ -14,11 +14,13 @@
 //! [`authenticated`] (mailbox commands), [`selected`] (message commands
 //! and view sync), [`fetch`], [`search`], [`list`] (LIST matching),
 //! [`flag`] (IMAP and Maildir flags), [`name`] (modified UTF-7 names) and
-//! [`reply`] (the session's texts, store errors as response codes).
+//! [`reply`] (the session's texts, store errors as response codes);
+//! [`condstore`] holds RFC 7162 CONDSTORE/QRESYNC's pieces.
 
 // One module per line, sorted: parallel branches add their own lines.
 pub mod authenticated;
 pub mod command;
+pub mod condstore;
 pub mod fetch;
 pub mod flag;
 pub mod list;
