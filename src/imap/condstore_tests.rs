@@ -123,10 +123,18 @@ fn changedsince_gives_exactly_the_messages_another_session_changed() {
     // SEARCH MODSEQ ends with the highest modseq of what it found.
     let r = b.send(&backend, &format!("g UID SEARCH MODSEQ {}\r\n", before + 1));
     let highest = number_after(&r, "(MODSEQ");
-    assert!(r.starts_with("* SEARCH 1 2 (MODSEQ "), "{r}");
+    // RFC 7162 7: `(MODSEQ n)`, no inner parentheses.
+    assert!(
+        r.starts_with(&format!("* SEARCH 1 2 (MODSEQ {highest})\r\n")),
+        "{r}"
+    );
     assert!(highest > changed);
     let r = b.send(&backend, &format!("h SEARCH MODSEQ {}\r\n", highest + 1));
     assert_eq!(r, "* SEARCH\r\nh OK SEARCH completed\r\n");
+    // A FETCH that sets \Seen reports the new MODSEQ with the FLAGS.
+    let r = b.send(&backend, "i FETCH 3 (BODY[TEXT])\r\n");
+    assert!(r.starts_with("* 3 FETCH (FLAGS (\\Seen) MODSEQ ("), "{r}");
+    assert!(number_after(&r, "MODSEQ") > highest, "{r}");
 }
 
 #[test]
@@ -190,6 +198,7 @@ fn qresync_select_reports_vanished_and_changed_flags() {
         &backend,
         &format!("e SELECT INBOX (QRESYNC ({validity} {known}))\r\n"),
     );
+    let now = number_after(&r, "[HIGHESTMODSEQ");
     let l = lines(&r);
     let vanished = l
         .iter()
@@ -229,6 +238,18 @@ fn qresync_select_reports_vanished_and_changed_flags() {
         &format!("i FETCH 1:* (FLAGS) (CHANGEDSINCE {known} VANISHED)\r\n"),
     );
     assert!(r.starts_with("i BAD"), "{r}");
+
+    // From a later modseq only the later expunge is named: the history,
+    // not "everything that is gone".
+    a.send(
+        &backend,
+        "w UID STORE 6 +FLAGS.SILENT (\\Deleted)\r\nv EXPUNGE\r\n",
+    );
+    let r = b.send(
+        &backend,
+        &format!("j UID FETCH 1:* (FLAGS) (CHANGEDSINCE {now} VANISHED)\r\n"),
+    );
+    assert!(r.contains("* VANISHED (EARLIER) 6\r\n"), "{r}");
 }
 
 #[test]

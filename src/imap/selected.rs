@@ -610,9 +610,12 @@ impl Selected {
                 structure: structure.as_deref(),
             };
             let marked = cursor.marked.contains(&uid);
-            // RFC 7162 3.2.4: a FETCH that set \Seen reports UID and
-            // MODSEQ too under CONDSTORE.
-            let add_uid = (cursor.uid_command || (marked && cursor.condstore)) && !needs.uid;
+            // RFC 7162 3.1.4.2: a FETCH that set \Seen reports the new
+            // MODSEQ under CONDSTORE. Not the UID that 3.2.4 also names:
+            // this is the answer to the client's FETCH, which names the
+            // message; Dovecot adds none, and imapclient's live test
+            // requires that.
+            let add_uid = cursor.uid_command && !needs.uid;
             let add_flags = marked && !needs.flags;
             let add_modseq = marked && cursor.condstore && !needs.modseq;
             fetch::write_fetch(out, &message, &cursor.attrs, add_uid, add_flags, add_modseq);
@@ -914,8 +917,10 @@ fn write_numbers(
         out.extend_from_slice(n.to_string().as_bytes());
     }
     if let Some(modseq) = modseq {
-        out.extend_from_slice(b" (");
-        fetch::write_modseq(out, modseq.get());
+        // RFC 7162 7 `search-sort-mod-seq`: "(MODSEQ n)", no inner
+        // parentheses (unlike FETCH's).
+        out.extend_from_slice(b" (MODSEQ ");
+        out.extend_from_slice(modseq.get().to_string().as_bytes());
         out.push(b')');
     }
     out.extend_from_slice(b"\r\n");
