@@ -358,6 +358,23 @@ impl Folder {
                 path,
             });
         }
+        // A flag change the index did not record (a rename by a tool that
+        // takes no lock, as mutt): it gets a new modseq now, as ours do
+        // (RFC 7162 3.1). Seen against the last snapshot, so a change made
+        // while no snapshot was in memory keeps its old modseq.
+        if let Some(previous) = previous {
+            for m in &mut messages {
+                let Ok(i) = previous.messages.binary_search_by_key(&m.uid, |p| p.uid) else {
+                    continue;
+                };
+                let before = &previous.messages[i];
+                if before.flags != m.flags && before.modseq == m.modseq {
+                    if let Some(pos) = locked.index.position(m.uid) {
+                        m.modseq = locked.index.bump(pos);
+                    }
+                }
+            }
+        }
         let snapshot = Snapshot {
             uid_validity: locked.index.validity,
             // Sync renumbers before the UID space runs out, so this holds

@@ -1060,6 +1060,13 @@ fn unchanged_folder_snapshot_is_shared_until_it_changes() {
         renamed.messages[0].flags.contains(Flag::Seen),
         "the rename was seen"
     );
+    // RFC 7162 3.1: the flag change gets a new modseq, as ours do.
+    assert!(renamed.messages[0].modseq > m.modseq);
+    assert!(renamed.highest_modseq > cached.highest_modseq);
+    assert_eq!(renamed.highest_modseq, renamed.messages[0].modseq);
+    let fresh = MailStore::new(store.root(), "x").user(&UserName::new("alice").unwrap());
+    let again = fresh.unwrap().inbox().snapshot().unwrap();
+    assert_eq!(again.messages[0].modseq, renamed.messages[0].modseq, "kept");
     assert_eq!(other.read(m.uid).unwrap(), fs::read(&seen).unwrap());
 }
 
