@@ -482,12 +482,16 @@ fn mail_from_an_allowed_network_is_signed_a_strangers_is_not_and_sighup_brings_a
     .expect("rewrite config");
     server.signal(libc::SIGHUP);
     server.wait_stdout_line("reload refused", RELOAD_TIMEOUT);
-    let refusals = server.stderr_lines_with("broken.pem");
-    assert!(
-        !refusals.is_empty(),
-        "the refusal names the file:\n{}",
-        server.stderr_text()
-    );
+    // The log is read by another thread than stdout: wait for the line.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while server.stderr_lines_with("broken.pem").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refusal names the file:\n{}",
+            server.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut c = server.session();
     send_data(
         &mut c,

@@ -9,7 +9,7 @@ use chrono::Datelike;
 use super::{crlf_lines, Rng};
 use crate::imap::command::{
     EntryType, FetchAttribute, FetchItems, Flag, Partial, SearchKey, SearchReturn, Section,
-    SectionText, SortBy, StatusItem, StoreAction, ThreadAlgorithm,
+    SectionText, SequenceSet, SortBy, StatusItem, StoreAction, ThreadAlgorithm,
 };
 use crate::imap::reader::{CommandReader, Limit, LineStep, ReaderConfig, Step};
 use crate::imap::response::{
@@ -301,11 +301,33 @@ fn render(command: &Command<'_>) -> Vec<u8> {
             mailbox,
             read_only,
             condstore,
+            qresync,
         } => {
             push(o, if *read_only { "EXAMINE " } else { "SELECT " });
             write_astring(o, mailbox.as_bytes());
+            let mut params = Vec::new();
             if *condstore {
-                push(o, " (CONDSTORE)");
+                params.push("CONDSTORE".to_owned());
+            }
+            if let Some(q) = qresync {
+                let mut text = format!("QRESYNC ({} {}", q.uid_validity, q.modseq);
+                let set = |s: &SequenceSet| {
+                    let mut bytes = Vec::new();
+                    write_sequence_set(&mut bytes, s);
+                    String::from_utf8_lossy(&bytes).into_owned()
+                };
+                if let Some(known) = &q.known_uids {
+                    text.push(' ');
+                    text.push_str(&set(known));
+                }
+                if let Some((seqs, uids)) = &q.seq_match {
+                    text.push_str(&format!(" ({} {})", set(seqs), set(uids)));
+                }
+                text.push(')');
+                params.push(text);
+            }
+            if !params.is_empty() {
+                push(o, &format!(" ({})", params.join(" ")));
             }
         }
         C::Create(m) | C::Delete(m) | C::Subscribe(m) | C::Unsubscribe(m) => {
@@ -514,6 +536,7 @@ fn render(command: &Command<'_>) -> Vec<u8> {
             set,
             items,
             changed_since,
+            vanished,
         } => {
             push(o, if *uid { "UID FETCH " } else { "FETCH " });
             write_sequence_set(o, set);
@@ -527,7 +550,8 @@ fn render(command: &Command<'_>) -> Vec<u8> {
                 }
             }
             if let Some(n) = changed_since {
-                push(o, &format!(" (CHANGEDSINCE {n})"));
+                let vanished = if *vanished { " VANISHED" } else { "" };
+                push(o, &format!(" (CHANGEDSINCE {n}{vanished})"));
             }
         }
         C::Store {
@@ -863,6 +887,9 @@ mod tests {
             b"k SETQUOTA \"\" (STORAGE 512 MESSAGE 10)",
             b"l GETQUOTA \"\"",
             b"m GETQUOTAROOT {5}\r\ninbox",
+            b"n EXAMINE INBOX (QRESYNC (7 0 1:9,12 (1,3 2,*)) CONDSTORE)",
+            b"o SELECT INBOX (QRESYNC (7 99))",
+            b"p UID FETCH 1:* FLAGS (CHANGEDSINCE 3 VANISHED)",
         ] {
             match parse_command(line) {
                 Ok(_) => {}

@@ -8,12 +8,13 @@ use std::time::SystemTime;
 
 use chrono::{DateTime, FixedOffset};
 
-use super::command::{Flag, List, Mailbox, StatusItem};
+use super::command::{Flag, List, Mailbox, Qresync, StatusItem};
+use super::condstore::Enabled;
 use super::flag::{flags_of, keyword_names};
 use super::list::{self, Entry};
 use super::name;
 use super::reply::{completed, tagged, write_mailbox_error, Say};
-use super::response::{write_list, Code, Status};
+use super::response::{write_list, write_untagged_status, Code, Status};
 use super::selected::Selected;
 use crate::mailbox::{Folder, FolderName, MailboxError, UserMailbox};
 
@@ -27,6 +28,8 @@ pub struct User {
     /// applies to the next login, as Dovecot's userdb lookup); `None` is
     /// unlimited.
     pub quota: Option<u64>,
+    /// RFC 7162 CONDSTORE / QRESYNC, once enabled.
+    pub enabled: Enabled,
 }
 
 /// RFC 9208 4.3.1: adding `bytes` would put the user over `quota`
@@ -68,7 +71,9 @@ pub fn existing_folder(
 
 impl User {
     /// SELECT / EXAMINE. A failed SELECT leaves no mailbox selected
-    /// (RFC 3501 6.3.1).
+    /// (RFC 3501 6.3.1); one that closes a selected mailbox says so with
+    /// `[CLOSED]` first (RFC 7162 3.2.11). `qresync` is the RFC 7162
+    /// 3.2.5 parameter (the caller checked QRESYNC is enabled).
     pub fn select(
         &mut self,
         out: &mut Vec<u8>,
@@ -76,15 +81,34 @@ impl User {
         mailbox: &Mailbox<'_>,
         read_only: bool,
         max_structures: usize,
+        qresync: Option<&Qresync>,
     ) {
-        self.selected = None;
+        if self.selected.take().is_some() {
+            write_untagged_status(
+                out,
+                Status::Ok,
+                Some(&Code::Closed),
+                "Previous mailbox closed",
+            );
+        }
         let command = if read_only { "EXAMINE" } else { "SELECT" };
         let (folder_name, folder) = match existing_folder(&self.mailbox, mailbox, false) {
             Ok(found) => found,
             Err((code, say)) => return tagged(out, tag, Status::No, Some(&code), say),
         };
-        match Selected::open(folder_name, folder, read_only, max_structures, out) {
+        let opened = Selected::open(
+            folder_name,
+            folder,
+            read_only,
+            max_structures,
+            self.enabled,
+            out,
+        );
+        match opened {
             Ok(selected) => {
+                if let Some(params) = qresync {
+                    selected.qresync(out, params);
+                }
                 completed(out, tag, Some(&selected.access_code()), command);
                 self.selected = Some(selected);
             }

@@ -46,11 +46,13 @@ pub enum CommandBody<'a> {
     /// RFC 5161: the capability names as sent (compare case-insensitively).
     Enable(Vec<&'a str>),
     /// SELECT (`read_only` false) or EXAMINE (true), RFC 3501 6.3.1/6.3.2;
-    /// `condstore` is the RFC 7162 3.1.8 select parameter.
+    /// `condstore` is the RFC 7162 3.1.8 select parameter, `qresync` the
+    /// 3.2.5 one.
     Select {
         mailbox: Mailbox<'a>,
         read_only: bool,
         condstore: bool,
+        qresync: Option<Qresync>,
     },
     Create(Mailbox<'a>),
     Delete(Mailbox<'a>),
@@ -124,12 +126,14 @@ pub enum CommandBody<'a> {
         root: IString<'a>,
         limits: Vec<(&'a str, u64)>,
     },
-    /// RFC 3501 6.4.5; `changed_since` is RFC 7162 3.1.4.1.
+    /// RFC 3501 6.4.5; `changed_since` is RFC 7162 3.1.4.1, `vanished`
+    /// the 3.2.6 modifier (only with `changed_since`).
     Fetch {
         uid: bool,
         set: SequenceSet,
         items: FetchItems<'a>,
         changed_since: Option<u64>,
+        vanished: bool,
     },
     /// RFC 3501 6.4.6; `unchanged_since` is RFC 7162 3.1.3.
     Store {
@@ -326,6 +330,20 @@ impl SequenceSet {
             SequenceSet::Saved => false,
         }
     }
+}
+
+/// The QRESYNC select parameter (RFC 7162 3.2.5): what the client last
+/// knew of the mailbox.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Qresync {
+    pub uid_validity: NonZeroU32,
+    /// The client's last known modseq (0 is accepted as "knows nothing").
+    pub modseq: u64,
+    /// The UIDs the client knows; `None` means `1:<UIDNEXT-1>`.
+    pub known_uids: Option<SequenceSet>,
+    /// RFC 7162 3.2.5.2: sequence numbers and the UIDs the client has for
+    /// them.
+    pub seq_match: Option<(SequenceSet, SequenceSet)>,
 }
 
 /// STATUS data items (RFC 3501 6.3.10, RFC 9051 6.3.11, RFC 7162 3.1.6).

@@ -19,6 +19,8 @@ pub struct Fetched<'a> {
     pub flags: &'a [Flag<'a>],
     pub size: u64,
     pub internal_date: SystemTime,
+    /// RFC 7162 3.1.4.2 MODSEQ.
+    pub modseq: u64,
     /// The stored bytes, when an item needs them.
     pub raw: Option<&'a [u8]>,
     /// The parsed structure, when an item needs it.
@@ -35,14 +37,16 @@ pub struct Needs {
     pub sets_seen: bool,
     pub flags: bool,
     pub uid: bool,
+    /// MODSEQ is asked for (RFC 7162: a CONDSTORE enabling FETCH).
+    pub modseq: bool,
 }
 
-/// Whether the session can answer every item (BINARY and MODSEQ are not
-/// offered: RFC 3516 and RFC 7162 are not advertised).
+/// Whether the session can answer every item (BINARY is not offered:
+/// RFC 3516 is not advertised).
 pub fn supported(attr: &FetchAttribute<'_>) -> bool {
     !matches!(
         attr,
-        FetchAttribute::Binary { .. } | FetchAttribute::BinarySize { .. } | FetchAttribute::ModSeq
+        FetchAttribute::Binary { .. } | FetchAttribute::BinarySize { .. }
     )
 }
 
@@ -73,6 +77,7 @@ pub fn needs(attrs: &[FetchAttribute<'_>]) -> Needs {
             }
             FetchAttribute::Flags => n.flags = true,
             FetchAttribute::Uid => n.uid = true,
+            FetchAttribute::ModSeq => n.modseq = true,
             _ => {}
         }
     }
@@ -153,6 +158,7 @@ pub fn write_fetch(
     attrs: &[FetchAttribute<'_>],
     add_uid: bool,
     add_flags: bool,
+    add_modseq: bool,
 ) {
     out.extend_from_slice(b"* ");
     out.extend_from_slice(m.seq.to_string().as_bytes());
@@ -172,6 +178,10 @@ pub fn write_fetch(
         sep(out);
         out.extend_from_slice(b"FLAGS ");
         write_flags(out, m.flags);
+    }
+    if add_modseq {
+        sep(out);
+        write_modseq(out, m.modseq);
     }
     let raw = m.raw.unwrap_or_default();
     for attr in attrs {
@@ -257,13 +267,19 @@ pub fn write_fetch(
                     }
                 }
             }
+            FetchAttribute::ModSeq => write_modseq(out, m.modseq),
             // Refused before any message is written (see `supported`).
-            FetchAttribute::Binary { .. }
-            | FetchAttribute::BinarySize { .. }
-            | FetchAttribute::ModSeq => write_nil(out),
+            FetchAttribute::Binary { .. } | FetchAttribute::BinarySize { .. } => write_nil(out),
         }
     }
     out.extend_from_slice(b")\r\n");
+}
+
+/// `MODSEQ (n)` (RFC 7162 7 `fetch-mod-resp`).
+pub fn write_modseq(out: &mut Vec<u8>, modseq: u64) {
+    out.extend_from_slice(b"MODSEQ (");
+    out.extend_from_slice(modseq.to_string().as_bytes());
+    out.push(b')');
 }
 
 fn write_uid(out: &mut Vec<u8>, uid: u32) {

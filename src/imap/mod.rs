@@ -17,10 +17,12 @@
 //! [`reply`] (the session's texts, store errors as response codes);
 //! [`sort`] and [`thread`] order search matches (RFC 5256), [`quota`]
 //! answers the RFC 9208 commands.
+//! [`condstore`] holds RFC 7162 CONDSTORE/QRESYNC's pieces.
 
 // One module per line, sorted: parallel branches add their own lines.
 pub mod authenticated;
 pub mod command;
+pub mod condstore;
 pub mod fetch;
 pub mod flag;
 pub mod list;

@@ -17,8 +17,8 @@ use thiserror::Error;
 
 use super::command::{
     Command, CommandBody, EntryType, FetchAttribute, FetchItems, Flag, IString, List, ListReturn,
-    ListSelect, Mailbox, Partial, SearchKey, SearchReturn, Section, SectionText, SeqNumber,
-    SeqRange, SequenceSet, SortBy, SortKey, StatusItem, StoreAction, ThreadAlgorithm,
+    ListSelect, Mailbox, Partial, Qresync, SearchKey, SearchReturn, Section, SectionText,
+    SeqNumber, SeqRange, SequenceSet, SortBy, SortKey, StatusItem, StoreAction, ThreadAlgorithm,
 };
 
 /// Deepest nesting of search keys (parentheses, NOT, OR) we follow.
@@ -71,8 +71,8 @@ impl Usage {
             Usage::Authenticate => "AUTHENTICATE mechanism [initial-response]",
             Usage::Login => "LOGIN user password",
             Usage::Enable => "ENABLE capability ...",
-            Usage::Select => "SELECT mailbox [(CONDSTORE)]",
-            Usage::Examine => "EXAMINE mailbox [(CONDSTORE)]",
+            Usage::Select => "SELECT mailbox [(CONDSTORE | QRESYNC (uidvalidity modseq ...))]",
+            Usage::Examine => "EXAMINE mailbox [(CONDSTORE | QRESYNC (uidvalidity modseq ...))]",
             Usage::Create => "CREATE mailbox",
             Usage::Delete => "DELETE mailbox",
             Usage::Rename => "RENAME mailbox new-name",
@@ -88,7 +88,7 @@ impl Usage {
             Usage::GetQuota => "GETQUOTA quota-root",
             Usage::GetQuotaRoot => "GETQUOTAROOT mailbox",
             Usage::SetQuota => "SETQUOTA quota-root (resource limit ...)",
-            Usage::Fetch => "FETCH sequence-set items [(CHANGEDSINCE modseq)]",
+            Usage::Fetch => "FETCH sequence-set items [(CHANGEDSINCE modseq [VANISHED])]",
             Usage::Store => {
                 "STORE sequence-set [(UNCHANGEDSINCE modseq)] [+|-]FLAGS[.SILENT] (flags)"
             }
@@ -326,6 +326,7 @@ fn arguments<'a>(c: &mut Cursor<'a>, usage: Usage) -> R<CommandBody<'a>> {
         Usage::Select | Usage::Examine => {
             let mailbox = c.mailbox()?;
             let mut condstore = false;
+            let mut qresync = None;
             if c.eat(b' ') {
                 c.expect(b'(')?;
                 if !c.eat(b')') {
@@ -333,6 +334,9 @@ fn arguments<'a>(c: &mut Cursor<'a>, usage: Usage) -> R<CommandBody<'a>> {
                         let param = c.keyword();
                         if param.eq_ignore_ascii_case(b"CONDSTORE") {
                             condstore = true;
+                        } else if param.eq_ignore_ascii_case(b"QRESYNC") && qresync.is_none() {
+                            c.sp()?;
+                            qresync = Some(c.qresync()?);
                         } else if param.is_empty() {
                             return Err(SYNTAX);
                         } else {
@@ -349,6 +353,7 @@ fn arguments<'a>(c: &mut Cursor<'a>, usage: Usage) -> R<CommandBody<'a>> {
                 mailbox,
                 read_only: usage == Usage::Examine,
                 condstore,
+                qresync,
             }
         }
         Usage::Create => CommandBody::Create(c.mailbox()?),
@@ -753,6 +758,7 @@ fn fetch<'a>(c: &mut Cursor<'a>) -> R<CommandBody<'a>> {
         }
     };
     let mut changed_since = None;
+    let mut vanished = false;
     if c.eat(b' ') {
         c.expect(b'(')?;
         loop {
@@ -760,6 +766,8 @@ fn fetch<'a>(c: &mut Cursor<'a>) -> R<CommandBody<'a>> {
             if name.eq_ignore_ascii_case(b"CHANGEDSINCE") {
                 c.sp()?;
                 changed_since = Some(c.mod_sequence(false)?);
+            } else if name.eq_ignore_ascii_case(b"VANISHED") {
+                vanished = true;
             } else if name.is_empty() {
                 return Err(SYNTAX);
             } else {
@@ -771,11 +779,16 @@ fn fetch<'a>(c: &mut Cursor<'a>) -> R<CommandBody<'a>> {
             c.sp()?;
         }
     }
+    // RFC 7162 3.2.6: VANISHED only with CHANGEDSINCE.
+    if vanished && changed_since.is_none() {
+        return Err(SYNTAX);
+    }
     Ok(CommandBody::Fetch {
         uid: false,
         set,
         items,
         changed_since,
+        vanished,
     })
 }
 
@@ -992,6 +1005,52 @@ impl<'a> Cursor<'a> {
             return Err(ParseError::InvalidNumber);
         }
         Ok(n)
+    }
+
+    /// RFC 7162 7: `"(" uidvalidity SP mod-sequence-value [SP known-uids]
+    /// [SP seq-match-data] ")"`, after `QRESYNC SP`.
+    fn qresync(&mut self) -> R<Qresync> {
+        self.expect(b'(')?;
+        let uid_validity = self.nz_number()?;
+        self.sp()?;
+        let modseq = self.mod_sequence(true)?;
+        let mut known_uids = None;
+        let mut seq_match = None;
+        if self.eat(b' ') {
+            if self.peek() != Some(b'(') {
+                known_uids = Some(self.plain_sequence_set()?);
+                if self.eat(b' ') {
+                    seq_match = Some(self.seq_match()?);
+                }
+            } else {
+                seq_match = Some(self.seq_match()?);
+            }
+        }
+        self.expect(b')')?;
+        Ok(Qresync {
+            uid_validity,
+            modseq,
+            known_uids,
+            seq_match,
+        })
+    }
+
+    /// `seq-match-data = "(" known-sequence-set SP known-uid-set ")"`.
+    fn seq_match(&mut self) -> R<(SequenceSet, SequenceSet)> {
+        self.expect(b'(')?;
+        let seqs = self.plain_sequence_set()?;
+        self.sp()?;
+        let uids = self.plain_sequence_set()?;
+        self.expect(b')')?;
+        Ok((seqs, uids))
+    }
+
+    /// A sequence set without `$` (RFC 7162's sets are the client's).
+    fn plain_sequence_set(&mut self) -> R<SequenceSet> {
+        match self.sequence_set()? {
+            SequenceSet::Saved => Err(ParseError::InvalidSequenceSet),
+            set => Ok(set),
+        }
     }
 
     /// `quoted`: DQUOTE *QUOTED-CHAR DQUOTE; borrowed unless escaped. 8-bit

@@ -34,6 +34,12 @@ pub enum Say {
     InvalidSequence,
     SavedResultUnsupported,
     UnsupportedItem,
+    /// RFC 7162 3.2.3: QRESYNC parameters before ENABLE QRESYNC.
+    QresyncNotEnabled,
+    /// RFC 7162 3.2.6: VANISHED is a UID FETCH modifier.
+    VanishedNeedsUid,
+    /// RFC 7162 3.1.3: some messages failed UNCHANGEDSINCE.
+    ConditionalStoreFailed,
     BadCharset,
     SomeExpunged,
     IdleTerminated,
@@ -81,6 +87,9 @@ impl Say {
             Say::InvalidSequence => "Invalid message sequence number",
             Say::SavedResultUnsupported => "No saved search result ($)",
             Say::UnsupportedItem => "Unsupported data item",
+            Say::QresyncNotEnabled => "ENABLE QRESYNC first",
+            Say::VanishedNeedsUid => "VANISHED is only allowed with UID FETCH",
+            Say::ConditionalStoreFailed => "Conditional STORE failed for some messages",
             Say::BadCharset => "Unsupported charset (use UTF-8 or US-ASCII)",
             Say::SomeExpunged => "Some of the requested messages no longer exist",
             Say::IdleTerminated => "IDLE terminated",

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::command::{
-    FetchAttribute, FetchItems, Flag, SearchKey, SeqNumber, SequenceSet, SortKey, StoreAction,
-    ThreadAlgorithm,
+    FetchAttribute, FetchItems, Flag, Qresync, SearchKey, SeqNumber, SequenceSet, SortKey,
+    StoreAction, ThreadAlgorithm,
 };
+use super::condstore::{self, Enabled};
 use super::fetch::{self, Fetched};
 use super::flag::{self as flag, defined_flags, flags_of, imap_flags, keyword_names};
 use super::mime::MessageStructure;
@@ -23,7 +24,8 @@ use super::sort;
 use super::thread::{self, ThreadMessage};
 use super::view::{SelectedView, Update};
 use crate::mailbox::{
-    Flag as MaildirFlag, Flags, Folder, FolderName, KeywordTable, MailboxError, Stamp, Uid,
+    ExpungeHistory, Flag as MaildirFlag, Flags, Folder, FolderName, KeywordTable, MailboxError,
+    ModSeq, Stamp, Uid,
 };
 
 /// Why a selected-state command did not complete.
@@ -64,8 +66,9 @@ pub struct FetchCursor {
     targets: Vec<(u32, Uid)>,
     next: usize,
     /// The messages this FETCH marked `\Seen`: their responses carry
-    /// FLAGS.
+    /// FLAGS (and UID and MODSEQ under CONDSTORE, RFC 7162 3.2.4).
     marked: HashSet<Uid>,
+    condstore: bool,
     complete: bool,
 }
 
@@ -114,6 +117,13 @@ pub struct Selected {
     /// The last sync could not report expunges: the next that may must
     /// compare, even if the folder did not change.
     expunges_held: bool,
+    /// RFC 7162: what the connection enabled (it changes while selected
+    /// when a CONDSTORE enabling command runs).
+    pub enabled: Enabled,
+    /// The folder's highest modseq as of the last sync.
+    highest_modseq: ModSeq,
+    /// The folder's remembered expunges as of the last sync.
+    expunged: Arc<ExpungeHistory>,
 }
 
 impl Selected {
@@ -126,6 +136,7 @@ impl Selected {
         folder: Folder,
         read_only: bool,
         max_structures: usize,
+        enabled: Enabled,
         out: &mut Vec<u8>,
     ) -> Result<Selected, MailboxError> {
         let taken = if read_only {
@@ -174,6 +185,10 @@ impl Selected {
         write_untagged_status(out, Status::Ok, Some(&validity), "UIDs valid");
         let next = Code::UidNext(view.uid_next.get());
         write_untagged_status(out, Status::Ok, Some(&next), "Predicted next UID");
+        if enabled.condstore {
+            // RFC 7162 3.1.2.1.
+            condstore::write_highest_modseq(out, snap.highest_modseq);
+        }
         Ok(Selected {
             name,
             folder,
@@ -186,7 +201,84 @@ impl Selected {
             disk_records: 0,
             scanned,
             expunges_held: false,
+            enabled,
+            highest_modseq: snap.highest_modseq,
+            expunged: Arc::clone(&snap.expunged),
         })
+    }
+
+    /// The folder's highest modseq as this session last saw it.
+    pub fn highest_modseq(&self) -> ModSeq {
+        self.highest_modseq
+    }
+
+    /// A CONDSTORE enabling command ran (RFC 7162 3.1): the first one
+    /// while a mailbox is selected reports its HIGHESTMODSEQ.
+    pub fn enable_condstore(&mut self, out: &mut Vec<u8>) {
+        if !self.enabled.condstore {
+            self.enabled.condstore = true;
+            condstore::write_highest_modseq(out, self.highest_modseq);
+        }
+    }
+
+    /// The QRESYNC select parameter (RFC 7162 3.2.5), after the usual
+    /// SELECT responses: when the UIDVALIDITY is the client's, the UIDs
+    /// it knew that are gone (`VANISHED (EARLIER)`), then the flags of
+    /// the messages changed since its modseq.
+    pub fn qresync(&self, out: &mut Vec<u8>, params: &Qresync) {
+        if params.uid_validity.get() != self.view.uid_validity.get() {
+            return;
+        }
+        let since = ModSeq::new(params.modseq);
+        let uid_next = self.view.uid_next;
+        let last_uid = uid_next.get().saturating_sub(1);
+        let Some(known) = params
+            .known_uids
+            .clone()
+            .or_else(|| condstore::all_uids(uid_next))
+        else {
+            return;
+        };
+        let present = self.view.uids();
+        // RFC 7162 3.2.5.2: only needed when the history cannot tell.
+        let floor = match (&params.seq_match, self.expunged.since(since)) {
+            (Some((seqs, uids)), None) => {
+                condstore::seq_match_floor(seqs, uids, self.view.len(), last_uid, |seq| {
+                    self.view.get(seq).map(|e| e.uid)
+                })
+            }
+            _ => 0,
+        };
+        let vanished =
+            condstore::vanished_since(&self.expunged, since, &known, uid_next, floor, &present);
+        condstore::write_vanished(out, true, &vanished);
+        for (seq, entry) in self.view.iter() {
+            if entry.modseq > since && known.contains(entry.uid.get(), last_uid) {
+                let flags = imap_flags(entry.flags, entry.recent, &self.keywords);
+                write_flags_fetch(
+                    out,
+                    seq,
+                    Some(entry.uid),
+                    Some(flags.as_slice()),
+                    Some(entry.modseq),
+                );
+            }
+        }
+    }
+
+    /// UID FETCH's VANISHED modifier (RFC 7162 3.2.6): the UIDs of `set`
+    /// expunged since `since`, as `VANISHED (EARLIER)`, before any FETCH.
+    pub fn write_vanished_earlier(&self, out: &mut Vec<u8>, set: &SequenceSet, since: u64) {
+        let present = self.view.uids();
+        let vanished = condstore::vanished_since(
+            &self.expunged,
+            ModSeq::new(since),
+            set,
+            self.view.uid_next,
+            0,
+            &present,
+        );
+        condstore::write_vanished(out, true, &vanished);
     }
 
     /// Tells the client the folder's flags changed (new keywords).
@@ -221,6 +313,8 @@ impl Selected {
         };
         self.scanned = Stamp::settled_now(self.folder.path());
         let snap = self.folder.snapshot()?;
+        self.highest_modseq = self.highest_modseq.max(snap.highest_modseq);
+        self.expunged = Arc::clone(&snap.expunged);
         let new_recent: Vec<Uid> = if self.view.read_only {
             snap.messages
                 .iter()
@@ -249,11 +343,23 @@ impl Selected {
             .sync(snap.uid_next, &snap.messages, &new_recent, allow_expunge);
         self.expunges_held = self.view.len() as usize > snap.messages.len();
         let mut expunged = false;
+        // RFC 7162 3.2.10.2: under QRESYNC one `VANISHED` for the batch.
+        let mut vanished: Vec<(u32, u32)> = Vec::new();
         for update in updates {
+            if !matches!(update, Update::Expunge(..)) && !vanished.is_empty() {
+                // Expunges come first in a batch: they are reported
+                // before the counts and flags that follow them.
+                let ranges = merge_ranges(std::mem::take(&mut vanished));
+                condstore::write_vanished(out, false, &ranges);
+            }
             match update {
-                Update::Expunge(seq) => {
+                Update::Expunge(seq, uid) => {
                     expunged = true;
-                    write_count(out, seq, "EXPUNGE");
+                    if self.enabled.qresync {
+                        vanished.push((uid.get(), uid.get()));
+                    } else {
+                        write_count(out, seq, "EXPUNGE");
+                    }
                 }
                 Update::Exists(n) => write_count(out, n, "EXISTS"),
                 Update::Recent(n) => write_count(out, n, "RECENT"),
@@ -261,12 +367,16 @@ impl Selected {
                     // Sequence numbers as they are after every expunge
                     // of this batch, which were written before.
                     if let Some(seq) = self.view.seq_of(uid) {
-                        let recent = self.view.get(seq).is_some_and(|e| e.recent);
-                        write_flags_fetch(out, seq, Some(uid), flags, recent, &self.keywords);
+                        let entry = self.view.get(seq);
+                        let recent = entry.is_some_and(|e| e.recent);
+                        let modseq = entry.map(|e| e.modseq).filter(|_| self.enabled.condstore);
+                        let flags = imap_flags(flags, recent, &self.keywords);
+                        write_flags_fetch(out, seq, Some(uid), Some(flags.as_slice()), modseq);
                     }
                 }
             }
         }
+        condstore::write_vanished(out, false, &merge_ranges(vanished));
         if expunged || self.info.len() > self.view.len() as usize {
             let view = &self.view;
             self.info.retain(|uid, _| view.seq_of(*uid).is_some());
@@ -395,12 +505,22 @@ impl Selected {
         uid_command: bool,
         set: &SequenceSet,
         items: FetchItems<'_>,
+        changed_since: Option<u64>,
     ) -> Result<FetchCursor, Failure> {
-        let attrs = items.expand();
+        let mut attrs = items.expand();
         if !attrs.iter().all(fetch::supported) {
             return Err(Failure::Bad(Say::UnsupportedItem));
         }
-        let targets = self.resolve(set, uid_command)?;
+        let mut targets = self.resolve(set, uid_command)?;
+        if let Some(since) = changed_since {
+            // RFC 7162 3.1.4.1: only messages changed since, and MODSEQ is
+            // implied.
+            let since = ModSeq::new(since);
+            targets.retain(|&(seq, _)| self.view.get(seq).is_some_and(|e| e.modseq > since));
+            if !attrs.contains(&FetchAttribute::ModSeq) {
+                attrs.push(FetchAttribute::ModSeq);
+            }
+        }
         let needs = fetch::needs(&attrs);
         // RFC 3501 6.4.5: fetching a body sets \Seen, and the FETCH
         // response then carries FLAGS.
@@ -434,6 +554,7 @@ impl Selected {
             targets,
             next: 0,
             marked,
+            condstore: self.enabled.condstore,
             complete: true,
         })
     }
@@ -486,12 +607,20 @@ impl Selected {
                 flags: &flags,
                 size: info.size,
                 internal_date: info.internal_date,
+                modseq: entry.modseq.get(),
                 raw: raw.as_deref(),
                 structure: structure.as_deref(),
             };
+            let marked = cursor.marked.contains(&uid);
+            // RFC 7162 3.1.4.2: a FETCH that set \Seen reports the new
+            // MODSEQ under CONDSTORE. Not the UID that 3.2.4 also names:
+            // this is the answer to the client's FETCH, which names the
+            // message; Dovecot adds none, and imapclient's live test
+            // requires that.
             let add_uid = cursor.uid_command && !needs.uid;
-            let add_flags = cursor.marked.contains(&uid) && !needs.flags;
-            fetch::write_fetch(out, &message, &cursor.attrs, add_uid, add_flags);
+            let add_flags = marked && !needs.flags;
+            let add_modseq = marked && cursor.condstore && !needs.modseq;
+            fetch::write_fetch(out, &message, &cursor.attrs, add_uid, add_flags, add_modseq);
         }
         self.keep_parsed_structures();
         cursor.next >= cursor.targets.len()
@@ -499,7 +628,10 @@ impl Selected {
 
     /// STORE / UID STORE (RFC 3501 6.4.6). New keywords are defined in
     /// the folder first (and announced with FLAGS); `\Recent` is not
-    /// stored and is ignored.
+    /// stored and is ignored. With UNCHANGEDSINCE (RFC 7162 3.1.3) the
+    /// messages changed since are left alone and returned (sequence
+    /// numbers, or UIDs for UID STORE) for the `[MODIFIED]` code.
+    #[allow(clippy::too_many_arguments)]
     pub fn store(
         &mut self,
         out: &mut Vec<u8>,
@@ -508,7 +640,8 @@ impl Selected {
         action: StoreAction,
         silent: bool,
         flags: &[Flag<'_>],
-    ) -> Result<(), Failure> {
+        unchanged_since: Option<u64>,
+    ) -> Result<Vec<u32>, Failure> {
         if self.view.read_only {
             return Err(Failure::No(Code::ReadOnly, Say::ReadOnly));
         }
@@ -548,37 +681,56 @@ impl Selected {
         // disk now, under the folder's lock: another session's STORE since
         // this view last synced must not be undone (RFC 3501 6.4.6 names
         // the flags to add or remove, not the resulting set).
-        let done = if uids.is_empty() {
-            Vec::new()
+        let since = unchanged_since.map(ModSeq::new);
+        let (done, modified) = if uids.is_empty() {
+            (Vec::new(), Vec::new())
         } else {
-            self.folder.update_flags(&uids, |_, now| apply(now))?
+            self.folder
+                .update_flags_unchanged_since(&uids, since, |_, now| apply(now))?
         };
         for update in &done {
             self.view.set_flags(update.uid, update.flags, update.modseq);
+            self.highest_modseq = self.highest_modseq.max(update.modseq);
         }
+        let condstore = self.enabled.condstore;
         for update in done {
             let Some(seq) = self.view.seq_of(update.uid) else {
                 continue;
             };
             // .SILENT still reports flags that differ from what the
             // client asked for: someone else changed them meanwhile.
-            if silent && expected.get(&update.uid) == Some(&update.flags) {
+            let as_asked = expected.get(&update.uid) == Some(&update.flags);
+            // RFC 7162 3.1.3: a conditional STORE reports each message
+            // it stored, MODSEQ at least, even when silent.
+            if silent && as_asked && since.is_none() {
                 continue;
             }
             let recent = self.view.get(seq).is_some_and(|e| e.recent);
+            let flags = imap_flags(update.flags, recent, &self.keywords);
+            let show_flags = !silent || !as_asked;
             write_flags_fetch(
                 out,
                 seq,
-                uid_command.then_some(update.uid),
-                update.flags,
-                recent,
-                &self.keywords,
+                (uid_command || condstore).then_some(update.uid),
+                show_flags.then_some(flags.as_slice()),
+                condstore.then_some(update.modseq),
             );
         }
-        Ok(())
+        let mut failed: Vec<u32> = if uid_command {
+            modified.iter().map(|u| u.get()).collect()
+        } else {
+            modified
+                .iter()
+                .filter_map(|&u| self.view.seq_of(u))
+                .collect()
+        };
+        failed.sort_unstable();
+        Ok(failed)
     }
 
     /// SEARCH / UID SEARCH (RFC 3501 6.4.4): `* SEARCH n...`.
+    /// With a MODSEQ key, a non-empty result ends with the highest
+    /// modseq of the messages found (RFC 7162 3.1.6).
     pub fn search(&mut self, out: &mut Vec<u8>, uid_command: bool, criteria: &[SearchKey<'_>]) {
         let hits = self.matching(criteria);
         write_numbers(
@@ -586,7 +738,18 @@ impl Selected {
             "SEARCH",
             hits.iter()
                 .map(|&(seq, uid)| if uid_command { uid.get() } else { seq }),
+            self.highest_of(criteria, &hits),
         );
+    }
+
+    /// The highest modseq of `hits` when `criteria` has a MODSEQ key.
+    fn highest_of(&self, criteria: &[SearchKey<'_>], hits: &[(u32, Uid)]) -> Option<ModSeq> {
+        if !condstore::has_modseq_key(criteria) {
+            return None;
+        }
+        hits.iter()
+            .filter_map(|&(seq, _)| self.view.get(seq).map(|e| e.modseq))
+            .max()
     }
 
     /// SORT / UID SORT (RFC 5256 3): the matches in the order of `keys`,
@@ -599,6 +762,8 @@ impl Selected {
         criteria: &[SearchKey<'_>],
     ) {
         let hits = self.matching(criteria);
+        // RFC 7162 3.1.9: SORT reports the highest modseq as SEARCH does.
+        let highest = self.highest_of(criteria, &hits);
         let needs_content = keys.iter().any(|k| sort::needs_header(k.by));
         let mut entries: Vec<(u32, Uid, sort::Values)> = hits
             .into_iter()
@@ -620,6 +785,7 @@ impl Selected {
             entries
                 .iter()
                 .map(|&(seq, uid, _)| if uid_command { uid.get() } else { seq }),
+            highest,
         );
     }
 
@@ -695,7 +861,8 @@ impl Selected {
 
     /// EXPUNGE / UID EXPUNGE (RFC 3501 6.4.3, RFC 4315 2.1): removes the
     /// messages; the sync that follows reports them.
-    pub fn expunge(&mut self, set: Option<&SequenceSet>) -> Result<(), Failure> {
+    /// Returns how many were removed.
+    pub fn expunge(&mut self, set: Option<&SequenceSet>) -> Result<usize, Failure> {
         if self.view.read_only {
             return Err(Failure::No(Code::ReadOnly, Say::ReadOnly));
         }
@@ -703,10 +870,10 @@ impl Selected {
             return Err(Failure::Bad(Say::SavedResultUnsupported));
         }
         let uids = self.deleted(set)?;
-        if !uids.is_empty() {
-            self.folder.expunge(&uids)?;
+        if uids.is_empty() {
+            return Ok(0);
         }
-        Ok(())
+        Ok(self.folder.expunge(&uids)?.len())
     }
 
     /// CLOSE (RFC 3501 6.4.2): expunges silently when read-write.
@@ -789,13 +956,25 @@ fn write_count(out: &mut Vec<u8>, n: u32, name: &str) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// `* NAME n n n...`.
-fn write_numbers(out: &mut Vec<u8>, name: &str, numbers: impl Iterator<Item = u32>) {
+/// `* NAME n n n...[ (MODSEQ m)]`.
+fn write_numbers(
+    out: &mut Vec<u8>,
+    name: &str,
+    numbers: impl Iterator<Item = u32>,
+    modseq: Option<ModSeq>,
+) {
     out.extend_from_slice(b"* ");
     out.extend_from_slice(name.as_bytes());
     for n in numbers {
         out.push(b' ');
         out.extend_from_slice(n.to_string().as_bytes());
+    }
+    if let Some(modseq) = modseq {
+        // RFC 7162 7 `search-sort-mod-seq`: "(MODSEQ n)", no inner
+        // parentheses (unlike FETCH's).
+        out.extend_from_slice(b" (MODSEQ ");
+        out.extend_from_slice(modseq.get().to_string().as_bytes());
+        out.push(b')');
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -818,26 +997,52 @@ fn write_permanent_flags(out: &mut Vec<u8>, keywords: &KeywordTable, read_only: 
     write_untagged_status(out, Status::Ok, Some(&permanent), "Flags permitted");
 }
 
-/// `* seq FETCH ([UID u ]FLAGS (...))`.
+/// `* seq FETCH ([UID u ][FLAGS (...) ][MODSEQ (m)])`.
 fn write_flags_fetch(
     out: &mut Vec<u8>,
     seq: u32,
     uid: Option<Uid>,
-    flags: Flags,
-    recent: bool,
-    keywords: &KeywordTable,
+    flags: Option<&[Flag<'_>]>,
+    modseq: Option<ModSeq>,
 ) {
     out.extend_from_slice(b"* ");
     out.extend_from_slice(seq.to_string().as_bytes());
     out.extend_from_slice(b" FETCH (");
+    let mut items = 0;
+    let mut sep = |out: &mut Vec<u8>| {
+        if items > 0 {
+            out.push(b' ');
+        }
+        items += 1;
+    };
     if let Some(uid) = uid {
+        sep(out);
         out.extend_from_slice(b"UID ");
         out.extend_from_slice(uid.get().to_string().as_bytes());
-        out.push(b' ');
     }
-    out.extend_from_slice(b"FLAGS ");
-    write_flags(out, &imap_flags(flags, recent, keywords));
+    if let Some(flags) = flags {
+        sep(out);
+        out.extend_from_slice(b"FLAGS ");
+        write_flags(out, flags);
+    }
+    if let Some(modseq) = modseq {
+        sep(out);
+        fetch::write_modseq(out, modseq.get());
+    }
     out.extend_from_slice(b")\r\n");
+}
+
+/// Sorted single UIDs as ranges of consecutive ones.
+fn merge_ranges(mut uids: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
+    uids.sort_unstable();
+    let mut out: Vec<(u32, u32)> = Vec::with_capacity(uids.len());
+    for (lo, hi) in uids {
+        match out.last_mut() {
+            Some(prev) if prev.1.checked_add(1) == Some(lo) => prev.1 = hi,
+            _ => out.push((lo, hi)),
+        }
+    }
+    out
 }
 
 /// `* OK [COPYUID ...] text` (MOVE sends it untagged, RFC 6851 4.3).

@@ -1,7 +1,8 @@
 //! The IMAP4rev1 server session (RFC 3501 with LITERAL-, SASL-IR, ID, ENABLE, IDLE, NAMESPACE,
-//! UIDPLUS, MOVE, UNSELECT, CHILDREN, SPECIAL-USE, LIST-EXTENDED, SORT, THREAD, QUOTA): executes
-//! parsed commands against the mailbox store synchronously and collects the replies. It refuses to
-//! touch sockets, TLS, clocks or the command framing: the driver reads commands with
+//! UIDPLUS, MOVE, UNSELECT, CHILDREN, SPECIAL-USE, LIST-EXTENDED, SORT, THREAD, QUOTA, CONDSTORE,
+//! QRESYNC): executes parsed commands against the mailbox store synchronously and collects the
+//! replies. It refuses to touch sockets, TLS, clocks or the command framing: the driver reads
+//! commands with
 //! [`super::CommandReader`], runs [`Session::execute`] on a blocking thread, and acts on the
 //! [`Outcome`].
 //!
@@ -30,7 +31,8 @@
 use std::sync::Arc;
 
 use super::authenticated::{existing_folder, over_quota, User};
-use super::command::{Command, CommandBody};
+use super::command::{Command, CommandBody, FetchAttribute, FetchItems, StatusItem};
+use super::condstore::{self, Enabled};
 use super::parser::CommandError;
 use super::quota::{self, QUOTA_CAPABILITIES};
 use super::reader::Rejection;
@@ -156,6 +158,11 @@ enum Done {
     OkWarned(Code<'static>, Say),
     /// COPY's `[COPYUID validity source destination]` (RFC 4315 3).
     CopyUid(CopyUid),
+    /// RFC 7162 3.1.3: a conditional STORE left these messages alone.
+    Modified(Vec<u32>),
+    /// RFC 7162 3.2.7: an EXPUNGE under QRESYNC removed messages; the
+    /// tagged OK carries the folder's new highest modseq.
+    HighestModSeq,
     Failed(Failure),
 }
 
@@ -171,6 +178,35 @@ impl From<Result<(), Failure>> for Done {
             Ok(()) => Done::Ok,
             Err(f) => Done::Failed(f),
         }
+    }
+}
+
+/// Whether a selected-state command is a CONDSTORE enabling command
+/// (RFC 7162 3.1): FETCH of MODSEQ or with CHANGEDSINCE, SEARCH with a
+/// MODSEQ key, STORE with UNCHANGEDSINCE.
+fn condstore_enabling(body: &CommandBody<'_>) -> bool {
+    match body {
+        CommandBody::Fetch {
+            items: FetchItems::List(items),
+            ..
+        } if items.contains(&FetchAttribute::ModSeq) => true,
+        CommandBody::Fetch { changed_since, .. } => changed_since.is_some(),
+        CommandBody::Store {
+            unchanged_since, ..
+        } => unchanged_since.is_some(),
+        CommandBody::Search { criteria, .. } | CommandBody::Sort { criteria, .. } => {
+            condstore::has_modseq_key(criteria)
+        }
+        _ => false,
+    }
+}
+
+/// Enables CONDSTORE for the connection and the selected mailbox (which
+/// reports its HIGHESTMODSEQ the first time, RFC 7162 3.1).
+fn enable_condstore(user: &mut User, out: &mut Vec<u8>) {
+    user.enabled.condstore = true;
+    if let Some(selected) = &mut user.selected {
+        selected.enable_condstore(out);
     }
 }
 
@@ -259,6 +295,8 @@ impl Session {
             "SASL-IR",
             "ID",
             "ENABLE",
+            "CONDSTORE",
+            "QRESYNC",
             "IDLE",
             "NAMESPACE",
             "UIDPLUS",
@@ -475,6 +513,7 @@ impl Session {
                         name,
                         mailbox,
                         selected: None,
+                        enabled: Enabled::default(),
                     };
                     self.state = State::Authenticated {
                         user: Box::new(user),
@@ -599,18 +638,55 @@ impl Session {
         };
         let out = &mut self.out;
         match body {
-            CommandBody::Enable(_) => {
-                // Nothing we offer is enabled this way (RFC 5161 3.1:
-                // unknown names are ignored).
-                out.extend_from_slice(b"* ENABLED\r\n");
+            CommandBody::Enable(ref names) => {
+                // RFC 5161 3.1: unknown names are ignored; the reply names
+                // what this command enabled.
+                let mut now = Vec::new();
+                for name in names {
+                    if name.eq_ignore_ascii_case("CONDSTORE") && !user.enabled.condstore {
+                        enable_condstore(user, out);
+                        now.push("CONDSTORE");
+                    } else if name.eq_ignore_ascii_case("QRESYNC") && !user.enabled.qresync {
+                        // RFC 7162 3.2.3: QRESYNC implies CONDSTORE.
+                        enable_condstore(user, out);
+                        user.enabled.qresync = true;
+                        if let Some(selected) = &mut user.selected {
+                            selected.enabled.qresync = true;
+                        }
+                        now.push("QRESYNC");
+                    }
+                }
+                out.extend_from_slice(b"* ENABLED");
+                for name in now {
+                    out.push(b' ');
+                    out.extend_from_slice(name.as_bytes());
+                }
+                out.extend_from_slice(b"\r\n");
             }
             CommandBody::Namespace => {
                 out.extend_from_slice(b"* NAMESPACE ((\"\" \"/\")) NIL NIL\r\n");
             }
             CommandBody::Select {
-                mailbox, read_only, ..
+                mailbox,
+                read_only,
+                condstore,
+                qresync,
             } => {
-                user.select(out, tag, &mailbox, read_only, config.max_cached_structures);
+                // RFC 7162 3.2.5: QRESYNC only once enabled.
+                if qresync.is_some() && !user.enabled.qresync {
+                    return self.bad(tag, Say::QresyncNotEnabled);
+                }
+                // RFC 7162 3.1.8: a CONDSTORE enabling command; the
+                // HIGHESTMODSEQ goes with the new mailbox's responses.
+                user.enabled.condstore |= condstore;
+                user.select(
+                    out,
+                    tag,
+                    &mailbox,
+                    read_only,
+                    config.max_cached_structures,
+                    qresync.as_ref(),
+                );
                 return Outcome::Continue;
             }
             CommandBody::Idle => {
@@ -687,6 +763,10 @@ impl Session {
                 Done::Held
             }
             CommandBody::Status { mailbox, items } => {
+                // RFC 7162 3.1: STATUS (HIGHESTMODSEQ) enables CONDSTORE.
+                if items.contains(&StatusItem::HighestModSeq) {
+                    enable_condstore(user, out);
+                }
                 user.status(&mut held, tag, &mailbox, &items);
                 Done::Held
             }
@@ -721,21 +801,57 @@ impl Session {
                 Done::Held
             }
             other => {
+                let enabling = condstore_enabling(&other);
+                if enabling {
+                    enable_condstore(user, out);
+                }
+                let qresync = user.enabled.qresync;
                 let Some(selected) = user.selected.as_mut() else {
                     // `execute` checked the state.
                     return Outcome::Continue;
                 };
+                if enabling && !matches!(other, CommandBody::Store { .. }) {
+                    // "Changed since" asks about now, not the view's last
+                    // sync: bring it up to date first (expunges only
+                    // under UID FETCH, RFC 3501 7.4.1).
+                    let allow = matches!(other, CommandBody::Fetch { uid: true, .. });
+                    if let Err(e) = selected.sync(out, allow) {
+                        tracing::warn!(error = %e, "IMAP cannot sync the selected mailbox");
+                    }
+                }
                 match other {
-                    CommandBody::Expunge => selected.expunge(None).into(),
-                    CommandBody::UidExpunge(set) => selected.expunge(Some(&set)).into(),
+                    CommandBody::Expunge | CommandBody::UidExpunge(_) => {
+                        let set = match &other {
+                            CommandBody::UidExpunge(set) => Some(set),
+                            _ => None,
+                        };
+                        match selected.expunge(set) {
+                            Ok(n) if n > 0 && qresync => Done::HighestModSeq,
+                            Ok(_) => Done::Ok,
+                            Err(e) => e.into(),
+                        }
+                    }
+                    CommandBody::Fetch { vanished: true, .. } if !qresync => {
+                        Failure::Bad(Say::QresyncNotEnabled).into()
+                    }
+                    CommandBody::Fetch {
+                        uid: false,
+                        vanished: true,
+                        ..
+                    } => Failure::Bad(Say::VanishedNeedsUid).into(),
                     CommandBody::Fetch {
                         uid,
                         set,
                         items,
-                        changed_since: None,
+                        changed_since,
+                        vanished,
                     } => {
                         allow_expunge = uid;
-                        match selected.fetch_begin(uid, &set, items) {
+                        if let (true, Some(since)) = (vanished, changed_since) {
+                            // RFC 7162 3.2.6: before any FETCH response.
+                            selected.write_vanished_earlier(out, &set, since);
+                        }
+                        match selected.fetch_begin(uid, &set, items, changed_since) {
                             Ok(cursor) => {
                                 self.fetching = Some(PendingFetch {
                                     tag: tag.to_owned(),
@@ -753,12 +869,16 @@ impl Session {
                         action,
                         silent,
                         flags,
-                        unchanged_since: None,
+                        unchanged_since,
                     } => {
                         allow_expunge = uid;
-                        selected
-                            .store(out, uid, &set, action, silent, &flags)
-                            .into()
+                        let stored =
+                            selected.store(out, uid, &set, action, silent, &flags, unchanged_since);
+                        match stored {
+                            Ok(modified) if modified.is_empty() => Done::Ok,
+                            Ok(modified) => Done::Modified(modified),
+                            Err(e) => e.into(),
+                        }
                     }
                     CommandBody::Search {
                         uid,
@@ -834,7 +954,7 @@ impl Session {
                         }
                     }
                     // CHECK, and the extensions' forms we do not offer
-                    // (CHANGEDSINCE, UNCHANGEDSINCE, SEARCH RETURN).
+                    // (SEARCH RETURN).
                     CommandBody::Check => Done::Ok,
                     _ => Failure::Bad(Say::UnsupportedItem).into(),
                 }
@@ -889,6 +1009,26 @@ impl Session {
             Done::Held => out.extend_from_slice(held),
             Done::Ok => completed(out, tag, None, name),
             Done::OkWarned(code, say) => tagged(out, tag, Status::Ok, Some(&code), say),
+            Done::Modified(failed) => {
+                let code = Code::Modified(&failed);
+                tagged(
+                    out,
+                    tag,
+                    Status::Ok,
+                    Some(&code),
+                    Say::ConditionalStoreFailed,
+                )
+            }
+            Done::HighestModSeq => {
+                let highest = match &self.state {
+                    State::Authenticated { user, .. } => {
+                        user.selected.as_ref().map(|s| s.highest_modseq())
+                    }
+                    _ => None,
+                };
+                let code = highest.map(|h| Code::HighestModSeq(h.get()));
+                completed(out, tag, code.as_ref(), name)
+            }
             Done::CopyUid(copied) => {
                 let code = Code::CopyUid {
                     validity: copied.validity,

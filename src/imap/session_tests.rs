@@ -207,9 +207,9 @@ fn greeting_and_capabilities_follow_the_connection() {
     assert_eq!(
         lines(&r),
         [
-            "* CAPABILITY IMAP4rev1 AUTH=PLAIN LITERAL- SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS \
-             MOVE UNSELECT CHILDREN SPECIAL-USE LIST-EXTENDED SORT THREAD=ORDEREDSUBJECT \
-             THREAD=REFERENCES QUOTA QUOTA=RES-STORAGE",
+            "* CAPABILITY IMAP4rev1 AUTH=PLAIN LITERAL- SASL-IR ID ENABLE CONDSTORE QRESYNC IDLE \
+             NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN SPECIAL-USE LIST-EXTENDED SORT \
+             THREAD=ORDEREDSUBJECT THREAD=REFERENCES QUOTA QUOTA=RES-STORAGE",
             "1 OK CAPABILITY completed"
         ]
     );
@@ -316,7 +316,7 @@ fn any_state_commands_and_logout() {
         [
             "* NAMESPACE ((\"\" \"/\")) NIL NIL",
             "e OK NAMESPACE completed",
-            "* ENABLED",
+            "* ENABLED CONDSTORE",
             "f OK ENABLE completed"
         ]
     );
@@ -506,9 +506,11 @@ fn select_examine_and_recent_in_one_session_only() {
         "* 3 FETCH (FLAGS (\\Recent))\r\nf OK FETCH completed\r\n"
     );
 
-    // A failed SELECT leaves nothing selected.
+    // A failed SELECT leaves nothing selected (RFC 7162 3.2.11: the
+    // mailbox it closed is announced).
     let r = a.send(&backend, "x SELECT nope\r\ny FETCH 1 FLAGS\r\n");
-    assert!(r.starts_with("x NO [NONEXISTENT]"), "{r}");
+    assert!(r.starts_with("* OK [CLOSED] "), "{r}");
+    assert!(r.contains("\r\nx NO [NONEXISTENT]"), "{r}");
     assert!(r.contains("y BAD No mailbox selected"), "{r}");
 }
 
@@ -1441,3 +1443,6 @@ fn an_expunge_between_parts_gives_expungeissued() {
         "* 18 EXPUNGE\r\n* 18 EXPUNGE\r\n* 18 EXPUNGE\r\nn OK NOOP completed\r\n"
     );
 }
+
+#[path = "condstore_tests.rs"]
+mod condstore;

@@ -603,7 +603,8 @@ fn select_examine_and_inbox() {
         CommandBody::Select {
             mailbox: mbox("INBOX"),
             read_only: false,
-            condstore: false
+            condstore: false,
+            qresync: None
         }
     );
     match body("a SELECT \"inbox\"") {
@@ -622,13 +623,68 @@ fn select_examine_and_inbox() {
         CommandBody::Select {
             mailbox: mbox("Drafts"),
             read_only: true,
-            condstore: true
+            condstore: true,
+            qresync: None
         }
     );
-    assert_eq!(
-        err("a SELECT INBOX (QRESYNC (1 2))"),
-        ParseError::UnknownOption
-    );
+    // RFC 7162 3.2.5: QRESYNC (uidvalidity modseq [known-uids]
+    // [(seqs uids)]).
+    let nz = |n| NonZeroU32::new(n).unwrap();
+    let range = |a, b| SeqRange {
+        start: SeqNumber::Value(nz(a)),
+        end: SeqNumber::Value(nz(b)),
+    };
+    match body("a SELECT INBOX (QRESYNC (67890007 90060115194045000 41:211 (1,3 41,43)))") {
+        CommandBody::Select {
+            qresync: Some(q), ..
+        } => {
+            assert_eq!(q.uid_validity, nz(67890007));
+            assert_eq!(q.modseq, 90060115194045000);
+            assert_eq!(
+                q.known_uids,
+                Some(SequenceSet::Ranges(vec![range(41, 211)]))
+            );
+            let (seqs, uids) = q.seq_match.unwrap();
+            assert_eq!(seqs, SequenceSet::Ranges(vec![range(1, 1), range(3, 3)]));
+            assert_eq!(
+                uids,
+                SequenceSet::Ranges(vec![range(41, 41), range(43, 43)])
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    match body("a EXAMINE x (CONDSTORE QRESYNC (1 0 (1 5)))") {
+        CommandBody::Select {
+            condstore: true,
+            qresync: Some(q),
+            ..
+        } => {
+            assert_eq!(q.known_uids, None);
+            assert!(q.seq_match.is_some());
+        }
+        other => panic!("{other:?}"),
+    }
+    for bad in [
+        "a SELECT INBOX (QRESYNC (0 2))",
+        "a SELECT INBOX (QRESYNC (1))",
+        "a SELECT INBOX (QRESYNC (1 2 $))",
+        "a SELECT INBOX (QRESYNC (1 2 1:5 (1 2)",
+        "a SELECT INBOX (QRESYNC (1 2) QRESYNC (1 2))",
+        "a SELECT INBOX (QRESYNC 1 2)",
+    ] {
+        assert!(parse_command(bad.as_bytes()).is_err(), "{bad}");
+    }
+    // RFC 7162 3.2.6: VANISHED only with CHANGEDSINCE.
+    match body("a UID FETCH 1:* FLAGS (CHANGEDSINCE 5 VANISHED)") {
+        CommandBody::Fetch {
+            uid: true,
+            changed_since: Some(5),
+            vanished: true,
+            ..
+        } => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(parse_command(b"a UID FETCH 1:* FLAGS (VANISHED)").is_err());
     assert_eq!(err("a SELECT"), ParseError::Syntax(Usage::Select));
     assert_eq!(err("a EXAMINE a b"), ParseError::Syntax(Usage::Examine));
     assert_eq!(
@@ -636,7 +692,8 @@ fn select_examine_and_inbox() {
         CommandBody::Select {
             mailbox: mbox("A b)c"),
             read_only: false,
-            condstore: false
+            condstore: false,
+            qresync: None
         }
     );
 }
@@ -969,7 +1026,7 @@ fn fetch_items() {
     );
     assert_eq!(
         err("a FETCH 1 (FLAGS) (VANISHED)"),
-        ParseError::UnknownOption
+        ParseError::Syntax(Usage::Fetch)
     );
     assert_eq!(err("a FETCH 1 FOO"), ParseError::UnknownFetchAttribute);
     assert_eq!(err("a FETCH 1 BODY.PEEK"), ParseError::Syntax(Usage::Fetch));

@@ -24,9 +24,10 @@ pub struct ViewEntry {
 /// An untagged response the session owes the client, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Update {
-    /// `* n EXPUNGE`: the message at sequence number `n` is gone; later
-    /// numbers shift down by one at once.
-    Expunge(u32),
+    /// `* n EXPUNGE` (or its UID in `* VANISHED`, RFC 7162 3.2.10.2): the
+    /// message at sequence number `n` is gone; later numbers shift down by
+    /// one at once.
+    Expunge(u32, Uid),
     /// `* n EXISTS`.
     Exists(u32),
     /// `* n RECENT`.
@@ -115,6 +116,11 @@ impl SelectedView {
             .map(|(i, m)| (seq_of_index(i), m))
     }
 
+    /// The UIDs in the view, ascending.
+    pub fn uids(&self) -> Vec<Uid> {
+        self.messages.iter().map(|m| m.uid).collect()
+    }
+
     /// The highest UID in the view (for `*` in UID sets, RFC 3501 6.4.8).
     pub fn max_uid(&self) -> Option<Uid> {
         self.messages.last().map(|m| m.uid)
@@ -152,8 +158,8 @@ impl SelectedView {
                 if current.contains_key(&self.messages[index].uid) {
                     index += 1;
                 } else {
-                    self.messages.remove(index);
-                    updates.push(Update::Expunge(seq_of_index(index)));
+                    let gone = self.messages.remove(index);
+                    updates.push(Update::Expunge(seq_of_index(index), gone.uid));
                 }
             }
         }
@@ -254,7 +260,10 @@ mod tests {
         let now: Vec<_> = [1, 3, 5].iter().map(|&n| info(n, Flags::empty())).collect();
         let updates = v.sync(uid(6), &now, &[], true);
         // UID 2 is at 2; after it goes, UID 4 is at 3.
-        assert_eq!(updates, vec![Update::Expunge(2), Update::Expunge(3)]);
+        assert_eq!(
+            updates,
+            vec![Update::Expunge(2, uid(2)), Update::Expunge(3, uid(4))]
+        );
         assert_eq!(v.len(), 3);
         assert_eq!(v.seq_of(uid(5)), Some(3));
     }
@@ -279,7 +288,7 @@ mod tests {
         );
         assert_eq!(v.seq_of(uid(2)), Some(2), "kept until expunges may be sent");
         let updates = v.sync(uid(4), &now, &[], true);
-        assert_eq!(updates, vec![Update::Expunge(2)]);
+        assert_eq!(updates, vec![Update::Expunge(2, uid(2))]);
         assert_eq!(v.seq_of(uid(3)), Some(2));
         assert!(v.get(2).unwrap().recent);
     }

@@ -208,6 +208,7 @@ mod tests {
             uid_next: Uid::new(messages as u32 + 1).expect("non-zero"),
             highest_modseq: ModSeq::new(1),
             messages: (0..messages).map(info).collect(),
+            expunged: Arc::default(),
             keywords: Arc::default(),
         })
     }

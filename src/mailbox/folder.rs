@@ -33,7 +33,7 @@ use super::error::{MailboxError, Result};
 use super::filename;
 use super::flag::Flags;
 use super::id::{ModSeq, Uid, UidValidity};
-use super::index::{IndexWrite, Parsed, UidIndex};
+use super::index::{ExpungeHistory, IndexWrite, Parsed, UidIndex};
 use super::keywords::{KeywordTable, KEYWORDS_FILE, KEYWORD_SLOTS};
 use super::lock::{self, FileLock};
 use super::message_cache::{self, CachedData};
@@ -113,6 +113,8 @@ pub struct Snapshot {
     pub uid_next: Uid,
     pub highest_modseq: ModSeq,
     pub messages: Vec<MessageInfo>,
+    /// The expunges the index remembers (RFC 7162 QRESYNC).
+    pub expunged: Arc<ExpungeHistory>,
     /// The folder's keyword names, for the keyword slots in `flags`.
     pub keywords: Arc<KeywordTable>,
 }
@@ -356,6 +358,23 @@ impl Folder {
                 path,
             });
         }
+        // A flag change the index did not record (a rename by a tool that
+        // takes no lock, as mutt): it gets a new modseq now, as ours do
+        // (RFC 7162 3.1). Seen against the last snapshot, so a change made
+        // while no snapshot was in memory keeps its old modseq.
+        if let Some(previous) = previous {
+            for m in &mut messages {
+                let Ok(i) = previous.messages.binary_search_by_key(&m.uid, |p| p.uid) else {
+                    continue;
+                };
+                let before = &previous.messages[i];
+                if before.flags != m.flags && before.modseq == m.modseq {
+                    if let Some(pos) = locked.index.position(m.uid) {
+                        m.modseq = locked.index.bump(pos);
+                    }
+                }
+            }
+        }
         let snapshot = Snapshot {
             uid_validity: locked.index.validity,
             // Sync renumbers before the UID space runs out, so this holds
@@ -363,6 +382,7 @@ impl Folder {
             uid_next: locked.index.next_uid.unwrap_or(Uid::MAX),
             highest_modseq: locked.index.highest_modseq,
             messages,
+            expunged: Arc::new(locked.index.expunged().clone()),
             keywords: Arc::new(self.keywords()?),
         };
         self.finish(locked)?;
@@ -527,16 +547,34 @@ impl Folder {
     pub fn update_flags(
         &self,
         uids: &[Uid],
-        mut change: impl FnMut(Uid, Flags) -> Flags,
+        change: impl FnMut(Uid, Flags) -> Flags,
     ) -> Result<Vec<FlagUpdate>> {
+        Ok(self.update_flags_unchanged_since(uids, None, change)?.0)
+    }
+
+    /// [`Folder::update_flags`] with RFC 7162 3.1.3 UNCHANGEDSINCE: a
+    /// message whose modseq is above `unchanged_since` (checked under the
+    /// lock, so no other change can slip in between) is left alone and
+    /// listed second.
+    pub fn update_flags_unchanged_since(
+        &self,
+        uids: &[Uid],
+        unchanged_since: Option<ModSeq>,
+        mut change: impl FnMut(Uid, Flags) -> Flags,
+    ) -> Result<(Vec<FlagUpdate>, Vec<Uid>)> {
         let mut locked = self.lock_index()?;
         let mut out = Vec::with_capacity(uids.len());
+        let mut modified = Vec::new();
         let mut touched_cur = false;
         let mut touched_new = false;
         for &uid in uids {
             let Some(pos) = locked.index.position(uid) else {
                 continue;
             };
+            if unchanged_since.is_some_and(|limit| locked.index.entries()[pos].modseq > limit) {
+                modified.push(uid);
+                continue;
+            }
             let Some((mut file, mut path)) = self.locate_uid(&mut locked, uid)? else {
                 continue;
             };
@@ -587,7 +625,7 @@ impl Folder {
             durable::fsync_dir(&self.dir.join("new"))?;
         }
         self.finish(locked)?;
-        Ok(out)
+        Ok((out, modified))
     }
 
     /// Moves every message in `new/` to `cur/` (keeping its flags) and

@@ -64,11 +64,15 @@ impl fmt::Display for UidValidity {
 
 /// A modification sequence (RFC 7162 CONDSTORE): bumped for a message when
 /// it is indexed or its flags change, and for the folder on every change
-/// (expunges included). Kept now so CONDSTORE needs no format change later.
+/// (expunges included). A folder's starts at [`ModSeq::FIRST`], so every
+/// value a client sees is positive (RFC 7162 7 `mod-sequence-value`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct ModSeq(u64);
 
 impl ModSeq {
+    /// A new folder's highest modseq, before any change.
+    pub const FIRST: ModSeq = ModSeq(1);
+
     pub fn new(value: u64) -> ModSeq {
         ModSeq(value)
     }

@@ -7,11 +7,21 @@
 //! the order changes were made, so a change costs a few appended bytes,
 //! not a rewrite of the file.
 //! ```text
-//! spate-uidlist 2 V<uidvalidity> N<next uid> M<highest modseq>
+//! spate-uidlist 2 V<uidvalidity> N<next uid> M<highest modseq> E<floor>
 //! <uid> M<modseq> S<size> :<base file name>    message indexed
 //! =<uid> M<modseq>                             its modseq changed (flags)
 //! -<uid> M<modseq>                             it was expunged
 //! ```
+//! Expunges are remembered with their modseq for QRESYNC (RFC 7162
+//! 3.2.5.1, 3.2.6: VANISHED (EARLIER) needs the UIDs expunged since a
+//! client's modseq): the last [`EXPUNGE_HISTORY`] of them, in memory as an
+//! [`ExpungeHistory`] and in the file as `-` lines (a compaction writes the
+//! remembered ones after the live messages). `E` is the history's floor:
+//! expunges at or below it may have been forgotten (dropped to keep the
+//! history bounded, or written by a version without history: a file with
+//! no `E` field knows nothing older than its header's `M`). Modseqs start
+//! at 1, so an empty folder's highest modseq is a valid positive value and
+//! every change moves it past anything a client has seen.
 //! The header is written only when the file is written whole (created,
 //! rebuilt, renumbered, compacted); the next UID and highest modseq are the
 //! header's values pushed on by the records (an indexed UID at or past `N`
@@ -47,6 +57,58 @@ const VERSION_1: u32 = 1;
 /// Superseded lines tolerated before a compaction regardless of folder
 /// size, so small folders are not rewritten on every few changes.
 pub const COMPACT_MIN_DEAD: usize = 1024;
+/// Expunged UIDs remembered per folder with their modseq; older ones are
+/// forgotten (the history's floor rises past them).
+pub const EXPUNGE_HISTORY: usize = 4096;
+
+/// The expunges a folder remembers (RFC 7162 3.2.7: "the server MUST
+/// remember the incremented mod-sequence and corresponding UID"),
+/// bounded: complete only for changes above `floor`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExpungeHistory {
+    /// Expunges with a modseq at or below this may be missing.
+    pub floor: ModSeq,
+    /// (UID, modseq of its expunge), in the order they happened (so by
+    /// modseq, ascending).
+    pub entries: Vec<(Uid, ModSeq)>,
+}
+
+impl ExpungeHistory {
+    /// The UIDs expunged after `since`, sorted; `None` when the history
+    /// cannot tell (some may have been forgotten): the caller then treats
+    /// every UID it cannot see as possibly expunged (RFC 7162 3.2.6).
+    pub fn since(&self, since: ModSeq) -> Option<Vec<Uid>> {
+        if since < self.floor {
+            return None;
+        }
+        let mut uids: Vec<Uid> = self
+            .entries
+            .iter()
+            .filter(|&&(_, m)| m > since)
+            .map(|&(uid, _)| uid)
+            .collect();
+        uids.sort_unstable();
+        uids.dedup();
+        Some(uids)
+    }
+
+    fn push(&mut self, uid: Uid, modseq: ModSeq) {
+        self.entries.push((uid, modseq));
+    }
+
+    /// Forgets the oldest expunges past the bound, raising the floor to
+    /// the modseq of the last one forgotten (and forgetting the others of
+    /// that modseq too, so the floor stays exact).
+    fn trim(&mut self) {
+        if self.entries.len() <= EXPUNGE_HISTORY {
+            return;
+        }
+        let excess = self.entries.len() - EXPUNGE_HISTORY;
+        let floor = self.entries[excess - 1].1;
+        self.floor = self.floor.max(floor);
+        self.entries.retain(|&(_, m)| m > floor);
+    }
+}
 
 /// One indexed message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +128,8 @@ pub struct UidIndex {
     /// handed out: the folder then has to be renumbered.
     pub next_uid: Option<Uid>,
     pub highest_modseq: ModSeq,
+    /// Recent expunges, for QRESYNC.
+    expunged: ExpungeHistory,
     /// Sorted by UID, strictly increasing, bases unique. Change it only
     /// through the methods below, which record what to append.
     entries: Vec<IndexEntry>,
@@ -119,7 +183,11 @@ impl UidIndex {
         UidIndex {
             validity,
             next_uid: Some(Uid::FIRST),
-            highest_modseq: ModSeq::default(),
+            highest_modseq: ModSeq::FIRST,
+            expunged: ExpungeHistory {
+                floor: ModSeq::FIRST,
+                entries: Vec::new(),
+            },
             entries: Vec::new(),
             lines: 0,
             pending: String::new(),
@@ -132,6 +200,11 @@ impl UidIndex {
     /// The indexed messages, sorted by UID.
     pub fn entries(&self) -> &[IndexEntry] {
         &self.entries
+    }
+
+    /// The expunges remembered, for QRESYNC.
+    pub fn expunged(&self) -> &ExpungeHistory {
+        &self.expunged
     }
 
     /// Consumes the index, for renumbering.
@@ -189,14 +262,17 @@ impl UidIndex {
         let modseq = self.highest_modseq;
         let mut lines = String::new();
         let before = self.entries.len();
+        let expunged = &mut self.expunged;
         self.entries.retain(|e| {
             if gone.contains(&e.uid) {
                 lines.push_str(&format!("-{} M{modseq}\n", e.uid));
+                expunged.push(e.uid, modseq);
                 false
             } else {
                 true
             }
         });
+        self.expunged.trim();
         let removed = before - self.entries.len();
         self.pending.push_str(&lines);
         self.pending_lines += removed;
@@ -218,7 +294,8 @@ impl UidIndex {
         if self.pending.is_empty() {
             return IndexWrite::None;
         }
-        let dead = (self.lines + self.pending_lines).saturating_sub(self.entries.len());
+        let live = self.entries.len() + self.expunged.entries.len();
+        let dead = (self.lines + self.pending_lines).saturating_sub(live);
         if self.no_append || dead > COMPACT_MIN_DEAD.max(self.entries.len()) {
             IndexWrite::Rewrite(self.serialize())
         } else {
@@ -232,7 +309,7 @@ impl UidIndex {
             IndexWrite::None => {}
             IndexWrite::Append(_) => self.lines += self.pending_lines,
             IndexWrite::Rewrite(_) => {
-                self.lines = self.entries.len();
+                self.lines = self.entries.len() + self.expunged.entries.len();
                 self.no_append = false;
                 self.stale = false;
             }
@@ -241,16 +318,20 @@ impl UidIndex {
         self.pending_lines = 0;
     }
 
-    /// The whole file: header and the live messages sorted by UID.
+    /// The whole file: header, the live messages sorted by UID, then the
+    /// remembered expunges.
     pub fn serialize(&self) -> Vec<u8> {
         // The next UID is written as 0 once exhausted; parse maps 0 back.
         let next = self.next_uid.map_or(0, Uid::get);
         let mut out = format!(
-            "{MAGIC} {VERSION} V{} N{next} M{}\n",
-            self.validity, self.highest_modseq
+            "{MAGIC} {VERSION} V{} N{next} M{} E{}\n",
+            self.validity, self.highest_modseq, self.expunged.floor
         );
         for e in &self.entries {
             out.push_str(&entry_line(e));
+        }
+        for (uid, modseq) in &self.expunged.entries {
+            out.push_str(&format!("-{uid} M{modseq}\n"));
         }
         out.into_bytes()
     }
@@ -265,15 +346,27 @@ impl UidIndex {
     /// any input).
     pub fn parse(bytes: &[u8]) -> Parsed {
         let mut lines = bytes.split_inclusive(|&b| b == b'\n');
-        let Some((version, validity, next_uid, highest_modseq)) =
-            lines.next().and_then(complete_line).and_then(parse_header)
+        let Some(Header {
+            version,
+            validity,
+            next_uid,
+            highest_modseq,
+            floor,
+        }) = lines.next().and_then(complete_line).and_then(parse_header)
         else {
             return Parsed::Lost;
         };
+        let highest_modseq = highest_modseq.max(ModSeq::FIRST);
         let mut index = UidIndex {
             validity,
             next_uid,
             highest_modseq,
+            // Without `E`, the file knows nothing of expunges before its
+            // header was written.
+            expunged: ExpungeHistory {
+                floor: floor.unwrap_or(highest_modseq),
+                entries: Vec::new(),
+            },
             entries: Vec::new(),
             lines: 0,
             pending: String::new(),
@@ -301,11 +394,21 @@ impl UidIndex {
             let applied = match (version, text.as_bytes().first()) {
                 (VERSION, Some(b'-' | b'=')) => parse_change(text).is_some_and(|(kind, uid, m)| {
                     let Some(pos) = index.position(uid).filter(|&p| !gone[p]) else {
+                        // An expunge remembered by a compaction: a UID
+                        // that was handed out and is not live.
+                        let handed_out = index.next_uid.is_none_or(|n| uid < n);
+                        if kind == b'-' && handed_out && index.position(uid).is_none_or(|p| gone[p])
+                        {
+                            index.expunged.push(uid, m);
+                            index.highest_modseq = index.highest_modseq.max(m);
+                            return true;
+                        }
                         return false;
                     };
                     if kind == b'-' {
                         gone[pos] = true;
                         bases.remove(index.entries[pos].base.as_str());
+                        index.expunged.push(uid, m);
                     } else {
                         index.entries[pos].modseq = m;
                     }
@@ -343,6 +446,10 @@ impl UidIndex {
             let mut flags = gone.into_iter();
             index.entries.retain(|_| !flags.next().unwrap_or(false));
         }
+        // Already in modseq order unless a hand-edited file says otherwise;
+        // trimming relies on the order.
+        index.expunged.entries.sort_by_key(|&(_, m)| m);
+        index.expunged.trim();
         index.stale = damaged > 0;
         Parsed::Intact { index, damaged }
     }
@@ -360,8 +467,19 @@ fn complete_line(line: &[u8]) -> Option<&str> {
     std::str::from_utf8(text).ok()
 }
 
-/// Version, validity, next UID and highest modseq from the header.
-fn parse_header(line: &str) -> Option<(u32, UidValidity, Option<Uid>, ModSeq)> {
+/// What the header line says.
+struct Header {
+    version: u32,
+    validity: UidValidity,
+    next_uid: Option<Uid>,
+    highest_modseq: ModSeq,
+    /// `E`: the expunge history's floor (absent before it was written).
+    floor: Option<ModSeq>,
+}
+
+/// Version, validity, next UID, highest modseq and history floor from the
+/// header.
+fn parse_header(line: &str) -> Option<Header> {
     let mut words = line.split(' ');
     if words.next()? != MAGIC {
         return None;
@@ -372,16 +490,24 @@ fn parse_header(line: &str) -> Option<(u32, UidValidity, Option<Uid>, ModSeq)> {
         _ => return None,
     };
     let (mut validity, mut next, mut modseq) = (None, None, ModSeq::default());
+    let mut floor = None;
     for field in words {
         match field.split_at_checked(1)? {
             ("V", v) => validity = UidValidity::new(v.parse().ok()?),
             // 0 is written once the UID space is exhausted.
             ("N", v) => next = Some(Uid::new(v.parse().ok()?)),
             ("M", v) => modseq = ModSeq::new(v.parse().ok()?),
+            ("E", v) => floor = Some(ModSeq::new(v.parse().ok()?)),
             _ => {}
         }
     }
-    Some((version, validity?, next?, modseq))
+    Some(Header {
+        version,
+        validity: validity?,
+        next_uid: next?,
+        highest_modseq: modseq,
+        floor,
+    })
 }
 
 /// One message line: `<uid> <fields> :<base>`; the entry and its base
@@ -474,7 +600,7 @@ mod tests {
         assert_eq!(apply(&mut file, &mut index), "rewrite", "new: whole");
         assert_eq!(
             String::from_utf8(file.clone()).unwrap(),
-            "spate-uidlist 2 V1700000000 N3 M2\n1 M1 S10 :1.a.host,S=10\n2 M2 S20 :2.b.host,S=20\n"
+            "spate-uidlist 2 V1700000000 N3 M3 E1\n1 M2 S10 :1.a.host,S=10\n2 M3 S20 :2.b.host,S=20\n"
         );
         let (back, damaged) = intact(&file);
         same(&back, &index);
@@ -500,17 +626,22 @@ mod tests {
         assert_eq!(apply(&mut file, &mut index), "append");
         let text = String::from_utf8(file.clone()).unwrap();
         assert!(
-            text.ends_with(":2.b.host,S=20\n3 M3 S5 :3.c.host\n=1 M4\n-2 M5\n"),
+            text.ends_with(":2.b.host,S=20\n3 M4 S5 :3.c.host\n=1 M5\n-2 M6\n"),
             "{text}"
         );
         let (back, damaged) = intact(&file);
         assert_eq!(damaged, 0);
         same(&back, &index);
         assert_eq!(back.entries().len(), 2);
-        assert_eq!(back.entries()[0].modseq, ModSeq::new(4));
+        assert_eq!(back.entries()[0].modseq, ModSeq::new(5));
         assert_eq!(back.entries()[1].uid, uid3);
         assert_eq!(back.next_uid, Uid::new(4));
-        assert_eq!(back.highest_modseq, ModSeq::new(5));
+        assert_eq!(back.highest_modseq, ModSeq::new(6));
+        assert_eq!(back.expunged(), index.expunged());
+        assert_eq!(
+            back.expunged().since(ModSeq::new(5)),
+            Some(vec![Uid::new(2).unwrap()])
+        );
 
         // An expunged UID is never handed out again, even when it was the
         // highest.
@@ -567,7 +698,7 @@ mod tests {
 
     #[test]
     fn version_1_is_read_and_converted_on_change() {
-        let v1 = "spate-uidlist 1 V1700000000 N3 M2 C2 B30\n1 M1 S10 :1.a.host,S=10\n2 M2 S20 :2.b.host,S=20\n";
+        let v1 = "spate-uidlist 1 V1700000000 N3 M3 C2 B30\n1 M2 S10 :1.a.host,S=10\n2 M3 S20 :2.b.host,S=20\n";
         let (mut index, damaged) = intact(v1.as_bytes());
         assert_eq!(damaged, 0);
         same(&index, &sample());
@@ -575,7 +706,7 @@ mod tests {
         assert_eq!(apply(&mut file, &mut index), "none");
         index.bump(0);
         assert_eq!(apply(&mut file, &mut index), "rewrite");
-        assert!(file.starts_with(b"spate-uidlist 2 V1700000000 N3 M3\n"));
+        assert!(file.starts_with(b"spate-uidlist 2 V1700000000 N3 M4 E3\n"));
     }
 
     #[test]
@@ -607,5 +738,60 @@ mod tests {
         ] {
             assert!(matches!(UidIndex::parse(lost), Parsed::Lost), "{lost:?}");
         }
+    }
+
+    #[test]
+    fn expunge_history_survives_compaction_and_is_bounded() {
+        let mut index = UidIndex::new(UidValidity::new(9).unwrap());
+        let mut file = Vec::new();
+        let total = EXPUNGE_HISTORY + 10;
+        for n in 0..total {
+            index.push(format!("{n}.x"), 1);
+        }
+        apply(&mut file, &mut index);
+        let before = index.highest_modseq;
+        // One expunge per change: each gets its own modseq.
+        for n in 1..=total {
+            let uid = Uid::new(u32::try_from(n).unwrap()).unwrap();
+            index.remove(&HashSet::from([uid]));
+            apply(&mut file, &mut index);
+        }
+        let history = index.expunged();
+        assert_eq!(history.entries.len(), EXPUNGE_HISTORY);
+        // The ten oldest were forgotten: asking from before them cannot be
+        // answered, asking from after them can.
+        assert_eq!(history.floor, ModSeq::new(before.get() + 10));
+        assert_eq!(history.since(before), None);
+        let known = history.since(history.floor).unwrap();
+        assert_eq!(known.len(), EXPUNGE_HISTORY);
+        assert_eq!(known[0], Uid::new(11).unwrap());
+        // The file (compacted along the way) gives the same history.
+        let (back, damaged) = intact(&file);
+        assert_eq!(damaged, 0);
+        assert_eq!(back.expunged(), index.expunged());
+        assert_eq!(back.highest_modseq, index.highest_modseq);
+        assert!(back.entries().is_empty());
+        // Written whole, it still does.
+        let (again, _) = intact(&back.serialize());
+        assert_eq!(again.expunged(), index.expunged());
+    }
+
+    #[test]
+    fn a_file_without_history_floor_knows_nothing_before_its_header() {
+        let text = "spate-uidlist 2 V5 N4 M7\n1 M2 S1 :a\n-3 M8\n";
+        let (index, damaged) = intact(text.as_bytes());
+        assert_eq!(damaged, 0);
+        assert_eq!(index.expunged().floor, ModSeq::new(7));
+        assert_eq!(index.expunged().since(ModSeq::new(6)), None);
+        assert_eq!(
+            index.expunged().since(ModSeq::new(7)),
+            Some(vec![Uid::new(3).unwrap()])
+        );
+        // An expunge of a UID never handed out is damage.
+        let (_, damaged) = intact(b"spate-uidlist 2 V5 N4 M7 E1\n-9 M8\n");
+        assert_eq!(damaged, 1);
+        // An empty folder's highest modseq is positive.
+        let (empty, _) = intact(b"spate-uidlist 2 V5 N1 M0\n");
+        assert_eq!(empty.highest_modseq, ModSeq::FIRST);
     }
 }

@@ -68,6 +68,7 @@ pub use error::{MailboxError, NameKind};
 pub use flag::{Flag, Flags};
 pub use folder::{Delivered, FlagUpdate, Folder, MessageInfo, Snapshot};
 pub use id::{ModSeq, Uid, UidValidity};
+pub use index::{ExpungeHistory, EXPUNGE_HISTORY};
 pub use keywords::{valid_name as valid_keyword, KeywordTable, KEYWORD_SLOTS};
 pub use message_cache::CachedData;
 pub use meter::UsageMeter;

@@ -283,11 +283,14 @@ fn delivery_leaves_the_index_alone_and_syncs_append() {
     inbox.expunge(&[u(3)]).unwrap();
     let text = index_text(inbox.path());
     assert!(text.starts_with(&after));
-    assert!(text.ends_with("=2 M5\n-3 M6\n"), "{text}");
+    assert!(text.ends_with("=2 M6\n-3 M7\n"), "{text}");
     let fresh = MailStore::new(store.root(), "x").user(&UserName::new("alice").unwrap());
     let snap = fresh.unwrap().inbox().snapshot().unwrap();
     assert_eq!(uids(&snap), vec![1, 2, 4]);
-    assert_eq!(snap.highest_modseq, ModSeq::new(6));
+    assert_eq!(snap.highest_modseq, ModSeq::new(7));
+    // The expunge is remembered with its modseq (RFC 7162 QRESYNC).
+    assert_eq!(snap.expunged.since(ModSeq::new(6)), Some(vec![u(3)]));
+    assert_eq!(snap.expunged.since(ModSeq::new(7)), Some(vec![]));
     assert!(snap.messages[1].flags.contains(Flag::Seen));
 }
 
@@ -338,7 +341,7 @@ fn version_1_index_is_read_and_upgraded() {
     assert_eq!(index_text(inbox.path()), v1, "read only: left as it was");
     inbox.deliver(&[b"c"]).unwrap();
     assert_eq!(uids(&inbox.snapshot().unwrap()), vec![5, 9, 10]);
-    assert!(index_text(inbox.path()).starts_with("spate-uidlist 2 V77 N11 M13\n"));
+    assert!(index_text(inbox.path()).starts_with("spate-uidlist 2 V77 N11 M13 E12\n"));
 }
 
 #[test]
@@ -1057,6 +1060,13 @@ fn unchanged_folder_snapshot_is_shared_until_it_changes() {
         renamed.messages[0].flags.contains(Flag::Seen),
         "the rename was seen"
     );
+    // RFC 7162 3.1: the flag change gets a new modseq, as ours do.
+    assert!(renamed.messages[0].modseq > m.modseq);
+    assert!(renamed.highest_modseq > cached.highest_modseq);
+    assert_eq!(renamed.highest_modseq, renamed.messages[0].modseq);
+    let fresh = MailStore::new(store.root(), "x").user(&UserName::new("alice").unwrap());
+    let again = fresh.unwrap().inbox().snapshot().unwrap();
+    assert_eq!(again.messages[0].modseq, renamed.messages[0].modseq, "kept");
     assert_eq!(other.read(m.uid).unwrap(), fs::read(&seen).unwrap());
 }
 
@@ -1072,4 +1082,35 @@ fn recent_is_taken_once_with_the_cache() {
     assert_eq!(other.take_recent().unwrap().len(), 1);
     assert!(inbox.take_recent().unwrap().is_empty(), "taken once");
     assert!(!inbox.snapshot().unwrap().messages[0].recent);
+}
+
+#[test]
+fn unchanged_since_refuses_messages_changed_after_it() {
+    let (_tmp, store) = store();
+    let inbox = user(&store).inbox();
+    inbox.deliver(&[b"a"]).unwrap();
+    inbox.deliver(&[b"b"]).unwrap();
+    let snap = inbox.snapshot().unwrap();
+    let (one, two) = (snap.messages[0].uid, snap.messages[1].uid);
+    let seen = Flags::empty().with(Flag::Seen);
+    // Another session flags message one after the client's snapshot.
+    let changed = inbox.set_flags(one, seen).unwrap();
+    assert!(changed > snap.highest_modseq);
+    let flagged = |_, f: Flags| f.with(Flag::Flagged);
+    let (done, modified) = inbox
+        .update_flags_unchanged_since(&[one, two], Some(snap.highest_modseq), flagged)
+        .unwrap();
+    assert_eq!(modified, vec![one]);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].uid, two);
+    assert!(done[0].modseq > changed, "modseqs strictly increase");
+    let now = inbox.snapshot().unwrap();
+    assert_eq!(now.messages[0].flags, seen, "refused: left as it was");
+    assert!(now.messages[1].flags.contains(Flag::Flagged));
+    // 0 always fails (RFC 7162 3.1.3).
+    let (done, modified) = inbox
+        .update_flags_unchanged_since(&[two], Some(ModSeq::new(0)), flagged)
+        .unwrap();
+    assert!(done.is_empty());
+    assert_eq!(modified, vec![two]);
 }

@@ -47,11 +47,17 @@ class Handler(socketserver.StreamRequestHandler):
             state["open"] += 1
             open_now = state["open"]
         record({"event": "connection", "open": open_now, "at": time.time()})
+        self.counted = True
         try:
             self.session()
         finally:
-            with lock:
+            self.uncount()
+
+    def uncount(self):
+        with lock:
+            if self.counted:
                 state["open"] -= 1
+                self.counted = False
 
     def session(self):
         self.send("220 sink.test ESMTP")
@@ -111,6 +117,9 @@ class Handler(socketserver.StreamRequestHandler):
             elif verb == "NOOP":
                 self.send("250 2.0.0 Ok")
             elif verb == "QUIT":
+                # The client is done with this connection once it says
+                # QUIT: it may open the next before it reads our 221.
+                self.uncount()
                 self.send("221 2.0.0 Bye")
                 return
             else:
