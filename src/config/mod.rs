@@ -485,6 +485,9 @@ pub enum Protocol {
     Imaps,
     Pop3,
     Pop3s,
+    /// RFC 2033: final delivery into the mailbox tier from a trusted MTA
+    /// (Postfix's `lmtp:`). No AUTH: bind it to loopback.
+    Lmtp,
 }
 
 impl Protocol {
@@ -497,6 +500,7 @@ impl Protocol {
             Protocol::Imaps => "imaps",
             Protocol::Pop3 => "pop3",
             Protocol::Pop3s => "pop3s",
+            Protocol::Lmtp => "lmtp",
         }
     }
 }
