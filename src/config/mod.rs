@@ -1302,6 +1302,16 @@ mod tests {
     }
 
     #[test]
+    fn an_lmtp_listener_is_configured_by_protocol_only() {
+        let text = "spool_dir = \"/tmp/s\"\n[[listener]]\naddress = \"127.0.0.1:2424\"\nprotocol = \"lmtp\"\n";
+        let c = Config::parse(text).expect("lmtp listener");
+        assert_eq!(c.listeners[0].protocol, Protocol::Lmtp);
+        assert_eq!(c.listeners[0].protocol.name(), "lmtp");
+        let bad = text.replace("\"lmtp\"", "\"LMTP2\"");
+        assert!(Config::parse(&bad).is_err());
+    }
+
+    #[test]
     fn a_listener_address_is_served_once() {
         let listener = |port: u16| {
             format!("[[listener]]\naddress = \"127.0.0.1:{port}\"\nprotocol = \"smtp\"\n")
