@@ -5,7 +5,7 @@
 //! delivered, one over its quota), an unknown user and a foreign domain
 //! are refused at RCPT, the message is in the Maildir the moment the
 //! replies arrive (the server is then killed with SIGKILL) and reads back
-//! over IMAP and POP3.
+//! over IMAP and POP3; an alias pointing outside gets one queued copy.
 //!
 //! Postfix's own LMTP delivery agent (`lmtp(8)`) needs a whole Postfix
 //! instance (master, queue, main.cf): not run here. swaks is optional
@@ -416,4 +416,51 @@ fn lmtp_refuses_ehlo_auth_and_relaying_and_pipelines() {
         server.queue_list().is_empty(),
         "nothing was relayed or spooled"
     );
+}
+
+#[test]
+fn an_alias_that_points_outside_gets_its_copy_queued() {
+    let server = TestServer::start(
+        Tweaks::default()
+            .user("alice", "pw")
+            .aliases("team: alice, friend@elsewhere.example\n")
+            .listener("lmtp"),
+    );
+    let mut c = Line::connect(server.listener("lmtp"));
+    assert!(c.line().ends_with(" LMTP spate"), "{}", c.transcript);
+    c.send(b"LHLO x.test\r\n");
+    while !c.line().starts_with("250 ") {}
+    let msg = message("forwarded", 300);
+    c.send(
+        format!(
+            "MAIL FROM:<{SENDER}>\r\nRCPT TO:<{}>\r\nRCPT TO:<{}>\r\nDATA\r\n{msg}.\r\nQUIT\r\n",
+            at("team"),
+            at("alice")
+        )
+        .as_bytes(),
+    );
+    let mut replies = Vec::new();
+    while let Some(l) = c.try_line() {
+        replies.push(l);
+    }
+    let team = format!("250 2.0.0 <{}>: delivered, forwarded as ", at("team"));
+    let forwarded = replies
+        .iter()
+        .find_map(|r| r.strip_prefix(&team))
+        .unwrap_or_else(|| panic!("{}", c.transcript))
+        .to_owned();
+    assert_eq!(
+        replies[replies.len() - 2],
+        format!("250 2.0.0 <{}>: delivered to mailbox", at("alice")),
+        "{}",
+        c.transcript
+    );
+    // team's copy for alice and alice's own.
+    assert_eq!(maildir_files(&server, "alice").len(), 2);
+    // One queued copy, for the outside address only, with the sender.
+    let queued = server.queue_list();
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert_eq!(queued[0].id, forwarded);
+    assert_eq!(queued[0].to, ["friend@elsewhere.example"]);
+    assert_eq!(queued[0].from, SENDER);
 }
