@@ -180,6 +180,7 @@ fn ehlo_and_helo_get_500_and_smtp_does_not_know_lhlo() {
     assert!(t
         .lines()
         .contains(&"500 5.5.1 Error: this is LMTP, use LHLO"));
+    assert!(t.lines().contains(&"503 5.5.1 Error: send LHLO first"));
     // An SMTP listener does not know LHLO.
     let smtp = ServerConfig {
         lmtp: false,

@@ -22,6 +22,8 @@ pub const TOO_MANY_CONNECTIONS_FROM_IP: &[u8] =
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sequence {
     SendHeloFirst,
+    /// LMTP's form of `SendHeloFirst` (RFC 2033 4.1).
+    SendLhloFirst,
     NeedMail,
     NestedMail,
     /// DATA after BDAT in one transaction (RFC 3030 2).
@@ -390,6 +392,7 @@ impl Reply<'_> {
             Reply::BadSequence(s) => {
                 let text = match s {
                     Sequence::SendHeloFirst => "Error: send HELO/EHLO first",
+                    Sequence::SendLhloFirst => "Error: send LHLO first",
                     Sequence::NeedMail => "Error: need MAIL command",
                     Sequence::NestedMail => "Error: nested MAIL command",
                     Sequence::DataAfterBdat => "Error: DATA after BDAT in the same transaction",

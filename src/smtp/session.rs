@@ -645,6 +645,13 @@ impl ServerSession {
     }
 
     fn reply(&mut self, reply: Reply<'_>) {
+        // The state checks name HELO/EHLO; an LMTP client needs LHLO.
+        let reply = match reply {
+            Reply::BadSequence(Sequence::SendHeloFirst) if self.config.lmtp => {
+                Reply::BadSequence(Sequence::SendLhloFirst)
+            }
+            other => other,
+        };
         let start = self.output.len();
         reply.write_to(&mut self.output);
         // Every reply starts with its three-digit code; count its class.
