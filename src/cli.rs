@@ -898,6 +898,7 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
                 | Protocol::Pop3s
                 | Protocol::Imap
                 | Protocol::Imaps
+                | Protocol::Lmtp
         );
         if needs_users && config.local.mailbox_dir.is_none() {
             bail!(

@@ -70,6 +70,8 @@ pub struct ShardContext<S: SegmentStore = GlommioStore> {
     pub smtp: Rc<ServerConfig>,
     /// The same for submission listeners (AUTH offered and required).
     pub submission: Rc<ServerConfig>,
+    /// The same for LMTP listeners (RFC 2033: final delivery, no AUTH).
+    pub lmtp: Rc<ServerConfig>,
     pub pop3: Rc<Pop3Config>,
     pub imap: Arc<ImapConfig>,
     /// The mailbox tier, when `[local] mailbox_dir` is set.
@@ -333,10 +335,15 @@ async fn start<S: SegmentStore + 'static>(
         submission: true,
         ..smtp.clone()
     };
+    let lmtp = ServerConfig {
+        lmtp: true,
+        ..smtp.clone()
+    };
     let ctx = Rc::new(ShardContext {
         index: plan.index,
         smtp: Rc::new(smtp),
         submission: Rc::new(submission),
+        lmtp: Rc::new(lmtp),
         pop3: Rc::new(pop3_config(&config)),
         imap: Arc::new(ImapConfig {
             starttls: config.tls.is_some(),
@@ -434,6 +441,7 @@ pub fn smtp_server_config(config: &Config) -> ServerConfig {
         sender_must_match_login: config.auth.sender_must_match_login,
         allow_address_literals: config.relay.allow_address_literals,
         tenant_header: config.egress.tenant_header.clone(),
+        lmtp: false,
     }
 }
 
@@ -617,6 +625,7 @@ async fn accept_loop<S: SegmentStore + 'static>(
                         Protocol::Submissions => {
                             smtp::serve(ctx, stream, peer, SmtpListener::Submissions).await
                         }
+                        Protocol::Lmtp => smtp::serve(ctx, stream, peer, SmtpListener::Lmtp).await,
                         Protocol::Pop3 => pop3::serve(ctx, stream, peer, false).await,
                         Protocol::Pop3s => pop3::serve(ctx, stream, peer, true).await,
                         Protocol::Imap => imap::serve(ctx, stream, peer, false).await,
@@ -677,6 +686,7 @@ pub fn serves(protocol: Protocol) -> bool {
             | Protocol::Imaps
             | Protocol::Pop3
             | Protocol::Pop3s
+            | Protocol::Lmtp
     )
 }
 

@@ -491,6 +491,9 @@ pub enum Protocol {
     Imaps,
     Pop3,
     Pop3s,
+    /// RFC 2033: final delivery into the mailbox tier from a trusted MTA
+    /// (Postfix's `lmtp:`). No AUTH: bind it to loopback.
+    Lmtp,
 }
 
 impl Protocol {
@@ -503,6 +506,7 @@ impl Protocol {
             Protocol::Imaps => "imaps",
             Protocol::Pop3 => "pop3",
             Protocol::Pop3s => "pop3s",
+            Protocol::Lmtp => "lmtp",
         }
     }
 }
@@ -1301,6 +1305,16 @@ mod tests {
             assert!(l.address.ip().is_loopback(), "{:?}", l.address);
         }
         assert!(config.spool_dir.is_relative());
+    }
+
+    #[test]
+    fn an_lmtp_listener_is_configured_by_protocol_only() {
+        let text = "spool_dir = \"/tmp/s\"\n[[listener]]\naddress = \"127.0.0.1:2424\"\nprotocol = \"lmtp\"\n";
+        let c = Config::parse(text).expect("lmtp listener");
+        assert_eq!(c.listeners[0].protocol, Protocol::Lmtp);
+        assert_eq!(c.listeners[0].protocol.name(), "lmtp");
+        let bad = text.replace("\"lmtp\"", "\"LMTP2\"");
+        assert!(Config::parse(&bad).is_err());
     }
 
     #[test]

@@ -172,6 +172,6 @@ impl DeliveryAgent for LocalAgent {
 
 /// RFC 5321 4.4 and RFC 9228: the final delivery's Return-Path and
 /// Delivered-To, written above the message in the mailbox.
-fn local_trace_headers(sender: &str, recipient: &str) -> String {
+pub fn local_trace_headers(sender: &str, recipient: &str) -> String {
     format!("Return-Path: <{sender}>\r\nDelivered-To: {recipient}\r\n")
 }

@@ -14,8 +14,8 @@ use crate::smtp::address::{ForwardPath, Mailbox, ReversePath, MAX_PATH_LENGTH};
 use crate::smtp::policy::{LocalPolicy, LocalRecipient};
 use crate::smtp::session::{SessionCounters, OUTPUT_HARD_LIMIT};
 use crate::smtp::{
-    parse_command, AuthOutcome, BareLineEndings, Command, Event, PeerInfo, ServerConfig,
-    ServerSession, StoreFailure, Timeouts,
+    parse_command, AuthOutcome, BareLineEndings, Command, Event, PeerInfo, RecipientDelivery,
+    ServerConfig, ServerSession, StoreFailure, Timeouts,
 };
 
 /// Verbs, parameters and line-ending games for the mutator.
@@ -158,6 +158,7 @@ fn render(command: &Command<'_>) -> String {
     match command {
         Command::Ehlo(name) => s = format!("EHLO {name}"),
         Command::Helo(name) => s = format!("HELO {name}"),
+        Command::Lhlo(name) => s = format!("LHLO {name}"),
         Command::Mail { from, params } => {
             s.push_str("MAIL FROM:");
             match from {
@@ -306,6 +307,7 @@ pub fn smtp_session(data: &[u8]) {
         sender_must_match_login: bits & 0x04 != 0,
         allow_address_literals: bits & 0x02 != 0,
         tenant_header: (ctl[4] & 0x80 != 0).then(|| "X-Tenant".to_owned()),
+        lmtp: ctl[4] & 0x40 != 0,
     };
     let loopback = ctl[4] & 0x10 != 0;
     let peer = PeerInfo {
@@ -443,6 +445,10 @@ impl SessionRun {
                         // The reply to the message must wait for the store.
                         self.drain_output();
                         self.stores += 1;
+                        if self.config.lmtp {
+                            self.deliver(self.messages.len() - 1);
+                            continue;
+                        }
                         let result = match self.stores % 5 {
                             3 => Err(StoreFailure::DiskFull),
                             4 => Err(StoreFailure::Temporary),
@@ -480,6 +486,25 @@ impl SessionRun {
         }
     }
 
+    /// LMTP: a verdict per recipient of message `index`, delivered (some
+    /// with a forwarded copy named by the queue id) or refused in turn.
+    fn deliver(&mut self, index: usize) {
+        let count = self.messages[index].envelope.recipients.len();
+        let verdicts: Vec<RecipientDelivery> = (0..count)
+            .map(|i| match (self.stores + i) % 3 {
+                0 => RecipientDelivery::Delivered { forwarded_as: None },
+                1 => {
+                    self.queued += 1;
+                    RecipientDelivery::Delivered {
+                        forwarded_as: Some(QUEUE_ID.to_owned()),
+                    }
+                }
+                _ => RecipientDelivery::Refused("452 4.2.2 x: mailbox full".to_owned()),
+            })
+            .collect();
+        self.session.handle_delivered(&verdicts, self.now);
+    }
+
     /// Reads the output as the glue writes it, and the counters with it.
     fn drain_output(&mut self) {
         let taken = self.session.take_counters();
@@ -511,7 +536,9 @@ impl SessionRun {
             m.body.starts_with(b"Received: "),
             "the body does not start with our Received header"
         );
-        let trusted = self.may_relay || self.session.authenticated_user().is_some();
+        // LMTP relays for nobody.
+        let trusted =
+            !self.config.lmtp && (self.may_relay || self.session.authenticated_user().is_some());
         for r in &e.recipients {
             assert!(
                 !r.address.bytes().any(|b| b < 0x20 || b == 0x7f),
@@ -547,9 +574,11 @@ impl SessionRun {
                 ),
             }
             if domain_is_local || domain.is_none() {
-                // No quota can be over in a message handed on.
+                // No quota can be over in a message handed on (LMTP
+                // refuses that recipient's copy alone, after delivery).
                 assert!(
-                    !(is_small(&r.address) && m.body.len() as u64 > SMALL_QUOTA),
+                    self.config.lmtp
+                        || !(is_small(&r.address) && m.body.len() as u64 > SMALL_QUOTA),
                     "a message larger than {:?}'s quota was accepted",
                     r.address
                 );

@@ -4,6 +4,7 @@
 pub mod counted;
 pub mod imap;
 pub mod limits;
+pub mod lmtp;
 pub mod login;
 pub mod pop3;
 pub mod shutdown;

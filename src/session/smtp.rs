@@ -1,7 +1,8 @@
 //! Drives one inbound SMTP connection (relay port, submission, or
-//! submissions with implicit TLS): feeds received bytes to the sans-IO
-//! `ServerSession`, writes its replies, stores finished messages in this
-//! core's spool, performs STARTTLS, checks AUTH credentials against the
+//! submissions with implicit TLS) or LMTP connection: feeds received bytes
+//! to the sans-IO `ServerSession`, writes its replies, stores finished
+//! messages in this core's spool (LMTP: delivers them into the mailboxes,
+//! `session::lmtp`), performs STARTTLS, checks AUTH credentials against the
 //! mailbox tier (throttled per client address) and enforces deadlines. It
 //! makes no protocol decision of its own.
 
@@ -22,6 +23,7 @@ use crate::metrics::ConnectionKind;
 use crate::queue::{QueueEntry, Shape};
 use crate::session::counted::CountedConnection;
 use crate::session::limits::{Family, Refusal};
+use crate::session::lmtp;
 use crate::session::login::check_login;
 use crate::session::stream::{
     accept_tls, open_connection, refuse, wait_for_client, Connection, ReadBuffer, ServerConnection,
@@ -49,6 +51,9 @@ pub enum SmtpListener {
     Submission,
     /// Port 465 (RFC 8314): submission inside implicit TLS.
     Submissions,
+    /// LMTP (RFC 2033) from a trusted MTA: final delivery into local
+    /// mailboxes, no AUTH, no relaying.
+    Lmtp,
 }
 
 /// Serves one accepted connection until it closes.
@@ -75,7 +80,8 @@ pub async fn serve<S: SegmentStore>(
         }
     };
     let kind = match listener {
-        SmtpListener::Relay => ConnectionKind::Smtp,
+        // LMTP is counted with SMTP: the connection metrics keep their labels.
+        SmtpListener::Relay | SmtpListener::Lmtp => ConnectionKind::Smtp,
         SmtpListener::Submission | SmtpListener::Submissions => ConnectionKind::Submission,
     };
     let _counted = CountedConnection::open(&ctx, kind);
@@ -107,6 +113,7 @@ pub async fn serve<S: SegmentStore>(
     };
     let config = match listener {
         SmtpListener::Relay => Rc::clone(&ctx.smtp),
+        SmtpListener::Lmtp => Rc::clone(&ctx.lmtp),
         SmtpListener::Submission | SmtpListener::Submissions => Rc::clone(&ctx.submission),
     };
     let mut session = ServerSession::new(config, peer_info, Instant::now());
@@ -126,6 +133,7 @@ pub async fn serve<S: SegmentStore>(
         acks_pending: Vec::new(),
         shutdown_seen: false,
         may_relay: peer_info.may_relay,
+        lmtp: listener == SmtpListener::Lmtp,
     };
     match driver.run(peer).await {
         Ok(()) => tracing::debug!(%peer, "disconnect"),
@@ -148,6 +156,8 @@ struct Driver<S: SegmentStore> {
     /// The client's address is in `[relay] allow_networks` (relay port):
     /// with AUTH, what makes its mail ours to sign.
     may_relay: bool,
+    /// An LMTP listener: messages go into the mailboxes, not the spool.
+    lmtp: bool,
 }
 
 impl<S: SegmentStore> Driver<S> {
@@ -193,6 +203,10 @@ impl<S: SegmentStore> Driver<S> {
                 match event {
                     // Boxed: these futures are large and rare, and an idle
                     // session's task would otherwise carry their size.
+                    Event::Message(message) if self.lmtp => {
+                        let verdicts = Box::pin(lmtp::deliver(&self.ctx, message)).await;
+                        self.session.handle_delivered(&verdicts, Instant::now());
+                    }
                     Event::Message(message) => Box::pin(self.store(message)).await,
                     Event::StartTls => {
                         if !Box::pin(self.start_tls(peer)).await? {

@@ -477,6 +477,8 @@ impl SinkSession {
             Err(_) => return self.protocol_error(text::SYNTAX, core),
         };
         match command {
+            // The sink speaks SMTP only.
+            Command::Lhlo(_) => self.protocol_error(text::UNKNOWN, core),
             Command::Ehlo(name) | Command::Helo(name) => {
                 self.helo = name.to_owned();
                 core.counters.source(&self.peer).record_helo(name);

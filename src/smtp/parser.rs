@@ -19,6 +19,8 @@ pub enum Command<'a> {
     /// The client name (a domain or address literal; printable ASCII).
     Ehlo(&'a str),
     Helo(&'a str),
+    /// RFC 2033 4.1: LMTP's greeting command, EHLO's counterpart.
+    Lhlo(&'a str),
     Mail {
         from: ReversePath<'a>,
         params: MailParams<'a>,
@@ -55,6 +57,7 @@ pub enum Command<'a> {
 pub enum Usage {
     Ehlo,
     Helo,
+    Lhlo,
     Mail,
     Rcpt,
     Bdat,
@@ -69,6 +72,7 @@ impl Usage {
         match self {
             Usage::Ehlo => "EHLO hostname",
             Usage::Helo => "HELO hostname",
+            Usage::Lhlo => "LHLO hostname",
             Usage::Mail => "MAIL FROM:<address> [parameters]",
             Usage::Rcpt => "RCPT TO:<address> [parameters]",
             Usage::Bdat => "BDAT size [LAST]",
@@ -116,6 +120,10 @@ pub fn parse_command(line: &[u8]) -> Result<Command<'_>, ParseError> {
         helo_name(args)
             .map(Command::Helo)
             .ok_or(ParseError::Syntax(Usage::Helo))
+    } else if is(b"LHLO") {
+        helo_name(args)
+            .map(Command::Lhlo)
+            .ok_or(ParseError::Syntax(Usage::Lhlo))
     } else if is(b"MAIL") {
         parse_mail(args)
     } else if is(b"RCPT") {
@@ -377,6 +385,8 @@ mod tests {
         assert_eq!(ok("EHLO client.example"), Command::Ehlo("client.example"));
         assert_eq!(ok("ehlo [192.0.2.1]"), Command::Ehlo("[192.0.2.1]"));
         assert_eq!(ok("HELO  x_y.example "), Command::Helo("x_y.example"));
+        assert_eq!(ok("lhlo mta.example"), Command::Lhlo("mta.example"));
+        assert_eq!(err("LHLO"), ParseError::Syntax(Usage::Lhlo));
         assert_eq!(err("EHLO"), ParseError::Syntax(Usage::Ehlo));
         assert_eq!(err("EHLO "), ParseError::Syntax(Usage::Ehlo));
         assert_eq!(err("EHLO a b"), ParseError::Syntax(Usage::Ehlo));

@@ -22,6 +22,8 @@ pub const TOO_MANY_CONNECTIONS_FROM_IP: &[u8] =
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sequence {
     SendHeloFirst,
+    /// LMTP's form of `SendHeloFirst` (RFC 2033 4.1).
+    SendLhloFirst,
     NeedMail,
     NestedMail,
     /// DATA after BDAT in one transaction (RFC 3030 2).
@@ -50,6 +52,38 @@ pub enum Reply<'a> {
     },
     Helo {
         host: &'a str,
+    },
+    /// The LMTP greeting (RFC 2033 4: as SMTP's, no enhanced code).
+    LmtpGreeting {
+        host: &'a str,
+    },
+    /// The multi-line LHLO reply (RFC 2033 4.1): EHLO's extensions that
+    /// make sense for final delivery (no DSN, no AUTH).
+    Lhlo {
+        host: &'a str,
+        max_size: usize,
+        starttls: bool,
+    },
+    /// RFC 2033 4.1: HELO and EHLO on an LMTP server get 500.
+    UseLhlo,
+    /// LMTP is final delivery: a recipient outside our local domains (or
+    /// an address literal) is refused at RCPT (RFC 3463 X.1.2).
+    NotLocalRecipient {
+        address: &'a str,
+    },
+    /// LMTP's reply for one recipient after the message (RFC 2033 4.2):
+    /// its mailbox has the message, durably; aliases that point outside
+    /// had a copy queued as `forwarded_as`.
+    Delivered {
+        address: &'a str,
+        forwarded_as: Option<&'a str>,
+    },
+    /// LMTP's reply for one recipient the mailbox tier refused: its own
+    /// reply line (`452 4.2.2 ...`), written as one clean line; anything
+    /// that is not a 4xx/5xx line becomes 451 4.3.0.
+    DeliveryRefused {
+        address: &'a str,
+        line: &'a str,
     },
     Ok,
     SenderOk,
@@ -166,6 +200,41 @@ fn line(out: &mut Vec<u8>, code: &str, last: bool, status: Option<&str>, text: &
     out.extend_from_slice(b"\r\n");
 }
 
+/// The EHLO (or LHLO) reply: our name, then one extension per line.
+fn extensions(
+    out: &mut Vec<u8>,
+    host: &str,
+    max_size: usize,
+    dsn: bool,
+    auth: bool,
+    starttls: bool,
+) {
+    let size = format!("SIZE {max_size}");
+    let mut lines = vec![
+        host,
+        "PIPELINING",
+        &size,
+        "8BITMIME",
+        "ENHANCEDSTATUSCODES",
+        "SMTPUTF8",
+        "CHUNKING",
+    ];
+    if dsn {
+        lines.push("DSN");
+    }
+    let auth_line = format!("AUTH {}", super::auth::MECHANISMS);
+    if auth {
+        lines.push(&auth_line);
+    }
+    if starttls {
+        lines.push("STARTTLS");
+    }
+    let n = lines.len();
+    for (i, text) in lines.into_iter().enumerate() {
+        line(out, "250", i + 1 == n, None, &[text]);
+    }
+}
+
 /// Single-line reply.
 fn one(out: &mut Vec<u8>, code: &str, status: &str, text: &[&str]) {
     line(out, code, true, Some(status), text);
@@ -181,31 +250,64 @@ impl Reply<'_> {
                 max_size,
                 starttls,
                 auth,
+            } => extensions(out, host, max_size, true, auth, starttls),
+            Reply::Helo { host } => line(out, "250", true, None, &[host]),
+            Reply::LmtpGreeting { host } => line(out, "220", true, None, &[host, " LMTP spate"]),
+            Reply::Lhlo {
+                host,
+                max_size,
+                starttls,
+            } => extensions(out, host, max_size, false, false, starttls),
+            Reply::UseLhlo => one(out, "500", "5.5.1", &["Error: this is LMTP, use LHLO"]),
+            Reply::NotLocalRecipient { address } => one(
+                out,
+                "550",
+                "5.1.2",
+                &[
+                    "<",
+                    address,
+                    ">: Recipient address rejected: LMTP delivers to local mailboxes only",
+                ],
+            ),
+            Reply::Delivered {
+                address,
+                forwarded_as: None,
+            } => one(out, "250", "2.0.0", &["<", address, ">: delivered to mailbox"]),
+            Reply::Delivered {
+                address,
+                forwarded_as: Some(id),
             } => {
-                let size = format!("SIZE {max_size}");
-                let mut lines = vec![
-                    host,
-                    "PIPELINING",
-                    &size,
-                    "8BITMIME",
-                    "ENHANCEDSTATUSCODES",
-                    "SMTPUTF8",
-                    "CHUNKING",
-                    "DSN",
-                ];
-                let auth_line = format!("AUTH {}", super::auth::MECHANISMS);
-                if auth {
-                    lines.push(&auth_line);
-                }
-                if starttls {
-                    lines.push("STARTTLS");
-                }
-                let n = lines.len();
-                for (i, text) in lines.into_iter().enumerate() {
-                    line(out, "250", i + 1 == n, None, &[text]);
+                let id: String = id.chars().filter(|c| c.is_ascii_graphic()).collect();
+                one(
+                    out,
+                    "250",
+                    "2.0.0",
+                    &["<", address, ">: delivered, forwarded as ", &id],
+                );
+            }
+            Reply::DeliveryRefused { address, line: text } => {
+                let clean: String = text
+                    .chars()
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .collect();
+                let b = clean.as_bytes();
+                let well_formed = b.len() > 4
+                    && matches!(b[0], b'4' | b'5')
+                    && b[1].is_ascii_digit()
+                    && b[2].is_ascii_digit()
+                    && b[3] == b' ';
+                if well_formed {
+                    out.extend_from_slice(b);
+                    out.extend_from_slice(b"\r\n");
+                } else {
+                    one(
+                        out,
+                        "451",
+                        "4.3.0",
+                        &["<", address, ">: local delivery failed"],
+                    );
                 }
             }
-            Reply::Helo { host } => line(out, "250", true, None, &[host]),
             Reply::Ok => one(out, "250", "2.0.0", &["Ok"]),
             Reply::SenderOk => one(out, "250", "2.1.0", &["Ok"]),
             Reply::RecipientOk => one(out, "250", "2.1.5", &["Ok"]),
@@ -290,6 +392,7 @@ impl Reply<'_> {
             Reply::BadSequence(s) => {
                 let text = match s {
                     Sequence::SendHeloFirst => "Error: send HELO/EHLO first",
+                    Sequence::SendLhloFirst => "Error: send LHLO first",
                     Sequence::NeedMail => "Error: need MAIL command",
                     Sequence::NestedMail => "Error: nested MAIL command",
                     Sequence::DataAfterBdat => "Error: DATA after BDAT in the same transaction",

@@ -1,5 +1,6 @@
 //! The SMTP server state machine (RFC 5321 with PIPELINING, SIZE, 8BITMIME, SMTPUTF8, CHUNKING,
-//! DSN, STARTTLS, ENHANCEDSTATUSCODES, AUTH): bytes in, replies and events out.
+//! DSN, STARTTLS, ENHANCEDSTATUSCODES, AUTH), and in LMTP mode (RFC 2033) the same machine with
+//! LHLO and one reply per recipient after the message: bytes in, replies and events out.
 //! It refuses to touch sockets, clocks, disks or TLS: the glue passes time in and acts on events.
 
 use std::collections::VecDeque;
@@ -109,6 +110,11 @@ pub struct ServerConfig {
     /// `[egress] tenant_header`: removed from every message at receipt;
     /// its value, from a client that may relay, is the envelope's tenant.
     pub tenant_header: Option<String>,
+    /// Speak LMTP (RFC 2033): LHLO instead of HELO/EHLO, local mailbox
+    /// recipients only, and after the message one reply per accepted
+    /// recipient from `handle_delivered` instead of one from
+    /// `handle_stored`. No AUTH (a trusted hop) and no DSN.
+    pub lmtp: bool,
 }
 
 impl Default for ServerConfig {
@@ -131,6 +137,7 @@ impl Default for ServerConfig {
             sender_must_match_login: true,
             allow_address_literals: false,
             tenant_header: None,
+            lmtp: false,
         }
     }
 }
@@ -184,6 +191,18 @@ pub struct Message {
     /// for the queue id, which the spool writes there as it stores the
     /// message (`Spool::store_traced`).
     pub trace_id_at: Option<usize>,
+}
+
+/// What became of one recipient's copy of an LMTP message, in RCPT order
+/// (RFC 2033 4.2): the glue's answer to `Event::Message` in LMTP mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecipientDelivery {
+    /// In the recipient's mailboxes, durably; `forwarded_as` is the queue
+    /// id of the copy for alias targets outside our domains, if any.
+    Delivered { forwarded_as: Option<String> },
+    /// Not delivered: the mailbox tier's reply line (`452 4.2.2 ...`,
+    /// `552 5.2.2 ...`), a 4xx or 5xx.
+    Refused(String),
 }
 
 /// Why the spool did not take a message; the client may retry later.
@@ -252,10 +271,19 @@ enum State {
     DiscardingBdat {
         remaining: u64,
         reply: Reply<'static>,
+        /// How many times the reply is sent: once, or in LMTP for a BDAT
+        /// LAST once per recipient (RFC 2033 4.2).
+        copies: usize,
         then: Box<State>,
     },
     AwaitingStore {
         helo: Helo,
+    },
+    /// LMTP: the message is being delivered into the recipients' mailboxes;
+    /// one reply per recipient follows (RFC 2033 4.2).
+    AwaitingDelivery {
+        helo: Helo,
+        recipients: Vec<String>,
     },
     AwaitingTls,
     /// Inside AUTH: the next line answers our 334 challenge.
@@ -335,8 +363,14 @@ impl ServerSession {
             tls: None,
         };
         let config = Rc::clone(&session.config);
-        session.reply(Reply::Greeting {
-            host: &config.hostname,
+        session.reply(if config.lmtp {
+            Reply::LmtpGreeting {
+                host: &config.hostname,
+            }
+        } else {
+            Reply::Greeting {
+                host: &config.hostname,
+            }
         });
         session
     }
@@ -394,6 +428,7 @@ impl ServerSession {
             }
             let consumed = match self.state {
                 State::AwaitingStore { .. }
+                | State::AwaitingDelivery { .. }
                 | State::AwaitingTls
                 | State::AwaitingAuth { .. }
                 | State::Closed => 0,
@@ -461,6 +496,37 @@ impl ServerSession {
         }
     }
 
+    /// LMTP: what became of each recipient of the last `Event::Message`,
+    /// in RCPT order. One reply per recipient leaves now (RFC 2033 4.2),
+    /// after the mailboxes hold the message durably; a recipient the glue
+    /// gave no verdict for gets 451 4.3.0, extra verdicts are ignored.
+    pub fn handle_delivered(&mut self, verdicts: &[RecipientDelivery], now: Instant) {
+        if !matches!(self.state, State::AwaitingDelivery { .. }) {
+            return;
+        }
+        let State::AwaitingDelivery { helo, recipients } =
+            std::mem::replace(&mut self.state, State::Closed)
+        else {
+            return; // checked just above
+        };
+        self.state = State::ExpectMail { helo };
+        self.last_activity = now;
+        for (i, address) in recipients.iter().enumerate() {
+            let reply = match verdicts.get(i) {
+                Some(RecipientDelivery::Delivered { forwarded_as }) => Reply::Delivered {
+                    address,
+                    forwarded_as: forwarded_as.as_deref(),
+                },
+                Some(RecipientDelivery::Refused(line)) => Reply::DeliveryRefused { address, line },
+                None => Reply::DeliveryRefused { address, line: "" },
+            };
+            self.reply(reply);
+        }
+        if self.shutdown_pending {
+            self.shut_down();
+        }
+    }
+
     /// The glue's verdict on the last `Event::Authenticate` (RFC 4954 4:
     /// 235, or 535 which counts as a client error, or 454).
     pub fn handle_auth_result(&mut self, outcome: AuthOutcome, now: Instant) {
@@ -515,6 +581,7 @@ impl ServerSession {
             self.state,
             State::Closed
                 | State::AwaitingStore { .. }
+                | State::AwaitingDelivery { .. }
                 | State::AwaitingTls
                 | State::AwaitingAuth { .. }
         ) {
@@ -578,6 +645,13 @@ impl ServerSession {
     }
 
     fn reply(&mut self, reply: Reply<'_>) {
+        // The state checks name HELO/EHLO; an LMTP client needs LHLO.
+        let reply = match reply {
+            Reply::BadSequence(Sequence::SendHeloFirst) if self.config.lmtp => {
+                Reply::BadSequence(Sequence::SendLhloFirst)
+            }
+            other => other,
+        };
         let start = self.output.len();
         reply.write_to(&mut self.output);
         // Every reply starts with its three-digit code; count its class.
@@ -683,7 +757,11 @@ impl ServerSession {
             Err(e) => return self.error(Reply::from(e)),
         };
         match command {
-            Command::Ehlo(name) => self.handle_helo(name, true),
+            // RFC 2033 4.1: an LMTP server answers HELO and EHLO with 500,
+            // and an SMTP server does not know LHLO.
+            Command::Ehlo(_) | Command::Helo(_) if self.config.lmtp => self.error(Reply::UseLhlo),
+            Command::Lhlo(_) if !self.config.lmtp => self.error(Reply::UnknownCommand),
+            Command::Ehlo(name) | Command::Lhlo(name) => self.handle_helo(name, true),
             Command::Helo(name) => self.handle_helo(name, false),
             Command::Mail { from, params } => self.handle_mail(from, params),
             Command::Rcpt { to, params } => self.handle_rcpt(to, params),
@@ -783,7 +861,13 @@ impl ServerSession {
             },
         };
         let config = Rc::clone(&self.config);
-        let reply = if extended {
+        let reply = if self.config.lmtp {
+            Reply::Lhlo {
+                host: &config.hostname,
+                max_size: config.max_message_size,
+                starttls: self.starttls_offered(),
+            }
+        } else if extended {
             Reply::Ehlo {
                 host: &config.hostname,
                 max_size: config.max_message_size,
@@ -903,6 +987,14 @@ impl ServerSession {
         if tx.recipients.len() >= self.config.max_recipients {
             return Err(Reply::TooManyRecipients);
         }
+        if self.config.lmtp {
+            // LMTP is final delivery into our mailboxes: nothing is relayed.
+            return match to {
+                ForwardPath::Postmaster(address) => self.local_verdict(tx, address),
+                ForwardPath::Mailbox(m) if self.is_local(m) => self.local_verdict(tx, m.address),
+                ForwardPath::Mailbox(m) => Err(Reply::NotLocalRecipient { address: m.address }),
+            };
+        }
         match to {
             // RFC 5321 4.5.1: <Postmaster> is ours, but it is accepted only
             // when it reaches someone: accepting what cannot be delivered
@@ -1006,15 +1098,18 @@ impl ServerSession {
 
     /// The body ended: hand a good message to the glue, or refuse it.
     fn finish_message(&mut self, helo: Helo, tx: Transaction, rx: BodyReceiver, wall: SystemTime) {
+        let copies = self.final_reply_copies(&tx);
         match rx.finish() {
             Ok(mut body) => {
                 // RFC 1870 6.3: a message larger than a local recipient's
                 // whole quota is refused now rather than bounced later
                 // (a bounce would carry a stranger's message to whoever
-                // the sender names).
+                // the sender names). LMTP answers per recipient instead:
+                // delivery refuses only that recipient's copy.
                 let size = body.len() as u64;
                 if let Some(over) = tx.recipients.iter().find(|r| {
-                    self.address_is_local(&r.address)
+                    !self.config.lmtp
+                        && self.address_is_local(&r.address)
                         && self.policy.larger_than_quota(&r.address, size)
                 }) {
                     self.state = State::ExpectMail { helo };
@@ -1043,7 +1138,16 @@ impl ServerSession {
                     auth_user: self.authenticated.clone(),
                     tenant,
                 };
-                self.state = State::AwaitingStore { helo };
+                self.state = if self.config.lmtp {
+                    let recipients = envelope
+                        .recipients
+                        .iter()
+                        .map(|r| r.address.clone())
+                        .collect();
+                    State::AwaitingDelivery { helo, recipients }
+                } else {
+                    State::AwaitingStore { helo }
+                };
                 self.events.push_back(Event::Message(Message {
                     envelope,
                     body,
@@ -1052,9 +1156,29 @@ impl ServerSession {
             }
             Err(e) => {
                 self.state = State::ExpectMail { helo };
-                self.error(Reply::from(e));
+                self.error_copies(Reply::from(e), copies);
             }
         }
+    }
+
+    /// How many replies end a transaction's message: one, or in LMTP one
+    /// per accepted recipient (RFC 2033 4.2), refusals included, so a
+    /// client counting replies never waits for one that does not come.
+    fn final_reply_copies(&self, tx: &Transaction) -> usize {
+        if self.config.lmtp {
+            tx.recipients.len().max(1)
+        } else {
+            1
+        }
+    }
+
+    /// An error reply sent `copies` times (see `final_reply_copies`); it
+    /// counts as one client error.
+    fn error_copies(&mut self, reply: Reply<'_>, copies: usize) {
+        for _ in 1..copies {
+            self.reply(reply);
+        }
+        self.error(reply);
     }
 
     fn handle_bdat(&mut self, size: u64, last: bool, wall: SystemTime) {
@@ -1069,7 +1193,7 @@ impl ServerSession {
         if let Some(reply) = refusal {
             // RFC 3030 2: the chunk's octets are read before the error.
             let state = std::mem::replace(&mut self.state, State::ExpectHelo);
-            return self.discard_chunk(size, reply, state);
+            return self.discard_chunk(size, reply, 1, state);
         }
         let (helo, tx, rx) = match std::mem::replace(&mut self.state, State::ExpectHelo) {
             State::ExpectRcptOrData { helo, mut tx } => {
@@ -1087,7 +1211,17 @@ impl ServerSession {
         if total > self.config.max_message_size as u64 {
             // The transaction is dropped: RFC 3030 2 leaves the state after
             // a failed BDAT undefined, and we choose "no transaction".
-            return self.discard_chunk(size, Reply::MessageTooBig, State::ExpectMail { helo });
+            let copies = if last {
+                self.final_reply_copies(&tx)
+            } else {
+                1
+            };
+            return self.discard_chunk(
+                size,
+                Reply::MessageTooBig,
+                copies,
+                State::ExpectMail { helo },
+            );
         }
         self.state = State::ReceivingBdat {
             helo,
@@ -1103,14 +1237,15 @@ impl ServerSession {
     }
 
     /// Reads and drops `size` octets, then answers `reply` from `then`.
-    fn discard_chunk(&mut self, size: u64, reply: Reply<'static>, then: State) {
+    fn discard_chunk(&mut self, size: u64, reply: Reply<'static>, copies: usize, then: State) {
         if size == 0 {
             self.state = then;
-            self.error(reply);
+            self.error_copies(reply, copies);
         } else {
             self.state = State::DiscardingBdat {
                 remaining: size,
                 reply,
+                copies,
                 then: Box::new(then),
             };
         }
@@ -1136,11 +1271,15 @@ impl ServerSession {
         let n = chunk_part(rest.len(), *remaining);
         *remaining -= n as u64;
         if *remaining == 0 {
-            if let State::DiscardingBdat { reply, then, .. } =
-                std::mem::replace(&mut self.state, State::ExpectHelo)
+            if let State::DiscardingBdat {
+                reply,
+                copies,
+                then,
+                ..
+            } = std::mem::replace(&mut self.state, State::ExpectHelo)
             {
                 self.state = *then;
-                self.error(reply);
+                self.error_copies(reply, copies);
             }
         }
         n
@@ -1160,8 +1299,13 @@ impl ServerSession {
             return;
         };
         if let Some(e) = rx.failure() {
+            let copies = if last {
+                self.final_reply_copies(&tx)
+            } else {
+                1
+            };
             self.state = State::ExpectMail { helo };
-            self.error(Reply::from(e));
+            self.error_copies(Reply::from(e), copies);
         } else if last {
             self.finish_message(helo, tx, rx, wall);
         } else {
@@ -1214,6 +1358,11 @@ impl ServerSession {
         // RFC 3848 and RFC 6531 7: the WITH protocol names ("A" for AUTH).
         let authenticated = self.authenticated.is_some();
         let protocol = match (tx.smtputf8, helo.extended, self.peer.tls, authenticated) {
+            // RFC 3848 names LMTP's; RFC 6531 7 prefixes UTF8. No AUTH here.
+            (false, _, false, _) if self.config.lmtp => "LMTP",
+            (false, _, true, _) if self.config.lmtp => "LMTPS",
+            (true, _, false, _) if self.config.lmtp => "UTF8LMTP",
+            (true, _, true, _) if self.config.lmtp => "UTF8LMTPS",
             (true, _, false, false) => "UTF8SMTP",
             (true, _, true, false) => "UTF8SMTPS",
             (true, _, false, true) => "UTF8SMTPA",
