@@ -8,7 +8,7 @@
 //! becomes the final CRLF. A line start is the message's start or the
 //! byte after an LF; a "." there gets another "." before it.
 
-use memchr::memchr2;
+use memchr::{memchr2, memchr2_iter};
 
 /// The streaming encoder for one RETR or TOP response body (the "+OK" line
 /// is the session's): feed the message with [`MessageEncoder::encode`] in
@@ -51,6 +51,24 @@ impl MessageEncoder {
         encoder.encode(message, &mut out);
         encoder.finish(&mut out);
         out
+    }
+
+    /// Is `message` already in wire form (RFC 1939 3)? Every line ends in
+    /// CRLF, the last one too, there is no bare CR or LF, and no line
+    /// starts with ".". Then RETR sends it as stored followed by ".\r\n"
+    /// (`encode_all` would give exactly that): one copy, no per-line work.
+    /// Mail that spate delivered is CRLF throughout (as SMTP carried it).
+    pub fn is_wire_ready(message: &[u8]) -> bool {
+        if !message.ends_with(b"\r\n") || message.first() == Some(&b'.') {
+            return false;
+        }
+        memchr2_iter(b'\r', b'\n', message).all(|pos| {
+            if message[pos] == b'\r' {
+                message.get(pos + 1) == Some(&b'\n')
+            } else {
+                pos > 0 && message[pos - 1] == b'\r' && message.get(pos + 1) != Some(&b'.')
+            }
+        })
     }
 
     /// False once TOP has all its lines: the driver may stop reading the
@@ -171,6 +189,51 @@ mod tests {
         }
         enc.finish(&mut out);
         assert_eq!(out, whole);
+    }
+
+    #[test]
+    fn wire_ready_messages_encode_to_themselves() {
+        use rand::{Rng, SeedableRng};
+        for case in [&b"a\r\nb\r\n"[..], b"Subject: x\r\n\r\nbody\r\n", b"\r\n"] {
+            assert!(MessageEncoder::is_wire_ready(case), "{case:?}");
+        }
+        for case in [
+            &b""[..],
+            b"no line end",
+            b"bare lf\n",
+            b"a\r\n.dot\r\n",
+            b".first\r\n",
+            b"bare\rcr\r\n",
+            b"ends with cr\r",
+            b"\n",
+        ] {
+            assert!(!MessageEncoder::is_wire_ready(case), "{case:?}");
+        }
+        // Random messages from a small alphabet: whenever the fast check
+        // says yes, the encoder agrees byte for byte.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(15);
+        let alphabet = b"ab.\r\n";
+        let mut ready = 0;
+        for _ in 0..20_000 {
+            let len = rng.gen_range(0..24);
+            let mut m: Vec<u8> = (0..len)
+                .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+                .collect();
+            if rng.gen_bool(0.5) {
+                m.extend_from_slice(b"\r\n");
+            }
+            let mut wire = m.clone();
+            wire.extend_from_slice(b".\r\n");
+            let encoded = MessageEncoder::encode_all(&m, None);
+            // (The check may say no to a message the encoder would leave
+            // alone, one with a bare CR inside a line: it then takes the
+            // encoder's path, which is always right.)
+            if MessageEncoder::is_wire_ready(&m) {
+                ready += 1;
+                assert_eq!(encoded, wire, "{m:?}");
+            }
+        }
+        assert!(ready > 100, "only {ready} wire-ready cases drawn");
     }
 
     #[test]

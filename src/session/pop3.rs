@@ -380,9 +380,14 @@ impl<S: SegmentStore> Driver<S> {
         let mut out = Vec::with_capacity(pending + bytes.len() + bytes.len() / 32 + 8);
         out.extend_from_slice(self.session.output());
         self.session.consume_output(pending);
-        let mut encoder = MessageEncoder::new(top_lines);
-        encoder.encode(&bytes, &mut out);
-        encoder.finish(&mut out);
+        if top_lines.is_none() && MessageEncoder::is_wire_ready(&bytes) {
+            out.extend_from_slice(&bytes);
+            out.extend_from_slice(b".\r\n");
+        } else {
+            let mut encoder = MessageEncoder::new(top_lines);
+            encoder.encode(&bytes, &mut out);
+            encoder.finish(&mut out);
+        }
         self.write_all(&out).await?;
         Ok(true)
     }
