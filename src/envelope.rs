@@ -89,3 +89,22 @@ pub struct Envelope {
     /// a client that may relay (the header itself is not stored).
     pub tenant: Option<String>,
 }
+
+impl Envelope {
+    /// A copy of this message's envelope for `to` (alias targets outside
+    /// our domains): the original sender, so bounces reach its author;
+    /// the recipients carry no DSN parameters of their own.
+    pub fn forwarded_to(&self, to: Vec<String>) -> Envelope {
+        Envelope {
+            recipients: to
+                .into_iter()
+                .map(|address| Recipient {
+                    address,
+                    notify: None,
+                    orcpt: None,
+                })
+                .collect(),
+            ..self.clone()
+        }
+    }
+}

@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use crate::delivery::attempts::{next_step, Attempt, Attempts, NextStep};
 use crate::delivery::dsn::{build_dsn, status_of, wants, DsnAction, ReportedRecipient};
 use crate::delivery::report::RecipientReport;
-use crate::envelope::{Envelope, Recipient};
+use crate::envelope::Envelope;
 use crate::events::{Event, EventKind};
 use crate::metrics::{MessageResult, RecipientResult};
 use crate::outbound_tls::TlsOutcome;
@@ -577,16 +577,8 @@ impl<S: SegmentStore + 'static> Recorder<S> {
         to: Vec<String>,
     ) -> Result<SpoolId, SpoolError> {
         let envelope = Envelope {
-            recipients: to
-                .into_iter()
-                .map(|address| Recipient {
-                    address,
-                    notify: None,
-                    orcpt: None,
-                })
-                .collect(),
             received_at: unix_now().0,
-            ..original.clone()
+            ..original.forwarded_to(to)
         };
         self.queue_new(envelope, body).await
     }

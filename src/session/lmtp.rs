@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::blocking::Lane;
 use crate::delivery::agent::local_trace_headers;
-use crate::envelope::{Envelope, Recipient};
+use crate::envelope::Envelope;
 use crate::local::LocalOutcome;
 use crate::queue::{QueueEntry, Shape};
 use crate::shard::ShardContext;
@@ -133,17 +133,7 @@ async fn queue_forward<S: SegmentStore>(
     body: Vec<u8>,
     to: Vec<String>,
 ) -> Result<SpoolId, SpoolError> {
-    let envelope = Envelope {
-        recipients: to
-            .into_iter()
-            .map(|address| Recipient {
-                address,
-                notify: None,
-                orcpt: None,
-            })
-            .collect(),
-        ..original.clone()
-    };
+    let envelope = original.forwarded_to(to);
     let size = body.len() as u64;
     let id = ctx.spool.store(&envelope, body).await?;
     ctx.queue.borrow_mut().insert(
