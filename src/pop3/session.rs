@@ -202,9 +202,10 @@ enum State {
     },
     AwaitingMessage {
         maildrop: Maildrop,
-        /// The "+OK" line waiting at the end of the output, taken back if
-        /// the message turns out to be gone.
-        ok_line: Vec<u8>,
+        /// The length of the "+OK" line waiting at the end of the output
+        /// (nothing is appended while a request is outstanding), taken
+        /// back if the message turns out to be gone.
+        ok_len: usize,
     },
     AwaitingUpdate,
     AwaitingTls,
@@ -390,13 +391,13 @@ impl Session {
     /// writing anything of the output: the "+OK" is taken back and the
     /// answer is `-ERR`; the session goes on.
     pub fn message_missing(&mut self, now: Instant) {
-        let State::AwaitingMessage { maildrop, ok_line } =
+        let State::AwaitingMessage { maildrop, ok_len } =
             self.take_state_if(|s| matches!(s, State::AwaitingMessage { .. }))
         else {
             return;
         };
-        if self.output.ends_with(&ok_line) {
-            self.output.truncate(self.output.len() - ok_line.len());
+        if let Some(before_ok) = self.output.len().checked_sub(ok_len) {
+            self.output.truncate(before_ok);
         }
         self.state = State::Transaction {
             maildrop,
@@ -843,14 +844,13 @@ impl Session {
         else {
             return; // matched just above
         };
-        let mut ok_line = Vec::new();
-        match top_lines {
+        let before_ok = self.output.len();
+        self.reply(match top_lines {
             None => Reply::Retr { octets: size },
             Some(_) => Reply::Top,
-        }
-        .write_to(&mut ok_line);
-        self.output.extend_from_slice(&ok_line);
-        self.state = State::AwaitingMessage { maildrop, ok_line };
+        });
+        let ok_len = self.output.len() - before_ok;
+        self.state = State::AwaitingMessage { maildrop, ok_len };
         self.requests
             .push_back(Request::SendMessage { index, top_lines });
     }
